@@ -1,0 +1,21 @@
+"""Benchmarks. Each writes its results as a markdown table for docs/BENCHMARKS.md.
+
+`longseq bench NAME [ARGS]` runs BENCHMARKS[NAME](ARGS); modules are imported on use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Sequence
+
+
+def _lazy(module: str) -> Callable[[Sequence[str]], int]:
+    def run(argv: Sequence[str]) -> int:
+        return importlib.import_module(module).main(list(argv))
+
+    return run
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
+    "generate": _lazy("bench.generate_throughput"),
+}

@@ -1,0 +1,138 @@
+"""The `longseq` command line: one subcommand per stage.
+
+Each subcommand parses its arguments and calls one function of the packages; the work
+lives there. Errors a user can fix (LongseqError) print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from schemas.errors import LongseqError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus a hint), not the whole usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 0.5], got {value}")
+    return value
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from etl.generate import PROFILES, generate
+
+    profile = PROFILES[args.profile].with_sizes(args.users, args.days)
+    report = generate(args.out, profile, args.seed, args.start, args.dirty, progress=_progress)
+    dirty = ", ".join(f"{k} {v:,}" for k, v in report.dirty.items()) if args.dirty else "none"
+    print(
+        f"wrote {report.rows:,} rows ({report.requests:,} requests, {profile.users:,} users, "
+        f"{profile.days} days) to {args.out} in {report.seconds:.1f} s; dirty rows: {dirty}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from etl.demo import run_demo
+
+    return run_demo(args.out, seed=args.seed, profile=args.profile, progress=_progress)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench import BENCHMARKS
+
+    return BENCHMARKS[args.name](args.extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from etl.generate import PROFILES  # light: numpy and pyarrow only
+
+    parser = _Parser(
+        prog="longseq",
+        description="Request-level training data with 10k-event histories, and an STCA ranking model.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("generate", cmd_generate, "Write synthetic contract-1 impression logs (Parquet, one ds per day).")
+    p.add_argument("--out", type=Path, required=True, help="output directory (ds=YYYY-MM-DD partitions)")
+    p.add_argument("--users", type=_positive_int, help="number of users (default: the profile's)")
+    p.add_argument("--days", type=_positive_int, help="number of days (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same arguments, same bytes (default 0)")
+    p.add_argument("--start", type=_date, default=dt.date(2026, 1, 1), help="first ds (default 2026-01-01)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="default", help="size and model preset (default: default)")
+    p.add_argument("--dirty", type=_fraction, default=0.0, help="fraction of rows made invalid, for robustness tests (default 0)")
+
+    p = add("demo", cmd_demo, "Run the pipeline on a generated sample and print what each stage did.")
+    p.add_argument("--out", type=Path, default=Path("demo-run"), help="working directory (default ./demo-run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", choices=sorted(PROFILES), default="small", help="sample size (default: small)")
+
+    from bench import BENCHMARKS
+
+    p = add("bench", cmd_bench, "Run a benchmark from bench/ and print its results.")
+    p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to the benchmark (see `longseq bench NAME --help`)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LongseqError as e:
+        print(f"longseq {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # bad paths: not there, not writable, a file where a directory should be
+        where = f": {e.filename}" if e.filename else ""
+        print(f"longseq {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"longseq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,526 @@
+"""Synthetic short-video impression logs (contract 1) from a latent user model.
+
+Real impression logs are private, so tests, benchmarks and the demo run on this. The model
+(docs/GENERATOR.md has the full story):
+
+- A catalogue of items grouped into topics. Main topics are big and shown often; niche
+  topics are small (a couple of authors each) and shown rarely, to every user alike.
+- Users with heavy-tailed activity (log-normal request rates, bursty days), a dense
+  affinity over main topics, and hidden love/dislike for each niche topic.
+- Each day a user opens sessions; a session has a short-term interest topic; requests in
+  a session serve 4-16 impressions drawn from that topic, the user's main topics, niche
+  topics or global popularity.
+- Labels come from a logit of item quality, user bias, main-topic affinity, the session
+  boost and the niche affinity. A niche topic turns up a few times in 10k events, so only
+  a model that sees a long history can learn which niche topics a user loves.
+- event_ts = request_ts + watch time of the items up to and including this one + a
+  logging delay; a few requests upload late, all events in one batch (equal event_ts,
+  some after the user's next request, some after midnight).
+
+Everything is drawn from numpy Generators seeded by (seed, day, chunk), so the same
+arguments give byte-identical files; a day is generated in chunks of users, so memory is
+bounded by the chunk, not by the data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.hashing import mix64
+from schemas.contracts import PARTITION_COLUMN, RAW_LOG, SUCCESS_MARKER, TASKS
+from schemas.errors import LongseqError
+from schemas.forms import to_arrow
+
+DAY_MS = 86_400_000
+REPORT_FILE = "_generator_report.json"
+DIRTY_KINDS = ("duplicate_event_id", "missing_required", "label_out_of_range", "event_before_request")
+
+
+@dataclass(frozen=True)
+class GeneratorProfile:
+    """Sizes and the latent model's knobs. Named profiles are in PROFILES."""
+
+    name: str
+    users: int
+    days: int
+    # activity: requests/day ~ median * exp(sigma * N(0,1)) per user, times a Gamma day factor
+    median_requests_per_day: float = 5.0
+    activity_sigma: float = 1.7
+    day_shape: float = 2.0  # Gamma shape of the per-day factor: lower = burstier days
+    max_requests_per_day: float = 200.0  # about 2,000 videos: a whole waking day of watching
+    mean_session_requests: float = 6.0
+    impressions_min: int = 4
+    impressions_max: int = 16
+    evening_share: float = 0.6  # sessions around 20:30 UTC, the rest uniform over the day
+    # catalogue
+    main_topics: int = 24
+    niche_topics: int = 256
+    items_per_main_topic: int = 3000
+    items_per_niche_topic: int = 30
+    authors_per_main_topic: int = 150
+    authors_per_niche_topic: int = 2
+    zipf_exponent: float = 1.05
+    # where an impression comes from (the rest: global popularity)
+    p_session: float = 0.35
+    p_main: float = 0.40
+    p_niche: float = 0.12
+    feed_temperature: float = 1.0
+    # label model (logit of finish)
+    base_logit: float = -0.7
+    quality_sd: float = 0.6
+    user_bias_sd: float = 0.4
+    w_main: float = 0.5
+    w_session: float = 0.8
+    niche_love_prob: float = 0.25
+    niche_love: float = 2.6
+    niche_dislike: float = -1.2
+    position_decay: float = 0.02
+    # logging
+    log_delay_median_ms: float = 1500.0
+    late_upload_prob: float = 0.03
+    late_upload_median_ms: float = 30 * 60_000.0
+    users_per_chunk: int = 1000
+
+    @property
+    def topics(self) -> int:
+        return self.main_topics + self.niche_topics
+
+    def with_sizes(self, users: int | None, days: int | None) -> "GeneratorProfile":
+        return dataclasses.replace(self, users=users or self.users, days=days or self.days)
+
+
+PROFILES: dict[str, GeneratorProfile] = {
+    p.name: p
+    for p in (
+        # a few thousand events: unit tests
+        GeneratorProfile(
+            "tiny", users=30, days=2, median_requests_per_day=3.0, activity_sigma=0.8,
+            main_topics=6, niche_topics=16, items_per_main_topic=200, items_per_niche_topic=10,
+            authors_per_main_topic=20, users_per_chunk=16,
+        ),
+        # about 100k events: the demo
+        GeneratorProfile("small", users=200, days=4, median_requests_per_day=4.0),
+        # the default: heavy tail with a real share of users past 10k events
+        GeneratorProfile("default", users=1000, days=14),
+        # benchmark sizes
+        GeneratorProfile("bench-1m", users=300, days=12),
+        GeneratorProfile("bench-10m", users=3000, days=12),
+        GeneratorProfile("bench-50m", users=15000, days=12),
+    )
+}
+
+
+@dataclass
+class GenerateReport:
+    out: str
+    profile: str
+    seed: int
+    start: str
+    days: int
+    users: int
+    dirty_fraction: float
+    rows: int = 0
+    clean_rows: int = 0
+    requests: int = 0
+    dirty: dict[str, int] = field(default_factory=lambda: {k: 0 for k in DIRTY_KINDS})
+    per_day: dict[str, dict[str, int]] = field(default_factory=dict)
+    events_per_user: dict[str, float] = field(default_factory=dict)
+    users_over_10k_events: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------- the world
+
+
+def _zipf_weights(rng: np.random.Generator, n: int, s: float) -> np.ndarray:
+    """Zipf weights 1/rank^s over n things, with ranks in random order."""
+    return 1.0 / (rng.permutation(n) + 1.0) ** s
+
+
+def _segment_keys(weights: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sampling keys for categorical draws within segments [offsets[g], offsets[g+1]).
+
+    key = g + (cumulative weight within g, normalised to (0, 1]); the last key of a segment
+    is exactly g + 1, so searchsorted(keys, g + u) for u in [0, 1) lands inside segment g.
+    """
+    group = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    cum = np.cumsum(weights)
+    start = np.concatenate([[0.0], cum])[offsets[:-1]]
+    total = cum[offsets[1:] - 1] - start
+    within = (cum - start[group]) / total[group]
+    within[offsets[1:] - 1] = 1.0
+    return group + within
+
+
+def _draw_in_segments(keys: np.ndarray, offsets: np.ndarray, group: np.ndarray, u: np.ndarray) -> np.ndarray:
+    idx = np.searchsorted(keys, group + u, side="right")
+    return np.clip(idx, offsets[group], offsets[group + 1] - 1)
+
+
+def _positive_ids(n: int, salt: int) -> np.ndarray:
+    """n distinct positive int64 ids that look random (a bijection of 0..n-1)."""
+    return (mix64(np.arange(n, dtype=np.uint64), salt) >> np.uint64(2)).astype(np.int64) + 1
+
+
+@dataclass
+class Catalogue:
+    item_id: np.ndarray  # int64, items sorted by topic
+    author_id: np.ndarray  # int64 per item
+    topic: np.ndarray  # int32 per item; >= main_topics means niche
+    quality: np.ndarray  # float32 per item
+    duration_ms: np.ndarray  # int32 per item
+    topic_offsets: np.ndarray  # items of topic t are [topic_offsets[t], topic_offsets[t+1])
+    topic_keys: np.ndarray  # _segment_keys of Zipf popularity within topics
+    popular_keys: np.ndarray  # cumulative global popularity over main-topic items, in (0, 1]
+
+
+def build_catalogue(p: GeneratorProfile, seed: int) -> Catalogue:
+    rng = np.random.default_rng([seed, 0xCA7A])
+    per_topic = np.array([p.items_per_main_topic] * p.main_topics + [p.items_per_niche_topic] * p.niche_topics)
+    authors_per = np.array([p.authors_per_main_topic] * p.main_topics + [p.authors_per_niche_topic] * p.niche_topics)
+    topic_offsets = np.concatenate([[0], np.cumsum(per_topic)])
+    author_offsets = np.concatenate([[0], np.cumsum(authors_per)])
+    n_items = int(topic_offsets[-1])
+    topic = np.repeat(np.arange(p.topics, dtype=np.int32), per_topic)
+
+    # Prolific authors: each item's author is a Zipf draw among its topic's authors.
+    author_keys = _segment_keys(_zipf_weights(rng, int(author_offsets[-1]), 1.0), author_offsets)
+    author_index = _draw_in_segments(author_keys, author_offsets, topic, rng.random(n_items))
+    author_ids = _positive_ids(int(author_offsets[-1]), seed * 7919 + 2)
+
+    popularity = _zipf_weights(rng, n_items, p.zipf_exponent)
+    main_pop = popularity[: topic_offsets[p.main_topics]]
+    popular_keys = np.cumsum(main_pop) / main_pop.sum()
+    popular_keys[-1] = 1.0
+    duration = np.clip(rng.lognormal(np.log(20_000), 0.7, n_items), 3_000, 300_000)
+    return Catalogue(
+        item_id=_positive_ids(n_items, seed * 7919 + 1),
+        author_id=author_ids[author_index],
+        topic=topic,
+        quality=rng.normal(0.0, p.quality_sd, n_items).astype(np.float32),
+        duration_ms=duration.astype(np.int32),
+        topic_offsets=topic_offsets,
+        topic_keys=_segment_keys(popularity, topic_offsets),
+        popular_keys=popular_keys,
+    )
+
+
+@dataclass
+class Users:
+    user_id: np.ndarray  # int64
+    rate: np.ndarray  # mean requests per day
+    main_affinity: np.ndarray  # (users, main_topics) float32, N(0,1)
+    bias: np.ndarray
+    like_bias: np.ndarray
+    comment_bias: np.ndarray
+    niche_salt: int
+
+
+def build_users(p: GeneratorProfile, seed: int) -> Users:
+    rng = np.random.default_rng([seed, 0x05E5])
+    n = p.users
+    return Users(
+        user_id=_positive_ids(n, seed * 7919 + 3),
+        rate=p.median_requests_per_day * np.exp(p.activity_sigma * rng.standard_normal(n)),
+        main_affinity=rng.standard_normal((n, p.main_topics)).astype(np.float32),
+        bias=rng.normal(0.0, p.user_bias_sd, n),
+        like_bias=rng.normal(0.0, 0.5, n),
+        comment_bias=rng.normal(0.0, 0.5, n),
+        niche_salt=seed * 7919 + 4,
+    )
+
+
+def niche_loves(users: Users, user_index: np.ndarray, niche_topic: np.ndarray, p: GeneratorProfile) -> np.ndarray:
+    """Whether each user loves each niche topic: a fixed hidden trait, hashed (no table)."""
+    key = user_index.astype(np.uint64) * np.uint64(p.niche_topics) + niche_topic.astype(np.uint64)
+    u = (mix64(key, users.niche_salt) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return u < p.niche_love_prob
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def _within_segment_cumsum(x: np.ndarray, segment: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sum of x restarting at each segment (rows sorted by segment)."""
+    total = np.cumsum(x)
+    before = total - x
+    return total - before[first[segment]]
+
+
+# ---------------------------------------------------------------- one chunk of one day
+
+
+def generate_chunk(
+    cat: Catalogue, users: Users, p: GeneratorProfile, seed: int, day_index: int, chunk: int, day_start_ms: int
+) -> dict[str, np.ndarray]:
+    """Clean impressions of users [chunk*users_per_chunk, ...) on one day, as numpy columns."""
+    rng = np.random.default_rng([seed, day_index, chunk])
+    lo = chunk * p.users_per_chunk
+    hi = min(p.users, lo + p.users_per_chunk)
+    n_users = hi - lo
+
+    # requests and sessions
+    n_req = rng.poisson(np.minimum(users.rate[lo:hi] * rng.gamma(p.day_shape, 1.0 / p.day_shape, n_users), p.max_requests_per_day))
+    req_user = np.repeat(np.arange(n_users), n_req)  # local user index, grouped by user
+    n_requests = len(req_user)
+    new_session = rng.random(n_requests) < 1.0 / p.mean_session_requests
+    new_session[_offsets(n_req)[:-1][n_req > 0]] = True
+    req_session = np.cumsum(new_session) - 1
+    sess_user = req_user[new_session]
+    n_sessions = len(sess_user)
+
+    affinity = users.main_affinity[lo:hi].astype(np.float64) * p.feed_temperature
+    feed_probs = np.exp(affinity - affinity.max(axis=1, keepdims=True))
+    user_topic_offsets = np.arange(n_users + 1) * p.main_topics
+    user_topic_keys = _segment_keys(feed_probs.ravel(), user_topic_offsets)
+
+    def main_topic_for(user_local: np.ndarray) -> np.ndarray:
+        drawn = _draw_in_segments(user_topic_keys, user_topic_offsets, user_local, rng.random(len(user_local)))
+        return (drawn - user_topic_offsets[user_local]).astype(np.int32)
+
+    sess_topic = main_topic_for(sess_user)
+    evening = (rng.normal(20.5 * 3600, 2.5 * 3600, n_sessions) % 86_400) * 1000
+    uniform = rng.uniform(0, DAY_MS, n_sessions)
+    sess_start = np.where(rng.random(n_sessions) < p.evening_share, evening, uniform)
+    sess_start = sess_start[np.lexsort((sess_start, sess_user))]  # sessions of a user in time order
+
+    # impressions: where each comes from, its topic and its item
+    n_imp = rng.integers(p.impressions_min, p.impressions_max + 1, n_requests)
+    req_offsets = _offsets(n_imp)
+    imp_req = np.repeat(np.arange(n_requests), n_imp)
+    n = len(imp_req)
+    position = (np.arange(n) - req_offsets[imp_req]).astype(np.int32)
+    imp_user = req_user[imp_req]
+    imp_session = req_session[imp_req]
+    source = np.searchsorted(np.cumsum([p.p_session, p.p_main, p.p_niche]), rng.random(n), side="right")
+    topic = np.empty(n, dtype=np.int32)
+    s_session, s_main, s_niche = (source == 0), (source == 1), (source == 2)
+    topic[s_session] = sess_topic[imp_session[s_session]]
+    topic[s_main] = main_topic_for(imp_user[s_main])
+    topic[s_niche] = p.main_topics + rng.integers(0, p.niche_topics, int(s_niche.sum()))
+    item = np.empty(n, dtype=np.int64)
+    by_topic = source <= 2
+    item[by_topic] = _draw_in_segments(cat.topic_keys, cat.topic_offsets, topic[by_topic], rng.random(int(by_topic.sum())))
+    popular = ~by_topic
+    item[popular] = np.searchsorted(cat.popular_keys, rng.random(int(popular.sum())), side="right")
+    topic[popular] = cat.topic[item[popular]]
+
+    # labels from the latent model
+    user_global = lo + imp_user
+    is_niche = topic >= p.main_topics
+    main_eff = np.where(
+        is_niche, 0.0, users.main_affinity[user_global, np.minimum(topic, p.main_topics - 1)]
+    )
+    loves = niche_loves(users, user_global, np.maximum(topic - p.main_topics, 0), p)
+    niche_eff = np.where(is_niche, np.where(loves, p.niche_love, p.niche_dislike), 0.0)
+    duration = cat.duration_ms[item].astype(np.float64)
+    logit = (
+        p.base_logit
+        + cat.quality[item]
+        + users.bias[user_global]
+        + p.w_main * main_eff
+        + niche_eff
+        + p.w_session * (topic == sess_topic[imp_session])
+        - p.position_decay * position
+        - 0.3 * np.log(duration / 20_000)
+    )
+    finish = rng.random(n) < _sigmoid(logit)
+    skip = ~finish & (rng.random(n) < _sigmoid(-0.9 * logit - 0.6))
+    like = rng.random(n) < _sigmoid(logit + users.like_bias[user_global] - 3.2) * np.where(finish, 1.0, 0.25)
+    comment = rng.random(n) < _sigmoid(logit + users.comment_bias[user_global] - 5.0)
+
+    # watch time -> when each outcome is known
+    replay = np.where(rng.random(n) < 0.08, 1.0 + rng.random(n), 1.0)
+    play = np.where(
+        finish,
+        duration * replay,
+        np.where(skip, np.minimum(duration, rng.uniform(300, 2500, n)), duration * rng.uniform(0.1, 0.9, n)),
+    ).astype(np.int64)
+    consumed = play + 400  # a swipe between videos
+    first_imp = req_offsets[:-1]
+    done_in_request = _within_segment_cumsum(consumed, imp_req, first_imp)
+    req_duration = np.add.reduceat(consumed, first_imp) if n_requests else np.zeros(0, np.int64)
+    think = rng.uniform(1_000, 8_000, n_requests)
+    sess_first_req = np.flatnonzero(new_session)
+    busy = (req_duration + think).astype(np.int64)
+    req_end = _within_segment_cumsum(busy, req_session, sess_first_req)
+    # A session starts at its drawn time or when the user's previous session ends, whichever
+    # is later: start'_k = P_k + max_{j<=k} (start_j - P_j), P = the user's busy time before
+    # session k. The user offset makes one running max restart per user.
+    sess_busy = np.add.reduceat(busy, sess_first_req) if n_sessions else np.zeros(0, np.int64)
+    sess_first = np.concatenate([[True], sess_user[1:] != sess_user[:-1]]) if n_sessions else np.zeros(0, bool)
+    before = _within_segment_cumsum(sess_busy, np.cumsum(sess_first) - 1, np.flatnonzero(sess_first)) - sess_busy
+    user_offset = sess_user.astype(np.int64) * (1 << 45)
+    sess_start = before + np.maximum.accumulate(sess_start.astype(np.int64) - before + user_offset) - user_offset
+    request_ts = (day_start_ms + sess_start[req_session] + req_end - busy).astype(np.int64)
+
+    log_delay = rng.lognormal(np.log(p.log_delay_median_ms), 1.0, n)
+    event_ts = request_ts[imp_req] + done_in_request + log_delay.astype(np.int64)
+    late = rng.random(n_requests) < p.late_upload_prob
+    late_at = request_ts + req_duration + rng.lognormal(np.log(p.late_upload_median_ms), 1.5, n_requests).astype(np.int64)
+    event_ts = np.where(late[imp_req], late_at[imp_req], event_ts)  # one batch: equal event_ts
+
+    # a request belongs to the day its request_ts falls in; sessions running past midnight stop
+    keep = request_ts[imp_req] < day_start_ms + DAY_MS
+    event_key = (np.uint64(day_index) << np.uint64(40)) | (np.uint64(chunk) << np.uint64(26))
+    request_key = event_key | imp_req.astype(np.uint64)
+    cols = {
+        "event_id": mix64(event_key | np.arange(n, dtype=np.uint64), seed * 7919 + 5),
+        "request_id": mix64(request_key, seed * 7919 + 6),
+        "user_id": users.user_id[user_global],
+        "request_ts": request_ts[imp_req],
+        "item_id": cat.item_id[item],
+        "author_id": cat.author_id[item],
+        "position": position,
+        "event_ts": event_ts,
+        "play_ms": np.minimum(play, np.iinfo(np.int32).max).astype(np.int32),
+        "duration_ms": duration.astype(np.int32),
+        **{t: v.astype(np.int8) for t, v in zip(TASKS, (finish, skip, like, comment))},
+    }
+    order = np.argsort(event_ts[keep], kind="stable")  # logs arrive in event_ts order
+    return {k: v[keep][order] for k, v in cols.items()}
+
+
+# ---------------------------------------------------------------- dirt and output
+
+
+def inject_dirt(
+    cols: dict[str, np.ndarray], fraction: float, rng: np.random.Generator
+) -> tuple[pa.Table, dict[str, int]]:
+    """Turn clean columns into a contract-1 table with `fraction` of rows made dirty.
+
+    Kinds are split evenly over disjoint rows: duplicated event_ids (exact re-deliveries,
+    appended), a missing required value, a label outside {0,1}, event_ts < request_ts.
+    """
+    n = len(cols["event_id"])
+    counts = {k: 0 for k in DIRTY_KINDS}
+    masks = {name: np.zeros(n, dtype=bool) for name in RAW_LOG.names}
+    cols = {k: v.copy() for k, v in cols.items()}
+    n_dirty = min(n, int(round(fraction * n)))
+    chosen = rng.permutation(n)[:n_dirty]
+    kind_rows = {k: np.sort(chosen[i :: len(DIRTY_KINDS)]) for i, k in enumerate(DIRTY_KINDS)}
+    required = RAW_LOG.required_names
+    rows = kind_rows["missing_required"]
+    for r, c in zip(rows, rng.integers(0, len(required), len(rows))):
+        masks[required[c]][r] = True
+    rows = kind_rows["label_out_of_range"]
+    for r, t, v in zip(rows, rng.integers(0, len(TASKS), len(rows)), rng.choice([-1, 2, 3], len(rows))):
+        cols[TASKS[t]][r] = v
+    rows = kind_rows["event_before_request"]
+    cols["event_ts"][rows] = cols["request_ts"][rows] - rng.integers(1, 600_000, len(rows))
+    for k in DIRTY_KINDS[1:]:
+        counts[k] = len(kind_rows[k])
+
+    dup = kind_rows["duplicate_event_id"]
+    counts["duplicate_event_id"] = len(dup)
+    arrow_schema = to_arrow(RAW_LOG)
+    arrays = []
+    for f in arrow_schema:
+        values, mask = cols[f.name], masks[f.name]
+        if len(dup):
+            values, mask = np.concatenate([values, values[dup]]), np.concatenate([mask, mask[dup]])
+        if f.name in ("event_id", "request_id"):  # ids are decimal strings of distinct uint64s
+            arr = pa.array(values, type=pa.uint64()).cast(pa.string())
+            arrays.append(pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), arr) if mask.any() else arr)
+        else:
+            arrays.append(pa.array(values, type=f.type, mask=mask if mask.any() else None))
+    return pa.Table.from_arrays(arrays, schema=arrow_schema), counts
+
+
+def partition_dir(out: Path, day: dt.date) -> Path:
+    return out / f"{PARTITION_COLUMN}={day.isoformat()}"
+
+
+def _write_partition(out: Path, day: dt.date, tables: list[pa.Table]) -> None:
+    """Write one ds atomically: files go to a hidden temp dir, which is renamed into place."""
+    final = partition_dir(out, day)
+    tmp = out / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, table in enumerate(tables):
+        pq.write_table(table, tmp / f"part-{i:05d}.parquet", compression="zstd", row_group_size=1 << 20)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    (final / SUCCESS_MARKER).touch()
+
+
+def _percentiles(x: np.ndarray) -> dict[str, float]:
+    if len(x) == 0:
+        return {}
+    qs = {"min": 0, "p50": 50, "p90": 90, "p99": 99, "max": 100}
+    return {k: float(np.percentile(x, q)) for k, q in qs.items()}
+
+
+def generate(
+    out: Path,
+    profile: GeneratorProfile,
+    seed: int,
+    start: dt.date,
+    dirty: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> GenerateReport:
+    """Write profile.days days of contract-1 Parquet under `out`, one ds partition per day."""
+    if not 0.0 <= dirty <= 0.5:
+        raise LongseqError(f"--dirty must be a fraction in [0, 0.5], got {dirty}")
+    if profile.users < 1 or profile.days < 1:
+        raise LongseqError(f"need at least one user and one day, got users={profile.users} days={profile.days}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cat = build_catalogue(profile, seed)
+    users = build_users(profile, seed)
+    report = GenerateReport(
+        out=str(out), profile=profile.name, seed=seed, start=start.isoformat(), days=profile.days,
+        users=profile.users, dirty_fraction=dirty,
+    )
+    events_per_user = np.zeros(profile.users, dtype=np.int64)
+    by_id = np.argsort(users.user_id)
+    n_chunks = -(-profile.users // profile.users_per_chunk)
+    for d in range(profile.days):
+        t_day = time.perf_counter()
+        day = start + dt.timedelta(days=d)
+        day_start_ms = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+        tables, day_rows, day_requests = [], 0, 0
+        for c in range(n_chunks):
+            cols = generate_chunk(cat, users, profile, seed, d, c, day_start_ms)
+            table, counts = inject_dirt(cols, dirty, np.random.default_rng([seed, d, c, 0xD1]))
+            tables.append(table)
+            for k, v in counts.items():
+                report.dirty[k] += v
+            index = by_id[np.searchsorted(users.user_id, cols["user_id"], sorter=by_id)]
+            events_per_user += np.bincount(index, minlength=profile.users)
+            day_rows += table.num_rows
+            report.clean_rows += len(cols["event_id"])
+            day_requests += len(np.unique(cols["request_id"]))
+        _write_partition(out, day, tables)
+        report.rows += day_rows
+        report.requests += day_requests
+        report.per_day[day.isoformat()] = {"rows": day_rows, "requests": day_requests}
+        if progress:
+            secs = time.perf_counter() - t_day
+            progress(f"ds={day.isoformat()}: {day_rows:,} rows, {day_requests:,} requests ({secs:.1f} s)")
+    report.events_per_user = _percentiles(events_per_user)
+    report.users_over_10k_events = int((events_per_user > 10_000).sum())
+    report.seconds = round(time.perf_counter() - t0, 3)
+    (out / REPORT_FILE).write_text(report.to_json())
+    return report

@@ -1,0 +1,22 @@
+"""The one definition of every longseq record, and the backend forms derived from it."""
+
+from schemas.contracts import (
+    CONTRACTS,
+    DEFAULT_MAX_LEN,
+    HISTORY_EVENT,
+    PARTITION_COLUMN,
+    RAW_LOG,
+    REQUEST_RECORD,
+    SUCCESS_MARKER,
+    TARGET,
+    TASKS,
+    USER_STATE,
+)
+from schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
+from schemas.types import Field, ListOf, Scalar, Schema
+
+__all__ = [
+    "CONTRACTS", "DEFAULT_MAX_LEN", "HISTORY_EVENT", "PARTITION_COLUMN", "RAW_LOG", "REQUEST_RECORD",
+    "SUCCESS_MARKER", "TARGET", "TASKS", "USER_STATE", "LongseqError", "MissingPrerequisiteError",
+    "SchemaMismatchError", "Field", "ListOf", "Scalar", "Schema",
+]

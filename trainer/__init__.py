@@ -1,0 +1,1 @@
+"""Reader -> request batches, the STCA model and baselines, training, metrics, checkpoints, scoring."""
