@@ -18,4 +18,5 @@ def _lazy(module: str) -> Callable[[Sequence[str]], int]:
 
 BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "generate": _lazy("bench.generate_throughput"),
+    "signal": _lazy("bench.history_signal"),
 }

@@ -56,8 +56,8 @@ class GeneratorProfile:
     users: int
     days: int
     # activity: requests/day ~ median * exp(sigma * N(0,1)) per user, times a Gamma day factor
-    median_requests_per_day: float = 5.0
-    activity_sigma: float = 1.7
+    median_requests_per_day: float = 6.0
+    activity_sigma: float = 1.8
     day_shape: float = 2.0  # Gamma shape of the per-day factor: lower = burstier days
     max_requests_per_day: float = 200.0  # about 2,000 videos: a whole waking day of watching
     mean_session_requests: float = 6.0
@@ -115,9 +115,9 @@ PROFILES: dict[str, GeneratorProfile] = {
         # the default: heavy tail with a real share of users past 10k events
         GeneratorProfile("default", users=1000, days=14),
         # benchmark sizes
-        GeneratorProfile("bench-1m", users=300, days=12),
-        GeneratorProfile("bench-10m", users=3000, days=12),
-        GeneratorProfile("bench-50m", users=15000, days=12),
+        GeneratorProfile("bench-1m", users=400, days=12),
+        GeneratorProfile("bench-10m", users=4000, days=12),
+        GeneratorProfile("bench-50m", users=20000, days=12),
     )
 }
 
@@ -451,18 +451,26 @@ def partition_dir(out: Path, day: dt.date) -> Path:
     return out / f"{PARTITION_COLUMN}={day.isoformat()}"
 
 
-def _write_partition(out: Path, day: dt.date, tables: list[pa.Table]) -> None:
-    """Write one ds atomically: files go to a hidden temp dir, which is renamed into place."""
-    final = partition_dir(out, day)
-    tmp = out / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, table in enumerate(tables):
-        pq.write_table(table, tmp / f"part-{i:05d}.parquet", compression="zstd", row_group_size=1 << 20)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    (final / SUCCESS_MARKER).touch()
+class _PartitionWriter:
+    """Writes one ds atomically: part files go to a hidden temp dir as they are made (memory
+    holds one chunk), and the dir is renamed into place with its _SUCCESS marker at the end."""
+
+    def __init__(self, out: Path, day: dt.date):
+        self.final = partition_dir(out, day)
+        self.tmp = out / f".{self.final.name}.tmp"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.parts = 0
+
+    def write(self, table: pa.Table) -> None:
+        pq.write_table(table, self.tmp / f"part-{self.parts:05d}.parquet", compression="zstd", row_group_size=1 << 20)
+        self.parts += 1
+
+    def commit(self) -> None:
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        self.tmp.rename(self.final)
+        (self.final / SUCCESS_MARKER).touch()
 
 
 def _percentiles(x: np.ndarray) -> dict[str, float]:
@@ -500,11 +508,11 @@ def generate(
         t_day = time.perf_counter()
         day = start + dt.timedelta(days=d)
         day_start_ms = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
-        tables, day_rows, day_requests = [], 0, 0
+        writer, day_rows, day_requests = _PartitionWriter(out, day), 0, 0
         for c in range(n_chunks):
             cols = generate_chunk(cat, users, profile, seed, d, c, day_start_ms)
             table, counts = inject_dirt(cols, dirty, np.random.default_rng([seed, d, c, 0xD1]))
-            tables.append(table)
+            writer.write(table)
             for k, v in counts.items():
                 report.dirty[k] += v
             index = by_id[np.searchsorted(users.user_id, cols["user_id"], sorter=by_id)]
@@ -512,7 +520,7 @@ def generate(
             day_rows += table.num_rows
             report.clean_rows += len(cols["event_id"])
             day_requests += len(np.unique(cols["request_id"]))
-        _write_partition(out, day, tables)
+        writer.commit()
         report.rows += day_rows
         report.requests += day_requests
         report.per_day[day.isoformat()] = {"rows": day_rows, "requests": day_requests}

@@ -84,8 +84,11 @@ def spark_session(config: SparkConfig | None = None) -> "SparkSession":
     require_java()
     from pyspark.sql import SparkSession
 
+    config = config or SparkConfig()
+    if config.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no network lookups for a local run
     builder = SparkSession.builder
-    for key, value in (config or SparkConfig()).settings().items():
+    for key, value in config.settings().items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

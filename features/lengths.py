@@ -16,8 +16,8 @@ import numpy as np
 class LengthSampler:
     min_len: int = 256
     max_len: int = 10_000
-    alpha: float = 0.2
-    beta: float = 0.9  # mean = min + alpha/(alpha+beta) * (max-min), about 2k with these defaults
+    alpha: float = 0.1
+    beta: float = 0.45  # mean = min + alpha/(alpha+beta) * (max-min), about 2k with these defaults
     multiple: int = 8
 
     def __post_init__(self) -> None:

@@ -30,7 +30,8 @@ def _mismatches(
             continue
         got = convert(found[f.name])
         if got is None or _shape(got) != _shape(f.dtype):
-            problems.append(f"column {f.name!r}: expected {f.dtype}, got {got if got is not None else found[f.name]}")
+            shown = _shape(got) if got is not None else found[f.name]
+            problems.append(f"column {f.name!r}: expected {_shape(f.dtype)}, got {shown}")
     return problems
 
 

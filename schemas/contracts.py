@@ -45,7 +45,7 @@ RAW_LOG = Schema(
 HISTORY_EVENT: tuple[Field, ...] = (
     Field("item_id", INT64),
     Field("author_id", INT64),
-    Field("event_ts", INT64, doc="ms since epoch; strictly before the request's request_ts"),
+    Field("event_ts", INT64, doc="ms since epoch, when the outcome was logged (in a record: < request_ts)"),
     Field("action", INT32, doc="bit flags: 1 finish, 2 skip, 4 like, 8 comment"),
 )
 
