@@ -39,11 +39,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.hashing import mix64
-from schemas.contracts import PARTITION_COLUMN, RAW_LOG, SUCCESS_MARKER, TASKS
+from schemas.contracts import DAY_MS, PARTITION_COLUMN, RAW_LOG, SUCCESS_MARKER, TASKS, day_start_ms
 from schemas.errors import LongseqError
 from schemas.forms import to_arrow
 
-DAY_MS = 86_400_000
 REPORT_FILE = "_generator_report.json"
 DIRTY_KINDS = ("duplicate_event_id", "missing_required", "label_out_of_range", "event_before_request")
 
@@ -271,7 +270,7 @@ def _within_segment_cumsum(x: np.ndarray, segment: np.ndarray, first: np.ndarray
 
 
 def generate_chunk(
-    cat: Catalogue, users: Users, p: GeneratorProfile, seed: int, day_index: int, chunk: int, day_start_ms: int
+    cat: Catalogue, users: Users, p: GeneratorProfile, seed: int, day_index: int, chunk: int, start_ms: int
 ) -> dict[str, np.ndarray]:
     """Clean impressions of users [chunk*users_per_chunk, ...) on one day, as numpy columns."""
     rng = np.random.default_rng([seed, day_index, chunk])
@@ -372,7 +371,7 @@ def generate_chunk(
     before = _within_segment_cumsum(sess_busy, np.cumsum(sess_first) - 1, np.flatnonzero(sess_first)) - sess_busy
     user_offset = sess_user.astype(np.int64) * (1 << 45)
     sess_start = before + np.maximum.accumulate(sess_start.astype(np.int64) - before + user_offset) - user_offset
-    request_ts = (day_start_ms + sess_start[req_session] + req_end - busy).astype(np.int64)
+    request_ts = (start_ms + sess_start[req_session] + req_end - busy).astype(np.int64)
 
     log_delay = rng.lognormal(np.log(p.log_delay_median_ms), 1.0, n)
     event_ts = request_ts[imp_req] + done_in_request + log_delay.astype(np.int64)
@@ -381,7 +380,7 @@ def generate_chunk(
     event_ts = np.where(late[imp_req], late_at[imp_req], event_ts)  # one batch: equal event_ts
 
     # a request belongs to the day its request_ts falls in; sessions running past midnight stop
-    keep = request_ts[imp_req] < day_start_ms + DAY_MS
+    keep = request_ts[imp_req] < start_ms + DAY_MS
     event_key = (np.uint64(day_index) << np.uint64(40)) | (np.uint64(chunk) << np.uint64(26))
     request_key = event_key | imp_req.astype(np.uint64)
     cols = {
@@ -507,10 +506,10 @@ def generate(
     for d in range(profile.days):
         t_day = time.perf_counter()
         day = start + dt.timedelta(days=d)
-        day_start_ms = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+        start_ms = day_start_ms(day)
         writer, day_rows, day_requests = _PartitionWriter(out, day), 0, 0
         for c in range(n_chunks):
-            cols = generate_chunk(cat, users, profile, seed, d, c, day_start_ms)
+            cols = generate_chunk(cat, users, profile, seed, d, c, start_ms)
             table, counts = inject_dirt(cols, dirty, np.random.default_rng([seed, d, c, 0xD1]))
             writer.write(table)
             for k, v in counts.items():

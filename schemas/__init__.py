@@ -5,6 +5,7 @@ from schemas.contracts import (
     DEFAULT_MAX_LEN,
     HISTORY_EVENT,
     PARTITION_COLUMN,
+    QUARANTINE,
     RAW_LOG,
     REQUEST_RECORD,
     SUCCESS_MARKER,
@@ -16,7 +17,7 @@ from schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatc
 from schemas.types import Field, ListOf, Scalar, Schema
 
 __all__ = [
-    "CONTRACTS", "DEFAULT_MAX_LEN", "HISTORY_EVENT", "PARTITION_COLUMN", "RAW_LOG", "REQUEST_RECORD",
+    "CONTRACTS", "DEFAULT_MAX_LEN", "HISTORY_EVENT", "PARTITION_COLUMN", "QUARANTINE", "RAW_LOG", "REQUEST_RECORD",
     "SUCCESS_MARKER", "TARGET", "TASKS", "USER_STATE", "LongseqError", "MissingPrerequisiteError",
     "SchemaMismatchError", "Field", "ListOf", "Scalar", "Schema",
 ]

@@ -11,6 +11,8 @@ feature added to HISTORY_EVENT appears in the request record and the state alike
 
 from __future__ import annotations
 
+import datetime as dt
+
 from schemas.types import INT8, INT32, INT64, STRING, Field, ListOf, Schema
 
 # Tasks, in bit order: the action flag of task i is 1 << i (finish 1, skip 2, like 4, comment 8).
@@ -19,6 +21,14 @@ TASKS: tuple[str, ...] = ("finish", "skip", "like", "comment")
 PARTITION_COLUMN = "ds"  # UTC date of request_ts, YYYY-MM-DD
 SUCCESS_MARKER = "_SUCCESS"
 DEFAULT_MAX_LEN = 10_000
+
+DAY_MS = 86_400_000
+
+
+def day_start_ms(day: dt.date) -> int:
+    """ms since epoch of 00:00 UTC on `day`: a ds partition holds request_ts in [start, start + DAY_MS)."""
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
 
 HIST_PREFIX = "hist_"
 TGT_PREFIX = "tgt_"
@@ -95,4 +105,10 @@ USER_STATE = Schema(
     ),
 )
 
-CONTRACTS: dict[str, Schema] = {s.name: s for s in (RAW_LOG, REQUEST_RECORD, USER_STATE)}
+QUARANTINE = Schema(
+    name="quarantine",
+    doc="Raw rows the build rejected, as they were read, with the first rule each broke.",
+    fields=(*RAW_LOG.fields, Field("reason", STRING, doc="see etl/row_rules.py")),
+)
+
+CONTRACTS: dict[str, Schema] = {s.name: s for s in (RAW_LOG, REQUEST_RECORD, USER_STATE, QUARANTINE)}

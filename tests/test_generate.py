@@ -12,9 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from etl.generate import DAY_MS, PROFILES, REPORT_FILE, build_catalogue, build_users, generate, niche_loves
+from etl.generate import PROFILES, REPORT_FILE, build_catalogue, build_users, generate, niche_loves
 from etl.raw_logs import read_raw_partition
-from schemas.contracts import RAW_LOG, SUCCESS_MARKER, TASKS
+from schemas.contracts import DAY_MS, RAW_LOG, SUCCESS_MARKER, TASKS
 
 START = dt.date(2026, 1, 1)
 

@@ -1,0 +1,26 @@
+"""Choosing a build engine by name. Imports are lazy: the polars engine needs no JVM."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from schemas.errors import LongseqError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from etl.build import Engine
+    from etl.spark_session import SparkConfig
+
+ENGINES = ("spark", "polars")
+
+
+def make_engine(name: str, spark_config: "SparkConfig | None" = None) -> "Engine":
+    if name == "spark":
+        from etl.spark_build import SparkEngine
+        from etl.spark_session import spark_session
+
+        return SparkEngine(spark_session(spark_config))
+    if name == "polars":
+        from etl.polars_build import PolarsEngine
+
+        return PolarsEngine()
+    raise LongseqError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -1,0 +1,211 @@
+"""Where a build's outputs live, and how a day is swapped into place atomically.
+
+    OUT/requests/ds=YYYY-MM-DD/    request records (contract 2) + _SUCCESS
+    OUT/quarantine/ds=YYYY-MM-DD/  rejected raw rows + reason + _SUCCESS
+    OUT/state/ds=YYYY-MM-DD/       user_state after that day + _SUCCESS
+    OUT/reports/ds=YYYY-MM-DD/build.json   written last: the day is built
+
+Engines write into hidden temp directories (names starting with "."; Spark, pyarrow and
+polars skip those), which are renamed into place only once complete. A day counts as
+built when its report exists: a run killed before that leaves no report, so the next
+day refuses to build on it, and re-running the day replaces everything.
+
+Storage: local paths go through the os module; URIs with a scheme (hdfs://, s3a://,
+file://) through Hadoop's FileSystem API of the running Spark session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from schemas.contracts import PARTITION_COLUMN, SUCCESS_MARKER
+
+KINDS = ("requests", "quarantine", "state")
+REPORT_NAME = "build.json"
+
+
+class Storage(Protocol):
+    def exists(self, path: str) -> bool: ...
+    def list_names(self, path: str) -> list[str]: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def delete(self, path: str) -> None: ...
+    def write_text(self, path: str, text: str) -> None: ...
+    def read_text(self, path: str) -> str: ...
+    def size(self, path: str) -> int: ...
+
+
+class LocalStorage:
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def list_names(self, path: str) -> list[str]:
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    def rename(self, src: str, dst: str) -> None:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.rename(src, dst)
+
+    def delete(self, path: str) -> None:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+    def write_text(self, path: str, text: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    def read_text(self, path: str) -> str:
+        with open(path) as f:
+            return f.read()
+
+    def size(self, path: str) -> int:
+        if os.path.isfile(path):
+            return os.path.getsize(path)
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+class HadoopStorage:
+    """The same operations through the JVM's Hadoop FileSystem (HDFS, S3A, GCS, file://)."""
+
+    def __init__(self, spark: Any):
+        self._jvm = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _fs(self, path: str) -> tuple[Any, Any]:
+        p = self._jvm.org.apache.hadoop.fs.Path(path)
+        return p.getFileSystem(self._conf), p
+
+    def exists(self, path: str) -> bool:
+        fs, p = self._fs(path)
+        return bool(fs.exists(p))
+
+    def list_names(self, path: str) -> list[str]:
+        fs, p = self._fs(path)
+        if not fs.exists(p):
+            return []
+        return sorted(str(s.getPath().getName()) for s in fs.listStatus(p))
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, s = self._fs(src)
+        _, d = self._fs(dst)
+        fs.mkdirs(d.getParent())
+        if not fs.rename(s, d):
+            raise OSError(f"could not rename {src} to {dst}")
+
+    def delete(self, path: str) -> None:
+        fs, p = self._fs(path)
+        fs.delete(p, True)
+
+    def write_text(self, path: str, text: str) -> None:
+        fs, p = self._fs(path)
+        tmp = self._jvm.org.apache.hadoop.fs.Path(f"{path}.{uuid.uuid4().hex}.tmp")
+        out = fs.create(tmp, True)
+        out.write(bytearray(text.encode()))
+        out.close()
+        fs.delete(p, False)
+        fs.rename(tmp, p)
+
+    def read_text(self, path: str) -> str:
+        fs, p = self._fs(path)
+        stream = fs.open(p)
+        try:
+            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
+            return "\n".join(iter(reader.readLine, None))
+        finally:
+            stream.close()
+
+    def size(self, path: str) -> int:
+        fs, p = self._fs(path)
+        return int(fs.getContentSummary(p).getLength())
+
+
+def is_local(path: str) -> bool:
+    return urlparse(str(path)).scheme == ""
+
+
+def storage_for(path: str, spark: Any = None) -> Storage:
+    if is_local(path):
+        return LocalStorage()
+    if spark is None:
+        raise ValueError(f"{path} is not a local path: it needs a Spark session (the spark engine)")
+    return HadoopStorage(spark)
+
+
+def ds_name(day: dt.date) -> str:
+    return f"{PARTITION_COLUMN}={day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class BuildLayout:
+    out: str
+
+    def dir(self, kind: str, day: dt.date) -> str:
+        return f"{self.out}/{kind}/{ds_name(day)}"
+
+    def report(self, day: dt.date) -> str:
+        return f"{self.out}/reports/{ds_name(day)}/{REPORT_NAME}"
+
+    def temp(self, kind: str, day: dt.date, token: str) -> str:
+        return f"{self.out}/{kind}/.{ds_name(day)}.{token}.tmp"
+
+    def built_days(self, storage: Storage) -> list[dt.date]:
+        """Days whose build finished (their report exists), oldest first."""
+        days = []
+        for name in storage.list_names(f"{self.out}/reports"):
+            if name.startswith(f"{PARTITION_COLUMN}=") and storage.exists(f"{self.out}/reports/{name}/{REPORT_NAME}"):
+                days.append(dt.date.fromisoformat(name.split("=", 1)[1]))
+        return sorted(days)
+
+    def is_built(self, storage: Storage, day: dt.date) -> bool:
+        return storage.exists(self.report(day)) and storage.exists(f"{self.dir('state', day)}/{SUCCESS_MARKER}")
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def commit_day(storage: Storage, layout: BuildLayout, day: dt.date, temps: dict[str, str], report_json: str) -> None:
+    """Swap a day's finished temp dirs into place, then write its report.
+
+    The old report goes first, so that a crash in between leaves the day unbuilt (and the
+    next day refusing to build on it) rather than half old, half new.
+    """
+    storage.delete(layout.report(day))
+    for kind in KINDS:
+        final = layout.dir(kind, day)
+        _normalise_part_names(storage, temps[kind])
+        old = f"{final}.old.{new_token()}"
+        had_old = storage.exists(final)
+        if had_old:
+            storage.rename(final, _hidden(old))
+        storage.rename(temps[kind], final)
+        if had_old:
+            storage.delete(_hidden(old))
+    storage.write_text(layout.report(day), report_json)
+
+
+def _hidden(path: str) -> str:
+    head, _, name = path.rpartition("/")
+    return f"{head}/.{name}"
+
+
+def _normalise_part_names(storage: Storage, directory: str) -> None:
+    """part-00000-<uuid>-c000.zstd.parquet -> part-00000.parquet: re-runs give the same names."""
+    parts = [n for n in storage.list_names(directory) if n.endswith(".parquet")]
+    for i, name in enumerate(parts):
+        target = f"part-{i:05d}.parquet"
+        if name != target:
+            storage.rename(f"{directory}/{name}", f"{directory}/{target}")
+    for name in storage.list_names(directory):  # Spark's .crc checksums would no longer match
+        if name.endswith(".crc"):
+            storage.delete(f"{directory}/{name}")

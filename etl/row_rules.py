@@ -1,0 +1,103 @@
+"""Which raw rows are valid: the quarantine rules, defined once for every engine.
+
+A rule is a function of an `Ops` adapter returning a boolean expression that is true when
+a row breaks it. Spark Columns and polars Exprs share the operators (< <= != & |), so one
+definition serves both engines; `Ops` supplies the few calls that differ. A row's reason
+is the first rule it breaks, in the order below (null checks first, so later rules only
+see non-null values).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any, Callable
+
+from schemas.contracts import DAY_MS, RAW_LOG, TASKS, day_start_ms
+
+
+@dataclass(frozen=True)
+class Ops:
+    """Engine adapter: column access, null test and a first-match CASE for one day."""
+
+    col: Callable[[str], Any]
+    is_null: Callable[[Any], Any]
+    first_match: Callable[[list[tuple[Any, str]]], Any]  # [(condition, reason)] -> reason or null
+    day_start_ms: int
+
+    @property
+    def day_end_ms(self) -> int:
+        return self.day_start_ms + DAY_MS
+
+
+@dataclass(frozen=True)
+class Rule:
+    reason: str
+    broken: Callable[[Ops], Any]
+    doc: str
+
+
+def _any(exprs: list[Any]) -> Any:
+    return reduce(lambda a, b: a | b, exprs)
+
+
+RULES: tuple[Rule, ...] = (
+    *(
+        Rule(f"missing_{name}", lambda o, name=name: o.is_null(o.col(name)), f"{name} is null")
+        for name in RAW_LOG.required_names
+    ),
+    Rule(
+        "label_out_of_range",
+        lambda o: _any([(o.col(t) != 0) & (o.col(t) != 1) for t in TASKS]),
+        "a label is not 0 or 1",
+    ),
+    Rule("event_before_request", lambda o: o.col("event_ts") < o.col("request_ts"), "event_ts < request_ts"),
+    Rule(
+        "nonpositive_id",
+        lambda o: _any([o.col(c) <= 0 for c in ("user_id", "item_id", "author_id")]),
+        "user_id, item_id or author_id <= 0",
+    ),
+    Rule("negative_position", lambda o: o.col("position") < 0, "position < 0"),
+    Rule(
+        "request_ts_outside_partition",
+        lambda o: (o.col("request_ts") < o.day_start_ms) | (o.col("request_ts") >= o.day_end_ms),
+        "request_ts is not in the UTC day of its ds partition",
+    ),
+)
+REASONS: tuple[str, ...] = tuple(r.reason for r in RULES)
+
+# Duplicated event_ids collapse to the row that is smallest by these columns (all
+# required, so never null on a valid row): deterministic whatever order rows arrive in.
+DEDUP_ORDER: tuple[str, ...] = (
+    "event_ts", "request_ts", "request_id", "user_id", "position", "item_id", "author_id", *TASKS,
+)
+
+
+def reason_expr(ops: Ops) -> Any:
+    """Expression: the first rule a row breaks, or null for a valid row."""
+    return ops.first_match([(rule.broken(ops), rule.reason) for rule in RULES])
+
+
+def spark_ops(day: dt.date) -> Ops:
+    from pyspark.sql import functions as F
+
+    def first_match(cases: list[tuple[Any, str]]) -> Any:
+        expr = F.when(cases[0][0], F.lit(cases[0][1]))
+        for cond, reason in cases[1:]:
+            expr = expr.when(cond, F.lit(reason))
+        return expr  # no otherwise: null when nothing matched
+
+    return Ops(col=F.col, is_null=lambda e: e.isNull(), first_match=first_match, day_start_ms=day_start_ms(day))
+
+
+def polars_ops(day: dt.date) -> Ops:
+    import polars as pl
+
+    def first_match(cases: list[tuple[Any, str]]) -> Any:
+        expr = pl.when(cases[0][0]).then(pl.lit(cases[0][1]))
+        for cond, reason in cases[1:]:
+            expr = expr.when(cond).then(pl.lit(reason))
+        return expr.otherwise(pl.lit(None, dtype=pl.String))
+
+    return Ops(col=pl.col, is_null=lambda e: e.is_null(), first_match=first_match, day_start_ms=day_start_ms(day))
