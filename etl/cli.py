@@ -10,9 +10,12 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from schemas.errors import LongseqError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from etl.spark_session import SparkConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +72,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spark_config(args: argparse.Namespace) -> "SparkConfig":
+    from etl.spark_session import SparkConfig
+
+    config = SparkConfig.from_file(args.spark_config) if args.spark_config else SparkConfig()
+    if args.from_spark_submit:
+        config.master = None
+    elif args.master:
+        config.master = args.master
+    if args.shuffle_partitions:
+        config.shuffle_partitions = args.shuffle_partitions
+    if args.driver_memory:
+        config.driver_memory = args.driver_memory
+    for item in args.conf or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LongseqError(f"--conf expects KEY=VALUE, got {item!r}")
+        config.conf[key] = value
+    return config
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from etl.build import BuildConfig, build
+    from etl.engines import make_engine
+
+    if args.engine == "polars" and any([args.master, args.conf, args.spark_config, args.from_spark_submit]):
+        raise LongseqError("Spark settings (--master, --conf, --spark-config) apply to --engine spark only")
+    config = BuildConfig(
+        raw=str(args.raw), out=str(args.out), start=args.start, end=args.end, max_len=args.max_len,
+        catch_up=args.catch_up,
+    )
+    engine = make_engine(args.engine, _spark_config(args) if args.engine == "spark" else None)
+    build(engine, config, log=_progress)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from etl.demo import run_demo
 
@@ -104,6 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_date, default=dt.date(2026, 1, 1), help="first ds (default 2026-01-01)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="default", help="size and model preset (default: default)")
     p.add_argument("--dirty", type=_fraction, default=0.0, help="fraction of rows made invalid, for robustness tests (default 0)")
+
+    p = add("build", cmd_build, "Build request records (contract 2) from raw logs, day by day from the history state.")
+    p.add_argument("--raw", required=True, help="raw log directory (ds=YYYY-MM-DD partitions with _SUCCESS)")
+    p.add_argument("--out", required=True, help="output directory: requests/, quarantine/, state/, reports/")
+    p.add_argument("--start", type=_date, required=True, help="first ds to build")
+    p.add_argument("--end", type=_date, help="last ds to build (default: --start)")
+    p.add_argument("--max-len", type=_positive_int, default=10_000, help="history length kept per request (default 10000)")
+    p.add_argument("--engine", choices=["spark", "polars"], default="spark", help="spark (default) or polars (local, no JVM)")
+    p.add_argument("--catch-up", action="store_true", help="first build the days missing between the last built day and --start")
+    spark = p.add_argument_group("Spark settings (engine spark)")
+    spark.add_argument("--master", help="Spark master (default local[*])")
+    spark.add_argument("--shuffle-partitions", type=_positive_int, help="spark.sql.shuffle.partitions (default 8)")
+    spark.add_argument("--driver-memory", help="spark.driver.memory (default 4g)")
+    spark.add_argument("--conf", action="append", metavar="KEY=VALUE", help="any Spark setting; repeatable")
+    spark.add_argument("--spark-config", type=Path, metavar="FILE", help="YAML/JSON: master, shuffle_partitions, driver_memory, conf")
+    spark.add_argument("--from-spark-submit", action="store_true", help=argparse.SUPPRESS)
 
     p = add("demo", cmd_demo, "Run the pipeline on a generated sample and print what each stage did.")
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="working directory (default ./demo-run)")

@@ -10,10 +10,11 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from schemas.errors import MissingPrerequisiteError
+from schemas.errors import LongseqError, MissingPrerequisiteError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -56,9 +57,13 @@ def require_java() -> int:
 
 @dataclass
 class SparkConfig:
-    """Spark settings; every key can be overridden from the CLI (--conf k=v) or a config file."""
+    """Spark settings, from the CLI (--master, --conf k=v, ...) or a YAML/JSON file.
 
-    master: str = "local[*]"
+    master=None leaves master and driver memory to spark-submit, which sets them before
+    Python starts.
+    """
+
+    master: str | None = "local[*]"
     app_name: str = "longseq"
     shuffle_partitions: int = 8
     driver_memory: str = "4g"
@@ -66,17 +71,31 @@ class SparkConfig:
 
     def settings(self) -> dict[str, str]:
         base = {
-            "spark.master": self.master,
             "spark.app.name": self.app_name,
             "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
-            "spark.driver.memory": self.driver_memory,
             # ds partitions are UTC dates of request_ts: never let the JVM's zone shift them
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.parquet.compression.codec": "zstd",
-            "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
         }
-        return {**base, **self.conf}
+        if self.master is not None:
+            base |= {"spark.master": self.master, "spark.driver.memory": self.driver_memory, "spark.ui.enabled": "false"}
+        return {**base, **{k: str(v) for k, v in self.conf.items()}}
+
+    @classmethod
+    def from_file(cls, path: Path) -> "SparkConfig":
+        """YAML or JSON with any of: master, app_name, shuffle_partitions, driver_memory, conf."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise LongseqError(f"cannot read Spark config {path}: {e}") from None
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or unknown:
+            raise LongseqError(f"{path}: unknown Spark config keys {sorted(unknown)}; allowed: master, app_name, "
+                               "shuffle_partitions, driver_memory, conf")
+        return cls(**data)
 
 
 def spark_session(config: SparkConfig | None = None) -> "SparkSession":
@@ -85,7 +104,7 @@ def spark_session(config: SparkConfig | None = None) -> "SparkSession":
     from pyspark.sql import SparkSession
 
     config = config or SparkConfig()
-    if config.master.startswith("local"):
+    if (config.master or "").startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no network lookups for a local run
     builder = SparkSession.builder
     for key, value in config.settings().items():
