@@ -19,4 +19,6 @@ def _lazy(module: str) -> Callable[[Sequence[str]], int]:
 BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "generate": _lazy("bench.generate_throughput"),
     "signal": _lazy("bench.history_signal"),
+    "build": _lazy("bench.build_throughput"),
+    "layout": _lazy("bench.request_layout_bytes"),
 }

@@ -1,7 +1,7 @@
 """`longseq demo`: the whole pipeline on a generated sample, printing what each stage did.
 
-Stage 1 (today): generate raw logs and summarise them. Later stages (build, validate,
-publish, train) are appended here as they land.
+Stages so far: generate raw logs (with 1% dirty rows), then build request records with
+the Spark engine. Later stages (validate, publish, train) are appended as they land.
 """
 
 from __future__ import annotations
@@ -37,12 +37,40 @@ def summarize_raw(raw: Path, start: dt.date, days: int) -> list[str]:
 
 
 def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callable[[str], None] = print) -> int:
+    from etl.build import BuildConfig, build
+    from etl.engines import make_engine
+    from etl.spark_session import SparkConfig
+
     out = Path(out)
-    raw = out / "raw"
+    raw, built = out / "raw", out / "built"
     p = PROFILES[profile]
-    progress(f"[1/1] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {raw}")
+    progress(f"[1/2] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {raw}")
     report = generate(raw, p, seed, DEMO_START, dirty=0.01, progress=progress)
     lines = summarize_raw(raw, DEMO_START, p.days)
-    lines.append("  dirty rows (quarantined by the build): " + ", ".join(f"{k} {v}" for k, v in report.dirty.items()))
+    lines.append("  dirty rows written: " + ", ".join(f"{k} {v}" for k, v in report.dirty.items()))
     print("\n".join(lines))
+
+    end = DEMO_START + dt.timedelta(days=p.days - 1)
+    progress(f"[2/2] build: Spark engine, max_len 10000, {DEMO_START}..{end} -> {built}")
+    engine = make_engine("spark", SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="2g"))
+    reports = build(engine, BuildConfig(str(raw), str(built), DEMO_START, end), log=progress)
+    print(summarize_build(reports))
     return 0
+
+
+def summarize_build(reports: list[dict]) -> str:
+    rows = sum(r["rows_read"] for r in reports)
+    quarantined: dict[str, int] = {}
+    for r in reports:
+        for k, v in r["quarantined"].items():
+            quarantined[k] = quarantined.get(k, 0) + v
+    last = reports[-1]["history_length"]
+    return "\n".join([
+        f"build: {rows:,} rows -> {sum(r['requests'] for r in reports):,} request records, "
+        f"{sum(r['targets'] for r in reports):,} targets",
+        f"  quarantined {sum(quarantined.values()):,}: " + ", ".join(f"{k} {v}" for k, v in sorted(quarantined.items()) if v),
+        f"  duplicates removed {sum(r['duplicates'] for r in reports):,}; requests with no valid impression "
+        f"{sum(r['requests_without_valid_impressions'] for r in reports):,}",
+        f"  history length on the last day: p50 {last['p50']:,.0f}  p90 {last['p90']:,.0f}  p99 {last['p99']:,.0f}  "
+        f"max {last['max']:,.0f}",
+    ])

@@ -1,23 +1,28 @@
 """The Spark engine: one day of raw logs + the state after the day before -> request records.
 
-Plan (all Spark SQL, no Python UDFs, nothing per user on the driver):
+All Spark SQL, no Python UDFs, nothing per user on the driver. The plan rests on one fact:
+every event in the state that was logged before midnight ("settled") precedes every event
+that can still arrive (valid events of day D are logged at or after their request, so
+after midnight). So a user's events are `settled ++ recent`, where only `recent` (the
+state's pending tail plus the day's events, small) needs sorting:
 
     raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py)
-        \--valid--> dedupe by event_id (min by DEDUP_ORDER)
-                     |-- group by user: the day's events, sorted by (event_ts, event_id)
-                     |      + the state after D-1 (full outer join on user_id)
-                     |      = each user's events, one sorted array per user
-                     |          |-- the state after D: the last max_len events logged
-                     |          |   before midnight + all logged after it
-                     \-- group by request: targets sorted by (position, event_id)
-                            left join the user's events (cold-start users keep their record)
-                            k = number of events with event_ts < request_ts (a prefix, as the
-                                array is sorted), history = events [max(k - max_len, 0), k)
+        \\--valid--> dedupe by event_id (min by DEDUP_ORDER) = the day's kept rows
+              |-- recent events per user: the state's pending tail + the day's events,
+              |   sorted by (event_ts, event_id)
+              |-- per user: events = settled ++ recent  ->  the state after D: the last
+              |   max_len events logged before the end of D, then all later ones
+              \\-- requests: targets sorted by (position, event_id);
+                  k = settled + (recent events with event_ts < request_ts), counted by a
+                  window over requests and recent events ordered by (ts, requests first);
+                  LEFT join the user's events (cold-start users keep their record);
+                  history = events[max(k - max_len, 0) : k]
 
-The only per-request work is a scan and a slice of the user's array, whose size is the
-record's own history plus the day's events: no intermediate of requests x max_len beyond
-the output itself. Records are written sorted by (user_id, request_ts) within each file
-(users hash-partitioned over files), zstd, 32 MB row groups: see docs/ETL.md.
+Per request the work is one slice per history column, sized like the record itself: no
+intermediate of requests x max_len beyond the output. Higher-order functions (interpreted
+per element in Spark) only touch the small recent arrays and targets. Records are
+written sorted by (user_id, request_ts) within each file (users hash-partitioned over
+files), zstd, 32 MB row groups (docs/ETL.md).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import datetime as dt
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.utils import AnalysisException
 
@@ -36,42 +41,45 @@ from etl.row_rules import DEDUP_ORDER, REASONS, reason_expr, spark_ops
 from features.actions import encode_actions
 from schemas.check import check_spark_schema
 from schemas.contracts import (
-    DAY_MS, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, TARGET, TASKS, USER_STATE, day_start_ms,
+    DAY_MS, HIST_PREFIX, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, TARGET, TASKS, TGT_PREFIX, USER_STATE,
+    day_start_ms,
 )
 from schemas.errors import SchemaMismatchError
 from schemas.forms import spark_type, to_spark
 from schemas.types import ListOf
 
-ROW_GROUP_BYTES = 32 * 1024 * 1024  # 32 MB: ~100-1,000 records of 10k events; what Petastorm reads at once
-# The sort key of a user's event array: struct ordering compares fields left to right.
-EVENT_FIELDS = ("event_ts", "event_id", *(f.name for f in HISTORY_EVENT if f.name != "event_ts"))
-TARGET_FIELDS = ("position", "event_id", *(f.name for f in TARGET))
-_EVENT_TYPE = "struct<" + ",".join(  # the element type of a user's event array
-    f"{f}:{spark_type(USER_STATE[f'hist_{f}'].dtype.element).simpleString()}" for f in EVENT_FIELDS
-) + ">"
+ROW_GROUP_BYTES = 32 * 1024 * 1024  # ~100-1,000 records of 10k events: what a reader holds at once
+HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
+EVENT_SORT = ("event_ts", "event_id", *(f for f in HIST if f != "event_ts"))  # struct order = sort order
+TARGET_SORT = ("position", "event_id", *(f.name for f in TARGET))
 
 
 class RoutingStorage:
     """Local paths through the os module, URIs through Hadoop: one Storage for any path."""
 
-    def __init__(self, spark: Any):
+    def __init__(self, spark: SparkSession):
         self._local = LocalStorage()
         self._spark = spark
 
-    def _for(self, path: str) -> Storage:
-        return self._local if is_local(path) else storage_for(path, self._spark)
-
     def __getattr__(self, op: str) -> Any:
-        return lambda path, *rest: getattr(self._for(path), op)(path, *rest)
+        def call(path: str, *rest: Any) -> Any:
+            storage = self._local if is_local(path) else storage_for(path, self._spark)
+            return getattr(storage, op)(path, *rest)
+
+        return call
 
 
-def _non_null(expr: str, dtype: Any) -> str:
-    """SQL marking a never-null value as non-nullable (coalesce with a non-null literal), so
-    Parquet gets the contract's required fields; Spark infers nullable for aggregates."""
-    if isinstance(dtype, ListOf):
-        return f"coalesce(transform({expr}, x -> {_non_null('x', dtype.element)}), array())"
-    default = "''" if dtype.name == "string" else f"cast(0 as {spark_type(dtype).simpleString()})"
-    return f"coalesce({expr}, {default})"
+def _required(expr: Column | str, dtype: Any) -> Column:
+    """`expr` marked non-nullable, so Parquet gets the contract's required fields.
+
+    Spark infers nullable for aggregates and outer joins; coalescing with a non-null
+    literal (never taken: the values are never null) tells it otherwise.
+    """
+    col = F.expr(expr) if isinstance(expr, str) else expr
+    if isinstance(dtype, ListOf):  # empty typed array with non-null elements
+        empty = F.array_repeat(F.lit(0 if dtype.element.name != "string" else "").cast(spark_type(dtype.element)), 0)
+        return F.coalesce(col, empty)
+    return F.coalesce(col, F.lit(0 if dtype.name != "string" else "").cast(spark_type(dtype)))
 
 
 class SparkEngine:
@@ -96,12 +104,10 @@ class SparkEngine:
 
     def _read_state(self, path: str | None) -> DataFrame:
         if path is None:
-            state = self.spark.createDataFrame([], to_spark(USER_STATE))
-        else:
-            state = self.spark.read.parquet(path)
-            check_spark_schema(state.schema, USER_STATE, source=path)
-        fields = ", ".join(f"'{f}', hist_{f}[i]" for f in EVENT_FIELDS)
-        return state.select("user_id", F.expr(f"transform(hist_event_ts, (_, i) -> named_struct({fields}))").alias("prior"))
+            return self.spark.createDataFrame([], to_spark(USER_STATE))
+        state = self.spark.read.parquet(path)
+        check_spark_schema(state.schema, USER_STATE, source=path)
+        return state.select(*USER_STATE.names)
 
     # ------------------------------------------------------------ the day
 
@@ -113,82 +119,117 @@ class SparkEngine:
         try:
             by_reason = {r["reason"]: r["count"] for r in tagged.groupBy("reason").count().collect()}
             self._write_quarantine(tagged, temps["quarantine"])
-
-            valid = tagged.where(F.col("reason").isNull()).drop("reason")
-            kept = (
-                valid.groupBy("event_id")
-                .agg(F.min(F.struct(*DEDUP_ORDER, *[c for c in RAW_LOG.names if c not in DEDUP_ORDER and c != "event_id"])).alias("r"))
-                .select("event_id", "r.*")
-                .withColumn("action", encode_actions({t: F.col(t).cast("int") for t in TASKS}).cast("int"))
-            )
-            events = self._user_events(kept, prev_state)
-            self._write_state(events, day, max_len, temps["state"])
-            self._write_requests(kept, events, max_len, temps["requests"])
+            kept = self._dedupe(tagged.where(F.col("reason").isNull()).drop("reason"))
+            kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
+            state = self._read_state(prev_state)
+            recent = self._recent_rows(kept, state)
+            users = self._user_events(recent, state, day).persist(StorageLevel.MEMORY_AND_DISK)
+            self._write_state(users, max_len, temps["state"])
+            self._write_requests(kept, recent, users, max_len, temps["requests"])
         finally:
-            tagged.unpersist()
+            self.spark.catalog.clearCache()
         return self._counts(by_reason, temps)
 
-    def _user_events(self, kept: DataFrame, prev_state: str | None) -> DataFrame:
-        """One row per user: all their known events, sorted by (event_ts, event_id)."""
-        today = kept.groupBy("user_id").agg(F.collect_list(F.struct(*EVENT_FIELDS)).alias("today"))
-        prior = self._read_state(prev_state)
-        empty = F.array().cast(f"array<{_EVENT_TYPE}>")
-        return today.join(prior, "user_id", "full_outer").select(
-            "user_id",
-            F.array_sort(F.concat(F.coalesce("prior", empty), F.coalesce("today", empty))).alias("events"),
+    def _dedupe(self, valid: DataFrame) -> DataFrame:
+        """One row per event_id: the smallest by DEDUP_ORDER, whatever order rows came in."""
+        rest = [c for c in RAW_LOG.names if c not in DEDUP_ORDER and c != "event_id"]
+        return (
+            valid.groupBy("event_id")
+            .agg(F.min(F.struct(*DEDUP_ORDER, *rest)).alias("r"))
+            .select("event_id", "r.*")
+            .withColumn("action", encode_actions({t: F.col(t).cast("int") for t in TASKS}).cast("int"))
         )
 
-    def _write_state(self, events: DataFrame, day: dt.date, max_len: int, path: str) -> None:
-        end = day_start_ms(day) + DAY_MS
-        cols = [
-            F.expr(_non_null(f"transform(state, e -> e.{f})", USER_STATE[f"hist_{f}"].dtype)).alias(f"hist_{f}")
-            for f in ("event_id", *(f.name for f in HISTORY_EVENT))
-        ]
-        state = (
-            events.selectExpr(
-                "user_id",
-                "events",
-                f"aggregate(events, 0, (n, e) -> n + if(e.event_ts < {end}L, 1, 0)) as before_midnight",
-            )
-            # the most recent max_len events logged before midnight, then every later one
-            .selectExpr(
-                "user_id",
-                f"slice(events, greatest(before_midnight - {max_len}, 0) + 1, size(events)) as state",
-            )
-            .where("size(state) > 0")
-            .select(F.expr(_non_null("user_id", USER_STATE["user_id"].dtype)).alias("user_id"), *cols)
+    def _recent_rows(self, kept: DataFrame, state: DataFrame) -> DataFrame:
+        """Events that may still need sorting: the day's kept rows and the state's pending tail."""
+        tail = {
+            f: F.expr(f"slice(hist_{f}, size(hist_{f}) - size(pending_event_id) + 1, size(pending_event_id))").alias(f)
+            for f in HIST
+        }
+        pending = state.where(F.size("pending_event_id") > 0).select(
+            "user_id", F.inline(F.arrays_zip(*tail.values(), F.col("pending_event_id").alias("event_id")))
         )
+        return kept.select("user_id", *EVENT_SORT).unionByName(pending.select("user_id", *EVENT_SORT))
+
+    def _user_events(self, recent_rows: DataFrame, state: DataFrame, day: dt.date) -> DataFrame:
+        """Per user: all events = settled (from the state) ++ recent (sorted), column by column."""
+        end = day_start_ms(day) + DAY_MS
+        settled = state.select(
+            "user_id",
+            *[F.expr(f"slice(hist_{f}, 1, size(hist_{f}) - size(pending_event_id))").alias(f"settled_{f}") for f in HIST],
+        )
+        recent = recent_rows.groupBy("user_id").agg(
+            F.sort_array(F.collect_list(F.struct(*EVENT_SORT))).alias("recent"),
+            F.sum(F.when(F.col("event_ts") < end, 1).otherwise(0)).alias("recent_before_end"),
+        )
+        recent = recent.select(
+            "user_id", "recent_before_end",
+            *[F.expr(f"transform(recent, e -> e.{f})").alias(f"recent_{f}") for f in (*HIST, "event_id")],
+        )
+        return settled.join(recent, "user_id", "full_outer").select(
+            "user_id",
+            F.size(_required("settled_event_ts", ListOf(_elem("event_ts")))).alias("n_settled"),  # size(null) is -1
+            F.coalesce("recent_before_end", F.lit(0)).alias("recent_before_end"),
+            *[
+                _required(F.concat(_required(f"settled_{f}", ListOf(_elem(f))), _required(f"recent_{f}", ListOf(_elem(f)))),
+                          ListOf(_elem(f))).alias(f)
+                for f in HIST
+            ],
+            _required("recent_event_id", ListOf(_elem("event_id"))).alias("recent_event_id"),
+        )
+
+    def _write_state(self, users: DataFrame, max_len: int, path: str) -> None:
+        # keep the last max_len events logged before the end of the day, then every later one
+        before_end = F.col("n_settled") + F.col("recent_before_end")
+        start = F.greatest(before_end - max_len, F.lit(0)) + 1
+        n_recent = F.size("recent_event_id")
+        state = users.select(
+            _required("user_id", USER_STATE["user_id"].dtype).alias("user_id"),
+            *[_required(F.slice(f, start, F.size(f)), USER_STATE[HIST_PREFIX + f].dtype).alias(HIST_PREFIX + f) for f in HIST],
+            _required(
+                F.slice("recent_event_id", F.col("recent_before_end") + 1, n_recent - F.col("recent_before_end")),
+                USER_STATE["pending_event_id"].dtype,
+            ).alias("pending_event_id"),
+        ).where(F.size("hist_event_ts") > 0)
         state.sortWithinPartitions("user_id").write.option("parquet.block.size", ROW_GROUP_BYTES).parquet(path)
 
-    def _write_requests(self, kept: DataFrame, events: DataFrame, max_len: int, path: str) -> None:
+    def _write_requests(self, kept: DataFrame, recent: DataFrame, users: DataFrame, max_len: int, path: str) -> None:
         requests = kept.groupBy("request_id").agg(
             F.min("user_id").alias("user_id"),
             F.min("request_ts").alias("request_ts"),
-            F.array_sort(F.collect_list(F.struct(*TARGET_FIELDS))).alias("targets"),
+            F.sort_array(F.collect_list(F.struct(*TARGET_SORT))).alias("targets"),
         )
-        joined = requests.join(events, "user_id", "left").selectExpr(
-            "request_id", "user_id", "request_ts", "targets",
-            "coalesce(events, array()) as events",
-        ).selectExpr(
-            "*", "aggregate(events, 0, (n, e) -> n + if(e.event_ts < request_ts, 1, 0)) as k",
-        ).selectExpr(
-            "*", f"slice(events, greatest(k - {max_len}, 0) + 1, least(k, {max_len})) as hist",
+        # recent events before each request: requests sort before events at equal times,
+        # and the frame is ROWS, so an event at request_ts is not counted
+        stream = requests.select("user_id", F.col("request_ts").alias("ts"), F.lit(0).alias("is_event"), "request_id")
+        stream = stream.unionByName(recent.select(
+            "user_id", F.col("event_ts").alias("ts"), F.lit(1).alias("is_event"), F.lit(None).cast("string").alias("request_id")
+        ))
+        w = Window.partitionBy("user_id").orderBy("ts", "is_event").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        counted = stream.withColumn("recent_before", F.sum("is_event").over(w)).where("is_event = 0").select(
+            "request_id", "recent_before"
         )
-        out = []
-        for f in REQUEST_RECORD:
-            if f.name.startswith("hist_"):
-                expr = f"transform(hist, e -> e.{f.name[5:]})"
-            elif f.name.startswith("tgt_"):
-                expr = f"transform(targets, t -> t.{f.name[4:]})"
-            else:
-                expr = f.name
-            out.append(F.expr(_non_null(expr, f.dtype)).alias(f.name))
-        records = joined.select(*out)
-        (
-            records.sortWithinPartitions("user_id", "request_ts", "request_id")
-            .write.option("parquet.block.size", ROW_GROUP_BYTES)
-            .parquet(path)
+        k = F.coalesce(F.col("n_settled"), F.lit(0)) + F.col("recent_before")
+        start = F.greatest(k - max_len, F.lit(0)) + 1
+        length = F.least(k, F.lit(max_len))
+        records = (
+            requests.join(counted, "request_id")
+            .join(users.select("user_id", "n_settled", *HIST), "user_id", "left")
+            .select(
+                *[
+                    _required(
+                        F.slice(f.name[len(HIST_PREFIX):], start, length) if f.name.startswith(HIST_PREFIX)
+                        else F.col("targets")[f.name[len(TGT_PREFIX):]] if f.name.startswith(TGT_PREFIX)
+                        else F.col(f.name),
+                        f.dtype,
+                    ).alias(f.name)
+                    for f in REQUEST_RECORD
+                ]
+            )
         )
+        records.sortWithinPartitions("user_id", "request_ts", "request_id").write.option(
+            "parquet.block.size", ROW_GROUP_BYTES
+        ).parquet(path)
 
     def _write_quarantine(self, tagged: DataFrame, path: str) -> None:
         rows = tagged.where("reason is not null").select(*QUARANTINE.names)
@@ -207,13 +248,11 @@ class SparkEngine:
         )
         quarantine = read.parquet(temps["quarantine"]).where("request_id is not null").select("request_id").distinct()
         orphaned = quarantine.join(read.parquet(temps["requests"]).select("request_id"), "request_id", "left_anti").count()
-        quarantined = {reason: int(by_reason.get(reason, 0)) for reason in REASONS}
-        rows_read = sum(int(v) for v in by_reason.values())
         targets = sum(int(r["targets"]) for r in lengths)
         return DayCounts(
-            rows_read=rows_read,
+            rows_read=sum(int(v) for v in by_reason.values()),
             duplicates=int(by_reason.get(None, 0)) - targets,
-            quarantined=quarantined,
+            quarantined={reason: int(by_reason.get(reason, 0)) for reason in REASONS},
             requests=sum(int(r["records"]) for r in lengths),
             targets=targets,
             requests_without_valid_impressions=int(orphaned),
@@ -221,3 +260,8 @@ class SparkEngine:
             history_length=length_summary({int(r["n"]): int(r["records"]) for r in lengths}),
         )
 
+
+def _elem(field: str) -> Any:
+    """The element type of a history field (event_id: the pending ids' element type)."""
+    name = "pending_event_id" if field == "event_id" else HIST_PREFIX + field
+    return USER_STATE[name].dtype.element

@@ -95,13 +95,15 @@ USER_STATE = Schema(
     name="user_state",
     doc=(
         "Per-user history after day D, input to the build of day D+1: the most recent "
-        "max_len events logged before the end of D, plus every event logged later (a "
-        "request of D+1 may still precede them). Event ids break event_ts ties across days."
+        "max_len events logged before the end of D, then every event logged after it (a "
+        "request of D+1 may still precede those). Lists ordered by (event_ts, event_id). "
+        "Only the trailing events logged after D can still be reordered against new ones, "
+        "so only their event_ids are kept: pending_event_id, whose length says how many there are."
     ),
     fields=(
         Field("user_id", INT64),
-        Field(HIST_PREFIX + "event_id", ListOf(STRING)),
         *HISTORY_COLUMNS,
+        Field("pending_event_id", ListOf(STRING), doc="event_ids of the trailing events logged after the state's day"),
     ),
 )
 

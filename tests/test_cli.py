@@ -82,6 +82,7 @@ def test_demo_runs_and_summarises(tmp_path):
     r = run("demo", "--out", str(tmp_path / "demo"), "--profile", "tiny")
     assert r.returncode == 0, r.stderr
     assert "raw logs:" in r.stdout and "label rates:" in r.stdout and "dirty rows" in r.stdout
+    assert "request records" in r.stdout and "quarantined" in r.stdout
     assert (tmp_path / "demo" / "raw" / "ds=2026-01-01" / "_SUCCESS").exists()
 
 

@@ -76,7 +76,7 @@ def test_unischema_form_matches_fields(name):
 def test_request_record_and_state_share_the_history_columns():
     hist = [f"hist_{f.name}" for f in HISTORY_EVENT]
     assert [n for n in REQUEST_RECORD.names if n.startswith("hist_")] == hist
-    assert [n for n in USER_STATE.names if n.startswith("hist_")] == ["hist_event_id", *hist]
+    assert [n for n in USER_STATE.names if n.startswith("hist_")] == hist
     assert [n for n in REQUEST_RECORD.names if n.startswith("tgt_")] == (
         ["tgt_item_id", "tgt_author_id"] + [f"tgt_{t}" for t in TASKS]
     )

@@ -1,0 +1,84 @@
+"""Spark build throughput against the I/O floor, side by side in one Spark session.
+
+    longseq bench build [--profiles bench-1m,bench-10m] [--max-len 10000] [--master local[2]]
+                        [--workdir DIR] [--seed 0]
+
+For each profile: generate its raw logs (not timed), then in the same JVM time
+  floor: a plain Spark read + sort by (user_id, event_ts) + write of the same raw data;
+  build: the daily builds of every generated day (etl.build with the Spark engine).
+Goals (issue 3): build within 3x of the floor; 10x events cost at most ~11x time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from etl.build import BuildConfig, build
+from etl.generate import PROFILES, generate
+from etl.spark_build import SparkEngine
+from etl.spark_session import SparkConfig, spark_session
+
+START = dt.date(2026, 1, 1)
+
+
+def _bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*.parquet"))
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longseq bench build", description=__doc__.split("\n")[0])
+    ap.add_argument("--profiles", default="bench-1m,bench-10m")
+    ap.add_argument("--max-len", type=int, default=10_000)
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp dir, removed)")
+    args = ap.parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="longseq-bench-build-"))
+    spark = spark_session(SparkConfig(master=args.master, app_name="longseq-bench-build"))
+    rows = []
+    try:
+        for name in args.profiles.split(","):
+            profile = PROFILES[name]
+            raw, out, floor = work / name / "raw", work / name / "out", work / name / "floor"
+            report = generate(raw, profile, args.seed, START)
+            # warm the JVM on this data once, so neither side pays for class loading
+            spark.read.parquet(str(raw)).count()
+            t = time.perf_counter()
+            spark.read.parquet(str(raw)).sort("user_id", "event_ts").write.mode("overwrite").parquet(str(floor))
+            floor_s = time.perf_counter() - t
+            t = time.perf_counter()
+            end = START + dt.timedelta(days=profile.days - 1)
+            reports = build(SparkEngine(spark), BuildConfig(str(raw), str(out), START, end, args.max_len), log=lambda m: None)
+            build_s = time.perf_counter() - t
+            rows.append(dict(
+                profile=name, events=report.rows, days=profile.days, floor_s=floor_s, build_s=build_s,
+                requests=sum(r["requests"] for r in reports), raw_mb=_bytes(raw) / 2**20,
+                out_mb=_bytes(out / "requests") / 2**20, state_mb=_bytes(out / "state") / 2**20,
+                hist_mean=sum(r["history_length"]["mean"] * r["requests"] for r in reports) / max(1, sum(r["requests"] for r in reports)),
+            ))
+            print(f"{name}: floor {floor_s:.1f} s, build {build_s:.1f} s", file=sys.stderr)
+            shutil.rmtree(work / name, ignore_errors=True)
+    finally:
+        spark.stop()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"max_len {args.max_len}, master {args.master}\n")
+    print("| profile | events | days | requests | mean history | floor s | build s | build / floor | floor events/s | build events/s | raw MB | records MB | state MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['profile']} | {r['events']:,} | {r['days']} | {r['requests']:,} | {r['hist_mean']:,.0f} | {r['floor_s']:.1f} | "
+            f"{r['build_s']:.1f} | {r['build_s'] / r['floor_s']:.1f}x | {r['events'] / r['floor_s']:,.0f} | "
+            f"{r['events'] / r['build_s']:,.0f} | {r['raw_mb']:,.0f} | {r['out_mb']:,.0f} | {r['state_mb']:,.0f} |"
+        )
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        print(f"\nscaling {a['profile']} -> {b['profile']}: {b['events'] / a['events']:.1f}x events, "
+              f"{b['build_s'] / a['build_s']:.1f}x build time, {b['floor_s'] / a['floor_s']:.1f}x floor time")
+    return 0
