@@ -94,9 +94,9 @@ def check_raw_partitions(storage: Storage, raw: str, days: list[dt.date]) -> Non
 
 def plan_days(storage: Storage, layout: BuildLayout, config: BuildConfig, log: Callable[[str], None]) -> list[dt.date]:
     """The days to build, after checking that the state chain reaches the first one."""
-    days = config.days()
-    if days[-1] < days[0]:
+    if config.end is not None and config.end < config.start:
         raise LongseqError(f"--end {config.end} is before --start {config.start}")
+    days = config.days()
     prev = days[0] - dt.timedelta(days=1)
     if layout.is_built(storage, prev):
         return days

@@ -1,0 +1,228 @@
+"""Operating the build: prerequisites, errors, the state chain, atomic and idempotent days,
+Spark settings and spark-submit. (Record-level semantics: test_build_semantics.py.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from etl.build import BuildConfig, build
+from etl.generate import PROFILES, generate
+from etl.layout import BuildLayout, LocalStorage
+from schemas.contracts import RAW_LOG, SUCCESS_MARKER
+from schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
+from schemas.forms import to_arrow
+
+START = dt.date(2026, 1, 1)
+BIN = Path(sys.executable).parent
+DAY = lambda i: START + dt.timedelta(days=i)  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    """Four days of the tiny profile, 5% dirty."""
+    out = tmp_path_factory.mktemp("raw")
+    generate(out, PROFILES["tiny"].with_sizes(users=30, days=4), seed=2, start=START, dirty=0.05)
+    return out
+
+
+def polars():
+    from etl.polars_build import PolarsEngine
+
+    return PolarsEngine()
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _records(out: Path, day: dt.date) -> list[dict]:
+    table = pq.read_table(out / "requests" / f"ds={day}")
+    return sorted(table.to_pylist(), key=lambda r: r["request_id"])
+
+
+def _digest(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.glob("*.parquet"))}
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "longseq"), *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+# ---------------------------------------------------------------- prerequisites
+
+
+def test_missing_partition_missing_marker_and_bad_range_are_one_line_errors(raw, tmp_path):
+    r = _cli("build", "--engine", "polars", "--raw", str(raw), "--out", str(tmp_path), "--start", "2026-02-01")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "raw partition" in r.stderr and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+    copy = tmp_path / "raw"
+    (copy / "ds=2026-01-01").mkdir(parents=True)
+    for f in (raw / "ds=2026-01-01").glob("*.parquet"):
+        (copy / "ds=2026-01-01" / f.name).write_bytes(f.read_bytes())
+    r = _cli("build", "--engine", "polars", "--raw", str(copy), "--out", str(tmp_path / "o"), "--start", "2026-01-01")
+    assert r.returncode == 1 and "no _SUCCESS marker" in r.stderr and "Traceback" not in r.stderr
+
+    r = _cli("build", "--engine", "polars", "--raw", str(raw), "--out", str(tmp_path / "o"), "--start", "2026-01-03",
+             "--end", "2026-01-02")
+    assert r.returncode == 1 and "before --start" in r.stderr
+
+    r = _cli("build", "--engine", "polars", "--master", "local[1]", "--raw", str(raw), "--out", str(tmp_path / "o"),
+             "--start", "2026-01-01")
+    assert r.returncode == 1 and "--engine spark only" in r.stderr
+
+
+def _mismatched_raw(tmp_path: Path) -> Path:
+    table = to_arrow(RAW_LOG).empty_table()
+    i = table.schema.get_field_index("user_id")
+    table = table.set_column(i, pa.field("user_id", pa.string()), pa.array([], pa.string()))
+    part = tmp_path / "bad" / "ds=2026-01-01"
+    part.mkdir(parents=True)
+    pq.write_table(table, part / "part-00000.parquet")
+    (part / SUCCESS_MARKER).touch()
+    return tmp_path / "bad"
+
+
+def test_schema_mismatch_polars(tmp_path):
+    bad = _mismatched_raw(tmp_path)
+    with pytest.raises(SchemaMismatchError, match="'user_id': expected int64, got string"):
+        build(polars(), BuildConfig(str(bad), str(tmp_path / "out"), START), log=_quiet)
+
+
+@pytest.mark.spark
+def test_schema_mismatch_spark(spark, tmp_path):
+    from etl.spark_build import SparkEngine
+
+    bad = _mismatched_raw(tmp_path)
+    with pytest.raises(SchemaMismatchError, match="'user_id': expected int64, got string"):
+        build(SparkEngine(spark), BuildConfig(str(bad), str(tmp_path / "out"), START), log=_quiet)
+    assert not (tmp_path / "out" / "requests" / "ds=2026-01-01").exists()
+
+
+# ---------------------------------------------------------------- the state chain
+
+
+def test_gap_in_the_state_chain_is_an_error_unless_catch_up(raw, tmp_path):
+    out = str(tmp_path / "out")
+    build(polars(), BuildConfig(str(raw), out, DAY(0)), log=_quiet)
+    with pytest.raises(MissingPrerequisiteError, match=r"state after 2026-01-02 is missing.*--catch-up"):
+        build(polars(), BuildConfig(str(raw), out, DAY(2)), log=_quiet)
+    messages: list[str] = []
+    build(polars(), BuildConfig(str(raw), out, DAY(2), catch_up=True), log=messages.append)
+    assert any("--catch-up: building 1 missing day(s)" in m for m in messages)
+    assert BuildLayout(out).built_days(LocalStorage()) == [DAY(0), DAY(1), DAY(2)]
+
+
+def test_cold_start_is_announced(raw, tmp_path):
+    messages: list[str] = []
+    build(polars(), BuildConfig(str(raw), str(tmp_path), DAY(1)), log=messages.append)
+    assert any("cold start" in m for m in messages)
+
+
+# ---------------------------------------------------------------- atomic, idempotent
+
+
+def test_a_failed_run_leaves_the_previous_day_intact_and_unbuilt_days_unusable(raw, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    build(polars(), BuildConfig(str(raw), str(out), DAY(0), DAY(1)), log=_quiet)
+    before = _records(out, DAY(1))
+    report = json.loads((out / "reports" / "ds=2026-01-02" / "build.json").read_text())
+
+    calls = {"n": 0}
+    real_rename = LocalStorage.rename
+
+    def failing_rename(self, src, dst):
+        calls["n"] += 1
+        if calls["n"] == 3:  # in the middle of swapping the new outputs in
+            raise OSError("disk full (simulated)")
+        return real_rename(self, src, dst)
+
+    monkeypatch.setattr(LocalStorage, "rename", failing_rename)
+    with pytest.raises(OSError, match="simulated"):
+        build(polars(), BuildConfig(str(raw), str(out), DAY(1)), log=_quiet)
+    monkeypatch.undo()
+
+    # no half-written partition is visible, no temp dirs are left, and the day is not built
+    for kind in ("requests", "quarantine", "state"):
+        for d in (out / kind).iterdir():
+            assert not d.name.endswith(".tmp")
+            assert d.name.startswith(".") or (d / SUCCESS_MARKER).exists()
+    assert not (out / "reports" / "ds=2026-01-02" / "build.json").exists()
+    with pytest.raises(MissingPrerequisiteError, match="state after 2026-01-02 is missing"):
+        build(polars(), BuildConfig(str(raw), str(out), DAY(2)), log=_quiet)
+    # re-running the day restores exactly what it was
+    build(polars(), BuildConfig(str(raw), str(out), DAY(1)), log=_quiet)
+    assert _records(out, DAY(1)) == before
+    again = json.loads((out / "reports" / "ds=2026-01-02" / "build.json").read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in report.items() if k != "seconds"}
+
+
+def test_rerunning_a_day_gives_the_same_bytes_polars(raw, tmp_path):
+    out = tmp_path / "out"
+    build(polars(), BuildConfig(str(raw), str(out), DAY(0), DAY(1)), log=_quiet)
+    first = {k: _digest(out / k / "ds=2026-01-02") for k in ("requests", "quarantine", "state")}
+    messages: list[str] = []
+    build(polars(), BuildConfig(str(raw), str(out), DAY(1)), log=messages.append)
+    assert {k: _digest(out / k / "ds=2026-01-02") for k in first} == first
+    build(polars(), BuildConfig(str(raw), str(out), DAY(0)), log=messages.append)
+    assert any("rebuild them" in m for m in messages)  # day 2 was built on day 1's old state
+
+
+# ---------------------------------------------------------------- Spark settings, Hadoop paths, spark-submit
+
+
+def test_spark_config_file_and_cli_overrides(tmp_path):
+    from etl.cli import _spark_config, build_parser
+    from etl.spark_session import SparkConfig
+
+    f = tmp_path / "spark.yaml"
+    f.write_text("master: local[1]\nshuffle_partitions: 3\nconf:\n  spark.sql.adaptive.enabled: 'false'\n")
+    args = build_parser().parse_args(["build", "--raw", "r", "--out", "o", "--start", "2026-01-01",
+                                      "--spark-config", str(f), "--conf", "spark.executor.cores=2", "--driver-memory", "3g"])
+    config = _spark_config(args)
+    settings = config.settings()
+    assert settings["spark.master"] == "local[1]" and settings["spark.sql.shuffle.partitions"] == "3"
+    assert settings["spark.sql.adaptive.enabled"] == "false" and settings["spark.executor.cores"] == "2"
+    assert settings["spark.driver.memory"] == "3g" and settings["spark.sql.session.timeZone"] == "UTC"
+    f.write_text("masterr: local[1]\n")
+    with pytest.raises(LongseqError, match="unknown Spark config keys"):
+        SparkConfig.from_file(f)
+    args = build_parser().parse_args(["build", "--raw", "r", "--out", "o", "--start", "2026-01-01", "--from-spark-submit"])
+    assert "spark.master" not in _spark_config(args).settings()  # spark-submit decides
+
+
+@pytest.mark.spark
+def test_hadoop_file_system_paths_give_the_same_records(spark, raw, tmp_path):
+    """file:// URIs go through Hadoop's FileSystem API, as hdfs:// or s3a:// would."""
+    from etl.spark_build import SparkEngine
+
+    local, uri = tmp_path / "local", tmp_path / "uri"
+    build(SparkEngine(spark), BuildConfig(str(raw), str(local), DAY(0), DAY(1), max_len=20), log=_quiet)
+    build(SparkEngine(spark), BuildConfig(f"file://{raw}", f"file://{uri}", DAY(0), DAY(1), max_len=20), log=_quiet)
+    for day in (DAY(0), DAY(1)):
+        assert _records(uri, day) == _records(local, day)
+        assert (uri / "reports" / f"ds={day}" / "build.json").exists()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_spark_submit_entry_point(raw, tmp_path):
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    r = subprocess.run(
+        [str(BIN / "spark-submit"), "--master", "local[1]", "--driver-memory", "1g", "etl/spark_job.py",
+         "--raw", str(raw), "--out", str(tmp_path), "--start", "2026-01-01", "--max-len", "20"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ds=2026-01-01:" in r.stdout + r.stderr  # spark-submit may pass the driver's stderr to stdout
+    assert (tmp_path / "requests" / "ds=2026-01-01" / SUCCESS_MARKER).exists()
