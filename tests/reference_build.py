@@ -1,0 +1,224 @@
+"""A deliberately naive reference build: the test oracle for the request records.
+
+It computes, from the raw partitions of ALL the given days at once, what the build must
+write, straight from the semantics in DESIGN.md / docs/CONTRACTS.md, with no incremental
+state, no windows and no joins: plain Python loops over lists of dicts. It shares no code
+with the engines beyond the contract definitions (column names, the reason names and
+their order, the dedup key columns); the row checks are re-implemented here on purpose.
+
+    validity   reason = the first rule a row breaks, in the order of etl.row_rules.REASONS
+    dedupe     valid rows of one ds partition with the same event_id collapse to the
+               smallest by the DEDUP_ORDER columns
+    history    the user's kept events with event_ts < request_ts, sorted by
+               (event_ts, event_id as a string), the last max_len of them
+    targets    the request's kept rows, sorted by (position, event_id)
+    action     finish*1 + skip*2 + like*4 + comment*8
+
+O(requests x user's events): meant for a few thousand rows.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from etl.row_rules import DEDUP_ORDER, REASONS
+from schemas.contracts import RAW_LOG, REQUEST_RECORD
+
+LABELS = ("finish", "skip", "like", "comment")
+MS_PER_DAY = 24 * 60 * 60 * 1000
+
+
+def _day_start(day: dt.date) -> int:
+    return calendar.timegm(day.timetuple()) * 1000
+
+
+# ---------------------------------------------------------------- row validity, by hand
+
+
+def _is_label(v: Any) -> bool:
+    return v == 0 or v == 1
+
+
+def _checks(day: dt.date) -> list[tuple[str, Any]]:
+    """(reason, row -> True when broken), in rule order. Null checks come first, so the
+    later checks only ever see non-null values."""
+    start = _day_start(day)
+    end = start + MS_PER_DAY
+    checks: list[tuple[str, Any]] = [
+        (f"missing_{name}", lambda r, name=name: r[name] is None) for name in RAW_LOG.required_names
+    ]
+    checks += [
+        ("label_out_of_range", lambda r: not all(_is_label(r[t]) for t in LABELS)),
+        ("event_before_request", lambda r: r["event_ts"] < r["request_ts"]),
+        ("nonpositive_id", lambda r: r["user_id"] <= 0 or r["item_id"] <= 0 or r["author_id"] <= 0),
+        ("negative_position", lambda r: r["position"] < 0),
+        ("request_ts_outside_partition", lambda r: not (start <= r["request_ts"] < end)),
+    ]
+    names = tuple(name for name, _ in checks)
+    if names != REASONS:  # the rules changed: this oracle must be updated with them
+        raise AssertionError(f"reference rules {names} do not match etl.row_rules.REASONS {REASONS}")
+    return checks
+
+
+def reason_of(row: dict, day: dt.date) -> str | None:
+    for name, broken in _checks(day):
+        if broken(row):
+            return name
+    return None
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_partition(raw: str | Path, day: dt.date) -> list[dict]:
+    """All rows of RAW/ds=day as dicts of the RAW_LOG columns (files in name order)."""
+    path = Path(raw) / f"ds={day.isoformat()}"
+    files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith(("_", ".")))
+    rows: list[dict] = []
+    for f in files:
+        rows.extend(pq.read_table(f).select(RAW_LOG.names).to_pylist())
+    return rows
+
+
+# ---------------------------------------------------------------- the result
+
+
+@dataclass
+class DayExpectation:
+    rows: int = 0
+    duplicates: int = 0
+    quarantined: dict[str, int] = field(default_factory=lambda: {r: 0 for r in REASONS})
+    requests: int = 0
+    targets: int = 0
+    requests_without_valid_impressions: int = 0
+    users_with_events: int = 0  # users with any kept event up to and including this day
+    quarantine_rows: list[dict] = field(default_factory=list)  # raw row + "reason"
+    request_ids: list[str] = field(default_factory=list)
+    history_lengths: dict[int, int] = field(default_factory=dict)  # length -> records
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+
+@dataclass
+class Reference:
+    records: dict[str, dict]  # request_id -> {REQUEST_RECORD column: value (lists as lists)}
+    record_day: dict[str, dt.date]  # request_id -> the ds its record belongs to
+    days: dict[dt.date, DayExpectation]
+    kept_events: list[dict]  # after validity and dedupe, all days
+    max_len: int
+
+    def records_of(self, day: dt.date) -> dict[str, dict]:
+        return {rid: rec for rid, rec in self.records.items() if self.record_day[rid] == day}
+
+    def full_history_length(self, request_id: str) -> int:
+        """How many events precede the request before truncation."""
+        rec = self.records[request_id]
+        return sum(
+            1 for e in self.kept_events if e["user_id"] == rec["user_id"] and e["event_ts"] < rec["request_ts"]
+        )
+
+
+# ---------------------------------------------------------------- the build
+
+
+def _action(e: dict) -> int:
+    return e["finish"] * 1 + e["skip"] * 2 + e["like"] * 4 + e["comment"] * 8
+
+
+def build_reference(raw: str | Path, days: list[dt.date], max_len: int) -> Reference:
+    if max_len < 1:
+        raise ValueError("max_len must be at least 1")
+    per_day: dict[dt.date, DayExpectation] = {}
+    kept: list[dict] = []
+    kept_day: list[dt.date] = []
+
+    for day in days:
+        exp = DayExpectation()
+        per_day[day] = exp
+        rows = read_partition(raw, day)
+        exp.rows = len(rows)
+        valid = []
+        for row in rows:
+            reason = reason_of(row, day)
+            if reason is None:
+                valid.append(row)
+            else:
+                exp.quarantined[reason] += 1
+                exp.quarantine_rows.append({**row, "reason": reason})
+        by_event: dict[str, list[dict]] = defaultdict(list)
+        for row in valid:
+            by_event[row["event_id"]].append(row)
+        for event_id, copies in by_event.items():
+            best = copies[0]
+            for c in copies[1:]:
+                if tuple(c[k] for k in DEDUP_ORDER) < tuple(best[k] for k in DEDUP_ORDER):
+                    best = c
+            kept.append(best)
+            kept_day.append(day)
+            exp.duplicates += len(copies) - 1
+
+    # requests: the kept rows of one request_id within one ds partition
+    requests: dict[str, list[dict]] = defaultdict(list)
+    request_day: dict[str, dt.date] = {}
+    for e, day in zip(kept, kept_day):
+        rid = e["request_id"]
+        if rid in request_day and request_day[rid] != day:
+            raise AssertionError(f"request {rid} has valid impressions in two partitions: undefined here")
+        request_day[rid] = day
+        requests[rid].append(e)
+
+    records: dict[str, dict] = {}
+    for rid, impressions in requests.items():
+        users = {e["user_id"] for e in impressions}
+        times = {e["request_ts"] for e in impressions}
+        if len(users) != 1 or len(times) != 1:
+            raise AssertionError(f"request {rid} has impressions of several users or times: undefined here")
+        user, request_ts = users.pop(), times.pop()
+
+        history = [e for e in kept if e["user_id"] == user and e["event_ts"] < request_ts]
+        history.sort(key=lambda e: (e["event_ts"], e["event_id"]))
+        if len(history) > max_len:
+            history = history[len(history) - max_len:]
+
+        targets = sorted(impressions, key=lambda e: (e["position"], e["event_id"]))
+
+        rec = {
+            "request_id": rid,
+            "user_id": user,
+            "request_ts": request_ts,
+            "hist_item_id": [e["item_id"] for e in history],
+            "hist_author_id": [e["author_id"] for e in history],
+            "hist_event_ts": [e["event_ts"] for e in history],
+            "hist_action": [_action(e) for e in history],
+            "tgt_item_id": [e["item_id"] for e in targets],
+            "tgt_author_id": [e["author_id"] for e in targets],
+            **{f"tgt_{t}": [e[t] for e in targets] for t in LABELS},
+        }
+        if sorted(rec) != sorted(REQUEST_RECORD.names):
+            raise AssertionError(f"reference record columns {sorted(rec)} != contract {sorted(REQUEST_RECORD.names)}")
+        records[rid] = rec
+
+    for day, exp in per_day.items():
+        ids = sorted(rid for rid, d in request_day.items() if d == day)
+        exp.request_ids = ids
+        exp.requests = len(ids)
+        exp.targets = sum(len(records[rid]["tgt_item_id"]) for rid in ids)
+        for rid in ids:
+            n = len(records[rid]["hist_item_id"])
+            exp.history_lengths[n] = exp.history_lengths.get(n, 0) + 1
+        quarantined_requests = {r["request_id"] for r in exp.quarantine_rows if r["request_id"] is not None}
+        exp.requests_without_valid_impressions = len(quarantined_requests - set(ids))
+        exp.users_with_events = len({e["user_id"] for e, d in zip(kept, kept_day) if d <= day})
+        if exp.rows != exp.targets + exp.quarantined_total + exp.duplicates:
+            raise AssertionError(f"reference accounting does not balance on {day}")
+
+    return Reference(records=records, record_day=request_day, days=per_day, kept_events=kept, max_len=max_len)
