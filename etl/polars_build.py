@@ -1,0 +1,204 @@
+"""The polars engine: one day of raw logs + the state after the day before -> request records.
+
+It runs on one machine without a JVM (local samples, tests) and is the independent
+reference the Spark engine is compared against record by record, so it takes the plainest
+route to the semantics of docs/CONTRACTS.md rather than mirroring etl/spark_build.py:
+
+    raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py)
+        \\--valid--> dedupe by event_id (min by DEDUP_ORDER) = the day's kept rows
+              |-- events: the previous state exploded + the kept rows, in one table sorted
+              |   by (user_id, event_ts, event_id) and ranked 0, 1, ... within each user
+              |-- the state after D: per user, the last max_len events logged before the
+              |   end of D, then every later one
+              \\-- requests: targets sorted by (position, event_id);
+                  k = the user's events with event_ts < request_ts (an as-of join on the ranks);
+                  LEFT join the user's event lists (cold-start users keep their record);
+                  history = events[max(k - max_len, 0) : k]
+
+Everything is whole-table polars expressions: no Python runs per user, request or row.
+Each output is one zstd file, sorted, so the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.build import DayCounts, length_summary
+from etl.layout import LocalStorage
+from etl.row_rules import DEDUP_ORDER, REASONS, polars_ops, reason_expr
+from features.actions import encode_actions
+from schemas.check import check_arrow_schema
+from schemas.contracts import (
+    DAY_MS, HIST_PREFIX, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TARGET, TASKS, TGT_PREFIX,
+    USER_STATE, day_start_ms,
+)
+from schemas.forms import to_arrow, to_polars
+from schemas.types import Schema
+
+ROW_GROUP_BYTES = 32 * 1024 * 1024  # a few hundred 10k-event records: what a reader holds at once
+PART_FILE = "part-00000.parquet"
+HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
+TGT = tuple(f.name for f in TARGET)  # item_id, author_id, finish, skip, like, comment
+# Event order: (event_ts, event_id), then `seq` (the list position of settled state events,
+# which have no event_id), then the other fields, so even two events sharing an event_id
+# (redelivered on another day) sort the same in every engine.
+EVENT_SORT = ("user_id", "event_ts", "event_id", "seq", "item_id", "author_id", "action")
+
+
+class PolarsEngine:
+    name = "polars"
+    storage = LocalStorage()
+
+    def build_day(
+        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str]
+    ) -> DayCounts:
+        day_end = day_start_ms(day) + DAY_MS
+        tagged = _read_parquet_dir(raw_partition, RAW_LOG).with_columns(reason=reason_expr(polars_ops(day)))
+        quarantine = tagged.filter(pl.col("reason").is_not_null()).sort(["reason", *RAW_LOG.names], nulls_last=True)
+        valid = tagged.filter(pl.col("reason").is_null()).drop("reason")
+        kept = _dedupe(valid)
+
+        prev = _read_parquet_dir(prev_state, USER_STATE) if prev_state is not None else _empty(USER_STATE)
+        events = _ranked_events(prev, kept)
+        state = _new_state(events, day_end, max_len)
+        records = _records(kept, events, max_len)
+
+        _write(quarantine.select(QUARANTINE.names), QUARANTINE, temps["quarantine"])
+        _write(state, USER_STATE, temps["state"])
+        _write(records, REQUEST_RECORD, temps["requests"])
+
+        by_reason = dict(quarantine.group_by("reason").len().iter_rows())
+        lengths = records.group_by(pl.col("hist_item_id").list.len()).len().iter_rows()
+        orphaned = (
+            quarantine.select(pl.col("request_id").drop_nulls().unique())
+            .join(kept.select("request_id"), on="request_id", how="anti")
+        )
+        return DayCounts(
+            rows_read=tagged.height,
+            duplicates=valid.height - kept.height,
+            quarantined={reason: int(by_reason.get(reason, 0)) for reason in REASONS},
+            requests=records.height,
+            targets=kept.height,
+            requests_without_valid_impressions=orphaned.height,
+            users_in_state=state.height,
+            history_length=length_summary(dict(lengths)),
+        )
+
+
+# ---------------------------------------------------------------- reading and writing
+
+
+def _empty(contract: Schema) -> pl.DataFrame:
+    return pl.DataFrame(schema=to_polars(contract))
+
+
+def _read_parquet_dir(path: str, contract: Schema) -> pl.DataFrame:
+    """The contract's columns of every part file in `path`, each file's schema checked first."""
+    files = sorted(p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")))
+    if not files:  # a complete partition of a day without impressions
+        return _empty(contract)
+    schema = to_arrow(contract)
+    tables = []
+    for f in files:
+        check_arrow_schema(pq.read_schema(f), contract, source=str(f))
+        # the cast unifies what the check allows to differ: nullability, large_string
+        tables.append(pq.read_table(f, columns=contract.names).select(contract.names).cast(schema))
+    return pl.from_arrow(pa.concat_tables(tables))
+
+
+def _write(frame: pl.DataFrame, contract: Schema, directory: str) -> None:
+    """One zstd part file with the contract's exact Arrow schema, then the _SUCCESS marker."""
+    table = frame.select(contract.names).to_arrow().cast(to_arrow(contract))
+    rows_per_group = max(1, ROW_GROUP_BYTES * table.num_rows // max(table.nbytes, 1))
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, f"{directory}/{PART_FILE}", compression="zstd", row_group_size=rows_per_group)
+    Path(directory, SUCCESS_MARKER).touch()
+
+
+# ---------------------------------------------------------------- the day
+
+
+def _dedupe(valid: pl.DataFrame) -> pl.DataFrame:
+    """One row per event_id, the smallest by DEDUP_ORDER, plus its action flags."""
+    return (
+        valid.sort(["event_id", *DEDUP_ORDER])
+        .unique(subset="event_id", keep="first", maintain_order=True)
+        .with_columns(action=encode_actions({t: pl.col(t).cast(pl.Int32) for t in TASKS}).cast(pl.Int32))
+    )
+
+
+def _ranked_events(prev: pl.DataFrame, kept: pl.DataFrame) -> pl.DataFrame:
+    """Every event a user's history can draw on, sorted by EVENT_SORT, with a 0-based rank per user.
+
+    The state keeps event_ids only for its pending tail (events logged after its day), the
+    only events that can tie with new ones on event_ts. The settled events before them get
+    a null event_id and their list position as `seq`: their order is already final, and
+    they were logged before this day began, so before any pending or new event.
+    """
+    n_settled = pl.col("hist_event_ts").list.len() - pl.col("pending_event_id").list.len()
+    from_state = (
+        prev.select(
+            "user_id",
+            *[pl.col(HIST_PREFIX + f).alias(f) for f in HIST],
+            event_id=pl.lit(None, pl.String).repeat_by(n_settled).list.concat("pending_event_id"),
+            index=pl.int_ranges(0, pl.col("hist_event_ts").list.len()),
+        )
+        .explode([*HIST, "event_id", "index"])
+        .select("user_id", *HIST, "event_id", seq=pl.when(pl.col("event_id").is_null()).then(pl.col("index")))
+    )
+    today = kept.select("user_id", *HIST, "event_id", seq=pl.lit(None, pl.Int64))
+    return (
+        pl.concat([from_state, today])
+        .sort(EVENT_SORT, nulls_last=False)
+        .with_columns(rank=pl.int_range(pl.len()).over("user_id"))
+    )
+
+
+def _new_state(events: pl.DataFrame, day_end: int, max_len: int) -> pl.DataFrame:
+    """Per user: the last max_len events logged before day_end, then all later (pending) ones."""
+    # sum() of booleans is unsigned: cast before subtracting
+    logged_before_end = (pl.col("event_ts") < day_end).sum().cast(pl.Int64).over("user_id")
+    return (
+        events.filter(pl.col("rank") >= logged_before_end - max_len)
+        .group_by("user_id")
+        .agg(
+            *[pl.col(f).alias(HIST_PREFIX + f) for f in HIST],
+            pending_event_id=pl.col("event_id").filter(pl.col("event_ts") >= day_end),
+        )
+        .sort("user_id")
+    )
+
+
+def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int) -> pl.DataFrame:
+    """One record per request with a kept row: its targets and its user's history before it."""
+    requests = kept.group_by("request_id").agg(
+        pl.col("user_id").min(),
+        pl.col("request_ts").min(),
+        *[pl.col(f).sort_by(["position", "event_id"]).alias(TGT_PREFIX + f) for f in TGT],
+    )
+    # events with event_ts <= t per (user, t); the as-of match strictly before request_ts
+    # counts the user's events logged before the request (none: 0)
+    logged_by = (
+        events.group_by("user_id", "event_ts").agg(logged=pl.col("rank").max() + 1).sort("event_ts")
+    )
+    # both sides sorted by time over all users, hence within each user as join_asof needs
+    requests = requests.sort("request_ts").join_asof(
+        logged_by, left_on="request_ts", right_on="event_ts", by="user_id",
+        strategy="backward", allow_exact_matches=False, check_sortedness=False,
+    ).select(pl.exclude("event_ts", "logged"), k=pl.col("logged").fill_null(0))
+    user_events = events.group_by("user_id").agg(*HIST)  # in rank order
+    # A request's own rows are events of its user, so every user is there; LEFT all the
+    # same, so that no request can be lost to the join (no history = empty lists, k = 0).
+    records = requests.join(user_events, on="user_id", how="left")
+    offset = pl.max_horizontal(pl.col("k") - max_len, 0)
+    length = pl.min_horizontal(pl.col("k"), max_len)
+    return records.select(
+        "request_id", "user_id", "request_ts",
+        *[pl.col(f).list.slice(offset, length).fill_null([]).alias(HIST_PREFIX + f) for f in HIST],
+        *[TGT_PREFIX + f for f in TGT],
+    ).sort(["user_id", "request_ts", "request_id"])
