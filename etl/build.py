@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from etl.layout import KINDS, BuildLayout, Storage, commit_day, new_token
-from schemas.contracts import DEFAULT_MAX_LEN, SUCCESS_MARKER
+from etl.raw_logs import check_raw_partitions, partition_path
+from schemas.contracts import DEFAULT_MAX_LEN
 from schemas.errors import LongseqError, MissingPrerequisiteError
 
 
@@ -75,23 +76,6 @@ class BuildConfig:
         return [self.start + dt.timedelta(days=i) for i in range((end - self.start).days + 1)]
 
 
-def raw_partition_path(raw: str, day: dt.date) -> str:
-    return f"{raw}/ds={day.isoformat()}"
-
-
-def check_raw_partitions(storage: Storage, raw: str, days: list[dt.date]) -> None:
-    if not storage.exists(raw):
-        raise MissingPrerequisiteError(f"raw log directory {raw} does not exist")
-    for day in days:
-        path = raw_partition_path(raw, day)
-        if not storage.exists(path):
-            raise MissingPrerequisiteError(f"raw partition {path} does not exist")
-        if not storage.exists(f"{path}/{SUCCESS_MARKER}"):
-            raise MissingPrerequisiteError(
-                f"raw partition {path} has no {SUCCESS_MARKER} marker: it is incomplete or still being written"
-            )
-
-
 def plan_days(storage: Storage, layout: BuildLayout, config: BuildConfig, log: Callable[[str], None]) -> list[dt.date]:
     """The days to build, after checking that the state chain reaches the first one."""
     if config.end is not None and config.end < config.start:
@@ -143,13 +127,13 @@ def build(engine: Engine, config: BuildConfig, log: Callable[[str], None] = prin
         token = new_token()
         temps = {kind: layout.temp(kind, day, token) for kind in KINDS}
         try:
-            counts = engine.build_day(raw_partition_path(config.raw.rstrip("/"), day), prev_state, day, config.max_len, temps)
+            counts = engine.build_day(partition_path(config.raw.rstrip("/"), day), prev_state, day, config.max_len, temps)
             counts.check_balance()
             report = {
                 "ds": day.isoformat(),
                 "engine": engine.name,
                 "max_len": config.max_len,
-                "raw_partition": raw_partition_path(config.raw, day),
+                "raw_partition": partition_path(config.raw, day),
                 "previous_state": prev_state,
                 **dataclasses.asdict(counts),
                 "bytes_written": {kind: storage.size(temps[kind]) for kind in KINDS},

@@ -39,7 +39,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.hashing import mix64
-from schemas.contracts import DAY_MS, PARTITION_COLUMN, RAW_LOG, SUCCESS_MARKER, TASKS, day_start_ms
+from etl.layout import ds_name
+from schemas.contracts import DAY_MS, RAW_LOG, SUCCESS_MARKER, TASKS, day_start_ms
 from schemas.errors import LongseqError
 from schemas.forms import to_arrow
 
@@ -446,16 +447,12 @@ def inject_dirt(
     return pa.Table.from_arrays(arrays, schema=arrow_schema), counts
 
 
-def partition_dir(out: Path, day: dt.date) -> Path:
-    return out / f"{PARTITION_COLUMN}={day.isoformat()}"
-
-
 class _PartitionWriter:
     """Writes one ds atomically: part files go to a hidden temp dir as they are made (memory
     holds one chunk), and the dir is renamed into place with its _SUCCESS marker at the end."""
 
     def __init__(self, out: Path, day: dt.date):
-        self.final = partition_dir(out, day)
+        self.final = out / ds_name(day)
         self.tmp = out / f".{self.final.name}.tmp"
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)

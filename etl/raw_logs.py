@@ -8,34 +8,35 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from etl.layout import LocalStorage, Storage, ds_name
 from schemas.check import check_arrow_schema
-from schemas.contracts import PARTITION_COLUMN, RAW_LOG, SUCCESS_MARKER
+from schemas.contracts import RAW_LOG, SUCCESS_MARKER
 from schemas.errors import MissingPrerequisiteError
 from schemas.forms import to_arrow
 
 
-def partition_path(root: Path, day: dt.date) -> Path:
-    return Path(root) / f"{PARTITION_COLUMN}={day.isoformat()}"
+def partition_path(root: str | Path, day: dt.date) -> str:
+    return f"{str(root).rstrip('/')}/{ds_name(day)}"
 
 
-def complete_partition(root: Path, day: dt.date) -> Path:
-    """The ds=day partition under root; an error if it is missing or has no _SUCCESS marker."""
-    path = partition_path(root, day)
-    if not Path(root).is_dir():
+def check_raw_partitions(storage: Storage, root: str, days: list[dt.date]) -> None:
+    """Every ds=day partition exists and is complete (has its _SUCCESS marker)."""
+    if not storage.exists(root):
         raise MissingPrerequisiteError(f"raw log directory {root} does not exist")
-    if not path.is_dir():
-        raise MissingPrerequisiteError(f"raw partition {path} does not exist")
-    if not (path / SUCCESS_MARKER).exists():
-        raise MissingPrerequisiteError(
-            f"raw partition {path} has no {SUCCESS_MARKER} marker: it is incomplete or still being written"
-        )
-    return path
+    for day in days:
+        path = partition_path(root, day)
+        if not storage.exists(path):
+            raise MissingPrerequisiteError(f"raw partition {path} does not exist")
+        if not storage.exists(f"{path}/{SUCCESS_MARKER}"):
+            raise MissingPrerequisiteError(
+                f"raw partition {path} has no {SUCCESS_MARKER} marker: it is incomplete or still being written"
+            )
 
 
 def read_raw_partition(root: Path, day: dt.date, columns: list[str] | None = None) -> pa.Table:
     """One complete raw partition as an Arrow table; every file is checked against contract 1."""
-    path = complete_partition(root, day)
-    files = sorted(path.glob("*.parquet"))
+    check_raw_partitions(LocalStorage(), str(root), [day])
+    files = sorted(Path(partition_path(root, day)).glob("*.parquet"))
     for f in files:
         check_arrow_schema(pq.read_schema(f), RAW_LOG, source=str(f))
     if not files:  # a complete partition of a day without impressions
