@@ -21,4 +21,5 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "signal": _lazy("bench.history_signal"),
     "build": _lazy("bench.build_throughput"),
     "layout": _lazy("bench.request_layout_bytes"),
+    "write-options": _lazy("bench.records_write_options"),
 }

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -226,3 +227,55 @@ def test_spark_submit_entry_point(raw, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ds=2026-01-01:" in r.stdout + r.stderr  # spark-submit may pass the driver's stderr to stdout
     assert (tmp_path / "requests" / "ds=2026-01-01" / SUCCESS_MARKER).exists()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_user_with_100k_events_builds_in_a_small_jvm(spark, tmp_path):
+    """One user with 100k events in a day and 10k on the next, in the tests' 1 GB driver.
+
+    The user's events travel as one array per user; nothing of size requests x events is
+    materialised, so this fits. The histories are checked against the events directly.
+    """
+    from etl.spark_build import SparkEngine
+    from schemas.contracts import day_start_ms
+
+    rng = np.random.default_rng(0)
+    max_len, per_request = 1_000, 10
+    rows_by_day = {}
+    for d, n_requests in ((0, 10_000), (1, 1_000)):
+        n = n_requests * per_request
+        start = day_start_ms(DAY(d))
+        request_ts = np.repeat(np.sort(rng.integers(start, start + 86_000_000, n_requests)), per_request)
+        event_ts = request_ts + rng.integers(1, 60_000, n)
+        rows_by_day[d] = pa.table({
+            "event_id": pa.array([f"e{d}-{i}" for i in range(n)]),
+            "request_id": pa.array([f"r{d}-{i // per_request}" for i in range(n)]),
+            "user_id": pa.array(np.full(n, 7, np.int64)),
+            "request_ts": pa.array(request_ts),
+            "item_id": pa.array(rng.integers(1, 10**6, n)),
+            "author_id": pa.array(rng.integers(1, 10**4, n)),
+            "position": pa.array(np.tile(np.arange(per_request, dtype=np.int32), n_requests)),
+            "event_ts": pa.array(event_ts),
+            "play_ms": pa.array(np.zeros(n, np.int32)),
+            "duration_ms": pa.array(np.zeros(n, np.int32)),
+            **{t: pa.array(rng.integers(0, 2, n).astype(np.int8)) for t in ("finish", "skip", "like", "comment")},
+        }).cast(to_arrow(RAW_LOG))
+        part = tmp_path / "raw" / f"ds={DAY(d)}"
+        part.mkdir(parents=True)
+        pq.write_table(rows_by_day[d], part / "part-00000.parquet")
+        (part / SUCCESS_MARKER).touch()
+
+    out = tmp_path / "out"
+    reports = build(SparkEngine(spark), BuildConfig(str(tmp_path / "raw"), str(out), DAY(0), DAY(1), max_len), log=_quiet)
+    assert [r["requests"] for r in reports] == [10_000, 1_000]
+    assert reports[1]["history_length"]["p50"] == max_len
+
+    # spot-check the last record of day 2 against the events themselves
+    events = pa.concat_tables(rows_by_day.values()).to_pandas().sort_values(["event_ts", "event_id"])
+    record = max(_records(out, DAY(1)), key=lambda r: (r["request_ts"], r["request_id"]))
+    expected = events[events.event_ts < record["request_ts"]].tail(max_len)
+    assert record["hist_item_id"] == expected.item_id.tolist()
+    assert record["hist_event_ts"] == expected.event_ts.tolist()
+    state = pq.read_table(out / "state" / f"ds={DAY(1)}").to_pylist()
+    assert len(state) == 1 and max_len <= len(state[0]["hist_item_id"]) <= max_len + 10_000
