@@ -107,6 +107,31 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from etl.spark_session import spark_session
+    from etl.validation import ValidationConfig, ValidationFailed, summary_table, validate
+
+    cfg = ValidationConfig(max_len=args.max_len)
+    cfg.warn_only = tuple(p for p in (*cfg.warn_only, *args.warn) if p not in args.critical)
+    spark = spark_session(_spark_config(args))
+    outcome = validate(spark, str(args.data), args.ds, args.suite, raw=args.raw, cfg=cfg, sample=args.sample)
+    print(summary_table(outcome))
+    if not outcome["passed"]:
+        failed = [r["check"] for r in outcome["checks"] if r["critical"] and not r["success"]]
+        raise ValidationFailed(f"critical expectations failed: {', '.join(failed)}")
+    return 0
+
+
+def _add_spark_arguments(p: argparse.ArgumentParser, title: str) -> None:
+    spark = p.add_argument_group(title)
+    spark.add_argument("--master", help="Spark master (default local[*])")
+    spark.add_argument("--shuffle-partitions", type=_positive_int, help="spark.sql.shuffle.partitions (default 8)")
+    spark.add_argument("--driver-memory", help="spark.driver.memory (default 4g)")
+    spark.add_argument("--conf", action="append", metavar="KEY=VALUE", help="any Spark setting; repeatable")
+    spark.add_argument("--spark-config", type=Path, metavar="FILE", help="YAML/JSON: master, shuffle_partitions, driver_memory, conf")
+    spark.add_argument("--from-spark-submit", action="store_true", help=argparse.SUPPRESS)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from etl.demo import run_demo
 
@@ -151,13 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=_positive_int, default=10_000, help="history length kept per request (default 10000)")
     p.add_argument("--engine", choices=["spark", "polars"], default="spark", help="spark (default) or polars (local, no JVM)")
     p.add_argument("--catch-up", action="store_true", help="first build the days missing between the last built day and --start")
-    spark = p.add_argument_group("Spark settings (engine spark)")
-    spark.add_argument("--master", help="Spark master (default local[*])")
-    spark.add_argument("--shuffle-partitions", type=_positive_int, help="spark.sql.shuffle.partitions (default 8)")
-    spark.add_argument("--driver-memory", help="spark.driver.memory (default 4g)")
-    spark.add_argument("--conf", action="append", metavar="KEY=VALUE", help="any Spark setting; repeatable")
-    spark.add_argument("--spark-config", type=Path, metavar="FILE", help="YAML/JSON: master, shuffle_partitions, driver_memory, conf")
-    spark.add_argument("--from-spark-submit", action="store_true", help=argparse.SUPPRESS)
+    _add_spark_arguments(p, "Spark settings (engine spark)")
+
+    p = add("validate", cmd_validate, "Validate built request records (or a raw partition) with Great Expectations.")
+    p.add_argument("--data", required=True, help="the build's output directory (OUT of `longseq build`)")
+    p.add_argument("--ds", type=_date, required=True, help="the day to validate")
+    p.add_argument("--suite", choices=["requests", "raw"], default="requests", help="what to validate (default requests)")
+    p.add_argument("--raw", help="raw log directory, for --suite raw")
+    p.add_argument("--sample", type=float, help="validate a random fraction of the rows (0 < F <= 1)")
+    p.add_argument("--max-len", type=_positive_int, default=10_000, help="the history length the day was built with")
+    p.add_argument("--warn", action="append", default=[], metavar="CHECK", help="make a check (or glob) only warn; repeatable")
+    p.add_argument("--critical", action="append", default=[], metavar="CHECK", help="make a warn-only check critical; repeatable")
+    _add_spark_arguments(p, "Spark settings")
 
     p = add("demo", cmd_demo, "Run the pipeline on a generated sample and print what each stage did.")
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="working directory (default ./demo-run)")

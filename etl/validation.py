@@ -1,0 +1,310 @@
+"""The Great Expectations gate for raw logs and request records.
+
+Suites are derived from schemas/: the required raw columns, the tasks and the history and
+target list columns come from the contracts, never from a second list here. GX's length
+expectations do not work on Spark array columns, so each suite runs on scalar columns
+derived in Spark (list sizes, alignment and sortedness flags, the newest history time)
+and, for label rates, on one row per target.
+
+    validate(spark, out, day, "requests")  ->  OUT/validation/ds=D/requests.json (+ Data Docs HTML)
+
+A ds is publishable only when its requests validation passed (`require_publishable`);
+an operator can override a failure with a reason, which is recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import getpass
+import json
+import os
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any
+
+from etl.layout import BuildLayout, LocalStorage, Storage, ds_name
+from etl.raw_logs import check_raw_partitions, partition_path
+from schemas.contracts import (
+    DAY_MS, DEFAULT_MAX_LEN, HIST_PREFIX, RAW_LOG, REQUEST_RECORD, TASKS, TGT_PREFIX, day_start_ms,
+)
+from schemas.errors import LongseqError, MissingPrerequisiteError
+
+SUITES = ("requests", "raw")
+HIST_COLUMNS = [f.name for f in REQUEST_RECORD if f.name.startswith(HIST_PREFIX)]
+TGT_COLUMNS = [f.name for f in REQUEST_RECORD if f.name.startswith(TGT_PREFIX)]
+
+
+class ValidationFailed(LongseqError):
+    """A critical expectation failed, or a ds is not publishable."""
+
+
+@dataclass
+class ValidationConfig:
+    """Bands and severities. Checks whose name matches a `warn_only` pattern only warn."""
+
+    max_len: int = DEFAULT_MAX_LEN
+    raw_mostly: float = 0.99  # raw row rules: a few bad rows are quarantined by the build; more is an incident
+    lateness_ms: int = 2 * DAY_MS  # how long after its day an impression's outcome may still be logged
+    label_rates: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"finish": (0.05, 0.95), "skip": (0.01, 0.9), "like": (0.0, 0.5), "comment": (0.0, 0.3)}
+    )
+    targets_per_request: tuple[float, float] = (1.0, 64.0)  # band of the mean
+    history_length_median: tuple[float, float] = (0.0, float(DEFAULT_MAX_LEN))
+    warn_only: tuple[str, ...] = ("label_rate_*", "targets_per_request_mean", "history_length_median")
+
+    def critical(self, check: str) -> bool:
+        return not any(fnmatch.fnmatch(check, pattern) for pattern in self.warn_only)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    frame: str  # which derived frame it runs on: "records", "targets" or "raw"
+    expectation: Any  # a great_expectations Expectation
+
+
+# ---------------------------------------------------------------- derived frames (Spark)
+
+
+def _all(conditions: list[Any]) -> Any:
+    return reduce(lambda a, b: a & b, conditions)
+
+
+def request_frames(records: Any) -> dict[str, Any]:
+    """Scalar columns GX can check, derived from request records, plus one row per target."""
+    from pyspark.sql import functions as F
+
+    def aligned(columns: list[str]) -> Any:
+        return _all([F.size(c) == F.size(columns[0]) for c in columns[1:]])
+
+    frame = records.select(
+        "request_id",
+        F.size(HIST_COLUMNS[0]).alias("hist_len"),
+        F.size(TGT_COLUMNS[0]).alias("n_targets"),
+        aligned(HIST_COLUMNS).alias("hist_aligned"),
+        aligned(TGT_COLUMNS).alias("tgt_aligned"),
+        # no event logged at or after the request; an empty history leaks nothing
+        F.coalesce(F.array_max("hist_event_ts") < F.col("request_ts"), F.lit(True)).alias("leak_free"),
+        (F.col("hist_event_ts") == F.array_sort("hist_event_ts")).alias("hist_sorted"),
+    )
+    labels = [F.col(f"{TGT_PREFIX}{t}") for t in TASKS]
+    targets = records.select(F.explode(F.arrays_zip(*labels)).alias("t")).select(
+        *[F.col("t")[f"{TGT_PREFIX}{t}"].cast("int").alias(t) for t in TASKS]
+    )
+    return {"records": frame, "targets": targets}
+
+
+def raw_frame(raw: Any) -> Any:
+    from pyspark.sql import functions as F
+
+    return raw.withColumn("event_not_before_request", F.col("event_ts") >= F.col("request_ts"))
+
+
+# ---------------------------------------------------------------- suites
+
+
+def request_checks(cfg: ValidationConfig) -> list[Check]:
+    import great_expectations.expectations as gxe
+
+    in_set = lambda column: gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True])  # noqa: E731
+    checks = [
+        Check("request_id_unique", "records", gxe.ExpectColumnValuesToBeUnique(column="request_id")),
+        Check("history_within_max_len", "records",
+              gxe.ExpectColumnValuesToBeBetween(column="hist_len", min_value=0, max_value=cfg.max_len)),
+        Check("history_lists_aligned", "records", in_set("hist_aligned")),
+        Check("target_lists_aligned", "records", in_set("tgt_aligned")),
+        Check("has_targets", "records", gxe.ExpectColumnValuesToBeBetween(column="n_targets", min_value=1)),
+        Check("no_leakage", "records", in_set("leak_free")),
+        Check("history_sorted", "records", in_set("hist_sorted")),
+        Check("targets_per_request_mean", "records", gxe.ExpectColumnMeanToBeBetween(
+            column="n_targets", min_value=cfg.targets_per_request[0], max_value=cfg.targets_per_request[1])),
+        Check("history_length_median", "records", gxe.ExpectColumnMedianToBeBetween(
+            column="hist_len", min_value=cfg.history_length_median[0], max_value=cfg.history_length_median[1])),
+    ]
+    for task in TASKS:
+        checks.append(Check(f"labels_binary_{task}", "targets",
+                            gxe.ExpectColumnValuesToBeInSet(column=task, value_set=[0, 1])))
+        lo, hi = cfg.label_rates[task]
+        checks.append(Check(f"label_rate_{task}", "targets",
+                            gxe.ExpectColumnMeanToBeBetween(column=task, min_value=lo, max_value=hi)))
+    return checks
+
+
+def raw_checks(cfg: ValidationConfig, day: dt.date) -> list[Check]:
+    import great_expectations.expectations as gxe
+
+    mostly = cfg.raw_mostly
+    start = day_start_ms(day)
+    checks = [
+        Check(f"required_{c}", "raw", gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=mostly))
+        for c in RAW_LOG.required_names
+    ]
+    checks += [
+        Check(f"label_binary_{t}", "raw", gxe.ExpectColumnValuesToBeInSet(column=t, value_set=[0, 1], mostly=mostly))
+        for t in TASKS
+    ]
+    checks += [
+        Check(f"positive_{c}", "raw", gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, mostly=mostly))
+        for c in ("user_id", "item_id", "author_id")
+    ]
+    checks += [
+        Check("event_not_before_request", "raw", gxe.ExpectColumnValuesToBeInSet(
+            column="event_not_before_request", value_set=[True], mostly=mostly)),
+        Check("request_ts_in_day", "raw", gxe.ExpectColumnValuesToBeBetween(
+            column="request_ts", min_value=start, max_value=start + DAY_MS - 1, mostly=mostly)),
+        Check("event_ts_within_lateness", "raw", gxe.ExpectColumnValuesToBeBetween(
+            column="event_ts", min_value=start, max_value=start + DAY_MS + cfg.lateness_ms, mostly=mostly)),
+    ]
+    return checks
+
+
+# ---------------------------------------------------------------- running
+
+
+def validation_dir(out: str, day: dt.date) -> str:
+    return f"{out.rstrip('/')}/validation/{ds_name(day)}"
+
+
+def _observed(result: dict) -> str:
+    r = result.get("result", {}) or {}
+    if "observed_value" in r:
+        value = r["observed_value"]
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if "unexpected_count" in r:
+        return f"{r['unexpected_count']:,} of {r.get('element_count', 0):,} unexpected"
+    return ""
+
+
+def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfig, suite: str, docs_dir: str) -> dict:
+    """Run the checks with GX (one checkpoint per frame), write Data Docs; return the outcome."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    ctx.add_data_docs_site(site_name="longseq", site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    source = ctx.data_sources.add_spark(name="longseq")
+    rows, raw_results = [], []
+    for frame_name, frame in frames.items():
+        mine = [c for c in checks if c.frame == frame_name]
+        if not mine:
+            continue
+        batch = source.add_dataframe_asset(name=f"{suite}_{frame_name}").add_batch_definition_whole_dataframe("all")
+        gx_suite = ctx.suites.add(gx.ExpectationSuite(name=f"{suite}_{frame_name}"))
+        for check in mine:
+            check.expectation.meta = {**(check.expectation.meta or {}), "check": check.name}
+            gx_suite.add_expectation(check.expectation)
+        definition = ctx.validation_definitions.add(
+            gx.ValidationDefinition(data=batch, suite=gx_suite, name=f"{suite}_{frame_name}"))
+        checkpoint = ctx.checkpoints.add(gx.Checkpoint(
+            name=f"{suite}_{frame_name}", validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="docs", site_names=["longseq"])], result_format="SUMMARY",
+        ))
+        result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()))
+        by_name = {r.expectation_config.meta["check"]: r for r in result.results}  # GX reorders results
+        for check in mine:
+            r = by_name[check.name]
+            rd = r.to_json_dict()
+            rows.append({
+                "check": check.name, "frame": frame_name, "critical": cfg.critical(check.name),
+                "success": bool(r.success), "observed": _observed(rd),
+            })
+            raw_results.append({"check": check.name, **rd})
+    passed = all(row["success"] for row in rows if row["critical"])
+    return {"suite": suite, "passed": passed, "checks": rows, "gx_results": raw_results}
+
+
+def validate(
+    spark: Any,
+    out: str,
+    day: dt.date,
+    suite: str = "requests",
+    raw: str | None = None,
+    cfg: ValidationConfig | None = None,
+    sample: float | None = None,
+    storage: Storage | None = None,
+) -> dict:
+    """Validate one ds, write OUT/validation/ds=D/<suite>.json and Data Docs; return the outcome."""
+    from etl.spark_session import SparkConfig  # noqa: F401 - Spark must be importable
+
+    cfg = cfg or ValidationConfig()
+    storage = storage or LocalStorage()
+    if suite not in SUITES:
+        raise LongseqError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    if sample is not None and not 0 < sample <= 1:
+        raise LongseqError(f"--sample must be a fraction in (0, 1], got {sample}")
+    if suite == "requests":
+        path = BuildLayout(out.rstrip("/")).dir("requests", day)
+        if not storage.exists(f"{path}/_SUCCESS"):
+            raise MissingPrerequisiteError(f"no built request records at {path}: run `longseq build` for {day} first")
+        data = spark.read.parquet(path)
+        if sample:
+            data = data.sample(fraction=sample, seed=0)
+        frames, checks = request_frames(data), request_checks(cfg)
+    else:
+        if raw is None:
+            raise LongseqError("--suite raw needs --raw DIR")
+        check_raw_partitions(storage, raw.rstrip("/"), [day])
+        data = spark.read.parquet(partition_path(raw, day))
+        if sample:
+            data = data.sample(fraction=sample, seed=0)
+        frames, checks = {"raw": raw_frame(data)}, raw_checks(cfg, day)
+    frames = {name: frame.cache() for name, frame in frames.items()}
+    target = validation_dir(out, day)
+    try:
+        outcome = run_checks(frames, checks, cfg, suite, f"{target}/docs")
+    finally:
+        for frame in frames.values():
+            frame.unpersist()
+    outcome.update(ds=day.isoformat(), sample=sample, docs=f"{target}/docs/index.html")
+    storage.write_text(f"{target}/{suite}.json", json.dumps(outcome, indent=2, sort_keys=True, default=str))
+    return outcome
+
+
+def summary_table(outcome: dict) -> str:
+    width = max(len(row["check"]) for row in outcome["checks"])
+    lines = [f"{'expectation':<{width}}  {'result':<6}  observed"]
+    for row in outcome["checks"]:
+        status = "pass" if row["success"] else ("FAIL" if row["critical"] else "warn")
+        lines.append(f"{row['check']:<{width}}  {status:<6}  {row['observed']}")
+    verdict = "PASSED" if outcome["passed"] else "FAILED (critical expectations failed)"
+    lines.append(f"{outcome['suite']} suite for ds={outcome['ds']}: {verdict}; Data Docs: {outcome['docs']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def require_publishable(out: str, day: dt.date, override_reason: str | None = None,
+                        storage: Storage | None = None) -> None:
+    """Raise ValidationFailed unless ds=day's requests validation passed.
+
+    With an override reason, a failed or missing validation is let through and the
+    reason, who and when are recorded in OUT/validation/ds=D/override.json.
+    """
+    storage = storage or LocalStorage()
+    path = f"{validation_dir(out, day)}/requests.json"
+    problem = None
+    if not storage.exists(path):
+        problem = f"ds={day} has not been validated: run `longseq validate --data {out} --ds {day}` first"
+    else:
+        outcome = json.loads(storage.read_text(path))
+        if not outcome["passed"]:
+            failed = [r["check"] for r in outcome["checks"] if r["critical"] and not r["success"]]
+            problem = f"ds={day} failed validation ({', '.join(failed)}); see {outcome['docs']}"
+    if problem is None:
+        return
+    if not override_reason or not override_reason.strip():
+        raise ValidationFailed(f"refusing to publish: {problem}. An operator may override with a reason.")
+    storage.write_text(f"{validation_dir(out, day)}/override.json", json.dumps({
+        "ds": day.isoformat(), "reason": override_reason.strip(), "problem": problem,
+        "by": getpass.getuser(), "at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }, indent=2))
