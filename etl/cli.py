@@ -111,7 +111,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from etl.spark_session import spark_session
     from etl.validation import ValidationConfig, ValidationFailed, summary_table, validate
 
-    cfg = ValidationConfig(max_len=args.max_len)
+    cfg = ValidationConfig.from_file(args.config, max_len=args.max_len) if args.config else ValidationConfig(max_len=args.max_len)
     cfg.warn_only = tuple(p for p in (*cfg.warn_only, *args.warn) if p not in args.critical)
     spark = spark_session(_spark_config(args))
     outcome = validate(spark, str(args.data), args.ds, args.suite, raw=args.raw, cfg=cfg, sample=args.sample)
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", help="raw log directory, for --suite raw")
     p.add_argument("--sample", type=float, help="validate a random fraction of the rows (0 < F <= 1)")
     p.add_argument("--max-len", type=_positive_int, default=10_000, help="the history length the day was built with")
+    p.add_argument("--config", help="YAML/JSON validation config: bands, raw_mostly, lateness_ms, warn_only")
     p.add_argument("--warn", action="append", default=[], metavar="CHECK", help="make a check (or glob) only warn; repeatable")
     p.add_argument("--critical", action="append", default=[], metavar="CHECK", help="make a warn-only check critical; repeatable")
     _add_spark_arguments(p, "Spark settings")

@@ -1,7 +1,8 @@
 """`longseq demo`: the whole pipeline on a generated sample, printing what each stage did.
 
-Stages so far: generate raw logs (with 1% dirty rows), then build request records with
-the Spark engine. Later stages (validate, publish, train) are appended as they land.
+Stages so far: generate raw logs (with 1% dirty rows), build request records with the
+Spark engine, validate each built day with Great Expectations. Later stages (publish,
+train) are appended as they land.
 """
 
 from __future__ import annotations
@@ -44,18 +45,30 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
     out = Path(out)
     raw, built = out / "raw", out / "built"
     p = PROFILES[profile]
-    progress(f"[1/2] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {raw}")
+    progress(f"[1/3] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {raw}")
     report = generate(raw, p, seed, DEMO_START, dirty=0.01, progress=progress)
     lines = summarize_raw(raw, DEMO_START, p.days)
     lines.append("  dirty rows written: " + ", ".join(f"{k} {v}" for k, v in report.dirty.items()))
     print("\n".join(lines))
 
     end = DEMO_START + dt.timedelta(days=p.days - 1)
-    progress(f"[2/2] build: Spark engine, max_len 10000, {DEMO_START}..{end} -> {built}")
+    progress(f"[2/3] build: Spark engine, max_len 10000, {DEMO_START}..{end} -> {built}")
     engine = make_engine("spark", SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="2g"))
     reports = build(engine, BuildConfig(str(raw), str(built), DEMO_START, end), log=progress)
     print(summarize_build(reports))
-    return 0
+
+    from etl.validation import validate
+
+    progress(f"[3/3] validate: the requests suite on each built day -> {built}/validation/")
+    failed = []
+    for report in reports:
+        day = dt.date.fromisoformat(report["ds"])
+        outcome = validate(engine.spark, str(built), day, "requests")
+        warnings = sum(1 for r in outcome["checks"] if not r["success"] and not r["critical"])
+        print(f"validate ds={day}: {'PASSED' if outcome['passed'] else 'FAILED'} "
+              f"({len(outcome['checks'])} expectations, {warnings} warnings); Data Docs: {outcome['docs']}")
+        failed += [] if outcome["passed"] else [day]
+    return 1 if failed else 0
 
 
 def summarize_build(reports: list[dict]) -> str:

@@ -53,6 +53,23 @@ class ValidationConfig:
     history_length_median: tuple[float, float] = (0.0, float(DEFAULT_MAX_LEN))
     warn_only: tuple[str, ...] = ("label_rate_*", "targets_per_request_mean", "history_length_median")
 
+    @classmethod
+    def from_file(cls, path: str, **overrides: Any) -> "ValidationConfig":
+        """YAML/JSON with any of the fields above, e.g. `label_rates: {like: [0.01, 0.2]}`."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(open(path).read()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise LongseqError(f"cannot read validation config {path}: {e}") from None
+        known = {f for f in cls.__dataclass_fields__}
+        if not isinstance(data, dict) or set(data) - known:
+            raise LongseqError(f"{path}: unknown keys {sorted(set(data) - known)}; allowed: {', '.join(sorted(known))}")
+        cfg = cls(**{**data, **overrides})
+        cfg.label_rates = {**cls().label_rates, **{k: tuple(v) for k, v in cfg.label_rates.items()}}
+        cfg.warn_only = tuple(cfg.warn_only)
+        return cfg
+
     def critical(self, check: str) -> bool:
         return not any(fnmatch.fnmatch(check, pattern) for pattern in self.warn_only)
 

@@ -83,6 +83,7 @@ def test_demo_runs_and_summarises(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "raw logs:" in r.stdout and "label rates:" in r.stdout and "dirty rows" in r.stdout
     assert "request records" in r.stdout and "quarantined" in r.stdout
+    assert "validate ds=2026-01-02: PASSED" in r.stdout and "Data Docs:" in r.stdout
     assert (tmp_path / "demo" / "raw" / "ds=2026-01-01" / "_SUCCESS").exists()
 
 

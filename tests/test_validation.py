@@ -173,3 +173,16 @@ def test_cli_exit_codes(built, tmp_path):
     r = subprocess.run([longseq, "validate", "--data", str(bad), "--ds", str(DAY2)], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 1 and "no built request records" in r.stderr
+
+
+def test_config_file(tmp_path):
+    f = tmp_path / "v.yaml"
+    f.write_text("label_rates:\n  like: [0.01, 0.2]\nwarn_only: [history_sorted]\n")
+    cfg = ValidationConfig.from_file(str(f), max_len=50)
+    assert cfg.label_rates["like"] == (0.01, 0.2) and cfg.label_rates["finish"] == ValidationConfig().label_rates["finish"]
+    assert cfg.max_len == 50 and not cfg.critical("history_sorted") and cfg.critical("label_rate_like")
+    f.write_text("max_lenn: 3\n")
+    from schemas.errors import LongseqError
+
+    with pytest.raises(LongseqError, match="unknown keys"):
+        ValidationConfig.from_file(str(f))
