@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from etl.layout import KINDS, BuildLayout, Storage, commit_day, new_token
+from etl.layout import KINDS, BuildLayout, Storage, absolute, commit_day, new_token
 from etl.raw_logs import check_raw_partitions, partition_path
 from schemas.contracts import DEFAULT_MAX_LEN
 from schemas.errors import LongseqError, MissingPrerequisiteError
@@ -114,6 +114,7 @@ def _summary(day: dt.date, report: dict) -> str:
 def build(engine: Engine, config: BuildConfig, log: Callable[[str], None] = print) -> list[dict]:
     """Build every day of the config in order; return the reports."""
     storage = engine.storage
+    config = dataclasses.replace(config, raw=absolute(config.raw), out=absolute(config.out))
     layout = BuildLayout(config.out.rstrip("/"))
     if config.max_len < 1:
         raise LongseqError(f"--max-len must be at least 1, got {config.max_len}")

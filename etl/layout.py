@@ -133,6 +133,12 @@ def is_local(path: str) -> bool:
     return urlparse(str(path)).scheme == ""
 
 
+def absolute(path: str) -> str:
+    """Local paths made absolute: Spark's JVM resolves relative paths against its own
+    working directory, which need not be Python's."""
+    return os.path.abspath(path) if is_local(path) else path
+
+
 def storage_for(path: str, spark: Any = None) -> Storage:
     if is_local(path):
         return LocalStorage()

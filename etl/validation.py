@@ -19,11 +19,12 @@ import fnmatch
 import getpass
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from etl.layout import BuildLayout, LocalStorage, Storage, ds_name
+from etl.layout import BuildLayout, LocalStorage, Storage, absolute, ds_name, is_local
 from etl.raw_logs import check_raw_partitions, partition_path
 from schemas.contracts import (
     DAY_MS, DEFAULT_MAX_LEN, HIST_PREFIX, RAW_LOG, REQUEST_RECORD, TASKS, TGT_PREFIX, day_start_ms,
@@ -254,6 +255,7 @@ def validate(
 
     cfg = cfg or ValidationConfig()
     storage = storage or LocalStorage()
+    out, raw = absolute(out), absolute(raw) if raw else None
     if suite not in SUITES:
         raise LongseqError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if sample is not None and not 0 < sample <= 1:
@@ -276,12 +278,15 @@ def validate(
         frames, checks = {"raw": raw_frame(data)}, raw_checks(cfg, day)
     frames = {name: frame.cache() for name, frame in frames.items()}
     target = validation_dir(out, day)
+    # GX writes Data Docs with local file I/O and wants an absolute path; for a cluster
+    # path (hdfs://, s3a://) they go to a local temp dir, named in the outcome
+    docs = os.path.abspath(f"{target}/docs") if is_local(target) else tempfile.mkdtemp(prefix=f"longseq-docs-{day}-")
     try:
-        outcome = run_checks(frames, checks, cfg, suite, f"{target}/docs")
+        outcome = run_checks(frames, checks, cfg, suite, docs)
     finally:
         for frame in frames.values():
             frame.unpersist()
-    outcome.update(ds=day.isoformat(), sample=sample, docs=f"{target}/docs/index.html")
+    outcome.update(ds=day.isoformat(), sample=sample, docs=f"{docs}/index.html")
     storage.write_text(f"{target}/{suite}.json", json.dumps(outcome, indent=2, sort_keys=True, default=str))
     return outcome
 

@@ -186,3 +186,13 @@ def test_config_file(tmp_path):
 
     with pytest.raises(LongseqError, match="unknown keys"):
         ValidationConfig.from_file(str(f))
+
+
+def test_relative_output_paths_work(spark, built, tmp_path, monkeypatch):
+    """The demo passes a relative OUT; GX's Data Docs need an absolute directory."""
+    _, out = built
+    shutil.copytree(out / "requests", tmp_path / "rel" / "requests")
+    monkeypatch.chdir(tmp_path)
+    outcome = validate(spark, "rel", DAY2, "requests", cfg=ValidationConfig(max_len=MAX_LEN))
+    assert outcome["passed"] and Path(outcome["docs"]).is_absolute()
+    assert (tmp_path / "rel" / "validation" / f"ds={DAY2}" / "docs" / "index.html").exists()
