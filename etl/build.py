@@ -99,6 +99,19 @@ def plan_days(storage: Storage, layout: BuildLayout, config: BuildConfig, log: C
     )
 
 
+def _check_max_len(storage: Storage, layout: BuildLayout, prev: dt.date, max_len: int) -> None:
+    """The state after prev keeps only that build's max_len events: a longer max_len now
+    would silently give shorter histories than one build over all days."""
+    if not storage.exists(layout.report(prev)):
+        return
+    before = json.loads(storage.read_text(layout.report(prev))).get("max_len", max_len)
+    if before < max_len:
+        raise LongseqError(
+            f"{prev} was built with --max-len {before}; its state cannot give histories of {max_len}. "
+            f"Rebuild from the first day with --max-len {max_len} into a new --out"
+        )
+
+
 def _summary(day: dt.date, report: dict) -> str:
     q = report["quarantined"]
     reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(q.items()) if v) or "none"
@@ -119,7 +132,8 @@ def build(engine: Engine, config: BuildConfig, log: Callable[[str], None] = prin
     if config.max_len < 1:
         raise LongseqError(f"--max-len must be at least 1, got {config.max_len}")
     days = plan_days(storage, layout, config, log)
-    check_raw_partitions(storage, config.raw.rstrip("/"), days)
+    _check_max_len(storage, layout, days[0] - dt.timedelta(days=1), config.max_len)
+    check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
     reports = []
     for day in days:
         t0 = time.perf_counter()
@@ -128,7 +142,7 @@ def build(engine: Engine, config: BuildConfig, log: Callable[[str], None] = prin
         token = new_token()
         temps = {kind: layout.temp(kind, day, token) for kind in KINDS}
         try:
-            counts = engine.build_day(partition_path(config.raw.rstrip("/"), day), prev_state, day, config.max_len, temps)
+            counts = engine.build_day(partition_path(config.raw, day), prev_state, day, config.max_len, temps)
             counts.check_balance()
             report = {
                 "ds": day.isoformat(),

@@ -96,8 +96,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from etl.build import BuildConfig, build
     from etl.engines import make_engine
 
-    if args.engine == "polars" and any([args.master, args.conf, args.spark_config, args.from_spark_submit]):
-        raise LongseqError("Spark settings (--master, --conf, --spark-config) apply to --engine spark only")
+    spark_args = [args.master, args.conf, args.spark_config, args.from_spark_submit, args.shuffle_partitions, args.driver_memory]
+    if args.engine == "polars" and any(spark_args):
+        raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
     config = BuildConfig(
         raw=str(args.raw), out=str(args.out), start=args.start, end=args.end, max_len=args.max_len,
         catch_up=args.catch_up,
@@ -111,8 +112,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from etl.spark_session import spark_session
     from etl.validation import ValidationConfig, ValidationFailed, summary_table, validate
 
-    cfg = ValidationConfig.from_file(args.config, max_len=args.max_len) if args.config else ValidationConfig(max_len=args.max_len)
-    cfg.warn_only = tuple(p for p in (*cfg.warn_only, *args.warn) if p not in args.critical)
+    overrides = {"max_len": args.max_len} if args.max_len else {}
+    cfg = ValidationConfig.from_file(args.config, **overrides) if args.config else ValidationConfig(**overrides)
+    cfg.warn_only = (*cfg.warn_only, *args.warn)
+    cfg.critical_only = (*cfg.critical_only, *args.critical)
     spark = spark_session(_spark_config(args))
     outcome = validate(spark, str(args.data), args.ds, args.suite, raw=args.raw, cfg=cfg, sample=args.sample)
     print(summary_table(outcome))
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", choices=["requests", "raw"], default="requests", help="what to validate (default requests)")
     p.add_argument("--raw", help="raw log directory, for --suite raw")
     p.add_argument("--sample", type=float, help="validate a random fraction of the rows (0 < F <= 1)")
-    p.add_argument("--max-len", type=_positive_int, default=10_000, help="the history length the day was built with")
+    p.add_argument("--max-len", type=_positive_int, help="the history length the day was built with (default 10000)")
     p.add_argument("--config", help="YAML/JSON validation config: bands, raw_mostly, lateness_ms, warn_only")
     p.add_argument("--warn", action="append", default=[], metavar="CHECK", help="make a check (or glob) only warn; repeatable")
     p.add_argument("--critical", action="append", default=[], metavar="CHECK", help="make a warn-only check critical; repeatable")

@@ -113,7 +113,8 @@ class HadoopStorage:
         out.write(bytearray(text.encode()))
         out.close()
         fs.delete(p, False)
-        fs.rename(tmp, p)
+        if not fs.rename(tmp, p):
+            raise OSError(f"could not rename {tmp} to {path}")
 
     def read_text(self, path: str) -> str:
         fs, p = self._fs(path)
@@ -147,6 +148,26 @@ def storage_for(path: str, spark: Any = None) -> Storage:
     return HadoopStorage(spark)
 
 
+class RoutingStorage:
+    """Local paths through the os module, URIs through Hadoop: one Storage for any path."""
+
+    def __init__(self, spark: Any):
+        self._local = LocalStorage()
+        self._spark = spark
+
+    def __getattr__(self, op: str) -> Any:
+        def call(path: str, *rest: Any) -> Any:
+            storage = self._local if is_local(path) else storage_for(path, self._spark)
+            try:
+                return getattr(storage, op)(path, *rest)
+            except Exception as e:  # py4j errors from Hadoop (no such scheme, permissions)
+                if isinstance(e, OSError):
+                    raise
+                raise OSError(f"{op} {path}: {str(e).splitlines()[0][:300]}") from None
+
+        return call
+
+
 def ds_name(day: dt.date) -> str:
     return f"{PARTITION_COLUMN}={day.isoformat()}"
 
@@ -168,8 +189,10 @@ class BuildLayout:
         """Days whose build finished (their report exists), oldest first."""
         days = []
         for name in storage.list_names(f"{self.out}/reports"):
-            if name.startswith(f"{PARTITION_COLUMN}=") and storage.exists(f"{self.out}/reports/{name}/{REPORT_NAME}"):
-                days.append(dt.date.fromisoformat(name.split("=", 1)[1]))
+            if name.startswith(f"{PARTITION_COLUMN}="):
+                day = dt.date.fromisoformat(name.split("=", 1)[1])
+                if self.is_built(storage, day):
+                    days.append(day)
         return sorted(days)
 
     def is_built(self, storage: Storage, day: dt.date) -> bool:
@@ -183,26 +206,17 @@ def new_token() -> str:
 def commit_day(storage: Storage, layout: BuildLayout, day: dt.date, temps: dict[str, str], report_json: str) -> None:
     """Swap a day's finished temp dirs into place, then write its report.
 
-    The old report goes first, so that a crash in between leaves the day unbuilt (and the
-    next day refusing to build on it) rather than half old, half new.
+    The old report goes first, so that a crash in between leaves the day unbuilt (the next
+    day refuses to build on it, validation refuses it): its directories may then mix old
+    and new outputs, each complete, until the day is re-run.
     """
     storage.delete(layout.report(day))
     for kind in KINDS:
         final = layout.dir(kind, day)
         _normalise_part_names(storage, temps[kind])
-        old = f"{final}.old.{new_token()}"
-        had_old = storage.exists(final)
-        if had_old:
-            storage.rename(final, _hidden(old))
+        storage.delete(final)
         storage.rename(temps[kind], final)
-        if had_old:
-            storage.delete(_hidden(old))
     storage.write_text(layout.report(day), report_json)
-
-
-def _hidden(path: str) -> str:
-    head, _, name = path.rpartition("/")
-    return f"{head}/.{name}"
 
 
 def _normalise_part_names(storage: Storage, directory: str) -> None:

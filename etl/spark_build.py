@@ -33,10 +33,11 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from py4j.protocol import Py4JJavaError
 from pyspark.sql.utils import AnalysisException
 
 from etl.build import DayCounts, length_summary
-from etl.layout import LocalStorage, Storage, is_local, storage_for
+from etl.layout import RoutingStorage, Storage
 from etl.row_rules import DEDUP_ORDER, REASONS, reason_expr, spark_ops
 from features.actions import encode_actions
 from schemas.check import check_spark_schema
@@ -56,21 +57,6 @@ LIST_WRITE_OPTIONS = {"parquet.block.size": str(ROW_GROUP_BYTES), "parquet.enabl
 HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
 EVENT_SORT = ("event_ts", "event_id", *(f for f in HIST if f != "event_ts"))  # struct order = sort order
 TARGET_SORT = ("position", "event_id", *(f.name for f in TARGET))
-
-
-class RoutingStorage:
-    """Local paths through the os module, URIs through Hadoop: one Storage for any path."""
-
-    def __init__(self, spark: SparkSession):
-        self._local = LocalStorage()
-        self._spark = spark
-
-    def __getattr__(self, op: str) -> Any:
-        def call(path: str, *rest: Any) -> Any:
-            storage = self._local if is_local(path) else storage_for(path, self._spark)
-            return getattr(storage, op)(path, *rest)
-
-        return call
 
 
 def _required(expr: Column | str, dtype: Any) -> Column:
@@ -101,7 +87,7 @@ class SparkEngine:
             return self.spark.createDataFrame([], to_spark(RAW_LOG))
         try:
             df = self.spark.read.option("mergeSchema", "true").parquet(path)
-        except AnalysisException as e:  # files disagree on a column's type
+        except (AnalysisException, Py4JJavaError) as e:  # files disagree on a column's type
             raise SchemaMismatchError(f"{path}: the files do not share one schema: {str(e).splitlines()[0]}") from None
         check_spark_schema(df.schema, RAW_LOG, source=path)
         return df.select(*RAW_LOG.names)

@@ -94,17 +94,26 @@ class SparkConfig:
     @classmethod
     def from_file(cls, path: Path) -> "SparkConfig":
         """YAML or JSON with any of: master, app_name, shuffle_partitions, driver_memory, conf."""
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise LongseqError(f"cannot read Spark config {path}: {e}") from None
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or unknown:
-            raise LongseqError(f"{path}: unknown Spark config keys {sorted(unknown)}; allowed: master, app_name, "
-                               "shuffle_partitions, driver_memory, conf")
+        data = load_mapping(path, {f.name for f in fields(cls)}, "Spark config")
+        if not isinstance(data.get("conf", {}), dict):
+            raise LongseqError(f"{path}: 'conf' must be a mapping of Spark settings")
         return cls(**data)
+
+
+def load_mapping(path: Path | str, allowed: set[str], what: str) -> dict:
+    """A YAML/JSON file holding a mapping with only `allowed` keys, or a one-line error."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise LongseqError(f"cannot read {what} {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise LongseqError(f"{path}: a {what} file must hold a mapping of settings")
+    unknown = set(data) - allowed
+    if unknown:
+        raise LongseqError(f"{path}: unknown {what} keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return data
 
 
 def spark_session(config: SparkConfig | None = None) -> "SparkSession":

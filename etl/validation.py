@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from etl.layout import BuildLayout, LocalStorage, Storage, absolute, ds_name, is_local
+from etl.layout import BuildLayout, LocalStorage, RoutingStorage, Storage, absolute, ds_name, is_local
 from etl.raw_logs import check_raw_partitions, partition_path
 from schemas.contracts import (
-    DAY_MS, DEFAULT_MAX_LEN, HIST_PREFIX, RAW_LOG, REQUEST_RECORD, TASKS, TGT_PREFIX, day_start_ms,
+    DAY_MS, DEFAULT_MAX_LEN, HIST_PREFIX, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TASKS, TGT_PREFIX, day_start_ms,
 )
+from schemas.forms import to_spark
 from schemas.errors import LongseqError, MissingPrerequisiteError
 
 SUITES = ("requests", "raw")
@@ -51,27 +52,29 @@ class ValidationConfig:
         default_factory=lambda: {"finish": (0.05, 0.95), "skip": (0.01, 0.9), "like": (0.0, 0.5), "comment": (0.0, 0.3)}
     )
     targets_per_request: tuple[float, float] = (1.0, 64.0)  # band of the mean
-    history_length_median: tuple[float, float] = (0.0, float(DEFAULT_MAX_LEN))
+    history_length_median: tuple[float, float] | None = None  # default: (0, max_len)
     warn_only: tuple[str, ...] = ("label_rate_*", "targets_per_request_mean", "history_length_median")
+    critical_only: tuple[str, ...] = ()  # names or globs made critical even if warn_only matches
 
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> "ValidationConfig":
         """YAML/JSON with any of the fields above, e.g. `label_rates: {like: [0.01, 0.2]}`."""
-        import yaml
+        from etl.spark_session import load_mapping
 
+        data = load_mapping(path, set(cls.__dataclass_fields__), "validation config")
+        rates = data.pop("label_rates", {}) or {}
         try:
-            data = yaml.safe_load(open(path).read()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise LongseqError(f"cannot read validation config {path}: {e}") from None
-        known = {f for f in cls.__dataclass_fields__}
-        if not isinstance(data, dict) or set(data) - known:
-            raise LongseqError(f"{path}: unknown keys {sorted(set(data) - known)}; allowed: {', '.join(sorted(known))}")
-        cfg = cls(**{**data, **overrides})
-        cfg.label_rates = {**cls().label_rates, **{k: tuple(v) for k, v in cfg.label_rates.items()}}
-        cfg.warn_only = tuple(cfg.warn_only)
+            rates = {task: (float(lo), float(hi)) for task, (lo, hi) in dict(rates).items()}
+            cfg = cls(**{**data, **overrides})
+        except (TypeError, ValueError) as e:
+            raise LongseqError(f"{path}: {e} (label_rates maps a task to [low, high])") from None
+        cfg.label_rates = {**cls().label_rates, **rates}
+        cfg.warn_only, cfg.critical_only = tuple(cfg.warn_only), tuple(cfg.critical_only)
         return cfg
 
     def critical(self, check: str) -> bool:
+        if any(fnmatch.fnmatch(check, pattern) for pattern in self.critical_only):
+            return True
         return not any(fnmatch.fnmatch(check, pattern) for pattern in self.warn_only)
 
 
@@ -126,6 +129,7 @@ def request_checks(cfg: ValidationConfig) -> list[Check]:
     import great_expectations.expectations as gxe
 
     in_set = lambda column: gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True])  # noqa: E731
+    median_band = cfg.history_length_median or (0.0, float(cfg.max_len))
     checks = [
         Check("request_id_unique", "records", gxe.ExpectColumnValuesToBeUnique(column="request_id")),
         Check("history_within_max_len", "records",
@@ -138,7 +142,7 @@ def request_checks(cfg: ValidationConfig) -> list[Check]:
         Check("targets_per_request_mean", "records", gxe.ExpectColumnMeanToBeBetween(
             column="n_targets", min_value=cfg.targets_per_request[0], max_value=cfg.targets_per_request[1])),
         Check("history_length_median", "records", gxe.ExpectColumnMedianToBeBetween(
-            column="hist_len", min_value=cfg.history_length_median[0], max_value=cfg.history_length_median[1])),
+            column="hist_len", min_value=median_band[0], max_value=median_band[1])),
     ]
     for task in TASKS:
         checks.append(Check(f"labels_binary_{task}", "targets",
@@ -251,18 +255,17 @@ def validate(
     storage: Storage | None = None,
 ) -> dict:
     """Validate one ds, write OUT/validation/ds=D/<suite>.json and Data Docs; return the outcome."""
-    from etl.spark_session import SparkConfig  # noqa: F401 - Spark must be importable
-
     cfg = cfg or ValidationConfig()
-    storage = storage or LocalStorage()
+    storage = storage or RoutingStorage(spark)
     out, raw = absolute(out), absolute(raw) if raw else None
     if suite not in SUITES:
         raise LongseqError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if sample is not None and not 0 < sample <= 1:
         raise LongseqError(f"--sample must be a fraction in (0, 1], got {sample}")
     if suite == "requests":
-        path = BuildLayout(out.rstrip("/")).dir("requests", day)
-        if not storage.exists(f"{path}/_SUCCESS"):
+        layout = BuildLayout(out.rstrip("/"))
+        path = layout.dir("requests", day)
+        if not storage.exists(layout.report(day)) or not storage.exists(f"{path}/{SUCCESS_MARKER}"):
             raise MissingPrerequisiteError(f"no built request records at {path}: run `longseq build` for {day} first")
         data = spark.read.parquet(path)
         if sample:
@@ -272,7 +275,11 @@ def validate(
         if raw is None:
             raise LongseqError("--suite raw needs --raw DIR")
         check_raw_partitions(storage, raw.rstrip("/"), [day])
-        data = spark.read.parquet(partition_path(raw, day))
+        part = partition_path(raw, day)
+        if any(n.endswith(".parquet") for n in storage.list_names(part)):
+            data = spark.read.parquet(part)
+        else:  # a complete day without impressions
+            data = spark.createDataFrame([], to_spark(RAW_LOG))
         if sample:
             data = data.sample(fraction=sample, seed=0)
         frames, checks = {"raw": raw_frame(data)}, raw_checks(cfg, day)

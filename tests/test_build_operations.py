@@ -124,6 +124,13 @@ def test_gap_in_the_state_chain_is_an_error_unless_catch_up(raw, tmp_path):
     assert BuildLayout(out).built_days(LocalStorage()) == [DAY(0), DAY(1), DAY(2)]
 
 
+def test_max_len_cannot_grow_along_the_state_chain(raw, tmp_path):
+    build(polars(), BuildConfig(str(raw), str(tmp_path), DAY(0), max_len=10), log=_quiet)
+    with pytest.raises(LongseqError, match="built with --max-len 10"):
+        build(polars(), BuildConfig(str(raw), str(tmp_path), DAY(1), max_len=20), log=_quiet)
+    build(polars(), BuildConfig(str(raw), str(tmp_path), DAY(1), max_len=5), log=_quiet)  # shorter is fine
+
+
 def test_cold_start_is_announced(raw, tmp_path):
     messages: list[str] = []
     build(polars(), BuildConfig(str(raw), str(tmp_path), DAY(1)), log=messages.append)

@@ -40,8 +40,12 @@ def _rows(out: Path) -> list[dict]:
     return pq.read_table(out / "requests" / f"ds={DAY2}").to_pylist()
 
 
-def _with_records(tmp_path: Path, rows: list[dict]) -> Path:
+def _with_records(tmp_path: Path, rows: list[dict], built_out: Path | None = None) -> Path:
+    """A copy of the built day whose records are `rows` (the build report comes along)."""
     out = tmp_path / "out"
+    report = out / "reports" / f"ds={DAY2}"
+    report.mkdir(parents=True)
+    (report / "build.json").write_text("{}")
     part = out / "requests" / f"ds={DAY2}"
     part.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=to_arrow(REQUEST_RECORD)), part / "part-00000.parquet")
@@ -133,6 +137,20 @@ def test_publishing_needs_a_validation_and_an_override_needs_a_reason(tmp_path):
     assert "has not been validated" in record["problem"] and record["by"] and record["at"]
 
 
+def test_an_uncommitted_day_is_not_validated(spark, built, tmp_path):
+    """Records without the build's report (a crash mid-commit) are not a built day."""
+    _, out = built
+    bad = _with_records(tmp_path, _rows(out))
+    (bad / "reports" / f"ds={DAY2}" / "build.json").unlink()
+    with pytest.raises(Exception, match="no built request records"):
+        validate(spark, str(bad), DAY2, "requests")
+
+
+def test_critical_overrides_a_warn_glob():
+    cfg = ValidationConfig(critical_only=("label_rate_like",))
+    assert cfg.critical("label_rate_like") and not cfg.critical("label_rate_finish")
+
+
 def test_severity_is_configurable(spark, built, tmp_path):
     _, out = built
     bad = _with_records(tmp_path, _corrupt("duplicate", _rows(out)))
@@ -184,14 +202,15 @@ def test_config_file(tmp_path):
     f.write_text("max_lenn: 3\n")
     from schemas.errors import LongseqError
 
-    with pytest.raises(LongseqError, match="unknown keys"):
+    with pytest.raises(LongseqError, match="unknown validation config keys"):
         ValidationConfig.from_file(str(f))
 
 
 def test_relative_output_paths_work(spark, built, tmp_path, monkeypatch):
     """The demo passes a relative OUT; GX's Data Docs need an absolute directory."""
     _, out = built
-    shutil.copytree(out / "requests", tmp_path / "rel" / "requests")
+    for kind in ("requests", "reports"):
+        shutil.copytree(out / kind, tmp_path / "rel" / kind)
     monkeypatch.chdir(tmp_path)
     outcome = validate(spark, "rel", DAY2, "requests", cfg=ValidationConfig(max_len=MAX_LEN))
     assert outcome["passed"] and Path(outcome["docs"]).is_absolute()
