@@ -51,7 +51,7 @@ from schemas.types import ListOf
 
 ROW_GROUP_BYTES = 32 * 1024 * 1024  # ~100-1,000 records of 10k events: what a reader holds at once
 # History lists are long runs of mostly distinct ids and times: Parquet's dictionary
-# encoding only falls back on them, costing time and size (measured: -12% time, -27%
+# encoding only falls back on them, costing time and size (measured: -10% time, -24%
 # bytes without it; docs/BENCHMARKS.md).
 LIST_WRITE_OPTIONS = {"parquet.block.size": str(ROW_GROUP_BYTES), "parquet.enable.dictionary": "false"}
 HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
