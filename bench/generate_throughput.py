@@ -9,9 +9,7 @@ a peak that does not grow with the number of events.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import resource
 import shutil
 import subprocess
 import sys

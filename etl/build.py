@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from etl.layout import KINDS, BuildLayout, Storage, absolute, commit_day, new_token

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from etl.config_file import load_mapping
 from schemas.errors import LongseqError, MissingPrerequisiteError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,22 +99,6 @@ class SparkConfig:
         if not isinstance(data.get("conf", {}), dict):
             raise LongseqError(f"{path}: 'conf' must be a mapping of Spark settings")
         return cls(**data)
-
-
-def load_mapping(path: Path | str, allowed: set[str], what: str) -> dict:
-    """A YAML/JSON file holding a mapping with only `allowed` keys, or a one-line error."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise LongseqError(f"cannot read {what} {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise LongseqError(f"{path}: a {what} file must hold a mapping of settings")
-    unknown = set(data) - allowed
-    if unknown:
-        raise LongseqError(f"{path}: unknown {what} keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    return data
 
 
 def spark_session(config: SparkConfig | None = None) -> "SparkSession":

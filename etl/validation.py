@@ -59,7 +59,7 @@ class ValidationConfig:
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> "ValidationConfig":
         """YAML/JSON with any of the fields above, e.g. `label_rates: {like: [0.01, 0.2]}`."""
-        from etl.spark_session import load_mapping
+        from etl.config_file import load_mapping
 
         data = load_mapping(path, set(cls.__dataclass_fields__), "validation config")
         rates = data.pop("label_rates", {}) or {}

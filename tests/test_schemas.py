@@ -12,7 +12,7 @@ from schemas import CONTRACTS, REQUEST_RECORD, RAW_LOG, USER_STATE, SchemaMismat
 from schemas.check import check_arrow_schema, check_polars_schema, check_spark_schema
 from schemas.contracts import HISTORY_EVENT, TASKS
 from schemas.forms import (
-    arrow_type, dtype_from_arrow, dtype_from_polars, dtype_from_spark, to_arrow, to_polars, to_spark, to_unischema,
+    arrow_type, dtype_from_arrow, dtype_from_spark, to_arrow, to_polars, to_spark, to_unischema,
 )
 from schemas.types import ListOf
 
