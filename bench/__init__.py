@@ -22,4 +22,6 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "build": _lazy("bench.build_throughput"),
     "layout": _lazy("bench.request_layout_bytes"),
     "write-options": _lazy("bench.records_write_options"),
+    "reader": _lazy("bench.reader_throughput"),
+    "publish-layout": _lazy("bench.publish_layout"),
 }

@@ -146,6 +146,7 @@ def build(engine: Engine, config: BuildConfig, log: Callable[[str], None] = prin
             counts.check_balance()
             report = {
                 "ds": day.isoformat(),
+                "run_id": token,  # each build of a day is a new run: validation and publishing name it
                 "engine": engine.name,
                 "max_len": config.max_len,
                 "raw_partition": partition_path(config.raw, day),

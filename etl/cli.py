@@ -125,6 +125,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from etl.publish import publish
+
+    publish(str(args.data), args.start, args.end, override_reason=args.override_validation, log=print)
+    return 0
+
+
 def _add_spark_arguments(p: argparse.ArgumentParser, title: str) -> None:
     spark = p.add_argument_group(title)
     spark.add_argument("--master", help="Spark master (default local[*])")
@@ -192,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warn", action="append", default=[], metavar="CHECK", help="make a check (or glob) only warn; repeatable")
     p.add_argument("--critical", action="append", default=[], metavar="CHECK", help="make a warn-only check critical; repeatable")
     _add_spark_arguments(p, "Spark settings")
+
+    p = add("publish", cmd_publish, "Publish validated days for the trainer's reader (one manifest per day, atomic).")
+    p.add_argument("--data", required=True, help="the build's output directory (OUT of `longseq build`)")
+    p.add_argument("--start", type=_date, required=True, help="first ds to publish")
+    p.add_argument("--end", type=_date, help="last ds to publish (default: --start)")
+    p.add_argument("--override-validation", metavar="REASON",
+                   help="publish days whose validation failed or is missing; the reason is recorded")
 
     p = add("demo", cmd_demo, "Run the pipeline on a generated sample and print what each stage did.")
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="working directory (default ./demo-run)")

@@ -1,8 +1,9 @@
 """`longseq demo`: the whole pipeline on a generated sample, printing what each stage did.
 
 Stages so far: generate raw logs (with 1% dirty rows), build request records with the
-Spark engine, validate each built day with Great Expectations. Later stages (publish,
-train) are appended as they land.
+Spark engine, validate each built day with Great Expectations, publish the days that
+passed and read them back through the trainer's Petastorm reader. Training is appended
+when it lands.
 """
 
 from __future__ import annotations
@@ -45,21 +46,21 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
     out = Path(out)
     raw, built = out / "raw", out / "built"
     p = PROFILES[profile]
-    progress(f"[1/3] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {raw}")
+    progress(f"[1/4] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {raw}")
     report = generate(raw, p, seed, DEMO_START, dirty=0.01, progress=progress)
     lines = summarize_raw(raw, DEMO_START, p.days)
     lines.append("  dirty rows written: " + ", ".join(f"{k} {v}" for k, v in report.dirty.items()))
     print("\n".join(lines))
 
     end = DEMO_START + dt.timedelta(days=p.days - 1)
-    progress(f"[2/3] build: Spark engine, max_len 10000, {DEMO_START}..{end} -> {built}")
+    progress(f"[2/4] build: Spark engine, max_len 10000, {DEMO_START}..{end} -> {built}")
     engine = make_engine("spark", SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="2g"))
     reports = build(engine, BuildConfig(str(raw), str(built), DEMO_START, end), log=progress)
     print(summarize_build(reports))
 
     from etl.validation import validate
 
-    progress(f"[3/3] validate: the requests suite on each built day -> {built}/validation/")
+    progress(f"[3/4] validate: the requests suite on each built day -> {built}/validation/")
     failed = []
     for report in reports:
         day = dt.date.fromisoformat(report["ds"])
@@ -68,7 +69,29 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
         print(f"validate ds={day}: {'PASSED' if outcome['passed'] else 'FAILED'} "
               f"({len(outcome['checks'])} expectations, {warnings} warnings); Data Docs: {outcome['docs']}")
         failed += [] if outcome["passed"] else [day]
-    return 1 if failed else 0
+    if failed:
+        return 1
+
+    from etl.publish import publish
+
+    progress(f"[4/4] publish {DEMO_START}..{end}, then read it back as request batches")
+    publish(str(built), DEMO_START, end, log=print)
+    print(summarize_reader(built, DEMO_START, end))
+    return 0
+
+
+def summarize_reader(built: Path, start: dt.date, end: dt.date) -> str:
+    """One training epoch's worth of batches through the Petastorm reader, counted."""
+    from features.lengths import LengthSampler
+    from trainer.reader import ReaderConfig, open_published
+
+    cfg = ReaderConfig(batch_size=64, shuffle=True, truncation=LengthSampler())
+    requests = tokens = targets = batches = 0
+    for batch in open_published(str(built), start, end, cfg).batches(epoch=0):
+        batches += 1
+        requests, tokens, targets = requests + batch.num_requests, tokens + batch.num_history_tokens, targets + batch.num_targets
+    return (f"reader: {requests:,} requests in {batches} shuffled batches, {targets:,} targets, "
+            f"{tokens:,} history tokens after training truncation (U-shaped lengths, mean about {cfg.truncation.mean:,.0f})")
 
 
 def summarize_build(reports: list[dict]) -> str:

@@ -17,6 +17,7 @@ file://) through Hadoop's FileSystem API of the running Spark session.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
 import uuid
@@ -27,7 +28,11 @@ from urllib.parse import urlparse
 from schemas.contracts import PARTITION_COLUMN, SUCCESS_MARKER
 
 KINDS = ("requests", "quarantine", "state")
+# Parquet row-group size of every output: a reader holds one row group per worker and
+# queue slot, so this bounds its memory (~100-1,000 records of 10k events).
+ROW_GROUP_BYTES = 32 * 1024 * 1024
 REPORT_NAME = "build.json"
+MANIFEST_NAME = "manifest.json"
 
 
 class Storage(Protocol):
@@ -130,6 +135,64 @@ class HadoopStorage:
         return int(fs.getContentSummary(p).getLength())
 
 
+class ArrowStorage:
+    """The same operations through pyarrow.fs, for processes without Spark (publish, the
+    trainer's reader) that are given a URI (hdfs://, s3://, file://)."""
+
+    def __init__(self, uri: str):
+        import pyarrow.fs as pafs
+
+        self._fs, _ = pafs.FileSystem.from_uri(uri)
+        self._scheme = urlparse(uri).scheme
+
+    def _path(self, path: str) -> str:
+        u = urlparse(path)
+        return f"{u.netloc}{u.path}" if self._scheme in ("s3", "gs") else u.path
+
+    def _info(self, path: str) -> Any:
+        return self._fs.get_file_info(self._path(path))
+
+    def exists(self, path: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self._info(path).type != pafs.FileType.NotFound
+
+    def list_names(self, path: str) -> list[str]:
+        import pyarrow.fs as pafs
+
+        if self._info(path).type != pafs.FileType.Directory:
+            return []
+        return sorted(i.base_name for i in self._fs.get_file_info(pafs.FileSelector(self._path(path))))
+
+    def rename(self, src: str, dst: str) -> None:
+        self._fs.create_dir(self._path(dst).rsplit("/", 1)[0], recursive=True)
+        self._fs.move(self._path(src), self._path(dst))
+
+    def delete(self, path: str) -> None:
+        import pyarrow.fs as pafs
+
+        kind = self._info(path).type
+        if kind == pafs.FileType.Directory:
+            self._fs.delete_dir(self._path(path))
+        elif kind != pafs.FileType.NotFound:
+            self._fs.delete_file(self._path(path))
+
+    def write_text(self, path: str, text: str) -> None:
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        self._fs.create_dir(self._path(path).rsplit("/", 1)[0], recursive=True)
+        with self._fs.open_output_stream(self._path(tmp)) as f:
+            f.write(text.encode())
+        self.delete(path)
+        self._fs.move(self._path(tmp), self._path(path))
+
+    def read_text(self, path: str) -> str:
+        with self._fs.open_input_stream(self._path(path)) as f:
+            return f.read().decode()
+
+    def size(self, path: str) -> int:
+        return int(self._info(path).size or 0)
+
+
 def is_local(path: str) -> bool:
     return urlparse(str(path)).scheme == ""
 
@@ -140,9 +203,12 @@ def absolute(path: str) -> str:
     return os.path.abspath(path) if is_local(path) else path
 
 
-def storage_for(path: str, spark: Any = None) -> Storage:
+def storage_for(path: str, spark: Any = None, arrow: bool = False) -> Storage:
+    """LocalStorage for local paths; for URIs, Hadoop's (with Spark) or pyarrow's (`arrow`)."""
     if is_local(path):
         return LocalStorage()
+    if arrow:
+        return ArrowStorage(path)
     if spark is None:
         raise ValueError(f"{path} is not a local path: it needs a Spark session (the spark engine)")
     return HadoopStorage(spark)
@@ -195,6 +261,15 @@ class BuildLayout:
                     days.append(day)
         return sorted(days)
 
+    def build_digest(self, storage: Storage, day: dt.date) -> str | None:
+        """Identifies one build of a day (its report names a fresh run), or None if unbuilt."""
+        path = self.report(day)
+        return hashlib.sha256(storage.read_text(path).encode()).hexdigest()[:16] if storage.exists(path) else None
+
+    def manifest(self, day: dt.date) -> str:
+        """Written by `longseq publish` (etl/publish.py); its presence makes the day readable."""
+        return f"{self.out}/published/{ds_name(day)}/{MANIFEST_NAME}"
+
     def is_built(self, storage: Storage, day: dt.date) -> bool:
         return storage.exists(self.report(day)) and storage.exists(f"{self.dir('state', day)}/{SUCCESS_MARKER}")
 
@@ -206,10 +281,11 @@ def new_token() -> str:
 def commit_day(storage: Storage, layout: BuildLayout, day: dt.date, temps: dict[str, str], report_json: str) -> None:
     """Swap a day's finished temp dirs into place, then write its report.
 
-    The old report goes first, so that a crash in between leaves the day unbuilt (the next
-    day refuses to build on it, validation refuses it): its directories may then mix old
-    and new outputs, each complete, until the day is re-run.
+    The day is unpublished first and its old report goes next, so that a crash in between
+    leaves the day unbuilt (the next day refuses to build on it, validation refuses it):
+    its directories may then mix old and new outputs, each complete, until the day is re-run.
     """
+    storage.delete(layout.manifest(day))
     storage.delete(layout.report(day))
     for kind in KINDS:
         final = layout.dir(kind, day)

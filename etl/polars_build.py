@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.build import DayCounts, length_summary
-from etl.layout import LocalStorage
+from etl.layout import ROW_GROUP_BYTES, LocalStorage
 from etl.row_rules import DEDUP_ORDER, REASONS, polars_ops, reason_expr
 from features.actions import encode_actions
 from schemas.check import check_arrow_schema
@@ -40,7 +40,6 @@ from schemas.contracts import (
 from schemas.forms import to_arrow, to_polars
 from schemas.types import Schema
 
-ROW_GROUP_BYTES = 32 * 1024 * 1024  # a few hundred 10k-event records: what a reader holds at once
 PART_FILE = "part-00000.parquet"
 HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
 TGT = tuple(f.name for f in TARGET)  # item_id, author_id, finish, skip, like, comment
@@ -53,6 +52,9 @@ EVENT_SORT = ("user_id", "event_ts", "event_id", "seq", "item_id", "author_id", 
 class PolarsEngine:
     name = "polars"
     storage = LocalStorage()
+
+    def __init__(self, row_group_bytes: int = ROW_GROUP_BYTES):
+        self.row_group_bytes = row_group_bytes
 
     def build_day(
         self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str]
@@ -68,9 +70,9 @@ class PolarsEngine:
         state = _new_state(events, day_end, max_len)
         records = _records(kept, events, max_len)
 
-        _write(quarantine.select(QUARANTINE.names), QUARANTINE, temps["quarantine"])
-        _write(state, USER_STATE, temps["state"])
-        _write(records, REQUEST_RECORD, temps["requests"])
+        _write(quarantine.select(QUARANTINE.names), QUARANTINE, temps["quarantine"], self.row_group_bytes)
+        _write(state, USER_STATE, temps["state"], self.row_group_bytes)
+        _write(records, REQUEST_RECORD, temps["requests"], self.row_group_bytes)
 
         by_reason = dict(quarantine.group_by("reason").len().iter_rows())
         lengths = records.group_by(pl.col("hist_item_id").list.len()).len().iter_rows()
@@ -111,10 +113,10 @@ def _read_parquet_dir(path: str, contract: Schema) -> pl.DataFrame:
     return pl.from_arrow(pa.concat_tables(tables))
 
 
-def _write(frame: pl.DataFrame, contract: Schema, directory: str) -> None:
+def _write(frame: pl.DataFrame, contract: Schema, directory: str, row_group_bytes: int) -> None:
     """One zstd part file with the contract's exact Arrow schema, then the _SUCCESS marker."""
     table = frame.select(contract.names).to_arrow().cast(to_arrow(contract))
-    rows_per_group = max(1, ROW_GROUP_BYTES * table.num_rows // max(table.nbytes, 1))
+    rows_per_group = max(1, row_group_bytes * table.num_rows // max(table.nbytes, 1))
     Path(directory).mkdir(parents=True, exist_ok=True)
     pq.write_table(table, f"{directory}/{PART_FILE}", compression="zstd", row_group_size=rows_per_group)
     Path(directory, SUCCESS_MARKER).touch()

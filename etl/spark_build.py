@@ -37,7 +37,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.sql.utils import AnalysisException
 
 from etl.build import DayCounts, length_summary
-from etl.layout import RoutingStorage, Storage
+from etl.layout import ROW_GROUP_BYTES, RoutingStorage, Storage
 from etl.row_rules import DEDUP_ORDER, REASONS, reason_expr, spark_ops
 from features.actions import encode_actions
 from schemas.check import check_spark_schema
@@ -49,7 +49,6 @@ from schemas.errors import SchemaMismatchError
 from schemas.forms import spark_type, to_spark
 from schemas.types import ListOf
 
-ROW_GROUP_BYTES = 32 * 1024 * 1024  # ~100-1,000 records of 10k events: what a reader holds at once
 # History lists are long runs of mostly distinct ids and times: Parquet's dictionary
 # encoding only falls back on them, costing time and size (measured: -10% time, -24%
 # bytes without it; docs/BENCHMARKS.md).

@@ -271,6 +271,7 @@ def validate(
         if sample:
             data = data.sample(fraction=sample, seed=0)
         frames, checks = request_frames(data), request_checks(cfg)
+        build_digest = layout.build_digest(storage, day)
     else:
         if raw is None:
             raise LongseqError("--suite raw needs --raw DIR")
@@ -283,6 +284,7 @@ def validate(
         if sample:
             data = data.sample(fraction=sample, seed=0)
         frames, checks = {"raw": raw_frame(data)}, raw_checks(cfg, day)
+        build_digest = None
     frames = {name: frame.cache() for name, frame in frames.items()}
     target = validation_dir(out, day)
     # GX writes Data Docs with local file I/O and wants an absolute path; for a cluster
@@ -293,7 +295,7 @@ def validate(
     finally:
         for frame in frames.values():
             frame.unpersist()
-    outcome.update(ds=day.isoformat(), sample=sample, docs=f"{docs}/index.html")
+    outcome.update(ds=day.isoformat(), sample=sample, docs=f"{docs}/index.html", build_digest=build_digest)
     storage.write_text(f"{target}/{suite}.json", json.dumps(outcome, indent=2, sort_keys=True, default=str))
     return outcome
 
@@ -314,7 +316,8 @@ def summary_table(outcome: dict) -> str:
 
 def require_publishable(out: str, day: dt.date, override_reason: str | None = None,
                         storage: Storage | None = None) -> None:
-    """Raise ValidationFailed unless ds=day's requests validation passed.
+    """Raise ValidationFailed unless ds=day's requests validation passed, on the records
+    the day holds now (a rebuild after validating needs a new validation).
 
     With an override reason, a failed or missing validation is let through and the
     reason, who and when are recorded in OUT/validation/ds=D/override.json.
@@ -329,6 +332,8 @@ def require_publishable(out: str, day: dt.date, override_reason: str | None = No
         if not outcome["passed"]:
             failed = [r["check"] for r in outcome["checks"] if r["critical"] and not r["success"]]
             problem = f"ds={day} failed validation ({', '.join(failed)}); see {outcome['docs']}"
+        elif outcome.get("build_digest") != BuildLayout(out.rstrip("/")).build_digest(storage, day):
+            problem = f"ds={day} was rebuilt after it was validated: run `longseq validate --data {out} --ds {day}` again"
     if problem is None:
         return
     if not override_reason or not override_reason.strip():

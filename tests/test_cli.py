@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from etl.raw_logs import read_raw_partition
 from schemas.contracts import RAW_LOG
 
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
-SUBCOMMANDS = ["generate", "build", "validate", "demo", "bench"]
+SUBCOMMANDS = ["generate", "build", "validate", "publish", "demo", "bench"]
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -83,6 +84,9 @@ def test_demo_runs_and_summarises(tmp_path):
     assert "raw logs:" in r.stdout and "label rates:" in r.stdout and "dirty rows" in r.stdout
     assert "request records" in r.stdout and "quarantined" in r.stdout
     assert "validate ds=2026-01-02: PASSED" in r.stdout and "Data Docs:" in r.stdout
+    assert "published ds=2026-01-02" in r.stdout
+    built = re.search(r"-> ([\d,]+) request records", r.stdout).group(1)
+    assert f"reader: {built} requests in " in r.stdout, "every published record comes back through the reader"
     assert (tmp_path / "demo" / "raw" / "ds=2026-01-01" / "_SUCCESS").exists()
 
 

@@ -1,0 +1,172 @@
+"""Reader throughput: published records -> RequestBatch, against a plain pyarrow floor.
+
+    longseq bench reader [--work DIR] [--days N] [--repeat 3]
+
+Prepares (once, kept in --work) the bench-1m profile built by the polars engine at
+max_len 2,000 and 10,000 and published (validation overridden: generated benchmark data),
+then reads its last --days days with each reader setting, each in a fresh process (so
+that peak RSS is per setting), in alternating rounds; prints medians. The floor reads the
+same row groups with pyarrow on one thread and hands flat values and offsets to torch,
+with no shuffling, batching or checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROFILE = "bench-1m"
+START = dt.date(2026, 1, 1)
+MAX_LENS = (2_000, 10_000)
+
+# name -> (engine, ReaderConfig overrides); "floor" and "baseline" are special
+SETTINGS: dict[str, tuple[str, dict]] = {
+    "baseline": ("", {}),  # imports only: the RSS every setting starts from
+    "floor": ("", {}),
+    "arrow, scoring": ("arrow", {"shuffle": False}),
+    "petastorm, scoring": ("petastorm", {"shuffle": False}),
+    "petastorm, scoring, 2 workers": ("petastorm", {"shuffle": False, "workers": 2}),
+    "petastorm, scoring, Petastorm's defaults (10 workers, queue 50)": ("petastorm", {"shuffle": False, "workers": 10, "queue_size": 50}),
+    "petastorm, training": ("petastorm", {"shuffle": True, "truncation": "default"}),
+    "petastorm, training, tokens": ("petastorm", {"shuffle": True, "truncation": "default", "token_budget": 500_000}),
+}
+
+
+def prepare(work: Path, log=print) -> dict[int, Path]:
+    """Generate, build and publish the benchmark data unless it is there already."""
+    from etl.build import BuildConfig, build
+    from etl.generate import PROFILES, generate
+    from etl.layout import BuildLayout, LocalStorage
+    from etl.polars_build import PolarsEngine
+    from etl.publish import publish
+
+    profile = PROFILES[PROFILE]
+    end = START + dt.timedelta(days=profile.days - 1)
+    raw = work / "raw"
+    if not (raw / f"ds={end}" / "_SUCCESS").exists():
+        log(f"generating {PROFILE} into {raw}")
+        generate(raw, profile, seed=0, start=START)
+    outs = {}
+    for max_len in MAX_LENS:
+        out = work / f"out{max_len}"
+        if not BuildLayout(str(out)).is_built(LocalStorage(), end):
+            log(f"building max_len {max_len} into {out}")
+            build(PolarsEngine(), BuildConfig(str(raw), str(out), START, end, max_len), log=lambda m: None)
+        if not Path(BuildLayout(str(out)).manifest(end)).exists():
+            publish(str(out), START, end, override_reason="benchmark: generated data", log=lambda m: None)
+        outs[max_len] = out
+    return outs
+
+
+def _floor(urls: list[str]) -> tuple[int, int]:
+    import warnings
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from schemas.contracts import REQUEST_RECORD
+
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+    requests = tokens = 0
+    for url in urls:
+        f = pq.ParquetFile(url.removeprefix("file://"))
+        for g in range(f.metadata.num_row_groups):
+            table = f.read_row_group(g, columns=REQUEST_RECORD.names)
+            for name in table.column_names:
+                col = table.column(name).combine_chunks()
+                if hasattr(col, "flatten"):  # zero-copy views: the least a reader can do
+                    torch.from_numpy(col.offsets.to_numpy())
+                    values = torch.from_numpy(col.flatten().to_numpy())
+                    tokens += len(values) if name == "hist_item_id" else 0
+            requests += table.num_rows
+    return requests, tokens
+
+
+def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
+    """One setting over the days, in this process."""
+    from etl.publish import published_files
+    from features.lengths import LengthSampler
+    from trainer.reader import ReaderConfig, open_reader
+
+    urls = [f.url for f in published_files(str(data), start, end)]
+    engine, overrides = SETTINGS[setting]
+    t = time.perf_counter()
+    if setting == "baseline":
+        requests = tokens = 0
+    elif setting == "floor":
+        requests, tokens = _floor(urls)
+    else:
+        if overrides.get("truncation") == "default":
+            overrides = {**overrides, "truncation": LengthSampler()}
+        reader = open_reader(urls, ReaderConfig(**overrides), engine)
+        requests = tokens = 0
+        for batch in reader.batches(0):
+            requests += batch.num_requests
+            tokens += batch.num_history_tokens
+    seconds = time.perf_counter() - t
+    return {"requests": requests, "tokens": tokens, "seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longseq bench reader", description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("bench-work/reader"), help="data kept here between runs")
+    ap.add_argument("--days", type=int, default=1, help="read the last N days (default 1)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one setting, JSON out
+    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    from etl.generate import PROFILES
+
+    end = START + dt.timedelta(days=PROFILES[PROFILE].days - 1)
+    start = end - dt.timedelta(days=args.days - 1)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.data, start, end)))
+        return 0
+
+    settings = args.settings.split(",")
+    outs = prepare(args.work)
+    print(f"command: longseq bench reader {' '.join(argv)}\nreading ds={start}..{end} of {PROFILE}, "
+          f"median of {args.repeat} alternating rounds, one process per measurement\n")
+    results: dict[tuple[int, str], list[dict]] = {}
+    for _ in range(args.repeat):
+        for max_len, out in outs.items():
+            for setting in settings:
+                cmd = [sys.executable, "-m", "bench.reader_throughput", "--one", setting, "--data", str(out),
+                       "--days", str(args.days)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    print(done.stderr[-2000:], file=sys.stderr)
+                    return done.returncode
+                results.setdefault((max_len, setting), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print("| max_len | reader | requests/s | history tokens/s | x floor (requests/s) | peak RSS MB |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for max_len in outs:
+        floor = _median_rate(results[(max_len, "floor")], "requests") if "floor" in settings else None
+        for setting in settings:
+            runs = results[(max_len, setting)]
+            rss = statistics.median(r["peak_rss_mb"] for r in runs)
+            if setting == "baseline":
+                print(f"| {max_len:,} | {setting} (imports only) | | | | {rss:,.0f} |")
+                continue
+            rate, tokens = _median_rate(runs, "requests"), _median_rate(runs, "tokens")
+            ratio = f"{rate / floor:.2f}" if floor else ""
+            print(f"| {max_len:,} | {setting} | {rate:,.0f} | {tokens / 1e6:,.1f} M | {ratio} | {rss:,.0f} |")
+    return 0
+
+
+def _median_rate(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] / r["seconds"] for r in runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

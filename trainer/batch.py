@@ -1,0 +1,94 @@
+"""RequestBatch: B feed requests, each with one history and its targets, as jagged tensors.
+
+Like TorchRec's KeyedJaggedTensor, each side is a set of flat `values` tensors sharing one
+`offsets` tensor of B + 1 entries: request b's history is values[offsets[b]:offsets[b+1]].
+Nothing is padded, so a request with 100 events carries 100 tokens and one with 10,000
+carries 10,000; the model runs the history once per request and shares it among that
+request's targets (request level batching).
+
+    history keys: item_id, author_id, event_ts, action       (contract 2's hist_* lists)
+    target keys:  item_id, author_id, finish, skip, like, comment  (tgt_* lists)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from schemas.contracts import HIST_PREFIX, TASKS, TGT_PREFIX
+from trainer.chunks import RequestChunk
+
+
+@dataclass
+class Jagged:
+    """Aligned variable-length features of B requests: one offsets tensor, flat values."""
+
+    offsets: torch.Tensor  # [B + 1] int64, offsets[0] == 0
+    values: dict[str, torch.Tensor]  # name -> [offsets[-1]]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.values[name]
+
+    def lengths(self) -> torch.Tensor:  # [B]
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def segment_ids(self) -> torch.Tensor:  # [N]: which request each value belongs to
+        return torch.repeat_interleave(torch.arange(len(self.offsets) - 1, device=self.offsets.device), self.lengths())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Jagged":
+        return Jagged(self.offsets.to(device, non_blocking=non_blocking),
+                      {k: v.to(device, non_blocking=non_blocking) for k, v in self.values.items()})
+
+    def pin_memory(self) -> "Jagged":
+        return Jagged(self.offsets.pin_memory(), {k: v.pin_memory() for k, v in self.values.items()})
+
+
+@dataclass
+class RequestBatch:
+    request_id: np.ndarray  # [B] str: ids stay on the host (scoring output, debugging)
+    user_id: torch.Tensor  # [B] int64
+    request_ts: torch.Tensor  # [B] int64, ms since epoch
+    history: Jagged  # item_id, author_id, event_ts (int64), action (int32)
+    targets: Jagged  # item_id, author_id (int64), one int8 label per task
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.request_ts)
+
+    @property
+    def num_history_tokens(self) -> int:
+        return int(self.history.offsets[-1])
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.targets.offsets[-1])
+
+    def labels(self) -> torch.Tensor:  # [T, len(TASKS)] float32
+        return torch.stack([self.targets[t] for t in TASKS], dim=1).float()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "RequestBatch":
+        return RequestBatch(self.request_id, self.user_id.to(device, non_blocking=non_blocking),
+                            self.request_ts.to(device, non_blocking=non_blocking),
+                            self.history.to(device, non_blocking), self.targets.to(device, non_blocking))
+
+    def pin_memory(self) -> "RequestBatch":
+        """Page-locked host copy, so that `.to(cuda, non_blocking=True)` overlaps compute."""
+        return RequestBatch(self.request_id, self.user_id.pin_memory(), self.request_ts.pin_memory(),
+                            self.history.pin_memory(), self.targets.pin_memory())
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    # torch.from_numpy shares memory; it needs a writable, native-order array
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def batch_from_chunk(chunk: RequestChunk) -> RequestBatch:
+    return RequestBatch(
+        request_id=chunk.request["request_id"],
+        user_id=_tensor(chunk.request["user_id"]),
+        request_ts=_tensor(chunk.request["request_ts"]),
+        history=Jagged(_tensor(chunk.hist_offsets), {k.removeprefix(HIST_PREFIX): _tensor(v) for k, v in chunk.hist.items()}),
+        targets=Jagged(_tensor(chunk.tgt_offsets), {k.removeprefix(TGT_PREFIX): _tensor(v) for k, v in chunk.tgt.items()}),
+    )

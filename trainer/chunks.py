@@ -1,0 +1,164 @@
+"""RequestChunk: a run of request records as flat numpy arrays plus offsets.
+
+This is the reader's unit of work, before torch: request b's history is
+`hist[name][hist_offsets[b]:hist_offsets[b + 1]]` for every history column, its targets
+likewise with `tgt_offsets`. Nothing is padded. Columns keep their contract names
+(schemas/contracts.py), so a feature added to the contract flows through unchanged.
+
+The operations are the few the reader needs, all pure: read a Parquet row group
+(`chunk_from_arrow`), reorder and truncate (`select`), cut (`slice_chunk`) and join
+(`concat`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from features.hashing import mix64
+from schemas.contracts import HISTORY_COLUMNS, REQUEST_RECORD, TARGET_COLUMNS
+from schemas.errors import LongseqError
+from schemas.types import ListOf
+
+HIST_NAMES: tuple[str, ...] = tuple(f.name for f in HISTORY_COLUMNS)
+TGT_NAMES: tuple[str, ...] = tuple(f.name for f in TARGET_COLUMNS)
+REQUEST_NAMES: tuple[str, ...] = tuple(f.name for f in REQUEST_RECORD if not isinstance(f.dtype, ListOf))
+
+
+class CorruptRecordsError(LongseqError):
+    """Request records that break contract 2 (misaligned lists, nulls, missing columns)."""
+
+
+@dataclass
+class RequestChunk:
+    request: dict[str, np.ndarray]  # name -> [n]: request_id, user_id, request_ts
+    hist_offsets: np.ndarray  # [n + 1] int64, starts at 0
+    hist: dict[str, np.ndarray]  # name -> [hist_offsets[-1]]
+    tgt_offsets: np.ndarray  # [n + 1] int64, starts at 0
+    tgt: dict[str, np.ndarray]  # name -> [tgt_offsets[-1]]
+
+    def __len__(self) -> int:
+        return len(self.hist_offsets) - 1
+
+    @property
+    def hist_lengths(self) -> np.ndarray:
+        return np.diff(self.hist_offsets)
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return np.diff(self.tgt_offsets)
+
+    @property
+    def num_history_tokens(self) -> int:
+        return int(self.hist_offsets[-1])
+
+
+# ---------------------------------------------------------------- from Parquet
+
+
+def _list_parts(name: str, column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count or (len(arr) and arr.flatten().null_count):
+        raise CorruptRecordsError(f"column {name} holds nulls; request records have none (contract 2)")
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    return offsets - offsets[0], arr.flatten().to_numpy()
+
+
+def _aligned(names: tuple[str, ...], table: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One offsets array for columns that the contract says are aligned, or a clear error."""
+    offsets, values = None, {}
+    for name in names:
+        col_offsets, values[name] = _list_parts(name, table.column(name))
+        if offsets is None:
+            offsets = col_offsets
+        elif not np.array_equal(offsets, col_offsets):
+            raise CorruptRecordsError(f"lists of {names[0]} and {name} differ in length; they must be aligned (contract 2)")
+    assert offsets is not None
+    return offsets, values
+
+
+def chunk_from_arrow(table: pa.Table | pa.RecordBatch) -> RequestChunk:
+    """The chunk of a table of request records (any column order; extra columns ignored)."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    missing = [n for n in (*REQUEST_NAMES, *HIST_NAMES, *TGT_NAMES) if n not in table.column_names]
+    if missing:
+        raise CorruptRecordsError(f"request records lack column(s) {', '.join(missing)}")
+    request = {}
+    for name in REQUEST_NAMES:
+        col = table.column(name)
+        if col.null_count:
+            raise CorruptRecordsError(f"column {name} holds nulls; request records have none (contract 2)")
+        request[name] = col.to_numpy()
+    hist_offsets, hist = _aligned(HIST_NAMES, table)
+    tgt_offsets, tgt = _aligned(TGT_NAMES, table)
+    return RequestChunk(request, hist_offsets, hist, tgt_offsets, tgt)
+
+
+# ---------------------------------------------------------------- operations
+
+
+def _gather(offsets: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """New offsets and the positions (into the old values) of runs [starts, starts + lengths)."""
+    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    positions = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
+    return new_offsets, positions
+
+
+def select(chunk: RequestChunk, index: np.ndarray, keep: np.ndarray | None = None) -> RequestChunk:
+    """Requests `index`, in that order; with `keep`, each keeps only its most recent keep[i]
+    history events (a history shorter than that stays whole)."""
+    index = np.asarray(index, dtype=np.int64)
+    h_end = chunk.hist_offsets[index + 1]
+    h_len = h_end - chunk.hist_offsets[index]
+    if keep is not None:
+        h_len = np.minimum(h_len, np.asarray(keep, dtype=np.int64))
+    hist_offsets, h_pos = _gather(chunk.hist_offsets, h_end - h_len, h_len)
+    t_start = chunk.tgt_offsets[index]
+    tgt_offsets, t_pos = _gather(chunk.tgt_offsets, t_start, chunk.tgt_offsets[index + 1] - t_start)
+    return RequestChunk(
+        {k: v[index] for k, v in chunk.request.items()},
+        hist_offsets, {k: v[h_pos] for k, v in chunk.hist.items()},
+        tgt_offsets, {k: v[t_pos] for k, v in chunk.tgt.items()},
+    )
+
+
+def slice_chunk(chunk: RequestChunk, start: int, stop: int) -> RequestChunk:
+    """Requests [start, stop) as views (no copy but the offsets)."""
+    h0, h1 = chunk.hist_offsets[start], chunk.hist_offsets[stop]
+    t0, t1 = chunk.tgt_offsets[start], chunk.tgt_offsets[stop]
+    return RequestChunk(
+        {k: v[start:stop] for k, v in chunk.request.items()},
+        chunk.hist_offsets[start:stop + 1] - h0, {k: v[h0:h1] for k, v in chunk.hist.items()},
+        chunk.tgt_offsets[start:stop + 1] - t0, {k: v[t0:t1] for k, v in chunk.tgt.items()},
+    )
+
+
+def _join_offsets(parts: list[np.ndarray]) -> np.ndarray:
+    lengths = np.concatenate([np.diff(p) for p in parts])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def concat(chunks: list[RequestChunk]) -> RequestChunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0]
+    return RequestChunk(
+        {k: np.concatenate([c.request[k] for c in chunks]) for k in first.request},
+        _join_offsets([c.hist_offsets for c in chunks]), {k: np.concatenate([c.hist[k] for c in chunks]) for k in first.hist},
+        _join_offsets([c.tgt_offsets for c in chunks]), {k: np.concatenate([c.tgt[k] for c in chunks]) for k in first.tgt},
+    )
+
+
+def chunk_key(chunk: RequestChunk) -> int:
+    """A stable identity of a chunk from its content (its first request and its size), so
+    that its random draws do not depend on which worker read it or when."""
+    if not len(chunk):
+        return 0
+    user, ts = int(chunk.request["user_id"][0]), int(chunk.request["request_ts"][0])
+    return int(mix64(mix64(user, salt=len(chunk)) ^ np.uint64(ts & (2**64 - 1)))) & (2**63 - 1)

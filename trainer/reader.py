@@ -1,0 +1,255 @@
+"""Published request records -> RequestBatch, through Petastorm or plain pyarrow.
+
+    rows of a row group ──(worker: shuffle rows, truncate histories)──> RequestChunk
+      ──(main: shuffle buffer across row groups, batch by requests or tokens)──> RequestBatch
+
+The trainer sees only `RequestReader.batches(epoch)`; which library reads the files is a
+constructor choice (`open_reader(..., engine="petastorm" | "arrow")`):
+
+- `PetastormRequestReader` (the default) uses `make_batch_reader` on the Parquet files the
+  build wrote. That reader stacks each list column into one matrix and so demands equal
+  lengths; a `TransformSpec` turns each row group into one packed row (flat values plus
+  offsets for histories and targets), which it stacks fine, with truncation done on the
+  worker so that fewer tokens travel. docs/READER.md has the measurements.
+- `ArrowRequestReader` reads the same row groups with pyarrow, in the same order as
+  Petastorm does for a seed, through the same steps: the reference for tests, and a
+  reader with no Petastorm in it.
+
+An epoch is one pass over this shard's row groups. Given the files, the config and the
+epoch, the batches are the same every time (with one worker: several workers finish row
+groups in an order that depends on timing; Petastorm's own caveat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from features.hashing import mix64
+from features.lengths import LengthSampler
+from schemas.contracts import REQUEST_RECORD
+from schemas.errors import LongseqError
+from trainer.batch import RequestBatch, batch_from_chunk
+from trainer.chunks import (
+    CorruptRecordsError, RequestChunk, chunk_from_arrow, chunk_key, concat, select, slice_chunk,
+)
+
+
+@dataclass
+class ReaderConfig:
+    """How to read. The defaults suit 10k histories on a few cores: one worker thread, two
+    row groups (about 32 MB each) in flight, a shuffle buffer of 512 requests."""
+
+    batch_size: int = 256  # requests per batch; with token_budget, the most a batch may hold
+    token_budget: int | None = None  # history tokens per batch (batch-level load balancing)
+    shuffle: bool = True  # row groups, rows within them, and the shuffle buffer
+    shuffle_buffer: int = 512  # requests mixed across row groups (0: none)
+    seed: int = 0
+    shard: int = 0  # this process's shard: a data-parallel rank
+    shard_count: int = 1  # the data-parallel world size; shards are disjoint row groups
+    truncation: LengthSampler | None = None  # training: most recent suffix of a sampled length
+    max_len: int | None = None  # a cap on history length (scoring at 2k of 10k); None: full
+    drop_last: bool = False  # drop an epoch's last, short batch
+    workers: int = 1  # Petastorm worker threads; >1 makes row-group order timing-dependent
+    queue_size: int = 2  # row groups read ahead (bounds memory)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise LongseqError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise LongseqError(f"token_budget must be at least 1, got {self.token_budget}")
+        if not 0 <= self.shard < self.shard_count:
+            raise LongseqError(f"shard must be in [0, shard_count={self.shard_count}), got {self.shard}")
+        if self.max_len is not None and self.max_len < 0:
+            raise LongseqError(f"max_len must be >= 0, got {self.max_len}")
+        if self.workers < 1 or self.queue_size < 1 or self.shuffle_buffer < 0:
+            raise LongseqError("workers and queue_size must be >= 1, shuffle_buffer >= 0")
+
+    def for_scoring(self) -> "ReaderConfig":
+        """Full-length (or max_len) histories in file order, every request once."""
+        return dataclasses.replace(self, shuffle=False, truncation=None, drop_last=False)
+
+
+class RequestReader(Protocol):
+    config: ReaderConfig
+
+    def batches(self, epoch: int = 0) -> Iterator[RequestBatch]: ...
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed per (seed, epoch): row-group order and shards change from epoch to epoch."""
+    return int(mix64(seed & (2**64 - 1), salt=epoch + 1) % np.uint64(2**32))
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def prepare_chunk(chunk: RequestChunk, cfg: ReaderConfig, epoch: int) -> RequestChunk:
+    """Shuffle a row group's requests and truncate their histories (the worker's step).
+
+    The random draws depend on the chunk's content, not on when or where it was read."""
+    n = len(chunk)
+    rng = np.random.default_rng([cfg.seed & (2**63 - 1), epoch, chunk_key(chunk)])
+    order = rng.permutation(n) if cfg.shuffle else np.arange(n)
+    keep = cfg.truncation.sample(rng, n) if cfg.truncation is not None else None
+    if cfg.max_len is not None:
+        keep = np.minimum(keep, cfg.max_len) if keep is not None else np.full(n, cfg.max_len, np.int64)
+    if not cfg.shuffle and keep is None:
+        return chunk
+    return select(chunk, order, keep)
+
+
+def shuffle_buffer(chunks: Iterable[RequestChunk], capacity: int, rng: np.random.Generator) -> Iterator[RequestChunk]:
+    """Mix requests across row groups: gather at least `capacity`, shuffle, emit all but
+    half of `capacity`, which stay to mix with what comes next."""
+    pending: list[RequestChunk] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= capacity:
+            merged = select(concat(pending), rng.permutation(held))
+            emit = held - capacity // 2
+            yield slice_chunk(merged, 0, emit)
+            pending, held = [slice_chunk(merged, emit, held)], held - emit
+    if held:
+        yield select(concat(pending), rng.permutation(held))
+
+
+def batch_ends(hist_lengths: np.ndarray, batch_size: int, token_budget: int | None) -> tuple[list[int], int]:
+    """Where complete batches end in a run of requests, and where the unfinished rest starts.
+
+    By count: every batch_size requests. By tokens: greedily as many requests as fit in
+    token_budget history tokens (at least one, at most batch_size); a batch is complete
+    once the next request would not fit."""
+    n = len(hist_lengths)
+    if token_budget is None:
+        ends = list(range(batch_size, n + 1, batch_size))
+        return ends, (ends[-1] if ends else 0)
+    cum = np.cumsum(hist_lengths)
+    ends, start = [], 0
+    while start < n:
+        base = cum[start - 1] if start else 0
+        end = int(np.searchsorted(cum, base + token_budget, side="right"))
+        end = min(max(end, start + 1), start + batch_size)
+        if end == n and end - start < batch_size and cum[-1] - base < token_budget:
+            break  # could still take requests from the next chunk
+        ends.append(end)
+        start = end
+    return ends, start
+
+
+def form_batches(chunks: Iterable[RequestChunk], cfg: ReaderConfig) -> Iterator[RequestChunk]:
+    carry: RequestChunk | None = None
+    for chunk in chunks:
+        if carry is not None:
+            chunk = concat([carry, chunk])
+        ends, rest = batch_ends(chunk.hist_lengths, cfg.batch_size, cfg.token_budget)
+        start = 0
+        for end in ends:
+            yield slice_chunk(chunk, start, end)
+            start = end
+        carry = slice_chunk(chunk, rest, len(chunk)) if rest < len(chunk) else None
+    if carry is not None and not cfg.drop_last:
+        yield carry
+
+
+def batches_from_chunks(prepared: Iterable[RequestChunk], cfg: ReaderConfig, epoch: int) -> Iterator[RequestBatch]:
+    """The main-thread steps shared by every reader: shuffle buffer, batching, torch."""
+    stream = prepared
+    if cfg.shuffle and cfg.shuffle_buffer:
+        stream = shuffle_buffer(stream, cfg.shuffle_buffer, np.random.default_rng([cfg.seed & (2**63 - 1), epoch, 1]))
+    for chunk in form_batches(stream, cfg):
+        yield batch_from_chunk(chunk)
+
+
+# ---------------------------------------------------------------- the schedule
+
+
+def row_group_schedule(num_row_groups: int, cfg: ReaderConfig, epoch: int) -> list[int]:
+    """Which row groups (numbered across the files in order) this shard reads, in order.
+
+    Petastorm's own rule, spelled out so that the pyarrow reader follows it too: the shard
+    is every row group whose number is cur_shard modulo shard_count; the order is its
+    list shuffled by random.Random(seed) (sharding) then numpy's RandomState(seed)
+    (the ventilator), seed being the epoch's."""
+    import random
+
+    seed = epoch_seed(cfg.seed, epoch)
+    indexes = list(range(num_row_groups))
+    if cfg.shard_count > 1:
+        _require_enough_row_groups(num_row_groups, cfg)
+        random.Random(seed).shuffle(indexes)
+        indexes = [i for i in indexes if i % cfg.shard_count == cfg.shard]
+    if cfg.shuffle:
+        np.random.RandomState(seed).shuffle(indexes)
+    return indexes
+
+
+def _require_enough_row_groups(num_row_groups: int, cfg: ReaderConfig) -> None:
+    if num_row_groups < cfg.shard_count:
+        raise LongseqError(
+            f"{num_row_groups} row group(s) cannot feed {cfg.shard_count} shards: every shard needs at least one. "
+            "Read more days, or use fewer processes")
+
+
+# ---------------------------------------------------------------- readers
+
+
+class ArrowRequestReader:
+    """Row groups read with pyarrow, in Petastorm's order, on the calling thread."""
+
+    def __init__(self, urls: Sequence[str], config: ReaderConfig | None = None):
+        import pyarrow.parquet as pq
+
+        self.config = config or ReaderConfig()
+        self.urls = list(urls)
+        self._groups: list[tuple[str, int]] = []
+        for url in self.urls:
+            try:
+                meta = pq.ParquetFile(_local_path(url)).metadata
+            except Exception as e:  # a missing or unreadable file: name it
+                raise CorruptRecordsError(f"cannot read {url}: {str(e).strip()}") from None
+            self._groups += [(url, g) for g in range(meta.num_row_groups)]
+
+    def _chunks(self, epoch: int) -> Iterator[RequestChunk]:
+        import pyarrow.parquet as pq
+
+        columns = REQUEST_RECORD.names
+        for index in row_group_schedule(len(self._groups), self.config, epoch):
+            url, group = self._groups[index]
+            try:
+                table = pq.ParquetFile(_local_path(url)).read_row_group(group, columns=columns)
+            except Exception as e:
+                raise CorruptRecordsError(f"cannot read row group {group} of {url}: {str(e).strip()}") from None
+            yield prepare_chunk(chunk_from_arrow(table), self.config, epoch)
+
+    def batches(self, epoch: int = 0) -> Iterator[RequestBatch]:
+        return batches_from_chunks(self._chunks(epoch), self.config, epoch)
+
+
+def _local_path(url: str) -> str:
+    return url.removeprefix("file://")
+
+
+def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine: str = "petastorm") -> RequestReader:
+    """A reader over Parquet files of request records (URLs: file:///..., hdfs://...)."""
+    if not files:
+        raise LongseqError("no files to read")
+    if engine == "petastorm":
+        from trainer.petastorm_reader import PetastormRequestReader
+
+        return PetastormRequestReader(files, config)
+    if engine == "arrow":
+        return ArrowRequestReader(files, config)
+    raise LongseqError(f"unknown reader engine {engine!r}; choose petastorm or arrow")
+
+
+def open_published(data: str, start, end=None, config: ReaderConfig | None = None, engine: str = "petastorm") -> RequestReader:
+    """A reader over the published days [start, end] of a build's output directory."""
+    from etl.publish import published_files
+
+    return open_reader([f.url for f in published_files(data, start, end)], config, engine)
