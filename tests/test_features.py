@@ -134,3 +134,15 @@ def test_lengths_are_u_shaped_with_the_expected_mean():
 def test_length_sampler_rejects_bad_config(kwargs):
     with pytest.raises(ValueError):
         LengthSampler(**kwargs)
+
+
+def test_hash_ids_gives_the_same_buckets_in_torch_and_numpy():
+    import torch
+
+    from features.hashing import hash_ids
+
+    ids = np.random.default_rng(0).integers(-(2**63), 2**63 - 1, 20_000, dtype=np.int64)
+    for vocab, salt in ((2, 0), (1_000, 3), (2**20, 0), (2**31 + 11, 7)):
+        expected = hash_ids(ids, vocab, salt)
+        assert np.array_equal(hash_ids(torch.from_numpy(ids), vocab, salt).numpy(), expected)
+        assert expected.min() >= 1 and expected.max() < vocab

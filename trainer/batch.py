@@ -12,6 +12,7 @@ request's targets (request level batching).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,8 +81,11 @@ class RequestBatch:
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
-    # torch.from_numpy shares memory; it needs a writable, native-order array
-    return torch.from_numpy(a if a.flags.writeable else a.copy())
+    # Shares memory with the reader's buffers, which numpy marks read-only because Arrow
+    # handed them over; nothing else holds them, so the batch may own them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
 
 
 def batch_from_chunk(chunk: RequestChunk) -> RequestBatch:
@@ -91,4 +95,21 @@ def batch_from_chunk(chunk: RequestChunk) -> RequestBatch:
         request_ts=_tensor(chunk.request["request_ts"]),
         history=Jagged(_tensor(chunk.hist_offsets), {k.removeprefix(HIST_PREFIX): _tensor(v) for k, v in chunk.hist.items()}),
         targets=Jagged(_tensor(chunk.tgt_offsets), {k.removeprefix(TGT_PREFIX): _tensor(v) for k, v in chunk.tgt.items()}),
+    )
+
+
+def pointwise(batch: RequestBatch) -> RequestBatch:
+    """Each target as its own request with its own copy of the history: what a pointwise
+    trainer feeds. The reference for request level batching, and the cost it saves."""
+    req = torch.repeat_interleave(torch.arange(batch.num_requests), batch.targets.lengths())  # [T]
+    h_start, h_len = batch.history.offsets[:-1][req], batch.history.lengths()[req]
+    offsets = torch.zeros(len(req) + 1, dtype=torch.int64)
+    torch.cumsum(h_len, 0, out=offsets[1:])
+    positions = torch.repeat_interleave(h_start - offsets[:-1], h_len) + torch.arange(int(offsets[-1]))
+    return RequestBatch(
+        request_id=batch.request_id[req.numpy()],
+        user_id=batch.user_id[req],
+        request_ts=batch.request_ts[req],
+        history=Jagged(offsets, {k: v[positions] for k, v in batch.history.values.items()}),
+        targets=Jagged(torch.arange(len(req) + 1), dict(batch.targets.values)),
     )

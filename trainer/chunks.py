@@ -58,12 +58,20 @@ class RequestChunk:
 # ---------------------------------------------------------------- from Parquet
 
 
+def arrow_values(arr: pa.Array) -> np.ndarray:
+    """A primitive, null-free Arrow array as a numpy view of its buffer (no copy; pyarrow
+    14's to_numpy copies through a slower path)."""
+    dtype = np.dtype(arr.type.to_pandas_dtype())
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
 def _list_parts(name: str, column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if arr.null_count or (len(arr) and arr.flatten().null_count):
+    values = arr.flatten()
+    if arr.null_count or values.null_count:
         raise CorruptRecordsError(f"column {name} holds nulls; request records have none (contract 2)")
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    return offsets - offsets[0], arr.flatten().to_numpy()
+    offsets = arrow_values(arr.offsets).astype(np.int64)
+    return offsets - offsets[0], arrow_values(values)
 
 
 def _aligned(names: tuple[str, ...], table: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -91,7 +99,7 @@ def chunk_from_arrow(table: pa.Table | pa.RecordBatch) -> RequestChunk:
         col = table.column(name)
         if col.null_count:
             raise CorruptRecordsError(f"column {name} holds nulls; request records have none (contract 2)")
-        request[name] = col.to_numpy()
+        request[name] = col.to_numpy().astype(np.str_) if pa.types.is_string(col.type) else arrow_values(col.combine_chunks())
     hist_offsets, hist = _aligned(HIST_NAMES, table)
     tgt_offsets, tgt = _aligned(TGT_NAMES, table)
     return RequestChunk(request, hist_offsets, hist, tgt_offsets, tgt)
@@ -100,12 +108,22 @@ def chunk_from_arrow(table: pa.Table | pa.RecordBatch) -> RequestChunk:
 # ---------------------------------------------------------------- operations
 
 
-def _gather(offsets: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """New offsets and the positions (into the old values) of runs [starts, starts + lengths)."""
-    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    positions = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
-    return new_offsets, positions
+def _runs(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
+    """values[starts[i]:starts[i] + lengths[i]] for each i, concatenated.
+
+    Long runs (histories) are copied slice by slice, at memcpy speed; short ones (targets)
+    through one fancy index, which has less overhead per run."""
+    if len(lengths) and total >= 64 * len(lengths):
+        return np.concatenate([values[s:s + n] for s, n in zip(starts.tolist(), lengths.tolist())]) if total else values[:0]
+    offsets = offsets_of(lengths)
+    return values[np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)]
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """[0, l0, l0 + l1, ...]: the offsets of runs of these lengths."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
 
 
 def select(chunk: RequestChunk, index: np.ndarray, keep: np.ndarray | None = None) -> RequestChunk:
@@ -116,13 +134,14 @@ def select(chunk: RequestChunk, index: np.ndarray, keep: np.ndarray | None = Non
     h_len = h_end - chunk.hist_offsets[index]
     if keep is not None:
         h_len = np.minimum(h_len, np.asarray(keep, dtype=np.int64))
-    hist_offsets, h_pos = _gather(chunk.hist_offsets, h_end - h_len, h_len)
     t_start = chunk.tgt_offsets[index]
-    tgt_offsets, t_pos = _gather(chunk.tgt_offsets, t_start, chunk.tgt_offsets[index + 1] - t_start)
+    t_len = chunk.tgt_offsets[index + 1] - t_start
+    hist_offsets, tgt_offsets = offsets_of(h_len), offsets_of(t_len)
+    h_total, t_total = int(hist_offsets[-1]), int(tgt_offsets[-1])
     return RequestChunk(
         {k: v[index] for k, v in chunk.request.items()},
-        hist_offsets, {k: v[h_pos] for k, v in chunk.hist.items()},
-        tgt_offsets, {k: v[t_pos] for k, v in chunk.tgt.items()},
+        hist_offsets, {k: _runs(v, h_end - h_len, h_len, h_total) for k, v in chunk.hist.items()},
+        tgt_offsets, {k: _runs(v, t_start, t_len, t_total) for k, v in chunk.tgt.items()},
     )
 
 
@@ -138,10 +157,7 @@ def slice_chunk(chunk: RequestChunk, start: int, stop: int) -> RequestChunk:
 
 
 def _join_offsets(parts: list[np.ndarray]) -> np.ndarray:
-    lengths = np.concatenate([np.diff(p) for p in parts])
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
+    return offsets_of(np.concatenate([np.diff(p) for p in parts]))
 
 
 def concat(chunks: list[RequestChunk]) -> RequestChunk:
@@ -155,10 +171,10 @@ def concat(chunks: list[RequestChunk]) -> RequestChunk:
     )
 
 
-def chunk_key(chunk: RequestChunk) -> int:
-    """A stable identity of a chunk from its content (its first request and its size), so
-    that its random draws do not depend on which worker read it or when."""
-    if not len(chunk):
+def content_key(user_id: np.ndarray, request_ts: np.ndarray) -> int:
+    """A stable identity of a run of requests from its content (its first request and its
+    size), so that its random draws do not depend on which worker read it or when."""
+    if not len(user_id):
         return 0
-    user, ts = int(chunk.request["user_id"][0]), int(chunk.request["request_ts"][0])
-    return int(mix64(mix64(user, salt=len(chunk)) ^ np.uint64(ts & (2**64 - 1)))) & (2**63 - 1)
+    user, ts = int(user_id[0]), int(request_ts[0])
+    return int(mix64(mix64(user, salt=len(user_id)) ^ np.uint64(ts & (2**64 - 1)))) & (2**63 - 1)

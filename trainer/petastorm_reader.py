@@ -4,11 +4,16 @@
 column into a matrix with `np.vstack`, which fails unless all lists of a column have one
 length; histories run from 0 to 10,000 events. Padding them to 10,000 would multiply the
 bytes by up to 100. Instead the TransformSpec's function, run on Petastorm's worker
-thread, packs the whole row group into ONE row: per column the flat values of all its
-requests, plus `hist_offsets` and `tgt_offsets`. A single row stacks trivially, and the
-main thread unpacks it into a RequestChunk without copying. The same function shuffles
-the rows and truncates the histories first, so only the kept tokens cross to the main
-thread.
+thread, packs the whole row group into one int64 column, `payload`:
+
+    [count of each section..., id width] [request_id][user_id][request_ts]
+    [hist_offsets][tgt_offsets][hist_* flat values...][tgt_* flat values...]
+
+(sections 8-byte aligned, each in its contract dtype). Petastorm passes a scalar column
+through without stacking, and pandas and Arrow hand it over without copying, so the main
+thread unpacks views (`unpack`). The same function shuffles the row group's requests and
+truncates their histories while it packs: the kept values are copied once, and only
+they cross to the main thread.
 """
 
 from __future__ import annotations
@@ -23,61 +28,100 @@ import pandas as pd
 from schemas.contracts import REQUEST_RECORD
 from schemas.errors import LongseqError
 from schemas.forms import to_unischema
-from schemas.types import ListOf
 from trainer.batch import RequestBatch
 from trainer.chunks import (
-    HIST_NAMES, REQUEST_NAMES, TGT_NAMES, CorruptRecordsError, RequestChunk,
+    HIST_NAMES, REQUEST_NAMES, TGT_NAMES, CorruptRecordsError, RequestChunk, offsets_of,
 )
-from trainer.reader import ReaderConfig, batches_from_chunks, epoch_seed, prepare_chunk
+from trainer.reader import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed
 
-OFFSET_COLUMNS = ("hist_offsets", "tgt_offsets")
+PAYLOAD = "payload"  # the one output column: each "row" is one int64 of a packed row group
+_LISTS = (*HIST_NAMES, *TGT_NAMES)
+_NUMERIC = tuple(n for n in REQUEST_NAMES if n != "request_id")
+# sections of a packed row group, in order; each starts on an 8-byte boundary
+_SECTIONS = ("request_id", *_NUMERIC, "hist_offsets", "tgt_offsets", *_LISTS)
+_DTYPES = {f.name: np.dtype(f.numpy_dtype) for f in to_unischema(REQUEST_RECORD).fields.values() if f.name in _SECTIONS}
+_DTYPES.update(hist_offsets=np.dtype(np.int64), tgt_offsets=np.dtype(np.int64))
+_HEADER = len(_SECTIONS) + 1  # element count per section, then the request_id width
 
 
-def _packed_fields() -> list[tuple]:
-    """The TransformSpec's output schema: every contract column as a 1-d array, plus offsets."""
-    fields = []
-    for f in to_unischema(REQUEST_RECORD).fields.values():
-        fields.append((f.name, f.numpy_dtype, (None,), False))
-    return fields + [(name, np.int64, (None,), False) for name in OFFSET_COLUMNS]
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // 8) * 8
 
 
-def _lists_of(frame: pd.DataFrame, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Aligned list columns of a pandas frame (cells are numpy arrays) -> offsets, flat values."""
-    offsets, values = None, {}
+def _cells(frame: pd.DataFrame, names: tuple[str, ...]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The list cells of aligned columns (numpy views from pandas) and their one length each."""
+    lengths = None
+    cells = []
     for name in names:
-        cells = frame[name].to_numpy()
-        if any(c is None for c in cells):
+        column = frame[name].to_numpy()
+        if any(c is None for c in column):
             raise CorruptRecordsError(f"column {name} holds nulls; request records have none (contract 2)")
-        lengths = np.fromiter((len(c) for c in cells), np.int64, len(cells))
-        if offsets is None:
-            offsets = np.zeros(len(cells) + 1, np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-        elif not np.array_equal(np.diff(offsets), lengths):
+        these = np.fromiter((len(c) for c in column), np.int64, len(column))
+        if lengths is None:
+            lengths = these
+        elif not np.array_equal(lengths, these):
             raise CorruptRecordsError(f"lists of {names[0]} and {name} differ in length; they must be aligned (contract 2)")
-        values[name] = np.concatenate(cells) if len(cells) else np.array([], np.int64)
-    assert offsets is not None
-    return offsets, values
+        cells.append(column)
+    assert lengths is not None
+    return cells, lengths
 
 
 def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int) -> pd.DataFrame:
-    """TransformSpec function (worker thread): a row group's frame -> one packed row."""
-    hist_offsets, hist = _lists_of(frame, HIST_NAMES)
-    tgt_offsets, tgt = _lists_of(frame, TGT_NAMES)
-    request = {name: frame[name].to_numpy() for name in REQUEST_NAMES}
-    chunk = prepare_chunk(RequestChunk(request, hist_offsets, hist, tgt_offsets, tgt), cfg, epoch)
-    packed = {**chunk.request, **chunk.hist, **chunk.tgt, "hist_offsets": chunk.hist_offsets, "tgt_offsets": chunk.tgt_offsets}
-    return pd.DataFrame({name: [values] for name, values in packed.items()})
+    """TransformSpec function (worker thread): a row group -> one int64 column holding the
+    packed row group. Shuffled and truncated on the way, in one copy of the kept values.
+
+    Petastorm passes an int64 column through untouched (no per-row stacking), and pandas
+    and Arrow hand it over without copying."""
+    n = len(frame)
+    user_id, request_ts = frame["user_id"].to_numpy(), frame["request_ts"].to_numpy()
+    order, keep = draw_order_and_keep(cfg, epoch, user_id, request_ts)
+    order = np.arange(n) if order is None else order
+    hist_cells, hist_len = _cells(frame, HIST_NAMES)
+    tgt_cells, tgt_len = _cells(frame, TGT_NAMES)
+    h_len = hist_len[order] if keep is None else np.minimum(hist_len[order], keep)
+    ids = np.char.encode(frame["request_id"].to_numpy()[order].astype(np.str_), "utf-8")
+    sections: dict[str, object] = {"request_id": ids, "user_id": user_id[order], "request_ts": request_ts[order],
+                                   "hist_offsets": offsets_of(h_len), "tgt_offsets": offsets_of(tgt_len[order])}
+    counts = {name: len(v) for name, v in sections.items()}  # type: ignore[arg-type]
+    counts.update({name: int(h_len.sum()) for name in HIST_NAMES})
+    counts.update({name: int(tgt_len.sum()) for name in TGT_NAMES})
+    width = ids.dtype.itemsize
+    sizes = [_aligned(counts[s] * (width if s == "request_id" else _DTYPES[s].itemsize)) for s in _SECTIONS]
+    payload = np.zeros(_HEADER + sum(sizes) // 8, np.int64)
+    payload[:_HEADER] = [*(counts[s] for s in _SECTIONS), width]
+    raw, at = payload.view(np.uint8), _HEADER * 8
+    for name, size in zip(_SECTIONS, sizes):
+        dtype = ids.dtype if name == "request_id" else _DTYPES[name]
+        out = raw[at:at + counts[name] * dtype.itemsize].view(dtype)
+        at += size
+        if name in sections:
+            out[:] = sections[name]
+            continue
+        cells, lengths = (hist_cells[HIST_NAMES.index(name)], h_len) if name in HIST_NAMES else \
+            (tgt_cells[TGT_NAMES.index(name)], None)
+        if lengths is None:
+            parts = [cells[i] for i in order]
+        else:  # the most recent h_len[j] events of request order[j]
+            parts = [cells[i][len(cells[i]) - k:] for i, k in zip(order, lengths)]
+        if parts:
+            np.concatenate(parts, out=out)
+    return pd.DataFrame({PAYLOAD: payload}, copy=False)  # pandas would copy it into a block
 
 
-def unpack_row(row) -> RequestChunk:
-    """Petastorm's namedtuple of one packed row (each field a [1, N] matrix) -> RequestChunk."""
-    def col(name: str) -> np.ndarray:
-        return getattr(row, name)[0]
-
+def unpack(payload: np.ndarray) -> RequestChunk:
+    """A packed row group -> RequestChunk of views into it (no copy, but the ids' decoding)."""
+    counts = dict(zip(_SECTIONS, payload[:len(_SECTIONS)].tolist()))
+    width = int(payload[len(_SECTIONS)])
+    raw, at, views = payload.view(np.uint8), _HEADER * 8, {}
+    for name in _SECTIONS:
+        dtype = np.dtype(f"S{max(width, 1)}") if name == "request_id" else _DTYPES[name]
+        nbytes = counts[name] * dtype.itemsize
+        views[name] = raw[at:at + nbytes].view(dtype)
+        at += _aligned(nbytes)
     return RequestChunk(
-        {name: col(name) for name in REQUEST_NAMES},
-        col("hist_offsets"), {name: col(name) for name in HIST_NAMES},
-        col("tgt_offsets"), {name: col(name) for name in TGT_NAMES},
+        {"request_id": np.char.decode(views["request_id"], "utf-8"), **{name: views[name] for name in _NUMERIC}},
+        views["hist_offsets"], {name: views[name] for name in HIST_NAMES},
+        views["tgt_offsets"], {name: views[name] for name in TGT_NAMES},
     )
 
 
@@ -91,8 +135,8 @@ class PetastormRequestReader:
         from petastorm.errors import NoDataAvailableError
 
         cfg = self.config
-        spec = TransformSpec(partial(pack_row_group, cfg=cfg, epoch=epoch), edit_fields=_packed_fields(),
-                             selected_fields=[*REQUEST_RECORD.names, *OFFSET_COLUMNS])
+        spec = TransformSpec(partial(pack_row_group, cfg=cfg, epoch=epoch),
+                             edit_fields=[(PAYLOAD, np.int64, (), False)], selected_fields=[PAYLOAD])
         shards = {"cur_shard": cfg.shard, "shard_count": cfg.shard_count} if cfg.shard_count > 1 else {}
         try:
             return make_batch_reader(
@@ -119,7 +163,7 @@ class PetastormRequestReader:
                 except Exception as e:  # raised on the worker: an unreadable row group
                     raise CorruptRecordsError(f"cannot read the records ({len(self.urls)} file(s), first {self.urls[0]}): "
                                               f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
-                yield unpack_row(row)
+                yield unpack(row.payload)
         finally:
             reader.stop()
             reader.join()

@@ -34,7 +34,7 @@ from schemas.contracts import REQUEST_RECORD
 from schemas.errors import LongseqError
 from trainer.batch import RequestBatch, batch_from_chunk
 from trainer.chunks import (
-    CorruptRecordsError, RequestChunk, chunk_from_arrow, chunk_key, concat, select, slice_chunk,
+    CorruptRecordsError, RequestChunk, chunk_from_arrow, concat, content_key, select, slice_chunk,
 )
 
 
@@ -53,6 +53,7 @@ class ReaderConfig:
     truncation: LengthSampler | None = None  # training: most recent suffix of a sampled length
     max_len: int | None = None  # a cap on history length (scoring at 2k of 10k); None: full
     drop_last: bool = False  # drop an epoch's last, short batch
+    exact_batches: bool = True  # False: a batch may end early at a row group's end (no copy)
     workers: int = 1  # Petastorm worker threads; >1 makes row-group order timing-dependent
     queue_size: int = 2  # row groups read ahead (bounds memory)
 
@@ -69,8 +70,9 @@ class ReaderConfig:
             raise LongseqError("workers and queue_size must be >= 1, shuffle_buffer >= 0")
 
     def for_scoring(self) -> "ReaderConfig":
-        """Full-length (or max_len) histories in file order, every request once."""
-        return dataclasses.replace(self, shuffle=False, truncation=None, drop_last=False)
+        """Full-length (or max_len) histories in file order, every request once; batches
+        end at row-group ends, as copying them whole buys nothing when scoring."""
+        return dataclasses.replace(self, shuffle=False, truncation=None, drop_last=False, exact_batches=False)
 
 
 class RequestReader(Protocol):
@@ -87,19 +89,26 @@ def epoch_seed(seed: int, epoch: int) -> int:
 # ---------------------------------------------------------------- the steps
 
 
-def prepare_chunk(chunk: RequestChunk, cfg: ReaderConfig, epoch: int) -> RequestChunk:
-    """Shuffle a row group's requests and truncate their histories (the worker's step).
-
-    The random draws depend on the chunk's content, not on when or where it was read."""
-    n = len(chunk)
-    rng = np.random.default_rng([cfg.seed & (2**63 - 1), epoch, chunk_key(chunk)])
-    order = rng.permutation(n) if cfg.shuffle else np.arange(n)
+def draw_order_and_keep(cfg: ReaderConfig, epoch: int, user_id: np.ndarray,
+                        request_ts: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """For a row group's requests: their shuffled order, and how many of the most recent
+    history events each keeps (None: all). The draws depend on the row group's content,
+    not on when or where it was read."""
+    n = len(user_id)
+    rng = np.random.default_rng([cfg.seed & (2**63 - 1), epoch, content_key(user_id, request_ts)])
+    order = rng.permutation(n) if cfg.shuffle else None
     keep = cfg.truncation.sample(rng, n) if cfg.truncation is not None else None
     if cfg.max_len is not None:
         keep = np.minimum(keep, cfg.max_len) if keep is not None else np.full(n, cfg.max_len, np.int64)
-    if not cfg.shuffle and keep is None:
+    return order, keep
+
+
+def prepare_chunk(chunk: RequestChunk, cfg: ReaderConfig, epoch: int) -> RequestChunk:
+    """Shuffle a row group's requests and truncate their histories (the worker's step)."""
+    order, keep = draw_order_and_keep(cfg, epoch, chunk.request["user_id"], chunk.request["request_ts"])
+    if order is None and keep is None:
         return chunk
-    return select(chunk, order, keep)
+    return select(chunk, order if order is not None else np.arange(len(chunk)), keep)
 
 
 def shuffle_buffer(chunks: Iterable[RequestChunk], capacity: int, rng: np.random.Generator) -> Iterator[RequestChunk]:
@@ -143,18 +152,25 @@ def batch_ends(hist_lengths: np.ndarray, batch_size: int, token_budget: int | No
 
 
 def form_batches(chunks: Iterable[RequestChunk], cfg: ReaderConfig) -> Iterator[RequestChunk]:
-    carry: RequestChunk | None = None
+    """Cut a stream of chunks into batches. Batches inside a chunk are views of it; only a
+    batch that spans chunks is copied together."""
+    pieces: list[RequestChunk] = []  # the open batch, spread over the tails of earlier chunks
     for chunk in chunks:
-        if carry is not None:
-            chunk = concat([carry, chunk])
-        ends, rest = batch_ends(chunk.hist_lengths, cfg.batch_size, cfg.token_budget)
-        start = 0
-        for end in ends:
-            yield slice_chunk(chunk, start, end)
-            start = end
-        carry = slice_chunk(chunk, rest, len(chunk)) if rest < len(chunk) else None
-    if carry is not None and not cfg.drop_last:
-        yield carry
+        if not cfg.exact_batches and pieces:
+            yield concat(pieces)  # a view: one piece at most
+            pieces = []
+        held = sum(len(p) for p in pieces)
+        lengths = np.concatenate([*(p.hist_lengths for p in pieces), chunk.hist_lengths])
+        ends, rest = batch_ends(lengths, cfg.batch_size, cfg.token_budget)
+        if not ends:
+            pieces.append(chunk)
+            continue
+        yield concat([*pieces, slice_chunk(chunk, 0, ends[0] - held)]) if pieces else slice_chunk(chunk, 0, ends[0])
+        for start, end in zip(ends, ends[1:]):
+            yield slice_chunk(chunk, start - held, end - held)
+        pieces = [slice_chunk(chunk, rest - held, len(chunk))] if rest < held + len(chunk) else []
+    if pieces and not cfg.drop_last:
+        yield concat(pieces)
 
 
 def batches_from_chunks(prepared: Iterable[RequestChunk], cfg: ReaderConfig, epoch: int) -> Iterator[RequestBatch]:

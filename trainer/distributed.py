@@ -1,0 +1,58 @@
+"""Data-parallel plumbing: one process per rank under torchrun, or a single process.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; each rank reads its own shard of the row
+groups (trainer.reader), and DistributedDataParallel averages the gradients. Shards can
+differ by a row group, so before each step the ranks agree that all of them still have a
+batch; the epoch ends for everyone when the first runs out.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def setup(device: str = "auto") -> Context:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Context(rank, world, dev)
+
+
+def all_have_batch(ctx: Context, have: bool) -> bool:
+    """True when every rank has a batch for this step."""
+    if not ctx.distributed:
+        return have
+    flag = torch.tensor([1 if have else 0], device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()

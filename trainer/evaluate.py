@@ -1,0 +1,122 @@
+"""`longseq evaluate` and `longseq score`: a trained run on published days, at full length.
+
+Both read the run's newest checkpoint and the days in file order with full histories (or
+a serving cap, --max-len), each request once. evaluate writes per-task AUC, GAUC and
+logloss to RUN/eval/<start>_<end>_len<L>.json; score writes one row per target to Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from schemas.contracts import TASKS
+from schemas.errors import MissingPrerequisiteError
+from trainer import checkpoint
+from trainer.batch import RequestBatch
+from trainer.metrics import task_metrics
+from trainer.model import RankingModel
+from trainer.reader import ReaderConfig, open_published
+from trainer.train import TrainConfig
+
+
+def load_model(run_dir: Path | str, device: str = "cpu") -> tuple[RankingModel, TrainConfig, int]:
+    """The run's newest weights, in eval mode; and its config and step."""
+    path = checkpoint.latest(Path(run_dir))
+    if path is None:
+        raise MissingPrerequisiteError(f"no checkpoint in {run_dir}: train first (`longseq train --run-dir {run_dir}`)")
+    state = checkpoint.load(path)
+    cfg = TrainConfig(**json.loads(state["config"]))
+    model = RankingModel(cfg.model_config())
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg, int(state["step"])
+
+
+@dataclass
+class Scored:
+    batch: RequestBatch  # on the host
+    logits: np.ndarray  # [T, len(TASKS)]
+
+
+def scored_batches(model: RankingModel, data: str, start, end, max_len: int | None, batch_size: int = 64,
+                   device: str = "cpu") -> Iterator[Scored]:
+    reader = open_published(data, start, end, ReaderConfig(batch_size=batch_size, max_len=max_len).for_scoring())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    with torch.no_grad(), autocast:
+        for batch in reader.batches():
+            logits = model(batch.to(device, non_blocking=True)).float().cpu().numpy()
+            yield Scored(batch, logits)
+
+
+def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | None = None, batch_size: int = 64,
+             device: str = "cpu", log: Callable[[str], None] = print) -> dict:
+    model, cfg, step = load_model(run_dir, device)
+    labels, logits, users = [], [], []
+    requests = tokens = 0
+    t = time.perf_counter()
+    for s in scored_batches(model, data, start, end, max_len, batch_size, device):
+        labels.append(s.batch.labels().numpy())
+        logits.append(s.logits)
+        users.append(np.repeat(s.batch.user_id.numpy(), s.batch.targets.lengths().numpy()))
+        requests += s.batch.num_requests
+        tokens += s.batch.num_history_tokens
+    seconds = time.perf_counter() - t
+    if not requests:
+        raise MissingPrerequisiteError(f"no requests to evaluate in {start}..{end or start}")
+    metrics = task_metrics(np.concatenate(labels), np.concatenate(logits), np.concatenate(users))
+    result = {"run_dir": str(run_dir), "step": step, "arch": cfg.model_config().arch, "start": str(start),
+              "end": str(end or start), "max_len": max_len, "requests": requests, "targets": int(sum(len(u) for u in users)),
+              "history_tokens": tokens, "mean_history": tokens / requests, "seconds": seconds, "tasks": metrics}
+    out = Path(run_dir) / "eval" / f"{start}_{end or start}_len{max_len or 'full'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    log(metrics_table(result))
+    return result
+
+
+def metrics_table(result: dict) -> str:
+    lines = [f"{result['arch']} at step {result['step']} on {result['start']}..{result['end']}: {result['requests']:,} "
+             f"requests, {result['targets']:,} targets, mean history {result['mean_history']:,.0f} events "
+             f"(max_len {result['max_len'] or 'full'})",
+             f"{'task':<8}  {'AUC':>6}  {'GAUC':>6}  {'logloss':>7}  {'positive':>8}"]
+    for task, m in result["tasks"].items():
+        lines.append(f"{task:<8}  {m['auc']:6.4f}  {m['gauc']:6.4f}  {m['logloss']:7.4f}  {m['positive_rate']:8.3f}")
+    return "\n".join(lines)
+
+
+def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: int | None = None,
+          batch_size: int = 64, device: str = "cpu") -> int:
+    """Write one row per target (request_id, user_id, request_ts, position in the request,
+    item_id, score_<task> probabilities) to a Parquet file; return the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model, _, _ = load_model(run_dir, device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer, rows = None, 0
+    try:
+        for s in scored_batches(model, data, start, end, max_len, batch_size, device):
+            b, per_request = s.batch, s.batch.targets.lengths().numpy()
+            probs = 1.0 / (1.0 + np.exp(-s.logits))
+            table = pa.table({
+                "request_id": np.repeat(b.request_id, per_request),
+                "user_id": np.repeat(b.user_id.numpy(), per_request),
+                "request_ts": np.repeat(b.request_ts.numpy(), per_request),
+                "target_index": np.concatenate([np.arange(n) for n in per_request]).astype(np.int32) if len(per_request) else np.zeros(0, np.int32),
+                "item_id": b.targets["item_id"].numpy(),
+                **{f"score_{task}": probs[:, i].astype(np.float32) for i, task in enumerate(TASKS)},
+            })
+            writer = writer or pq.ParquetWriter(str(out), table.schema, compression="zstd")
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer:
+            writer.close()
+    return rows

@@ -1,0 +1,273 @@
+"""STCA (Stacked Target-to-History Cross Attention) and its baselines, in one file.
+
+Shapes in comments: B requests in the batch, N history tokens (all requests, jagged),
+T targets (jagged), D model dim, H heads, K head dim, L the longest history in the batch,
+M the most targets of any request.
+
+The history path runs on the N real tokens, once per request, and is shared by that
+request's targets (request level batching). Only attention pads, to the batch's L, and
+a mask confines each target to its own request's history. Each request's history also
+gets one learned "null" slot, so a request with no history still attends to something.
+Nothing ties the model to a trained length: no position table (recency comes from the
+time-delta bucket), so a model trained on 2k-event suffixes can score 10k histories.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from features.actions import ACTION_BITS
+from features.hashing import hash_ids
+from features.time_buckets import NUM_TIME_BUCKETS, time_delta_bucket
+from schemas.contracts import TASKS
+from trainer.batch import RequestBatch
+
+ARCHS = ("stca", "din", "transformer", "mean", "none")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "stca"  # stca | din (one target-attention layer) | transformer | mean | none
+    dim: int = 64  # D
+    layers: int = 2  # STCA layers; transformer: self-attention blocks
+    heads: int = 4  # H
+    head_dim: int = 16  # K
+    ffn_mult: int = 2  # SwiGLU hidden width = ffn_mult * D
+    item_buckets: int = 1 << 18  # hashed id vocabularies (row 0 unused)
+    author_buckets: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(dim=32, layers=2, heads=2, head_dim=16, item_buckets=1 << 14, author_buckets=1 << 12),
+    "small": ModelConfig(dim=64, layers=2, heads=4, head_dim=16),
+    # the paper's production size: 4 layers, 16 heads of 64, model dim 1024
+    "paper": ModelConfig(dim=1024, layers=4, heads=16, head_dim=64, ffn_mult=4, item_buckets=1 << 22,
+                         author_buckets=1 << 20),
+}
+
+
+# ---------------------------------------------------------------- batch layout
+
+
+@dataclass
+class Layout:
+    """Where each flat token and target sits in the padded [B, L] / [B, M] views."""
+
+    hist_seg: torch.Tensor  # [N] request of each history token
+    hist_pos: torch.Tensor  # [N] its position within the request
+    hist_mask: torch.Tensor  # [B, L] True where a real token is
+    tgt_seg: torch.Tensor  # [T]
+    tgt_pos: torch.Tensor  # [T]
+    B: int
+    L: int
+    M: int
+
+    @staticmethod
+    def of(batch: RequestBatch) -> "Layout":
+        def place(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+            lengths = offsets[1:] - offsets[:-1]
+            seg = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)
+            pos = torch.arange(len(seg), device=offsets.device) - offsets[seg]
+            return seg, pos, int(lengths.max()) if len(lengths) else 0
+
+        hist_seg, hist_pos, L = place(batch.history.offsets)
+        tgt_seg, tgt_pos, M = place(batch.targets.offsets)
+        B = batch.num_requests
+        mask = torch.arange(L, device=hist_seg.device)[None, :] < batch.history.lengths()[:, None]
+        return Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M)
+
+    def pad_history(self, x: torch.Tensor) -> torch.Tensor:  # [N, ...] -> [B, L, ...]
+        out = x.new_zeros(self.B, self.L, *x.shape[1:])
+        out[self.hist_seg, self.hist_pos] = x
+        return out
+
+    def pad_targets(self, x: torch.Tensor) -> torch.Tensor:  # [T, ...] -> [B, M, ...]
+        out = x.new_zeros(self.B, self.M, *x.shape[1:])
+        out[self.tgt_seg, self.tgt_pos] = x
+        return out
+
+
+# ---------------------------------------------------------------- blocks
+
+
+class SwiGLU(nn.Module):
+    """(silu(x W1) * x W3) W2."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        self.w1 = nn.Linear(d_in, d_hidden, bias=False)
+        self.w3 = nn.Linear(d_in, d_hidden, bias=False)
+        self.w2 = nn.Linear(d_hidden, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TokenEmbedding(nn.Module):
+    """History token: item + author + action flags + time delta bucket. Target: item + author."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item = nn.Embedding(cfg.item_buckets, cfg.dim)
+        self.author = nn.Embedding(cfg.author_buckets, cfg.dim)
+        self.action = nn.Embedding(1 << len(ACTION_BITS), cfg.dim)
+        self.delta = nn.Embedding(NUM_TIME_BUCKETS, cfg.dim)
+        for table in (self.item, self.author, self.action, self.delta):
+            nn.init.normal_(table.weight, std=0.02)
+
+    def ids(self, item: torch.Tensor, author: torch.Tensor) -> torch.Tensor:  # [n, D]
+        return (self.item(hash_ids(item, self.cfg.item_buckets, salt=1))
+                + self.author(hash_ids(author, self.cfg.author_buckets, salt=2)))
+
+    def history(self, batch: RequestBatch, layout: Layout) -> torch.Tensor:  # [N, D]
+        h = batch.history
+        delta = batch.request_ts[layout.hist_seg] - h["event_ts"]
+        return (self.ids(h["item_id"], h["author_id"]) + self.action(h["action"].long())
+                + self.delta(time_delta_bucket(delta)))
+
+    def target(self, batch: RequestBatch) -> torch.Tensor:  # [T, D]
+        return self.ids(batch.targets["item_id"], batch.targets["author_id"])
+
+
+class TargetAttention(nn.Module):
+    """Multi-head attention from each target's query to its own request's history (plus a
+    learned null slot): softmax over L, so the cost is linear in history length."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.H, self.K = cfg.heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
+        self.null_kv = nn.Parameter(torch.zeros(2, cfg.heads, cfg.head_dim))
+
+    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
+        # q: [T, D] one query per target; hist: [N, D] the batch's history tokens
+        B, H, K = layout.B, self.H, self.K
+        Q = layout.pad_targets(self.wq(q).view(-1, H, K)).transpose(1, 2)  # [B, H, M, K]
+        keys = layout.pad_history(self.wk(hist).view(-1, H, K))  # [B, L, H, K]
+        values = layout.pad_history(self.wv(hist).view(-1, H, K))
+        keys = torch.cat([self.null_kv[0].expand(B, 1, H, K).to(keys.dtype), keys], 1).transpose(1, 2)  # [B, H, 1+L, K]
+        values = torch.cat([self.null_kv[1].expand(B, 1, H, K).to(values.dtype), values], 1).transpose(1, 2)
+        mask = F.pad(layout.hist_mask, (1, 0), value=True)[:, None, None, :]  # [B, 1, 1, 1+L]
+        out = F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask)  # [B, H, M, K]
+        out = out.transpose(1, 2)[layout.tgt_seg, layout.tgt_pos]  # [T, H, K]
+        return self.wo(out.reshape(-1, H * K))  # [T, D]
+
+
+class StcaLayer(nn.Module):
+    """One layer: the history path LN(SwiGLU_i(X)), then cross attention from the query."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.hist_ffn = SwiGLU(cfg.dim, cfg.ffn_mult * cfg.dim, cfg.dim)
+        self.hist_norm = nn.LayerNorm(cfg.dim)
+        self.attn = TargetAttention(cfg)
+
+    def forward(self, q: torch.Tensor, x: torch.Tensor, layout: Layout) -> torch.Tensor:
+        hist = self.hist_norm(self.hist_ffn(x))  # [N, D]: per request, not per target
+        return self.attn(q, hist, layout)  # [T, D]
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-LN Transformer block over one request's history (quadratic in L): the baseline."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.H, self.K = cfg.heads, cfg.head_dim
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
+        self.ffn = SwiGLU(cfg.dim, cfg.ffn_mult * cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: [B, S, D] padded (slot 0 is the null token); mask: [B, S] real slots
+        B, S, _ = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, S, 3, self.H, self.K).permute(2, 0, 3, 1, 4)  # 3 x [B, H, S, K]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        x = x + self.wo(a.transpose(1, 2).reshape(B, S, -1))
+        return x + self.ffn(self.norm2(x))
+
+
+# ---------------------------------------------------------------- models
+
+
+class RankingModel(nn.Module):
+    """Any of ARCHS: embeddings -> a history summary per target -> per-task logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, hidden = cfg.dim, cfg.ffn_mult * cfg.dim
+        self.embed = TokenEmbedding(cfg)
+        self.query = nn.Sequential(SwiGLU(D, hidden, D), nn.LayerNorm(D))  # q(1) = LN(SwiGLU(x_t))
+        n_summaries = 0
+        if cfg.arch == "stca":
+            self.layers = nn.ModuleList(StcaLayer(cfg) for _ in range(cfg.layers))
+            # query fusion: q(i+1) = LN(SwiGLU([o(1)..o(i), x_t] W_C)); the SwiGLU's first projection is W_C
+            self.fuse = nn.ModuleList(nn.Sequential(SwiGLU((i + 2) * D, hidden, D), nn.LayerNorm(D))
+                                      for i in range(cfg.layers - 1))
+            n_summaries = cfg.layers
+        elif cfg.arch == "din":
+            self.attn = TargetAttention(cfg)
+            n_summaries = 1
+        elif cfg.arch == "transformer":
+            self.blocks = nn.ModuleList(SelfAttentionBlock(cfg) for _ in range(cfg.layers))
+            self.null_token = nn.Parameter(torch.zeros(D))
+            self.final_norm = nn.LayerNorm(D)
+            self.attn = TargetAttention(cfg)
+            n_summaries = 1
+        elif cfg.arch == "mean":
+            n_summaries = 1
+        self.output = SwiGLU((n_summaries + 1) * D, hidden, D)  # z = SwiGLU([o(1)..o(M), x_t] W_Z)
+        self.heads = nn.Linear(D, len(TASKS))
+
+    def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(TASKS)] logits
+        layout = Layout.of(batch)
+        x_t = self.embed.target(batch)  # [T, D]
+        summaries = self._summaries(batch, layout, x_t) if self.cfg.arch != "none" else []
+        z = self.output(torch.cat([*summaries, x_t], dim=-1))  # [T, D]
+        return self.heads(z)
+
+    def _summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
+        x = self.embed.history(batch, layout)  # [N, D]
+        arch = self.cfg.arch
+        if arch == "stca":
+            q, outs = self.query(x_t), []
+            for i, layer in enumerate(self.layers):
+                outs.append(layer(q, x, layout))  # o(i+1): [T, D]
+                if i + 1 < len(self.layers):
+                    q = self.fuse[i](torch.cat([*outs, x_t], dim=-1))
+            return outs
+        if arch == "din":
+            return [self.attn(x_t, x, layout)]
+        if arch == "transformer":
+            padded = torch.cat([self.null_token.expand(layout.B, 1, -1), layout.pad_history(x)], 1)  # [B, 1+L, D]
+            mask = F.pad(layout.hist_mask, (1, 0), value=True)
+            for block in self.blocks:
+                padded = block(padded, mask)
+            tokens = self.final_norm(padded[:, 1:][layout.hist_seg, layout.hist_pos])  # [N, D]
+            return [self.attn(self.query(x_t), tokens, layout)]
+        # mean pooling: each request's mean history token (zero when empty)
+        sums = x.new_zeros(layout.B, x.shape[1]).index_add_(0, layout.hist_seg, x)
+        counts = batch.history.lengths().clamp_min(1).to(x.dtype)[:, None]
+        return [(sums / counts)[layout.tgt_seg]]
+
+
+def loss_fn(logits: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
+    """BCE per task, averaged over targets and tasks (every target weighs the same)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), batch.labels().to(logits.device))
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,258 @@
+"""`longseq train`: STCA (or a baseline) on published days, with exact resume.
+
+    RUN/config.json        the TrainConfig, as run
+    RUN/checkpoints/       every checkpoint_every steps and at the end (trainer/checkpoint.py)
+    RUN/train_log.csv      step, epoch, loss, lr, requests/s, tokens/s
+    RUN/tensorboard/       the same curves for TensorBoard
+    RUN/train_summary.json what the run did
+
+Training reads U-shaped random-length suffixes of the histories (features/lengths.py);
+evaluation and scoring read full length (trainer/evaluate.py). A run directory that holds
+checkpoints is resumed from the newest, and reaches the same weights as a run that was
+never interrupted: the reader gives the same batches for a seed and epoch, and the
+checkpoint says how many of them were consumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from features.lengths import LengthSampler
+from schemas.errors import LongseqError
+from trainer import checkpoint
+from trainer.distributed import Context, all_have_batch, setup, teardown
+from trainer.model import PRESETS, ModelConfig, RankingModel, loss_fn, num_parameters
+from trainer.reader import ReaderConfig, open_reader
+
+
+class TrainingDiverged(LongseqError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "small"  # a trainer.model.PRESETS name
+    model: dict = field(default_factory=dict)  # ModelConfig fields overriding the preset (arch, dim, ...)
+    epochs: int = 1
+    batch_size: int = 128  # requests; with token_budget, the most a batch may hold
+    token_budget: int | None = None  # history tokens per batch
+    truncation: bool = True  # train on random-length suffixes (U-shaped Beta)
+    length: dict = field(default_factory=dict)  # LengthSampler fields: min_len, max_len, alpha, beta, multiple
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    seed: int = 0
+    shuffle_buffer: int = 512
+    checkpoint_every: int = 100  # steps
+    log_every: int = 10
+    max_steps: int | None = None  # stop after this many steps (the schedule is sized to it)
+    device: str = "auto"  # auto: cuda if present, else cpu
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise LongseqError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        try:
+            self.model_config(), self.sampler()
+        except (TypeError, ValueError) as e:
+            raise LongseqError(f"bad model or length settings: {e}") from None
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise LongseqError("epochs and batch_size must be >= 1 and lr > 0")
+
+    def model_config(self) -> ModelConfig:
+        return dataclasses.replace(PRESETS[self.preset], **self.model)
+
+    def sampler(self) -> LengthSampler | None:
+        return LengthSampler(**self.length) if self.truncation else None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_file(path: Path | str, **overrides) -> "TrainConfig":
+        from etl.config_file import load_mapping
+
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{**load_mapping(path, names, "training config"), **overrides})
+
+
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at `total` steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on the dense layers' matrices, not on embeddings, norms or biases."""
+    decay = [p for m in model.modules() if isinstance(m, torch.nn.Linear) for p in [m.weight]]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def _reader(urls: list[str], cfg: TrainConfig, ctx: Context):
+    return open_reader(urls, ReaderConfig(
+        batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed, shard=ctx.rank, shard_count=ctx.world, truncation=cfg.sampler()))
+
+
+class _Log:
+    """train_log.csv and TensorBoard, written by rank 0."""
+
+    FIELDS = ("step", "epoch", "loss", "lr", "requests_per_s", "tokens_per_s")
+
+    def __init__(self, run_dir: Path):
+        path = run_dir / "train_log.csv"
+        new = not path.exists()
+        self._file = open(path, "a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=self.FIELDS)
+        if new:
+            self._csv.writeheader()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, row: dict) -> None:
+        self._csv.writerow(row)
+        self._file.flush()
+        for key in ("loss", "lr", "requests_per_s", "tokens_per_s"):
+            self._tb.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def train(data: str, start, end, run_dir: Path | str, cfg: TrainConfig | None = None,
+          log: Callable[[str], None] = print, stop_after: int | None = None) -> dict:
+    """Train on the published days [start, end]; resume if run_dir holds checkpoints.
+
+    stop_after: stop (with a checkpoint) after this many steps of this call, as if killed:
+    for tests of resuming."""
+    from etl.publish import published_files
+
+    cfg = cfg or TrainConfig()
+    run_dir = Path(run_dir)
+    ctx = setup(cfg.device)
+    try:
+        return _train(published_files(data, start, end), run_dir, cfg, ctx, log, stop_after)
+    finally:
+        teardown(ctx)
+
+
+def _train(files, run_dir: Path, cfg: TrainConfig, ctx: Context, log, stop_after: int | None) -> dict:
+    from tqdm import tqdm
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    urls, rows = [f.url for f in files], sum(f.rows for f in files)
+    total = cfg.max_steps or cfg.epochs * max(1, math.ceil(rows / ctx.world / cfg.batch_size))
+    torch.manual_seed(cfg.seed)
+    model = RankingModel(cfg.model_config()).to(ctx.device)
+    optimizer = make_optimizer(model, cfg)
+    position = checkpoint.Position()
+    resumed = checkpoint.latest(run_dir)
+    if resumed is not None:
+        state = checkpoint.load(resumed)
+        if state["config"] != cfg.to_json():
+            raise LongseqError(f"{run_dir} holds a run with other settings (see {run_dir}/config.json); "
+                               "use a new --run-dir, or the same settings to resume it")
+        position = checkpoint.restore(state, model, optimizer)
+        log(f"resuming {run_dir} from {resumed.name}: step {position.step}, epoch {position.epoch}, "
+            f"batch {position.batch_in_epoch}")
+    elif ctx.is_main:
+        (run_dir / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2))
+    net = model
+    if ctx.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=cfg.model_config().arch == "none")
+    if ctx.is_main:
+        log(f"training {cfg.model_config().arch} ({num_parameters(model):,} parameters) on {rows:,} requests, "
+            f"{ctx.world} process(es) on {ctx.device}, {cfg.epochs} epoch(s), about {total:,} steps -> {run_dir}")
+    reader = _reader(urls, cfg, ctx)
+    writer = _Log(run_dir) if ctx.is_main else None
+    bar = tqdm(total=total, initial=position.step, disable=not ctx.is_main, unit="step", dynamic_ncols=True)
+    last_good, steps_now, stopped, interrupted = resumed, 0, False, False
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    window = {"requests": 0, "tokens": 0, "t": time.perf_counter(), "loss": 0.0, "n": 0}
+    try:
+        while position.epoch < cfg.epochs and not stopped:
+            batches = reader.batches(position.epoch)
+            for _ in range(position.batch_in_epoch):  # resuming mid-epoch: the same batches again
+                next(batches, None)
+            while True:
+                batch = next(batches, None)
+                if not all_have_batch(ctx, batch is not None):
+                    break
+                if cfg.max_steps is not None and position.step >= cfg.max_steps:
+                    stopped = True
+                    break
+                lr = learning_rate(cfg, position.step, total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = batch.to(ctx.device, non_blocking=True)
+                with autocast:
+                    loss = loss_fn(net(batch), batch)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {position.step} (epoch {position.epoch}); the last good "
+                        f"checkpoint is {last_good or 'none'}. Lower lr (now {lr:.2e}) or grad_clip, or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                position.step += 1
+                position.batch_in_epoch += 1
+                steps_now += 1
+                window["requests"] += batch.num_requests
+                window["tokens"] += batch.num_history_tokens
+                window["loss"] += loss.item()
+                window["n"] += 1
+                bar.update(1)
+                if position.step % cfg.log_every == 0:
+                    row = _log_row(window, position, lr)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", req_s=f"{row['requests_per_s']:,.0f}",
+                                    tok_s=f"{row['tokens_per_s']:,.0f}")
+                    if writer:
+                        writer.write(row)
+                if position.step % cfg.checkpoint_every == 0 and ctx.is_main:
+                    last_good = checkpoint.save(run_dir, model, optimizer, position, cfg.to_json())
+                if stop_after is not None and steps_now >= stop_after:
+                    stopped = interrupted = True
+                    break
+            if not stopped:
+                position.epoch += 1
+                position.batch_in_epoch = 0
+        if ctx.is_main:
+            last_good = checkpoint.save(run_dir, model, optimizer, position, cfg.to_json())
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+    summary = {"steps": position.step, "epochs_done": position.epoch, "finished": not interrupted,
+               "checkpoint": str(last_good) if last_good else None, "parameters": num_parameters(model),
+               "world_size": ctx.world}
+    if ctx.is_main:
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _log_row(window: dict, position: checkpoint.Position, lr: float) -> dict:
+    seconds = max(time.perf_counter() - window["t"], 1e-9)
+    row = {"step": position.step, "epoch": position.epoch, "loss": window["loss"] / max(window["n"], 1), "lr": lr,
+           "requests_per_s": window["requests"] / seconds, "tokens_per_s": window["tokens"] / seconds}
+    window.update(requests=0, tokens=0, t=time.perf_counter(), loss=0.0, n=0)
+    return row
