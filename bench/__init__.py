@@ -24,4 +24,5 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "write-options": _lazy("bench.records_write_options"),
     "reader": _lazy("bench.reader_throughput"),
     "publish-layout": _lazy("bench.publish_layout"),
+    "model": _lazy("bench.model_throughput"),
 }

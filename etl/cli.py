@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -16,6 +17,7 @@ from schemas.errors import LongseqError
 
 if TYPE_CHECKING:  # pragma: no cover
     from etl.spark_session import SparkConfig
+    from trainer.train import TrainConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,6 +134,47 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> "TrainConfig":
+    from trainer.train import TrainConfig
+
+    overrides = {k: v for k, v in {"preset": args.preset, "epochs": args.epochs, "seed": args.seed,
+                                   "max_steps": args.max_steps, "device": args.device}.items() if v is not None}
+    if args.arch:
+        overrides["model"] = {"arch": args.arch}
+    if args.config:
+        cfg = TrainConfig.from_file(args.config, **{k: v for k, v in overrides.items() if k != "model"})
+        if args.arch:
+            cfg.model = {**cfg.model, "arch": args.arch}
+        return cfg
+    return TrainConfig(**overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.train import train
+
+    summary = train(str(args.data), args.start, args.end, args.run_dir, _train_config(args), log=_progress)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained {summary['steps']} steps; checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trainer.evaluate import evaluate
+
+    evaluate(args.run_dir, str(args.data), args.start, args.end, max_len=args.max_len, batch_size=args.batch_size,
+             device=args.device or "cpu")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from trainer.evaluate import score
+
+    rows = score(args.run_dir, str(args.data), args.start, args.end, args.out, max_len=args.max_len,
+                 batch_size=args.batch_size, device=args.device or "cpu")
+    print(f"wrote {rows:,} target scores to {args.out}")
+    return 0
+
+
 def _add_spark_arguments(p: argparse.ArgumentParser, title: str) -> None:
     spark = p.add_argument_group(title)
     spark.add_argument("--master", help="Spark master (default local[*])")
@@ -206,6 +249,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_date, help="last ds to publish (default: --start)")
     p.add_argument("--override-validation", metavar="REASON",
                    help="publish days whose validation failed or is missing; the reason is recorded")
+
+    p = add("train", cmd_train, "Train STCA (or a baseline) on published days; resumes a run directory. torchrun for several processes.")
+    p.add_argument("--data", required=True, help="the build's output directory, with published days")
+    p.add_argument("--start", type=_date, required=True, help="first training ds")
+    p.add_argument("--end", type=_date, help="last training ds (default: --start)")
+    p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and metrics go here")
+    p.add_argument("--config", type=Path, help="YAML/JSON TrainConfig (see docs/TRAINER.md)")
+    p.add_argument("--preset", help="model size: tiny, small or paper (default small)")
+    p.add_argument("--arch", choices=["stca", "din", "transformer", "mean", "none"], help="model (default stca)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
+
+    for name, func, what in (("evaluate", cmd_evaluate, "Per-task AUC, GAUC and logloss of a trained run on published days, at full length."),
+                             ("score", cmd_score, "Write per-target scores of a trained run on published days to Parquet.")):
+        p = add(name, func, what)
+        p.add_argument("--run-dir", type=Path, required=True, help="a `longseq train` run directory")
+        p.add_argument("--data", required=True, help="the build's output directory, with published days")
+        p.add_argument("--start", type=_date, required=True)
+        p.add_argument("--end", type=_date, help="default: --start")
+        p.add_argument("--max-len", type=_positive_int, help="serve the most recent N events (default: the full history)")
+        p.add_argument("--batch-size", type=_positive_int, default=64, help="requests per batch (default 64)")
+        p.add_argument("--device", help="cpu (default) or cuda")
+        if name == "score":
+            p.add_argument("--out", type=Path, required=True, help="Parquet file to write")
 
     p = add("demo", cmd_demo, "Run the pipeline on a generated sample and print what each stage did.")
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="working directory (default ./demo-run)")

@@ -2,13 +2,14 @@
 
 Stages so far: generate raw logs (with 1% dirty rows), build request records with the
 Spark engine, validate each built day with Great Expectations, publish the days that
-passed and read them back through the trainer's Petastorm reader. Training is appended
-when it lands.
+passed and read them back through the trainer's Petastorm reader, train a small STCA on
+all days but the last and evaluate it on the last at full history length.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -46,21 +47,21 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
     out = Path(out)
     raw, built = out / "raw", out / "built"
     p = PROFILES[profile]
-    progress(f"[1/4] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {raw}")
+    progress(f"[1/5] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {raw}")
     report = generate(raw, p, seed, DEMO_START, dirty=0.01, progress=progress)
     lines = summarize_raw(raw, DEMO_START, p.days)
     lines.append("  dirty rows written: " + ", ".join(f"{k} {v}" for k, v in report.dirty.items()))
     print("\n".join(lines))
 
     end = DEMO_START + dt.timedelta(days=p.days - 1)
-    progress(f"[2/4] build: Spark engine, max_len 10000, {DEMO_START}..{end} -> {built}")
+    progress(f"[2/5] build: Spark engine, max_len 10000, {DEMO_START}..{end} -> {built}")
     engine = make_engine("spark", SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="2g"))
     reports = build(engine, BuildConfig(str(raw), str(built), DEMO_START, end), log=progress)
     print(summarize_build(reports))
 
     from etl.validation import validate
 
-    progress(f"[3/4] validate: the requests suite on each built day -> {built}/validation/")
+    progress(f"[3/5] validate: the requests suite on each built day -> {built}/validation/")
     failed = []
     for report in reports:
         day = dt.date.fromisoformat(report["ds"])
@@ -74,9 +75,21 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
 
     from etl.publish import publish
 
-    progress(f"[4/4] publish {DEMO_START}..{end}, then read it back as request batches")
+    progress(f"[4/5] publish {DEMO_START}..{end}, then read it back as request batches")
     publish(str(built), DEMO_START, end, log=print)
     print(summarize_reader(built, DEMO_START, end))
+
+    from trainer.evaluate import evaluate
+    from trainer.train import TrainConfig, train
+
+    run = out / "run"
+    train_end = end - dt.timedelta(days=1)
+    progress(f"[5/5] train STCA (preset small) on {DEMO_START}..{train_end}, evaluate on {end} at full length -> {run}")
+    cfg = TrainConfig(preset="small", epochs=3, batch_size=64, seed=seed, checkpoint_every=1_000)
+    shutil.rmtree(run, ignore_errors=True)  # the demo's own directory: a fresh run each time
+    summary = train(str(built), DEMO_START, train_end, run, cfg, log=progress)
+    print(f"train: {summary['steps']} steps, {summary['parameters']:,} parameters; checkpoint {summary['checkpoint']}")
+    evaluate(run, str(built), end, log=print)
     return 0
 
 

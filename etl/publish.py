@@ -3,7 +3,7 @@
     OUT/published/ds=YYYY-MM-DD/manifest.json
 
 Publishing copies nothing. The build already wrote the records in the layout Petastorm's
-`make_batch_reader` reads (plain Parquet, list columns, about 32 MB row groups); the
+`make_batch_reader` reads (plain Parquet, list columns, row groups of about 32 MB decoded); the
 measurements behind choosing it over `materialize_dataset` + codecs are in docs/READER.md.
 A day's manifest names each file with its size, rows and row groups, and the build run it
 came from. It is written last, by a rename, so a reader sees a day whole or not at all.

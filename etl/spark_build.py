@@ -22,7 +22,7 @@ Per request the work is one slice per history column, sized like the record itse
 intermediate of requests x max_len beyond the output. Higher-order functions (interpreted
 per element in Spark) only touch the small recent arrays and targets. Records are
 written sorted by (user_id, request_ts) within each file (users hash-partitioned over
-files), zstd, 32 MB row groups (docs/ETL.md).
+files), zstd, row groups of about 32 MB decoded (docs/ETL.md).
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ from schemas.types import ListOf
 # History lists are long runs of mostly distinct ids and times: Parquet's dictionary
 # encoding only falls back on them, costing time and size (measured: -10% time, -24%
 # bytes without it; docs/BENCHMARKS.md).
-LIST_WRITE_OPTIONS = {"parquet.block.size": str(ROW_GROUP_BYTES), "parquet.enable.dictionary": "false"}
+# parquet-mr sizes a row group by its *compressed* bytes, and sorted histories compress
+# 30-60x: at 32 MB a row group of 10k histories decoded to ~640 MB, which a reader must
+# hold whole. 512 KB compressed gives ~30 MB decoded (at most ~50), as ROW_GROUP_BYTES
+# intends; parquet-mr checks the size every 100 rows at the earliest.
+SPARK_BLOCK_BYTES = ROW_GROUP_BYTES // 64
+LIST_WRITE_OPTIONS = {"parquet.block.size": str(SPARK_BLOCK_BYTES), "parquet.enable.dictionary": "false"}
 HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
 EVENT_SORT = ("event_ts", "event_id", *(f for f in HIST if f != "event_ts"))  # struct order = sort order
 TARGET_SORT = ("position", "event_id", *(f.name for f in TARGET))

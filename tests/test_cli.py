@@ -87,6 +87,7 @@ def test_demo_runs_and_summarises(tmp_path):
     assert "published ds=2026-01-02" in r.stdout
     built = re.search(r"-> ([\d,]+) request records", r.stdout).group(1)
     assert f"reader: {built} requests in " in r.stdout, "every published record comes back through the reader"
+    assert "train: " in r.stdout and re.search(r"finish\s+0\.\d{4}\s+0\.\d{4}", r.stdout), "per-task AUC and GAUC"
     assert (tmp_path / "demo" / "raw" / "ds=2026-01-01" / "_SUCCESS").exists()
 
 

@@ -7,31 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.batch import Jagged, RequestBatch, pointwise
+from trainer.batch import Jagged, RequestBatch, pointwise, random_batch
 from trainer.model import ARCHS, PRESETS, ModelConfig, RankingModel, loss_fn, num_parameters
 
-T0 = 1_767_225_600_000  # 2026-01-01
-
-
 def make_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0) -> RequestBatch:
-    """A random batch with the given history and target counts per request."""
-    g = np.random.default_rng(seed)
-    B, N, T = len(hist_lengths), sum(hist_lengths), sum(tgt_lengths)
-
-    def offsets(lengths: list[int]) -> torch.Tensor:
-        return torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int64)
-
-    request_ts = torch.tensor(T0 + g.integers(0, 86_400_000, B), dtype=torch.int64)
-    seg = np.repeat(np.arange(B), hist_lengths)
-    history = {
-        "item_id": torch.tensor(g.integers(0, 2**62, N)), "author_id": torch.tensor(g.integers(0, 5_000, N)),
-        "event_ts": request_ts[torch.tensor(seg, dtype=torch.int64)] - torch.tensor(g.integers(1, 10**9, N)),
-        "action": torch.tensor(g.integers(0, 16, N), dtype=torch.int32),
-    }
-    targets = {"item_id": torch.tensor(g.integers(0, 2**62, T)), "author_id": torch.tensor(g.integers(0, 5_000, T))}
-    targets.update({t: torch.tensor(g.integers(0, 2, T), dtype=torch.int8) for t in ("finish", "skip", "like", "comment")})
-    return RequestBatch(np.array([f"r{i}" for i in range(B)]), torch.arange(B, dtype=torch.int64), request_ts,
-                        Jagged(offsets(hist_lengths), history), Jagged(offsets(tgt_lengths), targets))
+    return random_batch(hist_lengths, tgt_lengths, seed)
 
 
 def model(arch: str, seed: int = 0) -> RankingModel:

@@ -113,3 +113,26 @@ def pointwise(batch: RequestBatch) -> RequestBatch:
         history=Jagged(offsets, {k: v[positions] for k, v in batch.history.values.items()}),
         targets=Jagged(torch.arange(len(req) + 1), dict(batch.targets.values)),
     )
+
+
+def random_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0,
+                 request_ts: int = 1_767_225_600_000) -> RequestBatch:
+    """A batch of random requests with these history and target counts: for tests and
+    benchmarks that need a given shape rather than real data."""
+    g = np.random.default_rng(seed)
+    B, N, T = len(hist_lengths), int(sum(hist_lengths)), int(sum(tgt_lengths))
+
+    def offsets(lengths: list[int]) -> torch.Tensor:
+        return torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int64)
+
+    ts = torch.tensor(request_ts + g.integers(0, 86_400_000, B), dtype=torch.int64)
+    seg = torch.repeat_interleave(torch.arange(B), torch.tensor(hist_lengths, dtype=torch.int64))
+    history = {
+        "item_id": torch.tensor(g.integers(0, 2**62, N)), "author_id": torch.tensor(g.integers(0, 5_000, N)),
+        "event_ts": ts[seg] - torch.tensor(g.integers(1, 10**9, N)),
+        "action": torch.tensor(g.integers(0, 1 << len(TASKS), N), dtype=torch.int32),
+    }
+    targets = {"item_id": torch.tensor(g.integers(0, 2**62, T)), "author_id": torch.tensor(g.integers(0, 5_000, T))}
+    targets.update({t: torch.tensor(g.integers(0, 2, T), dtype=torch.int8) for t in TASKS})
+    return RequestBatch(np.array([f"r{i}" for i in range(B)]), torch.arange(B, dtype=torch.int64), ts,
+                        Jagged(offsets(hist_lengths), history), Jagged(offsets(tgt_lengths), targets))

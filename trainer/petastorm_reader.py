@@ -19,6 +19,7 @@ they cross to the main thread.
 from __future__ import annotations
 
 import logging
+import warnings
 from functools import partial
 from typing import Iterator, Sequence
 
@@ -172,5 +173,7 @@ class PetastormRequestReader:
         return batches_from_chunks(self._chunks(epoch), self.config, epoch)
 
 
-# Petastorm logs a traceback per failed worker on top of the exception it re-raises here.
+# Petastorm logs a traceback per failed worker on top of the exception it re-raises here,
+# and warns at every reader about pyarrow's legacy API that it uses (docs/STACK.md).
 logging.getLogger("petastorm.workers_pool.thread_pool").setLevel(logging.CRITICAL)
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")

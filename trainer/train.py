@@ -185,7 +185,7 @@ def _train(files, run_dir: Path, cfg: TrainConfig, ctx: Context, log, stop_after
     reader = _reader(urls, cfg, ctx)
     writer = _Log(run_dir) if ctx.is_main else None
     bar = tqdm(total=total, initial=position.step, disable=not ctx.is_main, unit="step", dynamic_ncols=True)
-    last_good, steps_now, stopped, interrupted = resumed, 0, False, False
+    last_good, steps_now, stopped, interrupted, requests_seen = resumed, 0, False, False, 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
     window = {"requests": 0, "tokens": 0, "t": time.perf_counter(), "loss": 0.0, "n": 0}
     try:
@@ -217,6 +217,7 @@ def _train(files, run_dir: Path, cfg: TrainConfig, ctx: Context, log, stop_after
                 position.step += 1
                 position.batch_in_epoch += 1
                 steps_now += 1
+                requests_seen += batch.num_requests
                 window["requests"] += batch.num_requests
                 window["tokens"] += batch.num_history_tokens
                 window["loss"] += loss.item()
@@ -244,10 +245,22 @@ def _train(files, run_dir: Path, cfg: TrainConfig, ctx: Context, log, stop_after
             writer.close()
     summary = {"steps": position.step, "epochs_done": position.epoch, "finished": not interrupted,
                "checkpoint": str(last_good) if last_good else None, "parameters": num_parameters(model),
-               "world_size": ctx.world}
-    if ctx.is_main:
-        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+               "world_size": ctx.world, "rank": ctx.rank, "requests_seen": requests_seen,
+               "weights_sha256": weights_digest(model)}
+    name = "train_summary.json" if ctx.is_main else f"train_summary.rank{ctx.rank}.json"
+    (run_dir / name).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A fingerprint of the weights: equal digests, equal weights (ranks in step, exact resume)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _log_row(window: dict, position: checkpoint.Position, lr: float) -> dict:

@@ -1,0 +1,157 @@
+"""Model cost on this machine: STCA against the self-attention baseline, request level
+batching against pointwise, scoring latency at 10k, and training throughput at the
+training lengths (what the reader must keep up with).
+
+    longseq bench model [--preset small] [--lengths 512,1000,2000,5000,10000] [--repeat 3]
+
+Every measurement runs in a fresh process (peak RSS is then its own), on random batches
+of the stated shape (trainer.batch.random_batch); times are medians of --repeat after a
+warm-up step. Set --device cuda on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _model(preset: str, arch: str, device: str):
+    import dataclasses
+
+    import torch
+
+    from trainer.model import PRESETS, RankingModel
+
+    torch.manual_seed(0)
+    return RankingModel(dataclasses.replace(PRESETS[preset], arch=arch)).to(device)
+
+
+def _step_seconds(model, batch, repeat: int, train: bool, device: str) -> float:
+    import torch
+
+    from trainer.model import loss_fn
+
+    batch = batch.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
+    times = []
+    for i in range(repeat + 1):
+        t = time.perf_counter()
+        if train:
+            loss = loss_fn(model(batch), batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.no_grad():
+                model(batch)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i:  # the first is a warm-up
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run_one(kind: str, args: argparse.Namespace) -> dict:
+    """One measurement in this process."""
+    import torch
+
+    from features.lengths import LengthSampler
+    from trainer.batch import pointwise, random_batch
+
+    torch.set_num_threads(args.threads)
+    out: dict = {}
+    if kind.startswith("length:"):  # length:ARCH:L  forward+backward, B requests x targets each
+        _, arch, length = kind.split(":")
+        batch = random_batch([int(length)] * args.batch, [args.targets] * args.batch)
+        out["seconds"] = _step_seconds(_model(args.preset, arch, args.device), batch, args.repeat, True, args.device)
+    elif kind.startswith("rlb:"):  # rlb:MODE  training step at 2k, 8 targets per request
+        mode = kind.split(":")[1]
+        batch = random_batch([2_000] * args.batch, [8] * args.batch)
+        batch = pointwise(batch) if mode == "pointwise" else batch
+        out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device), batch, args.repeat, True, args.device)
+        out["targets"] = batch.num_targets
+    elif kind == "score":  # one request, 10k history, 16 targets, no grad
+        batch = random_batch([10_000], [16])
+        out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device).eval(), batch, args.repeat, False, args.device)
+    elif kind == "train":  # training steps at U-shaped lengths, 128 requests x 10 targets
+        lengths = LengthSampler().sample(np.random.default_rng(0), 128).tolist()
+        batch = random_batch(lengths, [10] * 128)
+        out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device), batch, args.repeat, True, args.device)
+        out["requests"], out["tokens"] = batch.num_requests, batch.num_history_tokens
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device.startswith("cuda"):
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longseq bench model", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--lengths", default="512,1000,2000,5000,10000")
+    ap.add_argument("--batch", type=int, default=4, help="requests per step in the length sweep and RLB runs")
+    ap.add_argument("--targets", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return 0
+
+    def measure(kind: str) -> dict:
+        cmd = [sys.executable, "-m", "bench.model_throughput", "--one", kind, *argv]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    print(f"command: longseq bench model {' '.join(argv)}\npreset {args.preset}, {args.threads} threads on {args.device}, "
+          f"median of {args.repeat} steps after a warm-up, one process per measurement\n")
+    lengths = [int(x) for x in args.lengths.split(",")]
+    print(f"Forward + backward, {args.batch} requests x {args.targets} targets:\n")
+    print("| history length | STCA s | STCA peak RSS MB | self-attention s | self-attention peak RSS MB | time ratio SA/STCA |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    base = {}
+    for length in lengths:
+        s, a = measure(f"length:stca:{length}"), measure(f"length:transformer:{length}")
+        base.setdefault("stca", s)
+        base.setdefault("sa", a)
+        ratio = f"{a['seconds'] / s['seconds']:.1f}" if "seconds" in a and "seconds" in s else ""
+        print(f"| {length:,} | {_s(s)} | {_rss(s)} | {_s(a)} | {_rss(a)} | {ratio} |")
+    print("\nRequest level batching vs pointwise (each target with its own copy of the history), "
+          f"STCA training step, {args.batch} requests x 8 targets at 2,000 events:\n")
+    rlb, pw = measure("rlb:rlb"), measure("rlb:pointwise")
+    print("| batching | step s | targets/s | peak RSS MB |\n|---|---:|---:|---:|")
+    for name, r in (("request level", rlb), ("pointwise", pw)):
+        print(f"| {name} | {_s(r)} | {r['targets'] / r['seconds']:,.0f} | {_rss(r)} |" if "seconds" in r else f"| {name} | {r} | | |")
+    if "seconds" in rlb and "seconds" in pw:
+        print(f"\nRLB trains {pw['seconds'] / rlb['seconds']:.1f}x the targets per second of pointwise.")
+    sc = measure("score")
+    print(f"\nScoring one request with a 10,000-event history and 16 targets: {_s(sc)} s per request "
+          f"(peak RSS {_rss(sc)} MB).")
+    tr = measure("train")
+    if "seconds" in tr:
+        print(f"\nTraining at U-shaped lengths (128 requests, {tr['tokens']:,} history tokens, 10 targets each): "
+              f"{tr['requests'] / tr['seconds']:,.0f} requests/s, {tr['tokens'] / tr['seconds'] / 1e6:.2f} M history "
+              f"tokens/s, {_s(tr)} s per step.")
+    return 0
+
+
+def _s(r: dict) -> str:
+    return f"{r['seconds']:.3f}" if "seconds" in r else f"failed: {r.get('error', '')}"
+
+
+def _rss(r: dict) -> str:
+    return f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

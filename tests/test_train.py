@@ -1,0 +1,148 @@
+"""The training loop, evaluation and scoring on real published data: exact resume, the NaN
+guard, safe checkpoints, metrics against brute force, and two processes training in step."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from etl.build import BuildConfig, build
+from etl.generate import PROFILES, generate
+from etl.publish import publish
+from trainer import checkpoint
+from trainer.evaluate import evaluate, score
+from trainer.metrics import auc, gauc, logloss
+from trainer.train import TrainConfig, TrainingDiverged, train
+
+START = dt.date(2026, 1, 1)
+END = START + dt.timedelta(days=1)
+LONGSEQ = str(Path(sys.executable).with_name("longseq"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from etl.polars_build import PolarsEngine
+
+    root = tmp_path_factory.mktemp("train")
+    raw, out = root / "raw", root / "out"
+    generate(raw, PROFILES["tiny"], seed=3, start=START)
+    build(PolarsEngine(row_group_bytes=16 * 1024), BuildConfig(str(raw), str(out), START, END, 64), log=lambda m: None)
+    publish(str(out), START, END, override_reason="training tests: generated data", log=lambda m: None)
+    return out
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(preset="tiny", epochs=2, batch_size=16, length={"min_len": 8, "max_len": 64}, checkpoint_every=4,
+                log_every=2, warmup_steps=3, lr=3e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_a_resumed_run_reaches_the_same_weights(data, tmp_path):
+    whole = train(str(data), START, END, tmp_path / "whole", config(), log=lambda m: None)
+    first = train(str(data), START, END, tmp_path / "cut", config(), log=lambda m: None, stop_after=7)
+    assert not first["finished"] and first["steps"] == 7
+    resumed = train(str(data), START, END, tmp_path / "cut", config(), log=lambda m: None)
+    assert resumed["finished"] and resumed["steps"] == whole["steps"] > 7
+    assert resumed["weights_sha256"] == whole["weights_sha256"]
+    other_seed = train(str(data), START, END, tmp_path / "seed1", config(seed=1), log=lambda m: None)
+    assert other_seed["weights_sha256"] != whole["weights_sha256"]
+    log = (tmp_path / "whole" / "train_log.csv").read_text().splitlines()
+    assert log[0] == "step,epoch,loss,lr,requests_per_s,tokens_per_s" and len(log) > 3
+    assert list((tmp_path / "whole" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_run_dir_with_other_settings_is_not_resumed(data, tmp_path):
+    train(str(data), START, END, tmp_path / "run", config(max_steps=2), log=lambda m: None)
+    with pytest.raises(Exception, match="other settings"):
+        train(str(data), START, END, tmp_path / "run", config(max_steps=2, lr=1e-2), log=lambda m: None)
+
+
+def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    import trainer.train as module
+
+    real, calls = module.loss_fn, {"n": 0}
+
+    def poisoned(logits, batch):
+        calls["n"] += 1
+        loss = real(logits, batch)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(module, "loss_fn", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5 .* last good checkpoint is .*step-000004\.pt"):
+        train(str(data), START, END, tmp_path / "run", config(), log=lambda m: None)
+    state = checkpoint.load(checkpoint.latest(tmp_path / "run"))
+    assert state["step"] == 4 and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_checkpoints_refuse_pickled_objects(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="cannot load"):
+        checkpoint.load(path)
+
+
+def test_evaluate_and_score_read_full_length(data, tmp_path):
+    run = tmp_path / "run"
+    train(str(data), START, END, run, config(), log=lambda m: None)
+    result = evaluate(run, str(data), END, log=lambda m: None)
+    records = pq.read_table(data / "requests" / f"ds={END}").to_pylist()
+    assert result["requests"] == len(records)
+    assert result["history_tokens"] == sum(len(r["hist_item_id"]) for r in records), "no truncation when evaluating"
+    for m in result["tasks"].values():
+        assert set(m) == {"auc", "gauc", "logloss", "positive_rate"}
+    assert json.loads((run / "eval" / f"{END}_{END}_lenfull.json").read_text())["tasks"] == result["tasks"]
+    capped = evaluate(run, str(data), END, max_len=8, log=lambda m: None)
+    assert capped["history_tokens"] < result["history_tokens"]
+    rows = score(run, str(data), END, None, tmp_path / "scores.parquet")
+    scores = pq.read_table(tmp_path / "scores.parquet")
+    assert rows == scores.num_rows == result["targets"]
+    assert {"request_id", "user_id", "item_id", "target_index", "score_finish"} <= set(scores.column_names)
+    p = scores.column("score_like").to_numpy()
+    assert ((p > 0) & (p < 1)).all()
+
+
+def test_metrics_against_brute_force():
+    g = np.random.default_rng(0)
+    y = g.integers(0, 2, 300)
+    s = np.round(g.normal(size=300) + y, 1)  # rounded: many ties
+    pairs = [(a, b) for a in np.flatnonzero(y == 1) for b in np.flatnonzero(y == 0)]
+    brute = np.mean([1.0 if s[a] > s[b] else 0.5 if s[a] == s[b] else 0.0 for a, b in pairs])
+    assert auc(y, s) == pytest.approx(brute)
+    users = g.integers(0, 7, 300)
+    per_user = [(auc(y[users == u], s[users == u]), (users == u).sum()) for u in np.unique(users)]
+    expected = sum(a * n for a, n in per_user if not np.isnan(a)) / sum(n for a, n in per_user if not np.isnan(a))
+    assert gauc(y, s, users) == pytest.approx(expected)
+    p = 1 / (1 + np.exp(-s))
+    assert logloss(y, p) == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    assert np.isnan(auc(np.ones(5), np.arange(5)))
+
+
+def test_two_processes_train_in_step(data, tmp_path):
+    """torchrun, gloo on CPU: each rank reads its own shard; DDP keeps the weights equal."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--", LONGSEQ, "train",
+           "--data", str(data), "--start", str(START), "--end", str(END), "--run-dir", str(run),
+           "--preset", "tiny", "--epochs", "1", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = json.loads((run / "train_summary.json").read_text())
+    rank1 = json.loads((run / "train_summary.rank1.json").read_text())
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["steps"] == rank1["steps"] > 0
+    assert rank0["weights_sha256"] == rank1["weights_sha256"]
+    total = sum(len(pq.read_table(f).column("request_id")) for f in (data / "requests").rglob("*.parquet"))
+    assert rank0["requests_seen"] + rank1["requests_seen"] <= total
+    assert rank0["requests_seen"] > 0 and rank1["requests_seen"] > 0
