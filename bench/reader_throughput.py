@@ -30,21 +30,25 @@ MAX_LENS = (2_000, 10_000)
 SETTINGS: dict[str, tuple[str, dict]] = {
     "baseline": ("", {}),  # imports only: the RSS every setting starts from
     "floor": ("", {}),
-    "arrow-scoring": ("arrow", {"shuffle": False}),
-    "petastorm-scoring": ("petastorm", {"shuffle": False}),
-    "petastorm-scoring-2-workers": ("petastorm", {"shuffle": False, "workers": 2}),
-    "petastorm-scoring-petastorm-defaults": ("petastorm", {"shuffle": False, "workers": 10, "queue_size": 50}),
+    "arrow-scoring": ("arrow", {"scoring": True}),
+    "petastorm-scoring": ("petastorm", {"scoring": True}),
+    "petastorm-file-order-exact": ("petastorm", {"shuffle": False}),
+    "petastorm-scoring-1-worker": ("petastorm", {"scoring": True, "workers": 1}),
+    "petastorm-scoring-petastorm-defaults": ("petastorm", {"scoring": True, "workers": 10, "queue_size": 50}),
     "petastorm-training": ("petastorm", {"shuffle": True, "truncation": "default"}),
+    "petastorm-training-1-worker": ("petastorm", {"shuffle": True, "truncation": "default", "workers": 1}),
     "petastorm-training-token-budget": ("petastorm", {"shuffle": True, "truncation": "default", "token_budget": 500_000}),
 }
 DESCRIPTIONS = {
     "baseline": "imports only (the RSS every setting starts from)",
     "floor": "floor: pyarrow row groups -> numpy -> torch, one thread",
     "arrow-scoring": "pyarrow reader, scoring (file order, full length)",
-    "petastorm-scoring": "Petastorm reader, scoring (defaults: 1 worker, queue 2)",
-    "petastorm-scoring-2-workers": "Petastorm reader, scoring, 2 workers",
+    "petastorm-scoring": "Petastorm reader, scoring (defaults: 2 workers, queue 2)",
+    "petastorm-file-order-exact": "Petastorm reader, file order, full length, exact 256-request batches",
+    "petastorm-scoring-1-worker": "Petastorm reader, scoring, 1 worker",
     "petastorm-scoring-petastorm-defaults": "Petastorm reader, scoring, Petastorm's defaults (10 workers, queue 50)",
     "petastorm-training": "Petastorm reader, training (shuffles + U-shaped truncation, mean ~2k)",
+    "petastorm-training-1-worker": "Petastorm reader, training, 1 worker",
     "petastorm-training-token-budget": "Petastorm reader, training, batches of 500k history tokens",
 }
 
@@ -117,7 +121,9 @@ def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
     else:
         if overrides.get("truncation") == "default":
             overrides = {**overrides, "truncation": LengthSampler()}
-        reader = open_reader(urls, ReaderConfig(**overrides), engine)
+        config = ReaderConfig(**{k: v for k, v in overrides.items() if k != "scoring"})
+        scoring = overrides.get("scoring", False)
+        reader = open_reader(urls, config.for_scoring() if scoring else config, engine)
         requests = tokens = 0
         for batch in reader.batches(0):
             requests += batch.num_requests

@@ -120,6 +120,15 @@ def publish(out: str, start: dt.date, end: dt.date | None = None, override_reaso
     return manifests
 
 
+def published_days(data: str, storage: Storage | None = None) -> list[dt.date]:
+    """Every published day of a build's output directory, oldest first."""
+    data = absolute(data).rstrip("/")
+    storage = storage or storage_for(data, arrow=True)
+    layout = BuildLayout(data)
+    days = [dt.date.fromisoformat(n.split("=", 1)[1]) for n in storage.list_names(f"{data}/published") if n.startswith("ds=")]
+    return sorted(d for d in days if storage.exists(layout.manifest(d)))
+
+
 def published_files(data: str, start: dt.date, end: dt.date | None = None, storage: Storage | None = None) -> list[PublishedFile]:
     """The files of the published days in [start, end], oldest day first, each checked to be
     there with the size its manifest recorded. Any unpublished day is an error."""

@@ -133,6 +133,15 @@ def test_petastorm_and_pyarrow_readers_give_the_same_batches(urls):
         assert a and _same(a, b)
 
 
+def test_several_workers_give_the_same_batches_as_one(urls):
+    """Row groups finish out of order on several threads; the reader restores the order."""
+    cfg = ReaderConfig(batch_size=9, shuffle=True, seed=4, truncation=LengthSampler(min_len=8, max_len=MAX_LEN, multiple=8))
+    one = _all(open_reader(urls, cfg))
+    for epoch in (0, 1):
+        many = _all(open_reader(urls, ReaderConfig(**{**cfg.__dict__, "workers": 3, "queue_size": 4})), epoch)
+        assert _same(_all(open_reader(urls, cfg), epoch) if epoch else one, many)
+
+
 def test_the_same_seed_gives_the_same_batches(urls):
     cfg = ReaderConfig(batch_size=9, shuffle=True, seed=1, truncation=LengthSampler(min_len=8, max_len=MAX_LEN, multiple=8))
     first = _all(open_reader(urls, cfg))

@@ -171,6 +171,31 @@ def concat(chunks: list[RequestChunk]) -> RequestChunk:
     )
 
 
+def select_many(chunks: list[RequestChunk], index: np.ndarray) -> RequestChunk:
+    """Requests `index`, numbered across the chunks in order, in that order: like
+    select(concat(chunks), index) but with long histories copied once, not twice."""
+    hist_len = np.concatenate([c.hist_lengths for c in chunks])
+    if len(chunks) == 1 or hist_len.sum() < 64 * max(len(hist_len), 1):
+        return select(concat(chunks), index)
+    index = np.asarray(index, dtype=np.int64)
+    which = np.repeat(np.arange(len(chunks)), [len(c) for c in chunks])[index]
+    h_start = np.concatenate([c.hist_offsets[:-1] for c in chunks])[index]
+    t_start = np.concatenate([c.tgt_offsets[:-1] for c in chunks])[index]
+    h_len, t_len = hist_len[index], np.concatenate([c.tgt_lengths for c in chunks])[index]
+    owner = which.tolist()
+
+    def runs(side: str, name: str, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        columns = [getattr(c, side)[name] for c in chunks]
+        parts = [columns[w][s:s + n] for w, s, n in zip(owner, starts.tolist(), lengths.tolist())]
+        return np.concatenate(parts) if parts else columns[0][:0]
+
+    return RequestChunk(
+        {k: np.concatenate([c.request[k] for c in chunks])[index] for k in chunks[0].request},
+        offsets_of(h_len), {k: runs("hist", k, h_start, h_len) for k in chunks[0].hist},
+        offsets_of(t_len), {k: runs("tgt", k, t_start, t_len) for k in chunks[0].tgt},
+    )
+
+
 def content_key(user_id: np.ndarray, request_ts: np.ndarray) -> int:
     """A stable identity of a run of requests from its content (its first request and its
     size), so that its random draws do not depend on which worker read it or when."""

@@ -2,7 +2,8 @@
 
 Both read the run's newest checkpoint and the days in file order with full histories (or
 a serving cap, --max-len), each request once. evaluate writes per-task AUC, GAUC and
-logloss to RUN/eval/<start>_<end>_len<L>.json; score writes one row per target to Parquet.
+logloss to RUN/eval/<start>_<end>_len<L>.json and the run's TensorBoard; score writes one
+row per target to Parquet.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Scored:
 
 def scored_batches(model: RankingModel, data: str, start, end, max_len: int | None, batch_size: int = 64,
                    device: str = "cpu") -> Iterator[Scored]:
-    reader = open_published(data, start, end, ReaderConfig(batch_size=batch_size, max_len=max_len).for_scoring())
+    config = ReaderConfig(batch_size=batch_size, max_len=max_len, pin_memory=device.startswith("cuda"))
+    reader = open_published(data, start, end, config.for_scoring())
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), autocast:
         for batch in reader.batches():
@@ -76,8 +78,19 @@ def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | Non
     out = Path(run_dir) / "eval" / f"{start}_{end or start}_len{max_len or 'full'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    _to_tensorboard(Path(run_dir), result)
     log(metrics_table(result))
     return result
+
+
+def _to_tensorboard(run_dir: Path, result: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    tag = f"eval_{result['start']}_{result['end']}_len{result['max_len'] or 'full'}"
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for task, metrics in result["tasks"].items():
+            for name in ("auc", "gauc", "logloss"):
+                writer.add_scalar(f"{tag}/{task}/{name}", metrics[name], result["step"])
 
 
 def metrics_table(result: dict) -> str:

@@ -33,7 +33,7 @@ from trainer.batch import RequestBatch
 from trainer.chunks import (
     HIST_NAMES, REQUEST_NAMES, TGT_NAMES, CorruptRecordsError, RequestChunk, offsets_of,
 )
-from trainer.reader import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed
+from trainer.reader import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
 
 PAYLOAD = "payload"  # the one output column: each "row" is one int64 of a packed row group
 _LISTS = (*HIST_NAMES, *TGT_NAMES)
@@ -42,7 +42,10 @@ _NUMERIC = tuple(n for n in REQUEST_NAMES if n != "request_id")
 _SECTIONS = ("request_id", *_NUMERIC, "hist_offsets", "tgt_offsets", *_LISTS)
 _DTYPES = {f.name: np.dtype(f.numpy_dtype) for f in to_unischema(REQUEST_RECORD).fields.values() if f.name in _SECTIONS}
 _DTYPES.update(hist_offsets=np.dtype(np.int64), tgt_offsets=np.dtype(np.int64))
-_HEADER = len(_SECTIONS) + 1  # element count per section, then the request_id width
+# header: element count per section, the request_id width, then the row group's identity
+# (min and max user_id, min and max request_ts, rows), as its footer statistics give it
+_KEY_AT = len(_SECTIONS) + 1
+_HEADER = _KEY_AT + 5
 
 
 def _aligned(nbytes: int) -> int:
@@ -75,6 +78,7 @@ def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int) -> pd.Dat
     and Arrow hand it over without copying."""
     n = len(frame)
     user_id, request_ts = frame["user_id"].to_numpy(), frame["request_ts"].to_numpy()
+    key = [user_id.min(), user_id.max(), request_ts.min(), request_ts.max(), n] if n else [0, 0, 0, 0, 0]
     order, keep = draw_order_and_keep(cfg, epoch, user_id, request_ts)
     order = np.arange(n) if order is None else order
     hist_cells, hist_len = _cells(frame, HIST_NAMES)
@@ -89,7 +93,7 @@ def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int) -> pd.Dat
     width = ids.dtype.itemsize
     sizes = [_aligned(counts[s] * (width if s == "request_id" else _DTYPES[s].itemsize)) for s in _SECTIONS]
     payload = np.zeros(_HEADER + sum(sizes) // 8, np.int64)
-    payload[:_HEADER] = [*(counts[s] for s in _SECTIONS), width]
+    payload[:_HEADER] = [*(counts[s] for s in _SECTIONS), width, *key]
     raw, at = payload.view(np.uint8), _HEADER * 8
     for name, size in zip(_SECTIONS, sizes):
         dtype = ids.dtype if name == "request_id" else _DTYPES[name]
@@ -107,6 +111,36 @@ def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int) -> pd.Dat
         if parts:
             np.concatenate(parts, out=out)
     return pd.DataFrame({PAYLOAD: payload}, copy=False)  # pandas would copy it into a block
+
+
+def packed_key(payload: np.ndarray) -> tuple[int, ...]:
+    """The identity of the row group a payload was packed from (see row_group_keys)."""
+    return tuple(payload[_KEY_AT:_HEADER].tolist())
+
+
+def row_group_keys(urls: Sequence[str]) -> list[tuple[int, ...]] | None:
+    """Each row group's identity from its footer statistics, in Petastorm's piece order
+    (files in order, row groups in order); None if statistics are missing or not unique."""
+    import pyarrow.parquet as pq
+
+    keys = []
+    import pyarrow.fs as pafs
+
+    for url in urls:
+        try:
+            fs, path = pafs.FileSystem.from_uri(url)
+            with fs.open_input_file(path) as f:
+                meta = pq.ParquetFile(f).metadata
+        except Exception as e:  # a missing or unreadable file: name it
+            raise CorruptRecordsError(f"cannot read {url}: {str(e).strip()}") from None
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            stats = [group.column(names.index(c)).statistics for c in ("user_id", "request_ts")]
+            if any(st is None or not st.has_min_max for st in stats):
+                return None
+            keys.append((stats[0].min, stats[0].max, stats[1].min, stats[1].max, group.num_rows))
+    return keys if len(set(keys)) == len(keys) else None
 
 
 def unpack(payload: np.ndarray) -> RequestChunk:
@@ -127,9 +161,15 @@ def unpack(payload: np.ndarray) -> RequestChunk:
 
 
 class PetastormRequestReader:
+    """With several workers, row groups finish in an order that depends on timing; each
+    packed row group carries its identity, so results are put back into the order
+    Petastorm handed them out (trainer.reader.row_group_schedule): the same batches for
+    any number of workers."""
+
     def __init__(self, urls: Sequence[str], config: ReaderConfig | None = None):
         self.config = config or ReaderConfig()
         self.urls = list(urls)
+        self._keys = row_group_keys(self.urls) if self.config.workers > 1 else None
 
     def _open(self, epoch: int):
         from petastorm import TransformSpec, make_batch_reader
@@ -152,6 +192,22 @@ class PetastormRequestReader:
             raise CorruptRecordsError(f"cannot open the records ({len(self.urls)} file(s), first {self.urls[0]}): {str(e).strip()}") from None
 
     def _chunks(self, epoch: int) -> Iterator[RequestChunk]:
+        if self._keys is None:
+            yield from (unpack(p) for p in self._payloads(epoch))
+            return
+        expected = iter([self._keys[i] for i in row_group_schedule(len(self._keys), self.config, epoch)])
+        waiting: dict[tuple[int, ...], np.ndarray] = {}
+        want = next(expected, None)
+        for payload in self._payloads(epoch):
+            waiting[packed_key(payload)] = payload
+            while want in waiting:
+                yield unpack(waiting.pop(want))
+                want = next(expected, None)
+        if waiting:
+            raise CorruptRecordsError(f"{len(waiting)} row group(s) did not match the files' footers; were the files "
+                                      "replaced while they were read?")
+
+    def _payloads(self, epoch: int) -> Iterator[np.ndarray]:
         reader = self._open(epoch)
         try:
             while True:
@@ -164,7 +220,7 @@ class PetastormRequestReader:
                 except Exception as e:  # raised on the worker: an unreadable row group
                     raise CorruptRecordsError(f"cannot read the records ({len(self.urls)} file(s), first {self.urls[0]}): "
                                               f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
-                yield unpack(row.payload)
+                yield row.payload
         finally:
             reader.stop()
             reader.join()

@@ -106,7 +106,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 def _reader(urls: list[str], cfg: TrainConfig, ctx: Context):
     return open_reader(urls, ReaderConfig(
         batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed, shard=ctx.rank, shard_count=ctx.world, truncation=cfg.sampler()))
+        seed=cfg.seed, shard=ctx.rank, shard_count=ctx.world, truncation=cfg.sampler(),
+        pin_memory=ctx.device.type == "cuda"))
 
 
 class _Log:
