@@ -146,3 +146,33 @@ def test_two_processes_train_in_step(data, tmp_path):
     total = sum(len(pq.read_table(f).column("request_id")) for f in (data / "requests").rglob("*.parquet"))
     assert rank0["requests_seen"] + rank1["requests_seen"] <= total
     assert rank0["requests_seen"] > 0 and rank1["requests_seen"] > 0
+
+
+def test_a_killed_process_resumes_to_the_same_weights(data, tmp_path):
+    """SIGKILL mid-run (not a clean stop): rerunning the command resumes from the newest
+    checkpoint and ends with the weights of a run that was never interrupted."""
+    import signal
+    import time
+
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("preset: tiny\nepochs: 12\nbatch_size: 8\ncheckpoint_every: 5\nlog_every: 5\n"
+                           "length: {min_len: 8, max_len: 64}\n")
+
+    def command(run: Path) -> list[str]:
+        return [LONGSEQ, "train", "--data", str(data), "--start", str(START), "--end", str(END), "--run-dir", str(run),
+                "--config", str(config_file), "--device", "cpu"]
+
+    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest.json"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.exists() and not (tmp_path / "killed" / "train_summary.json").exists(), "killed mid-run"
+    for run in (tmp_path / "killed", tmp_path / "whole"):
+        done = subprocess.run(command(run), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    killed = json.loads((tmp_path / "killed" / "train_summary.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "train_summary.json").read_text())
+    assert killed["steps"] == whole["steps"] and killed["weights_sha256"] == whole["weights_sha256"]
