@@ -74,6 +74,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from etl.movielens import MovieLensMapping, adapt_movielens
+
+    mapping = MovieLensMapping(days=args.days, start=args.start, session_gap_minutes=args.session_gap_minutes,
+                               max_targets=args.max_targets)
+    adapt_movielens(args.ratings, args.out, movies=args.movies, mapping=mapping, progress=print)
+    return 0
+
+
 def _spark_config(args: argparse.Namespace) -> "SparkConfig":
     from etl.spark_session import SparkConfig
 
@@ -220,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_date, default=dt.date(2026, 1, 1), help="first ds (default 2026-01-01)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="default", help="size and model preset (default: default)")
     p.add_argument("--dirty", type=_fraction, default=0.0, help="fraction of rows made invalid, for robustness tests (default 0)")
+
+    p = add("adapt", cmd_adapt, "Turn a public dataset into contract-1 impression logs (docs/MOVIELENS.md).")
+    p.add_argument("dataset", choices=["movielens"], help="the dataset's format")
+    p.add_argument("--ratings", type=Path, required=True, help="MovieLens ratings.csv (userId,movieId,rating,timestamp)")
+    p.add_argument("--movies", type=Path, help="movies.csv for genres (default: next to --ratings)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (ds=YYYY-MM-DD partitions)")
+    p.add_argument("--days", type=_positive_int, default=30, help="days the whole file is mapped onto (default 30)")
+    p.add_argument("--start", type=_date, default=dt.date(2026, 1, 1), help="first ds (default 2026-01-01)")
+    p.add_argument("--session-gap-minutes", type=float, default=30.0, help="a longer pause starts a new request (default 30)")
+    p.add_argument("--max-targets", type=_positive_int, default=20, help="most ratings in one request (default 20)")
 
     p = add("build", cmd_build, "Build request records (contract 2) from raw logs, day by day from the history state.")
     p.add_argument("--raw", required=True, help="raw log directory (ds=YYYY-MM-DD partitions with _SUCCESS)")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +35,10 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from features.hashing import mix64
-from etl.layout import ds_name
-from schemas.contracts import DAY_MS, RAW_LOG, SUCCESS_MARKER, TASKS, day_start_ms
+from etl.raw_logs import RawPartitionWriter
+from schemas.contracts import DAY_MS, RAW_LOG, TASKS, day_start_ms
 from schemas.errors import LongseqError
 from schemas.forms import to_arrow
 
@@ -447,28 +445,6 @@ def inject_dirt(
     return pa.Table.from_arrays(arrays, schema=arrow_schema), counts
 
 
-class _PartitionWriter:
-    """Writes one ds atomically: part files go to a hidden temp dir as they are made (memory
-    holds one chunk), and the dir is renamed into place with its _SUCCESS marker at the end."""
-
-    def __init__(self, out: Path, day: dt.date):
-        self.final = out / ds_name(day)
-        self.tmp = out / f".{self.final.name}.tmp"
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        self.parts = 0
-
-    def write(self, table: pa.Table) -> None:
-        pq.write_table(table, self.tmp / f"part-{self.parts:05d}.parquet", compression="zstd", row_group_size=1 << 20)
-        self.parts += 1
-
-    def commit(self) -> None:
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        self.tmp.rename(self.final)
-        (self.final / SUCCESS_MARKER).touch()
-
-
 def _percentiles(x: np.ndarray) -> dict[str, float]:
     if len(x) == 0:
         return {}
@@ -504,7 +480,7 @@ def generate(
         t_day = time.perf_counter()
         day = start + dt.timedelta(days=d)
         start_ms = day_start_ms(day)
-        writer, day_rows, day_requests = _PartitionWriter(out, day), 0, 0
+        writer, day_rows, day_requests = RawPartitionWriter(out, day), 0, 0
         for c in range(n_chunks):
             cols = generate_chunk(cat, users, profile, seed, d, c, start_ms)
             table, counts = inject_dirt(cols, dirty, np.random.default_rng([seed, d, c, 0xD1]))

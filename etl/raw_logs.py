@@ -1,8 +1,9 @@
-"""Finding and reading raw log partitions (contract 1), with clear errors for missing data."""
+"""Finding, reading and writing raw log partitions (contract 1), with clear errors for missing data."""
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,3 +44,26 @@ def read_raw_partition(root: Path, day: dt.date, columns: list[str] | None = Non
         empty = to_arrow(RAW_LOG).empty_table()
         return empty.select(columns) if columns else empty
     return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+
+class RawPartitionWriter:
+    """Writes one raw ds atomically: part files go to a hidden temp dir as they are made
+    (memory holds one chunk), and the dir is renamed into place with its _SUCCESS marker
+    at the end. Used by the generator and the dataset adapters."""
+
+    def __init__(self, out: Path, day: dt.date):
+        self.final = Path(out) / ds_name(day)
+        self.tmp = Path(out) / f".{self.final.name}.tmp"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.parts = 0
+
+    def write(self, table: pa.Table) -> None:
+        pq.write_table(table, self.tmp / f"part-{self.parts:05d}.parquet", compression="zstd", row_group_size=1 << 20)
+        self.parts += 1
+
+    def commit(self) -> None:
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        self.tmp.rename(self.final)
+        (self.final / SUCCESS_MARKER).touch()
