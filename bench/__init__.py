@@ -25,4 +25,5 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "reader": _lazy("bench.reader_throughput"),
     "publish-layout": _lazy("bench.publish_layout"),
     "model": _lazy("bench.model_throughput"),
+    "quality": _lazy("bench.quality"),
 }

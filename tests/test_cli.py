@@ -15,7 +15,7 @@ from etl.raw_logs import read_raw_partition
 from schemas.contracts import RAW_LOG
 
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
-SUBCOMMANDS = ["generate", "build", "validate", "publish", "demo", "bench"]
+SUBCOMMANDS = ["generate", "adapt", "build", "validate", "publish", "train", "evaluate", "score", "demo", "bench"]
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess:

@@ -47,6 +47,7 @@ class TrainConfig:
     token_budget: int | None = None  # history tokens per batch
     truncation: bool = True  # train on random-length suffixes (U-shaped Beta)
     length: dict = field(default_factory=dict)  # LengthSampler fields: min_len, max_len, alpha, beta, multiple
+    max_len: int | None = None  # cap on training history length (with truncation off: train at a fixed length)
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
@@ -106,7 +107,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 def _reader(urls: list[str], cfg: TrainConfig, ctx: Context):
     return open_reader(urls, ReaderConfig(
         batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed, shard=ctx.rank, shard_count=ctx.world, truncation=cfg.sampler(),
+        seed=cfg.seed, shard=ctx.rank, shard_count=ctx.world, truncation=cfg.sampler(), max_len=cfg.max_len,
         pin_memory=ctx.device.type == "cuda"))
 
 
@@ -185,7 +186,8 @@ def _train(files, run_dir: Path, cfg: TrainConfig, ctx: Context, log, stop_after
             f"{ctx.world} process(es) on {ctx.device}, {cfg.epochs} epoch(s), about {total:,} steps -> {run_dir}")
     reader = _reader(urls, cfg, ctx)
     writer = _Log(run_dir) if ctx.is_main else None
-    bar = tqdm(total=total, initial=position.step, disable=not ctx.is_main, unit="step", dynamic_ncols=True)
+    # no bar off a terminal (Airflow logs, CI) or on ranks but the first
+    bar = tqdm(total=total, initial=position.step, disable=None if ctx.is_main else True, unit="step", dynamic_ncols=True)
     last_good, steps_now, stopped, interrupted, requests_seen = resumed, 0, False, False, 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
     window = {"requests": 0, "tokens": 0, "t": time.perf_counter(), "loss": 0.0, "n": 0}

@@ -1,0 +1,187 @@
+"""Quality evidence on our own pipeline: length scaling, extrapolation, STCA vs baselines,
+on generated data and on MovieLens.
+
+    longseq bench quality [--quick] [--work DIR] [--report docs/quality]
+
+Each setting is the whole path: data generated (or adapted) -> built (polars) ->
+published -> `train` -> `evaluate` on the held-out last day. Results are cached per
+setting in WORK/results.json, so an interrupted run continues where it stopped; the
+report (markdown tables and PNG plots) goes to --report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.contracts import TASKS
+
+START = dt.date(2026, 1, 1)
+MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-latest-small" / "ratings.csv"
+
+
+@dataclass(frozen=True)
+class Plan:
+    users: int
+    days: int
+    train_days: int  # the days before the last one that training reads
+    seeds: tuple[int, ...]
+    lengths: tuple[int, ...]
+    steps: int  # training steps per run
+    batch: int = 32
+    preset: str = "tiny"
+    baseline_len: int = 2_000
+    archs: tuple[str, ...] = ("none", "mean", "din", "transformer", "stca")
+    ml_lengths: tuple[int, ...] = (50, 200, 1_000, 2_500)
+    serving: tuple[int, ...] = (2_000, 4_000, 10_000)
+
+
+PLANS = {
+    "quick": Plan(users=150, days=10, train_days=3, seeds=(0,), lengths=(500, 2_000, 10_000), steps=150,
+                  archs=("none", "mean", "din", "stca"), ml_lengths=(50, 2_500)),
+    "full": Plan(users=400, days=12, train_days=4, seeds=(0, 1, 2), lengths=(500, 1_000, 2_000, 5_000, 10_000), steps=400),
+}
+
+
+@dataclass
+class Results:
+    path: Path
+    runs: dict = field(default_factory=dict)
+
+    @staticmethod
+    def load(path: Path) -> "Results":
+        return Results(path, json.loads(path.read_text()) if path.exists() else {})
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.runs, indent=2))
+
+
+def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
+    from etl.build import BuildConfig, build
+    from etl.generate import PROFILES, generate
+    from etl.layout import BuildLayout
+    from etl.polars_build import PolarsEngine
+    from etl.publish import publish
+
+    raw, out = work / "gen" / "raw", work / "gen" / "out"
+    end = START + dt.timedelta(days=plan.days - 1)
+    if not Path(BuildLayout(str(out)).manifest(end)).exists():
+        generate(raw, PROFILES["default"].with_sizes(plan.users, plan.days), seed=0, start=START, progress=lambda m: None)
+        build(PolarsEngine(), BuildConfig(str(raw), str(out), START, end, 10_000), log=lambda m: None)
+        publish(str(out), START, end, override_reason="quality benchmark: generated data", log=lambda m: None)
+    return out, end
+
+
+def prepare_movielens(work: Path, days: int = 30) -> tuple[Path, dt.date]:
+    from etl.build import BuildConfig, build
+    from etl.layout import BuildLayout
+    from etl.movielens import MovieLensMapping, adapt_movielens
+    from etl.polars_build import PolarsEngine
+    from etl.publish import publish
+
+    raw, out = work / "ml" / "raw", work / "ml" / "out"
+    end = START + dt.timedelta(days=days - 1)
+    if not Path(BuildLayout(str(out)).manifest(end)).exists():
+        adapt_movielens(MOVIELENS, raw, mapping=MovieLensMapping(days=days, start=START), progress=lambda m: None)
+        build(PolarsEngine(), BuildConfig(str(raw), str(out), START, end, 10_000), log=lambda m: None)
+        publish(str(out), START, end, override_reason="quality benchmark: MovieLens", log=lambda m: None)
+    return out, end
+
+
+def run(results: Results, name: str, data: Path, end: dt.date, train_days: int, cfg, serve: tuple[int | None, ...],
+        work: Path) -> dict:
+    """Train one setting, evaluate it at each serving length; cached by name."""
+    from trainer.evaluate import evaluate
+    from trainer.train import train
+
+    if name in results.runs:
+        return results.runs[name]
+    run_dir = work / "runs" / name
+    first = end - dt.timedelta(days=train_days)
+    t = time.perf_counter()
+    train(str(data), first, end - dt.timedelta(days=1), run_dir, cfg, log=lambda m: None)
+    seconds = time.perf_counter() - t
+    evals = {str(L): evaluate(run_dir, str(data), end, max_len=L, log=lambda m: None) for L in serve}
+    results.runs[name] = {"train_seconds": seconds, "eval": {L: {"tasks": e["tasks"], "mean_history": e["mean_history"]}
+                                                            for L, e in evals.items()}}
+    results.save()
+    print(f"  {name}: trained in {seconds:.0f} s; " + "; ".join(
+        f"L={L}: AUC " + " ".join(f"{e['tasks'][t]['auc']:.4f}" for t in TASKS) for L, e in evals.items()), flush=True)
+    return results.runs[name]
+
+
+def _config(plan: Plan, seed: int, **kw):
+    from trainer.train import TrainConfig
+
+    base = dict(preset=plan.preset, epochs=1, batch_size=plan.batch, max_steps=plan.steps, seed=seed, warmup_steps=10,
+                checkpoint_every=10**9, log_every=10**9, lr=3e-3)
+    model = kw.pop("model", {})
+    return TrainConfig(**{**base, **kw}, model=model)
+
+
+def mean_auc(entry: dict, L) -> float:
+    return statistics.mean(entry["eval"][str(L)]["tasks"][t]["auc"] for t in TASKS)
+
+
+def mean_gauc(entry: dict, L) -> float:
+    return statistics.mean(entry["eval"][str(L)]["tasks"][t]["gauc"] for t in TASKS)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longseq bench quality", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes and one seed (about 15 minutes)")
+    ap.add_argument("--work", type=Path, default=Path("bench-work/quality"))
+    ap.add_argument("--report", type=Path, default=Path("docs/quality"))
+    ap.add_argument("--skip-movielens", action="store_true")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    plan = PLANS["quick" if args.quick else "full"]
+    mode = "quick" if args.quick else "full"
+    work = args.work / mode
+    work.mkdir(parents=True, exist_ok=True)
+    results = Results.load(work / "results.json")
+    t0 = time.perf_counter()
+    print(f"command: longseq bench quality {' '.join(argv)}\nplan: {dataclasses.asdict(plan)}", flush=True)
+
+    data, end = prepare_generated(work, plan)
+    print("1. length scaling (STCA, trained and evaluated at the same max history)", flush=True)
+    for L in plan.lengths:
+        for seed in plan.seeds:
+            run(results, f"gen-stca-L{L}-s{seed}", data, end, plan.train_days,
+                _config(plan, seed, truncation=False, max_len=L), (L,), work)
+    print("2. extrapolation (U-shaped training lengths, mean about 2k; served at several lengths)", flush=True)
+    for seed in plan.seeds:
+        run(results, f"gen-stca-ushaped-s{seed}", data, end, plan.train_days, _config(plan, seed, truncation=True),
+            tuple(sorted({*plan.serving, 10_000})), work)
+    print(f"3. STCA against the baselines at max history {plan.baseline_len}", flush=True)
+    for arch in plan.archs:
+        for seed in plan.seeds:
+            name = f"gen-{arch}-L{plan.baseline_len}-s{seed}"
+            if arch == "stca":
+                name = f"gen-stca-L{plan.baseline_len}-s{seed}"
+            run(results, name, data, end, plan.train_days,
+                _config(plan, seed, truncation=False, max_len=plan.baseline_len, model={"arch": arch}),
+                (plan.baseline_len,), work)
+    if not args.skip_movielens and MOVIELENS.exists():
+        print("4. MovieLens latest-small (30 days; train on the 7 before the last)", flush=True)
+        ml, ml_end = prepare_movielens(work)
+        for arch in ("none", "mean", "din", "stca"):
+            for seed in plan.seeds:
+                run(results, f"ml-{arch}-full-s{seed}", ml, ml_end, 7,
+                    _config(plan, seed, truncation=False, model={"arch": arch}), (None,), work)
+        for L in plan.ml_lengths:
+            for seed in plan.seeds:
+                run(results, f"ml-stca-L{L}-s{seed}", ml, ml_end, 7, _config(plan, seed, truncation=False, max_len=L), (L,), work)
+    from bench.quality_report import write_report
+
+    write_report(results.runs, plan, mode, args.report, " ".join(["longseq bench quality", *argv]))
+    print(f"done in {time.perf_counter() - t0:.0f} s; report in {args.report}", flush=True)
+    return 0
