@@ -66,7 +66,7 @@ def write_report(runs: dict, plan, mode: str, out: Path, command: str) -> str:
     fig.tight_layout()
     fig.savefig(out / f"length_scaling_{mode}.png", dpi=120)
     plt.close(fig)
-    lines += ["", f"![length scaling](quality/length_scaling_{mode}.png)", ""]
+    lines += ["", f"![length scaling](length_scaling_{mode}.png)", ""]
 
     ushaped = _runs(runs, "gen-stca-ushaped-")
     fixed10k, fixed2k = _runs(runs, "gen-stca-L10000-"), _runs(runs, "gen-stca-L2000-")

@@ -85,7 +85,7 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
     run = out / "run"
     train_end = end - dt.timedelta(days=1)
     progress(f"[5/5] train STCA (preset small) on {DEMO_START}..{train_end}, evaluate on {end} at full length -> {run}")
-    cfg = TrainConfig(preset="small", epochs=3, batch_size=64, seed=seed, checkpoint_every=1_000)
+    cfg = TrainConfig(preset="small", epochs=2, batch_size=64, seed=seed, checkpoint_every=1_000)
     shutil.rmtree(run, ignore_errors=True)  # the demo's own directory: a fresh run each time
     summary = train(str(built), DEMO_START, train_end, run, cfg, log=progress)
     print(f"train: {summary['steps']} steps, {summary['parameters']:,} parameters; checkpoint {summary['checkpoint']}")

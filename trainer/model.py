@@ -39,6 +39,11 @@ class ModelConfig:
     ffn_mult: int = 2  # SwiGLU hidden width = ffn_mult * D
     item_buckets: int = 1 << 18  # hashed id vocabularies (row 0 unused)
     author_buckets: int = 1 << 16
+    # Initial attention bonus for a history event with the target's item or author (a
+    # learned weight per head; None: off). Softmax retrieval of a few matching events
+    # among thousands is a needle in a haystack that small-data training does not find
+    # by itself; this prior finds it from the first step (docs/TRAINER.md).
+    match_bias: float | None = 4.0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -69,6 +74,7 @@ class Layout:
     B: int
     L: int
     M: int
+    matches: torch.Tensor | None = None  # [B, 2, M, L] target and history share the item / the author
 
     @staticmethod
     def of(batch: RequestBatch) -> "Layout":
@@ -150,6 +156,7 @@ class TargetAttention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
         self.null_kv = nn.Parameter(torch.zeros(2, cfg.heads, cfg.head_dim))
+        self.match_weight = nn.Parameter(torch.full((2, cfg.heads), cfg.match_bias)) if cfg.match_bias is not None else None
 
     def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
         # q: [T, D] one query per target; hist: [N, D] the batch's history tokens
@@ -160,6 +167,10 @@ class TargetAttention(nn.Module):
         keys = torch.cat([self.null_kv[0].expand(B, 1, H, K).to(keys.dtype), keys], 1).transpose(1, 2)  # [B, H, 1+L, K]
         values = torch.cat([self.null_kv[1].expand(B, 1, H, K).to(values.dtype), values], 1).transpose(1, 2)
         mask = F.pad(layout.hist_mask, (1, 0), value=True)[:, None, None, :]  # [B, 1, 1, 1+L]
+        if self.match_weight is not None and layout.matches is not None:
+            bias = torch.einsum("kh,bkml->bhml", self.match_weight, layout.matches.to(self.match_weight.dtype))
+            bias = F.pad(bias, (1, 0)).masked_fill(~mask, float("-inf"))  # [B, H, M, 1+L]; the null slot gets none
+            mask = bias.to(Q.dtype)
         out = F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask)  # [B, H, M, K]
         out = out.transpose(1, 2)[layout.tgt_seg, layout.tgt_pos]  # [T, H, K]
         return self.wo(out.reshape(-1, H * K))  # [T, D]
@@ -234,6 +245,8 @@ class RankingModel(nn.Module):
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(TASKS)] logits
         layout = Layout.of(batch)
+        if self.cfg.match_bias is not None and self.cfg.arch in ("stca", "din", "transformer"):
+            layout.matches = id_matches(batch, layout)
         x_t = self.embed.target(batch)  # [T, D]
         summaries = self._summaries(batch, layout, x_t) if self.cfg.arch != "none" else []
         z = self.output(torch.cat([*summaries, x_t], dim=-1))  # [T, D]
@@ -262,6 +275,16 @@ class RankingModel(nn.Module):
         sums = x.new_zeros(layout.B, x.shape[1]).index_add_(0, layout.hist_seg, x)
         counts = batch.history.lengths().clamp_min(1).to(x.dtype)[:, None]
         return [(sums / counts)[layout.tgt_seg]]
+
+
+def id_matches(batch: RequestBatch, layout: Layout) -> torch.Tensor:
+    """[B, 2, M, L] bool: does history event l of request b share the item (0) / the author
+    (1) of target m? Padded history slots never match; padded target rows are dropped later."""
+    sides = []
+    for key in ("item_id", "author_id"):
+        t, h = layout.pad_targets(batch.targets[key]), layout.pad_history(batch.history[key])  # [B, M], [B, L]
+        sides.append((t[:, :, None] == h[:, None, :]) & layout.hist_mask[:, None, :])
+    return torch.stack(sides, 1)
 
 
 def loss_fn(logits: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
