@@ -36,6 +36,32 @@ HEADER = "| setting | " + " | ".join(f"AUC {t}" for t in TASKS) + " | mean AUC |
 RULE = "|---|" + "---:|" * (len(TASKS) + 3)
 
 
+def _plot_serving(plt, path: Path, serving, ushaped: list[dict], fixed10k: list[dict], fixed2k: list[dict],
+                  mode: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ys = [_metric(ushaped, L, None, "auc") for L in serving]
+    ax.errorbar(serving, [statistics.mean(y) for y in ys], yerr=[statistics.stdev(y) if len(y) > 1 else 0 for y in ys],
+                marker="o", capsize=3, label="U-shaped training, served at L")
+    for entries, L, style in ((fixed10k, 10_000, "--"), (fixed2k, 2_000, ":")):
+        ax.axhline(statistics.mean(_metric(entries, L, None, "auc")), linestyle=style, color="grey",
+                   label=f"fixed {L // 1000}k training and serving")
+    ax.set_xscale("log")
+    ax.set_xlabel("serving max history length")
+    ax.set_ylabel("mean AUC over tasks")
+    ax.set_title(f"Extrapolation ({mode})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _dense_parameters(preset: str, arch: str) -> int:
+    from trainer.model import PRESETS, ModelConfig, RankingModel, num_parameters
+
+    model = RankingModel(ModelConfig(**{**PRESETS[preset].__dict__, "arch": arch}))
+    return num_parameters(model) - num_parameters(model.embed)
+
+
 def write_report(runs: dict, plan, mode: str, out: Path, command: str) -> str:
     import matplotlib
 
@@ -79,15 +105,25 @@ def write_report(runs: dict, plan, mode: str, out: Path, command: str) -> str:
         gain10 = statistics.mean(_metric(fixed10k, 10_000, None, "auc")) - statistics.mean(_metric(fixed2k, 2_000, None, "auc"))
         gain_u = statistics.mean(_metric(ushaped, 10_000, None, "auc")) - statistics.mean(_metric(fixed2k, 2_000, None, "auc"))
         cost = statistics.mean(e["train_seconds"] for e in ushaped) / statistics.mean(e["train_seconds"] for e in fixed10k)
-        share = f"{gain_u / gain10:.0%}" if gain10 > 0 else "n/a (training at 10k gained nothing over 2k here)"
+        if gain10 <= 0:
+            share = "n/a (training at 10k gained nothing over 2k here)"
+        elif gain_u <= 0:
+            share = "none"
+        else:
+            share = f"{gain_u / gain10:.0%}"
+        _plot_serving(plt, out / f"extrapolation_{mode}.png", plan.serving, ushaped, fixed10k, fixed2k, mode)
+        lines += ["", f"![extrapolation](extrapolation_{mode}.png)"]
         lines += ["", f"Gain of fixed-10k over fixed-2k: {gain10:+.4f} mean AUC; U-shaped served at 10k recovers {share} "
                       f"of it ({gain_u:+.4f}) at {cost:.2f}x the training time of fixed 10k (the paper: about 80% for "
                       f"about a third)."]
     lines.append("")
 
-    lines += [f"**STCA against the baselines** (max history {plan.baseline_len:,}):", "", HEADER, RULE]
+    lines += [f"**STCA against the baselines** (max history {plan.baseline_len:,}; dense = parameters outside the "
+              f"embedding tables, which every arch shares):", "", HEADER.replace(" |", " | dense params |", 1),
+              RULE + "---:|"]
     for arch in plan.archs:
-        lines.append(_row(arch, _runs(runs, f"gen-{arch}-L{plan.baseline_len}-"), plan.baseline_len))
+        row = _row(arch, _runs(runs, f"gen-{arch}-L{plan.baseline_len}-"), plan.baseline_len)
+        lines.append(row.replace(" |", f" | {_dense_parameters(plan.preset, arch):,} |", 1))
     lines.append("")
 
     ml = [k for k in runs if k.startswith("ml-")]

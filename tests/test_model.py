@@ -84,13 +84,32 @@ def test_presets_have_the_paper_size():
         ModelConfig(arch="hstu")
 
 
+def train_finish_probe(make, cfg: dict, steps: int = 150) -> RankingModel:
+    """Train the tiny preset (changed by cfg) on the finish label of batches make(step)."""
+    torch.manual_seed(0)
+    m = RankingModel(ModelConfig(**{**PRESETS["tiny"].__dict__, **cfg}))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for step in range(steps):
+        b = make(step)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(m(b)[:, 0], b.targets["finish"].float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m
+
+
+def finish_auc(m: RankingModel, b: RequestBatch) -> float:
+    from trainer.metrics import auc
+
+    with torch.no_grad():
+        return auc(b.targets["finish"].numpy(), m(b)[:, 0].numpy())
+
+
 def test_stca_learns_a_rule_that_needs_the_history():
     """A target is finished iff its author appears among the request's finished history
     events (anywhere in 200); every author is as often positive as negative, so only the
     history tells. STCA must learn to match target and history (the skill the generated
     data rewards); the no-history baseline cannot."""
-    from trainer.metrics import auc
-
     g = np.random.default_rng(0)
 
     def batch(seed: int) -> RequestBatch:
@@ -107,18 +126,33 @@ def test_stca_learns_a_rule_that_needs_the_history():
             b.targets.values["finish"][t] = torch.tensor(labels, dtype=torch.int8)
         return b
 
-    results = {}
-    for arch in ("stca", "none"):
-        torch.manual_seed(0)
-        m = RankingModel(ModelConfig(**{**PRESETS["tiny"].__dict__, "arch": arch}))
-        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-        for step in range(150):
-            b = batch(step)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(m(b)[:, 0], b.targets["finish"].float())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            test = batch(10_000)
-            results[arch] = auc(test.targets["finish"].numpy(), m(test)[:, 0].numpy())
+    results = {arch: finish_auc(train_finish_probe(batch, {"arch": arch}), batch(10_000)) for arch in ("stca", "none")}
     assert results["stca"] > 0.85 and results["none"] < 0.6, results
+
+
+def needle_batch(length: int, seed: int, requests: int = 16, targets: int = 8) -> RequestBatch:
+    """Each target's author appears exactly once in its request's `length` events, finished
+    iff the target is; every other event has an author no target has."""
+    g = np.random.default_rng(seed)
+    b = random_batch([length] * requests, [targets] * requests, seed)
+    b.history.values["author_id"] = torch.tensor(g.integers(10**6, 10**9, requests * length))
+    labels = torch.tensor(g.integers(0, 2, requests * targets), dtype=torch.int8)
+    authors = torch.arange(requests * targets) + 1 + seed * 1_000
+    slots = torch.arange(requests).repeat_interleave(targets) * length + torch.tensor(
+        np.concatenate([g.choice(length, targets, replace=False) for _ in range(requests)]))
+    b.history.values["author_id"][slots] = authors
+    b.history.values["action"][slots] = (b.history["action"][slots] & ~1) | labels.int()
+    b.targets.values["author_id"] = authors
+    b.targets.values["finish"] = labels
+    return b
+
+
+def test_one_needle_is_found_at_any_length():
+    """One relevant event among 2,000, trained at 2k and scored at 10k: attention must not
+    fade with length (the log n scaled prior, docs/TRAINER.md); without the prior the
+    model stays at chance."""
+    stca = train_finish_probe(lambda s: needle_batch(2_000, s), {}, steps=100)
+    assert finish_auc(stca, needle_batch(2_000, 10**6)) > 0.95
+    assert finish_auc(stca, needle_batch(10_000, 10**6, requests=4)) > 0.95
+    plain = train_finish_probe(lambda s: needle_batch(2_000, s), {"match_prior": None}, steps=100)
+    assert finish_auc(plain, needle_batch(2_000, 10**6)) < 0.65

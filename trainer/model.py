@@ -14,6 +14,7 @@ time-delta bucket), so a model trained on 2k-event suffixes can score 10k histor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +40,15 @@ class ModelConfig:
     ffn_mult: int = 2  # SwiGLU hidden width = ffn_mult * D
     item_buckets: int = 1 << 18  # hashed id vocabularies (row 0 unused)
     author_buckets: int = 1 << 16
-    # Initial attention bonus for a history event with the target's item or author (a
-    # learned weight per head; None: off). Softmax retrieval of a few matching events
-    # among thousands is a needle in a haystack that small-data training does not find
-    # by itself; this prior finds it from the first step (docs/TRAINER.md).
-    match_bias: float | None = 4.0
+    # Attention logits are multiplied by log(n), n = the request's history length + 1
+    # (scalable softmax): without it the weight one relevant event can get falls like 1/n,
+    # so attention that finds a needle in 200 events loses it in 10k (docs/TRAINER.md).
+    length_scaled: bool = True
+    # Id-match attention prior: a history event with the target's item or author gets a
+    # bonus of w * log(n) to its logit, w learned per head and initialised to this (None:
+    # off). At w = 1 a matching event weighs as much as all the others together at any
+    # length; small-data training does not find such needles by itself.
+    match_prior: float | None = 1.0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -89,6 +94,9 @@ class Layout:
         B = batch.num_requests
         mask = torch.arange(L, device=hist_seg.device)[None, :] < batch.history.lengths()[:, None]
         return Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M)
+
+    def log_n(self) -> torch.Tensor:  # [B] log(history length + 1): the null slot counts
+        return torch.log1p(self.hist_mask.sum(1).float())
 
     def pad_history(self, x: torch.Tensor) -> torch.Tensor:  # [N, ...] -> [B, L, ...]
         out = x.new_zeros(self.B, self.L, *x.shape[1:])
@@ -156,7 +164,9 @@ class TargetAttention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
         self.null_kv = nn.Parameter(torch.zeros(2, cfg.heads, cfg.head_dim))
-        self.match_weight = nn.Parameter(torch.full((2, cfg.heads), cfg.match_bias)) if cfg.match_bias is not None else None
+        # per-head content scale s: logits = log(n) * s * q.k / sqrt(K), plain softmax at n = 1024 initially
+        self.length_scale = nn.Parameter(torch.full((cfg.heads,), 1 / math.log(1024))) if cfg.length_scaled else None
+        self.match_weight = nn.Parameter(torch.full((2, cfg.heads), cfg.match_prior)) if cfg.match_prior is not None else None
 
     def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
         # q: [T, D] one query per target; hist: [N, D] the batch's history tokens
@@ -167,8 +177,11 @@ class TargetAttention(nn.Module):
         keys = torch.cat([self.null_kv[0].expand(B, 1, H, K).to(keys.dtype), keys], 1).transpose(1, 2)  # [B, H, 1+L, K]
         values = torch.cat([self.null_kv[1].expand(B, 1, H, K).to(values.dtype), values], 1).transpose(1, 2)
         mask = F.pad(layout.hist_mask, (1, 0), value=True)[:, None, None, :]  # [B, 1, 1, 1+L]
+        log_n = layout.log_n()[:, None, None, None]  # [B, 1, 1, 1]
+        if self.length_scale is not None:
+            Q = Q * (self.length_scale[None, :, None, None] * log_n).to(Q.dtype)
         if self.match_weight is not None and layout.matches is not None:
-            bias = torch.einsum("kh,bkml->bhml", self.match_weight, layout.matches.to(self.match_weight.dtype))
+            bias = torch.einsum("kh,bkml->bhml", self.match_weight, layout.matches.to(self.match_weight.dtype)) * log_n
             bias = F.pad(bias, (1, 0)).masked_fill(~mask, float("-inf"))  # [B, H, M, 1+L]; the null slot gets none
             mask = bias.to(Q.dtype)
         out = F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask)  # [B, H, M, K]
@@ -245,7 +258,7 @@ class RankingModel(nn.Module):
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(TASKS)] logits
         layout = Layout.of(batch)
-        if self.cfg.match_bias is not None and self.cfg.arch in ("stca", "din", "transformer"):
+        if self.cfg.match_prior is not None and self.cfg.arch in ("stca", "din", "transformer"):
             layout.matches = id_matches(batch, layout)
         x_t = self.embed.target(batch)  # [T, D]
         summaries = self._summaries(batch, layout, x_t) if self.cfg.arch != "none" else []
