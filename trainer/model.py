@@ -79,6 +79,7 @@ class Layout:
     B: int
     L: int
     M: int
+    log_n: torch.Tensor  # [B] log(history length + 1): the null slot counts
     matches: torch.Tensor | None = None  # [B, 2, M, L] target and history share the item / the author
 
     @staticmethod
@@ -92,11 +93,9 @@ class Layout:
         hist_seg, hist_pos, L = place(batch.history.offsets)
         tgt_seg, tgt_pos, M = place(batch.targets.offsets)
         B = batch.num_requests
-        mask = torch.arange(L, device=hist_seg.device)[None, :] < batch.history.lengths()[:, None]
-        return Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M)
-
-    def log_n(self) -> torch.Tensor:  # [B] log(history length + 1): the null slot counts
-        return torch.log1p(self.hist_mask.sum(1).float())
+        lengths = batch.history.lengths()
+        mask = torch.arange(L, device=hist_seg.device)[None, :] < lengths[:, None]
+        return Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M, torch.log1p(lengths.float()))
 
     def pad_history(self, x: torch.Tensor) -> torch.Tensor:  # [N, ...] -> [B, L, ...]
         out = x.new_zeros(self.B, self.L, *x.shape[1:])
@@ -177,7 +176,7 @@ class TargetAttention(nn.Module):
         keys = torch.cat([self.null_kv[0].expand(B, 1, H, K).to(keys.dtype), keys], 1).transpose(1, 2)  # [B, H, 1+L, K]
         values = torch.cat([self.null_kv[1].expand(B, 1, H, K).to(values.dtype), values], 1).transpose(1, 2)
         mask = F.pad(layout.hist_mask, (1, 0), value=True)[:, None, None, :]  # [B, 1, 1, 1+L]
-        log_n = layout.log_n()[:, None, None, None]  # [B, 1, 1, 1]
+        log_n = layout.log_n[:, None, None, None]  # [B, 1, 1, 1]
         if self.length_scale is not None:
             Q = Q * (self.length_scale[None, :, None, None] * log_n).to(Q.dtype)
         if self.match_weight is not None and layout.matches is not None:
