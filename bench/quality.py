@@ -5,8 +5,12 @@ on generated data and on MovieLens.
 
 Each setting is the whole path: data generated (or adapted) -> built (polars) ->
 published -> `train` -> `evaluate` on the held-out last day. Results are cached per
-setting in WORK/results.json, so an interrupted run continues where it stopped; the
-report (markdown tables and PNG plots) goes to --report.
+setting name in WORK/results.json, so an interrupted run continues where it stopped
+(after changing the model, delete WORK or the entries it affects); the report (markdown
+tables and PNG plots) goes to --report.
+
+Baselines run twice: at the preset's size, and widened (a larger feed-forward multiplier)
+to about STCA's dense parameter count, so capacity alone does not decide the comparison.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from schemas.contracts import TASKS
 
 START = dt.date(2026, 1, 1)
+ML_ARCHS = ("none", "mean", "din", "stca")  # the Transformer is quadratic in MovieLens' full 2,391-event histories
 MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-latest-small" / "ratings.csv"
 
 
@@ -38,13 +43,14 @@ class Plan:
     preset: str = "tiny"
     baseline_len: int = 2_000
     archs: tuple[str, ...] = ("none", "mean", "din", "transformer", "stca")
+    matched: tuple[str, ...] = ("none", "mean", "din", "transformer")  # also run at STCA's dense parameter count
     ml_lengths: tuple[int, ...] = (50, 200, 1_000)  # below the full history (at most 2,391 ratings a user)
     serving: tuple[int, ...] = (2_000, 4_000, 10_000)
 
 
 PLANS = {
     "quick": Plan(users=150, days=10, train_days=3, seeds=(0,), lengths=(500, 2_000, 10_000), steps=150,
-                  archs=("none", "mean", "din", "stca"), ml_lengths=(50,)),
+                  archs=("none", "mean", "din", "stca"), matched=("mean", "din"), ml_lengths=(50,)),
     "full": Plan(users=400, days=12, train_days=4, seeds=(0, 1, 2), lengths=(500, 1_000, 2_000, 5_000, 10_000), steps=400),
 }
 
@@ -60,6 +66,22 @@ class Results:
 
     def save(self) -> None:
         self.path.write_text(json.dumps(self.runs, indent=2))
+
+
+def dense_parameters(preset: str, arch: str, ffn_mult: int | None = None) -> int:
+    """Parameters outside the embedding tables (which every arch shares) of a preset's model."""
+    from trainer.model import PRESETS, RankingModel, num_parameters
+
+    base = PRESETS[preset]
+    cfg = dataclasses.replace(base, arch=arch, ffn_mult=ffn_mult or base.ffn_mult)
+    model = RankingModel(cfg)
+    return num_parameters(model) - num_parameters(model.embed)
+
+
+def matched_ffn_mult(preset: str, arch: str) -> int:
+    """The feed-forward multiplier that brings `arch` closest to STCA's dense parameter count."""
+    target = dense_parameters(preset, "stca")
+    return min(range(1, 33), key=lambda m: abs(dense_parameters(preset, arch, m) - target))
 
 
 def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
@@ -170,13 +192,24 @@ def main(argv: list[str]) -> int:
             run(results, name, data, end, plan.train_days,
                 _config(plan, seed, truncation=False, max_len=plan.baseline_len, model={"arch": arch}),
                 (plan.baseline_len,), work)
+    for arch in plan.matched:
+        model = {"arch": arch, "ffn_mult": matched_ffn_mult(plan.preset, arch)}
+        for seed in plan.seeds:
+            run(results, f"gen-{arch}-matched-L{plan.baseline_len}-s{seed}", data, end, plan.train_days,
+                _config(plan, seed, truncation=False, max_len=plan.baseline_len, model=model),
+                (plan.baseline_len,), work)
     if not args.skip_movielens and MOVIELENS.exists():
         print("4. MovieLens latest-small (30 days; train on the 7 before the last)", flush=True)
         ml, ml_end = prepare_movielens(work)
-        for arch in ("none", "mean", "din", "stca"):
+        for arch in ML_ARCHS:
             for seed in plan.seeds:
                 run(results, f"ml-{arch}-full-s{seed}", ml, ml_end, 7,
                     _config(plan, seed, truncation=False, model={"arch": arch}), (None,), work)
+        for arch in (a for a in plan.matched if a in ML_ARCHS):
+            model = {"arch": arch, "ffn_mult": matched_ffn_mult(plan.preset, arch)}
+            for seed in plan.seeds:
+                run(results, f"ml-{arch}-matched-full-s{seed}", ml, ml_end, 7,
+                    _config(plan, seed, truncation=False, model=model), (None,), work)
         for L in plan.ml_lengths:
             for seed in plan.seeds:
                 run(results, f"ml-stca-L{L}-s{seed}", ml, ml_end, 7, _config(plan, seed, truncation=False, max_len=L), (L,), work)

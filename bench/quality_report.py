@@ -5,7 +5,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from bench.quality import ML_ARCHS, dense_parameters, matched_ffn_mult
 from schemas.contracts import TASKS
+from trainer.model import PRESETS
 
 
 def _runs(runs: dict, prefix: str) -> list[dict]:
@@ -55,11 +57,9 @@ def _plot_serving(plt, path: Path, serving, ushaped: list[dict], fixed10k: list[
     plt.close(fig)
 
 
-def _dense_parameters(preset: str, arch: str) -> int:
-    from trainer.model import PRESETS, ModelConfig, RankingModel, num_parameters
-
-    model = RankingModel(ModelConfig(**{**PRESETS[preset].__dict__, "arch": arch}))
-    return num_parameters(model) - num_parameters(model.embed)
+def _with_params(row: str, params: int) -> str:
+    """The row with a dense-parameter cell after its label."""
+    return row.replace(" |", f" | {params:,} |", 1)
 
 
 def write_report(runs: dict, plan, mode: str, out: Path, command: str) -> str:
@@ -119,19 +119,27 @@ def write_report(runs: dict, plan, mode: str, out: Path, command: str) -> str:
     lines.append("")
 
     lines += [f"**STCA against the baselines** (max history {plan.baseline_len:,}; dense = parameters outside the "
-              f"embedding tables, which every arch shares):", "", HEADER.replace(" |", " | dense params |", 1),
-              RULE + "---:|"]
+              f"embedding tables, which every arch shares; \"matched\" = widened to about STCA's dense count by the "
+              f"feed-forward multiplier, the preset's is {PRESETS[plan.preset].ffn_mult}):", "",
+              HEADER.replace(" |", " | dense params |", 1), RULE + "---:|"]
     for arch in plan.archs:
-        row = _row(arch, _runs(runs, f"gen-{arch}-L{plan.baseline_len}-"), plan.baseline_len)
-        lines.append(row.replace(" |", f" | {_dense_parameters(plan.preset, arch):,} |", 1))
+        lines.append(_with_params(_row(arch, _runs(runs, f"gen-{arch}-L{plan.baseline_len}-"), plan.baseline_len),
+                                  dense_parameters(plan.preset, arch)))
+    for arch in plan.matched:
+        m = matched_ffn_mult(plan.preset, arch)
+        lines.append(_with_params(_row(f"{arch}, matched (ffn x{m})", _runs(runs, f"gen-{arch}-matched-L{plan.baseline_len}-"),
+                                       plan.baseline_len), dense_parameters(plan.preset, arch, m)))
     lines.append("")
 
     ml = [k for k in runs if k.startswith("ml-")]
     if ml:
         lines += ["**MovieLens latest-small** (train on 7 days before the last of 30, evaluate on the last):", "",
                   HEADER, RULE]
-        for arch in ("none", "mean", "din", "stca"):
+        for arch in ML_ARCHS:
             lines.append(_row(f"{arch}, full history", _runs(runs, f"ml-{arch}-full-"), None))
+        for arch in (a for a in plan.matched if a in ML_ARCHS):
+            lines.append(_row(f"{arch}, matched (ffn x{matched_ffn_mult(plan.preset, arch)}), full history",
+                              _runs(runs, f"ml-{arch}-matched-full-"), None))
         for L in plan.ml_lengths:
             lines.append(_row(f"stca, L = {L:,}", _runs(runs, f"ml-stca-L{L}-"), L))
         lines.append("")

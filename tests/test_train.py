@@ -83,6 +83,19 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     assert state["step"] == 4 and all(torch.isfinite(t).all() for t in state["model"].values())
 
 
+def test_a_checkpoint_from_another_model_version_is_refused_clearly(data, tmp_path):
+    run = tmp_path / "run"
+    train(str(data), START, END, run, config(max_steps=2, epochs=1), log=lambda m: None)
+    path = checkpoint.latest(run)
+    state = checkpoint.load(path)
+    state["model"]["retired_block.weight"] = torch.zeros(2)  # as if an older model had one more module
+    torch.save(state, path)
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit this version of the model.*retired_block"):
+        evaluate(run, str(data), END, log=lambda m: None)
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit"):
+        train(str(data), START, END, run, config(max_steps=2, epochs=1), log=lambda m: None)
+
+
 def test_checkpoints_refuse_pickled_objects(tmp_path):
     class Payload:
         def __reduce__(self):

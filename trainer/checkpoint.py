@@ -78,8 +78,17 @@ def load(path: Path) -> dict:
         raise CheckpointError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:300]}") from None
 
 
-def restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Position:
-    model.load_state_dict(state["model"])
+def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # written by another version of the model code
+        detail = " ".join(str(e).split())[:400]
+        raise CheckpointError(f"{path} does not fit this version of the model (train it again in a new run "
+                              f"directory): {detail}") from None
+
+
+def restore(state: dict, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Position:
+    load_weights(model, state, path)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])

@@ -35,7 +35,7 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> tuple[RankingModel, 
     state = checkpoint.load(path)
     cfg = TrainConfig(**json.loads(state["config"]))
     model = RankingModel(cfg.model_config())
-    model.load_state_dict(state["model"])
+    checkpoint.load_weights(model, state, path)
     return model.to(device).eval(), cfg, int(state["step"])
 
 

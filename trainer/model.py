@@ -233,7 +233,8 @@ class RankingModel(nn.Module):
         self.cfg = cfg
         D, hidden = cfg.dim, cfg.ffn_mult * cfg.dim
         self.embed = TokenEmbedding(cfg)
-        self.query = nn.Sequential(SwiGLU(D, hidden, D), nn.LayerNorm(D))  # q(1) = LN(SwiGLU(x_t))
+        if cfg.arch in ("stca", "transformer"):  # DIN attends from the raw target embedding
+            self.query = nn.Sequential(SwiGLU(D, hidden, D), nn.LayerNorm(D))  # q(1) = LN(SwiGLU(x_t))
         n_summaries = 0
         if cfg.arch == "stca":
             self.layers = nn.ModuleList(StcaLayer(cfg) for _ in range(cfg.layers))

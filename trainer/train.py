@@ -171,7 +171,7 @@ def _train(files, run_dir: Path, cfg: TrainConfig, ctx: Context, log, stop_after
         if state["config"] != cfg.to_json():
             raise LongseqError(f"{run_dir} holds a run with other settings (see {run_dir}/config.json); "
                                "use a new --run-dir, or the same settings to resume it")
-        position = checkpoint.restore(state, model, optimizer)
+        position = checkpoint.restore(state, resumed, model, optimizer)
         log(f"resuming {run_dir} from {resumed.name}: step {position.step}, epoch {position.epoch}, "
             f"batch {position.batch_in_epoch}")
     elif ctx.is_main:
