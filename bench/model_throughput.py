@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 
-def _model(preset: str, arch: str, device: str):
+def _model(preset: str, arch: str, device: str, **overrides):
     import dataclasses
 
     import torch
@@ -30,7 +30,7 @@ def _model(preset: str, arch: str, device: str):
     from trainer.model import PRESETS, RankingModel
 
     torch.manual_seed(0)
-    return RankingModel(dataclasses.replace(PRESETS[preset], arch=arch)).to(device)
+    return RankingModel(dataclasses.replace(PRESETS[preset], arch=arch, **overrides)).to(device)
 
 
 def _step_seconds(model, batch, repeat: int, train: bool, device: str) -> float:
@@ -80,10 +80,12 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     elif kind == "score":  # one request, 10k history, 16 targets, no grad
         batch = random_batch([10_000], [16])
         out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device).eval(), batch, args.repeat, False, args.device)
-    elif kind == "train":  # training steps at U-shaped lengths, 128 requests x 10 targets
+    elif kind.startswith("train"):  # training steps at U-shaped lengths, 128 requests x 10 targets
         lengths = LengthSampler().sample(np.random.default_rng(0), 128).tolist()
         batch = random_batch(lengths, [10] * 128)
-        out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device), batch, args.repeat, True, args.device)
+        overrides = {"match_prior": None} if kind == "train:no-prior" else {}
+        model = _model(args.preset, "stca", args.device, **overrides)
+        out["seconds"] = _step_seconds(model, batch, args.repeat, True, args.device)
         out["requests"], out["tokens"] = batch.num_requests, batch.num_history_tokens
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device.startswith("cuda"):
@@ -137,11 +139,14 @@ def main(argv: list[str]) -> int:
     sc = measure("score")
     print(f"\nScoring one request with a 10,000-event history and 16 targets: {_s(sc)} s per request "
           f"(peak RSS {_rss(sc)} MB).")
-    tr = measure("train")
-    if "seconds" in tr:
-        print(f"\nTraining at U-shaped lengths (128 requests, {tr['tokens']:,} history tokens, 10 targets each): "
-              f"{tr['requests'] / tr['seconds']:,.0f} requests/s, {tr['tokens'] / tr['seconds'] / 1e6:.2f} M history "
-              f"tokens/s, {_s(tr)} s per step.")
+    print("\nTraining at U-shaped lengths (128 requests, 10 targets each), with and without the id-match prior:\n")
+    print("| model | requests/s | M history tokens/s | step s |\n|---|---:|---:|---:|")
+    for name, kind in (("STCA", "train"), ("STCA, match_prior=None", "train:no-prior")):
+        tr = measure(kind)
+        if "seconds" in tr:
+            print(f"| {name} | {tr['requests'] / tr['seconds']:,.0f} | {tr['tokens'] / tr['seconds'] / 1e6:.3f} | {_s(tr)} |")
+        else:
+            print(f"| {name} | {_s(tr)} | | |")
     return 0
 
 

@@ -156,3 +156,48 @@ def test_one_needle_is_found_at_any_length():
     assert finish_auc(stca, needle_batch(10_000, 10**6, requests=4)) > 0.95
     plain = train_finish_probe(lambda s: needle_batch(2_000, s), {"match_prior": None}, steps=100)
     assert finish_auc(plain, needle_batch(2_000, 10**6)) < 0.65
+
+
+def test_target_attention_equals_a_per_target_loop():
+    """The batched attention (padding, null slot, log n scaling, per-head id-match prior)
+    against the formula written out one target and one head at a time."""
+    import math
+
+    from trainer.model import Layout, TargetAttention, match_log_n
+
+    batch = make_batch([9, 0, 40], [2, 3, 4], seed=5)
+    h, t = batch.history.values, batch.targets.values
+    h["item_id"][[3, 45]] = t["item_id"][[0, 7]]  # request 0's target 0 and request 2's target 2 match by item
+    h["author_id"][[4, 5, 20]] = t["author_id"][[1, 1, 6]]  # and by author, twice for one target
+    cfg = ModelConfig(**{**PRESETS["tiny"].__dict__})
+    torch.manual_seed(0)
+    attn = TargetAttention(cfg).double()
+    with torch.no_grad():
+        attn.null_kv.normal_()
+        attn.length_scale.uniform_(0.1, 0.5)
+        attn.match_weight.uniform_(-1.0, 3.0)
+    D, H, K = cfg.dim, cfg.heads, cfg.head_dim
+    q, x = torch.randn(batch.num_targets, D, dtype=torch.float64), torch.randn(batch.num_history_tokens, D, dtype=torch.float64)
+    layout = Layout.of(batch)
+    layout.match_log_n = match_log_n(batch, layout)
+    got = attn(q, x, layout)
+
+    hist_off, tgt_off = batch.history.offsets.tolist(), batch.targets.offsets.tolist()
+    rows = []
+    for b in range(batch.num_requests):
+        hs, he = hist_off[b], hist_off[b + 1]
+        log_n = math.log(he - hs + 1)
+        for j in range(tgt_off[b], tgt_off[b + 1]):
+            heads = []
+            for head in range(H):
+                cols = slice(head * K, (head + 1) * K)
+                qh = attn.wq(q[j])[cols]
+                keys = torch.cat([attn.null_kv[0, head][None], attn.wk(x[hs:he])[:, cols]])
+                values = torch.cat([attn.null_kv[1, head][None], attn.wv(x[hs:he])[:, cols]])
+                logits = log_n * attn.length_scale[head] * (keys @ qh) / math.sqrt(K)
+                for l in range(hs, he):
+                    same_item, same_author = bool(h["item_id"][l] == t["item_id"][j]), bool(h["author_id"][l] == t["author_id"][j])
+                    logits[1 + l - hs] += log_n * (attn.match_weight[0, head] * same_item + attn.match_weight[1, head] * same_author)
+                heads.append(torch.softmax(logits, 0) @ values)
+            rows.append(attn.wo(torch.cat(heads)))
+    torch.testing.assert_close(got, torch.stack(rows))

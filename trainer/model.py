@@ -80,7 +80,9 @@ class Layout:
     L: int
     M: int
     log_n: torch.Tensor  # [B] log(history length + 1): the null slot counts
-    matches: torch.Tensor | None = None  # [B, 2, M, L] target and history share the item / the author
+    # [B, 2, M, 1+L] log(n) where target m and history event l share the item (0) / the author
+    # (1), else 0; slot 0 is the null slot. Built once per batch, weighted per head by each layer.
+    match_log_n: torch.Tensor | None = None
 
     @staticmethod
     def of(batch: RequestBatch) -> "Layout":
@@ -179,10 +181,13 @@ class TargetAttention(nn.Module):
         log_n = layout.log_n[:, None, None, None]  # [B, 1, 1, 1]
         if self.length_scale is not None:
             Q = Q * (self.length_scale[None, :, None, None] * log_n).to(Q.dtype)
-        if self.match_weight is not None and layout.matches is not None:
-            bias = torch.einsum("kh,bkml->bhml", self.match_weight, layout.matches.to(self.match_weight.dtype)) * log_n
-            bias = F.pad(bias, (1, 0)).masked_fill(~mask, float("-inf"))  # [B, H, M, 1+L]; the null slot gets none
-            mask = bias.to(Q.dtype)
+        if self.match_weight is not None and layout.match_log_n is not None:
+            # two fused multiply-adds over [B, H, M, 1+L]: this bias is the prior's whole cost
+            w = self.match_weight[:, None, :, None, None]  # [2, 1, H, 1, 1]
+            prior = layout.match_log_n.to(w.dtype)  # [B, 2, M, 1+L]
+            padding = torch.zeros(mask.shape, dtype=w.dtype, device=w.device).masked_fill_(~mask, float("-inf"))
+            bias = torch.addcmul(padding, prior[:, :1], w[0])
+            mask = torch.addcmul(bias, prior[:, 1:], w[1]).to(Q.dtype)  # [B, H, M, 1+L]
         out = F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask)  # [B, H, M, K]
         out = out.transpose(1, 2)[layout.tgt_seg, layout.tgt_pos]  # [T, H, K]
         return self.wo(out.reshape(-1, H * K))  # [T, D]
@@ -259,7 +264,7 @@ class RankingModel(nn.Module):
     def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(TASKS)] logits
         layout = Layout.of(batch)
         if self.cfg.match_prior is not None and self.cfg.arch in ("stca", "din", "transformer"):
-            layout.matches = id_matches(batch, layout)
+            layout.match_log_n = match_log_n(batch, layout)
         x_t = self.embed.target(batch)  # [T, D]
         summaries = self._summaries(batch, layout, x_t) if self.cfg.arch != "none" else []
         z = self.output(torch.cat([*summaries, x_t], dim=-1))  # [T, D]
@@ -290,14 +295,16 @@ class RankingModel(nn.Module):
         return [(sums / counts)[layout.tgt_seg]]
 
 
-def id_matches(batch: RequestBatch, layout: Layout) -> torch.Tensor:
-    """[B, 2, M, L] bool: does history event l of request b share the item (0) / the author
-    (1) of target m? Padded history slots never match; padded target rows are dropped later."""
+def match_log_n(batch: RequestBatch, layout: Layout) -> torch.Tensor:
+    """[B, 2, M, 1+L]: log(n) where history event l of request b shares the item (0) / the
+    author (1) of target m, else 0. Padded history slots and the null slot (0) never match;
+    padded target rows are dropped later."""
     sides = []
     for key in ("item_id", "author_id"):
         t, h = layout.pad_targets(batch.targets[key]), layout.pad_history(batch.history[key])  # [B, M], [B, L]
         sides.append((t[:, :, None] == h[:, None, :]) & layout.hist_mask[:, None, :])
-    return torch.stack(sides, 1)
+    matches = F.pad(torch.stack(sides, 1), (1, 0))  # [B, 2, M, 1+L] bool
+    return matches * layout.log_n[:, None, None, None]
 
 
 def loss_fn(logits: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
