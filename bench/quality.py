@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.contracts import TASKS
+from schemas.errors import LongseqError
 
 START = dt.date(2026, 1, 1)
 ML_ARCHS = ("none", "mean", "din", "stca")  # the Transformer is quadratic in MovieLens' full 2,391-event histories
+# MovieLens latest-small beside the repository (../shared/data), unless --movielens says where
 MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-latest-small" / "ratings.csv"
 
 
@@ -100,7 +102,7 @@ def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
     return out, end
 
 
-def prepare_movielens(work: Path, days: int = 30) -> tuple[Path, dt.date]:
+def prepare_movielens(work: Path, ratings: Path, days: int = 30) -> tuple[Path, dt.date]:
     from etl.build import BuildConfig, build
     from etl.layout import BuildLayout
     from etl.movielens import MovieLensMapping, adapt_movielens
@@ -110,7 +112,7 @@ def prepare_movielens(work: Path, days: int = 30) -> tuple[Path, dt.date]:
     raw, out = work / "ml" / "raw", work / "ml" / "out"
     end = START + dt.timedelta(days=days - 1)
     if not Path(BuildLayout(str(out)).manifest(end)).exists():
-        adapt_movielens(MOVIELENS, raw, mapping=MovieLensMapping(days=days, start=START), progress=lambda m: None)
+        adapt_movielens(ratings, raw, mapping=MovieLensMapping(days=days, start=START), progress=lambda m: None)
         build(PolarsEngine(), BuildConfig(str(raw), str(out), START, end, 10_000), log=lambda m: None)
         publish(str(out), START, end, override_reason="quality benchmark: MovieLens", log=lambda m: None)
     return out, end
@@ -157,11 +159,15 @@ def mean_gauc(entry: dict, L) -> float:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="longseq bench quality", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes and one seed (about 15 minutes)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes and one seed (about 5 minutes on 2 cores)")
     ap.add_argument("--work", type=Path, default=Path("bench-work/quality"))
     ap.add_argument("--report", type=Path, default=Path("docs/quality"))
+    ap.add_argument("--movielens", type=Path, default=MOVIELENS, help="a MovieLens ratings.csv (default: %(default)s)")
     ap.add_argument("--skip-movielens", action="store_true")
     args = ap.parse_args(argv)
+    if not args.skip_movielens and not args.movielens.exists():
+        raise LongseqError(f"MovieLens ratings not found at {args.movielens}: pass --movielens PATH/ratings.csv "
+                           "(MovieLens latest-small, https://grouplens.org/datasets/movielens/) or --skip-movielens")
     import torch
 
     torch.set_num_threads(2)
@@ -198,9 +204,9 @@ def main(argv: list[str]) -> int:
             run(results, f"gen-{arch}-matched-L{plan.baseline_len}-s{seed}", data, end, plan.train_days,
                 _config(plan, seed, truncation=False, max_len=plan.baseline_len, model=model),
                 (plan.baseline_len,), work)
-    if not args.skip_movielens and MOVIELENS.exists():
+    if not args.skip_movielens:
         print("4. MovieLens latest-small (30 days; train on the 7 before the last)", flush=True)
-        ml, ml_end = prepare_movielens(work)
+        ml, ml_end = prepare_movielens(work, args.movielens)
         for arch in ML_ARCHS:
             for seed in plan.seeds:
                 run(results, f"ml-{arch}-full-s{seed}", ml, ml_end, 7,
