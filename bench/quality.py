@@ -9,8 +9,9 @@ setting name in WORK/results.json, so an interrupted run continues where it stop
 (after changing the model, delete WORK or the entries it affects); the report (markdown
 tables and PNG plots) goes to --report.
 
-Baselines run twice: at the preset's size, and widened (a larger feed-forward multiplier)
-to about STCA's dense parameter count, so capacity alone does not decide the comparison.
+Baselines run at the preset's size, widened (a larger feed-forward multiplier) to about
+STCA's dense parameter count, and with more steps (DIN's about STCA's training time), so
+neither capacity nor compute alone decides the comparison.
 """
 
 from __future__ import annotations
@@ -46,13 +47,17 @@ class Plan:
     baseline_len: int = 2_000
     archs: tuple[str, ...] = ("none", "mean", "din", "transformer", "stca")
     matched: tuple[str, ...] = ("none", "mean", "din", "transformer")  # also run at STCA's dense parameter count
+    # (arch, steps): also train longer. DIN's 1,000 steps take about STCA's 400-step time at 2k
+    # (compute matched); STCA's show whether its lead at equal steps holds with more training.
+    more_steps: tuple[tuple[str, int], ...] = (("din", 1_000), ("stca", 1_000))
     ml_lengths: tuple[int, ...] = (50, 200, 1_000)  # below the full history (at most 2,391 ratings a user)
     serving: tuple[int, ...] = (2_000, 4_000, 10_000)
 
 
 PLANS = {
     "quick": Plan(users=150, days=10, train_days=3, seeds=(0,), lengths=(500, 2_000, 10_000), steps=150,
-                  archs=("none", "mean", "din", "stca"), matched=("mean", "din"), ml_lengths=(50,)),
+                  archs=("none", "mean", "din", "stca"), matched=("mean", "din"),
+                  more_steps=(("din", 350),), ml_lengths=(50,)),
     "full": Plan(users=400, days=12, train_days=4, seeds=(0, 1, 2), lengths=(500, 1_000, 2_000, 5_000, 10_000), steps=400),
 }
 
@@ -159,7 +164,7 @@ def mean_gauc(entry: dict, L) -> float:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="longseq bench quality", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes and one seed (about 5 minutes on 2 cores)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes and one seed (about 6 minutes on 2 cores)")
     ap.add_argument("--work", type=Path, default=Path("bench-work/quality"))
     ap.add_argument("--report", type=Path, default=Path("docs/quality"))
     ap.add_argument("--movielens", type=Path, default=MOVIELENS, help="a MovieLens ratings.csv (default: %(default)s)")
@@ -203,6 +208,12 @@ def main(argv: list[str]) -> int:
         for seed in plan.seeds:
             run(results, f"gen-{arch}-matched-L{plan.baseline_len}-s{seed}", data, end, plan.train_days,
                 _config(plan, seed, truncation=False, max_len=plan.baseline_len, model=model),
+                (plan.baseline_len,), work)
+    for arch, steps in plan.more_steps:
+        for seed in plan.seeds:
+            run(results, f"gen-{arch}-steps{steps}-L{plan.baseline_len}-s{seed}", data, end, plan.train_days,
+                _config(plan, seed, truncation=False, max_len=plan.baseline_len, model={"arch": arch}, max_steps=steps,
+                        epochs=100),  # max_steps ends it; more steps than one epoch's batches go on to the next
                 (plan.baseline_len,), work)
     if not args.skip_movielens:
         print("4. MovieLens latest-small (30 days; train on the 7 before the last)", flush=True)

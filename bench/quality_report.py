@@ -120,7 +120,7 @@ def write_report(runs: dict, plan, mode: str, out: Path, command: str) -> str:
 
     lines += [f"**STCA against the baselines** (max history {plan.baseline_len:,}; dense = parameters outside the "
               f"embedding tables, which every arch shares; \"matched\" = widened to about STCA's dense count by the "
-              f"feed-forward multiplier, the preset's is {PRESETS[plan.preset].ffn_mult}):", "",
+              f"feed-forward multiplier, the preset's is {PRESETS[plan.preset].ffn_mult}; other runs take {plan.steps:,} steps):", "",
               HEADER.replace(" |", " | dense params |", 1), RULE + "---:|"]
     for arch in plan.archs:
         lines.append(_with_params(_row(arch, _runs(runs, f"gen-{arch}-L{plan.baseline_len}-"), plan.baseline_len),
@@ -129,6 +129,10 @@ def write_report(runs: dict, plan, mode: str, out: Path, command: str) -> str:
         m = matched_ffn_mult(plan.preset, arch)
         lines.append(_with_params(_row(f"{arch}, matched (ffn x{m})", _runs(runs, f"gen-{arch}-matched-L{plan.baseline_len}-"),
                                        plan.baseline_len), dense_parameters(plan.preset, arch, m)))
+    for arch, steps in plan.more_steps:
+        lines.append(_with_params(_row(f"{arch}, {steps:,} steps",
+                                       _runs(runs, f"gen-{arch}-steps{steps}-L{plan.baseline_len}-"), plan.baseline_len),
+                                  dense_parameters(plan.preset, arch)))
     lines.append("")
 
     ml = [k for k in runs if k.startswith("ml-")]

@@ -23,3 +23,4 @@ def test_matched_baselines_are_the_nearest_to_stcas_dense_parameter_count(arch):
 def test_plans_only_match_archs_they_run():
     for plan in PLANS.values():
         assert set(plan.matched) <= set(plan.archs) - {"stca"}
+        assert all(arch in plan.archs and steps > plan.steps for arch, steps in plan.more_steps)
