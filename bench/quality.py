@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import json
 import statistics
 import time
@@ -75,6 +76,7 @@ class Results:
         self.path.write_text(json.dumps(self.runs, indent=2))
 
 
+@functools.lru_cache(maxsize=None)  # the report and the plan ask for the same counts many times
 def dense_parameters(preset: str, arch: str, ffn_mult: int | None = None) -> int:
     """Parameters outside the embedding tables (which every arch shares) of a preset's model."""
     from trainer.model import PRESETS, RankingModel, num_parameters
@@ -89,6 +91,11 @@ def matched_ffn_mult(preset: str, arch: str) -> int:
     """The feed-forward multiplier that brings `arch` closest to STCA's dense parameter count."""
     target = dense_parameters(preset, "stca")
     return min(range(1, 33), key=lambda m: abs(dense_parameters(preset, arch, m) - target))
+
+
+def matched_model(preset: str, arch: str) -> dict:
+    """The model overrides of `arch` widened to about STCA's dense parameter count."""
+    return {"arch": arch, "ffn_mult": matched_ffn_mult(preset, arch)}
 
 
 def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
@@ -195,41 +202,27 @@ def main(argv: list[str]) -> int:
         run(results, f"gen-stca-ushaped-s{seed}", data, end, plan.train_days, _config(plan, seed, truncation=True),
             tuple(sorted({*plan.serving, 10_000})), work)
     print(f"3. STCA against the baselines at max history {plan.baseline_len}", flush=True)
-    for arch in plan.archs:
+    L = plan.baseline_len
+    settings = [(f"gen-{arch}-L{L}", {"arch": arch}, {}) for arch in plan.archs]
+    settings += [(f"gen-{arch}-matched-L{L}", matched_model(plan.preset, arch), {}) for arch in plan.matched]
+    # max_steps ends these; more steps than one epoch's batches go on into the next epoch
+    settings += [(f"gen-{arch}-steps{steps}-L{L}", {"arch": arch}, {"max_steps": steps, "epochs": 100})
+                 for arch, steps in plan.more_steps]
+    for name, model, kw in settings:
         for seed in plan.seeds:
-            name = f"gen-{arch}-L{plan.baseline_len}-s{seed}"
-            if arch == "stca":
-                name = f"gen-stca-L{plan.baseline_len}-s{seed}"
-            run(results, name, data, end, plan.train_days,
-                _config(plan, seed, truncation=False, max_len=plan.baseline_len, model={"arch": arch}),
-                (plan.baseline_len,), work)
-    for arch in plan.matched:
-        model = {"arch": arch, "ffn_mult": matched_ffn_mult(plan.preset, arch)}
-        for seed in plan.seeds:
-            run(results, f"gen-{arch}-matched-L{plan.baseline_len}-s{seed}", data, end, plan.train_days,
-                _config(plan, seed, truncation=False, max_len=plan.baseline_len, model=model),
-                (plan.baseline_len,), work)
-    for arch, steps in plan.more_steps:
-        for seed in plan.seeds:
-            run(results, f"gen-{arch}-steps{steps}-L{plan.baseline_len}-s{seed}", data, end, plan.train_days,
-                _config(plan, seed, truncation=False, max_len=plan.baseline_len, model={"arch": arch}, max_steps=steps,
-                        epochs=100),  # max_steps ends it; more steps than one epoch's batches go on to the next
-                (plan.baseline_len,), work)
+            run(results, f"{name}-s{seed}", data, end, plan.train_days,
+                _config(plan, seed, truncation=False, max_len=L, model=model, **kw), (L,), work)
     if not args.skip_movielens:
         print("4. MovieLens latest-small (30 days; train on the 7 before the last)", flush=True)
         ml, ml_end = prepare_movielens(work, args.movielens)
-        for arch in ML_ARCHS:
+        ml_settings = [(f"ml-{arch}-full", {"arch": arch}, None) for arch in ML_ARCHS]
+        ml_settings += [(f"ml-{arch}-matched-full", matched_model(plan.preset, arch), None)
+                        for arch in plan.matched if arch in ML_ARCHS]
+        ml_settings += [(f"ml-stca-L{n}", {}, n) for n in plan.ml_lengths]
+        for name, model, n in ml_settings:
             for seed in plan.seeds:
-                run(results, f"ml-{arch}-full-s{seed}", ml, ml_end, 7,
-                    _config(plan, seed, truncation=False, model={"arch": arch}), (None,), work)
-        for arch in (a for a in plan.matched if a in ML_ARCHS):
-            model = {"arch": arch, "ffn_mult": matched_ffn_mult(plan.preset, arch)}
-            for seed in plan.seeds:
-                run(results, f"ml-{arch}-matched-full-s{seed}", ml, ml_end, 7,
-                    _config(plan, seed, truncation=False, model=model), (None,), work)
-        for L in plan.ml_lengths:
-            for seed in plan.seeds:
-                run(results, f"ml-stca-L{L}-s{seed}", ml, ml_end, 7, _config(plan, seed, truncation=False, max_len=L), (L,), work)
+                run(results, f"{name}-s{seed}", ml, ml_end, 7, _config(plan, seed, truncation=False, max_len=n, model=model),
+                    (n,), work)
     from bench.quality_report import write_report
 
     write_report(results.runs, plan, mode, args.report, " ".join(["longseq bench quality", *argv]))
