@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lock check-java clean help
+# The fast tier: no JVM, no Airflow, no child processes (markers in pyproject.toml).
+FAST := not spark and not airflow and not subprocess
+
+.PHONY: venv test test-fast demo lock check-java clean help
 
 help:
-	@echo "make demo   - run the whole pipeline on generated sample data"
-	@echo "make test   - run the test suite"
-	@echo "make lock   - re-pin requirements.lock from the current .venv"
+	@echo "make demo       - run the whole pipeline on generated sample data"
+	@echo "make test       - run the whole test suite (what CI runs)"
+	@echo "make test-fast  - the tests that need no JVM, no Airflow and no subprocess: the loop for editing"
+	@echo "make lock       - re-pin requirements.lock from the current .venv"
 
 venv: $(STAMP)
 
@@ -30,6 +34,9 @@ check-java:
 
 test: venv check-java
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 demo: venv check-java
 	$(BIN)/longseq demo

@@ -1,7 +1,8 @@
 """longseq_daily: one ds a run. Wait for raw logs -> build -> validate -> publish [-> train].
 
-Thin on purpose: every stage is a shell command built by etl/daily.py at run time, so
-parsing this file imports nothing heavy and the stages run the same by hand. The build
+Thin on purpose: every stage is a shell command built by cli/daily.py at run time, so
+parsing this file imports nothing heavy (no Spark, torch, polars or Great Expectations;
+tests/test_airflow.py checks) and the stages run the same by hand. The build
 depends on the previous day's run (the history state chains the days); runs go one at a
 time, in date order, also under `airflow backfill create`. See docs/AIRFLOW.md.
 """
@@ -13,7 +14,12 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
+from cli.daily import (
+    DailySettings, build_command, publish_command, raw_partition_ready, train_command, validate_command,
+)
+
 ENV = os.environ.get  # defaults for the params, so a deployment can set them without editing this file
+DEFAULT = DailySettings(raw="", data="")
 
 
 @dag(
@@ -31,14 +37,16 @@ ENV = os.environ.get  # defaults for the params, so a deployment can set them wi
     },
     params={
         "raw": Param(ENV("LONGSEQ_RAW", ""), type="string", description="raw log directory or URI"),
-        "out": Param(ENV("LONGSEQ_OUT", ""), type="string", description="build output directory or URI"),
-        "max_len": Param(int(ENV("LONGSEQ_MAX_LEN", "10000")), type="integer", minimum=1),
-        "spark_master": Param(ENV("LONGSEQ_SPARK_MASTER", "local[*]"), type="string"),
+        # LONGSEQ_OUT: the old name of LONGSEQ_DATA
+        "data": Param(ENV("LONGSEQ_DATA", ENV("LONGSEQ_OUT", "")), type="string",
+                      description="the build's output directory or URI (longseq --data)"),
+        "max_len": Param(int(ENV("LONGSEQ_MAX_LEN", DEFAULT.max_len)), type="integer", minimum=1),
+        "spark_master": Param(ENV("LONGSEQ_SPARK_MASTER", DEFAULT.spark_master), type="string"),
         "spark_conf": Param({}, type="object", description="extra Spark settings, KEY: VALUE"),
         "validation_config": Param(ENV("LONGSEQ_VALIDATION_CONFIG", ""), type="string"),
-        "train": Param(False, type="boolean", description="train and evaluate after publishing"),
+        "train": Param(DEFAULT.train, type="boolean", description="train and evaluate after publishing"),
         "run_dir": Param(ENV("LONGSEQ_RUN_DIR", ""), type="string"),
-        "train_days": Param(7, type="integer", minimum=1),
+        "train_days": Param(DEFAULT.train_days, type="integer", minimum=1),
         "train_config": Param(ENV("LONGSEQ_TRAIN_CONFIG", ""), type="string"),
     },
     tags=["longseq"],
@@ -47,26 +55,18 @@ ENV = os.environ.get  # defaults for the params, so a deployment can set them wi
 def longseq_daily():
     @task.sensor(poke_interval=60, timeout=float(ENV("LONGSEQ_RAW_TIMEOUT_HOURS", "12")) * 3600, mode="reschedule")
     def wait_for_raw(params=None, ds=None):
-        from etl.daily import raw_partition_ready
-
         return raw_partition_ready(params["raw"], ds)
 
     @task.bash(depends_on_past=True)
     def build(params=None, ds=None):
-        from etl.daily import DailySettings, build_command
-
         return build_command(DailySettings.from_params(params), ds)
 
     @task.bash
     def validate(params=None, ds=None):
-        from etl.daily import DailySettings, validate_command
-
         return validate_command(DailySettings.from_params(params), ds)
 
     @task.bash
     def publish(params=None, ds=None):
-        from etl.daily import DailySettings, publish_command
-
         return publish_command(DailySettings.from_params(params), ds)
 
     @task.short_circuit
@@ -75,8 +75,6 @@ def longseq_daily():
 
     @task.bash(execution_timeout=timedelta(hours=12))
     def train(params=None, ds=None):
-        from etl.daily import DailySettings, train_command
-
         return train_command(DailySettings.from_params(params), ds)
 
     wait_for_raw() >> build() >> validate() >> publish() >> train_enabled() >> train()

@@ -19,10 +19,11 @@ from pathlib import Path
 _CHILD = """
 import datetime as dt, json, resource, sys, time
 from pathlib import Path
-from etl.generate import PROFILES, generate
+from sources import SAMPLE_START
+from sources.generate import PROFILES, generate
 p = PROFILES[sys.argv[1]]
 t = time.perf_counter()
-r = generate(Path(sys.argv[2]), p, int(sys.argv[3]), dt.date(2026, 1, 1))
+r = generate(Path(sys.argv[2]), p, int(sys.argv[3]), SAMPLE_START)
 secs = time.perf_counter() - t
 print(json.dumps({"profile": p.name, "users": p.users, "days": p.days, "events": r.rows,
                   "seconds": secs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

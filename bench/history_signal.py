@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from etl.generate import PROFILES, build_catalogue, generate
-from etl.raw_logs import read_raw_partition
+from dataset.raw import read_raw_partition
+from sources import SAMPLE_START
+from sources.generate import PROFILES, build_catalogue, generate
 
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 COLUMNS = ["user_id", "event_id", "author_id", "item_id", "request_ts", "event_ts", "finish"]
 
 

@@ -27,7 +27,8 @@ def _model(preset: str, arch: str, device: str, **overrides):
 
     import torch
 
-    from trainer.model import PRESETS, RankingModel
+    from trainer.model import RankingModel
+    from trainer.model_config import PRESETS
 
     torch.manual_seed(0)
     return RankingModel(dataclasses.replace(PRESETS[preset], arch=arch, **overrides)).to(device)

@@ -1,6 +1,6 @@
 """Publishing layout for Petastorm: plain Parquet lists vs a Petastorm-materialized copy.
 
-    longseq bench publish-layout --records OUT/requests/ds=YYYY-MM-DD [--limit 3000] [--repeat 3]
+    longseq bench publish-layout --records DATA/requests/ds=YYYY-MM-DD [--limit 3000] [--repeat 3]
 
 Spark writes the day's first --limit records in each layout, then each is read into the
 trainer's RequestBatch (256 requests, file order). Measures write time, size on disk and
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from etl.layout import ROW_GROUP_BYTES
+from dataset.layout import ROW_GROUP_BYTES
 from etl.spark_build import LIST_WRITE_OPTIONS
 from etl.spark_session import SparkConfig, spark_session
 from schemas.contracts import REQUEST_RECORD
@@ -160,15 +160,84 @@ LABELS = {
 }
 
 
-def main(argv: list[str]) -> int:
+def _arguments(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="longseq bench publish-layout", description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=Path, required=True, help="one built day: OUT/requests/ds=YYYY-MM-DD")
+    ap.add_argument("--records", type=Path, required=True, help="one built day: DATA/requests/ds=YYYY-MM-DD")
     ap.add_argument("--limit", type=int, default=3000, help="records to publish (keeps the Spark writes short)")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _time_writes(spark: "SparkSession", args: argparse.Namespace, paths: dict[str, Path],
+                 codecs: dict[str, Any]) -> tuple[int, dict[str, list[float]]]:
+    """Write the first --limit records in layouts A, B and B' --repeat times each; returns the
+    record count and the seconds of each write. Stops `spark`."""
+    write_s: dict[str, list[float]] = {"A": [], "B": [], "B'": []}
+    try:
+        df = spark.read.parquet(str(args.records.resolve())).limit(args.limit).cache()
+        count = df.count()  # cached first, so that the writes time writing alone
+        writers = {
+            "A": partial(write_plain, df, paths["A"]),
+            "B": partial(write_materialized, spark, df, paths["B"], materialized_schema(codecs["B"])),
+            "B'": partial(write_materialized, spark, df, paths["B'"], materialized_schema(codecs["B'"])),
+        }
+        for _ in range(args.repeat):
+            for key, write in writers.items():  # alternating, so that warm-up and drift hit every layout alike
+                t = time.perf_counter()
+                write()
+                write_s[key].append(time.perf_counter() - t)
+    finally:
+        spark.stop()  # the reads get the cores to themselves
+    return count, write_s
+
+
+def _time_reads(paths: dict[str, Path], repeat: int) -> tuple[dict[str, list[float]], tuple[int, int]]:
+    """Read every layout (and the floor) `repeat` times, alternating; returns the seconds of each
+    read and the (requests, history tokens) that every one of them delivered."""
+    readers: dict[str, Callable[[], tuple[int, int]]] = {
+        "A": partial(read_plain_petastorm, _parts(paths["A"])),
+        "B": partial(read_materialized, paths["B"]),
+        "B'": partial(read_materialized, paths["B'"]),
+        "C": partial(read_floor, _parts(paths["C"])),
+    }
+    read_s: dict[str, list[float]] = {key: [] for key in readers}
+    delivered: dict[str, tuple[int, int]] = {}
+    for _ in range(repeat):
+        for key, read in readers.items():
+            t = time.perf_counter()
+            delivered[key] = read()
+            read_s[key].append(time.perf_counter() - t)
+    if len(set(delivered.values())) != 1:  # rates compare only if every layout delivered the same work
+        raise RuntimeError(f"layouts read different data: {delivered}")
+    return read_s, delivered["C"]
+
+
+def _report(argv: list[str], args: argparse.Namespace, count: int, delivered: tuple[int, int],
+            write_s: dict[str, list[float]], read_s: dict[str, list[float]], paths: dict[str, Path]) -> None:
+    """The markdown table on stdout: medians, sizes, and each read rate against the floor's."""
+    requests, tokens = delivered
+    print(f"command: longseq bench publish-layout {' '.join(argv)}\n"
+          f"{count:,} records ({tokens:,} history tokens) from {args.records}; Spark {args.master}, "
+          f"{ROW_GROUP_BYTES // 2**20} MB row groups, zstd; reads in {BATCH_SIZE}-request batches; "
+          f"median of {args.repeat} alternating rounds\n")
+    print("| layout | write s | MiB on disk | requests/s | history tokens/s | ratio to floor |")
+    print("|---|---:|---:|---:|---:|---:|")
+    floor = requests / statistics.median(read_s["C"])
+    for key, label in LABELS.items():
+        rate = requests / statistics.median(read_s[key])
+        write = f"{statistics.median(write_s[key]):.1f}" if key in write_s else ""  # C reads A's files: no write
+        groups = _row_groups(_parts(paths[key]))
+        print(f"| {label} ({groups} row group(s)) | {write} | {_mib(paths[key]):.1f} | {rate:,.0f} | "
+              f"{rate * tokens / requests / 1e6:,.1f} M | {rate / floor:.2f} |")
+
+
+def main(argv: list[str]) -> int:
+    args = _arguments(argv)
+    # imported before anything is started: a missing petastorm fails here, with nothing to clean up
     from petastorm.codecs import CompressedNdarrayCodec, NdarrayCodec
 
+    codecs = {"B": NdarrayCodec(), "B'": CompressedNdarrayCodec()}
     # petastorm 0.12 calls pyarrow's deprecated legacy dataset API: a warning per call
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     # Spark's Python workers run _encode: they need this interpreter's packages, not PATH's python3
@@ -177,51 +246,9 @@ def main(argv: list[str]) -> int:
     paths = {"A": work / "plain", "B": work / "ndarray", "B'": work / "compressed", "C": work / "plain"}
     spark = spark_session(SparkConfig(master=args.master, app_name="longseq-bench-publish-layout"))
     try:
-        write_s: dict[str, list[float]] = {"A": [], "B": [], "B'": []}
-        try:
-            df = spark.read.parquet(str(args.records.resolve())).limit(args.limit).cache()
-            count = df.count()  # cached first, so that the writes time writing alone
-            writers = {
-                "A": partial(write_plain, df, paths["A"]),
-                "B": partial(write_materialized, spark, df, paths["B"], materialized_schema(NdarrayCodec())),
-                "B'": partial(write_materialized, spark, df, paths["B'"], materialized_schema(CompressedNdarrayCodec())),
-            }
-            for _ in range(args.repeat):
-                for key, write in writers.items():  # alternating, so that warm-up and drift hit every layout alike
-                    t = time.perf_counter()
-                    write()
-                    write_s[key].append(time.perf_counter() - t)
-        finally:
-            spark.stop()  # the reads get the cores to themselves
-        readers: dict[str, Callable[[], tuple[int, int]]] = {
-            "A": partial(read_plain_petastorm, _parts(paths["A"])),
-            "B": partial(read_materialized, paths["B"]),
-            "B'": partial(read_materialized, paths["B'"]),
-            "C": partial(read_floor, _parts(paths["C"])),
-        }
-        read_s: dict[str, list[float]] = {key: [] for key in readers}
-        delivered: dict[str, tuple[int, int]] = {}
-        for _ in range(args.repeat):
-            for key, read in readers.items():
-                t = time.perf_counter()
-                delivered[key] = read()
-                read_s[key].append(time.perf_counter() - t)
-        if len(set(delivered.values())) != 1:  # rates compare only if every layout delivered the same work
-            raise RuntimeError(f"layouts read different data: {delivered}")
-        requests, tokens = delivered["C"]
-        print(f"command: longseq bench publish-layout {' '.join(argv)}\n"
-              f"{count:,} records ({tokens:,} history tokens) from {args.records}; Spark {args.master}, "
-              f"{ROW_GROUP_BYTES // 2**20} MB row groups, zstd; reads in {BATCH_SIZE}-request batches; "
-              f"median of {args.repeat} alternating rounds\n")
-        print("| layout | write s | MiB on disk | requests/s | history tokens/s | ratio to floor |")
-        print("|---|---:|---:|---:|---:|---:|")
-        floor = requests / statistics.median(read_s["C"])
-        for key, label in LABELS.items():
-            rate = requests / statistics.median(read_s[key])
-            write = f"{statistics.median(write_s[key]):.1f}" if key in write_s else ""
-            groups = _row_groups(_parts(paths[key]))
-            print(f"| {label} ({groups} row group(s)) | {write} | {_mib(paths[key]):.1f} | {rate:,.0f} | "
-                  f"{rate * tokens / requests / 1e6:,.1f} M | {rate / floor:.2f} |")
+        count, write_s = _time_writes(spark, args, paths, codecs)
+        read_s, delivered = _time_reads(paths, args.repeat)
+        _report(argv, args, count, delivered, write_s, read_s, paths)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

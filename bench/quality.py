@@ -19,48 +19,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import functools
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.quality_plan import ML_ARCHS, MOVIELENS, PLANS, START, Plan, matched_model
 from schemas.contracts import TASKS
 from schemas.errors import LongseqError
-
-START = dt.date(2026, 1, 1)
-ML_ARCHS = ("none", "mean", "din", "stca")  # the Transformer is quadratic in MovieLens' full 2,391-event histories
-# MovieLens latest-small beside the repository (../shared/data), unless --movielens says where
-MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-latest-small" / "ratings.csv"
-
-
-@dataclass(frozen=True)
-class Plan:
-    users: int
-    days: int
-    train_days: int  # the days before the last one that training reads
-    seeds: tuple[int, ...]
-    lengths: tuple[int, ...]
-    steps: int  # training steps per run
-    batch: int = 32
-    preset: str = "tiny"
-    baseline_len: int = 2_000
-    archs: tuple[str, ...] = ("none", "mean", "din", "transformer", "stca")
-    matched: tuple[str, ...] = ("none", "mean", "din", "transformer")  # also run at STCA's dense parameter count
-    # (arch, steps): also train longer. DIN's 1,000 steps take about STCA's 400-step time at 2k
-    # (compute matched); STCA's show whether its lead at equal steps holds with more training.
-    more_steps: tuple[tuple[str, int], ...] = (("din", 1_000), ("stca", 1_000))
-    ml_lengths: tuple[int, ...] = (50, 200, 1_000)  # below the full history (at most 2,391 ratings a user)
-    serving: tuple[int, ...] = (2_000, 4_000, 10_000)
-
-
-PLANS = {
-    "quick": Plan(users=150, days=10, train_days=3, seeds=(0,), lengths=(500, 2_000, 10_000), steps=150,
-                  archs=("none", "mean", "din", "stca"), matched=("mean", "din"),
-                  more_steps=(("din", 350),), ml_lengths=(50,)),
-    "full": Plan(users=400, days=12, train_days=4, seeds=(0, 1, 2), lengths=(500, 1_000, 2_000, 5_000, 10_000), steps=400),
-}
 
 
 @dataclass
@@ -76,58 +42,22 @@ class Results:
         self.path.write_text(json.dumps(self.runs, indent=2))
 
 
-@functools.lru_cache(maxsize=None)  # the report and the plan ask for the same counts many times
-def dense_parameters(preset: str, arch: str, ffn_mult: int | None = None) -> int:
-    """Parameters outside the embedding tables (which every arch shares) of a preset's model."""
-    from trainer.model import PRESETS, RankingModel, num_parameters
-
-    base = PRESETS[preset]
-    cfg = dataclasses.replace(base, arch=arch, ffn_mult=ffn_mult or base.ffn_mult)
-    model = RankingModel(cfg)
-    return num_parameters(model) - num_parameters(model.embed)
-
-
-def matched_ffn_mult(preset: str, arch: str) -> int:
-    """The feed-forward multiplier that brings `arch` closest to STCA's dense parameter count."""
-    target = dense_parameters(preset, "stca")
-    return min(range(1, 33), key=lambda m: abs(dense_parameters(preset, arch, m) - target))
-
-
-def matched_model(preset: str, arch: str) -> dict:
-    """The model overrides of `arch` widened to about STCA's dense parameter count."""
-    return {"arch": arch, "ffn_mult": matched_ffn_mult(preset, arch)}
-
-
 def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
-    from etl.build import BuildConfig, build
-    from etl.generate import PROFILES, generate
-    from etl.layout import BuildLayout
-    from etl.polars_build import PolarsEngine
-    from etl.publish import publish
+    from cli.pipeline import prepare_generated as prepare
+    from sources.generate import PROFILES
 
-    raw, out = work / "gen" / "raw", work / "gen" / "out"
-    end = START + dt.timedelta(days=plan.days - 1)
-    if not Path(BuildLayout(str(out)).manifest(end)).exists():
-        generate(raw, PROFILES["default"].with_sizes(plan.users, plan.days), seed=0, start=START, progress=lambda m: None)
-        build(PolarsEngine(), BuildConfig(str(raw), str(out), START, end, 10_000), log=lambda m: None)
-        publish(str(out), START, end, override_reason="quality benchmark: generated data", log=lambda m: None)
-    return out, end
+    sample = prepare(work / "gen", PROFILES["default"].with_sizes(plan.users, plan.days), seed=0, start=START, reuse=True,
+                     override_reason="quality benchmark: generated data")
+    return sample.data, sample.end
 
 
 def prepare_movielens(work: Path, ratings: Path, days: int = 30) -> tuple[Path, dt.date]:
-    from etl.build import BuildConfig, build
-    from etl.layout import BuildLayout
-    from etl.movielens import MovieLensMapping, adapt_movielens
-    from etl.polars_build import PolarsEngine
-    from etl.publish import publish
+    from cli.pipeline import prepare_movielens as prepare
+    from sources.movielens import MovieLensMapping
 
-    raw, out = work / "ml" / "raw", work / "ml" / "out"
-    end = START + dt.timedelta(days=days - 1)
-    if not Path(BuildLayout(str(out)).manifest(end)).exists():
-        adapt_movielens(ratings, raw, mapping=MovieLensMapping(days=days, start=START), progress=lambda m: None)
-        build(PolarsEngine(), BuildConfig(str(raw), str(out), START, end, 10_000), log=lambda m: None)
-        publish(str(out), START, end, override_reason="quality benchmark: MovieLens", log=lambda m: None)
-    return out, end
+    sample = prepare(work / "ml", ratings, MovieLensMapping(days=days, start=START), reuse=True,
+                     override_reason="quality benchmark: MovieLens")
+    return sample.data, sample.end
 
 
 def run(results: Results, name: str, data: Path, end: dt.date, train_days: int, cfg, serve: tuple[int | None, ...],
@@ -159,14 +89,6 @@ def _config(plan: Plan, seed: int, **kw):
                 checkpoint_every=10**9, log_every=10**9, lr=3e-3)
     model = kw.pop("model", {})
     return TrainConfig(**{**base, **kw}, model=model)
-
-
-def mean_auc(entry: dict, L) -> float:
-    return statistics.mean(entry["eval"][str(L)]["tasks"][t]["auc"] for t in TASKS)
-
-
-def mean_gauc(entry: dict, L) -> float:
-    return statistics.mean(entry["eval"][str(L)]["tasks"][t]["gauc"] for t in TASKS)
 
 
 def main(argv: list[str]) -> int:

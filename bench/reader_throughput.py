@@ -22,8 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from sources import SAMPLE_START
+
 PROFILE = "bench-1m"
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 MAX_LENS = (2_000, 10_000)
 
 # name -> (engine, ReaderConfig overrides); "floor" and "baseline" are special
@@ -55,11 +57,8 @@ DESCRIPTIONS = {
 
 def prepare(work: Path, log=print) -> dict[int, Path]:
     """Generate, build and publish the benchmark data unless it is there already."""
-    from etl.build import BuildConfig, build
-    from etl.generate import PROFILES, generate
-    from etl.layout import BuildLayout, LocalStorage
-    from etl.polars_build import PolarsEngine
-    from etl.publish import publish
+    from cli.pipeline import build_and_publish, is_published
+    from sources.generate import PROFILES, generate
 
     profile = PROFILES[PROFILE]
     end = START + dt.timedelta(days=profile.days - 1)
@@ -70,11 +69,9 @@ def prepare(work: Path, log=print) -> dict[int, Path]:
     outs = {}
     for max_len in MAX_LENS:
         out = work / f"out{max_len}"
-        if not BuildLayout(str(out)).is_built(LocalStorage(), end):
-            log(f"building max_len {max_len} into {out}")
-            build(PolarsEngine(), BuildConfig(str(raw), str(out), START, end, max_len), log=lambda m: None)
-        if not Path(BuildLayout(str(out)).manifest(end)).exists():
-            publish(str(out), START, end, override_reason="benchmark: generated data", log=lambda m: None)
+        if not is_published(out, end):
+            log(f"building and publishing max_len {max_len} into {out}")
+            build_and_publish(raw, out, START, end, max_len=max_len, override_reason="benchmark: generated data")
         outs[max_len] = out
     return outs
 
@@ -107,7 +104,7 @@ def _floor(urls: list[str]) -> tuple[int, int]:
 
 def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
     """One setting over the days, in this process."""
-    from etl.publish import published_files
+    from dataset.published import published_files
     from features.lengths import LengthSampler
     from trainer.reader import ReaderConfig, open_reader
 
@@ -142,7 +139,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one setting, JSON out
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    from etl.generate import PROFILES
+    from sources.generate import PROFILES
 
     end = START + dt.timedelta(days=PROFILES[PROFILE].days - 1)
     start = end - dt.timedelta(days=args.days - 1)

@@ -1,6 +1,6 @@
 """Parquet write options for request records: time and size of one day's records.
 
-    longseq bench write-options --records OUT/requests/ds=YYYY-MM-DD [--master local[2]]
+    longseq bench write-options --records DATA/requests/ds=YYYY-MM-DD [--master local[2]]
 
 Reads the day's records and writes them back with each option set (best of 2), so the
 options are compared on the same data in one run.
@@ -28,7 +28,7 @@ OPTION_SETS = {
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="longseq bench write-options", description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=Path, required=True, help="one built day: OUT/requests/ds=YYYY-MM-DD")
+    ap.add_argument("--records", type=Path, required=True, help="one built day: DATA/requests/ds=YYYY-MM-DD")
     ap.add_argument("--master", default="local[2]")
     args = ap.parse_args(argv)
     spark = spark_session(SparkConfig(master=args.master, app_name="longseq-bench-write-options"))

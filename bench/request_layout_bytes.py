@@ -20,13 +20,14 @@ import tempfile
 from pathlib import Path
 
 from etl.build import BuildConfig, build
-from etl.generate import PROFILES, generate
 from etl.spark_build import SparkEngine
 from etl.spark_session import SparkConfig, spark_session
 from schemas.contracts import REQUEST_RECORD
 from schemas.types import ListOf
+from sources import SAMPLE_START
+from sources.generate import PROFILES, generate
 
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 
 
 def _width(dtype) -> int:

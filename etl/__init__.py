@@ -1,1 +1,1 @@
-"""Spark jobs and their entry points, the polars engine, the log generator, adapters, validation, publishing."""
+"""Builds: the batch engines (Spark, polars), quarantine rules, the commit protocol, validation and publishing."""

@@ -1,8 +1,8 @@
 """`longseq build`: raw logs -> request records, one day at a time, from the history state.
 
 The build of day D reads D's raw partition and the user state after D-1, and writes D's
-request records, quarantine and the state after D (etl/layout.py has the layout and the
-commit protocol). A range is built day by day, so its cost per day does not grow with
+request records, quarantine and the state after D (dataset/layout.py has the layout, etl/commit.py
+the commit protocol). A range is built day by day, so its cost per day does not grow with
 the number of days built. The engines (Spark, polars) implement `Engine.build_day`; this
 module checks prerequisites, commits atomically and writes the report.
 """
@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from etl.layout import KINDS, BuildLayout, Storage, absolute, commit_day, new_token
-from etl.raw_logs import check_raw_partitions, partition_path
+from dataset.layout import KINDS, BuildLayout, day_range, partition_path
+from dataset.raw import check_raw_partitions
+from dataset.storage import Storage, absolute
+from etl.commit import commit_day, new_token
 from schemas.contracts import DEFAULT_MAX_LEN
 from schemas.errors import LongseqError, MissingPrerequisiteError
 
@@ -72,14 +74,11 @@ class BuildConfig:
     catch_up: bool = False  # build the missing days before `start` first
 
     def days(self) -> list[dt.date]:
-        end = self.end or self.start
-        return [self.start + dt.timedelta(days=i) for i in range((end - self.start).days + 1)]
+        return day_range(self.start, self.end)
 
 
 def plan_days(storage: Storage, layout: BuildLayout, config: BuildConfig, log: Callable[[str], None]) -> list[dt.date]:
     """The days to build, after checking that the state chain reaches the first one."""
-    if config.end is not None and config.end < config.start:
-        raise LongseqError(f"--end {config.end} is before --start {config.start}")
     days = config.days()
     prev = days[0] - dt.timedelta(days=1)
     if layout.is_built(storage, prev):
@@ -108,7 +107,7 @@ def _check_max_len(storage: Storage, layout: BuildLayout, prev: dt.date, max_len
     if before < max_len:
         raise LongseqError(
             f"{prev} was built with --max-len {before}; its state cannot give histories of {max_len}. "
-            f"Rebuild from the first day with --max-len {max_len} into a new --out"
+            f"Rebuild from the first day with --max-len {max_len} into a new --data directory"
         )
 
 
@@ -166,6 +165,25 @@ def build(engine: Engine, config: BuildConfig, log: Callable[[str], None] = prin
         log(_summary(day, report))
         reports.append(report)
     return reports
+
+
+def summarize_build(reports: list[dict]) -> str:
+    """What a build run did over all its days, in a few lines."""
+    rows = sum(r["rows_read"] for r in reports)
+    quarantined: dict[str, int] = {}
+    for r in reports:
+        for k, v in r["quarantined"].items():
+            quarantined[k] = quarantined.get(k, 0) + v
+    last = reports[-1]["history_length"]
+    return "\n".join([
+        f"build: {rows:,} rows -> {sum(r['requests'] for r in reports):,} request records, "
+        f"{sum(r['targets'] for r in reports):,} targets",
+        f"  quarantined {sum(quarantined.values()):,}: " + ", ".join(f"{k} {v}" for k, v in sorted(quarantined.items()) if v),
+        f"  duplicates removed {sum(r['duplicates'] for r in reports):,}; requests with no valid impression "
+        f"{sum(r['requests_without_valid_impressions'] for r in reports):,}",
+        f"  history length on the last day: p50 {last['p50']:,.0f}  p90 {last['p90']:,.0f}  p99 {last['p99']:,.0f}  "
+        f"max {last['max']:,.0f}",
+    ])
 
 
 def length_summary(histogram: dict[int, int]) -> dict[str, float]:

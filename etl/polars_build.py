@@ -28,8 +28,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataset.layout import ROW_GROUP_BYTES
+from dataset.storage import LocalStorage
 from etl.build import DayCounts, length_summary
-from etl.layout import ROW_GROUP_BYTES, LocalStorage
 from etl.row_rules import DEDUP_ORDER, REASONS, polars_ops, reason_expr
 from features.actions import encode_actions
 from schemas.check import check_arrow_schema

@@ -1,6 +1,6 @@
 """`longseq publish`: make validated days readable by the trainer, one atomic manifest a day.
 
-    OUT/published/ds=YYYY-MM-DD/manifest.json
+    DATA/published/ds=YYYY-MM-DD/manifest.json   (read by dataset/published.py)
 
 Publishing copies nothing. The build already wrote the records in the layout Petastorm's
 `make_batch_reader` reads (plain Parquet, list columns, row groups of about 32 MB decoded); the
@@ -10,45 +10,21 @@ came from. It is written last, by a rename, so a reader sees a day whole or not 
 
 Publishing refuses a day whose validation did not pass or is older than the day's build
 (etl.validation.require_publishable; an operator may override with a recorded reason).
-Rebuilding a day deletes its manifest (etl.layout.commit_day): it must be validated and
-published again. Readers ask for a date range (`published_files`), and every day in it
-must be published, its files as the manifest says.
+Rebuilding a day deletes its manifest (etl.commit.commit_day): it must be validated and
+published again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
 from typing import Callable
 
-from etl.layout import BuildLayout, Storage, absolute, is_local, storage_for
+from dataset.layout import BuildLayout, day_range
+from dataset.published import PublishedDataError
+from dataset.storage import Storage, absolute, is_local, storage_for
 from schemas.contracts import REQUEST_RECORD, SUCCESS_MARKER
-from schemas.errors import LongseqError, MissingPrerequisiteError
-
-
-class PublishedDataError(LongseqError):
-    """Published records that are missing or differ from their manifest."""
-
-
-@dataclass(frozen=True)
-class PublishedFile:
-    url: str  # what readers open: file:///abs/path or the cluster URI
-    ds: str
-    bytes: int
-    rows: int
-    row_groups: int
-
-
-def _days(start: dt.date, end: dt.date | None) -> list[dt.date]:
-    end = end or start
-    if end < start:
-        raise LongseqError(f"--end {end} is before --start {start}")
-    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-
-
-def _file_url(path: str) -> str:
-    return f"file://{path}" if is_local(path) else path
+from schemas.errors import MissingPrerequisiteError
 
 
 def _footer(path: str) -> tuple[int, int, object]:
@@ -111,7 +87,7 @@ def publish(out: str, start: dt.date, end: dt.date | None = None, override_reaso
             log: Callable[[str], None] = print) -> list[dict]:
     """Publish each day of [start, end]; stops at the first day that may not be published."""
     manifests = []
-    for day in _days(start, end):
+    for day in day_range(start, end):
         m = publish_day(out, day, override_reason)
         how = " (validation overridden)" if m["validation"] == "override" else ""
         log(f"published ds={day}: {m['rows']:,} requests in {len(m['files'])} file(s), "
@@ -120,39 +96,3 @@ def publish(out: str, start: dt.date, end: dt.date | None = None, override_reaso
     return manifests
 
 
-def published_days(data: str, storage: Storage | None = None) -> list[dt.date]:
-    """Every published day of a build's output directory, oldest first."""
-    data = absolute(data).rstrip("/")
-    storage = storage or storage_for(data, arrow=True)
-    layout = BuildLayout(data)
-    days = [dt.date.fromisoformat(n.split("=", 1)[1]) for n in storage.list_names(f"{data}/published") if n.startswith("ds=")]
-    return sorted(d for d in days if storage.exists(layout.manifest(d)))
-
-
-def published_files(data: str, start: dt.date, end: dt.date | None = None, storage: Storage | None = None) -> list[PublishedFile]:
-    """The files of the published days in [start, end], oldest day first, each checked to be
-    there with the size its manifest recorded. Any unpublished day is an error."""
-    data = absolute(data).rstrip("/")
-    storage = storage or storage_for(data, arrow=True)
-    layout = BuildLayout(data)
-    days = _days(start, end)
-    missing = [d for d in days if not storage.exists(layout.manifest(d))]
-    if missing:
-        shown = ", ".join(str(d) for d in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise MissingPrerequisiteError(
-            f"{len(missing)} day(s) of {start}..{end or start} are not published in {data}: {shown}. "
-            f"Validate and publish them (`longseq publish --data {data} --start ...`)")
-    files = []
-    for day in days:
-        manifest = json.loads(storage.read_text(layout.manifest(day)))
-        for f in manifest["files"]:
-            path = f"{layout.dir('requests', day)}/{f['name']}"
-            if not storage.exists(path):
-                raise PublishedDataError(f"published file {path} is missing; rebuild, validate and publish ds={day} again")
-            size = storage.size(path)
-            if size != f["bytes"]:
-                raise PublishedDataError(
-                    f"published file {path} has {size:,} bytes, its manifest says {f['bytes']:,}: it changed or is "
-                    f"truncated; rebuild, validate and publish ds={day} again")
-            files.append(PublishedFile(_file_url(path), day.isoformat(), size, f["rows"], f["row_groups"]))
-    return files

@@ -36,8 +36,9 @@ from pyspark.sql import functions as F
 from py4j.protocol import Py4JJavaError
 from pyspark.sql.utils import AnalysisException
 
+from dataset.layout import ROW_GROUP_BYTES
+from dataset.storage import RoutingStorage, Storage
 from etl.build import DayCounts, length_summary
-from etl.layout import ROW_GROUP_BYTES, RoutingStorage, Storage
 from etl.row_rules import DEDUP_ORDER, REASONS, reason_expr, spark_ops
 from features.actions import encode_actions
 from schemas.check import check_spark_schema

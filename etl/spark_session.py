@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from etl.config_file import load_mapping
 from schemas.errors import LongseqError, MissingPrerequisiteError
+from schemas.settings_file import load_mapping
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession

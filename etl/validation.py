@@ -6,7 +6,7 @@ expectations do not work on Spark array columns, so each suite runs on scalar co
 derived in Spark (list sizes, alignment and sortedness flags, the newest history time)
 and, for label rates, on one row per target.
 
-    validate(spark, out, day, "requests")  ->  OUT/validation/ds=D/requests.json (+ Data Docs HTML)
+    validate(spark, out, day, "requests")  ->  DATA/validation/ds=D/requests.json (+ Data Docs HTML)
 
 A ds is publishable only when its requests validation passed (`require_publishable`);
 an operator can override a failure with a reason, which is recorded.
@@ -14,6 +14,7 @@ an operator can override a failure with a reason, which is recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 import getpass
@@ -24,13 +25,14 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from etl.layout import BuildLayout, LocalStorage, RoutingStorage, Storage, absolute, ds_name, is_local
-from etl.raw_logs import check_raw_partitions, partition_path
+from dataset.layout import BuildLayout, ds_name, partition_path
+from dataset.raw import check_raw_partitions
+from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
 from schemas.contracts import (
     DAY_MS, DEFAULT_MAX_LEN, HIST_PREFIX, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TASKS, TGT_PREFIX, day_start_ms,
 )
-from schemas.forms import to_spark
 from schemas.errors import LongseqError, MissingPrerequisiteError
+from schemas.forms import to_spark
 
 SUITES = ("requests", "raw")
 HIST_COLUMNS = [f.name for f in REQUEST_RECORD if f.name.startswith(HIST_PREFIX)]
@@ -45,7 +47,7 @@ class ValidationFailed(LongseqError):
 class ValidationConfig:
     """Bands and severities. Checks whose name matches a `warn_only` pattern only warn."""
 
-    max_len: int = DEFAULT_MAX_LEN
+    max_len: int | None = None  # history length bound; default: the max_len in the day's build report
     raw_mostly: float = 0.99  # raw row rules: a few bad rows are quarantined by the build; more is an incident
     lateness_ms: int = 2 * DAY_MS  # how long after its day an impression's outcome may still be logged
     label_rates: dict[str, tuple[float, float]] = field(
@@ -59,7 +61,7 @@ class ValidationConfig:
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> "ValidationConfig":
         """YAML/JSON with any of the fields above, e.g. `label_rates: {like: [0.01, 0.2]}`."""
-        from etl.config_file import load_mapping
+        from schemas.settings_file import load_mapping
 
         data = load_mapping(path, set(cls.__dataclass_fields__), "validation config")
         rates = data.pop("label_rates", {}) or {}
@@ -129,11 +131,12 @@ def request_checks(cfg: ValidationConfig) -> list[Check]:
     import great_expectations.expectations as gxe
 
     in_set = lambda column: gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True])  # noqa: E731
-    median_band = cfg.history_length_median or (0.0, float(cfg.max_len))
+    max_len = cfg.max_len or DEFAULT_MAX_LEN
+    median_band = cfg.history_length_median or (0.0, float(max_len))
     checks = [
         Check("request_id_unique", "records", gxe.ExpectColumnValuesToBeUnique(column="request_id")),
         Check("history_within_max_len", "records",
-              gxe.ExpectColumnValuesToBeBetween(column="hist_len", min_value=0, max_value=cfg.max_len)),
+              gxe.ExpectColumnValuesToBeBetween(column="hist_len", min_value=0, max_value=max_len)),
         Check("history_lists_aligned", "records", in_set("hist_aligned")),
         Check("target_lists_aligned", "records", in_set("tgt_aligned")),
         Check("has_targets", "records", gxe.ExpectColumnValuesToBeBetween(column="n_targets", min_value=1)),
@@ -244,6 +247,39 @@ def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfi
     return {"suite": suite, "passed": passed, "checks": rows, "gx_results": raw_results}
 
 
+def load_request_frames(spark: Any, storage: Storage, out: str, day: dt.date, cfg: ValidationConfig,
+                        sample: float | None) -> tuple[dict[str, Any], list[Check], str | None]:
+    """The derived frames and checks of a built day's request records, and the build they
+    came from. The history bound is the one the day was built with, unless cfg sets one."""
+    layout = BuildLayout(out.rstrip("/"))
+    path = layout.dir("requests", day)
+    if not storage.exists(layout.report(day)) or not storage.exists(f"{path}/{SUCCESS_MARKER}"):
+        raise MissingPrerequisiteError(f"no built request records at {path}: run `longseq build` for {day} first")
+    if cfg.max_len is None:
+        built_with = json.loads(storage.read_text(layout.report(day))).get("max_len")
+        cfg = dataclasses.replace(cfg, max_len=built_with)
+    data = spark.read.parquet(path)
+    if sample:
+        data = data.sample(fraction=sample, seed=0)
+    return request_frames(data), request_checks(cfg), layout.build_digest(storage, day)
+
+
+def load_raw_frames(spark: Any, storage: Storage, raw: str | None, day: dt.date, cfg: ValidationConfig,
+                    sample: float | None) -> tuple[dict[str, Any], list[Check], None]:
+    """The derived frame and checks of a raw partition."""
+    if raw is None:
+        raise LongseqError("--suite raw needs --raw DIR")
+    check_raw_partitions(storage, raw.rstrip("/"), [day])
+    part = partition_path(raw, day)
+    if any(n.endswith(".parquet") for n in storage.list_names(part)):
+        data = spark.read.parquet(part)
+    else:  # a complete day without impressions
+        data = spark.createDataFrame([], to_spark(RAW_LOG))
+    if sample:
+        data = data.sample(fraction=sample, seed=0)
+    return {"raw": raw_frame(data)}, raw_checks(cfg, day), None
+
+
 def validate(
     spark: Any,
     out: str,
@@ -254,7 +290,7 @@ def validate(
     sample: float | None = None,
     storage: Storage | None = None,
 ) -> dict:
-    """Validate one ds, write OUT/validation/ds=D/<suite>.json and Data Docs; return the outcome."""
+    """Validate one ds, write DATA/validation/ds=D/<suite>.json and Data Docs; return the outcome."""
     cfg = cfg or ValidationConfig()
     storage = storage or RoutingStorage(spark)
     out, raw = absolute(out), absolute(raw) if raw else None
@@ -263,28 +299,9 @@ def validate(
     if sample is not None and not 0 < sample <= 1:
         raise LongseqError(f"--sample must be a fraction in (0, 1], got {sample}")
     if suite == "requests":
-        layout = BuildLayout(out.rstrip("/"))
-        path = layout.dir("requests", day)
-        if not storage.exists(layout.report(day)) or not storage.exists(f"{path}/{SUCCESS_MARKER}"):
-            raise MissingPrerequisiteError(f"no built request records at {path}: run `longseq build` for {day} first")
-        data = spark.read.parquet(path)
-        if sample:
-            data = data.sample(fraction=sample, seed=0)
-        frames, checks = request_frames(data), request_checks(cfg)
-        build_digest = layout.build_digest(storage, day)
+        frames, checks, build_digest = load_request_frames(spark, storage, out, day, cfg, sample)
     else:
-        if raw is None:
-            raise LongseqError("--suite raw needs --raw DIR")
-        check_raw_partitions(storage, raw.rstrip("/"), [day])
-        part = partition_path(raw, day)
-        if any(n.endswith(".parquet") for n in storage.list_names(part)):
-            data = spark.read.parquet(part)
-        else:  # a complete day without impressions
-            data = spark.createDataFrame([], to_spark(RAW_LOG))
-        if sample:
-            data = data.sample(fraction=sample, seed=0)
-        frames, checks = {"raw": raw_frame(data)}, raw_checks(cfg, day)
-        build_digest = None
+        frames, checks, build_digest = load_raw_frames(spark, storage, raw, day, cfg, sample)
     frames = {name: frame.cache() for name, frame in frames.items()}
     target = validation_dir(out, day)
     # GX writes Data Docs with local file I/O and wants an absolute path; for a cluster
@@ -320,20 +337,20 @@ def require_publishable(out: str, day: dt.date, override_reason: str | None = No
     the day holds now (a rebuild after validating needs a new validation).
 
     With an override reason, a failed or missing validation is let through and the
-    reason, who and when are recorded in OUT/validation/ds=D/override.json.
+    reason, who and when are recorded in DATA/validation/ds=D/override.json.
     """
     storage = storage or LocalStorage()
     path = f"{validation_dir(out, day)}/requests.json"
     problem = None
     if not storage.exists(path):
-        problem = f"ds={day} has not been validated: run `longseq validate --data {out} --ds {day}` first"
+        problem = f"ds={day} has not been validated: run `longseq validate --data {out} --start {day}` first"
     else:
         outcome = json.loads(storage.read_text(path))
         if not outcome["passed"]:
             failed = [r["check"] for r in outcome["checks"] if r["critical"] and not r["success"]]
             problem = f"ds={day} failed validation ({', '.join(failed)}); see {outcome['docs']}"
         elif outcome.get("build_digest") != BuildLayout(out.rstrip("/")).build_digest(storage, day):
-            problem = f"ds={day} was rebuilt after it was validated: run `longseq validate --data {out} --ds {day}` again"
+            problem = f"ds={day} was rebuilt after it was validated: run `longseq validate --data {out} --start {day}` again"
     if problem is None:
         return
     if not override_reason or not override_reason.strip():

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from schemas.contracts import DEFAULT_MAX_LEN
+
 
 @dataclass(frozen=True)
 class LengthSampler:
     min_len: int = 256
-    max_len: int = 10_000
+    max_len: int = DEFAULT_MAX_LEN  # the longest history a request record holds
     alpha: float = 0.1
     beta: float = 0.45  # mean = min + alpha/(alpha+beta) * (max-min), about 2k with these defaults
     multiple: int = 8

@@ -1,18 +1,30 @@
-"""Shared fixtures: one real local Spark session per test run, and small generated data."""
+"""Shared fixtures: one real local Spark session per test run, and small generated data.
+
+Tiers (markers, pyproject.toml): `make test-fast` deselects spark (a JVM), airflow and
+subprocess (a child process: the console script, torchrun, spark-submit, make). A test
+that takes the `spark` fixture is marked spark here, so it cannot slip into the fast tier.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import warnings
 from pathlib import Path
 
 import pytest
 
+from sources import SAMPLE_START
+
 os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +41,7 @@ def spark():
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> Path:
     """Two days of the tiny profile, 5% dirty: a few thousand rows."""
-    from etl.generate import PROFILES, generate
+    from sources.generate import PROFILES, generate
 
     out = tmp_path_factory.mktemp("tiny_raw")
     generate(out, PROFILES["tiny"], seed=7, start=START, dirty=0.05)

@@ -134,39 +134,34 @@ def _action(e: dict) -> int:
     return e["finish"] * 1 + e["skip"] * 2 + e["like"] * 4 + e["comment"] * 8
 
 
-def build_reference(raw: str | Path, days: list[dt.date], max_len: int) -> Reference:
-    if max_len < 1:
-        raise ValueError("max_len must be at least 1")
-    per_day: dict[dt.date, DayExpectation] = {}
-    kept: list[dict] = []
-    kept_day: list[dt.date] = []
+def _validate_and_dedupe(rows: list[dict], day: dt.date, exp: DayExpectation) -> list[dict]:
+    """The kept events of one ds partition; counts quarantined rows and duplicates in exp."""
+    valid = []
+    for row in rows:
+        reason = reason_of(row, day)
+        if reason is None:
+            valid.append(row)
+        else:
+            exp.quarantined[reason] += 1
+            exp.quarantine_rows.append({**row, "reason": reason})
+    by_event: dict[str, list[dict]] = defaultdict(list)
+    for row in valid:
+        by_event[row["event_id"]].append(row)
+    kept = []
+    for copies in by_event.values():
+        best = copies[0]
+        for c in copies[1:]:
+            if tuple(c[k] for k in DEDUP_ORDER) < tuple(best[k] for k in DEDUP_ORDER):
+                best = c
+        kept.append(best)
+        exp.duplicates += len(copies) - 1
+    return kept
 
-    for day in days:
-        exp = DayExpectation()
-        per_day[day] = exp
-        rows = read_partition(raw, day)
-        exp.rows = len(rows)
-        valid = []
-        for row in rows:
-            reason = reason_of(row, day)
-            if reason is None:
-                valid.append(row)
-            else:
-                exp.quarantined[reason] += 1
-                exp.quarantine_rows.append({**row, "reason": reason})
-        by_event: dict[str, list[dict]] = defaultdict(list)
-        for row in valid:
-            by_event[row["event_id"]].append(row)
-        for event_id, copies in by_event.items():
-            best = copies[0]
-            for c in copies[1:]:
-                if tuple(c[k] for k in DEDUP_ORDER) < tuple(best[k] for k in DEDUP_ORDER):
-                    best = c
-            kept.append(best)
-            kept_day.append(day)
-            exp.duplicates += len(copies) - 1
 
-    # requests: the kept rows of one request_id within one ds partition
+def _group_requests(
+    kept: list[dict], kept_day: list[dt.date]
+) -> tuple[dict[str, list[dict]], dict[str, dt.date]]:
+    """requests: the kept rows of one request_id within one ds partition, and its ds."""
     requests: dict[str, list[dict]] = defaultdict(list)
     request_day: dict[str, dt.date] = {}
     for e, day in zip(kept, kept_day):
@@ -175,50 +170,83 @@ def build_reference(raw: str | Path, days: list[dt.date], max_len: int) -> Refer
             raise AssertionError(f"request {rid} has valid impressions in two partitions: undefined here")
         request_day[rid] = day
         requests[rid].append(e)
+    return requests, request_day
 
-    records: dict[str, dict] = {}
-    for rid, impressions in requests.items():
-        users = {e["user_id"] for e in impressions}
-        times = {e["request_ts"] for e in impressions}
-        if len(users) != 1 or len(times) != 1:
-            raise AssertionError(f"request {rid} has impressions of several users or times: undefined here")
-        user, request_ts = users.pop(), times.pop()
 
-        history = [e for e in kept if e["user_id"] == user and e["event_ts"] < request_ts]
-        history.sort(key=lambda e: (e["event_ts"], e["event_id"]))
-        if len(history) > max_len:
-            history = history[len(history) - max_len:]
+def _history(kept: list[dict], user: int, request_ts: int, max_len: int) -> list[dict]:
+    """The user's kept events before request_ts, oldest first, the last max_len of them."""
+    history = [e for e in kept if e["user_id"] == user and e["event_ts"] < request_ts]
+    history.sort(key=lambda e: (e["event_ts"], e["event_id"]))
+    if len(history) > max_len:
+        history = history[len(history) - max_len:]
+    return history
 
-        targets = sorted(impressions, key=lambda e: (e["position"], e["event_id"]))
 
-        rec = {
-            "request_id": rid,
-            "user_id": user,
-            "request_ts": request_ts,
-            "hist_item_id": [e["item_id"] for e in history],
-            "hist_author_id": [e["author_id"] for e in history],
-            "hist_event_ts": [e["event_ts"] for e in history],
-            "hist_action": [_action(e) for e in history],
-            "tgt_item_id": [e["item_id"] for e in targets],
-            "tgt_author_id": [e["author_id"] for e in targets],
-            **{f"tgt_{t}": [e[t] for e in targets] for t in LABELS},
-        }
-        if sorted(rec) != sorted(REQUEST_RECORD.names):
-            raise AssertionError(f"reference record columns {sorted(rec)} != contract {sorted(REQUEST_RECORD.names)}")
-        records[rid] = rec
+def _record(rid: str, impressions: list[dict], kept: list[dict], max_len: int) -> dict:
+    """The request record of one request: its history and its targets."""
+    users = {e["user_id"] for e in impressions}
+    times = {e["request_ts"] for e in impressions}
+    if len(users) != 1 or len(times) != 1:
+        raise AssertionError(f"request {rid} has impressions of several users or times: undefined here")
+    user, request_ts = users.pop(), times.pop()
+    history = _history(kept, user, request_ts, max_len)
+    targets = sorted(impressions, key=lambda e: (e["position"], e["event_id"]))
+    rec = {
+        "request_id": rid,
+        "user_id": user,
+        "request_ts": request_ts,
+        "hist_item_id": [e["item_id"] for e in history],
+        "hist_author_id": [e["author_id"] for e in history],
+        "hist_event_ts": [e["event_ts"] for e in history],
+        "hist_action": [_action(e) for e in history],
+        "tgt_item_id": [e["item_id"] for e in targets],
+        "tgt_author_id": [e["author_id"] for e in targets],
+        **{f"tgt_{t}": [e[t] for e in targets] for t in LABELS},
+    }
+    if sorted(rec) != sorted(REQUEST_RECORD.names):
+        raise AssertionError(f"reference record columns {sorted(rec)} != contract {sorted(REQUEST_RECORD.names)}")
+    return rec
 
+
+def _fill_day_totals(
+    day: dt.date,
+    exp: DayExpectation,
+    records: dict[str, dict],
+    request_day: dict[str, dt.date],
+    kept: list[dict],
+    kept_day: list[dt.date],
+) -> None:
+    """The day's request counts and state (users with events so far); checks the accounting."""
+    ids = sorted(rid for rid, d in request_day.items() if d == day)
+    exp.request_ids = ids
+    exp.requests = len(ids)
+    exp.targets = sum(len(records[rid]["tgt_item_id"]) for rid in ids)
+    for rid in ids:
+        n = len(records[rid]["hist_item_id"])
+        exp.history_lengths[n] = exp.history_lengths.get(n, 0) + 1
+    quarantined_requests = {r["request_id"] for r in exp.quarantine_rows if r["request_id"] is not None}
+    exp.requests_without_valid_impressions = len(quarantined_requests - set(ids))
+    exp.users_with_events = len({e["user_id"] for e, d in zip(kept, kept_day) if d <= day})
+    if exp.rows != exp.targets + exp.quarantined_total + exp.duplicates:
+        raise AssertionError(f"reference accounting does not balance on {day}")
+
+
+def build_reference(raw: str | Path, days: list[dt.date], max_len: int) -> Reference:
+    if max_len < 1:
+        raise ValueError("max_len must be at least 1")
+    per_day: dict[dt.date, DayExpectation] = {}
+    kept: list[dict] = []
+    kept_day: list[dt.date] = []
+    for day in days:
+        exp = per_day[day] = DayExpectation()
+        rows = read_partition(raw, day)
+        exp.rows = len(rows)
+        day_kept = _validate_and_dedupe(rows, day, exp)
+        kept.extend(day_kept)
+        kept_day.extend([day] * len(day_kept))
+
+    requests, request_day = _group_requests(kept, kept_day)
+    records = {rid: _record(rid, impressions, kept, max_len) for rid, impressions in requests.items()}
     for day, exp in per_day.items():
-        ids = sorted(rid for rid, d in request_day.items() if d == day)
-        exp.request_ids = ids
-        exp.requests = len(ids)
-        exp.targets = sum(len(records[rid]["tgt_item_id"]) for rid in ids)
-        for rid in ids:
-            n = len(records[rid]["hist_item_id"])
-            exp.history_lengths[n] = exp.history_lengths.get(n, 0) + 1
-        quarantined_requests = {r["request_id"] for r in exp.quarantine_rows if r["request_id"] is not None}
-        exp.requests_without_valid_impressions = len(quarantined_requests - set(ids))
-        exp.users_with_events = len({e["user_id"] for e, d in zip(kept, kept_day) if d <= day})
-        if exp.rows != exp.targets + exp.quarantined_total + exp.duplicates:
-            raise AssertionError(f"reference accounting does not balance on {day}")
-
+        _fill_day_totals(day, exp, records, request_day, kept, kept_day)
     return Reference(records=records, record_day=request_day, days=per_day, kept_events=kept, max_len=max_len)

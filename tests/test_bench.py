@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.quality import PLANS, dense_parameters, matched_ffn_mult
-from trainer.model import PRESETS
+from bench.quality_plan import PLANS, dense_parameters, matched_ffn_mult
+from trainer.model_config import PRESETS
 
 
 @pytest.mark.parametrize("arch", ["none", "mean", "din", "transformer"])

@@ -16,14 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dataset.layout import BuildLayout
+from dataset.storage import LocalStorage
 from etl.build import BuildConfig, build
-from etl.generate import PROFILES, generate
-from etl.layout import BuildLayout, LocalStorage
 from schemas.contracts import RAW_LOG, SUCCESS_MARKER
 from schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
 from schemas.forms import to_arrow
+from sources import SAMPLE_START
+from sources.generate import PROFILES, generate
 
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 BIN = Path(sys.executable).parent
 DAY = lambda i: START + dt.timedelta(days=i)  # noqa: E731
 
@@ -62,8 +64,9 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- prerequisites
 
 
+@pytest.mark.subprocess
 def test_missing_partition_missing_marker_and_bad_range_are_one_line_errors(raw, tmp_path):
-    r = _cli("build", "--engine", "polars", "--raw", str(raw), "--out", str(tmp_path), "--start", "2026-02-01")
+    r = _cli("build", "--engine", "polars", "--raw", str(raw), "--data", str(tmp_path), "--start", "2026-02-01")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "raw partition" in r.stderr and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
 
@@ -71,14 +74,14 @@ def test_missing_partition_missing_marker_and_bad_range_are_one_line_errors(raw,
     (copy / "ds=2026-01-01").mkdir(parents=True)
     for f in (raw / "ds=2026-01-01").glob("*.parquet"):
         (copy / "ds=2026-01-01" / f.name).write_bytes(f.read_bytes())
-    r = _cli("build", "--engine", "polars", "--raw", str(copy), "--out", str(tmp_path / "o"), "--start", "2026-01-01")
+    r = _cli("build", "--engine", "polars", "--raw", str(copy), "--data", str(tmp_path / "o"), "--start", "2026-01-01")
     assert r.returncode == 1 and "no _SUCCESS marker" in r.stderr and "Traceback" not in r.stderr
 
-    r = _cli("build", "--engine", "polars", "--raw", str(raw), "--out", str(tmp_path / "o"), "--start", "2026-01-03",
+    r = _cli("build", "--engine", "polars", "--raw", str(raw), "--data", str(tmp_path / "o"), "--start", "2026-01-03",
              "--end", "2026-01-02")
     assert r.returncode == 1 and "before --start" in r.stderr
 
-    r = _cli("build", "--engine", "polars", "--master", "local[1]", "--raw", str(raw), "--out", str(tmp_path / "o"),
+    r = _cli("build", "--engine", "polars", "--master", "local[1]", "--raw", str(raw), "--data", str(tmp_path / "o"),
              "--start", "2026-01-01")
     assert r.returncode == 1 and "--engine spark only" in r.stderr
 
@@ -191,14 +194,15 @@ def test_rerunning_a_day_gives_the_same_bytes_polars(raw, tmp_path):
 
 
 def test_spark_config_file_and_cli_overrides(tmp_path):
-    from etl.cli import _spark_config, build_parser
+    from cli.arguments import spark_config
+    from cli.main import build_parser
     from etl.spark_session import SparkConfig
 
     f = tmp_path / "spark.yaml"
     f.write_text("master: local[1]\nshuffle_partitions: 3\nconf:\n  spark.sql.adaptive.enabled: 'false'\n")
-    args = build_parser().parse_args(["build", "--raw", "r", "--out", "o", "--start", "2026-01-01",
+    args = build_parser().parse_args(["build", "--raw", "r", "--data", "o", "--start", "2026-01-01",
                                       "--spark-config", str(f), "--conf", "spark.executor.cores=2", "--driver-memory", "3g"])
-    config = _spark_config(args)
+    config = spark_config(args)
     settings = config.settings()
     assert settings["spark.master"] == "local[1]" and settings["spark.sql.shuffle.partitions"] == "3"
     assert settings["spark.sql.adaptive.enabled"] == "false" and settings["spark.executor.cores"] == "2"
@@ -206,8 +210,8 @@ def test_spark_config_file_and_cli_overrides(tmp_path):
     f.write_text("masterr: local[1]\n")
     with pytest.raises(LongseqError, match="unknown Spark config keys"):
         SparkConfig.from_file(f)
-    args = build_parser().parse_args(["build", "--raw", "r", "--out", "o", "--start", "2026-01-01", "--from-spark-submit"])
-    assert "spark.master" not in _spark_config(args).settings()  # spark-submit decides
+    args = build_parser().parse_args(["build", "--raw", "r", "--data", "o", "--start", "2026-01-01", "--from-spark-submit"])
+    assert "spark.master" not in spark_config(args).settings()  # spark-submit decides
 
 
 @pytest.mark.spark
@@ -225,11 +229,12 @@ def test_hadoop_file_system_paths_give_the_same_records(spark, raw, tmp_path):
 
 @pytest.mark.spark
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_spark_submit_entry_point(raw, tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     r = subprocess.run(
-        [str(BIN / "spark-submit"), "--master", "local[1]", "--driver-memory", "1g", "etl/spark_job.py",
-         "--raw", str(raw), "--out", str(tmp_path), "--start", "2026-01-01", "--max-len", "20"],
+        [str(BIN / "spark-submit"), "--master", "local[1]", "--driver-memory", "1g", "cli/spark_job.py",
+         "--raw", str(raw), "--data", str(tmp_path), "--start", "2026-01-01", "--max-len", "20"],
         capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1],
     )
     assert r.returncode == 0, r.stderr[-2000:]

@@ -21,10 +21,11 @@ import pytest
 from etl.build import BuildConfig, build, length_summary
 from schemas.contracts import QUARANTINE, RAW_LOG, REQUEST_RECORD, day_start_ms
 from schemas.forms import to_arrow
+from sources import SAMPLE_START
 from tests.reference_build import Reference, build_reference
 
-D1 = dt.date(2026, 1, 1)
-D2 = dt.date(2026, 1, 2)
+D1 = SAMPLE_START
+D2 = D1 + dt.timedelta(days=1)
 NOON = day_start_ms(D1) + 12 * 3600 * 1000
 MIDNIGHT = day_start_ms(D2)  # between D1 and D2
 

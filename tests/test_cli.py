@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from etl.cli import main
-from etl.raw_logs import read_raw_partition
+from cli.main import build_parser, main
+from dataset.raw import read_raw_partition
 from schemas.contracts import RAW_LOG
+from sources import SAMPLE_START
 
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
 SUBCOMMANDS = ["generate", "adapt", "build", "validate", "publish", "train", "evaluate", "score", "demo", "bench"]
@@ -34,14 +35,15 @@ def test_help_everywhere(argv, capsys):
             assert c in out
 
 
+@pytest.mark.subprocess
 def test_generate_writes_valid_contract_1_data(tmp_path):
     """The command from the issue, through the installed console script."""
-    r = run("generate", "--out", str(tmp_path), "--users", "200", "--days", "3", "--seed", "1")
+    r = run("generate", "--raw", str(tmp_path), "--users", "200", "--days", "3", "--seed", "1")
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "Traceback" not in r.stderr
     rows = 0
     for d in range(3):
-        table = read_raw_partition(tmp_path, dt.date(2026, 1, 1) + dt.timedelta(days=d))
+        table = read_raw_partition(tmp_path, SAMPLE_START + dt.timedelta(days=d))
         assert table.schema.names == RAW_LOG.names
         rows += table.num_rows
     assert f"wrote {rows:,} rows" in r.stdout
@@ -51,12 +53,14 @@ def test_generate_writes_valid_contract_1_data(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "--out", "X", "--users", "0"], "--users: must be at least 1"),
-        (["generate", "--out", "X", "--days", "two"], "--days: not an integer"),
-        (["generate", "--out", "X", "--start", "2026-13-01"], "not a date in YYYY-MM-DD form"),
-        (["generate", "--out", "X", "--dirty", "0.9"], "must be a fraction in [0, 0.5]"),
-        (["generate", "--out", "X", "--profile", "huge"], "invalid choice: 'huge'"),
-        (["generate"], "required: --out"),
+        (["generate", "--raw", "X", "--users", "0"], "--users: must be at least 1"),
+        (["generate", "--raw", "X", "--days", "two"], "--days: not an integer"),
+        (["generate", "--raw", "X", "--start", "2026-13-01"], "not a date in YYYY-MM-DD form"),
+        (["generate", "--raw", "X", "--dirty", "0.9"], "must be a fraction in [0, 0.5]"),
+        (["generate", "--raw", "X", "--profile", "huge"], "invalid choice: 'huge'"),
+        (["generate"], "required: --raw"),
+        (["train", "--data", "D", "--start", "2026-01-01", "--run-dir", "R", "--preset", "huge"], "invalid choice: 'huge'"),
+        (["evaluate", "--data", "D", "--start", "2026-01-01", "--run-dir", "R", "--device", "gpu"], "not a device: 'gpu'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["bench", "nope"], "invalid choice: 'nope'"),
     ],
@@ -69,15 +73,125 @@ def test_bad_arguments_give_one_line_and_exit_2(args, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def _subparsers() -> dict:
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if a.dest == "command"]
+    return dict(action.choices)
+
+
+def _options(sub) -> dict:
+    return {s: a for a in sub._actions for s in a.option_strings}
+
+
+def test_one_flag_for_one_thing_in_every_subcommand():
+    """The build output is --data, raw logs --raw, days --start/--end, everywhere; a settings
+    file is named for what it sets; --device means the same and defaults to auto."""
+    from cli.arguments import date, local_path, location
+
+    subs = _subparsers()
+    assert set(subs) == set(SUBCOMMANDS)
+    for name, sub in subs.items():
+        options = _options(sub)
+        help_text = sub.format_help()
+        for old in ("--ds", "--config"):
+            assert not re.search(rf"(?<![\w-]){old}\b", help_text), f"{name} shows {old}"
+        if "--data" in options:
+            assert options["--data"].type is location and options["--data"].required, name
+        if "--raw" in options:
+            assert options["--raw"].type is location, name
+        if "--start" in options and name not in ("generate", "adapt"):  # there it is the first day to write
+            assert options["--start"].type is date and options["--start"].required and "--end" in options, name
+        if "--run-dir" in options:
+            assert options["--run-dir"].type is local_path, name
+        if "--device" in options:
+            assert options["--device"].default is None, f"{name}: unset --device must mean the functions' auto"
+        if name != "score" and name != "demo":
+            assert "--out" not in help_text, f"{name}: --out is only a scores file or the demo's directory"
+    assert {n for n, sub in subs.items() if "--data" in _options(sub)} == {
+        "build", "validate", "publish", "train", "evaluate", "score"}
+
+
+def test_device_defaults_to_auto_everywhere():
+    import inspect
+
+    from trainer.distributed import resolve_device
+    from trainer.evaluate import evaluate, score
+    from trainer.train import TrainConfig
+
+    assert TrainConfig().device == "auto"
+    assert inspect.signature(evaluate).parameters["device"].default == "auto"
+    assert inspect.signature(score).parameters["device"].default == "auto"
+    import torch
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_choices_and_defaults_come_from_the_code():
+    from etl.engines import ENGINES
+    from etl.validation import SUITES
+    from schemas.contracts import DEFAULT_MAX_LEN
+    from sources.generate import PROFILES
+    from trainer.model_config import ARCHS, PRESETS
+
+    subs = _subparsers()
+    assert tuple(_options(subs["train"])["--arch"].choices) == ARCHS
+    assert list(_options(subs["train"])["--preset"].choices) == list(PRESETS)
+    assert tuple(_options(subs["build"])["--engine"].choices) == ENGINES
+    assert tuple(_options(subs["validate"])["--suite"].choices) == SUITES
+    assert sorted(_options(subs["generate"])["--profile"].choices) == sorted(PROFILES)
+    assert _options(subs["build"])["--max-len"].default == DEFAULT_MAX_LEN
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only message")
+def test_a_missing_gpu_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--run-dir", str(tmp_path), "--data", str(tmp_path), "--start", "2026-01-01",
+                 "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "device cuda:0 is not available" in err and len(err.strip().splitlines()) == 1
+
+
+def test_old_spellings_still_work_and_say_what_replaces_them(tmp_path, capsys):
+    args = build_parser().parse_args(["generate", "--out", str(tmp_path)])
+    assert args.raw == str(tmp_path)
+    args = build_parser().parse_args(["build", "--raw", "r", "--out", "o", "--start", "2026-01-01"])
+    assert args.data == "o"
+    args = build_parser().parse_args(["validate", "--data", "o", "--ds", "2026-01-02", "--config", "v.yaml"])
+    assert args.start == dt.date(2026, 1, 2) and args.config == Path("v.yaml")
+    args = build_parser().parse_args(["train", "--data", "o", "--start", "2026-01-02", "--run-dir", "r", "--config", "t.yaml"])
+    assert args.config == Path("t.yaml")
+    err = capsys.readouterr().err
+    for old, new in (("--out", "--raw"), ("--out", "--data"), ("--ds", "--start"), ("--config", "--validation-config"),
+                     ("--config", "--train-config")):
+        assert f"{old} is deprecated; use {new}" in err
+
+
+def test_results_go_to_stdout_and_progress_to_stderr(tmp_path, capsys):
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    assert main(["generate", "--raw", str(raw), "--profile", "tiny", "--days", "1", "--users", "20"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("wrote ") and f"ds={SAMPLE_START}:" in err and f"ds={SAMPLE_START}" not in out
+    assert main(["build", "--engine", "polars", "--raw", str(raw), "--data", str(data), "--start", str(SAMPLE_START),
+                 "--max-len", "50"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("build: ") and "request records" in out
+    assert f"ds={SAMPLE_START}: " in err and "rows ->" in err and "cold start" in err
+    assert main(["publish", "--data", str(data), "--start", str(SAMPLE_START), "--override-validation", "test"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"published ds={SAMPLE_START}") and not err
+
+
+@pytest.mark.subprocess
 def test_bad_output_path_is_one_line_not_a_traceback(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    r = run("generate", "--out", str(blocker / "out"), "--users", "2", "--days", "1")
+    r = run("generate", "--raw", str(blocker / "out"), "--users", "2", "--days", "1")
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and str(blocker) in r.stderr
 
 
+@pytest.mark.spark
+@pytest.mark.subprocess
 def test_demo_runs_and_summarises(tmp_path):
     r = run("demo", "--out", str(tmp_path / "demo"), "--profile", "tiny")
     assert r.returncode == 0, r.stderr
@@ -118,12 +232,14 @@ def test_unsupported_java_version_is_named(tmp_path, monkeypatch):
         require_java()
 
 
+@pytest.mark.spark
 def test_installed_java_is_accepted():
     from etl.spark_session import require_java
 
     assert 8 <= require_java() <= 17
 
 
+@pytest.mark.subprocess
 def test_make_says_java_is_missing(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     r = subprocess.run(

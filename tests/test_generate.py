@@ -12,11 +12,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from etl.generate import PROFILES, REPORT_FILE, build_catalogue, build_users, generate, niche_loves
-from etl.raw_logs import read_raw_partition
+from dataset.raw import read_raw_partition
 from schemas.contracts import DAY_MS, RAW_LOG, SUCCESS_MARKER, TASKS
+from sources import SAMPLE_START
+from sources.generate import PROFILES, REPORT_FILE, build_catalogue, build_users, generate, niche_loves
 
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trainer.batch import Jagged, RequestBatch, pointwise, random_batch
-from trainer.model import ARCHS, PRESETS, ModelConfig, RankingModel, loss_fn, num_parameters
+from trainer.model import RankingModel, loss_fn, num_parameters
+from trainer.model_config import ARCHS, PRESETS, ModelConfig
 
 def make_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0) -> RequestBatch:
     return random_batch(hist_lengths, tgt_lengths, seed)

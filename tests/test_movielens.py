@@ -12,13 +12,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from cli.main import main
 from etl.build import BuildConfig, build
-from etl.cli import main
-from etl.movielens import MovieLensMapping, adapt_movielens
 from schemas.contracts import DAY_MS
+from sources import SAMPLE_START
+from sources.movielens import MovieLensMapping, adapt_movielens
 
 RATINGS = Path(__file__).resolve().parent / "data" / "movielens-sample" / "ratings.csv"
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 DAYS = 10
 
 
@@ -79,8 +80,8 @@ def test_built_histories_are_the_earlier_sessions(adapted, tmp_path):
 def test_a_file_that_is_not_movielens_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "ratings.csv"
     bad.write_text("user,item\n1,2\n")
-    assert main(["adapt", "movielens", "--ratings", str(bad), "--out", str(tmp_path / "raw")]) == 1
+    assert main(["adapt", "movielens", "--ratings", str(bad), "--raw", str(tmp_path / "raw")]) == 1
     err = capsys.readouterr().err
     assert "is not a MovieLens ratings file" in err and "Traceback" not in err
-    assert main(["adapt", "movielens", "--ratings", str(tmp_path / "none.csv"), "--out", str(tmp_path / "raw")]) == 1
+    assert main(["adapt", "movielens", "--ratings", str(tmp_path / "none.csv"), "--raw", str(tmp_path / "raw")]) == 1
     assert "no ratings file" in capsys.readouterr().err

@@ -9,17 +9,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from cli.main import main
+from dataset.published import published_files
 from etl.build import BuildConfig, build
-from etl.cli import main
-from etl.generate import PROFILES, generate
-from etl.publish import publish, published_files
+from etl.publish import publish
 from etl.validation import ValidationConfig, ValidationFailed, validate
 from schemas.errors import MissingPrerequisiteError
+from sources import SAMPLE_START
+from sources.generate import PROFILES, generate
 from trainer.reader import ReaderConfig, open_published
 
 pytestmark = pytest.mark.spark
 
-DAY = dt.date(2026, 1, 1)
+DAY = SAMPLE_START
 MAX_LEN = 20
 
 

@@ -15,18 +15,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from etl.build import BuildConfig, build
-from etl.generate import PROFILES, generate
-from etl.publish import PublishedDataError, publish, published_files
+from cli.pipeline import prepare_generated
+from dataset.published import PublishedDataError, published_files
 from features.lengths import LengthSampler
 from schemas.contracts import HIST_PREFIX, REQUEST_RECORD, TGT_PREFIX
 from schemas.errors import LongseqError
 from schemas.forms import to_arrow
+from sources import SAMPLE_START
+from sources.generate import PROFILES
 from trainer.batch import RequestBatch
 from trainer.chunks import HIST_NAMES, TGT_NAMES, CorruptRecordsError, chunk_from_arrow, concat, select, slice_chunk
-from trainer.reader import ReaderConfig, batch_ends, open_published, open_reader
+from trainer.reader import ReaderConfig, open_published, open_reader
+from trainer.reader_steps import batch_ends
 
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 END = START + dt.timedelta(days=1)
 MAX_LEN = 64
 ENGINES = ("petastorm", "arrow")
@@ -36,12 +38,10 @@ ENGINES = ("petastorm", "arrow")
 def data(tmp_path_factory) -> Path:
     from etl.polars_build import PolarsEngine
 
-    root = tmp_path_factory.mktemp("reader")
-    raw, out = root / "raw", root / "out"
-    generate(raw, PROFILES["tiny"], seed=11, start=START)
-    build(PolarsEngine(row_group_bytes=16 * 1024), BuildConfig(str(raw), str(out), START, END, MAX_LEN), log=lambda m: None)
-    publish(str(out), START, END, override_reason="reader tests: generated data", log=lambda m: None)
-    return out
+    sample = prepare_generated(tmp_path_factory.mktemp("reader"), PROFILES["tiny"], seed=11, max_len=MAX_LEN,
+                               engine=PolarsEngine(row_group_bytes=16 * 1024))
+    assert (sample.start, sample.end) == (START, END)
+    return sample.data
 
 
 @pytest.fixture(scope="module")

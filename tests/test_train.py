@@ -15,15 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from etl.build import BuildConfig, build
-from etl.generate import PROFILES, generate
-from etl.publish import publish
+from cli.pipeline import prepare_generated
+from sources import SAMPLE_START
+from sources.generate import PROFILES
 from trainer import checkpoint
 from trainer.evaluate import evaluate, score
 from trainer.metrics import auc, gauc, logloss
 from trainer.train import TrainConfig, TrainingDiverged, train
 
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 END = START + dt.timedelta(days=1)
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
 
@@ -32,12 +32,10 @@ LONGSEQ = str(Path(sys.executable).with_name("longseq"))
 def data(tmp_path_factory) -> Path:
     from etl.polars_build import PolarsEngine
 
-    root = tmp_path_factory.mktemp("train")
-    raw, out = root / "raw", root / "out"
-    generate(raw, PROFILES["tiny"], seed=3, start=START)
-    build(PolarsEngine(row_group_bytes=16 * 1024), BuildConfig(str(raw), str(out), START, END, 64), log=lambda m: None)
-    publish(str(out), START, END, override_reason="training tests: generated data", log=lambda m: None)
-    return out
+    sample = prepare_generated(tmp_path_factory.mktemp("train"), PROFILES["tiny"], seed=3, max_len=64,
+                               engine=PolarsEngine(row_group_bytes=16 * 1024))
+    assert (sample.start, sample.end) == (START, END)
+    return sample.data
 
 
 def config(**kw) -> TrainConfig:
@@ -143,6 +141,7 @@ def test_metrics_against_brute_force():
     assert np.isnan(auc(np.ones(5), np.arange(5)))
 
 
+@pytest.mark.subprocess
 def test_two_processes_train_in_step(data, tmp_path):
     """torchrun, gloo on CPU: each rank reads its own shard; DDP keeps the weights equal."""
     run = tmp_path / "ddp"
@@ -161,6 +160,7 @@ def test_two_processes_train_in_step(data, tmp_path):
     assert rank0["requests_seen"] > 0 and rank1["requests_seen"] > 0
 
 
+@pytest.mark.subprocess
 def test_a_killed_process_resumes_to_the_same_weights(data, tmp_path):
     """SIGKILL mid-run (not a clean stop): rerunning the command resumes from the newest
     checkpoint and ends with the weights of a run that was never interrupted."""
@@ -173,7 +173,7 @@ def test_a_killed_process_resumes_to_the_same_weights(data, tmp_path):
 
     def command(run: Path) -> list[str]:
         return [LONGSEQ, "train", "--data", str(data), "--start", str(START), "--end", str(END), "--run-dir", str(run),
-                "--config", str(config_file), "--device", "cpu"]
+                "--train-config", str(config_file), "--device", "cpu"]
 
     proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "killed" / "checkpoints" / "latest.json"

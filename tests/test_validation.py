@@ -13,14 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl.build import BuildConfig, build
-from etl.generate import PROFILES, generate
 from etl.validation import ValidationConfig, ValidationFailed, require_publishable, summary_table, validate
 from schemas.contracts import REQUEST_RECORD, SUCCESS_MARKER
 from schemas.forms import to_arrow
+from sources import SAMPLE_START
+from sources.generate import PROFILES, generate
 
 pytestmark = pytest.mark.spark
 
-START = dt.date(2026, 1, 1)
+START = SAMPLE_START
 DAY2 = START + dt.timedelta(days=1)
 MAX_LEN = 20
 
@@ -41,11 +42,12 @@ def _rows(out: Path) -> list[dict]:
 
 
 def _with_records(tmp_path: Path, rows: list[dict], built_out: Path | None = None) -> Path:
-    """A copy of the built day whose records are `rows` (the build report comes along)."""
+    """A copy of the built day whose records are `rows`, with a build report that records
+    the history bound it was built with (validation reads it from there)."""
     out = tmp_path / "out"
     report = out / "reports" / f"ds={DAY2}"
     report.mkdir(parents=True)
-    (report / "build.json").write_text("{}")
+    (report / "build.json").write_text(json.dumps({"max_len": MAX_LEN}))
     part = out / "requests" / f"ds={DAY2}"
     part.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=to_arrow(REQUEST_RECORD)), part / "part-00000.parquet")
@@ -117,9 +119,10 @@ def _corrupt(kind: str, rows: list[dict]) -> list[dict]:
     ],
 )
 def test_each_corruption_fails_its_expectation_and_blocks_publishing(spark, built, tmp_path, kind, check):
+    """No config: the history bound comes from the build report (overlong fails at MAX_LEN)."""
     _, out = built
     bad = _with_records(tmp_path, _corrupt(kind, _rows(out)))
-    outcome = validate(spark, str(bad), DAY2, "requests", cfg=ValidationConfig(max_len=MAX_LEN))
+    outcome = validate(spark, str(bad), DAY2, "requests")
     assert not outcome["passed"]
     assert _failed(outcome) == {check}, summary_table(outcome)
     with pytest.raises(ValidationFailed, match=f"refusing to publish: ds={DAY2} failed validation \\({check}\\)"):
@@ -174,6 +177,7 @@ def test_raw_suite_passes_clean_logs_and_fails_dirty_ones(spark, built, tmp_path
     assert "event_not_before_request" in _failed(outcome)
 
 
+@pytest.mark.subprocess
 def test_cli_exit_codes(built, tmp_path):
     import subprocess
     import sys
@@ -181,16 +185,17 @@ def test_cli_exit_codes(built, tmp_path):
     _, out = built
     longseq = str(Path(sys.executable).with_name("longseq"))
     bad = _with_records(tmp_path, _corrupt("leak", _rows(out)))
-    r = subprocess.run([longseq, "validate", "--data", str(bad), "--ds", str(DAY2), "--max-len", str(MAX_LEN),
+    r = subprocess.run([longseq, "validate", "--data", str(bad), "--start", str(DAY2),
                         "--master", "local[1]", "--driver-memory", "1g"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1
     assert "no_leakage" in r.stdout and "FAIL" in r.stdout
-    assert "critical expectations failed: no_leakage" in r.stderr and "Traceback" not in r.stderr
+    assert f"critical expectations failed: ds={DAY2} (no_leakage)" in r.stderr and "Traceback" not in r.stderr
     assert "Calculating Metrics" not in r.stdout + r.stderr  # GX's progress bars stay out
     shutil.rmtree(bad)
     r = subprocess.run([longseq, "validate", "--data", str(bad), "--ds", str(DAY2)], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 1 and "no built request records" in r.stderr
+    assert "--ds is deprecated; use --start" in r.stderr, "the old spelling still works, and says so"
 
 
 def test_config_file(tmp_path):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from schemas.errors import LongseqError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -30,13 +32,29 @@ class Context:
         return self.world > 1
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: this rank's GPU if there is one, else the CPU. A bare "cuda" gets this rank's
+    index (CUDA calls want one). A device that is not there is a one-line error."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(f"cuda:{local}" if name == "cuda" else name)
+    except RuntimeError:
+        raise LongseqError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index >= count:
+            raise LongseqError(f"device {dev} is not available: this machine has {count} CUDA device(s)"
+                               f"{'' if torch.backends.cuda.is_built() else ' (this torch is built without CUDA)'}; "
+                               "use --device cpu or auto")
+    return dev
+
+
 def setup(device: str = "auto") -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

@@ -21,13 +21,14 @@ from schemas.contracts import TASKS
 from schemas.errors import MissingPrerequisiteError
 from trainer import checkpoint
 from trainer.batch import RequestBatch
+from trainer.distributed import resolve_device
 from trainer.metrics import task_metrics
 from trainer.model import RankingModel
 from trainer.reader import ReaderConfig, open_published
 from trainer.train import TrainConfig
 
 
-def load_model(run_dir: Path | str, device: str = "cpu") -> tuple[RankingModel, TrainConfig, int]:
+def load_model(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple[RankingModel, TrainConfig, int]:
     """The run's newest weights, in eval mode; and its config and step."""
     path = checkpoint.latest(Path(run_dir))
     if path is None:
@@ -46,10 +47,11 @@ class Scored:
 
 
 def scored_batches(model: RankingModel, data: str, start, end, max_len: int | None, batch_size: int = 64,
-                   device: str = "cpu") -> Iterator[Scored]:
-    config = ReaderConfig(batch_size=batch_size, max_len=max_len, pin_memory=device.startswith("cuda"))
+                   device: torch.device = torch.device("cpu")) -> Iterator[Scored]:
+    on_gpu = device.type == "cuda"
+    config = ReaderConfig(batch_size=batch_size, max_len=max_len, pin_memory=on_gpu)
     reader = open_published(data, start, end, config.for_scoring())
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), autocast:
         for batch in reader.batches():
             logits = model(batch.to(device, non_blocking=True)).float().cpu().numpy()
@@ -57,7 +59,10 @@ def scored_batches(model: RankingModel, data: str, start, end, max_len: int | No
 
 
 def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | None = None, batch_size: int = 64,
-             device: str = "cpu", log: Callable[[str], None] = print) -> dict:
+             device: str = "auto", log: Callable[[str], None] = print) -> dict:
+    """Per-task metrics of the run's newest weights on [start, end]; logs the table, returns
+    the result (also written to RUN/eval/). device: auto, cpu, cuda or cuda:N."""
+    device = resolve_device(device)
     model, cfg, step = load_model(run_dir, device)
     labels, logits, users = [], [], []
     requests = tokens = 0
@@ -104,12 +109,13 @@ def metrics_table(result: dict) -> str:
 
 
 def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: int | None = None,
-          batch_size: int = 64, device: str = "cpu") -> int:
+          batch_size: int = 64, device: str = "auto") -> int:
     """Write one row per target (request_id, user_id, request_ts, position in the request,
     item_id, score_<task> probabilities) to a Parquet file; return the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    device = resolve_device(device)
     model, _, _ = load_model(run_dir, device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

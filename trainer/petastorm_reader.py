@@ -33,7 +33,7 @@ from trainer.batch import RequestBatch
 from trainer.chunks import (
     HIST_NAMES, REQUEST_NAMES, TGT_NAMES, CorruptRecordsError, RequestChunk, offsets_of,
 )
-from trainer.reader import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
+from trainer.reader_steps import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
 
 PAYLOAD = "payload"  # the one output column: each "row" is one int64 of a packed row group
 _LISTS = (*HIST_NAMES, *TGT_NAMES)

@@ -22,196 +22,16 @@ finish out of order are put back in the order Petastorm handed them out.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Iterator, Sequence
 
-import numpy as np
-
-from features.hashing import mix64
-from features.lengths import LengthSampler
+from dataset.published import published_files
 from schemas.contracts import REQUEST_RECORD
 from schemas.errors import LongseqError
-from trainer.batch import RequestBatch, batch_from_chunk
-from trainer.chunks import (
-    CorruptRecordsError, RequestChunk, chunk_from_arrow, concat, content_key, select, select_many, slice_chunk,
-)
+from trainer.batch import RequestBatch
+from trainer.chunks import CorruptRecordsError, RequestChunk, chunk_from_arrow
+from trainer.reader_steps import ReaderConfig, RequestReader, batches_from_chunks, prepare_chunk, row_group_schedule
 
-
-@dataclass
-class ReaderConfig:
-    """How to read. The defaults suit 10k histories on a few cores: two worker threads, two
-    row groups (about 32 MB decoded each) queued, a shuffle buffer of 512 requests."""
-
-    batch_size: int = 256  # requests per batch; with token_budget, the most a batch may hold
-    token_budget: int | None = None  # history tokens per batch (batch-level load balancing)
-    shuffle: bool = True  # row groups, rows within them, and the shuffle buffer
-    shuffle_buffer: int = 512  # requests mixed across row groups (0: none)
-    seed: int = 0
-    shard: int = 0  # this process's shard: a data-parallel rank
-    shard_count: int = 1  # the data-parallel world size; shards are disjoint row groups
-    truncation: LengthSampler | None = None  # training: most recent suffix of a sampled length
-    max_len: int | None = None  # a cap on history length (scoring at 2k of 10k); None: full
-    drop_last: bool = False  # drop an epoch's last, short batch
-    exact_batches: bool = True  # False: a batch may end early at a row group's end (no copy)
-    workers: int = 2  # Petastorm worker threads (the batches do not depend on how many)
-    queue_size: int = 2  # row groups read ahead (bounds memory)
-    pin_memory: bool = False  # page-locked batches, for non_blocking copies to a GPU
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise LongseqError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.token_budget is not None and self.token_budget < 1:
-            raise LongseqError(f"token_budget must be at least 1, got {self.token_budget}")
-        if not 0 <= self.shard < self.shard_count:
-            raise LongseqError(f"shard must be in [0, shard_count={self.shard_count}), got {self.shard}")
-        if self.max_len is not None and self.max_len < 0:
-            raise LongseqError(f"max_len must be >= 0, got {self.max_len}")
-        if self.workers < 1 or self.queue_size < 1 or self.shuffle_buffer < 0:
-            raise LongseqError("workers and queue_size must be >= 1, shuffle_buffer >= 0")
-
-    def for_scoring(self) -> "ReaderConfig":
-        """Full-length (or max_len) histories in file order, every request once; batches
-        end at row-group ends, as copying them whole buys nothing when scoring."""
-        return dataclasses.replace(self, shuffle=False, truncation=None, drop_last=False, exact_batches=False)
-
-
-class RequestReader(Protocol):
-    config: ReaderConfig
-
-    def batches(self, epoch: int = 0) -> Iterator[RequestBatch]: ...
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 32-bit seed per (seed, epoch): row-group order and shards change from epoch to epoch."""
-    return int(mix64(seed & (2**64 - 1), salt=epoch + 1) % np.uint64(2**32))
-
-
-# ---------------------------------------------------------------- the steps
-
-
-def draw_order_and_keep(cfg: ReaderConfig, epoch: int, user_id: np.ndarray,
-                        request_ts: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """For a row group's requests: their shuffled order, and how many of the most recent
-    history events each keeps (None: all). The draws depend on the row group's content,
-    not on when or where it was read."""
-    n = len(user_id)
-    rng = np.random.default_rng([cfg.seed & (2**63 - 1), epoch, content_key(user_id, request_ts)])
-    order = rng.permutation(n) if cfg.shuffle else None
-    keep = cfg.truncation.sample(rng, n) if cfg.truncation is not None else None
-    if cfg.max_len is not None:
-        keep = np.minimum(keep, cfg.max_len) if keep is not None else np.full(n, cfg.max_len, np.int64)
-    return order, keep
-
-
-def prepare_chunk(chunk: RequestChunk, cfg: ReaderConfig, epoch: int) -> RequestChunk:
-    """Shuffle a row group's requests and truncate their histories (the worker's step)."""
-    order, keep = draw_order_and_keep(cfg, epoch, chunk.request["user_id"], chunk.request["request_ts"])
-    if order is None and keep is None:
-        return chunk
-    return select(chunk, order if order is not None else np.arange(len(chunk)), keep)
-
-
-def shuffle_buffer(chunks: Iterable[RequestChunk], capacity: int, rng: np.random.Generator) -> Iterator[RequestChunk]:
-    """Mix requests across row groups: gather at least `capacity`, shuffle, emit all but
-    half of `capacity`, which stay to mix with what comes next."""
-    pending: list[RequestChunk] = []
-    held = 0
-    for chunk in chunks:
-        pending.append(chunk)
-        held += len(chunk)
-        if held >= capacity:
-            merged = select_many(pending, rng.permutation(held))
-            emit = held - capacity // 2
-            yield slice_chunk(merged, 0, emit)
-            pending, held = [slice_chunk(merged, emit, held)], held - emit
-    if held:
-        yield select_many(pending, rng.permutation(held))
-
-
-def batch_ends(hist_lengths: np.ndarray, batch_size: int, token_budget: int | None) -> tuple[list[int], int]:
-    """Where complete batches end in a run of requests, and where the unfinished rest starts.
-
-    By count: every batch_size requests. By tokens: greedily as many requests as fit in
-    token_budget history tokens (at least one, at most batch_size); a batch is complete
-    once the next request would not fit."""
-    n = len(hist_lengths)
-    if token_budget is None:
-        ends = list(range(batch_size, n + 1, batch_size))
-        return ends, (ends[-1] if ends else 0)
-    cum = np.cumsum(hist_lengths)
-    ends, start = [], 0
-    while start < n:
-        base = cum[start - 1] if start else 0
-        end = int(np.searchsorted(cum, base + token_budget, side="right"))
-        end = min(max(end, start + 1), start + batch_size)
-        if end == n and end - start < batch_size and cum[-1] - base < token_budget:
-            break  # could still take requests from the next chunk
-        ends.append(end)
-        start = end
-    return ends, start
-
-
-def form_batches(chunks: Iterable[RequestChunk], cfg: ReaderConfig) -> Iterator[RequestChunk]:
-    """Cut a stream of chunks into batches. Batches inside a chunk are views of it; only a
-    batch that spans chunks is copied together."""
-    pieces: list[RequestChunk] = []  # the open batch, spread over the tails of earlier chunks
-    for chunk in chunks:
-        if not cfg.exact_batches and pieces:
-            yield concat(pieces)  # a view: one piece at most
-            pieces = []
-        held = sum(len(p) for p in pieces)
-        lengths = np.concatenate([*(p.hist_lengths for p in pieces), chunk.hist_lengths])
-        ends, rest = batch_ends(lengths, cfg.batch_size, cfg.token_budget)
-        if not ends:
-            pieces.append(chunk)
-            continue
-        yield concat([*pieces, slice_chunk(chunk, 0, ends[0] - held)]) if pieces else slice_chunk(chunk, 0, ends[0])
-        for start, end in zip(ends, ends[1:]):
-            yield slice_chunk(chunk, start - held, end - held)
-        pieces = [slice_chunk(chunk, rest - held, len(chunk))] if rest < held + len(chunk) else []
-    if pieces and not cfg.drop_last:
-        yield concat(pieces)
-
-
-def batches_from_chunks(prepared: Iterable[RequestChunk], cfg: ReaderConfig, epoch: int) -> Iterator[RequestBatch]:
-    """The main-thread steps shared by every reader: shuffle buffer, batching, torch."""
-    stream = prepared
-    if cfg.shuffle and cfg.shuffle_buffer:
-        stream = shuffle_buffer(stream, cfg.shuffle_buffer, np.random.default_rng([cfg.seed & (2**63 - 1), epoch, 1]))
-    for chunk in form_batches(stream, cfg):
-        batch = batch_from_chunk(chunk)
-        yield batch.pin_memory() if cfg.pin_memory else batch
-
-
-# ---------------------------------------------------------------- the schedule
-
-
-def row_group_schedule(num_row_groups: int, cfg: ReaderConfig, epoch: int) -> list[int]:
-    """Which row groups (numbered across the files in order) this shard reads, in order.
-
-    Petastorm's own rule, spelled out so that the pyarrow reader follows it too: the shard
-    is every row group whose number is cur_shard modulo shard_count; the order is its
-    list shuffled by random.Random(seed) (sharding) then numpy's RandomState(seed)
-    (the ventilator), seed being the epoch's."""
-    import random
-
-    seed = epoch_seed(cfg.seed, epoch)
-    indexes = list(range(num_row_groups))
-    if cfg.shard_count > 1:
-        _require_enough_row_groups(num_row_groups, cfg)
-        random.Random(seed).shuffle(indexes)
-        indexes = [i for i in indexes if i % cfg.shard_count == cfg.shard]
-    if cfg.shuffle:
-        np.random.RandomState(seed).shuffle(indexes)
-    return indexes
-
-
-def _require_enough_row_groups(num_row_groups: int, cfg: ReaderConfig) -> None:
-    if num_row_groups < cfg.shard_count:
-        raise LongseqError(
-            f"{num_row_groups} row group(s) cannot feed {cfg.shard_count} shards: every shard needs at least one. "
-            "Read more days, or use fewer processes")
+__all__ = ["ArrowRequestReader", "ReaderConfig", "RequestReader", "open_published", "open_reader"]
 
 
 # ---------------------------------------------------------------- readers
@@ -268,6 +88,4 @@ def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine
 
 def open_published(data: str, start, end=None, config: ReaderConfig | None = None, engine: str = "petastorm") -> RequestReader:
     """A reader over the published days [start, end] of a build's output directory."""
-    from etl.publish import published_files
-
     return open_reader([f.url for f in published_files(data, start, end)], config, engine)

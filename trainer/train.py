@@ -22,16 +22,23 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from features.lengths import LengthSampler
 from schemas.errors import LongseqError
 from trainer import checkpoint
+from trainer.batch import RequestBatch
 from trainer.distributed import Context, all_have_batch, setup, teardown
-from trainer.model import PRESETS, ModelConfig, RankingModel, loss_fn, num_parameters
-from trainer.reader import ReaderConfig, open_reader
+from trainer.model import RankingModel, loss_fn, num_parameters
+from trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
+from trainer.reader import ReaderConfig, RequestReader, open_reader
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from dataset.published import PublishedFile
 
 
 class TrainingDiverged(LongseqError):
@@ -40,7 +47,7 @@ class TrainingDiverged(LongseqError):
 
 @dataclass
 class TrainConfig:
-    preset: str = "small"  # a trainer.model.PRESETS name
+    preset: str = DEFAULT_PRESET  # a trainer.model_config.PRESETS name
     model: dict = field(default_factory=dict)  # ModelConfig fields overriding the preset (arch, dim, ...)
     epochs: int = 1
     batch_size: int = 128  # requests; with token_budget, the most a batch may hold
@@ -81,7 +88,7 @@ class TrainConfig:
 
     @staticmethod
     def from_file(path: Path | str, **overrides) -> "TrainConfig":
-        from etl.config_file import load_mapping
+        from schemas.settings_file import load_mapping
 
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         return TrainConfig(**{**load_mapping(path, names, "training config"), **overrides})
@@ -104,7 +111,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
                               {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
 
 
-def _reader(urls: list[str], cfg: TrainConfig, ctx: Context):
+def _reader(urls: list[str], cfg: TrainConfig, ctx: Context) -> RequestReader:
     return open_reader(urls, ReaderConfig(
         batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed, shard=ctx.rank, shard_count=ctx.world, truncation=cfg.sampler(), max_len=cfg.max_len,
@@ -144,7 +151,7 @@ def train(data: str, start, end, run_dir: Path | str, cfg: TrainConfig | None = 
 
     stop_after: stop (with a checkpoint) after this many steps of this call, as if killed:
     for tests of resuming."""
-    from etl.publish import published_files
+    from dataset.published import published_files
 
     cfg = cfg or TrainConfig()
     run_dir = Path(run_dir)
@@ -155,13 +162,61 @@ def train(data: str, start, end, run_dir: Path | str, cfg: TrainConfig | None = 
         teardown(ctx)
 
 
-def _train(files, run_dir: Path, cfg: TrainConfig, ctx: Context, log, stop_after: int | None) -> dict:
+def _train(files: list[PublishedFile], run_dir: Path, cfg: TrainConfig, ctx: Context, log: Callable[[str], None],
+           stop_after: int | None) -> dict:
     from tqdm import tqdm
 
     run_dir.mkdir(parents=True, exist_ok=True)
     urls, rows = [f.url for f in files], sum(f.rows for f in files)
     total = cfg.max_steps or cfg.epochs * max(1, math.ceil(rows / ctx.world / cfg.batch_size))
-    torch.manual_seed(cfg.seed)
+    run = _open_run(run_dir, cfg, ctx, total, log)
+    if ctx.is_main:
+        log(f"training {cfg.model_config().arch} ({num_parameters(run.model):,} parameters) on {rows:,} requests, "
+            f"{ctx.world} process(es) on {ctx.device}, {cfg.epochs} epoch(s), about {total:,} steps -> {run_dir}")
+    reader = _reader(urls, cfg, ctx)
+    writer = _Log(run_dir) if ctx.is_main else None
+    # no bar off a terminal (Airflow logs, CI) or on ranks but the first
+    bar = tqdm(total=total, initial=run.position.step, disable=None if ctx.is_main else True, unit="step",
+               dynamic_ncols=True)
+    meter = TrainMeter()
+    try:
+        interrupted = _run_epochs(run, reader, meter, bar, writer, stop_after)
+        if ctx.is_main:
+            run.save()
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+    summary = {"steps": run.position.step, "epochs_done": run.position.epoch, "finished": not interrupted,
+               "checkpoint": str(run.last_good) if run.last_good else None, "parameters": num_parameters(run.model),
+               "world_size": ctx.world, "rank": ctx.rank, "requests_seen": meter.requests_seen,
+               "weights_sha256": weights_digest(run.model)}
+    name = "train_summary.json" if ctx.is_main else f"train_summary.rank{ctx.rank}.json"
+    (run_dir / name).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@dataclass
+class _Run:
+    """One process's training state, and what it needs to take a step or save a checkpoint."""
+
+    dir: Path
+    cfg: TrainConfig
+    ctx: Context
+    total: int  # steps the lr schedule is sized to
+    model: RankingModel
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper: forward through this
+    optimizer: torch.optim.Optimizer
+    position: checkpoint.Position
+    last_good: Path | None  # the newest checkpoint, named when the loss diverges
+
+    def save(self) -> None:
+        self.last_good = checkpoint.save(self.dir, self.model, self.optimizer, self.position, self.cfg.to_json())
+
+
+def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Callable[[str], None]) -> _Run:
+    """The model and optimizer: fresh from cfg.seed, or restored from run_dir's newest checkpoint."""
+    torch.manual_seed(cfg.seed)  # before building the model: its initial weights come from this seed
     model = RankingModel(cfg.model_config()).to(ctx.device)
     optimizer = make_optimizer(model, cfg)
     position = checkpoint.Position()
@@ -176,83 +231,99 @@ def _train(files, run_dir: Path, cfg: TrainConfig, ctx: Context, log, stop_after
             f"batch {position.batch_in_epoch}")
     elif ctx.is_main:
         (run_dir / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2))
-    net = model
+    net: torch.nn.Module = model
     if ctx.distributed:
+        # the baseline arch "none" leaves the sequence encoder out of the graph
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=cfg.model_config().arch == "none")
-    if ctx.is_main:
-        log(f"training {cfg.model_config().arch} ({num_parameters(model):,} parameters) on {rows:,} requests, "
-            f"{ctx.world} process(es) on {ctx.device}, {cfg.epochs} epoch(s), about {total:,} steps -> {run_dir}")
-    reader = _reader(urls, cfg, ctx)
-    writer = _Log(run_dir) if ctx.is_main else None
-    # no bar off a terminal (Airflow logs, CI) or on ranks but the first
-    bar = tqdm(total=total, initial=position.step, disable=None if ctx.is_main else True, unit="step", dynamic_ncols=True)
-    last_good, steps_now, stopped, interrupted, requests_seen = resumed, 0, False, False, 0
+    return _Run(run_dir, cfg, ctx, total, model, net, optimizer, position, last_good=resumed)
+
+
+def _run_epochs(run: _Run, reader: RequestReader, meter: TrainMeter, bar: tqdm, writer: _Log | None,
+                stop_after: int | None) -> bool:
+    """Train from run.position to the end of the last epoch, or to max_steps; returns True when
+    stop_after steps of this call cut it short (left mid-epoch, as if killed)."""
+    cfg, ctx, position = run.cfg, run.ctx, run.position
+    steps_now = 0
+    # bf16 on GPU; on CPU a disabled context, so that CPU runs stay in float32
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    window = {"requests": 0, "tokens": 0, "t": time.perf_counter(), "loss": 0.0, "n": 0}
-    try:
-        while position.epoch < cfg.epochs and not stopped:
-            batches = reader.batches(position.epoch)
-            for _ in range(position.batch_in_epoch):  # resuming mid-epoch: the same batches again
-                next(batches, None)
-            while True:
-                batch = next(batches, None)
-                if not all_have_batch(ctx, batch is not None):
-                    break
-                if cfg.max_steps is not None and position.step >= cfg.max_steps:
-                    stopped = True
-                    break
-                lr = learning_rate(cfg, position.step, total)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = batch.to(ctx.device, non_blocking=True)
-                with autocast:
-                    loss = loss_fn(net(batch), batch)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at step {position.step} (epoch {position.epoch}); the last good "
-                        f"checkpoint is {last_good or 'none'}. Lower lr (now {lr:.2e}) or grad_clip, or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                position.step += 1
-                position.batch_in_epoch += 1
-                steps_now += 1
-                requests_seen += batch.num_requests
-                window["requests"] += batch.num_requests
-                window["tokens"] += batch.num_history_tokens
-                window["loss"] += loss.item()
-                window["n"] += 1
-                bar.update(1)
-                if position.step % cfg.log_every == 0:
-                    row = _log_row(window, position, lr)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", req_s=f"{row['requests_per_s']:,.0f}",
-                                    tok_s=f"{row['tokens_per_s']:,.0f}")
-                    if writer:
-                        writer.write(row)
-                if position.step % cfg.checkpoint_every == 0 and ctx.is_main:
-                    last_good = checkpoint.save(run_dir, model, optimizer, position, cfg.to_json())
-                if stop_after is not None and steps_now >= stop_after:
-                    stopped = interrupted = True
-                    break
-            if not stopped:
-                position.epoch += 1
-                position.batch_in_epoch = 0
-        if ctx.is_main:
-            last_good = checkpoint.save(run_dir, model, optimizer, position, cfg.to_json())
-    finally:
-        bar.close()
-        if writer:
-            writer.close()
-    summary = {"steps": position.step, "epochs_done": position.epoch, "finished": not interrupted,
-               "checkpoint": str(last_good) if last_good else None, "parameters": num_parameters(model),
-               "world_size": ctx.world, "rank": ctx.rank, "requests_seen": requests_seen,
-               "weights_sha256": weights_digest(model)}
-    name = "train_summary.json" if ctx.is_main else f"train_summary.rank{ctx.rank}.json"
-    (run_dir / name).write_text(json.dumps(summary, indent=2))
-    return summary
+    while position.epoch < cfg.epochs:
+        batches = reader.batches(position.epoch)
+        for _ in range(position.batch_in_epoch):  # resuming mid-epoch: the same batches again
+            next(batches, None)
+        while True:
+            batch = next(batches, None)
+            if not all_have_batch(ctx, batch is not None):  # every rank stops at the same step
+                break
+            if cfg.max_steps is not None and position.step >= cfg.max_steps:
+                return False
+            batch, loss, lr = train_step(run, batch, autocast)
+            position.step += 1
+            position.batch_in_epoch += 1
+            steps_now += 1
+            meter.update(batch, loss.item())
+            bar.update(1)
+            if position.step % cfg.log_every == 0:
+                row = meter.row(position, lr)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", req_s=f"{row['requests_per_s']:,.0f}",
+                                tok_s=f"{row['tokens_per_s']:,.0f}")
+                if writer:
+                    writer.write(row)
+            if position.step % cfg.checkpoint_every == 0 and ctx.is_main:
+                run.save()
+            if stop_after is not None and steps_now >= stop_after:
+                return True
+        position.epoch += 1
+        position.batch_in_epoch = 0
+    return False
+
+
+def train_step(run: _Run, batch: RequestBatch, autocast: torch.autocast) -> tuple[RequestBatch, torch.Tensor, float]:
+    """One optimizer step at run.position.step; returns the batch (on the device), its loss and the lr used."""
+    lr = learning_rate(run.cfg, run.position.step, run.total)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    batch = batch.to(run.ctx.device, non_blocking=True)
+    with autocast:
+        loss = loss_fn(run.net(batch), batch)
+    # stop before a NaN reaches the weights, so that the last checkpoint is still good
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss is {loss.item()} at step {run.position.step} (epoch {run.position.epoch}); the last good "
+            f"checkpoint is {run.last_good or 'none'}. Lower lr (now {lr:.2e}) or grad_clip, or check the data")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.optimizer.step()
+    return batch, loss, lr
+
+
+class TrainMeter:
+    """Throughput and mean loss since the last row of train_log.csv, and requests seen in all."""
+
+    def __init__(self) -> None:
+        self.requests_seen = 0  # this call's steps, for the summary
+        self._reset()
+
+    def _reset(self) -> None:
+        self._requests, self._tokens, self._loss, self._n = 0, 0, 0.0, 0
+        self._t = time.perf_counter()
+
+    def update(self, batch: RequestBatch, loss: float) -> None:
+        self.requests_seen += batch.num_requests
+        self._requests += batch.num_requests
+        self._tokens += batch.num_history_tokens
+        self._loss += loss
+        self._n += 1
+
+    def row(self, position: checkpoint.Position, lr: float) -> dict:
+        """A train_log.csv row for the steps since the last one; starts the next window."""
+        seconds = max(time.perf_counter() - self._t, 1e-9)
+        row = {"step": position.step, "epoch": position.epoch, "loss": self._loss / max(self._n, 1), "lr": lr,
+               "requests_per_s": self._requests / seconds, "tokens_per_s": self._tokens / seconds}
+        self._reset()
+        return row
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -264,11 +335,3 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _log_row(window: dict, position: checkpoint.Position, lr: float) -> dict:
-    seconds = max(time.perf_counter() - window["t"], 1e-9)
-    row = {"step": position.step, "epoch": position.epoch, "loss": window["loss"] / max(window["n"], 1), "lr": lr,
-           "requests_per_s": window["requests"] / seconds, "tokens_per_s": window["tokens"] / seconds}
-    window.update(requests=0, tokens=0, t=time.perf_counter(), loss=0.0, n=0)
-    return row

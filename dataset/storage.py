@@ -1,38 +1,17 @@
-"""Where a build's outputs live, and how a day is swapped into place atomically.
+"""How a path is reached: one small Storage interface for local disks and cluster URIs.
 
-    OUT/requests/ds=YYYY-MM-DD/    request records (contract 2) + _SUCCESS
-    OUT/quarantine/ds=YYYY-MM-DD/  rejected raw rows + reason + _SUCCESS
-    OUT/state/ds=YYYY-MM-DD/       user_state after that day + _SUCCESS
-    OUT/reports/ds=YYYY-MM-DD/build.json   written last: the day is built
-
-Engines write into hidden temp directories (names starting with "."; Spark, pyarrow and
-polars skip those), which are renamed into place only once complete. A day counts as
-built when its report exists: a run killed before that leaves no report, so the next
-day refuses to build on it, and re-running the day replaces everything.
-
-Storage: local paths go through the os module; URIs with a scheme (hdfs://, s3a://,
-file://) through Hadoop's FileSystem API of the running Spark session.
+Local paths go through the os module; URIs with a scheme (hdfs://, s3a://, file://)
+through Hadoop's FileSystem API of the running Spark session (HadoopStorage), or through
+pyarrow.fs in processes without Spark (ArrowStorage: publish, the trainer's reader).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlparse
-
-from schemas.contracts import PARTITION_COLUMN, SUCCESS_MARKER
-
-KINDS = ("requests", "quarantine", "state")
-# Parquet row-group size of every output: a reader holds one row group per worker and
-# queue slot, so this bounds its memory (~100-1,000 records of 10k events).
-ROW_GROUP_BYTES = 32 * 1024 * 1024
-REPORT_NAME = "build.json"
-MANIFEST_NAME = "manifest.json"
 
 
 class Storage(Protocol):
@@ -232,76 +211,3 @@ class RoutingStorage:
                 raise OSError(f"{op} {path}: {str(e).splitlines()[0][:300]}") from None
 
         return call
-
-
-def ds_name(day: dt.date) -> str:
-    return f"{PARTITION_COLUMN}={day.isoformat()}"
-
-
-@dataclass(frozen=True)
-class BuildLayout:
-    out: str
-
-    def dir(self, kind: str, day: dt.date) -> str:
-        return f"{self.out}/{kind}/{ds_name(day)}"
-
-    def report(self, day: dt.date) -> str:
-        return f"{self.out}/reports/{ds_name(day)}/{REPORT_NAME}"
-
-    def temp(self, kind: str, day: dt.date, token: str) -> str:
-        return f"{self.out}/{kind}/.{ds_name(day)}.{token}.tmp"
-
-    def built_days(self, storage: Storage) -> list[dt.date]:
-        """Days whose build finished (their report exists), oldest first."""
-        days = []
-        for name in storage.list_names(f"{self.out}/reports"):
-            if name.startswith(f"{PARTITION_COLUMN}="):
-                day = dt.date.fromisoformat(name.split("=", 1)[1])
-                if self.is_built(storage, day):
-                    days.append(day)
-        return sorted(days)
-
-    def build_digest(self, storage: Storage, day: dt.date) -> str | None:
-        """Identifies one build of a day (its report names a fresh run), or None if unbuilt."""
-        path = self.report(day)
-        return hashlib.sha256(storage.read_text(path).encode()).hexdigest()[:16] if storage.exists(path) else None
-
-    def manifest(self, day: dt.date) -> str:
-        """Written by `longseq publish` (etl/publish.py); its presence makes the day readable."""
-        return f"{self.out}/published/{ds_name(day)}/{MANIFEST_NAME}"
-
-    def is_built(self, storage: Storage, day: dt.date) -> bool:
-        return storage.exists(self.report(day)) and storage.exists(f"{self.dir('state', day)}/{SUCCESS_MARKER}")
-
-
-def new_token() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def commit_day(storage: Storage, layout: BuildLayout, day: dt.date, temps: dict[str, str], report_json: str) -> None:
-    """Swap a day's finished temp dirs into place, then write its report.
-
-    The day is unpublished first and its old report goes next, so that a crash in between
-    leaves the day unbuilt (the next day refuses to build on it, validation refuses it):
-    its directories may then mix old and new outputs, each complete, until the day is re-run.
-    """
-    storage.delete(layout.manifest(day))
-    storage.delete(layout.report(day))
-    for kind in KINDS:
-        final = layout.dir(kind, day)
-        _normalise_part_names(storage, temps[kind])
-        storage.delete(final)
-        storage.rename(temps[kind], final)
-    storage.write_text(layout.report(day), report_json)
-
-
-def _normalise_part_names(storage: Storage, directory: str) -> None:
-    """part-00000-<uuid>-c000.zstd.parquet -> part-00000.parquet: re-runs give the same names."""
-    parts = [n for n in storage.list_names(directory) if n.endswith(".parquet")]
-    for i, name in enumerate(parts):
-        target = f"part-{i:05d}.parquet"
-        if name != target:
-            storage.rename(f"{directory}/{name}", f"{directory}/{target}")
-    for name in storage.list_names(directory):  # Spark's .crc checksums would no longer match
-        if name.endswith(".crc"):
-            storage.delete(f"{directory}/{name}")

@@ -1,14 +1,14 @@
 """Entry point for spark-submit: the build, with master and resources from spark-submit.
 
     PYSPARK_PYTHON=.venv/bin/python .venv/bin/spark-submit --master 'local[*]' \\
-        etl/spark_job.py --raw data/raw --out data/out --start 2026-01-01 --end 2026-01-14
+        cli/spark_job.py --raw data/raw --data data/out --start 2026-01-01 --end 2026-01-14
 
 Takes the arguments of `longseq build` (docs/ETL.md has a cluster example).
 """
 
 import sys
 
-from etl.cli import main
+from cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["build", "--engine", "spark", "--from-spark-submit", *sys.argv[1:]]))

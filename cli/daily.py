@@ -5,8 +5,8 @@ DAG file stays thin, a stage can be run by hand exactly as the scheduler runs it
 failing stage fails its task by its exit code:
 
     wait     raw/ds=D/_SUCCESS exists                    (raw_partition_ready)
-    build    spark-submit etl/spark_job.py --start D     (the history state chains days)
-    validate longseq validate --ds D                     (a failing suite exits 1)
+    build    spark-submit cli/spark_job.py --start D     (the history state chains days)
+    validate longseq validate --start D                  (a failing suite exits 1)
     publish  longseq publish --start D                   (refuses unvalidated days)
     train    longseq train over the last train_days days, then evaluate on D (optional)
 """
@@ -20,8 +20,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl.layout import storage_for
-from etl.raw_logs import partition_path
+from dataset.layout import partition_path
+from dataset.published import published_days
+from dataset.storage import storage_for
+from etl.spark_session import SparkConfig
 from schemas.contracts import DEFAULT_MAX_LEN, SUCCESS_MARKER
 
 
@@ -33,9 +35,9 @@ def _venv_bin(name: str) -> str:
 @dataclass
 class DailySettings:
     raw: str  # raw log directory or URI (ds=YYYY-MM-DD partitions with _SUCCESS)
-    out: str  # the build's output directory or URI
+    data: str  # the build's output directory or URI
     max_len: int = DEFAULT_MAX_LEN
-    spark_master: str = "local[*]"
+    spark_master: str = field(default_factory=lambda: SparkConfig().master)
     spark_conf: dict[str, str] = field(default_factory=dict)
     validation_config: str = ""  # a YAML/JSON ValidationConfig file, or "" for the defaults
     train: bool = False
@@ -47,9 +49,12 @@ class DailySettings:
 
     @staticmethod
     def from_params(params: dict) -> "DailySettings":
+        """The DAG's params; the old name `out` of `data` still works."""
+        if params.get("out") and not params.get("data"):
+            params = {**params, "data": params["out"]}
         names = set(DailySettings.__dataclass_fields__)
         return DailySettings(**{k: v for k, v in params.items() if k in names and v not in (None, "")} | {
-            "raw": params["raw"], "out": params["out"]})
+            "raw": params["raw"], "data": params["data"]})
 
 
 def raw_partition_ready(raw: str, ds: str) -> bool:
@@ -63,39 +68,36 @@ def _q(*words: object) -> str:
 
 
 def build_command(s: DailySettings, ds: str) -> str:
-    job = importlib.util.find_spec("etl.spark_job").origin  # a file, as spark-submit wants
+    job = importlib.util.find_spec("cli.spark_job").origin  # a file, as spark-submit wants
     conf = [w for k, v in sorted(s.spark_conf.items()) for w in ("--conf", f"{k}={v}")]
     return (f"PYSPARK_PYTHON={shlex.quote(sys.executable)} "
             + _q(s.spark_submit, "--master", s.spark_master, *conf, job,
-                 "--raw", s.raw, "--out", s.out, "--start", ds, "--max-len", s.max_len))
+                 "--raw", s.raw, "--data", s.data, "--start", ds, "--max-len", s.max_len))
 
 
 def validate_command(s: DailySettings, ds: str) -> str:
-    config = ["--config", s.validation_config] if s.validation_config else []
-    return _q(s.longseq, "validate", "--data", s.out, "--ds", ds, "--max-len", s.max_len, "--master", s.spark_master,
-              *config)
+    config = ["--validation-config", s.validation_config] if s.validation_config else []
+    return _q(s.longseq, "validate", "--data", s.data, "--start", ds, "--master", s.spark_master, *config)
 
 
 def publish_command(s: DailySettings, ds: str) -> str:
-    return _q(s.longseq, "publish", "--data", s.out, "--start", ds)
+    return _q(s.longseq, "publish", "--data", s.data, "--start", ds)
 
 
 def train_command(s: DailySettings, ds: str) -> str:
     """Train on the published days before ds (at most train_days of them, consecutive up to
     the day before), then evaluate on ds."""
-    from etl.publish import published_days
-
     if not s.run_dir:
         raise ValueError("the train step needs the run_dir param")
     day = dt.date.fromisoformat(ds)
     last = day - dt.timedelta(days=1)
-    published = set(published_days(s.out))
+    published = set(published_days(s.data))
     first = last
     while first - dt.timedelta(days=1) in published and (last - first).days + 1 < s.train_days:
         first -= dt.timedelta(days=1)
     if last not in published:
         return _q("echo", f"no published day before {ds} to train on; skipping training")
-    config = ["--config", s.train_config] if s.train_config else []
+    config = ["--train-config", s.train_config] if s.train_config else []
     run_dir = f"{s.run_dir}/{ds}"
-    return (_q(s.longseq, "train", "--data", s.out, "--start", first, "--end", last, "--run-dir", run_dir, *config)
-            + " && " + _q(s.longseq, "evaluate", "--run-dir", run_dir, "--data", s.out, "--start", ds))
+    return (_q(s.longseq, "train", "--data", s.data, "--start", first, "--end", last, "--run-dir", run_dir, *config)
+            + " && " + _q(s.longseq, "evaluate", "--run-dir", run_dir, "--data", s.data, "--start", ds))

@@ -29,10 +29,11 @@ from typing import Callable
 
 import numpy as np
 
-from etl.raw_logs import RawPartitionWriter
+from dataset.raw import RawPartitionWriter
 from schemas.contracts import DAY_MS, RAW_LOG, TASKS, day_start_ms
 from schemas.errors import LongseqError, MissingPrerequisiteError
 from schemas.forms import to_arrow
+from sources import SAMPLE_START
 
 RATING_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 LABELS = {"finish": lambda r: r >= 4.0, "skip": lambda r: r <= 2.0, "like": lambda r: r >= 5.0, "comment": lambda r: r <= 1.0}
@@ -40,10 +41,10 @@ LABELS = {"finish": lambda r: r >= 4.0, "skip": lambda r: r <= 2.0, "like": lamb
 
 @dataclass(frozen=True)
 class MovieLensMapping:
-    days: int = 30
-    start: dt.date = dt.date(2026, 1, 1)
-    session_gap_minutes: float = 30.0
-    max_targets: int = 20
+    days: int = 30  # the whole file is mapped onto this many days
+    start: dt.date = SAMPLE_START
+    session_gap_minutes: float = 30.0  # a longer pause starts a new request
+    max_targets: int = 20  # most ratings in one request
 
 
 def _read_ratings(path: Path):
@@ -114,7 +115,7 @@ def to_impressions(ratings, authors: dict[int, int], mapping: MovieLensMapping):
 
 
 def adapt_movielens(ratings: Path, out: Path, movies: Path | None = None, mapping: MovieLensMapping | None = None,
-                    progress: Callable[[str], None] = print) -> dict:
+                    progress: Callable[[str], None] | None = None) -> dict:
     """Write contract-1 partitions ds=start..start+days-1 (every day, empty ones too) and
     out/_adapter_report.json; return the report."""
     import polars as pl
@@ -135,6 +136,8 @@ def adapt_movielens(ratings: Path, out: Path, movies: Path | None = None, mappin
         if part is not None:
             writer.write(part.drop("ds").to_arrow().cast(schema))
         writer.commit()
+        if progress:
+            progress(f"ds={day}: {0 if part is None else part.height:,} ratings")
     per_user = frame.group_by("userId").len()["len"].to_numpy()
     report = {
         "source": str(ratings), "movies": str(movies) if movies.exists() else None, **{k: str(v) for k, v in asdict(mapping).items()},
@@ -143,7 +146,13 @@ def adapt_movielens(ratings: Path, out: Path, movies: Path | None = None, mappin
         "ratings_per_user": {q: float(np.percentile(per_user, p)) for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
         "label_rates": {t: float(rows[t].mean()) for t in TASKS},
     }
+    report["out"] = str(out)
     (out / "_adapter_report.json").write_text(json.dumps(report, indent=2))
-    progress(f"adapted {frame.height:,} ratings of {report['users']:,} users into {report['requests']:,} requests over "
-             f"{mapping.days} days from {mapping.start} -> {out} (time compressed {1 / scale:,.0f}x)")
     return report
+
+
+def adaptation_summary(report: dict) -> str:
+    """One line saying what adapt_movielens did, from its report."""
+    return (f"adapted {report['ratings']:,} ratings of {report['users']:,} users into {report['requests']:,} requests "
+            f"over {report['days']} days from {report['start']} -> {report['out']} "
+            f"(time compressed {1 / report['time_scale']:,.0f}x)")

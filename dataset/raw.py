@@ -9,15 +9,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.layout import LocalStorage, Storage, ds_name
+from dataset.layout import ds_name, partition_path
+from dataset.storage import LocalStorage, Storage
 from schemas.check import check_arrow_schema
 from schemas.contracts import RAW_LOG, SUCCESS_MARKER
 from schemas.errors import MissingPrerequisiteError
 from schemas.forms import to_arrow
-
-
-def partition_path(root: str | Path, day: dt.date) -> str:
-    return f"{str(root).rstrip('/')}/{ds_name(day)}"
 
 
 def check_raw_partitions(storage: Storage, root: str, days: list[dt.date]) -> None:

@@ -36,8 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataset.raw import RawPartitionWriter
 from features.hashing import mix64
-from etl.raw_logs import RawPartitionWriter
 from schemas.contracts import DAY_MS, RAW_LOG, TASKS, day_start_ms
 from schemas.errors import LongseqError
 from schemas.forms import to_arrow
@@ -266,18 +266,61 @@ def _within_segment_cumsum(x: np.ndarray, segment: np.ndarray, first: np.ndarray
 
 
 # ---------------------------------------------------------------- one chunk of one day
+#
+# generate_chunk draws everything from one Generator; the helpers below take it in turn, so
+# the order in which generate_chunk calls them is part of the output (byte-identical files).
+# Shapes: U users in the chunk, R requests, S sessions, N impressions.
 
 
-def generate_chunk(
-    cat: Catalogue, users: Users, p: GeneratorProfile, seed: int, day_index: int, chunk: int, start_ms: int
-) -> dict[str, np.ndarray]:
-    """Clean impressions of users [chunk*users_per_chunk, ...) on one day, as numpy columns."""
-    rng = np.random.default_rng([seed, day_index, chunk])
-    lo = chunk * p.users_per_chunk
-    hi = min(p.users, lo + p.users_per_chunk)
+@dataclass
+class _Requests:
+    """One chunk's requests and sessions, grouped by (local) user."""
+
+    user: np.ndarray  # (R,) local user index
+    new_session: np.ndarray  # (R,) bool: the request opens a session
+    session: np.ndarray  # (R,) session index
+    sess_user: np.ndarray  # (S,) local user index
+    sess_topic: np.ndarray  # (S,) int32 main topic of the session's short-term interest
+    sess_start: np.ndarray  # (S,) drawn start in ms after midnight, a user's sessions in time order
+
+
+@dataclass
+class _Impressions:
+    request: np.ndarray  # (N,) request index, grouped by request
+    req_offsets: np.ndarray  # (R+1,) impressions of request r are [req_offsets[r], req_offsets[r+1])
+    position: np.ndarray  # (N,) int32
+    user: np.ndarray  # (N,) local user index
+    session: np.ndarray  # (N,) session index
+    topic: np.ndarray  # (N,) int32
+    item: np.ndarray  # (N,) catalogue index
+
+
+def _main_topic_sampler(
+    rng: np.random.Generator, users: Users, p: GeneratorProfile, lo: int, hi: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A draw of one main topic per given local user, from the user's feed preferences."""
+    affinity = users.main_affinity[lo:hi].astype(np.float64) * p.feed_temperature
+    feed_probs = np.exp(affinity - affinity.max(axis=1, keepdims=True))
+    user_topic_offsets = np.arange(hi - lo + 1) * p.main_topics
+    user_topic_keys = _segment_keys(feed_probs.ravel(), user_topic_offsets)
+
+    def main_topic_for(user_local: np.ndarray) -> np.ndarray:
+        drawn = _draw_in_segments(user_topic_keys, user_topic_offsets, user_local, rng.random(len(user_local)))
+        return (drawn - user_topic_offsets[user_local]).astype(np.int32)
+
+    return main_topic_for
+
+
+def _draw_requests(
+    rng: np.random.Generator,
+    users: Users,
+    p: GeneratorProfile,
+    lo: int,
+    hi: int,
+    main_topic_for: Callable[[np.ndarray], np.ndarray],
+) -> _Requests:
+    """How many requests each user makes today, cut into sessions with a topic and a start."""
     n_users = hi - lo
-
-    # requests and sessions
     n_req = rng.poisson(np.minimum(users.rate[lo:hi] * rng.gamma(p.day_shape, 1.0 / p.day_shape, n_users), p.max_requests_per_day))
     req_user = np.repeat(np.arange(n_users), n_req)  # local user index, grouped by user
     n_requests = len(req_user)
@@ -287,113 +330,184 @@ def generate_chunk(
     sess_user = req_user[new_session]
     n_sessions = len(sess_user)
 
-    affinity = users.main_affinity[lo:hi].astype(np.float64) * p.feed_temperature
-    feed_probs = np.exp(affinity - affinity.max(axis=1, keepdims=True))
-    user_topic_offsets = np.arange(n_users + 1) * p.main_topics
-    user_topic_keys = _segment_keys(feed_probs.ravel(), user_topic_offsets)
-
-    def main_topic_for(user_local: np.ndarray) -> np.ndarray:
-        drawn = _draw_in_segments(user_topic_keys, user_topic_offsets, user_local, rng.random(len(user_local)))
-        return (drawn - user_topic_offsets[user_local]).astype(np.int32)
-
     sess_topic = main_topic_for(sess_user)
     evening = (rng.normal(20.5 * 3600, 2.5 * 3600, n_sessions) % 86_400) * 1000
     uniform = rng.uniform(0, DAY_MS, n_sessions)
     sess_start = np.where(rng.random(n_sessions) < p.evening_share, evening, uniform)
     sess_start = sess_start[np.lexsort((sess_start, sess_user))]  # sessions of a user in time order
+    return _Requests(req_user, new_session, req_session, sess_user, sess_topic, sess_start)
 
-    # impressions: where each comes from, its topic and its item
+
+def _draw_impressions(
+    rng: np.random.Generator,
+    cat: Catalogue,
+    p: GeneratorProfile,
+    req: _Requests,
+    main_topic_for: Callable[[np.ndarray], np.ndarray],
+) -> _Impressions:
+    """Each request's impressions: where each comes from, its topic and its item."""
+    n_requests = len(req.user)
     n_imp = rng.integers(p.impressions_min, p.impressions_max + 1, n_requests)
     req_offsets = _offsets(n_imp)
     imp_req = np.repeat(np.arange(n_requests), n_imp)
     n = len(imp_req)
     position = (np.arange(n) - req_offsets[imp_req]).astype(np.int32)
-    imp_user = req_user[imp_req]
-    imp_session = req_session[imp_req]
+    imp_user = req.user[imp_req]
+    imp_session = req.session[imp_req]
     source = np.searchsorted(np.cumsum([p.p_session, p.p_main, p.p_niche]), rng.random(n), side="right")
     topic = np.empty(n, dtype=np.int32)
     s_session, s_main, s_niche = (source == 0), (source == 1), (source == 2)
-    topic[s_session] = sess_topic[imp_session[s_session]]
+    topic[s_session] = req.sess_topic[imp_session[s_session]]
     topic[s_main] = main_topic_for(imp_user[s_main])
     topic[s_niche] = p.main_topics + rng.integers(0, p.niche_topics, int(s_niche.sum()))
     item = np.empty(n, dtype=np.int64)
     by_topic = source <= 2
     item[by_topic] = _draw_in_segments(cat.topic_keys, cat.topic_offsets, topic[by_topic], rng.random(int(by_topic.sum())))
-    popular = ~by_topic
+    popular = ~by_topic  # global popularity: the topic follows from the item
     item[popular] = np.searchsorted(cat.popular_keys, rng.random(int(popular.sum())), side="right")
     topic[popular] = cat.topic[item[popular]]
+    return _Impressions(imp_req, req_offsets, position, imp_user, imp_session, topic, item)
 
-    # labels from the latent model
-    user_global = lo + imp_user
+
+def _label_logit(
+    cat: Catalogue,
+    users: Users,
+    p: GeneratorProfile,
+    req: _Requests,
+    imp: _Impressions,
+    user_global: np.ndarray,
+    duration: np.ndarray,
+) -> np.ndarray:
+    """(N,) logit of finishing each impression under the latent model (no draws)."""
+    topic = imp.topic
     is_niche = topic >= p.main_topics
     main_eff = np.where(
         is_niche, 0.0, users.main_affinity[user_global, np.minimum(topic, p.main_topics - 1)]
     )
     loves = niche_loves(users, user_global, np.maximum(topic - p.main_topics, 0), p)
     niche_eff = np.where(is_niche, np.where(loves, p.niche_love, p.niche_dislike), 0.0)
-    duration = cat.duration_ms[item].astype(np.float64)
-    logit = (
+    return (
         p.base_logit
-        + cat.quality[item]
+        + cat.quality[imp.item]
         + users.bias[user_global]
         + p.w_main * main_eff
         + niche_eff
-        + p.w_session * (topic == sess_topic[imp_session])
-        - p.position_decay * position
+        + p.w_session * (topic == req.sess_topic[imp.session])
+        - p.position_decay * imp.position
         - 0.3 * np.log(duration / 20_000)
     )
+
+
+def _draw_labels(
+    rng: np.random.Generator, users: Users, user_global: np.ndarray, logit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(finish, skip, like, comment), each (N,) bool, in TASKS order."""
+    n = len(logit)
     finish = rng.random(n) < _sigmoid(logit)
     skip = ~finish & (rng.random(n) < _sigmoid(-0.9 * logit - 0.6))
     like = rng.random(n) < _sigmoid(logit + users.like_bias[user_global] - 3.2) * np.where(finish, 1.0, 0.25)
     comment = rng.random(n) < _sigmoid(logit + users.comment_bias[user_global] - 5.0)
+    return finish, skip, like, comment
 
-    # watch time -> when each outcome is known
+
+def _draw_play(rng: np.random.Generator, duration: np.ndarray, finish: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """(N,) int64 watch time: a finish (sometimes replayed), a quick skip, or a partial watch."""
+    n = len(duration)
     replay = np.where(rng.random(n) < 0.08, 1.0 + rng.random(n), 1.0)
-    play = np.where(
+    return np.where(
         finish,
         duration * replay,
         np.where(skip, np.minimum(duration, rng.uniform(300, 2500, n)), duration * rng.uniform(0.1, 0.9, n)),
     ).astype(np.int64)
-    consumed = play + 400  # a swipe between videos
-    first_imp = req_offsets[:-1]
-    done_in_request = _within_segment_cumsum(consumed, imp_req, first_imp)
-    req_duration = np.add.reduceat(consumed, first_imp) if n_requests else np.zeros(0, np.int64)
-    think = rng.uniform(1_000, 8_000, n_requests)
-    sess_first_req = np.flatnonzero(new_session)
-    busy = (req_duration + think).astype(np.int64)
-    req_end = _within_segment_cumsum(busy, req_session, sess_first_req)
-    # A session starts at its drawn time or when the user's previous session ends, whichever
-    # is later: start'_k = P_k + max_{j<=k} (start_j - P_j), P = the user's busy time before
-    # session k. The user offset makes one running max restart per user.
+
+
+def _schedule_sessions(
+    sess_start: np.ndarray, sess_user: np.ndarray, busy: np.ndarray, sess_first_req: np.ndarray
+) -> np.ndarray:
+    """(S,) int64 session starts pushed back so a user's sessions never overlap.
+
+    A session starts at its drawn time or when the user's previous session ends, whichever
+    is later: start'_k = P_k + max_{j<=k} (start_j - P_j), P = the user's busy time before
+    session k. The user offset makes one running max restart per user.
+    """
+    n_sessions = len(sess_user)
     sess_busy = np.add.reduceat(busy, sess_first_req) if n_sessions else np.zeros(0, np.int64)
     sess_first = np.concatenate([[True], sess_user[1:] != sess_user[:-1]]) if n_sessions else np.zeros(0, bool)
     before = _within_segment_cumsum(sess_busy, np.cumsum(sess_first) - 1, np.flatnonzero(sess_first)) - sess_busy
     user_offset = sess_user.astype(np.int64) * (1 << 45)
-    sess_start = before + np.maximum.accumulate(sess_start.astype(np.int64) - before + user_offset) - user_offset
-    request_ts = (start_ms + sess_start[req_session] + req_end - busy).astype(np.int64)
+    return before + np.maximum.accumulate(sess_start.astype(np.int64) - before + user_offset) - user_offset
 
-    log_delay = rng.lognormal(np.log(p.log_delay_median_ms), 1.0, n)
+
+def _request_times(
+    rng: np.random.Generator, req: _Requests, imp: _Impressions, play: np.ndarray, start_ms: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(request_ts (R,), watch time done in the request up to each impression (N,), request duration (R,))."""
+    n_requests = len(req.user)
+    consumed = play + 400  # a swipe between videos
+    first_imp = imp.req_offsets[:-1]
+    done_in_request = _within_segment_cumsum(consumed, imp.request, first_imp)
+    req_duration = np.add.reduceat(consumed, first_imp) if n_requests else np.zeros(0, np.int64)
+    think = rng.uniform(1_000, 8_000, n_requests)
+    sess_first_req = np.flatnonzero(req.new_session)
+    busy = (req_duration + think).astype(np.int64)
+    req_end = _within_segment_cumsum(busy, req.session, sess_first_req)
+    sess_start = _schedule_sessions(req.sess_start, req.sess_user, busy, sess_first_req)
+    request_ts = (start_ms + sess_start[req.session] + req_end - busy).astype(np.int64)
+    return request_ts, done_in_request, req_duration
+
+
+def _event_times(
+    rng: np.random.Generator,
+    p: GeneratorProfile,
+    imp: _Impressions,
+    request_ts: np.ndarray,
+    done_in_request: np.ndarray,
+    req_duration: np.ndarray,
+) -> np.ndarray:
+    """(N,) event_ts: the outcome is known, plus a logging delay; late requests upload as one batch."""
+    imp_req = imp.request
+    log_delay = rng.lognormal(np.log(p.log_delay_median_ms), 1.0, len(imp_req))
     event_ts = request_ts[imp_req] + done_in_request + log_delay.astype(np.int64)
-    late = rng.random(n_requests) < p.late_upload_prob
-    late_at = request_ts + req_duration + rng.lognormal(np.log(p.late_upload_median_ms), 1.5, n_requests).astype(np.int64)
-    event_ts = np.where(late[imp_req], late_at[imp_req], event_ts)  # one batch: equal event_ts
+    late = rng.random(len(request_ts)) < p.late_upload_prob
+    late_delay = rng.lognormal(np.log(p.late_upload_median_ms), 1.5, len(request_ts)).astype(np.int64)
+    late_at = request_ts + req_duration + late_delay
+    return np.where(late[imp_req], late_at[imp_req], event_ts)  # one batch: equal event_ts
+
+
+def generate_chunk(
+    cat: Catalogue, users: Users, p: GeneratorProfile, seed: int, day_index: int, chunk: int, start_ms: int
+) -> dict[str, np.ndarray]:
+    """Clean impressions of users [chunk*users_per_chunk, ...) on one day, as numpy columns."""
+    rng = np.random.default_rng([seed, day_index, chunk])  # the only source of randomness: keep call order
+    lo = chunk * p.users_per_chunk
+    hi = min(p.users, lo + p.users_per_chunk)
+    main_topic_for = _main_topic_sampler(rng, users, p, lo, hi)
+    req = _draw_requests(rng, users, p, lo, hi, main_topic_for)
+    imp = _draw_impressions(rng, cat, p, req, main_topic_for)
+    user_global = lo + imp.user
+    duration = cat.duration_ms[imp.item].astype(np.float64)
+    labels = _draw_labels(rng, users, user_global, _label_logit(cat, users, p, req, imp, user_global, duration))
+    play = _draw_play(rng, duration, labels[0], labels[1])
+    request_ts, done_in_request, req_duration = _request_times(rng, req, imp, play, start_ms)
+    event_ts = _event_times(rng, p, imp, request_ts, done_in_request, req_duration)
 
     # a request belongs to the day its request_ts falls in; sessions running past midnight stop
-    keep = request_ts[imp_req] < start_ms + DAY_MS
+    keep = request_ts[imp.request] < start_ms + DAY_MS
+    n = len(imp.request)
     event_key = (np.uint64(day_index) << np.uint64(40)) | (np.uint64(chunk) << np.uint64(26))
-    request_key = event_key | imp_req.astype(np.uint64)
+    request_key = event_key | imp.request.astype(np.uint64)
     cols = {
         "event_id": mix64(event_key | np.arange(n, dtype=np.uint64), seed * 7919 + 5),
         "request_id": mix64(request_key, seed * 7919 + 6),
         "user_id": users.user_id[user_global],
-        "request_ts": request_ts[imp_req],
-        "item_id": cat.item_id[item],
-        "author_id": cat.author_id[item],
-        "position": position,
+        "request_ts": request_ts[imp.request],
+        "item_id": cat.item_id[imp.item],
+        "author_id": cat.author_id[imp.item],
+        "position": imp.position,
         "event_ts": event_ts,
         "play_ms": np.minimum(play, np.iinfo(np.int32).max).astype(np.int32),
         "duration_ms": duration.astype(np.int32),
-        **{t: v.astype(np.int8) for t, v in zip(TASKS, (finish, skip, like, comment))},
+        **{t: v.astype(np.int8) for t, v in zip(TASKS, labels)},
     }
     order = np.argsort(event_ts[keep], kind="stable")  # logs arrive in event_ts order
     return {k: v[keep][order] for k, v in cols.items()}

@@ -1,0 +1,69 @@
+"""What the quality benchmark runs: the plans (sizes, seeds, lengths, baselines) and the
+parameter counts behind its parameter-matched baselines. bench/quality.py runs a plan;
+bench/quality_report.py writes its report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from sources import SAMPLE_START
+
+START = SAMPLE_START
+ML_ARCHS = ("none", "mean", "din", "stca")  # the Transformer is quadratic in MovieLens' full 2,391-event histories
+# MovieLens latest-small beside the repository (../shared/data), unless --movielens says where
+MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-latest-small" / "ratings.csv"
+
+
+@dataclass(frozen=True)
+class Plan:
+    users: int
+    days: int
+    train_days: int  # the days before the last one that training reads
+    seeds: tuple[int, ...]
+    lengths: tuple[int, ...]
+    steps: int  # training steps per run
+    batch: int = 32
+    preset: str = "tiny"
+    baseline_len: int = 2_000
+    archs: tuple[str, ...] = ("none", "mean", "din", "transformer", "stca")
+    matched: tuple[str, ...] = ("none", "mean", "din", "transformer")  # also run at STCA's dense parameter count
+    # (arch, steps): also train longer. DIN's 1,000 steps take about STCA's 400-step time at 2k
+    # (compute matched); STCA's show whether its lead at equal steps holds with more training.
+    more_steps: tuple[tuple[str, int], ...] = (("din", 1_000), ("stca", 1_000))
+    ml_lengths: tuple[int, ...] = (50, 200, 1_000)  # below the full history (at most 2,391 ratings a user)
+    serving: tuple[int, ...] = (2_000, 4_000, 10_000)
+
+
+PLANS = {
+    "quick": Plan(users=150, days=10, train_days=3, seeds=(0,), lengths=(500, 2_000, 10_000), steps=150,
+                  archs=("none", "mean", "din", "stca"), matched=("mean", "din"),
+                  more_steps=(("din", 350),), ml_lengths=(50,)),
+    "full": Plan(users=400, days=12, train_days=4, seeds=(0, 1, 2), lengths=(500, 1_000, 2_000, 5_000, 10_000), steps=400),
+}
+
+
+@functools.lru_cache(maxsize=None)  # the report and the plan ask for the same counts many times
+def dense_parameters(preset: str, arch: str, ffn_mult: int | None = None) -> int:
+    """Parameters outside the embedding tables (which every arch shares) of a preset's model."""
+    from trainer.model import RankingModel, num_parameters
+    from trainer.model_config import PRESETS
+
+    base = PRESETS[preset]
+    cfg = dataclasses.replace(base, arch=arch, ffn_mult=ffn_mult or base.ffn_mult)
+    model = RankingModel(cfg)
+    return num_parameters(model) - num_parameters(model.embed)
+
+
+def matched_ffn_mult(preset: str, arch: str) -> int:
+    """The feed-forward multiplier that brings `arch` closest to STCA's dense parameter count."""
+    target = dense_parameters(preset, "stca")
+    return min(range(1, 33), key=lambda m: abs(dense_parameters(preset, arch, m) - target))
+
+
+def matched_model(preset: str, arch: str) -> dict:
+    """The model overrides of `arch` widened to about STCA's dense parameter count."""
+    return {"arch": arch, "ffn_mult": matched_ffn_mult(preset, arch)}

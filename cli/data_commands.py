@@ -1,0 +1,177 @@
+"""The data stages: generate or adapt raw logs, build, validate, publish.
+
+Each stage is an arguments function and a run function; the work is in sources/ and etl/.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cli.arguments import (
+    SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, date, fraction, local_path,
+    positive_int, progress, spark_config,
+)
+from schemas.contracts import DEFAULT_MAX_LEN
+from schemas.errors import LongseqError
+from sources import SAMPLE_START
+
+# ---------------------------------------------------------------- generate
+
+
+def generate_arguments(p: argparse.ArgumentParser) -> None:
+    from sources.generate import PROFILES  # numpy and pyarrow only
+
+    add_raw(p, "raw log directory to write (ds=YYYY-MM-DD partitions)", deprecated=["--out"])
+    p.add_argument("--users", type=positive_int, help="number of users (default: the profile's)")
+    p.add_argument("--days", type=positive_int, help="number of days (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same arguments, same bytes (default 0)")
+    p.add_argument("--start", type=date, default=SAMPLE_START, help=f"first day (default {SAMPLE_START})")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="default", help="size and model preset (default: default)")
+    p.add_argument("--dirty", type=fraction, default=0.0, help="fraction of rows made invalid, for robustness tests (default 0)")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sources.generate import PROFILES, generate
+
+    profile = PROFILES[args.profile].with_sizes(args.users, args.days)
+    report = generate(Path(args.raw), profile, args.seed, args.start, args.dirty, progress=progress)
+    dirty = ", ".join(f"{k} {v:,}" for k, v in report.dirty.items()) if args.dirty else "none"
+    print(f"wrote {report.rows:,} rows ({report.requests:,} requests, {profile.users:,} users, "
+          f"{profile.days} days) to {args.raw} in {report.seconds:.1f} s; dirty rows: {dirty}")
+    return 0
+
+
+# ---------------------------------------------------------------- adapt
+
+
+def adapt_arguments(p: argparse.ArgumentParser) -> None:
+    from sources.movielens import MovieLensMapping
+
+    default = MovieLensMapping()
+    p.add_argument("dataset", choices=["movielens"], help="the dataset's format")
+    p.add_argument("--ratings", type=local_path, required=True, help="MovieLens ratings.csv (userId,movieId,rating,timestamp)")
+    p.add_argument("--movies", type=local_path, help="movies.csv for genres (default: next to --ratings)")
+    add_raw(p, "raw log directory to write (ds=YYYY-MM-DD partitions)", deprecated=["--out"])
+    p.add_argument("--days", type=positive_int, default=default.days,
+                   help=f"days the whole file is mapped onto (default {default.days})")
+    p.add_argument("--start", type=date, default=default.start, help=f"first day (default {default.start})")
+    p.add_argument("--session-gap-minutes", type=float, default=default.session_gap_minutes,
+                   help=f"a longer pause starts a new request (default {default.session_gap_minutes:g})")
+    p.add_argument("--max-targets", type=positive_int, default=default.max_targets,
+                   help=f"most ratings in one request (default {default.max_targets})")
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sources.movielens import MovieLensMapping, adapt_movielens, adaptation_summary
+
+    mapping = MovieLensMapping(days=args.days, start=args.start, session_gap_minutes=args.session_gap_minutes,
+                               max_targets=args.max_targets)
+    report = adapt_movielens(args.ratings, Path(args.raw), movies=args.movies, mapping=mapping, progress=progress)
+    print(adaptation_summary(report))
+    return 0
+
+
+# ---------------------------------------------------------------- build
+
+
+def build_arguments(p: argparse.ArgumentParser) -> None:
+    from etl.engines import ENGINES
+
+    add_raw(p, "raw log directory (ds=YYYY-MM-DD partitions with _SUCCESS)")
+    add_data(p, "output directory: requests/, quarantine/, state/, reports/", deprecated=["--out"])
+    add_days(p, "build")
+    p.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN,
+                   help=f"history length kept per request (default {DEFAULT_MAX_LEN})")
+    p.add_argument("--engine", choices=ENGINES, default=ENGINES[0], help=f"{' or '.join(ENGINES)} (local, no JVM); default {ENGINES[0]}")
+    p.add_argument("--catch-up", action="store_true", help="first build the days missing between the last built day and --start")
+    add_spark(p, "Spark settings (engine spark)")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from etl.build import BuildConfig, build, summarize_build
+    from etl.engines import make_engine
+
+    if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
+        raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
+    config = BuildConfig(raw=args.raw, out=args.data, start=args.start, end=args.end, max_len=args.max_len,
+                         catch_up=args.catch_up)
+    engine = make_engine(args.engine, spark_config(args) if args.engine == "spark" else None)
+    reports = build(engine, config, log=progress)
+    print(summarize_build(reports))
+    return 0
+
+
+# ---------------------------------------------------------------- validate
+
+
+def validate_arguments(p: argparse.ArgumentParser) -> None:
+    from etl.validation import SUITES
+
+    add_data(p)
+    add_days(p, "validate", deprecated_start=["--ds"])
+    p.add_argument("--suite", choices=SUITES, default=SUITES[0], help=f"what to validate (default {SUITES[0]})")
+    add_raw(p, "raw log directory, for --suite raw", required=False)
+    p.add_argument("--sample", type=float, help="validate a random fraction of the rows (0 < F <= 1)")
+    add_config(p, "validation", "YAML/JSON validation settings: bands, raw_mostly, lateness_ms, warn_only")
+    p.add_argument("--warn", action="append", default=[], metavar="CHECK", help="make a check (or glob) only warn; repeatable")
+    p.add_argument("--critical", action="append", default=[], metavar="CHECK", help="make a warn-only check critical; repeatable")
+    # the build report records the history length; an explicit bound is an old spelling
+    p.add_argument("--max-len", type=positive_int, help=argparse.SUPPRESS)
+    add_spark(p)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from dataset.layout import day_range
+    from etl.spark_session import spark_session
+    from etl.validation import ValidationConfig, ValidationFailed, summary_table, validate
+
+    if args.max_len is not None:
+        progress("longseq validate: warning: --max-len is deprecated: the bound is read from each day's build report")
+    overrides = {"max_len": args.max_len} if args.max_len else {}
+    cfg = ValidationConfig.from_file(args.config, **overrides) if args.config else ValidationConfig(**overrides)
+    cfg.warn_only = (*cfg.warn_only, *args.warn)
+    cfg.critical_only = (*cfg.critical_only, *args.critical)
+    days = day_range(args.start, args.end)
+    spark = spark_session(spark_config(args))
+    failed = []
+    for day in days:
+        outcome = validate(spark, args.data, day, args.suite, raw=args.raw, cfg=cfg, sample=args.sample)
+        print(summary_table(outcome), flush=True)
+        failed += [] if outcome["passed"] else [
+            f"ds={day} ({', '.join(r['check'] for r in outcome['checks'] if r['critical'] and not r['success'])})"]
+    if failed:
+        raise ValidationFailed(f"critical expectations failed: {'; '.join(failed)}")
+    return 0
+
+
+# ---------------------------------------------------------------- publish
+
+
+def publish_arguments(p: argparse.ArgumentParser) -> None:
+    add_data(p)
+    add_days(p, "publish")
+    p.add_argument("--override-validation", metavar="REASON",
+                   help="publish days whose validation failed or is missing; the reason is recorded")
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from etl.publish import publish
+
+    publish(args.data, args.start, args.end, override_reason=args.override_validation, log=print)
+    return 0
+
+
+COMMANDS = [
+    Command("generate", "Write synthetic contract-1 impression logs (Parquet, one ds per day).", generate_arguments, run_generate),
+    Command("adapt", "Turn a public dataset into contract-1 impression logs (docs/MOVIELENS.md).", adapt_arguments, run_adapt),
+    Command("build", "Build request records (contract 2) from raw logs, day by day from the history state.",
+            build_arguments, run_build),
+    Command("validate", "Validate built request records (or raw partitions) with Great Expectations.",
+            validate_arguments, run_validate),
+    Command("publish", "Publish validated days for the trainer's reader (one manifest per day, atomic).",
+            publish_arguments, run_publish),
+]

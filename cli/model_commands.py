@@ -1,0 +1,97 @@
+"""The model stages: train, evaluate, score. The work is in trainer/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cli.arguments import Command, add_config, add_data, add_days, add_device, local_path, positive_int, progress
+
+# ---------------------------------------------------------------- train
+
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    from trainer.model_config import ARCHS, DEFAULT_PRESET, PRESETS  # no torch
+
+    add_data(p, "the build's output directory, with published days")
+    add_days(p, "train on")
+    p.add_argument("--run-dir", type=local_path, required=True, metavar="DIR", help="checkpoints, logs and metrics go here")
+    add_config(p, "train", "YAML/JSON training settings (TrainConfig, docs/TRAINER.md)")
+    p.add_argument("--preset", choices=list(PRESETS), help=f"model size (default {DEFAULT_PRESET})")
+    p.add_argument("--arch", choices=ARCHS, help=f"model (default {ARCHS[0]})")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many steps")
+    p.add_argument("--seed", type=int)
+    add_device(p)
+
+
+def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
+    """The settings file (if any), then the flags given on top of it."""
+    from trainer.train import TrainConfig
+
+    flags = {k: v for k, v in {"preset": args.preset, "epochs": args.epochs, "seed": args.seed,
+                               "max_steps": args.max_steps, "device": args.device}.items() if v is not None}
+    cfg = TrainConfig.from_file(args.config, **flags) if args.config else TrainConfig(**flags)
+    if args.arch:
+        cfg.model = {**cfg.model, "arch": args.arch}
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from trainer.train import train
+
+    summary = train(args.data, args.start, args.end, args.run_dir, train_config(args), log=progress)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained {summary['steps']} steps; checkpoint {summary['checkpoint']}")
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate and score
+
+
+def _scoring_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--run-dir", type=local_path, required=True, metavar="DIR", help="a `longseq train` run directory")
+    add_data(p, "the build's output directory, with published days")
+    add_days(p, what)
+    p.add_argument("--max-len", type=positive_int, help="serve the most recent N events (default: the full history)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="requests per batch (default 64)")
+    add_device(p)
+
+
+def _device(args: argparse.Namespace) -> dict:
+    return {"device": args.device} if args.device else {}  # unset: the functions' default, auto
+
+
+def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    _scoring_arguments(p, "evaluate on")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from trainer.evaluate import evaluate
+
+    evaluate(args.run_dir, args.data, args.start, args.end, max_len=args.max_len, batch_size=args.batch_size,
+             log=print, **_device(args))
+    return 0
+
+
+def score_arguments(p: argparse.ArgumentParser) -> None:
+    _scoring_arguments(p, "score")
+    p.add_argument("--out", type=local_path, required=True, metavar="FILE", help="Parquet file to write")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from trainer.evaluate import score
+
+    rows = score(args.run_dir, args.data, args.start, args.end, args.out, max_len=args.max_len,
+                 batch_size=args.batch_size, **_device(args))
+    print(f"wrote {rows:,} target scores to {args.out}")
+    return 0
+
+
+COMMANDS = [
+    Command("train", "Train STCA (or a baseline) on published days; resumes a run directory. torchrun for several processes.",
+            train_arguments, run_train),
+    Command("evaluate", "Per-task AUC, GAUC and logloss of a trained run on published days, at full length.",
+            evaluate_arguments, run_evaluate),
+    Command("score", "Write per-target scores of a trained run on published days to Parquet.", score_arguments, run_score),
+]

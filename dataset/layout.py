@@ -1,0 +1,84 @@
+"""Where a build's outputs live: the on-disk layout that the ETL writes and the trainer reads.
+
+    DATA/requests/ds=YYYY-MM-DD/    request records (contract 2) + _SUCCESS
+    DATA/quarantine/ds=YYYY-MM-DD/  rejected raw rows + reason + _SUCCESS
+    DATA/state/ds=YYYY-MM-DD/       user_state after that day + _SUCCESS
+    DATA/reports/ds=YYYY-MM-DD/build.json         written last: the day is built
+    DATA/validation/ds=YYYY-MM-DD/requests.json   the Great Expectations outcome
+    DATA/published/ds=YYYY-MM-DD/manifest.json    written by `longseq publish`: readable
+
+Engines write into hidden temp directories (names starting with "."; Spark, pyarrow and
+polars skip those), which are renamed into place only once complete (etl/commit.py). A
+day counts as built when its report exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataset.storage import Storage
+from schemas.contracts import PARTITION_COLUMN, SUCCESS_MARKER
+from schemas.errors import LongseqError
+
+KINDS = ("requests", "quarantine", "state")
+# Parquet row-group size of every output: a reader holds one row group per worker and
+# queue slot, so this bounds its memory (~100-1,000 records of 10k events).
+ROW_GROUP_BYTES = 32 * 1024 * 1024
+REPORT_NAME = "build.json"
+MANIFEST_NAME = "manifest.json"
+
+
+def day_range(start: dt.date, end: dt.date | None = None) -> list[dt.date]:
+    """Every day from start to end (default: start), in order."""
+    end = end or start
+    if end < start:
+        raise LongseqError(f"--end {end} is before --start {start}")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def ds_name(day: dt.date) -> str:
+    return f"{PARTITION_COLUMN}={day.isoformat()}"
+
+
+def partition_path(root: str | Path, day: dt.date) -> str:
+    """A day's raw log partition: ROOT/ds=YYYY-MM-DD."""
+    return f"{str(root).rstrip('/')}/{ds_name(day)}"
+
+
+@dataclass(frozen=True)
+class BuildLayout:
+    out: str
+
+    def dir(self, kind: str, day: dt.date) -> str:
+        return f"{self.out}/{kind}/{ds_name(day)}"
+
+    def report(self, day: dt.date) -> str:
+        return f"{self.out}/reports/{ds_name(day)}/{REPORT_NAME}"
+
+    def temp(self, kind: str, day: dt.date, token: str) -> str:
+        return f"{self.out}/{kind}/.{ds_name(day)}.{token}.tmp"
+
+    def built_days(self, storage: Storage) -> list[dt.date]:
+        """Days whose build finished (their report exists), oldest first."""
+        days = []
+        for name in storage.list_names(f"{self.out}/reports"):
+            if name.startswith(f"{PARTITION_COLUMN}="):
+                day = dt.date.fromisoformat(name.split("=", 1)[1])
+                if self.is_built(storage, day):
+                    days.append(day)
+        return sorted(days)
+
+    def build_digest(self, storage: Storage, day: dt.date) -> str | None:
+        """Identifies one build of a day (its report names a fresh run), or None if unbuilt."""
+        path = self.report(day)
+        return hashlib.sha256(storage.read_text(path).encode()).hexdigest()[:16] if storage.exists(path) else None
+
+    def manifest(self, day: dt.date) -> str:
+        """Written by `longseq publish` (etl/publish.py); its presence makes the day readable."""
+        return f"{self.out}/published/{ds_name(day)}/{MANIFEST_NAME}"
+
+    def is_built(self, storage: Storage, day: dt.date) -> bool:
+        return storage.exists(self.report(day)) and storage.exists(f"{self.dir('state', day)}/{SUCCESS_MARKER}")

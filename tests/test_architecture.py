@@ -1,0 +1,143 @@
+"""Imports run one way, in the order the data flows, and no module imports itself back:
+
+    schemas -> dataset, features -> sources, etl, trainer -> cli -> bench, airflow_dags
+
+Read from the source (an AST walk over every import statement, also those inside
+functions and under TYPE_CHECKING), not from what happens to be imported at run time.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# package -> the packages its modules may import (itself included)
+ALLOWED: dict[str, set[str]] = {
+    "schemas": {"schemas"},
+    "dataset": {"schemas", "dataset"},
+    "features": {"schemas", "features"},
+    "sources": {"schemas", "dataset", "features", "sources"},
+    "etl": {"schemas", "dataset", "features", "etl"},
+    "trainer": {"schemas", "dataset", "features", "trainer"},
+    "cli": {"schemas", "dataset", "features", "sources", "etl", "trainer", "cli"},
+    "bench": {"schemas", "dataset", "features", "sources", "etl", "trainer", "cli", "bench"},
+    "airflow_dags": {"schemas", "dataset", "cli", "airflow_dags"},
+}
+PACKAGES = set(ALLOWED) | {"tests"}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, root: Path, known: set[str]) -> set[str]:
+    """The project modules one file imports (`from pkg import mod` counts as pkg.mod when
+    that is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] in PACKAGES}
+    return found
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    files = {module_name(p, root): p for pkg in PACKAGES for p in (root / pkg).rglob("*.py") if "__pycache__" not in p.parts}
+    known = set(files)
+    return {name: imports_of(path, root, known) for name, path in files.items()}
+
+
+def forbidden_imports(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in graph.items():
+        package = module.split(".")[0]
+        if package == "tests":
+            continue
+        bad += [f"{module} imports {t}" for t in sorted(targets) if t.split(".")[0] not in ALLOWED[package]]
+    return bad
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import cycles between modules (strongly connected components of more than one
+    module, or a module importing itself), by Tarjan's algorithm."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(t for t in graph.get(v, ()) if t in graph):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph.get(v, ()):
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_imports_run_one_way():
+    assert forbidden_imports(import_graph(REPO)) == []
+
+
+def test_there_are_no_import_cycles():
+    assert cycles(import_graph(REPO)) == []
+
+
+def test_the_trainer_reads_published_data_without_the_etl():
+    graph = import_graph(REPO)
+    assert "dataset.published" in graph["trainer.reader"]
+    assert not any(t.startswith(("etl", "sources")) for m, ts in graph.items() if m.startswith("trainer") for t in ts)
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"trainer/train.py": "def f():\n    from etl.publish import published_files\n"},
+     "trainer.train imports etl.publish"),
+    ({"etl/build.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trainer.model import X\n"},
+     "etl.build imports trainer.model"),
+    ({"etl/demo.py": "import bench.quality\n"}, "etl.demo imports bench.quality"),
+    ({"schemas/x.py": "from dataset import layout\n", "dataset/layout.py": ""}, "schemas.x imports dataset.layout"),
+])
+def test_the_check_catches_a_forbidden_import(tmp_path, files, expected):
+    assert expected in forbidden_imports(import_graph(_tree(tmp_path, files)))
+
+
+def test_the_check_catches_a_cycle(tmp_path):
+    root = _tree(tmp_path, {"trainer/reader.py": "def f():\n    from trainer import petastorm_reader\n",
+                            "trainer/petastorm_reader.py": "from trainer.reader import ReaderConfig\n",
+                            "trainer/model.py": "from trainer.reader import x\n"})
+    assert cycles(import_graph(root)) == [["trainer.petastorm_reader", "trainer.reader"]]

@@ -1,0 +1,43 @@
+"""The model's settings and size presets, apart from the model so that reading them (the
+command line's choices, a training config) does not import torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ARCHS = ("stca", "din", "transformer", "mean", "none")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "stca"  # stca | din (one target-attention layer) | transformer | mean | none
+    dim: int = 64  # D
+    layers: int = 2  # STCA layers; transformer: self-attention blocks
+    heads: int = 4  # H
+    head_dim: int = 16  # K
+    ffn_mult: int = 2  # SwiGLU hidden width = ffn_mult * D
+    item_buckets: int = 1 << 18  # hashed id vocabularies (row 0 unused)
+    author_buckets: int = 1 << 16
+    # Attention logits are multiplied by log(n), n = the request's history length + 1
+    # (scalable softmax): without it the weight one relevant event can get falls like 1/n,
+    # so attention that finds a needle in 200 events loses it in 10k (docs/TRAINER.md).
+    length_scaled: bool = True
+    # Id-match attention prior: a history event with the target's item or author gets a
+    # bonus of w * log(n) to its logit, w learned per head and initialised to this (None:
+    # off). At w = 1 a matching event weighs as much as all the others together at any
+    # length; small-data training does not find such needles by itself.
+    match_prior: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+DEFAULT_PRESET = "small"
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(dim=32, layers=2, heads=2, head_dim=16, item_buckets=1 << 14, author_buckets=1 << 12),
+    "small": ModelConfig(dim=64, layers=2, heads=4, head_dim=16),
+    # the paper's production size: 4 layers, 16 heads of 64, model dim 1024
+    "paper": ModelConfig(dim=1024, layers=4, heads=16, head_dim=64, ffn_mult=4, item_buckets=1 << 22,
+                         author_buckets=1 << 20),
+}
