@@ -5,9 +5,9 @@ on generated data and on MovieLens.
 
 Each setting is the whole path: data generated (or adapted) -> built (polars) ->
 published -> `train` -> `evaluate` on the held-out last day. Results are cached per
-setting name in WORK/results.json, so an interrupted run continues where it stopped
-(after changing the model, delete WORK or the entries it affects); the report (markdown
-tables and PNG plots) goes to --report.
+setting in WORK/results.json with the training settings they were run with, so an
+interrupted run continues where it stopped and a setting whose settings changed (a new
+default) is run again; the report (markdown tables and PNG plots) goes to --report.
 
 Baselines run at the preset's size, widened (a larger feed-forward multiplier) to about
 STCA's dense parameter count, and with more steps (DIN's about STCA's training time), so
@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,19 +63,22 @@ def prepare_movielens(work: Path, ratings: Path, days: int = 30) -> tuple[Path, 
 
 def run(results: Results, name: str, data: Path, end: dt.date, train_days: int, cfg, serve: tuple[int | None, ...],
         work: Path) -> dict:
-    """Train one setting, evaluate it at each serving length; cached by name."""
+    """Train one setting, evaluate it at each serving length; cached by name and settings (a
+    cached result whose training settings differ, e.g. after a default changed, is redone)."""
     from trainer.evaluate import evaluate
     from trainer.train import train
 
-    if name in results.runs:
-        return results.runs[name]
+    cached = results.runs.get(name)
+    if cached is not None and cached.get("config") == cfg.to_json():
+        return cached
     run_dir = work / "runs" / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # a stale run of other settings would be refused
     first = end - dt.timedelta(days=train_days)
     t = time.perf_counter()
     train(str(data), first, end - dt.timedelta(days=1), run_dir, cfg, log=lambda m: None)
     seconds = time.perf_counter() - t
     evals = {str(L): evaluate(run_dir, str(data), end, max_len=L, log=lambda m: None) for L in serve}
-    results.runs[name] = {"train_seconds": seconds, "eval": {L: {"tasks": e["tasks"], "mean_history": e["mean_history"]}
+    results.runs[name] = {"config": cfg.to_json(), "train_seconds": seconds, "eval": {L: {"tasks": e["tasks"], "mean_history": e["mean_history"]}
                                                             for L, e in evals.items()}}
     results.save()
     print(f"  {name}: trained in {seconds:.0f} s; " + "; ".join(

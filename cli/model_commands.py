@@ -6,6 +6,7 @@ import argparse
 import os
 
 from cli.arguments import Command, add_config, add_data, add_days, add_device, local_path, positive_int, progress
+from schemas.errors import LongseqError
 
 # ---------------------------------------------------------------- train
 
@@ -64,13 +65,17 @@ def _device(args: argparse.Namespace) -> dict:
 
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _scoring_arguments(p, "evaluate on")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                   help="resamples of users behind the 95%% AUC intervals; 0: none (default 200)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from trainer.evaluate import evaluate
 
+    if args.bootstrap < 0:
+        raise LongseqError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     evaluate(args.run_dir, args.data, args.start, args.end, max_len=args.max_len, batch_size=args.batch_size,
-             log=print, **_device(args))
+             log=print, bootstrap=args.bootstrap, **_device(args))
     return 0
 
 

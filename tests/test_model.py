@@ -9,7 +9,7 @@ import torch
 
 from trainer.batch import Jagged, RequestBatch, pointwise, random_batch
 from trainer.model import RankingModel, loss_fn, num_parameters
-from trainer.model_config import ARCHS, PRESETS, ModelConfig
+from trainer.model_config import ARCHS, EXTENSIONS, PRESETS, ModelConfig
 
 def make_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0) -> RequestBatch:
     return random_batch(hist_lengths, tgt_lengths, seed)
@@ -109,8 +109,8 @@ def finish_auc(m: RankingModel, b: RequestBatch) -> float:
 def test_stca_learns_a_rule_that_needs_the_history():
     """A target is finished iff its author appears among the request's finished history
     events (anywhere in 200); every author is as often positive as negative, so only the
-    history tells. STCA must learn to match target and history (the skill the generated
-    data rewards); the no-history baseline cannot."""
+    history tells. STCA with longseq's extensions must learn to match target and history
+    (the skill the generated data rewards); the no-history baseline cannot."""
     g = np.random.default_rng(0)
 
     def batch(seed: int) -> RequestBatch:
@@ -127,7 +127,8 @@ def test_stca_learns_a_rule_that_needs_the_history():
             b.targets.values["finish"][t] = torch.tensor(labels, dtype=torch.int8)
         return b
 
-    results = {arch: finish_auc(train_finish_probe(batch, {"arch": arch}), batch(10_000)) for arch in ("stca", "none")}
+    results = {arch: finish_auc(train_finish_probe(batch, {"arch": arch, **EXTENSIONS}), batch(10_000))
+               for arch in ("stca", "none")}
     assert results["stca"] > 0.85 and results["none"] < 0.6, results
 
 
@@ -149,19 +150,30 @@ def needle_batch(length: int, seed: int, requests: int = 16, targets: int = 8) -
 
 
 def test_one_needle_is_found_at_any_length():
-    """One relevant event among 2,000, trained at 2k and scored at 10k: attention must not
-    fade with length (the log n scaled prior, docs/TRAINER.md); without the prior the
-    model stays at chance."""
-    stca = train_finish_probe(lambda s: needle_batch(2_000, s), {}, steps=100)
+    """One relevant event among 2,000, trained at 2k and scored at 10k: with the extensions
+    attention does not fade with length (the log n scaled prior, docs/TRAINER.md); without
+    the prior the model stays at chance."""
+    stca = train_finish_probe(lambda s: needle_batch(2_000, s), EXTENSIONS, steps=100)
     assert finish_auc(stca, needle_batch(2_000, 10**6)) > 0.95
     assert finish_auc(stca, needle_batch(10_000, 10**6, requests=4)) > 0.95
-    plain = train_finish_probe(lambda s: needle_batch(2_000, s), {"match_prior": None}, steps=100)
+    plain = train_finish_probe(lambda s: needle_batch(2_000, s), {**EXTENSIONS, "match_prior": None}, steps=100)
     assert finish_auc(plain, needle_batch(2_000, 10**6)) < 0.65
 
 
-def test_target_attention_equals_a_per_target_loop():
-    """The batched attention (padding, null slot, log n scaling, per-head id-match prior)
-    against the formula written out one target and one head at a time."""
+def test_the_default_model_is_the_papers():
+    """No extension is on unless asked for: plain softmax attention, no id channel."""
+    cfg = ModelConfig()
+    assert cfg.length_scaled is False and cfg.match_prior is None
+    assert all(getattr(p, k) == getattr(cfg, k) for p in PRESETS.values() for k in EXTENSIONS)
+    names = {n for n, _ in RankingModel(PRESETS["tiny"]).named_parameters()}
+    assert not any("length_scale" in n or "match_weight" in n for n in names)
+
+
+@pytest.mark.parametrize("options", [{}, EXTENSIONS], ids=["paper", "extensions"])
+def test_target_attention_equals_a_per_target_loop(options):
+    """The batched attention (padding, null slot, and with the extensions log n scaling and
+    the per-head id-match prior) against the formula written out one target and one head
+    at a time."""
     import math
 
     from trainer.model import Layout, TargetAttention, match_log_n
@@ -170,13 +182,15 @@ def test_target_attention_equals_a_per_target_loop():
     h, t = batch.history.values, batch.targets.values
     h["item_id"][[3, 45]] = t["item_id"][[0, 7]]  # request 0's target 0 and request 2's target 2 match by item
     h["author_id"][[4, 5, 20]] = t["author_id"][[1, 1, 6]]  # and by author, twice for one target
-    cfg = ModelConfig(**{**PRESETS["tiny"].__dict__})
+    cfg = ModelConfig(**{**PRESETS["tiny"].__dict__, **options})
     torch.manual_seed(0)
     attn = TargetAttention(cfg).double()
     with torch.no_grad():
         attn.null_kv.normal_()
-        attn.length_scale.uniform_(0.1, 0.5)
-        attn.match_weight.uniform_(-1.0, 3.0)
+        if cfg.length_scaled:
+            attn.length_scale.uniform_(0.1, 0.5)
+        if cfg.match_prior is not None:
+            attn.match_weight.uniform_(-1.0, 3.0)
     D, H, K = cfg.dim, cfg.heads, cfg.head_dim
     q, x = torch.randn(batch.num_targets, D, dtype=torch.float64), torch.randn(batch.num_history_tokens, D, dtype=torch.float64)
     layout = Layout.of(batch)
@@ -195,8 +209,9 @@ def test_target_attention_equals_a_per_target_loop():
                 qh = attn.wq(q[j])[cols]
                 keys = torch.cat([attn.null_kv[0, head][None], attn.wk(x[hs:he])[:, cols]])
                 values = torch.cat([attn.null_kv[1, head][None], attn.wv(x[hs:he])[:, cols]])
-                logits = log_n * attn.length_scale[head] * (keys @ qh) / math.sqrt(K)
-                for l in range(hs, he):
+                scale = log_n * attn.length_scale[head] if cfg.length_scaled else 1.0
+                logits = scale * (keys @ qh) / math.sqrt(K)
+                for l in range(hs, he) if cfg.match_prior is not None else ():
                     same_item, same_author = bool(h["item_id"][l] == t["item_id"][j]), bool(h["author_id"][l] == t["author_id"][j])
                     logits[1 + l - hs] += log_n * (attn.match_weight[0, head] * same_item + attn.match_weight[1, head] * same_author)
                 heads.append(torch.softmax(logits, 0) @ values)

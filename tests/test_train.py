@@ -112,8 +112,12 @@ def test_evaluate_and_score_read_full_length(data, tmp_path):
     records = pq.read_table(data / "requests" / f"ds={END}").to_pylist()
     assert result["requests"] == len(records)
     assert result["history_tokens"] == sum(len(r["hist_item_id"]) for r in records), "no truncation when evaluating"
-    for m in result["tasks"].values():
+    for task, m in result["tasks"].items():
         assert set(m) == {"auc", "gauc", "logloss", "positive_rate"}
+        lo, hi = result["auc_intervals"][task]
+        assert lo <= m["auc"] <= hi and hi - lo < 0.5, (task, lo, m["auc"], hi)
+    lo, hi = result["auc_intervals"]["mean"]
+    assert lo <= sum(m["auc"] for m in result["tasks"].values()) / len(result["tasks"]) <= hi
     assert json.loads((run / "eval" / f"{END}_{END}_lenfull.json").read_text())["tasks"] == result["tasks"]
     capped = evaluate(run, str(data), END, max_len=8, log=lambda m: None)
     assert capped["history_tokens"] < result["history_tokens"]
@@ -123,6 +127,28 @@ def test_evaluate_and_score_read_full_length(data, tmp_path):
     assert {"request_id", "user_id", "item_id", "target_index", "score_finish"} <= set(scores.column_names)
     p = scores.column("score_like").to_numpy()
     assert ((p > 0) & (p < 1)).all()
+
+
+def test_weighted_auc_and_bootstrap_intervals():
+    """Integer weights count a target that many times (checked against repeating it); the
+    interval resamples users, so it widens when a few users carry all the signal."""
+    from trainer.metrics import bootstrap_auc, weighted_auc
+
+    g = np.random.default_rng(1)
+    y, s, w = g.integers(0, 2, 400), np.round(g.normal(size=400), 1), g.integers(0, 4, 400)
+    assert weighted_auc(y, s, w) == pytest.approx(auc(np.repeat(y, w), np.repeat(s, w)))
+    assert weighted_auc(y, s, np.ones(400)) == pytest.approx(auc(y, s))
+    labels = g.integers(0, 2, (4_000, 4))
+    few = g.integers(0, 4, 4_000)  # 4 users, whose scores carry very different signal
+    many = few * 100 + g.integers(0, 100, 4_000)  # the same targets spread over 400 users
+    logits = labels * np.array([0.0, 0.5, 1.5, 3.0])[few][:, None] + g.normal(size=(4_000, 4))
+    wide, narrow = bootstrap_auc(labels, logits, few, seed=3), bootstrap_auc(labels, logits, many, seed=3)
+    assert bootstrap_auc(labels, logits, many, seed=3) == narrow, "deterministic by seed"
+    for key in narrow:
+        point = auc(labels[:, 0], logits[:, 0]) if key == "finish" else None
+        if point is not None:
+            assert narrow[key][0] <= point <= narrow[key][1]
+        assert wide[key][1] - wide[key][0] > narrow[key][1] - narrow[key][0]
 
 
 def test_metrics_against_brute_force():

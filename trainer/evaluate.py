@@ -22,7 +22,7 @@ from schemas.errors import MissingPrerequisiteError
 from trainer import checkpoint
 from trainer.batch import RequestBatch
 from trainer.distributed import resolve_device
-from trainer.metrics import task_metrics
+from trainer.metrics import bootstrap_auc, task_metrics
 from trainer.model import RankingModel
 from trainer.reader import ReaderConfig, open_published
 from trainer.train import TrainConfig
@@ -59,9 +59,10 @@ def scored_batches(model: RankingModel, data: str, start, end, max_len: int | No
 
 
 def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | None = None, batch_size: int = 64,
-             device: str = "auto", log: Callable[[str], None] = print) -> dict:
+             device: str = "auto", log: Callable[[str], None] = print, bootstrap: int = 200) -> dict:
     """Per-task metrics of the run's newest weights on [start, end]; logs the table, returns
-    the result (also written to RUN/eval/). device: auto, cpu, cuda or cuda:N."""
+    the result (also written to RUN/eval/). device: auto, cpu, cuda or cuda:N. bootstrap:
+    user resamples behind the 95% AUC intervals (0: none)."""
     device = resolve_device(device)
     model, cfg, step = load_model(run_dir, device)
     labels, logits, users = [], [], []
@@ -76,10 +77,13 @@ def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | Non
     seconds = time.perf_counter() - t
     if not requests:
         raise MissingPrerequisiteError(f"no requests to evaluate in {start}..{end or start}")
-    metrics = task_metrics(np.concatenate(labels), np.concatenate(logits), np.concatenate(users))
+    labels, logits, users = np.concatenate(labels), np.concatenate(logits), np.concatenate(users)
+    metrics = task_metrics(labels, logits, users)
+    intervals = bootstrap_auc(labels, logits, users, replicates=bootstrap) if bootstrap else None
     result = {"run_dir": str(run_dir), "step": step, "arch": cfg.model_config().arch, "start": str(start),
-              "end": str(end or start), "max_len": max_len, "requests": requests, "targets": int(sum(len(u) for u in users)),
-              "history_tokens": tokens, "mean_history": tokens / requests, "seconds": seconds, "tasks": metrics}
+              "end": str(end or start), "max_len": max_len, "requests": requests, "targets": len(users),
+              "history_tokens": tokens, "mean_history": tokens / requests, "seconds": seconds, "tasks": metrics,
+              "auc_intervals": intervals, "bootstrap_replicates": bootstrap}
     out = Path(run_dir) / "eval" / f"{start}_{end or start}_len{max_len or 'full'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -102,9 +106,15 @@ def metrics_table(result: dict) -> str:
     lines = [f"{result['arch']} at step {result['step']} on {result['start']}..{result['end']}: {result['requests']:,} "
              f"requests, {result['targets']:,} targets, mean history {result['mean_history']:,.0f} events "
              f"(max_len {result['max_len'] or 'full'})",
-             f"{'task':<8}  {'AUC':>6}  {'GAUC':>6}  {'logloss':>7}  {'positive':>8}"]
+             f"{'task':<8}  {'AUC':>6}  {'GAUC':>6}  {'logloss':>7}  {'positive':>8}  AUC 95% interval"]
+    intervals = result.get("auc_intervals") or {}
+    span = lambda key: f"[{intervals[key][0]:.4f}, {intervals[key][1]:.4f}]" if key in intervals else ""  # noqa: E731
     for task, m in result["tasks"].items():
-        lines.append(f"{task:<8}  {m['auc']:6.4f}  {m['gauc']:6.4f}  {m['logloss']:7.4f}  {m['positive_rate']:8.3f}")
+        lines.append(f"{task:<8}  {m['auc']:6.4f}  {m['gauc']:6.4f}  {m['logloss']:7.4f}  {m['positive_rate']:8.3f}  "
+                     f"{span(task)}".rstrip())
+    mean = sum(m["auc"] for m in result["tasks"].values()) / len(result["tasks"])
+    lines.append(f"mean AUC {mean:.4f} {span('mean')}".rstrip()
+                 + (f" ({result['bootstrap_replicates']} resamples of users)" if intervals else ""))
     return "\n".join(lines)
 
 

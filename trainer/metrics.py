@@ -1,7 +1,10 @@
-"""Ranking metrics per task: AUC, GAUC (per user, impression-weighted) and logloss.
+"""Ranking metrics per task: AUC, GAUC (per user, impression-weighted) and logloss, and
+bootstrap intervals for AUC.
 
 Pure numpy over whole evaluation sets. AUC is the Mann-Whitney statistic with tied scores
 counted half, so it equals the fraction of (positive, negative) pairs ranked right.
+Intervals resample users, not targets: a user's impressions are correlated, so resampling
+them one by one would make the interval too narrow.
 """
 
 from __future__ import annotations
@@ -63,3 +66,50 @@ def task_metrics(labels: np.ndarray, logits: np.ndarray, users: np.ndarray) -> d
         out[task] = {"auc": auc(y, logits[:, i]), "gauc": gauc(y, logits[:, i], users),
                      "logloss": logloss(y, probs[:, i]), "positive_rate": float(np.mean(y)) if len(y) else float("nan")}
     return out
+
+
+class _SortedTask:
+    """One task's targets sorted by score once, so that AUC under many weightings (the
+    bootstrap's) costs O(n) each: a group of tied scores counts its pairs half."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray):
+        self.order = np.argsort(np.asarray(scores, dtype=np.float64), kind="mergesort")
+        sorted_scores = np.asarray(scores, dtype=np.float64)[self.order]
+        self.starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+        self.positive = np.asarray(labels).astype(bool)[self.order]
+
+    def auc(self, weights: np.ndarray) -> float:
+        w = np.asarray(weights, dtype=np.float64)[self.order]
+        pos = np.add.reduceat(np.where(self.positive, w, 0.0), self.starts)  # per group of tied scores
+        neg = np.add.reduceat(np.where(self.positive, 0.0, w), self.starts)
+        total_pos, total_neg = pos.sum(), neg.sum()
+        if total_pos == 0 or total_neg == 0:
+            return float("nan")
+        below = np.cumsum(neg) - neg  # negative weight strictly below each group
+        return float((pos * (below + 0.5 * neg)).sum() / (total_pos * total_neg))
+
+
+def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """AUC where target i counts weights[i] times (integer weights: as if repeated)."""
+    return _SortedTask(labels, scores).auc(weights)
+
+
+def bootstrap_auc(labels: np.ndarray, logits: np.ndarray, users: np.ndarray, replicates: int = 200,
+                  level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of each task's AUC and of their mean ("mean"), resampling users
+    with replacement. labels, logits: [T, len(TASKS)]; users: [T]."""
+    _, user_index = np.unique(np.asarray(users), return_inverse=True)
+    tasks = [_SortedTask(labels[:, i], logits[:, i]) for i in range(len(TASKS))]
+    rng = np.random.default_rng(seed)
+    n_users = int(user_index.max()) + 1 if len(user_index) else 0
+    draws = np.empty((replicates, len(TASKS)))
+    for r in range(replicates):
+        per_user = np.bincount(rng.integers(0, n_users, n_users), minlength=n_users)
+        weights = per_user[user_index]  # a user drawn k times counts k times
+        draws[r] = [t.auc(weights) for t in tasks]
+    tail = (1 - level) / 2 * 100
+    out = {task: tuple(float(v) for v in np.nanpercentile(draws[:, i], [tail, 100 - tail]))
+           for i, task in enumerate(TASKS)}
+    out["mean"] = tuple(float(v) for v in np.nanpercentile(np.nanmean(draws, axis=1), [tail, 100 - tail]))
+    return out
+

@@ -1,5 +1,9 @@
 """The model's settings and size presets, apart from the model so that reading them (the
-command line's choices, a training config) does not import torch."""
+command line's choices, a training config) does not import torch.
+
+The defaults are the paper's STCA. What longseq adds is a named option, off by default,
+listed with the paper's choice beside it in docs/TRAINER.md; EXTENSIONS turns all of them on.
+"""
 
 from __future__ import annotations
 
@@ -18,20 +22,23 @@ class ModelConfig:
     ffn_mult: int = 2  # SwiGLU hidden width = ffn_mult * D
     item_buckets: int = 1 << 18  # hashed id vocabularies (row 0 unused)
     author_buckets: int = 1 << 16
-    # Attention logits are multiplied by log(n), n = the request's history length + 1
-    # (scalable softmax): without it the weight one relevant event can get falls like 1/n,
-    # so attention that finds a needle in 200 events loses it in 10k (docs/TRAINER.md).
-    length_scaled: bool = True
-    # Id-match attention prior: a history event with the target's item or author gets a
-    # bonus of w * log(n) to its logit, w learned per head and initialised to this (None:
-    # off). At w = 1 a matching event weighs as much as all the others together at any
-    # length; small-data training does not find such needles by itself.
-    match_prior: float | None = 1.0
+    # Extension, not in the paper (off: plain softmax, as the paper): attention logits are
+    # multiplied by log(n), n = the request's history length + 1 (scalable softmax); the
+    # weight one relevant event can get otherwise falls like 1/n with length.
+    length_scaled: bool = False
+    # Extension, not in the paper (None: off, as the paper): an id-match attention prior. A
+    # history event with the target's item or author gets w * log(n) added to its logit, w
+    # learned per head and initialised to this value (1.0 in EXTENSIONS). It compares raw
+    # ids, a channel the paper's model does not have.
+    match_prior: float | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
 
+
+# longseq's extensions to the paper, all on: model overrides for a TrainConfig or a preset
+EXTENSIONS: dict[str, object] = {"length_scaled": True, "match_prior": 1.0}
 
 DEFAULT_PRESET = "small"
 PRESETS: dict[str, ModelConfig] = {
