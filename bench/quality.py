@@ -4,7 +4,10 @@ on generated data and on MovieLens.
     longseq bench quality [--quick] [--work DIR] [--report docs/quality]
 
 Each setting is the whole path: data generated (or adapted) -> built (polars) ->
-published -> `train` -> `evaluate` on the held-out last day. Results are cached per
+published -> `train` on the training window -> `evaluate` on the validation window (where
+choices are made) and on the test window (only reported), the last days, each with 95%
+bootstrap intervals (bench/quality_plan.py `Windows`). The paper's STCA and STCA with
+longseq's extensions run side by side (`VARIANTS`). Results are cached per
 setting in WORK/results.json with the training settings they were run with, so an
 interrupted run continues where it stopped and a setting whose settings changed (a new
 default) is run again; the report (markdown tables and PNG plots) goes to --report.
@@ -21,11 +24,12 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.quality_plan import ML_ARCHS, MOVIELENS, PLANS, START, Plan, matched_model
+from bench.quality_plan import ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, matched_model
 from schemas.contracts import TASKS
 from schemas.errors import LongseqError
 
@@ -61,11 +65,11 @@ def prepare_movielens(work: Path, ratings: Path, days: int = 30) -> tuple[Path, 
     return sample.data, sample.end
 
 
-def run(results: Results, name: str, data: Path, end: dt.date, train_days: int, cfg, serve: tuple[int | None, ...],
+def run(results: Results, name: str, data: Path, windows: Windows, cfg, serve: tuple[int | None, ...],
         work: Path) -> dict:
-    """Train one setting, evaluate it at each serving length; cached by name and settings (a
-    cached result whose training settings differ, e.g. after a default changed, is redone)."""
-    from trainer.evaluate import evaluate
+    """Train one setting on the training window, evaluate it on the validation and test
+    windows at each serving length; cached by name and settings (a cached result whose
+    training settings differ, e.g. after a default changed, is redone)."""
     from trainer.train import train
 
     cached = results.runs.get(name)
@@ -73,17 +77,32 @@ def run(results: Results, name: str, data: Path, end: dt.date, train_days: int, 
         return cached
     run_dir = work / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a stale run of other settings would be refused
-    first = end - dt.timedelta(days=train_days)
     t = time.perf_counter()
-    train(str(data), first, end - dt.timedelta(days=1), run_dir, cfg, log=lambda m: None)
+    train(str(data), *windows.train, run_dir, cfg, log=lambda m: None)
     seconds = time.perf_counter() - t
-    evals = {str(L): evaluate(run_dir, str(data), end, max_len=L, log=lambda m: None) for L in serve}
-    results.runs[name] = {"config": cfg.to_json(), "train_seconds": seconds, "eval": {L: {"tasks": e["tasks"], "mean_history": e["mean_history"]}
-                                                            for L, e in evals.items()}}
+    evals = {window: _evaluate(run_dir, data, span, serve)
+             for window, span in (("valid", windows.valid), ("test", windows.test))}
+    results.runs[name] = {"config": cfg.to_json(), "train_seconds": seconds, "eval": evals}
     results.save()
     print(f"  {name}: trained in {seconds:.0f} s; " + "; ".join(
-        f"L={L}: AUC " + " ".join(f"{e['tasks'][t]['auc']:.4f}" for t in TASKS) for L, e in evals.items()), flush=True)
+        f"L={L}: mean AUC valid {_mean_auc(evals['valid'][L]):.4f} test {_mean_auc(e):.4f}"
+        for L, e in evals["test"].items()), flush=True)
     return results.runs[name]
+
+
+def _evaluate(run_dir: Path, data: Path, span: tuple[dt.date, dt.date], serve: tuple[int | None, ...]) -> dict:
+    """{str(L): tasks, mean history and 95% AUC intervals} over the days of span."""
+    from trainer.evaluate import evaluate
+
+    out = {}
+    for L in serve:
+        e = evaluate(run_dir, str(data), *span, max_len=L, log=lambda m: None)
+        out[str(L)] = {"tasks": e["tasks"], "mean_history": e["mean_history"], "auc_intervals": e["auc_intervals"]}
+    return out
+
+
+def _mean_auc(entry: dict) -> float:
+    return statistics.mean(entry["tasks"][t]["auc"] for t in TASKS)
 
 
 def _config(plan: Plan, seed: int, **kw):
@@ -93,6 +112,53 @@ def _config(plan: Plan, seed: int, **kw):
                 checkpoint_every=10**9, log_every=10**9, lr=3e-3)
     model = kw.pop("model", {})
     return TrainConfig(**{**base, **kw}, model=model)
+
+
+def _length_scaling_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
+    print("1. length scaling (each STCA variant trained and evaluated at the same max history)", flush=True)
+    for variant in plan.variants:
+        for L in plan.lengths:
+            for seed in plan.seeds:
+                run(results, f"gen-{variant}-L{L}-s{seed}", data, windows,
+                    _config(plan, seed, truncation=False, max_len=L, model=VARIANTS[variant]), (L,), work)
+
+
+def _extrapolation_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
+    print("2. extrapolation (U-shaped training lengths, mean about 2k; served at several lengths)", flush=True)
+    for variant in plan.variants:
+        for seed in plan.seeds:
+            run(results, f"gen-{variant}-ushaped-s{seed}", data, windows,
+                _config(plan, seed, truncation=True, model=VARIANTS[variant]), tuple(sorted({*plan.serving, 10_000})),
+                work)
+
+
+def _baseline_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
+    L = plan.baseline_len
+    print(f"3. STCA against the baselines at max history {L}", flush=True)
+    settings = [(f"gen-{arch}-L{L}", {"arch": arch}, {}) for arch in plan.archs]
+    settings += [(f"gen-{arch}-matched-L{L}", matched_model(plan.preset, arch), {}) for arch in plan.matched]
+    # max_steps ends these; more steps than one epoch's batches go on into the next epoch
+    settings += [(f"gen-{arch}-steps{steps}-L{L}", {"arch": arch}, {"max_steps": steps, "epochs": 100})
+                 for arch, steps in plan.more_steps]
+    for name, model, kw in settings:
+        for seed in plan.seeds:
+            run(results, f"{name}-s{seed}", data, windows,
+                _config(plan, seed, truncation=False, max_len=L, model=model, **kw), (L,), work)
+
+
+def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> None:
+    ml, ml_end = prepare_movielens(work, ratings, plan.ml_days)
+    windows = plan.ml_windows_ending(ml_end)
+    print(f"4. MovieLens latest-small ({windows.describe()}; one epoch over the training window)", flush=True)
+    settings = [(f"ml-{arch}-full", {"arch": arch}, None) for arch in ML_ARCHS]
+    settings += [(f"ml-{arch}-matched-full", matched_model(plan.preset, arch), None)
+                 for arch in plan.matched if arch in ML_ARCHS]
+    settings += [(f"ml-stca-L{n}", {}, n) for n in plan.ml_lengths]
+    for name, model, n in settings:
+        for seed in plan.seeds:
+            # a whole epoch of the training window, not plan.steps: enough training requests
+            cfg = _config(plan, seed, truncation=False, max_len=n, model=model, max_steps=None)
+            run(results, f"{name}-s{seed}", ml, windows, cfg, (n,), work)
 
 
 def main(argv: list[str]) -> int:
@@ -118,39 +184,16 @@ def main(argv: list[str]) -> int:
     print(f"command: longseq bench quality {' '.join(argv)}\nplan: {dataclasses.asdict(plan)}", flush=True)
 
     data, end = prepare_generated(work, plan)
-    print("1. length scaling (STCA, trained and evaluated at the same max history)", flush=True)
-    for L in plan.lengths:
-        for seed in plan.seeds:
-            run(results, f"gen-stca-L{L}-s{seed}", data, end, plan.train_days,
-                _config(plan, seed, truncation=False, max_len=L), (L,), work)
-    print("2. extrapolation (U-shaped training lengths, mean about 2k; served at several lengths)", flush=True)
-    for seed in plan.seeds:
-        run(results, f"gen-stca-ushaped-s{seed}", data, end, plan.train_days, _config(plan, seed, truncation=True),
-            tuple(sorted({*plan.serving, 10_000})), work)
-    print(f"3. STCA against the baselines at max history {plan.baseline_len}", flush=True)
-    L = plan.baseline_len
-    settings = [(f"gen-{arch}-L{L}", {"arch": arch}, {}) for arch in plan.archs]
-    settings += [(f"gen-{arch}-matched-L{L}", matched_model(plan.preset, arch), {}) for arch in plan.matched]
-    # max_steps ends these; more steps than one epoch's batches go on into the next epoch
-    settings += [(f"gen-{arch}-steps{steps}-L{L}", {"arch": arch}, {"max_steps": steps, "epochs": 100})
-                 for arch, steps in plan.more_steps]
-    for name, model, kw in settings:
-        for seed in plan.seeds:
-            run(results, f"{name}-s{seed}", data, end, plan.train_days,
-                _config(plan, seed, truncation=False, max_len=L, model=model, **kw), (L,), work)
+    windows = plan.windows(end)
+    print(f"generated data: {windows.describe()}", flush=True)
+    for section in (_length_scaling_runs, _extrapolation_runs, _baseline_runs):
+        section(results, plan, data, windows, work)
     if not args.skip_movielens:
-        print("4. MovieLens latest-small (30 days; train on the 7 before the last)", flush=True)
-        ml, ml_end = prepare_movielens(work, args.movielens)
-        ml_settings = [(f"ml-{arch}-full", {"arch": arch}, None) for arch in ML_ARCHS]
-        ml_settings += [(f"ml-{arch}-matched-full", matched_model(plan.preset, arch), None)
-                        for arch in plan.matched if arch in ML_ARCHS]
-        ml_settings += [(f"ml-stca-L{n}", {}, n) for n in plan.ml_lengths]
-        for name, model, n in ml_settings:
-            for seed in plan.seeds:
-                run(results, f"{name}-s{seed}", ml, ml_end, 7, _config(plan, seed, truncation=False, max_len=n, model=model),
-                    (n,), work)
+        _movielens_runs(results, plan, args.movielens, work)
     from bench.quality_report import write_report
 
-    write_report(results.runs, plan, mode, args.report, " ".join(["longseq bench quality", *argv]))
+    ml_windows = plan.ml_windows_ending(START + dt.timedelta(days=plan.ml_days - 1)).describe()
+    write_report(results.runs, plan, mode, args.report, " ".join(["longseq bench quality", *argv]),
+                 windows.describe(), ml_windows)
     print(f"done in {time.perf_counter() - t0:.0f} s; report in {args.report}", flush=True)
     return 0

@@ -6,11 +6,13 @@ bench/quality_report.py writes its report.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 from sources import SAMPLE_START
+from trainer.model_config import EXTENSIONS
 
 START = SAMPLE_START
 ML_ARCHS = ("none", "mean", "din", "stca")  # the Transformer is quadratic in MovieLens' full 2,391-event histories
@@ -19,10 +21,37 @@ MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens
 
 
 @dataclass(frozen=True)
+class Windows:
+    """Three windows of days at the end of a sample: training, then validation (for every
+    choice), then test (only for the reported tables). Earlier days only build history."""
+
+    train: tuple[dt.date, dt.date]
+    valid: tuple[dt.date, dt.date]
+    test: tuple[dt.date, dt.date]
+
+    @staticmethod
+    def ending(end: dt.date, train_days: int, valid_days: int, test_days: int) -> "Windows":
+        def span(last: dt.date, days: int) -> tuple[dt.date, dt.date]:
+            return last - dt.timedelta(days=days - 1), last
+
+        test = span(end, test_days)
+        valid = span(test[0] - dt.timedelta(days=1), valid_days)
+        return Windows(span(valid[0] - dt.timedelta(days=1), train_days), valid, test)
+
+    def describe(self) -> str:
+        return "; ".join(f"{name} {a}..{b}" for name, (a, b) in
+                         (("train", self.train), ("validation", self.valid), ("test", self.test)))
+
+
+# the STCA variants compared: the paper's, and with longseq's extensions (docs/TRAINER.md)
+VARIANTS: dict[str, dict] = {"stca": {}, "stca+ext": {"arch": "stca", **EXTENSIONS}}
+
+
+@dataclass(frozen=True)
 class Plan:
     users: int
     days: int
-    train_days: int  # the days before the last one that training reads
+    train_days: int  # training window: the days before the validation window
     seeds: tuple[int, ...]
     lengths: tuple[int, ...]
     steps: int  # training steps per run
@@ -36,13 +65,26 @@ class Plan:
     more_steps: tuple[tuple[str, int], ...] = (("din", 1_000), ("stca", 1_000))
     ml_lengths: tuple[int, ...] = (50, 200, 1_000)  # below the full history (at most 2,391 ratings a user)
     serving: tuple[int, ...] = (2_000, 4_000, 10_000)
+    valid_days: int = 2  # validation window: every choice is made on it
+    test_days: int = 2  # test window, the last days: only for the reported tables
+    variants: tuple[str, ...] = tuple(VARIANTS)  # length scaling and extrapolation run each
+    # MovieLens (30 days): train on every day before the last 6, one epoch, validate on 3, test on 3
+    ml_days: int = 30
+    ml_windows: tuple[int, int, int] = (24, 3, 3)
+
+    def windows(self, end: dt.date) -> Windows:
+        return Windows.ending(end, self.train_days, self.valid_days, self.test_days)
+
+    def ml_windows_ending(self, end: dt.date) -> Windows:
+        return Windows.ending(end, *self.ml_windows)
 
 
 PLANS = {
     "quick": Plan(users=150, days=10, train_days=3, seeds=(0,), lengths=(500, 2_000, 10_000), steps=150,
                   archs=("none", "mean", "din", "stca"), matched=("mean", "din"),
-                  more_steps=(("din", 350),), ml_lengths=(50,)),
-    "full": Plan(users=400, days=12, train_days=4, seeds=(0, 1, 2), lengths=(500, 1_000, 2_000, 5_000, 10_000), steps=400),
+                  more_steps=(("din", 350),), ml_lengths=(50,), valid_days=1, test_days=1),
+    "full": Plan(users=400, days=14, train_days=4, seeds=(0, 1, 2), lengths=(500, 1_000, 2_000, 5_000, 10_000),
+                 steps=400),
 }
 
 

@@ -1,4 +1,9 @@
-"""The quality benchmark's report: markdown tables and PNG plots from its results."""
+"""The quality benchmark's report: markdown tables and PNG plots from its results.
+
+Every table reports the test window (per-task AUC, mean AUC with its seed spread and its
+95% bootstrap half-width, mean GAUC) and, beside it, the mean AUC on the validation
+window, where choices are made. A difference smaller than the intervals is no difference.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ from pathlib import Path
 
 from bench.quality_plan import ML_ARCHS, Plan, dense_parameters, matched_ffn_mult
 from schemas.contracts import TASKS
-from trainer.model_config import PRESETS
+from trainer.model_config import EXTENSIONS, PRESETS
+
+VARIANT_LABELS = {"stca": "STCA (the paper's)",
+                  "stca+ext": "STCA + extensions (" + ", ".join(f"{k}={v}" for k, v in EXTENSIONS.items()) + ")"}
 
 
 def _runs(runs: dict, prefix: str) -> list[dict]:
@@ -22,29 +30,40 @@ def _stat(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def _metric(entries: list[dict], L, task: str | None, name: str) -> list[float]:
+def _metric(entries: list[dict], L, task: str | None, name: str, window: str = "test") -> list[float]:
+    """Per run: the metric of one task (or the mean over tasks) at serving length L."""
     tasks = [task] if task else list(TASKS)
-    return [statistics.mean(e["eval"][str(L)]["tasks"][t][name] for t in tasks) for e in entries]
+    return [statistics.mean(e["eval"][window][str(L)]["tasks"][t][name] for t in tasks) for e in entries]
+
+
+def _half_width(entries: list[dict], L, window: str = "test") -> str:
+    """The mean half-width of the runs' 95% bootstrap intervals of mean AUC."""
+    widths = [(hi - lo) / 2 for e in entries for lo, hi in [e["eval"][window][str(L)]["auc_intervals"]["mean"]]]
+    return f"{statistics.mean(widths):.4f}" if widths else "n/a"
 
 
 def _row(label: str, entries: list[dict], L, extra: str = "") -> str:
     cells = [_stat(_metric(entries, L, t, "auc")) for t in TASKS]
-    cells += [_stat(_metric(entries, L, None, "auc")), _stat(_metric(entries, L, None, "gauc"))]
-    seconds = statistics.mean(e["train_seconds"] for e in entries) if entries else float("nan")
-    return f"| {label} | " + " | ".join(cells) + f" | {seconds:,.0f} |{extra}"
+    cells += [_stat(_metric(entries, L, None, "auc")), _half_width(entries, L),
+              _stat(_metric(entries, L, None, "auc", "valid")), _stat(_metric(entries, L, None, "gauc"))]
+    seconds = f"{statistics.mean(e['train_seconds'] for e in entries):,.0f}" if entries else "n/a"
+    return f"| {label} | " + " | ".join(cells) + f" | {seconds} |{extra}"
 
 
-HEADER = "| setting | " + " | ".join(f"AUC {t}" for t in TASKS) + " | mean AUC | mean GAUC | train s |"
-RULE = "|---|" + "---:|" * (len(TASKS) + 3)
+HEADER = ("| setting | " + " | ".join(f"AUC {t}" for t in TASKS)
+          + " | test mean AUC | ± 95% | valid mean AUC | test mean GAUC | train s |")
+RULE = "|---|" + "---:|" * (len(TASKS) + 5)
 
 
-def _plot_length_scaling(plt, path: Path, xs: list[int], ys: list[float], errs: list[float], mode: str) -> None:
+def _plot_length_scaling(plt, path: Path, curves: dict[str, tuple[list, list, list]], mode: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3)
+    for label, (xs, ys, errs) in curves.items():
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("max history length (train = eval)")
-    ax.set_ylabel("mean AUC over tasks")
+    ax.set_ylabel("test mean AUC over tasks")
     ax.set_title(f"STCA length scaling ({mode})")
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -61,7 +80,7 @@ def _plot_serving(plt, path: Path, serving, ushaped: list[dict], fixed10k: list[
                    label=f"fixed {L // 1000}k training and serving")
     ax.set_xscale("log")
     ax.set_xlabel("serving max history length")
-    ax.set_ylabel("mean AUC over tasks")
+    ax.set_ylabel("test mean AUC over tasks")
     ax.set_title(f"Extrapolation ({mode})")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -74,43 +93,52 @@ def _with_params(row: str, params: int) -> str:
     return row.replace(" |", f" | {params:,} |", 1)
 
 
-def _preamble(plan: Plan, mode: str, command: str) -> list[str]:
+def _preamble(plan: Plan, mode: str, command: str, windows: str) -> list[str]:
     return [f"Command: `{command}` ({mode}: {plan.users} users x {plan.days} days of the default generator profile, "
-            f"preset {plan.preset}, {plan.steps} steps of {plan.batch} requests on the {plan.train_days} days before "
-            f"the last, evaluated on the last; seeds {list(plan.seeds)}; mean ± stdev over seeds)", ""]
+            f"preset {plan.preset}, {plan.steps} steps of {plan.batch} requests; windows: {windows}; "
+            f"seeds {list(plan.seeds)}; mean ± stdev over seeds. \"± 95%\" is the mean half-width of each run's 95% "
+            f"bootstrap interval of test mean AUC (users resampled). Choices are made on the validation window; the "
+            f"test window is only reported.)", ""]
 
 
 def _length_scaling(runs: dict, plan: Plan, mode: str, plt, out: Path) -> list[str]:
-    """STCA trained and evaluated at each length: the table, and the curve of mean AUC."""
-    lines = ["**Length scaling** (STCA, trained and evaluated at the same max history):", "", HEADER, RULE]
-    xs, ys, errs = [], [], []
-    for L in plan.lengths:
-        entries = _runs(runs, f"gen-stca-L{L}-")
-        lines.append(_row(f"L = {L:,}", entries, L))
-        if entries:  # lengths not run yet are left off the plot, not plotted as gaps
-            vals = _metric(entries, L, None, "auc")
-            xs.append(L)
-            ys.append(statistics.mean(vals))
-            errs.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-    _plot_length_scaling(plt, out / f"length_scaling_{mode}.png", xs, ys, errs, mode)
+    """Each STCA variant trained and evaluated at each length: the table, and the curves of mean AUC."""
+    lines = ["**Length scaling** (trained and evaluated at the same max history):", "", HEADER, RULE]
+    curves = {}
+    for variant in plan.variants:
+        xs, ys, errs = [], [], []
+        for L in plan.lengths:
+            entries = _runs(runs, f"gen-{variant}-L{L}-")
+            lines.append(_row(f"{VARIANT_LABELS[variant]}, L = {L:,}", entries, L))
+            if entries:  # lengths not run yet are left off the plot, not plotted as gaps
+                vals = _metric(entries, L, None, "auc")
+                xs.append(L)
+                ys.append(statistics.mean(vals))
+                errs.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        curves[VARIANT_LABELS[variant]] = (xs, ys, errs)
+    _plot_length_scaling(plt, out / f"length_scaling_{mode}.png", curves, mode)
     return lines + ["", f"![length scaling](length_scaling_{mode}.png)", ""]
 
 
 def _extrapolation(runs: dict, plan: Plan, mode: str, plt, out: Path) -> list[str]:
-    """U-shaped training served at several lengths, against fixed 10k and 2k training."""
-    ushaped = _runs(runs, "gen-stca-ushaped-")
-    fixed10k, fixed2k = _runs(runs, "gen-stca-L10000-"), _runs(runs, "gen-stca-L2000-")
+    """Each variant's U-shaped training served at several lengths, against its fixed 10k and 2k training."""
     lines = ["**Extrapolation** (train on U-shaped lengths, mean about 2k; serve at L):", "", HEADER, RULE]
-    for L in plan.serving:
-        lines.append(_row(f"U-shaped, served at {L:,}", ushaped, L))
-    lines.append(_row("fixed 10k, served at 10,000", fixed10k, 10_000))
-    lines.append(_row("fixed 2k, served at 2,000", fixed2k, 2_000))
-    if ushaped and fixed10k and fixed2k:  # the comparison needs all three
-        summary = _recovered_gain(ushaped, fixed10k, fixed2k)
-        _plot_serving(plt, out / f"extrapolation_{mode}.png", plan.serving, ushaped, fixed10k, fixed2k, mode)
-        lines += ["", f"![extrapolation](extrapolation_{mode}.png)"]
-        lines += ["", summary]
-    return lines + [""]
+    summaries = [""]
+    for variant in plan.variants:
+        label = VARIANT_LABELS[variant]
+        ushaped = _runs(runs, f"gen-{variant}-ushaped-")
+        fixed10k, fixed2k = _runs(runs, f"gen-{variant}-L10000-"), _runs(runs, f"gen-{variant}-L2000-")
+        for L in plan.serving:
+            lines.append(_row(f"{label}, U-shaped, served at {L:,}", ushaped, L))
+        lines.append(_row(f"{label}, fixed 10k, served at 10,000", fixed10k, 10_000))
+        lines.append(_row(f"{label}, fixed 2k, served at 2,000", fixed2k, 2_000))
+        if ushaped and fixed10k and fixed2k:  # the comparison needs all three
+            suffix = "" if variant == "stca" else f"_{variant.replace('+', '_')}"
+            _plot_serving(plt, out / f"extrapolation_{mode}{suffix}.png", plan.serving, ushaped, fixed10k, fixed2k,
+                          f"{mode}, {variant}")
+            summaries += [f"{label}: " + _recovered_gain(ushaped, fixed10k, fixed2k), "",
+                          f"![extrapolation, {variant}](extrapolation_{mode}{suffix}.png)", ""]
+    return lines + summaries
 
 
 def _recovered_gain(ushaped: list[dict], fixed10k: list[dict], fixed2k: list[dict]) -> str:
@@ -126,7 +154,7 @@ def _recovered_gain(ushaped: list[dict], fixed10k: list[dict], fixed2k: list[dic
         share = "none"
     else:
         share = f"{gain_u / gain10:.0%}"
-    return (f"Gain of fixed-10k over fixed-2k: {gain10:+.4f} mean AUC; U-shaped served at 10k recovers {share} "
+    return (f"gain of fixed-10k over fixed-2k: {gain10:+.4f} test mean AUC; U-shaped served at 10k recovers {share} "
             f"of it ({gain_u:+.4f}) at {cost:.2f}x the training time of fixed 10k (the paper: about 80% for "
             f"about a third).")
 
@@ -134,9 +162,10 @@ def _recovered_gain(ushaped: list[dict], fixed10k: list[dict], fixed2k: list[dic
 def _baselines(runs: dict, plan: Plan) -> list[str]:
     """Every arch at the baseline length, with its dense parameter count: as preset, matched, and longer."""
     L = plan.baseline_len
-    lines = [f"**STCA against the baselines** (max history {L:,}; dense = parameters outside the "
-             f"embedding tables, which every arch shares; \"matched\" = widened to about STCA's dense count by the "
-             f"feed-forward multiplier, the preset's is {PRESETS[plan.preset].ffn_mult}; other runs take {plan.steps:,} steps):", "",
+    lines = [f"**STCA against the baselines** (all the paper's forms, no extension; max history {L:,}; dense = "
+             f"parameters outside the embedding tables, which every arch shares; \"matched\" = widened to about STCA's "
+             f"dense count by the feed-forward multiplier, the preset's is {PRESETS[plan.preset].ffn_mult}; other runs "
+             f"take {plan.steps:,} steps):", "",
              HEADER.replace(" |", " | dense params |", 1), RULE + "---:|"]
     for arch in plan.archs:
         lines.append(_with_params(_row(arch, _runs(runs, f"gen-{arch}-L{L}-"), L), dense_parameters(plan.preset, arch)))
@@ -150,11 +179,11 @@ def _baselines(runs: dict, plan: Plan) -> list[str]:
     return lines + [""]
 
 
-def _movielens(runs: dict, plan: Plan) -> list[str]:
+def _movielens(runs: dict, plan: Plan, windows: str) -> list[str]:
     """The MovieLens runs, if any were made (--skip-movielens leaves the section out)."""
     if not any(k.startswith("ml-") for k in runs):
         return []
-    lines = ["**MovieLens latest-small** (train on 7 days before the last of 30, evaluate on the last):", "",
+    lines = [f"**MovieLens latest-small** ({plan.ml_days} days; {windows}; one epoch over the training window):", "",
              HEADER, RULE]
     # full-history runs are evaluated at full length, stored under "None"
     for arch in ML_ARCHS:
@@ -167,7 +196,8 @@ def _movielens(runs: dict, plan: Plan) -> list[str]:
     return lines + [""]
 
 
-def write_report(runs: dict, plan: Plan, mode: str, out: Path, command: str) -> str:
+def write_report(runs: dict, plan: Plan, mode: str, out: Path, command: str, windows: str = "",
+                 ml_windows: str = "") -> str:
     """report_{mode}.md and its plots under `out`; returns (and prints) the markdown."""
     import matplotlib
 
@@ -175,11 +205,11 @@ def write_report(runs: dict, plan: Plan, mode: str, out: Path, command: str) -> 
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    lines = _preamble(plan, mode, command)
+    lines = _preamble(plan, mode, command, windows)
     lines += _length_scaling(runs, plan, mode, plt, out)
     lines += _extrapolation(runs, plan, mode, plt, out)
     lines += _baselines(runs, plan)
-    lines += _movielens(runs, plan)
+    lines += _movielens(runs, plan, ml_windows)
     text = "\n".join(lines)
     (out / f"report_{mode}.md").write_text(text + "\n")
     print(text)

@@ -24,3 +24,47 @@ def test_plans_only_match_archs_they_run():
     for plan in PLANS.values():
         assert set(plan.matched) <= set(plan.archs) - {"stca"}
         assert all(arch in plan.archs and steps > plan.steps for arch, steps in plan.more_steps)
+
+
+def test_windows_are_consecutive_and_leave_days_for_history():
+    import datetime as dt
+
+    from bench.quality_plan import START, Windows
+
+    w = Windows.ending(dt.date(2026, 1, 14), 4, 2, 2)
+    assert w.test == (dt.date(2026, 1, 13), dt.date(2026, 1, 14))
+    assert w.valid == (dt.date(2026, 1, 11), dt.date(2026, 1, 12))
+    assert w.train == (dt.date(2026, 1, 7), dt.date(2026, 1, 10))
+    for plan in PLANS.values():
+        windows = plan.windows(START + dt.timedelta(days=plan.days - 1))
+        assert windows.train[0] > START, "the first days only build history"
+        ml = plan.ml_windows_ending(START + dt.timedelta(days=plan.ml_days - 1))
+        assert ml.train[0] == START and ml.test[1] == START + dt.timedelta(days=plan.ml_days - 1)
+
+
+def test_the_report_shows_the_test_window_with_intervals_and_the_validation_window(tmp_path):
+    """A synthetic result set: the report reads test and validation apart, and a setting
+    that has not run is n/a, not a crash."""
+    from bench.quality_plan import VARIANTS
+    from bench.quality_report import write_report
+    from schemas.contracts import TASKS
+
+    plan = PLANS["quick"]
+
+    def entry(valid_auc: float, test_auc: float, lengths) -> dict:
+        def at(auc: float) -> dict:
+            return {str(L): {"tasks": {t: {"auc": auc, "gauc": auc - 0.1, "logloss": 0.5, "positive_rate": 0.3}
+                                       for t in TASKS}, "mean_history": 100.0,
+                             "auc_intervals": {**{t: (auc - 0.01, auc + 0.01) for t in TASKS}, "mean": (auc - 0.02, auc + 0.02)}}
+                    for L in lengths}
+        return {"config": "{}", "train_seconds": 10.0, "eval": {"valid": at(valid_auc), "test": at(test_auc)}}
+
+    runs = {f"gen-{v}-L{L}-s0": entry(0.61, 0.62, [L]) for v in VARIANTS for L in plan.lengths}
+    runs["gen-stca-L10000-s0"] = entry(0.63, 0.64, [10_000])
+    text = write_report(runs, plan, "quick", tmp_path, "longseq bench quality --quick", "w", "m")
+    row = next(line for line in text.splitlines() if line.startswith("| STCA (the paper's), L = 10,000 |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1:5] == ["0.6400"] * 4 and cells[5:9] == ["0.6400", "0.0200", "0.6300", "0.5400"]
+    din = next(line for line in text.splitlines() if line.startswith("| din |"))
+    assert din.split("|")[3].strip() == "n/a" and din.rstrip().endswith("| n/a |"), "not run yet: n/a"
+    assert (tmp_path / "length_scaling_quick.png").exists()
