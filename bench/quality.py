@@ -29,7 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.quality_plan import ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, matched_model
+from bench.quality_plan import (
+    ABLATIONS, ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, matched_model,
+)
 from schemas.contracts import TASKS
 from schemas.errors import LongseqError
 
@@ -146,11 +148,21 @@ def _baseline_runs(results: Results, plan: Plan, data: Path, windows: Windows, w
                 _config(plan, seed, truncation=False, max_len=L, model=model, **kw), (L,), work)
 
 
+def _ablation_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
+    L = plan.baseline_len
+    print(f"4. ablations of the paper's STCA at max history {L}, one change each", flush=True)
+    for slug in plan.ablations:
+        for seed in plan.seeds:
+            run(results, f"gen-abl-{slug}-L{L}-s{seed}", data, windows,
+                _config(plan, seed, truncation=False, max_len=L, model=ABLATIONS[slug][1]), (L,), work)
+
+
 def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> None:
     ml, ml_end = prepare_movielens(work, ratings, plan.ml_days)
     windows = plan.ml_windows_ending(ml_end)
-    print(f"4. MovieLens latest-small ({windows.describe()}; one epoch over the training window)", flush=True)
+    print(f"5. MovieLens latest-small ({windows.describe()}; one epoch over the training window)", flush=True)
     settings = [(f"ml-{arch}-full", {"arch": arch}, None) for arch in ML_ARCHS]
+    settings += [(f"ml-abl-{slug}-full", ABLATIONS[slug][1], None) for slug in plan.ablations]
     settings += [(f"ml-{arch}-matched-full", matched_model(plan.preset, arch), None)
                  for arch in plan.matched if arch in ML_ARCHS]
     settings += [(f"ml-stca-L{n}", {}, n) for n in plan.ml_lengths]
@@ -186,7 +198,7 @@ def main(argv: list[str]) -> int:
     data, end = prepare_generated(work, plan)
     windows = plan.windows(end)
     print(f"generated data: {windows.describe()}", flush=True)
-    for section in (_length_scaling_runs, _extrapolation_runs, _baseline_runs):
+    for section in (_length_scaling_runs, _extrapolation_runs, _baseline_runs, _ablation_runs):
         section(results, plan, data, windows, work)
     if not args.skip_movielens:
         _movielens_runs(results, plan, args.movielens, work)

@@ -46,6 +46,19 @@ class Windows:
 # the STCA variants compared: the paper's, and with longseq's extensions (docs/TRAINER.md)
 VARIANTS: dict[str, dict] = {"stca": {}, "stca+ext": {"arch": "stca", **EXTENSIONS}}
 
+# One change each from the paper's STCA (model overrides): the paper's own ablations, then
+# what longseq adds or leaves out. The tiny preset has 2 heads of 16 and ffn_mult 2.
+ABLATIONS: dict[str, tuple[str, dict]] = {  # run-name slug -> (label, model overrides)
+    "mlp": ("plain MLP instead of SwiGLU", {"ffn": "mlp"}),
+    "ffn1": ("narrower feed-forward (ffn_mult 1)", {"ffn_mult": 1}),
+    "nodelta": ("no time-delta feature", {"time_delta": False}),
+    "nofusion": ("no query fusion", {"query_fusion": False}),
+    "head1": ("one head of 32 (same width)", {"heads": 1, "head_dim": 32}),
+    "nonull": ("no null slot (ours)", {"null_slot": False}),
+    "scaled": ("+ length-scaled logits (ours)", {"length_scaled": True}),
+    "prior": ("+ id-match prior (ours)", {"match_prior": 1.0}),
+}
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -68,6 +81,7 @@ class Plan:
     valid_days: int = 2  # validation window: every choice is made on it
     test_days: int = 2  # test window, the last days: only for the reported tables
     variants: tuple[str, ...] = tuple(VARIANTS)  # length scaling and extrapolation run each
+    ablations: tuple[str, ...] = tuple(ABLATIONS)  # at baseline_len, on generated data and MovieLens
     # MovieLens (30 days): train on every day before the last 6, one epoch, validate on 3, test on 3
     ml_days: int = 30
     ml_windows: tuple[int, int, int] = (24, 3, 3)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from bench.quality_plan import ML_ARCHS, Plan, dense_parameters, matched_ffn_mult
+from bench.quality_plan import ABLATIONS, ML_ARCHS, Plan, dense_parameters, matched_ffn_mult
 from schemas.contracts import TASKS
 from trainer.model_config import EXTENSIONS, PRESETS
 
@@ -179,6 +179,37 @@ def _baselines(runs: dict, plan: Plan) -> list[str]:
     return lines + [""]
 
 
+def _difference(runs: dict, prefix: str, reference: str, plan: Plan, L) -> str:
+    """Test mean AUC of prefix's runs minus the reference's, paired by seed: mean ± stdev."""
+    diffs = []
+    for seed in plan.seeds:
+        a, b = runs.get(f"{prefix}-s{seed}"), runs.get(f"{reference}-s{seed}")
+        if a and b:
+            diffs.append(_metric([a], L, None, "auc")[0] - _metric([b], L, None, "auc")[0])
+    if not diffs:
+        return "n/a"
+    return f"{statistics.mean(diffs):+.4f}" + (f" ± {statistics.stdev(diffs):.4f}" if len(diffs) > 1 else "")
+
+
+def _ablations(runs: dict, plan: Plan) -> list[str]:
+    """One change each from the paper's STCA, on generated data (at baseline_len) and MovieLens."""
+    if not plan.ablations:
+        return []
+    L = plan.baseline_len
+    lines = [f"**Ablations** (one change each from the paper's STCA; generated data at max history {L:,}, MovieLens "
+             f"at full history; Δ = test mean AUC minus the paper's STCA's, paired by seed, mean ± stdev; compare "
+             f"it with the runs' ± 95% intervals above):", "",
+             "| change | generated: test mean AUC | Δ | MovieLens: test mean AUC | Δ |", "|---|---:|---:|---:|---:|"]
+    rows = [("the paper's STCA", f"gen-stca-L{L}", "ml-stca-full")]
+    rows += [(ABLATIONS[slug][0], f"gen-abl-{slug}-L{L}", f"ml-abl-{slug}-full") for slug in plan.ablations]
+    for label, gen, ml in rows:
+        gen_auc = _stat(_metric(_runs(runs, f"{gen}-"), L, None, "auc"))
+        ml_auc = _stat(_metric(_runs(runs, f"{ml}-"), None, None, "auc"))
+        lines.append(f"| {label} | {gen_auc} | {_difference(runs, gen, f'gen-stca-L{L}', plan, L)} | {ml_auc} | "
+                     f"{_difference(runs, ml, 'ml-stca-full', plan, None)} |")
+    return lines + [""]
+
+
 def _movielens(runs: dict, plan: Plan, windows: str) -> list[str]:
     """The MovieLens runs, if any were made (--skip-movielens leaves the section out)."""
     if not any(k.startswith("ml-") for k in runs):
@@ -209,6 +240,7 @@ def write_report(runs: dict, plan: Plan, mode: str, out: Path, command: str, win
     lines += _length_scaling(runs, plan, mode, plt, out)
     lines += _extrapolation(runs, plan, mode, plt, out)
     lines += _baselines(runs, plan)
+    lines += _ablations(runs, plan)
     lines += _movielens(runs, plan, ml_windows)
     text = "\n".join(lines)
     (out / f"report_{mode}.md").write_text(text + "\n")

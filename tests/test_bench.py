@@ -61,10 +61,13 @@ def test_the_report_shows_the_test_window_with_intervals_and_the_validation_wind
 
     runs = {f"gen-{v}-L{L}-s0": entry(0.61, 0.62, [L]) for v in VARIANTS for L in plan.lengths}
     runs["gen-stca-L10000-s0"] = entry(0.63, 0.64, [10_000])
+    runs["gen-abl-mlp-L2000-s0"] = entry(0.60, 0.60, [2_000])
     text = write_report(runs, plan, "quick", tmp_path, "longseq bench quality --quick", "w", "m")
     row = next(line for line in text.splitlines() if line.startswith("| STCA (the paper's), L = 10,000 |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[1:5] == ["0.6400"] * 4 and cells[5:9] == ["0.6400", "0.0200", "0.6300", "0.5400"]
+    mlp = next(line for line in text.splitlines() if line.startswith("| plain MLP instead of SwiGLU |"))
+    assert [c.strip() for c in mlp.split("|")[2:4]] == ["0.6000", "-0.0200"], "paired with the paper's STCA at 2k"
     din = next(line for line in text.splitlines() if line.startswith("| din |"))
     assert din.split("|")[3].strip() == "n/a" and din.rstrip().endswith("| n/a |"), "not run yet: n/a"
     assert (tmp_path / "length_scaling_quick.png").exists()

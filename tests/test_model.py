@@ -15,15 +15,20 @@ def make_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0) -
     return random_batch(hist_lengths, tgt_lengths, seed)
 
 
-def model(arch: str, seed: int = 0) -> RankingModel:
+def model(arch: str, seed: int = 0, **options) -> RankingModel:
     torch.manual_seed(seed)
-    return RankingModel(ModelConfig(**{**PRESETS["tiny"].__dict__, "arch": arch})).double()
+    return RankingModel(ModelConfig(**{**PRESETS["tiny"].__dict__, "arch": arch, **options})).double()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_request_level_batching_equals_pointwise_forward_and_gradients(arch):
+# the ablation switches (ModelConfig), each away from the default
+ABLATIONS = [{"ffn": "mlp"}, {"time_delta": False}, {"query_fusion": False}, {"null_slot": False}, EXTENSIONS]
+
+
+@pytest.mark.parametrize("arch, options", [(a, {}) for a in ARCHS] + [("stca", o) for o in ABLATIONS],
+                         ids=[*ARCHS, *("stca-" + "-".join(f"{k}={v}" for k, v in o.items()) for o in ABLATIONS)])
+def test_request_level_batching_equals_pointwise_forward_and_gradients(arch, options):
     batch = make_batch([37, 0, 5, 120], [3, 2, 1, 8])
-    m = model(arch)
+    m = model(arch, **options)
     rlb_loss = loss_fn(m(batch), batch)
     rlb_loss.backward()
     rlb_grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
@@ -75,6 +80,31 @@ def test_no_position_table_ties_the_model_to_a_length():
     m = RankingModel(PRESETS["tiny"])
     sizes = {s for p in m.parameters() for s in p.shape}
     assert not sizes & {512, 1_000, 2_000, 10_000}, "no parameter is sized by a history length"
+
+
+def test_each_ablation_switch_removes_what_it_names():
+    batch = make_batch([20, 0, 7], [2, 3, 1], seed=3)
+    names = lambda m: {n for n, _ in m.named_parameters()}  # noqa: E731
+    full = model("stca")
+    assert not names(model("stca", ffn="mlp")) & {n for n in names(full) if n.endswith(".w3.weight")}, "no gate"
+    assert not any(n.startswith("fuse") for n in names(model("stca", query_fusion=False)))
+    assert "embed.delta.weight" not in names(model("stca", time_delta=False))
+    no_delta = model("stca", time_delta=False)
+    moved = make_batch([20, 0, 7], [2, 3, 1], seed=3)
+    moved.history.values["event_ts"] = moved.history["event_ts"] - 10**9  # every event much older
+    torch.testing.assert_close(no_delta(batch), no_delta(moved))
+    assert not torch.allclose(full(batch), full(moved)), "with the feature, event times matter"
+    no_null = model("stca", null_slot=False)
+    assert not any("null_kv" in n for n in names(no_null))
+    from trainer.model import Layout
+
+    layout = Layout.of(batch)
+    out = no_null.layers[0].attn(torch.randn(batch.num_targets, 32, dtype=torch.float64),
+                                 torch.randn(batch.num_history_tokens, 32, dtype=torch.float64), layout)
+    torch.testing.assert_close(out[2:5], torch.zeros(3, 32, dtype=torch.float64))  # an empty history: zero summary
+    assert torch.isfinite(no_null(batch)).all()
+    with pytest.raises(ValueError, match="unknown ffn"):
+        ModelConfig(ffn="relu")
 
 
 def test_presets_have_the_paper_size():

@@ -90,6 +90,23 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class MLP(nn.Module):
+    """gelu(x W1) W2: the plain feed-forward block of the paper's SwiGLU ablation."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        self.w1 = nn.Linear(d_in, d_hidden, bias=False)
+        self.w2 = nn.Linear(d_hidden, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.gelu(self.w1(x)))
+
+
+def feed_forward(cfg: ModelConfig, d_in: int, d_out: int) -> nn.Module:
+    """The model's feed-forward block (cfg.ffn), ffn_mult * D wide."""
+    return (SwiGLU if cfg.ffn == "swiglu" else MLP)(d_in, cfg.ffn_mult * cfg.dim, d_out)
+
+
 class TokenEmbedding(nn.Module):
     """History token: item + author + action flags + time delta bucket. Target: item + author."""
 
@@ -99,9 +116,10 @@ class TokenEmbedding(nn.Module):
         self.item = nn.Embedding(cfg.item_buckets, cfg.dim)
         self.author = nn.Embedding(cfg.author_buckets, cfg.dim)
         self.action = nn.Embedding(NUM_ACTIONS, cfg.dim)
-        self.delta = nn.Embedding(NUM_TIME_BUCKETS, cfg.dim)
+        self.delta = nn.Embedding(NUM_TIME_BUCKETS, cfg.dim) if cfg.time_delta else None
         for table in (self.item, self.author, self.action, self.delta):
-            nn.init.normal_(table.weight, std=0.02)
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.02)
 
     def ids(self, item: torch.Tensor, author: torch.Tensor) -> torch.Tensor:  # [n, D]
         return (self.item(hash_ids(item, self.cfg.item_buckets, salt=1))
@@ -109,9 +127,10 @@ class TokenEmbedding(nn.Module):
 
     def history(self, batch: RequestBatch, layout: Layout) -> torch.Tensor:  # [N, D]
         h = batch.history
-        delta = batch.request_ts[layout.hist_seg] - h["event_ts"]
-        return (self.ids(h["item_id"], h["author_id"]) + self.action(h["action"].long())
-                + self.delta(time_delta_bucket(delta)))
+        x = self.ids(h["item_id"], h["author_id"]) + self.action(h["action"].long())
+        if self.delta is None:
+            return x
+        return x + self.delta(time_delta_bucket(batch.request_ts[layout.hist_seg] - h["event_ts"]))
 
     def target(self, batch: RequestBatch) -> torch.Tensor:  # [T, D]
         return self.ids(batch.targets["item_id"], batch.targets["author_id"])
@@ -123,12 +142,17 @@ class TargetAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.H, self.K = cfg.heads, cfg.head_dim
+        self.H, self.K, self.null_slot = cfg.heads, cfg.head_dim, cfg.null_slot
         self.wq = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
-        self.null_kv = nn.Parameter(torch.zeros(2, cfg.heads, cfg.head_dim))
+        # learned null key/value (cfg.null_slot), or a fixed zero one that only empty histories see
+        null = torch.zeros(2, cfg.heads, cfg.head_dim)
+        if cfg.null_slot:
+            self.null_kv = nn.Parameter(null)
+        else:
+            self.register_buffer("null_kv", null, persistent=False)
         # per-head content scale s: logits = log(n) * s * q.k / sqrt(K), plain softmax at n = 1024 initially
         self.length_scale = nn.Parameter(torch.full((cfg.heads,), 1 / math.log(1024))) if cfg.length_scaled else None
         self.match_weight = nn.Parameter(torch.full((2, cfg.heads), cfg.match_prior)) if cfg.match_prior is not None else None
@@ -141,7 +165,12 @@ class TargetAttention(nn.Module):
         values = layout.pad_history(self.wv(hist).view(-1, H, K))
         keys = torch.cat([self.null_kv[0].expand(B, 1, H, K).to(keys.dtype), keys], 1).transpose(1, 2)  # [B, H, 1+L, K]
         values = torch.cat([self.null_kv[1].expand(B, 1, H, K).to(values.dtype), values], 1).transpose(1, 2)
-        mask = F.pad(layout.hist_mask, (1, 0), value=True)[:, None, None, :]  # [B, 1, 1, 1+L]
+        # slot 0 is the null slot: always open when learned; else open only for empty histories
+        if self.null_slot:
+            null_open = torch.ones(B, 1, dtype=torch.bool, device=keys.device)
+        else:
+            null_open = ~layout.hist_mask.any(1, keepdim=True)
+        mask = torch.cat([null_open, layout.hist_mask], 1)[:, None, None, :]  # [B, 1, 1, 1+L]
         log_n = layout.log_n[:, None, None, None]  # [B, 1, 1, 1]
         if self.length_scale is not None:
             Q = Q * (self.length_scale[None, :, None, None] * log_n).to(Q.dtype)
@@ -162,7 +191,7 @@ class StcaLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.hist_ffn = SwiGLU(cfg.dim, cfg.ffn_mult * cfg.dim, cfg.dim)
+        self.hist_ffn = feed_forward(cfg, cfg.dim, cfg.dim)
         self.hist_norm = nn.LayerNorm(cfg.dim)
         self.attn = TargetAttention(cfg)
 
@@ -180,7 +209,7 @@ class SelfAttentionBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
-        self.ffn = SwiGLU(cfg.dim, cfg.ffn_mult * cfg.dim, cfg.dim)
+        self.ffn = feed_forward(cfg, cfg.dim, cfg.dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # x: [B, S, D] padded (slot 0 is the null token); mask: [B, S] real slots
@@ -200,16 +229,16 @@ class RankingModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        D, hidden = cfg.dim, cfg.ffn_mult * cfg.dim
+        D = cfg.dim
         self.embed = TokenEmbedding(cfg)
         if cfg.arch in ("stca", "transformer"):  # DIN attends from the raw target embedding
-            self.query = nn.Sequential(SwiGLU(D, hidden, D), nn.LayerNorm(D))  # q(1) = LN(SwiGLU(x_t))
+            self.query = nn.Sequential(feed_forward(cfg, D, D), nn.LayerNorm(D))  # q(1) = LN(SwiGLU(x_t))
         n_summaries = 0
         if cfg.arch == "stca":
             self.layers = nn.ModuleList(StcaLayer(cfg) for _ in range(cfg.layers))
             # query fusion: q(i+1) = LN(SwiGLU([o(1)..o(i), x_t] W_C)); the SwiGLU's first projection is W_C
-            self.fuse = nn.ModuleList(nn.Sequential(SwiGLU((i + 2) * D, hidden, D), nn.LayerNorm(D))
-                                      for i in range(cfg.layers - 1))
+            self.fuse = nn.ModuleList(nn.Sequential(feed_forward(cfg, (i + 2) * D, D), nn.LayerNorm(D))
+                                      for i in range(cfg.layers - 1 if cfg.query_fusion else 0))
             n_summaries = cfg.layers
         elif cfg.arch == "din":
             self.attn = TargetAttention(cfg)
@@ -222,7 +251,7 @@ class RankingModel(nn.Module):
             n_summaries = 1
         elif cfg.arch == "mean":
             n_summaries = 1
-        self.output = SwiGLU((n_summaries + 1) * D, hidden, D)  # z = SwiGLU([o(1)..o(M), x_t] W_Z)
+        self.output = feed_forward(cfg, (n_summaries + 1) * D, D)  # z = SwiGLU([o(1)..o(M), x_t] W_Z)
         self.heads = nn.Linear(D, len(TASKS))
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(TASKS)] logits
@@ -241,7 +270,7 @@ class RankingModel(nn.Module):
             q, outs = self.query(x_t), []
             for i, layer in enumerate(self.layers):
                 outs.append(layer(q, x, layout))  # o(i+1): [T, D]
-                if i + 1 < len(self.layers):
+                if i < len(self.fuse):  # without query fusion every layer keeps q(1)
                     q = self.fuse[i](torch.cat([*outs, x_t], dim=-1))
             return outs
         if arch == "din":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARCHS = ("stca", "din", "transformer", "mean", "none")
+FFNS = ("swiglu", "mlp")
 
 
 @dataclass
@@ -20,6 +21,14 @@ class ModelConfig:
     heads: int = 4  # H
     head_dim: int = 16  # K
     ffn_mult: int = 2  # SwiGLU hidden width = ffn_mult * D
+    # The paper's parts, each switchable for its ablations (all on is the paper's model):
+    ffn: str = "swiglu"  # feed-forward blocks: swiglu, or mlp (Linear-GELU-Linear, the ablation)
+    time_delta: bool = True  # the history token's time-delta bucket embedding
+    query_fusion: bool = True  # q(i+1) from [o(1)..o(i), x_t]; off: every layer queries with q(1)
+    # Not described in the paper (ours): a learned key/value slot per head that every request can
+    # attend to, so an empty history is defined. Off: a request attends only to its events, and
+    # an empty history gives a zero summary.
+    null_slot: bool = True
     item_buckets: int = 1 << 18  # hashed id vocabularies (row 0 unused)
     author_buckets: int = 1 << 16
     # Extension, not in the paper (off: plain softmax, as the paper): attention logits are
@@ -35,6 +44,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.ffn not in FFNS:
+            raise ValueError(f"unknown ffn {self.ffn!r}; choose one of {', '.join(FFNS)}")
 
 
 # longseq's extensions to the paper, all on: model overrides for a TrainConfig or a preset
