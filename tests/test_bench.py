@@ -71,3 +71,15 @@ def test_the_report_shows_the_test_window_with_intervals_and_the_validation_wind
     din = next(line for line in text.splitlines() if line.startswith("| din |"))
     assert din.split("|")[3].strip() == "n/a" and din.rstrip().endswith("| n/a |"), "not run yet: n/a"
     assert (tmp_path / "length_scaling_quick.png").exists()
+
+
+def test_one_setting_has_one_cache_key_however_it_is_spelt():
+    """Length scaling names the paper's STCA {} and the baselines {"arch": "stca"}: the same
+    run, so the same key (it used to be trained twice and flip-flop in the cache)."""
+    from bench.quality import _config
+
+    plan = PLANS["quick"]
+    same = [_config(plan, 0, model=m).to_json() for m in ({}, {"arch": "stca"}, {"arch": "stca", "match_prior": None})]
+    assert len(set(same)) == 1
+    assert _config(plan, 0, model={"match_prior": 1.0}).to_json() != same[0]
+
