@@ -26,4 +26,5 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "publish-layout": _lazy("bench.publish_layout"),
     "model": _lazy("bench.model_throughput"),
     "quality": _lazy("bench.quality"),
+    "long-history": _lazy("bench.long_history"),
 }

@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.quality_plan import (
-    ABLATIONS, ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, matched_model,
+    ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, ablation, matched_model,
 )
+from cli.arguments import add_device
 from schemas.contracts import TASKS
 from schemas.errors import LongseqError
+from trainer.model_config import PRESETS
 
 
 @dataclass
@@ -82,7 +84,7 @@ def run(results: Results, name: str, data: Path, windows: Windows, cfg, serve: t
     t = time.perf_counter()
     train(str(data), *windows.train, run_dir, cfg, log=lambda m: None)
     seconds = time.perf_counter() - t
-    evals = {window: _evaluate(run_dir, data, span, serve)
+    evals = {window: _evaluate(run_dir, data, span, serve, cfg.device)
              for window, span in (("valid", windows.valid), ("test", windows.test))}
     results.runs[name] = {"config": cfg.to_json(), "train_seconds": seconds, "eval": evals}
     results.save()
@@ -92,13 +94,14 @@ def run(results: Results, name: str, data: Path, windows: Windows, cfg, serve: t
     return results.runs[name]
 
 
-def _evaluate(run_dir: Path, data: Path, span: tuple[dt.date, dt.date], serve: tuple[int | None, ...]) -> dict:
+def _evaluate(run_dir: Path, data: Path, span: tuple[dt.date, dt.date], serve: tuple[int | None, ...],
+              device: str) -> dict:
     """{str(L): tasks, mean history and 95% AUC intervals} over the days of span."""
     from trainer.evaluate import evaluate
 
     out = {}
     for L in serve:
-        e = evaluate(run_dir, str(data), *span, max_len=L, log=lambda m: None)
+        e = evaluate(run_dir, str(data), *span, max_len=L, device=device, log=lambda m: None)
         out[str(L)] = {"tasks": e["tasks"], "mean_history": e["mean_history"], "auc_intervals": e["auc_intervals"]}
     return out
 
@@ -111,7 +114,7 @@ def _config(plan: Plan, seed: int, **kw):
     from trainer.train import TrainConfig
 
     base = dict(preset=plan.preset, epochs=1, batch_size=plan.batch, max_steps=plan.steps, seed=seed, warmup_steps=10,
-                checkpoint_every=10**9, log_every=10**9, lr=3e-3)
+                checkpoint_every=10**9, log_every=10**9, lr=3e-3, device=plan.device)
     from trainer.model_config import PRESETS
 
     # only the overrides that change the preset: one setting, one cache key, however it is spelt
@@ -158,7 +161,7 @@ def _ablation_runs(results: Results, plan: Plan, data: Path, windows: Windows, w
     for slug in plan.ablations:
         for seed in plan.seeds:
             run(results, f"gen-abl-{slug}-L{L}-s{seed}", data, windows,
-                _config(plan, seed, truncation=False, max_len=L, model=ABLATIONS[slug][1]), (L,), work)
+                _config(plan, seed, truncation=False, max_len=L, model=ablation(slug, plan.preset)), (L,), work)
 
 
 def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> None:
@@ -166,7 +169,7 @@ def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> 
     windows = plan.ml_windows_ending(ml_end)
     print(f"5. MovieLens latest-small ({windows.describe()}; one epoch over the training window)", flush=True)
     settings = [(f"ml-{arch}-full", {"arch": arch}, None) for arch in ML_ARCHS]
-    settings += [(f"ml-abl-{slug}-full", ABLATIONS[slug][1], None) for slug in plan.ablations]
+    settings += [(f"ml-abl-{slug}-full", ablation(slug, plan.preset), None) for slug in plan.ablations]
     settings += [(f"ml-{arch}-matched-full", matched_model(plan.preset, arch), None)
                  for arch in plan.matched if arch in ML_ARCHS]
     settings += [(f"ml-stca-L{n}", {}, n) for n in plan.ml_lengths]
@@ -184,15 +187,24 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--report", type=Path, default=Path("docs/quality"))
     ap.add_argument("--movielens", type=Path, default=MOVIELENS, help="a MovieLens ratings.csv (default: %(default)s)")
     ap.add_argument("--skip-movielens", action="store_true")
+    ap.add_argument("--preset", choices=list(PRESETS), help="model size of every run (default: the plan's, tiny)")
+    add_device(ap)
     args = ap.parse_args(argv)
     if not args.skip_movielens and not args.movielens.exists():
         raise LongseqError(f"MovieLens ratings not found at {args.movielens}: pass --movielens PATH/ratings.csv "
                            "(MovieLens latest-small, https://grouplens.org/datasets/movielens/) or --skip-movielens")
     import torch
 
+    from trainer.distributed import resolve_device
+
     torch.set_num_threads(2)
     plan = PLANS["quick" if args.quick else "full"]
     mode = "quick" if args.quick else "full"
+    if args.preset and args.preset != plan.preset:
+        plan, mode = dataclasses.replace(plan, preset=args.preset), f"{mode}-{args.preset}"
+    if args.device and args.device != "auto":
+        resolve_device(args.device)  # a GPU that is not there stops the run here, in one line
+        plan, mode = dataclasses.replace(plan, device=args.device), f"{mode}-{args.device.replace(':', '')}"
     work = args.work / mode
     work.mkdir(parents=True, exist_ok=True)
     results = Results.load(work / "results.json")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sources import SAMPLE_START
-from trainer.model_config import EXTENSIONS
+from trainer.model_config import EMBEDDING_MATCH, EXTENSIONS
 
 START = SAMPLE_START
 ML_ARCHS = ("none", "mean", "din", "stca")  # the Transformer is quadratic in MovieLens' full 2,391-event histories
@@ -47,17 +47,30 @@ class Windows:
 VARIANTS: dict[str, dict] = {"stca": {}, "stca+ext": {"arch": "stca", **EXTENSIONS}}
 
 # One change each from the paper's STCA (model overrides): the paper's own ablations, then
-# what longseq adds or leaves out. The tiny preset has 2 heads of 16 and ffn_mult 2.
+# what longseq adds or leaves out. ONE_HEAD stands for one head as wide as the preset's heads.
+ONE_HEAD = "one head"
 ABLATIONS: dict[str, tuple[str, dict]] = {  # run-name slug -> (label, model overrides)
     "mlp": ("plain MLP instead of SwiGLU", {"ffn": "mlp"}),
     "ffn1": ("narrower feed-forward (ffn_mult 1)", {"ffn_mult": 1}),
     "nodelta": ("no time-delta feature", {"time_delta": False}),
     "nofusion": ("no query fusion", {"query_fusion": False}),
-    "head1": ("one head of 32 (same width)", {"heads": 1, "head_dim": 32}),
+    "head1": ("one head (same width)", {"heads": ONE_HEAD}),
     "nonull": ("no null slot (ours)", {"null_slot": False}),
     "scaled": ("+ length-scaled logits (ours)", {"length_scaled": True}),
     "prior": ("+ id-match prior (ours)", {"match_prior": 1.0}),
+    "embmatch": ("+ embedding-match prior (ours)", EMBEDDING_MATCH),
 }
+
+
+def ablation(slug: str, preset: str) -> dict:
+    """The model overrides of ABLATIONS[slug] for a preset."""
+    from trainer.model_config import PRESETS
+
+    overrides = dict(ABLATIONS[slug][1])
+    if overrides.get("heads") == ONE_HEAD:
+        base = PRESETS[preset]
+        overrides.update(heads=1, head_dim=base.heads * base.head_dim)
+    return overrides
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,7 @@ class Plan:
     # MovieLens (30 days): train on every day before the last 6, one epoch, validate on 3, test on 3
     ml_days: int = 30
     ml_windows: tuple[int, int, int] = (24, 3, 3)
+    device: str = "auto"  # where every run trains and is evaluated (cpu, cuda, cuda:N)
 
     def windows(self, end: dt.date) -> Windows:
         return Windows.ending(end, self.train_days, self.valid_days, self.test_days)

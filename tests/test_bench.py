@@ -83,3 +83,39 @@ def test_one_setting_has_one_cache_key_however_it_is_spelt():
     assert len(set(same)) == 1
     assert _config(plan, 0, model={"match_prior": 1.0}).to_json() != same[0]
 
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_ablation_and_candidate_is_one_valid_change_from_the_paper(preset):
+    """Each names fields the model has, changes the preset, and the one-head ablation keeps
+    the preset's attention width. The long-history candidates are changes to tiny, the
+    preset of the plans."""
+    import dataclasses
+
+    from bench.long_history import CANDIDATES
+    from bench.quality_plan import ABLATIONS, ablation
+    from trainer.model_config import ModelConfig
+
+    base = PRESETS[preset]
+    candidates = [c for c in CANDIDATES.values() if c] if preset == PLANS["quick"].preset else []
+    for overrides in [ablation(slug, preset) for slug in ABLATIONS] + candidates:
+        cfg = dataclasses.replace(base, **overrides)
+        assert isinstance(cfg, ModelConfig) and cfg != base, overrides
+    one_head = dataclasses.replace(base, **ablation("head1", preset))
+    assert one_head.heads == 1 and one_head.head_dim == base.heads * base.head_dim
+
+
+@pytest.mark.subprocess
+def test_bench_quality_device_that_is_not_there_is_one_line():
+    """`longseq bench quality --device cuda:7` on a machine without it stops before any work."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    r = subprocess.run([sys.executable, "-m", "cli.main", "bench", "quality", "--quick", "--skip-movielens",
+                        "--device", "cuda:7", "--work", "/nonexistent/never-made"], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "cuda:7 is not available" in r.stderr

@@ -21,7 +21,8 @@ def model(arch: str, seed: int = 0, **options) -> RankingModel:
 
 
 # the ablation switches (ModelConfig), each away from the default
-ABLATIONS = [{"ffn": "mlp"}, {"time_delta": False}, {"query_fusion": False}, {"null_slot": False}, EXTENSIONS]
+ABLATIONS = [{"ffn": "mlp"}, {"time_delta": False}, {"query_fusion": False}, {"null_slot": False}, EXTENSIONS,
+             {"match_prior": 1.0, "match_by": "embedding"}, {"hashes": 2}, {"qk_norm": 10.0}]
 
 
 @pytest.mark.parametrize("arch, options", [(a, {}) for a in ARCHS] + [("stca", o) for o in ABLATIONS],
@@ -247,3 +248,48 @@ def test_target_attention_equals_a_per_target_loop(options):
                 heads.append(torch.softmax(logits, 0) @ values)
             rows.append(attn.wo(torch.cat(heads)))
     torch.testing.assert_close(got, torch.stack(rows))
+
+
+def test_embedding_match_prior_is_the_cosine_of_id_embeddings():
+    """match_by="embedding": log(n) * cos(target, event) per side, written out pair by pair;
+    with ids equal it is log(n), as the id-match prior's."""
+    import math
+
+    from trainer.model import Layout, similarity_log_n
+
+    batch = make_batch([6, 0, 11], [2, 1, 3], seed=7)
+    h, t = batch.history.values, batch.targets.values
+    h["item_id"][2], h["author_id"][8] = t["item_id"][0], t["author_id"][4]
+    m = model("stca", match_prior=1.0, match_by="embedding", hashes=2)
+    layout = Layout.of(batch)
+    got = similarity_log_n(m.embed, batch, layout)  # [B, 2, M, 1+L]
+    assert got.shape == (3, 2, 3, 12)
+    hist_off, tgt_off = batch.history.offsets.tolist(), batch.targets.offsets.tolist()
+    want = torch.zeros_like(got)
+    for b in range(batch.num_requests):
+        hs, he = hist_off[b], hist_off[b + 1]
+        for j in range(tgt_off[b], tgt_off[b + 1]):
+            for l in range(hs, he):
+                for side in range(2):
+                    tv = m.embed.id_vectors(t["item_id"][j:j + 1], t["author_id"][j:j + 1])[side][0]
+                    hv = m.embed.id_vectors(h["item_id"][l:l + 1], h["author_id"][l:l + 1])[side][0]
+                    want[b, side, j - tgt_off[b], 1 + l - hs] = math.log(he - hs + 1) * torch.cosine_similarity(tv, hv, 0)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got[0, 0, 0, 3], torch.tensor(math.log(7), dtype=got.dtype))  # the same item
+    got.sum().backward()
+    assert m.embed.item.weight.grad.abs().sum() > 0, "the similarity is learned: gradients reach the embeddings"
+
+
+def test_hash_embeddings_keep_colliding_ids_apart():
+    """With one hash two ids can share their row; with two they share all rows only if both
+    hashes collide."""
+    from features.hashing import hash_ids
+
+    ids = torch.arange(1, 20_001)
+    one = hash_ids(ids, 1 << 12, salt=1)
+    both = torch.stack([one, hash_ids(ids, 1 << 12, salt=3)], 1)
+    assert len(torch.unique(one)) < 5_000 and len(torch.unique(both, dim=0)) > 19_900
+    m = model("stca", hashes=2)
+    shared = int(torch.nonzero(one == one[0]).flatten()[1])  # an id on id 1's row under the first hash
+    a, b = m.embed.ids(ids[:1], ids[:1]), m.embed.ids(ids[shared:shared + 1], ids[:1])
+    assert not torch.allclose(a, b)

@@ -121,9 +121,15 @@ class TokenEmbedding(nn.Module):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.02)
 
+    def id_vectors(self, item: torch.Tensor, author: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [n, D]
+        # hash k (k > 0: cfg.hashes) uses salts 1 + 2k (items) and 2 + 2k (authors)
+        k = range(self.cfg.hashes)
+        return (sum(self.item(hash_ids(item, self.cfg.item_buckets, salt=1 + 2 * i)) for i in k),
+                sum(self.author(hash_ids(author, self.cfg.author_buckets, salt=2 + 2 * i)) for i in k))
+
     def ids(self, item: torch.Tensor, author: torch.Tensor) -> torch.Tensor:  # [n, D]
-        return (self.item(hash_ids(item, self.cfg.item_buckets, salt=1))
-                + self.author(hash_ids(author, self.cfg.author_buckets, salt=2)))
+        item_vec, author_vec = self.id_vectors(item, author)
+        return item_vec + author_vec
 
     def history(self, batch: RequestBatch, layout: Layout) -> torch.Tensor:  # [N, D]
         h = batch.history
@@ -156,6 +162,7 @@ class TargetAttention(nn.Module):
         # per-head content scale s: logits = log(n) * s * q.k / sqrt(K), plain softmax at n = 1024 initially
         self.length_scale = nn.Parameter(torch.full((cfg.heads,), 1 / math.log(1024))) if cfg.length_scaled else None
         self.match_weight = nn.Parameter(torch.full((2, cfg.heads), cfg.match_prior)) if cfg.match_prior is not None else None
+        self.qk_scale = nn.Parameter(torch.full((cfg.heads,), cfg.qk_norm)) if cfg.qk_norm is not None else None
 
     def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
         # q: [T, D] one query per target; hist: [N, D] the batch's history tokens
@@ -172,6 +179,10 @@ class TargetAttention(nn.Module):
             null_open = ~layout.hist_mask.any(1, keepdim=True)
         mask = torch.cat([null_open, layout.hist_mask], 1)[:, None, None, :]  # [B, 1, 1, 1+L]
         log_n = layout.log_n[:, None, None, None]  # [B, 1, 1, 1]
+        scale = None  # SDPA's default 1 / sqrt(K)
+        if self.qk_scale is not None:  # g * cos(q, k): unit queries and keys, the learned g in the query
+            Q = F.normalize(Q, dim=-1) * self.qk_scale[None, :, None, None].to(Q.dtype)
+            keys, scale = F.normalize(keys, dim=-1), 1.0
         if self.length_scale is not None:
             Q = Q * (self.length_scale[None, :, None, None] * log_n).to(Q.dtype)
         if self.match_weight is not None and layout.match_log_n is not None:
@@ -181,7 +192,7 @@ class TargetAttention(nn.Module):
             padding = torch.zeros(mask.shape, dtype=w.dtype, device=w.device).masked_fill_(~mask, float("-inf"))
             bias = torch.addcmul(padding, prior[:, :1], w[0])
             mask = torch.addcmul(bias, prior[:, 1:], w[1]).to(Q.dtype)  # [B, H, M, 1+L]
-        out = F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask)  # [B, H, M, K]
+        out = F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask, scale=scale)  # [B, H, M, K]
         out = out.transpose(1, 2)[layout.tgt_seg, layout.tgt_pos]  # [T, H, K]
         return self.wo(out.reshape(-1, H * K))  # [T, D]
 
@@ -257,7 +268,8 @@ class RankingModel(nn.Module):
     def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(TASKS)] logits
         layout = Layout.of(batch)
         if self.cfg.match_prior is not None and self.cfg.arch in ("stca", "din", "transformer"):
-            layout.match_log_n = match_log_n(batch, layout)
+            by_id = self.cfg.match_by == "id"
+            layout.match_log_n = match_log_n(batch, layout) if by_id else similarity_log_n(self.embed, batch, layout)
         x_t = self.embed.target(batch)  # [T, D]
         summaries = self._summaries(batch, layout, x_t) if self.cfg.arch != "none" else []
         z = self.output(torch.cat([*summaries, x_t], dim=-1))  # [T, D]
@@ -298,6 +310,19 @@ def match_log_n(batch: RequestBatch, layout: Layout) -> torch.Tensor:
         sides.append((t[:, :, None] == h[:, None, :]) & layout.hist_mask[:, None, :])
     matches = F.pad(torch.stack(sides, 1), (1, 0))  # [B, 2, M, 1+L] bool
     return matches * layout.log_n[:, None, None, None]
+
+
+def similarity_log_n(embed: TokenEmbedding, batch: RequestBatch, layout: Layout) -> torch.Tensor:
+    """[B, 2, M, 1+L]: log(n) * cos(target m, history event l) of their item (0) / author (1)
+    embeddings: match_log_n with learned similarity for id equality. Padded slots and the null
+    slot (0) get 0; gradients reach the embeddings."""
+    t, h = batch.targets, batch.history
+    sides = []
+    for t_vec, h_vec in zip(embed.id_vectors(t["item_id"], t["author_id"]), embed.id_vectors(h["item_id"], h["author_id"])):
+        tq = layout.pad_targets(F.normalize(t_vec, dim=-1))  # [B, M, D]
+        hk = layout.pad_history(F.normalize(h_vec, dim=-1))  # [B, L, D], zero where padded
+        sides.append(tq @ hk.transpose(1, 2))  # [B, M, L]
+    return F.pad(torch.stack(sides, 1), (1, 0)) * layout.log_n[:, None, None, None]
 
 
 def loss_fn(logits: torch.Tensor, batch: RequestBatch) -> torch.Tensor:

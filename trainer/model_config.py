@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 ARCHS = ("stca", "din", "transformer", "mean", "none")
 FFNS = ("swiglu", "mlp")
+MATCH_BY = ("id", "embedding")
 
 
 @dataclass
@@ -29,6 +30,11 @@ class ModelConfig:
     # attend to, so an empty history is defined. Off: a request attends only to its events, and
     # an empty history gives a zero summary.
     null_slot: bool = True
+    # Extension, not in the paper (1: one hashed row per id, as usual): each id is the sum of
+    # this many rows of its table, each under its own hash (hash embeddings, Svenstrup et al.
+    # 2017). Two ids then share all their rows only if every hash collides, so long-tail ids
+    # stay apart in tables much smaller than their vocabularies.
+    hashes: int = 1
     item_buckets: int = 1 << 18  # hashed id vocabularies (row 0 unused)
     author_buckets: int = 1 << 16
     # Extension, not in the paper (off: plain softmax, as the paper): attention logits are
@@ -40,16 +46,31 @@ class ModelConfig:
     # learned per head and initialised to this value (1.0 in EXTENSIONS). It compares raw
     # ids, a channel the paper's model does not have.
     match_prior: float | None = None
+    # What the prior matches on: "id", raw id equality (above); or "embedding", the cosine
+    # similarity of the target's and the event's item (and author) embeddings, learned with
+    # the model (a soft search, as SIM's; no raw-id channel). Only with match_prior set.
+    match_by: str = "id"
+    # Extension, not in the paper (None: off): query-key normalisation with a learned
+    # temperature (Henry et al. 2020). Logits are g * cos(q, k), g learned per head and
+    # initialised to this value: a softmax over 10k keys can then be sharp from the start,
+    # where the paper's q.k / sqrt(K) starts near uniform.
+    qk_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.match_by not in MATCH_BY:
+            raise ValueError(f"unknown match_by {self.match_by!r}; choose one of {', '.join(MATCH_BY)}")
+        if self.hashes < 1:
+            raise ValueError(f"hashes must be >= 1, got {self.hashes}")
         if self.ffn not in FFNS:
             raise ValueError(f"unknown ffn {self.ffn!r}; choose one of {', '.join(FFNS)}")
 
 
 # longseq's extensions to the paper, all on: model overrides for a TrainConfig or a preset
 EXTENSIONS: dict[str, object] = {"length_scaled": True, "match_prior": 1.0}
+# the learned form of the prior: embedding similarity instead of raw id equality
+EMBEDDING_MATCH: dict[str, object] = {"match_prior": 1.0, "match_by": "embedding"}
 
 DEFAULT_PRESET = "small"
 PRESETS: dict[str, ModelConfig] = {

@@ -1,0 +1,144 @@
+"""Does a model use long histories? Each candidate trained and scored at L = 1,000 and 10,000.
+
+    longseq bench long-history [--quick] [--seeds 0,1,2] [--candidates paper,embedding-match]
+                               [--work DIR] [--out FILE]
+
+The generator plants its long-range signal in niche topics only (docs/GENERATOR.md): a
+niche topic turns up a few times in 10k events, so a model that uses a long history gains
+there from 1k to 10k, and a model that does not stays flat. Each run trains the candidate
+(the paper's STCA with one change, CANDIDATES) for one epoch of the plan's training window
+at a fixed history length, is evaluated on the validation and test windows
+(bench/quality.py `run`, cached), and its test scores are split by target: niche-topic
+and main-topic. Choices are made on the validation gain; the test gain is only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from bench.quality import Results, _config, _mean_auc, prepare_generated, run
+from bench.quality_plan import PLANS, Plan
+from schemas.contracts import TASKS
+from trainer.model_config import EMBEDDING_MATCH
+
+SHORT, LONG = 1_000, 10_000
+# name -> model overrides of the paper's STCA; docs/TRAINER.md says what each is
+CANDIDATES: dict[str, dict] = {
+    "paper": {},
+    "id-match": {"match_prior": 1.0},  # raw id equality: the extension this bench looks for a learned answer to
+    "embedding-match": EMBEDDING_MATCH,
+    "embedding-match+hashes2": {**EMBEDDING_MATCH, "hashes": 2},
+    "hashes2": {"hashes": 2},
+    "tables16x": {"item_buckets": 1 << 18, "author_buckets": 1 << 16},  # the small preset's tables
+    "qk-norm": {"qk_norm": 10.0},
+    "length-scaled": {"length_scaled": True},
+}
+
+
+def niche_items(plan: Plan) -> set[int]:
+    """The item ids of the generated sample's niche topics."""
+    from sources.generate import PROFILES, build_catalogue
+
+    profile = PROFILES["default"].with_sizes(plan.users, plan.days)
+    catalogue = build_catalogue(profile, seed=0)  # prepare_generated's seed
+    return set(catalogue.item_id[catalogue.topic >= profile.main_topics].tolist())
+
+
+def split_auc(run_dir: Path, data: Path, span, L: int, niche: set[int]) -> dict[str, float]:
+    """Mean AUC over tasks of the run's test scores: all targets, niche-topic ones, main-topic ones."""
+    from trainer.evaluate import load_model, scored_batches
+    from trainer.metrics import weighted_auc
+
+    model, _, _ = load_model(run_dir)
+    labels, logits, is_niche = [], [], []
+    for s in scored_batches(model, str(data), *span, L):
+        labels.append(s.batch.labels().numpy())
+        logits.append(s.logits)
+        is_niche.append(np.isin(s.batch.targets["item_id"].numpy(), list(niche)))
+    y, p, n = np.concatenate(labels), np.concatenate(logits), np.concatenate(is_niche)
+    out = {}
+    for name, keep in (("all", np.ones_like(n)), ("niche", n), ("main", ~n)):
+        out[name] = statistics.mean(weighted_auc(y[keep, k], p[keep, k], np.ones(int(keep.sum())))
+                                    for k in range(len(TASKS)))
+    out["niche_share"] = float(n.mean())
+    return out
+
+
+def _stat(values: list[float]) -> str:
+    return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:+.4f}"
+
+
+def _level(values: list[float]) -> str:
+    return _stat(values).lstrip("+")
+
+
+def report(results: Results, candidates: list[str], seeds: list[int]) -> list[str]:
+    lines = ["| candidate | test AUC, L = 1k | test AUC, L = 10k | test gain | valid gain | niche AUC 1k -> 10k "
+             "| main AUC 1k -> 10k | train s at 10k |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in candidates:
+        pairs = [(results.runs.get(f"lh-{c}-L{SHORT}-s{s}"), results.runs.get(f"lh-{c}-L{LONG}-s{s}")) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a and b and "split" in a and "split" in b]
+        if not pairs:
+            continue
+
+        def auc(r, L, window="test"):
+            return _mean_auc(r["eval"][window][str(L)])
+
+        short, long = [auc(a, SHORT) for a, _ in pairs], [auc(b, LONG) for _, b in pairs]
+        gain = [auc(b, LONG) - auc(a, SHORT) for a, b in pairs]
+        valid_gain = [auc(b, LONG, "valid") - auc(a, SHORT, "valid") for a, b in pairs]
+        niche = f"{statistics.mean(a['split']['niche'] for a, _ in pairs):.4f} -> " \
+                f"{statistics.mean(b['split']['niche'] for _, b in pairs):.4f}"
+        main = f"{statistics.mean(a['split']['main'] for a, _ in pairs):.4f} -> " \
+               f"{statistics.mean(b['split']['main'] for _, b in pairs):.4f}"
+        seconds = statistics.mean(b["train_seconds"] for _, b in pairs)
+        lines.append(f"| {c} ({len(pairs)} seed{'s' * (len(pairs) > 1)}) | {_level(short)} | {_level(long)} | "
+                     f"{_stat(gain)} | {_stat(valid_gain)} | {niche} | {main} | {seconds:,.0f} |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longseq bench long-history", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the quality benchmark's quick sample (150 users x 10 days)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
+    ap.add_argument("--candidates", default=",".join(CANDIDATES),
+                    help=f"comma-separated, from: {', '.join(CANDIDATES)} (default: all)")
+    ap.add_argument("--work", type=Path, default=Path("bench-work/quality"), help="shared with `bench quality`")
+    ap.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = ap.parse_args(argv)
+    candidates = args.candidates.split(",")
+    unknown = [c for c in candidates if c not in CANDIDATES]
+    if unknown:
+        ap.error(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    import torch
+
+    torch.set_num_threads(2)
+    mode = "quick" if args.quick else "full"
+    plan, work = PLANS[mode], args.work / mode
+    work.mkdir(parents=True, exist_ok=True)
+    data, end = prepare_generated(work, plan)
+    windows = plan.windows(end)
+    results = Results.load(work / "results_long_history.json")
+    niche = niche_items(plan)
+    print(f"long-history runs on {plan.users} users x {plan.days} days ({windows.describe()}), one epoch each",
+          flush=True)
+    for c in candidates:
+        for seed in seeds:
+            for L in (SHORT, LONG):
+                name = f"lh-{c}-L{L}-s{seed}"
+                # one epoch of the training window (max_steps None): the quick plan's 150 steps undertrain
+                cfg = _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=None)
+                entry = run(results, name, data, windows, cfg, (L,), work)
+                if "split" not in entry:
+                    entry["split"] = split_auc(work / "runs" / name, data, windows.test, L, niche)
+                    results.save()
+    lines = report(results, candidates, seeds)
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
