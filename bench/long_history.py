@@ -39,16 +39,16 @@ CANDIDATES: dict[str, dict] = {
 }
 
 
-def niche_items(plan: Plan) -> set[int]:
-    """The item ids of the generated sample's niche topics."""
+def niche_items(plan: Plan) -> np.ndarray:
+    """The item ids of the generated sample's niche topics, sorted."""
     from sources.generate import PROFILES, build_catalogue
 
     profile = PROFILES["default"].with_sizes(plan.users, plan.days)
     catalogue = build_catalogue(profile, seed=0)  # prepare_generated's seed
-    return set(catalogue.item_id[catalogue.topic >= profile.main_topics].tolist())
+    return np.sort(catalogue.item_id[catalogue.topic >= profile.main_topics])
 
 
-def split_auc(run_dir: Path, data: Path, span, L: int, niche: set[int]) -> dict[str, float]:
+def split_auc(run_dir: Path, data: Path, span, L: int, niche: np.ndarray) -> dict[str, float]:
     """Mean AUC over tasks of the run's test scores: all targets, niche-topic ones, main-topic ones."""
     from trainer.evaluate import load_model, scored_batches
     from trainer.metrics import weighted_auc
@@ -58,7 +58,7 @@ def split_auc(run_dir: Path, data: Path, span, L: int, niche: set[int]) -> dict[
     for s in scored_batches(model, str(data), *span, L):
         labels.append(s.batch.labels().numpy())
         logits.append(s.logits)
-        is_niche.append(np.isin(s.batch.targets["item_id"].numpy(), list(niche)))
+        is_niche.append(np.isin(s.batch.targets["item_id"].numpy(), niche))
     y, p, n = np.concatenate(labels), np.concatenate(logits), np.concatenate(is_niche)
     out = {}
     for name, keep in (("all", np.ones_like(n)), ("niche", n), ("main", ~n)):

@@ -115,8 +115,6 @@ def _config(plan: Plan, seed: int, **kw):
 
     base = dict(preset=plan.preset, epochs=1, batch_size=plan.batch, max_steps=plan.steps, seed=seed, warmup_steps=10,
                 checkpoint_every=10**9, log_every=10**9, lr=3e-3, device=plan.device)
-    from trainer.model_config import PRESETS
-
     # only the overrides that change the preset: one setting, one cache key, however it is spelt
     preset = PRESETS[plan.preset]
     model = {k: v for k, v in kw.pop("model", {}).items() if getattr(preset, k) != v}
