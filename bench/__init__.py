@@ -27,4 +27,5 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "model": _lazy("bench.model_throughput"),
     "quality": _lazy("bench.quality"),
     "long-history": _lazy("bench.long_history"),
+    "extrapolation": _lazy("bench.extrapolation"),
 }

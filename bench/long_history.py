@@ -1,13 +1,13 @@
 """Does a model use long histories? Each candidate trained and scored at L = 1,000 and 10,000.
 
     longseq bench long-history [--quick] [--seeds 0,1,2] [--candidates paper,embedding-match]
-                               [--work DIR] [--out FILE]
+                               [--steps N] [--work DIR] [--out FILE]
 
 The generator plants its long-range signal in niche topics only (docs/GENERATOR.md): a
 niche topic turns up a few times in 10k events, so a model that uses a long history gains
 there from 1k to 10k, and a model that does not stays flat. Each run trains the candidate
 (the paper's STCA with one change, CANDIDATES) for one epoch of the plan's training window
-at a fixed history length, is evaluated on the validation and test windows
+(or --steps batches) at a fixed history length, is evaluated on the validation and test windows
 (bench/quality.py `run`, cached), and its test scores are split by target: niche-topic
 and main-topic. Choices are made on the validation gain; the test gain is only reported.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.quality import Results, _config, _mean_auc, prepare_generated, run
-from bench.quality_plan import PLANS, Plan
+from bench.quality_plan import PLANS, Plan, Windows
 from schemas.contracts import TASKS
 from trainer.model_config import EMBEDDING_MATCH
 
@@ -36,6 +36,7 @@ CANDIDATES: dict[str, dict] = {
     "tables16x": {"item_buckets": 1 << 18, "author_buckets": 1 << 16},  # the small preset's tables
     "qk-norm": {"qk_norm": 10.0},
     "length-scaled": {"length_scaled": True},
+    "embedding-match+length-scaled": {**EMBEDDING_MATCH, "length_scaled": True},
 }
 
 
@@ -76,11 +77,16 @@ def _level(values: list[float]) -> str:
     return _stat(values).lstrip("+")
 
 
-def report(results: Results, candidates: list[str], seeds: list[int]) -> list[str]:
+def run_name(candidate: str, L: int, seed: int, steps: int | None) -> str:
+    return f"lh-{candidate}-L{L}-s{seed}" + (f"-steps{steps}" if steps else "")
+
+
+def report(results: Results, candidates: list[str], seeds: list[int], steps: int | None = None) -> list[str]:
     lines = ["| candidate | test AUC, L = 1k | test AUC, L = 10k | test gain | valid gain | niche AUC 1k -> 10k "
              "| main AUC 1k -> 10k | train s at 10k |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in candidates:
-        pairs = [(results.runs.get(f"lh-{c}-L{SHORT}-s{s}"), results.runs.get(f"lh-{c}-L{LONG}-s{s}")) for s in seeds]
+        pairs = [(results.runs.get(run_name(c, SHORT, s, steps)), results.runs.get(run_name(c, LONG, s, steps)))
+                 for s in seeds]
         pairs = [(a, b) for a, b in pairs if a and b and "split" in a and "split" in b]
         if not pairs:
             continue
@@ -101,43 +107,64 @@ def report(results: Results, candidates: list[str], seeds: list[int]) -> list[st
     return lines
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench long-history", description=__doc__.split("\n")[0])
+def add_arguments(ap: argparse.ArgumentParser, seeds: str, candidates: str) -> None:
+    """The options bench long-history and bench extrapolation share."""
     ap.add_argument("--quick", action="store_true", help="the quality benchmark's quick sample (150 users x 10 days)")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
-    ap.add_argument("--candidates", default=",".join(CANDIDATES),
-                    help=f"comma-separated, from: {', '.join(CANDIDATES)} (default: all)")
+    ap.add_argument("--seeds", default=seeds, help="comma-separated training seeds (default: %(default)s)")
+    ap.add_argument("--candidates", default=candidates,
+                    help=f"comma-separated, from: {', '.join(CANDIDATES)} (default: %(default)s)")
     ap.add_argument("--work", type=Path, default=Path("bench-work/quality"), help="shared with `bench quality`")
     ap.add_argument("--out", type=Path, help="also write the markdown table here")
-    args = ap.parse_args(argv)
-    candidates = args.candidates.split(",")
-    unknown = [c for c in candidates if c not in CANDIDATES]
+
+
+def names(ap: argparse.ArgumentParser, value: str, known: dict, kind: str) -> list[str]:
+    """A comma-separated option's names; an unknown one stops the bench with a usage error."""
+    chosen = value.split(",")
+    unknown = [n for n in chosen if n not in known]
     if unknown:
-        ap.error(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+        ap.error(f"unknown {kind}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return chosen
+
+
+def open_sample(quick: bool, work_root: Path) -> tuple[Plan, Path, Path, Windows, Results]:
+    """The plan, its work directory, its sample (generated, built and published once), its
+    windows and the long-history results cache."""
     import torch
 
     torch.set_num_threads(2)
-    mode = "quick" if args.quick else "full"
-    plan, work = PLANS[mode], args.work / mode
+    mode = "quick" if quick else "full"
+    plan, work = PLANS[mode], work_root / mode
     work.mkdir(parents=True, exist_ok=True)
     data, end = prepare_generated(work, plan)
-    windows = plan.windows(end)
-    results = Results.load(work / "results_long_history.json")
+    return plan, work, data, plan.windows(end), Results.load(work / "results_long_history.json")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longseq bench long-history", description=__doc__.split("\n")[0])
+    add_arguments(ap, seeds="0,1,2", candidates=",".join(CANDIDATES))
+    ap.add_argument("--steps", type=int, help="train this many batches instead of one epoch of the training window")
+    args = ap.parse_args(argv)
+    candidates = names(ap, args.candidates, CANDIDATES, "candidate")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.steps is not None and args.steps < 1:
+        ap.error("--steps must be >= 1")
+    plan, work, data, windows, results = open_sample(args.quick, args.work)
     niche = niche_items(plan)
-    print(f"long-history runs on {plan.users} users x {plan.days} days ({windows.describe()}), one epoch each",
+    length = f"{args.steps} steps" if args.steps else "one epoch"
+    print(f"long-history runs on {plan.users} users x {plan.days} days ({windows.describe()}), {length} each",
           flush=True)
     for c in candidates:
         for seed in seeds:
             for L in (SHORT, LONG):
-                name = f"lh-{c}-L{L}-s{seed}"
-                # one epoch of the training window (max_steps None): the quick plan's 150 steps undertrain
-                cfg = _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=None)
+                name = run_name(c, L, seed, args.steps)
+                # one epoch of the training window (max_steps None) unless --steps: the quick plan's 150 steps
+                # undertrain
+                cfg = _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=args.steps)
                 entry = run(results, name, data, windows, cfg, (L,), work)
                 if "split" not in entry:
                     entry["split"] = split_auc(work / "runs" / name, data, windows.test, L, niche)
                     results.save()
-    lines = report(results, candidates, seeds)
+    lines = report(results, candidates, seeds, args.steps)
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.quality_plan import (
-    ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, ablation, matched_model,
+    LR, ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, ablation, chosen_lr, lr_name, matched_model,
+    next_lr, validation_aucs,
 )
 from cli.arguments import add_device
 from schemas.contracts import TASKS
@@ -114,7 +115,7 @@ def _config(plan: Plan, seed: int, **kw):
     from trainer.train import TrainConfig
 
     base = dict(preset=plan.preset, epochs=1, batch_size=plan.batch, max_steps=plan.steps, seed=seed, warmup_steps=10,
-                checkpoint_every=10**9, log_every=10**9, lr=3e-3, device=plan.device)
+                checkpoint_every=10**9, log_every=10**9, lr=LR, device=plan.device)
     # only the overrides that change the preset: one setting, one cache key, however it is spelt
     preset = PRESETS[plan.preset]
     model = {k: v for k, v in kw.pop("model", {}).items() if getattr(preset, k) != v}
@@ -139,18 +140,51 @@ def _extrapolation_runs(results: Results, plan: Plan, data: Path, windows: Windo
                 work)
 
 
+def _learning_rate_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path,
+                        prefix: str, suffix: str, model: dict, L: int | None, **kw) -> float:
+    """One arch trained on the first seed at each of plan.lrs, and further along LR_LADDER while
+    the best is at an end (quality_plan.next_lr); returns the lr with the best validation mean
+    AUC, which then trains every seed of that arch's rows. A run that diverges is kept in the
+    results as such and never chosen."""
+    from trainer.train import TrainingDiverged
+
+    tried = list(plan.lrs)
+    todo = list(plan.lrs)
+    while todo:
+        for lr in todo:
+            name = f"{lr_name(prefix, lr, suffix)}-s{plan.seeds[0]}"
+            cfg = _config(plan, plan.seeds[0], truncation=False, max_len=L, model=model, lr=lr, **kw)
+            if results.runs.get(name, {}).get("config") == cfg.to_json() and "diverged" in results.runs[name]:
+                continue
+            try:
+                run(results, name, data, windows, cfg, (L,), work)
+            except TrainingDiverged as e:
+                results.runs[name] = {"config": cfg.to_json(), "diverged": str(e)}
+                results.save()
+                print(f"  {name}: diverged ({e})", flush=True)
+        further = next_lr(tried, validation_aucs(results.runs, plan, prefix, suffix, L))
+        todo = [further] if further is not None else []
+        tried += todo
+    return chosen_lr(results.runs, plan, prefix, suffix, L)
+
+
 def _baseline_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
     L = plan.baseline_len
-    print(f"3. STCA against the baselines at max history {L}", flush=True)
-    settings = [(f"gen-{arch}-L{L}", {"arch": arch}, {}) for arch in plan.archs]
-    settings += [(f"gen-{arch}-matched-L{L}", matched_model(plan.preset, arch), {}) for arch in plan.matched]
+    print(f"3. STCA against the baselines at max history {L}, each arch at the learning rate it chose on the "
+          f"validation window (of {', '.join(f'{lr:g}' for lr in plan.lrs)})", flush=True)
+    lrs = {arch: _learning_rate_runs(results, plan, data, windows, work, f"gen-{arch}", f"L{L}", {"arch": arch}, L)
+           for arch in plan.archs}
+    print("   chosen: " + ", ".join(f"{arch} {lr:g}" for arch, lr in lrs.items()), flush=True)
+    settings = [(f"gen-{arch}", {"arch": arch}, {}) for arch in plan.archs]
+    settings += [(f"gen-{arch}-matched", matched_model(plan.preset, arch), {}) for arch in plan.matched]
     # max_steps ends these; more steps than one epoch's batches go on into the next epoch
-    settings += [(f"gen-{arch}-steps{steps}-L{L}", {"arch": arch}, {"max_steps": steps, "epochs": 100})
+    settings += [(f"gen-{arch}-steps{steps}", {"arch": arch}, {"max_steps": steps, "epochs": 100})
                  for arch, steps in plan.more_steps]
-    for name, model, kw in settings:
+    for prefix, model, kw in settings:
+        lr = lrs[model["arch"]]
         for seed in plan.seeds:
-            run(results, f"{name}-s{seed}", data, windows,
-                _config(plan, seed, truncation=False, max_len=L, model=model, **kw), (L,), work)
+            run(results, f"{lr_name(prefix, lr, f'L{L}')}-s{seed}", data, windows,
+                _config(plan, seed, truncation=False, max_len=L, model=model, lr=lr, **kw), (L,), work)
 
 
 def _ablation_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
@@ -165,16 +199,23 @@ def _ablation_runs(results: Results, plan: Plan, data: Path, windows: Windows, w
 def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> None:
     ml, ml_end = prepare_movielens(work, ratings, plan.ml_days)
     windows = plan.ml_windows_ending(ml_end)
-    print(f"5. MovieLens latest-small ({windows.describe()}; one epoch over the training window)", flush=True)
-    settings = [(f"ml-{arch}-full", {"arch": arch}, None) for arch in ML_ARCHS]
-    settings += [(f"ml-abl-{slug}-full", ablation(slug, plan.preset), None) for slug in plan.ablations]
-    settings += [(f"ml-{arch}-matched-full", matched_model(plan.preset, arch), None)
+    print(f"5. MovieLens latest-small ({windows.describe()}; one epoch over the training window; each arch at the "
+          f"learning rate it chose on the validation window)", flush=True)
+    # a whole epoch of the training window, not plan.steps: enough training requests
+    epoch = {"max_steps": None}
+    lrs = {arch: _learning_rate_runs(results, plan, ml, windows, work, f"ml-{arch}", "full", {"arch": arch}, None,
+                                     **epoch) for arch in ML_ARCHS}
+    print("   chosen: " + ", ".join(f"{arch} {lr:g}" for arch, lr in lrs.items()), flush=True)
+    settings = [(lr_name(f"ml-{arch}", lrs[arch], "full"), {"arch": arch}, None, lrs[arch]) for arch in ML_ARCHS]
+    settings += [(lr_name(f"ml-{arch}-matched", lrs[arch], "full"), matched_model(plan.preset, arch), None, lrs[arch])
                  for arch in plan.matched if arch in ML_ARCHS]
-    settings += [(f"ml-stca-L{n}", {}, n) for n in plan.ml_lengths]
-    for name, model, n in settings:
+    # the paper's STCA at the default lr is the reference of the ablations and of the history lengths
+    settings += [("ml-stca-full", {}, None, LR)]
+    settings += [(f"ml-abl-{slug}-full", ablation(slug, plan.preset), None, LR) for slug in plan.ablations]
+    settings += [(f"ml-stca-L{n}", {}, n, LR) for n in plan.ml_lengths]
+    for name, model, n, lr in settings:
         for seed in plan.seeds:
-            # a whole epoch of the training window, not plan.steps: enough training requests
-            cfg = _config(plan, seed, truncation=False, max_len=n, model=model, max_steps=None)
+            cfg = _config(plan, seed, truncation=False, max_len=n, model=model, lr=lr, **epoch)
             run(results, f"{name}-s{seed}", ml, windows, cfg, (n,), work)
 
 

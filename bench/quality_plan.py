@@ -8,13 +8,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.contracts import TASKS
 from sources import SAMPLE_START
 from trainer.model_config import EMBEDDING_MATCH, EXTENSIONS
 
 START = SAMPLE_START
+LR = 3e-3  # every run's learning rate, unless the baseline comparison chose another for its arch
+# the learning rates an arch may be tried at: the plan's, then further along while the best is at an end
+LR_LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 ML_ARCHS = ("none", "mean", "din", "stca")  # the Transformer is quadratic in MovieLens' full 2,391-event histories
 # MovieLens latest-small beside the repository (../shared/data), unless --movielens says where
 MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-latest-small" / "ratings.csv"
@@ -62,6 +67,44 @@ ABLATIONS: dict[str, tuple[str, dict]] = {  # run-name slug -> (label, model ove
 }
 
 
+def lr_name(prefix: str, lr: float, suffix: str) -> str:
+    """A run's name: the learning rate appears only when it is not the default LR, so runs at
+    LR keep the names (and cache entries) they had before learning rates were chosen."""
+    return f"{prefix}-{suffix}" if lr == LR else f"{prefix}-lr{lr:g}-{suffix}"
+
+
+def choose_lr(valid_auc: dict[float, float]) -> float:
+    """The learning rate with the best validation mean AUC (LR on a tie); LR while none has run."""
+    return max(valid_auc, key=lambda lr: (valid_auc[lr], lr == LR)) if valid_auc else LR
+
+
+def validation_aucs(runs: dict, plan: "Plan", prefix: str, suffix: str, L: int | None) -> dict[float, float]:
+    """lr -> validation mean AUC of the first seed's run `prefix`-...-`suffix` at that lr, for
+    every lr of LR_LADDER that has run and not diverged (runs: name -> bench/quality.py `run` entry)."""
+    valid = {}
+    for lr in LR_LADDER:
+        entry = runs.get(f"{lr_name(prefix, lr, suffix)}-s{plan.seeds[0]}")
+        if entry and "eval" in entry:  # not a diverged run
+            valid[lr] = statistics.mean(entry["eval"]["valid"][str(L)]["tasks"][t]["auc"] for t in TASKS)
+    return valid
+
+
+def next_lr(tried: list[float], valid: dict[float, float]) -> float | None:
+    """The next learning rate to try, or None when the choice is settled: while the best of
+    the tried ones is at an end of them, one step further along LR_LADDER that way (a choice
+    at the edge of a grid says only that the grid was too narrow)."""
+    best = choose_lr(valid)
+    if not valid or min(tried) < best < max(tried):
+        return None
+    i = LR_LADDER.index(best) + (1 if best == max(tried) else -1)
+    return LR_LADDER[i] if 0 <= i < len(LR_LADDER) and LR_LADDER[i] not in tried else None
+
+
+def chosen_lr(runs: dict, plan: "Plan", prefix: str, suffix: str, L: int | None) -> float:
+    """The learning rate chosen for the runs `prefix`-...-`suffix`: the best on validation."""
+    return choose_lr(validation_aucs(runs, plan, prefix, suffix, L))
+
+
 def ablation(slug: str, preset: str) -> dict:
     """The model overrides of ABLATIONS[slug] for a preset."""
     from trainer.model_config import PRESETS
@@ -99,6 +142,9 @@ class Plan:
     ml_days: int = 30
     ml_windows: tuple[int, int, int] = (24, 3, 3)
     device: str = "auto"  # where every run trains and is evaluated (cpu, cuda, cuda:N)
+    # learning rates each arch of the baseline comparison tries on the training seed (the first);
+    # the one with the best validation mean AUC trains every seed of that arch's rows
+    lrs: tuple[float, ...] = (1e-3, LR, 1e-2, 3e-2)
 
     def windows(self, end: dt.date) -> Windows:
         return Windows.ending(end, self.train_days, self.valid_days, self.test_days)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from bench.quality_plan import ABLATIONS, ML_ARCHS, Plan, dense_parameters, matched_ffn_mult
+from bench.quality_plan import (
+    ABLATIONS, LR_LADDER, ML_ARCHS, Plan, chosen_lr, dense_parameters, lr_name, matched_ffn_mult,
+)
 from schemas.contracts import TASKS
 from trainer.model_config import EXTENSIONS, PRESETS
 
@@ -159,22 +161,48 @@ def _recovered_gain(ushaped: list[dict], fixed10k: list[dict], fixed2k: list[dic
             f"about a third).")
 
 
+def _learning_rates(runs: dict, plan: Plan, prefix: str, suffix: str, archs, L) -> tuple[list[str], dict]:
+    """The table of each arch's validation mean AUC (first seed) at each lr tried, and arch -> chosen lr."""
+    def grid_run(arch: str, lr: float) -> dict | None:
+        return runs.get(f"{lr_name(f'{prefix}-{arch}', lr, suffix)}-s{plan.seeds[0]}")
+
+    lrs = [lr for lr in LR_LADDER if lr in plan.lrs or any(grid_run(arch, lr) for arch in archs)]
+    lines = ["| arch | " + " | ".join(f"valid mean AUC, lr {lr:g}" for lr in lrs) + " | chosen lr |",
+             "|---|" + "---:|" * (len(lrs) + 1)]
+    chosen = {}
+    for arch in archs:
+        chosen[arch] = chosen_lr(runs, plan, f"{prefix}-{arch}", suffix, L)
+        cells = ["n/a" if not e else "diverged" if "diverged" in e else _stat(_metric([e], L, None, "auc", "valid"))
+                 for e in (grid_run(arch, lr) for lr in lrs)]
+        lines.append(f"| {arch} | " + " | ".join(cells) + f" | {chosen[arch]:g} |")
+    return lines + [""], chosen
+
+
 def _baselines(runs: dict, plan: Plan) -> list[str]:
-    """Every arch at the baseline length, with its dense parameter count: as preset, matched, and longer."""
+    """Every arch at the baseline length and its chosen lr, with its dense parameter count: as
+    preset, matched, and longer."""
     L = plan.baseline_len
-    lines = [f"**STCA against the baselines** (all the paper's forms, no extension; max history {L:,}; dense = "
-             f"parameters outside the embedding tables, which every arch shares; \"matched\" = widened to about STCA's "
-             f"dense count by the feed-forward multiplier, the preset's is {PRESETS[plan.preset].ffn_mult}; other runs "
-             f"take {plan.steps:,} steps):", "",
+    table, lrs = _learning_rates(runs, plan, "gen", f"L{L}", plan.archs, L)
+    lines = [f"**Learning rate of each arch** (chosen on the validation window, seed {plan.seeds[0]}; the rows below "
+             f"train every seed at it):", "", *table,
+             f"**STCA against the baselines** (all the paper's forms, no extension; max history {L:,}; each arch at its "
+             f"chosen lr; dense = parameters outside the embedding tables, which every arch shares; \"matched\" = "
+             f"widened to about STCA's dense count by the feed-forward multiplier, the preset's is "
+             f"{PRESETS[plan.preset].ffn_mult}; other runs take {plan.steps:,} steps):", "",
              HEADER.replace(" |", " | dense params |", 1), RULE + "---:|"]
+
+    def entries(prefix: str, arch: str) -> list[dict]:
+        return _runs(runs, f"{lr_name(prefix, lrs[arch], f'L{L}')}-")
+
     for arch in plan.archs:
-        lines.append(_with_params(_row(arch, _runs(runs, f"gen-{arch}-L{L}-"), L), dense_parameters(plan.preset, arch)))
+        lines.append(_with_params(_row(f"{arch}, lr {lrs[arch]:g}", entries(f"gen-{arch}", arch), L),
+                                  dense_parameters(plan.preset, arch)))
     for arch in plan.matched:
         m = matched_ffn_mult(plan.preset, arch)
-        lines.append(_with_params(_row(f"{arch}, matched (ffn x{m})", _runs(runs, f"gen-{arch}-matched-L{L}-"), L),
+        lines.append(_with_params(_row(f"{arch}, matched (ffn x{m})", entries(f"gen-{arch}-matched", arch), L),
                                   dense_parameters(plan.preset, arch, m)))
     for arch, steps in plan.more_steps:
-        lines.append(_with_params(_row(f"{arch}, {steps:,} steps", _runs(runs, f"gen-{arch}-steps{steps}-L{L}-"), L),
+        lines.append(_with_params(_row(f"{arch}, {steps:,} steps", entries(f"gen-{arch}-steps{steps}", arch), L),
                                   dense_parameters(plan.preset, arch)))
     return lines + [""]
 
@@ -214,14 +242,17 @@ def _movielens(runs: dict, plan: Plan, windows: str) -> list[str]:
     """The MovieLens runs, if any were made (--skip-movielens leaves the section out)."""
     if not any(k.startswith("ml-") for k in runs):
         return []
-    lines = [f"**MovieLens latest-small** ({plan.ml_days} days; {windows}; one epoch over the training window):", "",
-             HEADER, RULE]
     # full-history runs are evaluated at full length, stored under "None"
+    table, lrs = _learning_rates(runs, plan, "ml", "full", ML_ARCHS, None)
+    lines = [f"**MovieLens latest-small** ({plan.ml_days} days; {windows}; one epoch over the training window; "
+             f"each arch at the lr it chose on the validation window, seed {plan.seeds[0]}; the STCA rows at other "
+             f"lengths at the default):", "", *table, HEADER, RULE]
     for arch in ML_ARCHS:
-        lines.append(_row(f"{arch}, full history", _runs(runs, f"ml-{arch}-full-"), None))
+        lines.append(_row(f"{arch}, full history, lr {lrs[arch]:g}",
+                          _runs(runs, f"{lr_name(f'ml-{arch}', lrs[arch], 'full')}-"), None))
     for arch in (a for a in plan.matched if a in ML_ARCHS):
         lines.append(_row(f"{arch}, matched (ffn x{matched_ffn_mult(plan.preset, arch)}), full history",
-                          _runs(runs, f"ml-{arch}-matched-full-"), None))
+                          _runs(runs, f"{lr_name(f'ml-{arch}-matched', lrs[arch], 'full')}-"), None))
     for L in plan.ml_lengths:
         lines.append(_row(f"stca, L = {L:,}", _runs(runs, f"ml-stca-L{L}-"), L))
     return lines + [""]

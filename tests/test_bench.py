@@ -68,9 +68,39 @@ def test_the_report_shows_the_test_window_with_intervals_and_the_validation_wind
     assert cells[1:5] == ["0.6400"] * 4 and cells[5:9] == ["0.6400", "0.0200", "0.6300", "0.5400"]
     mlp = next(line for line in text.splitlines() if line.startswith("| plain MLP instead of SwiGLU |"))
     assert [c.strip() for c in mlp.split("|")[2:4]] == ["0.6000", "-0.0200"], "paired with the paper's STCA at 2k"
-    din = next(line for line in text.splitlines() if line.startswith("| din |"))
+    din = next(line for line in text.splitlines() if line.startswith("| din, lr 0.003 |"))
     assert din.split("|")[3].strip() == "n/a" and din.rstrip().endswith("| n/a |"), "not run yet: n/a"
     assert (tmp_path / "length_scaling_quick.png").exists()
+
+
+def test_each_arch_gets_the_learning_rate_best_on_validation_not_on_test(tmp_path):
+    """The lr grid's runs of the first seed choose by validation mean AUC; the arch's row then
+    shows the runs at that lr. Test AUC never enters the choice."""
+    from bench.quality_plan import LR, chosen_lr, lr_name
+    from bench.quality_report import write_report
+    from schemas.contracts import TASKS
+
+    plan = PLANS["quick"]
+    assert plan.lrs == (1e-3, LR, 1e-2, 3e-2) and lr_name("gen-din", LR, "L2000") == "gen-din-L2000"
+
+    def entry(valid_auc: float, test_auc: float) -> dict:
+        def at(auc: float) -> dict:
+            return {"2000": {"tasks": {t: {"auc": auc, "gauc": auc, "logloss": 0.5, "positive_rate": 0.3} for t in TASKS},
+                             "mean_history": 100.0, "auc_intervals": {"mean": (auc - 0.02, auc + 0.02)}}}
+        return {"config": "{}", "train_seconds": 1.0, "eval": {"valid": at(valid_auc), "test": at(test_auc)}}
+
+    # din: 1e-2 is best on validation (and worst on test); mean: 1e-3 is best on test only
+    runs = {"gen-din-lr0.001-L2000-s0": entry(0.60, 0.70), "gen-din-L2000-s0": entry(0.61, 0.69),
+            "gen-din-lr0.01-L2000-s0": entry(0.65, 0.55), "gen-din-lr0.03-L2000-s0": {"config": "{}", "diverged": "nan"},
+            "gen-mean-lr0.001-L2000-s0": entry(0.58, 0.75), "gen-mean-L2000-s0": entry(0.58, 0.60)}
+    assert chosen_lr(runs, plan, "gen-din", "L2000", 2_000) == 1e-2
+    assert chosen_lr(runs, plan, "gen-mean", "L2000", 2_000) == LR, "a tie keeps the default"
+    assert chosen_lr(runs, plan, "gen-none", "L2000", 2_000) == LR, "nothing run yet: the default"
+    text = write_report(runs, plan, "quick", tmp_path, "longseq bench quality --quick", "w", "m")
+    din = next(line for line in text.splitlines() if line.startswith("| din, lr 0.01 |"))
+    assert din.split("|")[7].strip() == "0.5500", "the row reports the chosen lr's test AUC"
+    grid = next(line for line in text.splitlines() if line.startswith("| din |"))
+    assert [c.strip() for c in grid.split("|")[2:7]] == ["0.6000", "0.6100", "0.6500", "diverged", "0.01"]
 
 
 def test_one_setting_has_one_cache_key_however_it_is_spelt():
@@ -101,6 +131,11 @@ def test_every_ablation_and_candidate_is_one_valid_change_from_the_paper(preset)
     for overrides in [ablation(slug, preset) for slug in ABLATIONS] + candidates:
         cfg = dataclasses.replace(base, **overrides)
         assert isinstance(cfg, ModelConfig) and cfg != base, overrides
+    if preset == PLANS["quick"].preset:  # and every length sampler of bench extrapolation is a valid one
+        from bench.extrapolation import SAMPLERS
+        from features.lengths import LengthSampler
+
+        assert len({LengthSampler(**fields).mean for fields in SAMPLERS.values()}) == len(SAMPLERS)
     one_head = dataclasses.replace(base, **ablation("head1", preset))
     assert one_head.heads == 1 and one_head.head_dim == base.heads * base.head_dim
 
@@ -119,3 +154,16 @@ def test_bench_quality_device_that_is_not_there_is_one_line():
                         "--device", "cuda:7", "--work", "/nonexistent/never-made"], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "cuda:7 is not available" in r.stderr
+
+
+def test_the_learning_rate_search_goes_on_while_the_best_is_at_an_end_of_those_tried():
+    from bench.quality_plan import next_lr
+
+    grid = [1e-3, 3e-3, 1e-2, 3e-2]
+    rising = {lr: 0.5 + lr for lr in grid}
+    assert next_lr(grid, rising) == 1e-1, "best at the top: one step up"
+    assert next_lr(grid, {lr: 0.6 - lr for lr in grid}) == 3e-4, "best at the bottom: one step down"
+    assert next_lr(grid, {**rising, 1e-2: 0.9}) is None, "best inside: settled"
+    assert next_lr([*grid, 1e-1], rising) is None, "1e-1 diverged: the best (3e-2) is inside what was tried"
+    assert next_lr([3e-2, 1e-1, 3e-1], {3e-2: 0.5, 1e-1: 0.6, 3e-1: 0.7}) is None, "the ladder's end"
+    assert next_lr(grid, {}) is None

@@ -1,0 +1,96 @@
+"""Does training on short random-length windows carry over to scoring at 10k events?
+
+    longseq bench extrapolation [--quick] [--seeds 0] [--candidates embedding-match]
+                                [--samplers ushaped,...] [--work DIR] [--out FILE]
+
+The paper trains on random-length suffixes (mostly short, a few long) and scores full
+histories: about 80% of the gain of training at full length for about a third of its cost.
+For each candidate model (bench/long_history.py CANDIDATES) this trains one epoch of the
+plan's training window at fixed L = 2,000 and 10,000 and with each length sampler
+(SAMPLERS: LengthSampler fields), scores the sampled runs at 2,000 and 10,000, and reports
+the share of the fixed-10k gain over fixed-2k that each recovers at 10k, and its training
+time against fixed 10k. Runs share bench long-history's cache (its 10k runs are the same).
+The share is computed on both windows; choices are made on the validation one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from bench.long_history import CANDIDATES, LONG, add_arguments, names, open_sample, run_name
+from bench.quality import Results, _config, _mean_auc, run
+from features.lengths import LengthSampler
+
+BASE = 2_000  # the fixed length the gain is measured from: about the default sampler's mean
+# name -> LengthSampler fields (the defaults: Beta(0.1, 0.45) on [256, 10k], mean about 2k)
+SAMPLERS: dict[str, dict] = {
+    "ushaped": {},
+    "ushaped-short": {"alpha": 0.05},  # fewer long windows: mean about 1.2k
+    "ushaped-long": {"alpha": 0.2},  # more long windows: mean about 3.4k
+    "short-only": {"alpha": 1.0, "beta": 1.0, "max_len": 2_000},  # uniform on [256, 2k]: never sees a long one
+}
+
+
+def recovered(fixed_base: dict, fixed_long: dict, sampled: dict, window: str) -> tuple[float, float, float]:
+    """(gain of fixed 10k over fixed 2k, gain of the sampled run served at 10k over fixed 2k, their ratio)."""
+    base = _mean_auc(fixed_base["eval"][window][str(BASE)])
+    gain_long = _mean_auc(fixed_long["eval"][window][str(LONG)]) - base
+    gain_sampled = _mean_auc(sampled["eval"][window][str(LONG)]) - base
+    return gain_long, gain_sampled, gain_sampled / gain_long if gain_long > 0 else float("nan")
+
+
+def _stat(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt.lstrip('+'))}"
+
+
+def report(results: Results, candidates: list[str], samplers: list[str], seeds: list[int]) -> list[str]:
+    lines = ["| candidate | training | mean length | test AUC at 2k | test AUC at 10k | test: share of the fixed-10k gain "
+             "| valid: share | train time / fixed 10k |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c in candidates:
+        for s in samplers:
+            rows = [(results.runs.get(run_name(c, BASE, seed, None)), results.runs.get(run_name(c, LONG, seed, None)),
+                     results.runs.get(f"lh-{c}-{s}-s{seed}")) for seed in seeds]
+            rows = [r for r in rows if all(r)]
+            if not rows:
+                continue
+            test = [recovered(*r, "test") for r in rows]
+            valid = [recovered(*r, "valid") for r in rows]
+            at = [[_mean_auc(u["eval"]["test"][str(L)]) for _, _, u in rows] for L in (BASE, LONG)]
+            cost = [u["train_seconds"] / b["train_seconds"] for _, b, u in rows]
+            mean_len = LengthSampler(**SAMPLERS[s]).mean
+            gains = _stat([g for g, _, _ in test], "+.4f")
+            lines.append(f"| {c} ({len(rows)} seed{'s' * (len(rows) > 1)}; fixed-10k gain {gains}) | {s} | "
+                         f"{mean_len:,.0f} | {_stat(at[0], '.4f')} | {_stat(at[1], '.4f')} | "
+                         f"{_stat([r for _, _, r in test], '.0%')} | {_stat([r for _, _, r in valid], '.0%')} | "
+                         f"{_stat(cost, '.2f')} |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longseq bench extrapolation", description=__doc__.split("\n")[0])
+    add_arguments(ap, seeds="0", candidates="embedding-match")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS),
+                    help=f"comma-separated, from: {', '.join(SAMPLERS)} (default: all)")
+    args = ap.parse_args(argv)
+    candidates = names(ap, args.candidates, CANDIDATES, "candidate")
+    samplers = names(ap, args.samplers, SAMPLERS, "sampler")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    plan, work, data, windows, results = open_sample(args.quick, args.work)
+    print(f"extrapolation runs on {plan.users} users x {plan.days} days ({windows.describe()}), one epoch each",
+          flush=True)
+    for c in candidates:
+        for seed in seeds:
+            for L in (BASE, LONG):
+                cfg = _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=None)
+                run(results, run_name(c, L, seed, None), data, windows, cfg, (L,), work)
+            for s in samplers:
+                cfg = _config(plan, seed, truncation=True, length=SAMPLERS[s], model=CANDIDATES[c], max_steps=None)
+                run(results, f"lh-{c}-{s}-s{seed}", data, windows, cfg, (BASE, LONG), work)
+    lines = report(results, candidates, samplers, seeds)
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
