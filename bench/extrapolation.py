@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
+from pathlib import Path
+
 from bench.long_history import CANDIDATES, LONG, add_arguments, names, open_sample, run_name
 from bench.quality import Results, _config, _mean_auc, run
 from features.lengths import LengthSampler
@@ -29,7 +31,24 @@ SAMPLERS: dict[str, dict] = {
     "ushaped-short": {"alpha": 0.05},  # fewer long windows: mean about 1.2k
     "ushaped-long": {"alpha": 0.2},  # more long windows: mean about 3.4k
     "short-only": {"alpha": 1.0, "beta": 1.0, "max_len": 2_000},  # uniform on [256, 2k]: never sees a long one
+    "fixed-256": {"min_len": 256, "max_len": 256},  # the sampler's shortest window, always
 }
+
+
+def history_work(data: Path, span, cfg) -> dict[str, int]:
+    """What one epoch of a run's training batches hold, drawn as its training draws them (same
+    seed, same length sampler): history events (the jagged work: embeddings, K/V projections)
+    and padded keys (each batch's requests times its longest history: what attention padded to
+    the batch computes). Counts, unlike seconds on a shared machine, are the same on every run."""
+    from trainer.reader import open_published
+    from trainer.train import reader_config
+
+    events = padded = 0
+    for batch in open_published(str(data), *span, reader_config(cfg)).batches(0):
+        n = batch.history.lengths()
+        events += int(n.sum())
+        padded += len(n) * int(n.max())
+    return {"events": events, "padded_keys": padded}
 
 
 def recovered(fixed_base: dict, fixed_long: dict, sampled: dict, window: str) -> tuple[float, float, float]:
@@ -48,7 +67,8 @@ def _stat(values: list[float], fmt: str) -> str:
 
 def report(results: Results, candidates: list[str], samplers: list[str], seeds: list[int]) -> list[str]:
     lines = ["| candidate | training | mean length | test AUC at 2k | test AUC at 10k | test: share of the fixed-10k gain "
-             "| valid: share | train time / fixed 10k |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| valid: share | history events / fixed 10k | padded keys / fixed 10k | train time / fixed 10k |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in candidates:
         for s in samplers:
             rows = [(results.runs.get(run_name(c, BASE, seed, None)), results.runs.get(run_name(c, LONG, seed, None)),
@@ -60,11 +80,14 @@ def report(results: Results, candidates: list[str], samplers: list[str], seeds: 
             valid = [recovered(*r, "valid") for r in rows]
             at = [[_mean_auc(u["eval"]["test"][str(L)]) for _, _, u in rows] for L in (BASE, LONG)]
             cost = [u["train_seconds"] / b["train_seconds"] for _, b, u in rows]
+            events, padded = ([u["work"][k] / b["work"][k] for _, b, u in rows if "work" in u and "work" in b]
+                              for k in ("events", "padded_keys"))
             mean_len = LengthSampler(**SAMPLERS[s]).mean
             gains = _stat([g for g, _, _ in test], "+.4f")
             lines.append(f"| {c} ({len(rows)} seed{'s' * (len(rows) > 1)}; fixed-10k gain {gains}) | {s} | "
                          f"{mean_len:,.0f} | {_stat(at[0], '.4f')} | {_stat(at[1], '.4f')} | "
                          f"{_stat([r for _, _, r in test], '.0%')} | {_stat([r for _, _, r in valid], '.0%')} | "
+                         f"{_stat(events, '.2f') if events else 'n/a'} | {_stat(padded, '.2f') if padded else 'n/a'} | "
                          f"{_stat(cost, '.2f')} |")
     return lines
 
@@ -83,12 +106,17 @@ def main(argv: list[str]) -> int:
           flush=True)
     for c in candidates:
         for seed in seeds:
-            for L in (BASE, LONG):
-                cfg = _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=None)
-                run(results, run_name(c, L, seed, None), data, windows, cfg, (L,), work)
-            for s in samplers:
-                cfg = _config(plan, seed, truncation=True, length=SAMPLERS[s], model=CANDIDATES[c], max_steps=None)
-                run(results, f"lh-{c}-{s}-s{seed}", data, windows, cfg, (BASE, LONG), work)
+            runs = [(run_name(c, L, seed, None), (L,),
+                     _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=None))
+                    for L in (BASE, LONG)]
+            runs += [(f"lh-{c}-{s}-s{seed}", (BASE, LONG),
+                      _config(plan, seed, truncation=True, length=SAMPLERS[s], model=CANDIDATES[c], max_steps=None))
+                     for s in samplers]
+            for name, serve, cfg in runs:
+                entry = run(results, name, data, windows, cfg, serve, work)
+                if "work" not in entry:
+                    entry["work"] = history_work(data, windows.train, cfg)
+                    results.save()
     lines = report(results, candidates, samplers, seeds)
     print("\n".join(lines))
     if args.out:

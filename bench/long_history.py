@@ -1,7 +1,7 @@
 """Does a model use long histories? Each candidate trained and scored at L = 1,000 and 10,000.
 
     longseq bench long-history [--quick] [--seeds 0,1,2] [--candidates paper,embedding-match]
-                               [--steps N] [--work DIR] [--out FILE]
+                               [--steps N] [--no-split] [--work DIR] [--out FILE]
 
 The generator plants its long-range signal in niche topics only (docs/GENERATOR.md): a
 niche topic turns up a few times in 10k events, so a model that uses a long history gains
@@ -87,7 +87,7 @@ def report(results: Results, candidates: list[str], seeds: list[int], steps: int
     for c in candidates:
         pairs = [(results.runs.get(run_name(c, SHORT, s, steps)), results.runs.get(run_name(c, LONG, s, steps)))
                  for s in seeds]
-        pairs = [(a, b) for a, b in pairs if a and b and "split" in a and "split" in b]
+        pairs = [(a, b) for a, b in pairs if a and b]
         if not pairs:
             continue
 
@@ -97,10 +97,16 @@ def report(results: Results, candidates: list[str], seeds: list[int], steps: int
         short, long = [auc(a, SHORT) for a, _ in pairs], [auc(b, LONG) for _, b in pairs]
         gain = [auc(b, LONG) - auc(a, SHORT) for a, b in pairs]
         valid_gain = [auc(b, LONG, "valid") - auc(a, SHORT, "valid") for a, b in pairs]
-        niche = f"{statistics.mean(a['split']['niche'] for a, _ in pairs):.4f} -> " \
-                f"{statistics.mean(b['split']['niche'] for _, b in pairs):.4f}"
-        main = f"{statistics.mean(a['split']['main'] for a, _ in pairs):.4f} -> " \
-               f"{statistics.mean(b['split']['main'] for _, b in pairs):.4f}"
+        split = [(a, b) for a, b in pairs if "split" in a and "split" in b]  # --no-split runs have none
+
+        def side(part: str) -> str:
+            if not split:
+                return "n/a"
+            return (f"{statistics.mean(a['split'][part] for a, _ in split):.4f} -> "
+                    f"{statistics.mean(b['split'][part] for _, b in split):.4f}"
+                    + (f" ({len(split)} seed{'s' * (len(split) > 1)})" if len(split) != len(pairs) else ""))
+
+        niche, main = side("niche"), side("main")
         seconds = statistics.mean(b["train_seconds"] for _, b in pairs)
         lines.append(f"| {c} ({len(pairs)} seed{'s' * (len(pairs) > 1)}) | {_level(short)} | {_level(long)} | "
                      f"{_stat(gain)} | {_stat(valid_gain)} | {niche} | {main} | {seconds:,.0f} |")
@@ -142,7 +148,10 @@ def open_sample(quick: bool, work_root: Path) -> tuple[Plan, Path, Path, Windows
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="longseq bench long-history", description=__doc__.split("\n")[0])
     add_arguments(ap, seeds="0,1,2", candidates=",".join(CANDIDATES))
-    ap.add_argument("--steps", type=int, help="train this many batches instead of one epoch of the training window")
+    ap.add_argument("--no-split", action="store_true", help="skip the niche/main split of test AUC (it scores the "
+                                                            "test window a second time)")
+    ap.add_argument("--steps", type=int, help="train this many batches (crossing epochs if need be) instead of one "
+                                              "epoch of the training window")
     args = ap.parse_args(argv)
     candidates = names(ap, args.candidates, CANDIDATES, "candidate")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -157,11 +166,12 @@ def main(argv: list[str]) -> int:
         for seed in seeds:
             for L in (SHORT, LONG):
                 name = run_name(c, L, seed, args.steps)
-                # one epoch of the training window (max_steps None) unless --steps: the quick plan's 150 steps
-                # undertrain
-                cfg = _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=args.steps)
+                # one epoch of the training window (max_steps None; the quick plan's 150 steps undertrain), or
+                # --steps batches, on into further epochs if the window has fewer
+                budget = {"max_steps": args.steps, "epochs": 100} if args.steps else {"max_steps": None}
+                cfg = _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], **budget)
                 entry = run(results, name, data, windows, cfg, (L,), work)
-                if "split" not in entry:
+                if "split" not in entry and not args.no_split:
                     entry["split"] = split_auc(work / "runs" / name, data, windows.test, L, niche)
                     results.save()
     lines = report(results, candidates, seeds, args.steps)

@@ -215,3 +215,21 @@ def test_a_killed_process_resumes_to_the_same_weights(data, tmp_path):
     killed = json.loads((tmp_path / "killed" / "train_summary.json").read_text())
     whole = json.loads((tmp_path / "whole" / "train_summary.json").read_text())
     assert killed["steps"] == whole["steps"] and killed["weights_sha256"] == whole["weights_sha256"]
+
+
+def test_bench_extrapolation_counts_the_history_that_training_reads(data):
+    """history_work against an independent count from the published files: a fixed max_len
+    keeps min(history, max_len) events of every request; padded keys are at least the events;
+    a length sampler reads fewer events, and the same ones on every call."""
+    from bench.extrapolation import history_work
+    from dataset.published import published_files
+
+    lengths = np.concatenate([pq.read_table(f.url.removeprefix("file://"), columns=["hist_item_id"])
+                              .column("hist_item_id").combine_chunks().value_lengths().to_numpy()
+                              for f in published_files(str(data), START, END)])
+    fixed = history_work(data, (START, END), config(truncation=False, max_len=32))
+    assert fixed["events"] == int(np.minimum(lengths, 32).sum()) > 0
+    assert fixed["events"] <= fixed["padded_keys"] <= 32 * len(lengths)
+    sampled = history_work(data, (START, END), config(length={"min_len": 8, "max_len": 16}))
+    assert sampled == history_work(data, (START, END), config(length={"min_len": 8, "max_len": 16}))
+    assert sampled["events"] < fixed["events"]

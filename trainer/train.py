@@ -111,11 +111,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
                               {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
 
 
-def _reader(urls: list[str], cfg: TrainConfig, ctx: Context) -> RequestReader:
-    return open_reader(urls, ReaderConfig(
+def reader_config(cfg: TrainConfig, rank: int = 0, world: int = 1, cuda: bool = False) -> ReaderConfig:
+    """How training reads: the batches, shuffle and length draws of a seed (the same on every read)."""
+    return ReaderConfig(
         batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed, shard=ctx.rank, shard_count=ctx.world, truncation=cfg.sampler(), max_len=cfg.max_len,
-        pin_memory=ctx.device.type == "cuda"))
+        seed=cfg.seed, shard=rank, shard_count=world, truncation=cfg.sampler(), max_len=cfg.max_len, pin_memory=cuda)
+
+
+def _reader(urls: list[str], cfg: TrainConfig, ctx: Context) -> RequestReader:
+    return open_reader(urls, reader_config(cfg, ctx.rank, ctx.world, ctx.device.type == "cuda"))
 
 
 class _Log:
