@@ -9,7 +9,7 @@ For each candidate model (bench/long_history.py CANDIDATES) this trains one epoc
 plan's training window at fixed L = 2,000 and 10,000 and with each length sampler
 (SAMPLERS: LengthSampler fields), scores the sampled runs at 2,000 and 10,000, and reports
 the share of the fixed-10k gain over fixed-2k that each recovers at 10k, and its training
-time against fixed 10k. Runs share bench long-history's cache (its 10k runs are the same).
+cost against fixed 10k: history events and padded keys read (`history_work`), and seconds. Runs share bench long-history's cache (its 10k runs are the same).
 The share is computed on both windows; choices are made on the validation one.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-
 from pathlib import Path
 
 from bench.long_history import CANDIDATES, LONG, add_arguments, names, open_sample, run_name
