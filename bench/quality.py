@@ -81,10 +81,14 @@ def run(results: Results, name: str, data: Path, windows: Windows, cfg, serve: t
     if cached is not None and cached.get("config") == cfg.to_json():
         return cached
     run_dir = work / "runs" / name
-    shutil.rmtree(run_dir, ignore_errors=True)  # a stale run of other settings would be refused
-    t = time.perf_counter()
-    train(str(data), *windows.train, run_dir, cfg, log=lambda m: None)
-    seconds = time.perf_counter() - t
+    seconds = _trained_seconds(run_dir, cfg)
+    if seconds is None:  # not trained yet, or trained with other settings
+        shutil.rmtree(run_dir, ignore_errors=True)  # a stale run of other settings would be refused
+        t = time.perf_counter()
+        train(str(data), *windows.train, run_dir, cfg, log=lambda m: None)
+        seconds = time.perf_counter() - t
+        # a run killed while evaluating (hours at 10k on a CPU) resumes there, not at training
+        (run_dir / TRAINED).write_text(json.dumps({"train_seconds": seconds}))
     evals = {window: _evaluate(run_dir, data, span, serve, cfg.device)
              for window, span in (("valid", windows.valid), ("test", windows.test))}
     results.runs[name] = {"config": cfg.to_json(), "train_seconds": seconds, "eval": evals}
@@ -93,6 +97,18 @@ def run(results: Results, name: str, data: Path, windows: Windows, cfg, serve: t
         f"L={L}: mean AUC valid {_mean_auc(evals['valid'][L]):.4f} test {_mean_auc(e):.4f}"
         for L, e in evals["test"].items()), flush=True)
     return results.runs[name]
+
+
+TRAINED = "trained.json"  # written once training finished: its wall time
+
+
+def _trained_seconds(run_dir: Path, cfg) -> float | None:
+    """The training time of a finished run in run_dir with exactly cfg's settings, else None."""
+    try:
+        same = json.loads((run_dir / "config.json").read_text()) == json.loads(cfg.to_json())
+        return json.loads((run_dir / TRAINED).read_text())["train_seconds"] if same else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _evaluate(run_dir: Path, data: Path, span: tuple[dt.date, dt.date], serve: tuple[int | None, ...],

@@ -233,3 +233,25 @@ def test_bench_extrapolation_counts_the_history_that_training_reads(data):
     sampled = history_work(data, (START, END), config(length={"min_len": 8, "max_len": 16}))
     assert sampled == history_work(data, (START, END), config(length={"min_len": 8, "max_len": 16}))
     assert sampled["events"] < fixed["events"]
+
+
+def test_a_benchmark_run_killed_while_evaluating_is_not_trained_again(data, tmp_path):
+    """bench quality's run(): a finished training with the same settings is evaluated, not
+    retrained (its checkpoint stays as it was); other settings train afresh."""
+    from bench.quality import Results, run
+    from bench.quality_plan import Windows
+
+    windows = Windows(train=(START, START), valid=(END, END), test=(END, END))
+    results = Results(tmp_path / "results.json")
+    cfg = config(max_steps=3, epochs=1, checkpoint_every=10**9)
+    first = run(results, "r", data, windows, cfg, (32,), tmp_path)
+    ckpt = tmp_path / "runs" / "r" / "checkpoints" / "step-000003.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    results.runs.clear()  # as if killed before the result was saved
+    again = run(results, "r", data, windows, cfg, (32,), tmp_path)
+    assert ckpt.stat().st_mtime_ns == stamp
+    assert again["eval"] == first["eval"] and again["train_seconds"] == first["train_seconds"]
+    results.runs.clear()
+    other = run(results, "r", data, windows, config(max_steps=3, epochs=1, checkpoint_every=10**9, seed=1), (32,),
+                tmp_path)
+    assert ckpt.stat().st_mtime_ns != stamp and other["train_seconds"] != first["train_seconds"]
