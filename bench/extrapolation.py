@@ -1,7 +1,7 @@
 """Does training on short random-length windows carry over to scoring at 10k events?
 
     longseq bench extrapolation [--quick] [--seeds 0] [--candidates embedding-match]
-                                [--samplers ushaped,...] [--work DIR] [--out FILE]
+                                [--samplers ushaped,...] [--bucket-pool N] [--work DIR] [--out FILE]
 
 The paper trains on random-length suffixes (mostly short, a few long) and scores full
 histories: about 80% of the gain of training at full length for about a third of its cost.
@@ -9,8 +9,10 @@ For each candidate model (bench/long_history.py CANDIDATES) this trains one epoc
 plan's training window at fixed L = 2,000 and 10,000 and with each length sampler
 (SAMPLERS: LengthSampler fields), scores the sampled runs at 2,000 and 10,000, and reports
 the share of the fixed-10k gain over fixed-2k that each recovers at 10k, and its training
-cost against fixed 10k: history events and padded keys read (`history_work`), and seconds. Runs share bench long-history's cache (its 10k runs are the same).
-The share is computed on both windows; choices are made on the validation one.
+cost against fixed 10k: history events and padded keys read (`history_work`), and seconds.
+With --bucket-pool the sampled runs batch requests of similar window length (ReaderConfig
+bucket_pool), so that a batch of mostly short windows no longer pads to its one long one.
+Runs share bench long-history's cache (its 10k runs are the same). The share is computed on both windows; choices are made on the validation one.
 """
 
 from __future__ import annotations
@@ -64,14 +66,19 @@ def _stat(values: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt.lstrip('+'))}"
 
 
-def report(results: Results, candidates: list[str], samplers: list[str], seeds: list[int]) -> list[str]:
+def sampled_name(candidate: str, sampler: str, seed: int, bucket_pool: int = 0) -> str:
+    return f"lh-{candidate}-{sampler}" + (f"-bucket{bucket_pool}" if bucket_pool else "") + f"-s{seed}"
+
+
+def report(results: Results, candidates: list[str], samplers: list[str], seeds: list[int],
+           bucket_pool: int = 0) -> list[str]:
     lines = ["| candidate | training | mean length | test AUC at 2k | test AUC at 10k | test: share of the fixed-10k gain "
              "| valid: share | history events / fixed 10k | padded keys / fixed 10k | train time / fixed 10k |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in candidates:
         for s in samplers:
             rows = [(results.runs.get(run_name(c, BASE, seed, None)), results.runs.get(run_name(c, LONG, seed, None)),
-                     results.runs.get(f"lh-{c}-{s}-s{seed}")) for seed in seeds]
+                     results.runs.get(sampled_name(c, s, seed, bucket_pool))) for seed in seeds]
             rows = [r for r in rows if all(r)]
             if not rows:
                 continue
@@ -83,7 +90,8 @@ def report(results: Results, candidates: list[str], samplers: list[str], seeds: 
                               for k in ("events", "padded_keys"))
             mean_len = LengthSampler(**SAMPLERS[s]).mean
             gains = _stat([g for g, _, _ in test], "+.4f")
-            lines.append(f"| {c} ({len(rows)} seed{'s' * (len(rows) > 1)}; fixed-10k gain {gains}) | {s} | "
+            training = f"{s}, length buckets of {bucket_pool}" if bucket_pool else s
+            lines.append(f"| {c} ({len(rows)} seed{'s' * (len(rows) > 1)}; fixed-10k gain {gains}) | {training} | "
                          f"{mean_len:,.0f} | {_stat(at[0], '.4f')} | {_stat(at[1], '.4f')} | "
                          f"{_stat([r for _, _, r in test], '.0%')} | {_stat([r for _, _, r in valid], '.0%')} | "
                          f"{_stat(events, '.2f') if events else 'n/a'} | {_stat(padded, '.2f') if padded else 'n/a'} | "
@@ -96,6 +104,8 @@ def main(argv: list[str]) -> int:
     add_arguments(ap, seeds="0", candidates="embedding-match")
     ap.add_argument("--samplers", default=",".join(SAMPLERS),
                     help=f"comma-separated, from: {', '.join(SAMPLERS)} (default: all)")
+    ap.add_argument("--bucket-pool", type=int, default=0, metavar="N",
+                    help="train the sampled runs on length buckets from pools of N requests (default 0: off)")
     args = ap.parse_args(argv)
     candidates = names(ap, args.candidates, CANDIDATES, "candidate")
     samplers = names(ap, args.samplers, SAMPLERS, "sampler")
@@ -108,15 +118,16 @@ def main(argv: list[str]) -> int:
             runs = [(run_name(c, L, seed, None), (L,),
                      _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=None))
                     for L in (BASE, LONG)]
-            runs += [(f"lh-{c}-{s}-s{seed}", (BASE, LONG),
-                      _config(plan, seed, truncation=True, length=SAMPLERS[s], model=CANDIDATES[c], max_steps=None))
+            runs += [(sampled_name(c, s, seed, args.bucket_pool), (BASE, LONG),
+                      _config(plan, seed, truncation=True, length=SAMPLERS[s], model=CANDIDATES[c], max_steps=None,
+                              bucket_pool=args.bucket_pool))
                      for s in samplers]
             for name, serve, cfg in runs:
                 entry = run(results, name, data, windows, cfg, serve, work)
                 if "work" not in entry:
                     entry["work"] = history_work(data, windows.train, cfg)
                     results.save()
-    lines = report(results, candidates, samplers, seeds)
+    lines = report(results, candidates, samplers, seeds, args.bucket_pool)
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

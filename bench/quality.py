@@ -78,7 +78,7 @@ def run(results: Results, name: str, data: Path, windows: Windows, cfg, serve: t
     from trainer.train import train
 
     cached = results.runs.get(name)
-    if cached is not None and cached.get("config") == cfg.to_json():
+    if cached is not None and cfg.same_settings(cached.get("config", "")):
         return cached
     run_dir = work / "runs" / name
     seconds = _trained_seconds(run_dir, cfg)
@@ -105,7 +105,7 @@ TRAINED = "trained.json"  # written once training finished: its wall time
 def _trained_seconds(run_dir: Path, cfg) -> float | None:
     """The training time of a finished run in run_dir with exactly cfg's settings, else None."""
     try:
-        same = json.loads((run_dir / "config.json").read_text()) == json.loads(cfg.to_json())
+        same = cfg.same_settings((run_dir / "config.json").read_text())
         return json.loads((run_dir / TRAINED).read_text())["train_seconds"] if same else None
     except (OSError, ValueError, KeyError):
         return None
@@ -170,7 +170,7 @@ def _learning_rate_runs(results: Results, plan: Plan, data: Path, windows: Windo
         for lr in todo:
             name = f"{lr_name(prefix, lr, suffix)}-s{plan.seeds[0]}"
             cfg = _config(plan, plan.seeds[0], truncation=False, max_len=L, model=model, lr=lr, **kw)
-            if results.runs.get(name, {}).get("config") == cfg.to_json() and "diverged" in results.runs[name]:
+            if cfg.same_settings(results.runs.get(name, {}).get("config", "")) and "diverged" in results.runs[name]:
                 continue
             try:
                 run(results, name, data, windows, cfg, (L,), work)

@@ -123,14 +123,46 @@ def test_across_shards_every_record_comes_out_once_per_epoch(urls, records, engi
         assert all(r == by_id[r["request_id"]] for r in seen), "records come out whole and unchanged"
 
 
-def test_petastorm_and_pyarrow_readers_give_the_same_batches(urls):
-    """Same schedule, same steps: shuffling, truncation, sharding and token batching agree."""
+@pytest.mark.parametrize("bucket_pool", [0, 50])
+def test_petastorm_and_pyarrow_readers_give_the_same_batches(urls, bucket_pool):
+    """Same schedule, same steps: shuffling, truncation, sharding, token batching and length
+    buckets agree."""
     cfg = ReaderConfig(batch_size=32, token_budget=300, shuffle=True, shuffle_buffer=40, seed=5, shard=1, shard_count=2,
-                       truncation=LengthSampler(min_len=8, max_len=MAX_LEN, multiple=8))
+                       truncation=LengthSampler(min_len=8, max_len=MAX_LEN, multiple=8), bucket_pool=bucket_pool)
     for epoch in (0, 2):
         a = _all(open_reader(urls, cfg, "petastorm"), epoch)
         b = _all(open_reader(urls, cfg, "arrow"), epoch)
         assert a and _same(a, b)
+
+
+def _padded_keys(batches: list[RequestBatch]) -> int:
+    return sum(b.num_requests * int(b.history.lengths().max()) for b in batches)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_length_buckets_pad_less_and_keep_every_request_as_drawn(urls, records, engine):
+    """Bucketing regroups the same requests, truncated as without it, into batches of
+    neighbouring lengths; training shuffles the batches of a pool; each batch is full but
+    the last."""
+    cfg = ReaderConfig(batch_size=8, shuffle=True, seed=2, truncation=LengthSampler(min_len=8, max_len=MAX_LEN, multiple=8))
+    bucketed_cfg = ReaderConfig(**{**cfg.__dict__, "bucket_pool": 64})
+    key = lambda r: r["request_id"]  # noqa: E731
+    for epoch in (0, 1):
+        plain = _all(open_reader(urls, cfg, engine), epoch)
+        bucketed = _all(open_reader(urls, bucketed_cfg, engine), epoch)
+        assert sorted(_requests(bucketed), key=key) == sorted(_requests(plain), key=key)
+        assert [b.num_requests for b in bucketed[:-1]] == [8] * (len(bucketed) - 1)
+        assert _padded_keys(bucketed) < 0.8 * _padded_keys(plain)
+        longest = [int(b.history.lengths().max()) for b in bucketed]
+        assert longest != sorted(longest), "a pool's batches come in random order"
+    assert _same(bucketed, _all(open_reader(urls, bucketed_cfg, engine), 1))
+    # scoring, one pool: every request once, in order of length
+    one_pool = _all(open_reader(urls, ReaderConfig(batch_size=8, shuffle=False, bucket_pool=len(records)), engine))
+    assert sorted(_requests(one_pool), key=key) == sorted(records, key=key)
+    lengths = [n for b in one_pool for n in b.history.lengths().tolist()]
+    assert lengths == sorted(lengths)
+    dropped = _all(open_reader(urls, ReaderConfig(batch_size=8, shuffle=False, bucket_pool=30, drop_last=True), engine))
+    assert {b.num_requests for b in dropped} == {8} and sum(b.num_requests for b in dropped) == len(records) // 8 * 8
 
 
 def test_several_workers_give_the_same_batches_as_one(urls):

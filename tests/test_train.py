@@ -3,6 +3,7 @@ guard, safe checkpoints, metrics against brute force, and two processes training
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -233,6 +234,23 @@ def test_bench_extrapolation_counts_the_history_that_training_reads(data):
     sampled = history_work(data, (START, END), config(length={"min_len": 8, "max_len": 16}))
     assert sampled == history_work(data, (START, END), config(length={"min_len": 8, "max_len": 16}))
     assert sampled["events"] < fixed["events"]
+    # length buckets: the same windows, drawn as before, in batches that pad less
+    wide = config(length={"min_len": 8, "max_len": 64})
+    bucketed = history_work(data, (START, END), dataclasses.replace(wide, bucket_pool=128))
+    plain = history_work(data, (START, END), wide)
+    assert bucketed["events"] == plain["events"] and bucketed["padded_keys"] < plain["padded_keys"]
+
+
+def test_a_config_saved_before_a_field_existed_reads_as_training_did_then():
+    """Checkpoints and benchmark caches hold configs as JSON; one written before bucket_pool
+    existed means bucket_pool 0, whatever the default, and nothing else matches loosely."""
+    cfg = TrainConfig(preset="tiny")
+    old = json.loads(cfg.to_json())
+    del old["bucket_pool"]
+    assert cfg.same_settings(json.dumps(old))
+    assert not TrainConfig(preset="tiny", bucket_pool=64).same_settings(json.dumps(old))
+    assert not cfg.same_settings(json.dumps({**old, "lr": 1.0}))
+    assert not cfg.same_settings(json.dumps({**old, "no_such_field": 1})) and not cfg.same_settings("{")
 
 
 def test_a_benchmark_run_killed_while_evaluating_is_not_trained_again(data, tmp_path):

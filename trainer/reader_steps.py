@@ -38,6 +38,10 @@ class ReaderConfig:
     workers: int = 2  # Petastorm worker threads (the batches do not depend on how many)
     queue_size: int = 2  # row groups read ahead (bounds memory)
     pin_memory: bool = False  # page-locked batches, for non_blocking copies to a GPU
+    # length bucketing: pool this many requests, sort them by (truncated) history length and
+    # batch neighbours, so that a batch pads to about its own lengths, not to the longest of a
+    # random few (0: off). When shuffling, a pool's batches come in random order.
+    bucket_pool: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -48,8 +52,8 @@ class ReaderConfig:
             raise LongseqError(f"shard must be in [0, shard_count={self.shard_count}), got {self.shard}")
         if self.max_len is not None and self.max_len < 0:
             raise LongseqError(f"max_len must be >= 0, got {self.max_len}")
-        if self.workers < 1 or self.queue_size < 1 or self.shuffle_buffer < 0:
-            raise LongseqError("workers and queue_size must be >= 1, shuffle_buffer >= 0")
+        if self.workers < 1 or self.queue_size < 1 or self.shuffle_buffer < 0 or self.bucket_pool < 0:
+            raise LongseqError("workers and queue_size must be >= 1, shuffle_buffer and bucket_pool >= 0")
 
     def for_scoring(self) -> "ReaderConfig":
         """Full-length (or max_len) histories in file order, every request once; batches
@@ -155,12 +159,46 @@ def form_batches(chunks: Iterable[RequestChunk], cfg: ReaderConfig) -> Iterator[
         yield concat(pieces)
 
 
+def bucketed_batches(chunks: Iterable[RequestChunk], cfg: ReaderConfig, rng: np.random.Generator | None) -> Iterator[RequestChunk]:
+    """Batches of requests of similar history length: gather at least cfg.bucket_pool
+    requests, sort them by length (stably), cut them into batches as form_batches would, and
+    emit the complete ones (in rng's order when given); the unfinished rest joins the next pool."""
+    pending: list[RequestChunk] = []
+    held = 0
+
+    def cut(final: bool) -> Iterator[RequestChunk]:
+        lengths = np.concatenate([c.hist_lengths for c in pending])
+        pool = select_many(pending, np.argsort(lengths, kind="stable"))
+        ends, rest = batch_ends(pool.hist_lengths, cfg.batch_size, cfg.token_budget)
+        if final and rest < held and not cfg.drop_last:
+            ends, rest = [*ends, held], held
+        spans = list(zip([0, *ends[:-1]], ends))
+        for i in (rng.permutation(len(spans)) if rng is not None else range(len(spans))):
+            yield slice_chunk(pool, *spans[i])
+        pending[:] = [slice_chunk(pool, rest, held)] if rest < held else []
+
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= cfg.bucket_pool:
+            yield from cut(final=False)
+            held = sum(len(c) for c in pending)
+    if held:
+        yield from cut(final=True)
+
+
 def batches_from_chunks(prepared: Iterable[RequestChunk], cfg: ReaderConfig, epoch: int) -> Iterator[RequestBatch]:
-    """The main-thread steps shared by every reader: shuffle buffer, batching, torch."""
+    """The main-thread steps shared by every reader: shuffle buffer, batching (by length
+    buckets or in order), torch."""
     stream = prepared
     if cfg.shuffle and cfg.shuffle_buffer:
         stream = shuffle_buffer(stream, cfg.shuffle_buffer, np.random.default_rng([cfg.seed & (2**63 - 1), epoch, 1]))
-    for chunk in form_batches(stream, cfg):
+    if cfg.bucket_pool:
+        order = np.random.default_rng([cfg.seed & (2**63 - 1), epoch, 2]) if cfg.shuffle else None
+        batched = bucketed_batches(stream, cfg, order)
+    else:
+        batched = form_batches(stream, cfg)
+    for chunk in batched:
         batch = batch_from_chunk(chunk)
         yield batch.pin_memory() if cfg.pin_memory else batch
 

@@ -45,6 +45,11 @@ class TrainingDiverged(LongseqError):
     """The loss became NaN or infinite."""
 
 
+# TrainConfig fields added after configs were first saved, at the value that does what
+# training did before them: a saved config without one is read so, whatever the default is now
+ADDED_FIELDS = {"bucket_pool": 0}
+
+
 @dataclass
 class TrainConfig:
     preset: str = DEFAULT_PRESET  # a trainer.model_config.PRESETS name
@@ -62,6 +67,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     shuffle_buffer: int = 512
+    bucket_pool: int = 0  # >0: batch requests of similar sampled length from pools of this many (less padding)
     checkpoint_every: int = 100  # steps
     log_every: int = 10
     max_steps: int | None = None  # stop after this many steps (the schedule is sized to it)
@@ -85,6 +91,14 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def same_settings(self, other_json: str) -> bool:
+        """Whether a config saved as JSON (a checkpoint's, a benchmark cache's) has these
+        settings; a field it lacks, being newer than it, means what training did before it."""
+        try:
+            return TrainConfig(**{**ADDED_FIELDS, **json.loads(other_json)}) == self
+        except (TypeError, ValueError, LongseqError):
+            return False
 
     @staticmethod
     def from_file(path: Path | str, **overrides) -> "TrainConfig":
@@ -115,7 +129,8 @@ def reader_config(cfg: TrainConfig, rank: int = 0, world: int = 1, cuda: bool = 
     """How training reads: the batches, shuffle and length draws of a seed (the same on every read)."""
     return ReaderConfig(
         batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed, shard=rank, shard_count=world, truncation=cfg.sampler(), max_len=cfg.max_len, pin_memory=cuda)
+        seed=cfg.seed, shard=rank, shard_count=world, truncation=cfg.sampler(), max_len=cfg.max_len, pin_memory=cuda,
+        bucket_pool=cfg.bucket_pool)
 
 
 def _reader(urls: list[str], cfg: TrainConfig, ctx: Context) -> RequestReader:
@@ -227,7 +242,7 @@ def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Ca
     resumed = checkpoint.latest(run_dir)
     if resumed is not None:
         state = checkpoint.load(resumed)
-        if state["config"] != cfg.to_json():
+        if not cfg.same_settings(state["config"]):
             raise LongseqError(f"{run_dir} holds a run with other settings (see {run_dir}/config.json); "
                                "use a new --run-dir, or the same settings to resume it")
         position = checkpoint.restore(state, resumed, model, optimizer)
