@@ -21,6 +21,7 @@ from sources import SAMPLE_START
 from sources.generate import PROFILES
 from trainer import checkpoint
 from trainer.evaluate import evaluate, score
+from trainer.model import RankingModel
 from trainer.metrics import auc, gauc, logloss
 from trainer.train import TrainConfig, TrainingDiverged, train
 
@@ -45,15 +46,19 @@ def config(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def test_a_resumed_run_reaches_the_same_weights(data, tmp_path):
-    whole = train(str(data), START, END, tmp_path / "whole", config(), log=lambda m: None)
-    first = train(str(data), START, END, tmp_path / "cut", config(), log=lambda m: None, stop_after=7)
+@pytest.mark.parametrize("embedding_optimizer", ["adamw", "rowwise_adagrad"])
+def test_a_resumed_run_reaches_the_same_weights(data, tmp_path, embedding_optimizer):
+    cfg = config(embedding_optimizer=embedding_optimizer)
+    whole = train(str(data), START, END, tmp_path / "whole", cfg, log=lambda m: None)
+    first = train(str(data), START, END, tmp_path / "cut", cfg, log=lambda m: None, stop_after=7)
     assert not first["finished"] and first["steps"] == 7
-    resumed = train(str(data), START, END, tmp_path / "cut", config(), log=lambda m: None)
+    resumed = train(str(data), START, END, tmp_path / "cut", cfg, log=lambda m: None)
     assert resumed["finished"] and resumed["steps"] == whole["steps"] > 7
     assert resumed["weights_sha256"] == whole["weights_sha256"]
-    other_seed = train(str(data), START, END, tmp_path / "seed1", config(seed=1), log=lambda m: None)
+    other_seed = train(str(data), START, END, tmp_path / "seed1", dataclasses.replace(cfg, seed=1), log=lambda m: None)
     assert other_seed["weights_sha256"] != whole["weights_sha256"]
+    if embedding_optimizer != "adamw":
+        return
     log = (tmp_path / "whole" / "train_log.csv").read_text().splitlines()
     assert log[0] == "step,epoch,loss,lr,requests_per_s,tokens_per_s" and len(log) > 3
     assert list((tmp_path / "whole" / "tensorboard").glob("events.out.tfevents.*"))
@@ -273,3 +278,31 @@ def test_a_benchmark_run_killed_while_evaluating_is_not_trained_again(data, tmp_
     other = run(results, "r", data, windows, config(max_steps=3, epochs=1, checkpoint_every=10**9, seed=1), (32,),
                 tmp_path)
     assert ckpt.stat().st_mtime_ns != stamp and other["train_seconds"] != first["train_seconds"]
+
+
+@pytest.mark.parametrize("embedding_optimizer", ["adamw", "rowwise_adagrad"])
+@pytest.mark.parametrize("arch,options", [("stca", {}), ("stca", {"match_prior": 1.0, "match_by": "embedding"}),
+                                          ("din", {}), ("transformer", {}), ("mean", {})])
+def test_a_training_step_never_waits_for_the_device(embedding_optimizer, arch, options):
+    """On the meta device tensors have shapes but no data, so any read back to the host
+    (.item(), int(t.max()), a data-dependent shape, `if tensor`) fails: a step that runs
+    there keeps a GPU busy without stalls."""
+    from trainer import checkpoint
+    from trainer.batch import random_batch
+    from trainer.distributed import Context
+    from trainer.optimizers import make_optimizer
+    from trainer.train import TrainMeter, _Run, train_step
+
+    cfg = TrainConfig(preset="tiny", model={"arch": arch, **options}, embedding_optimizer=embedding_optimizer)
+    with torch.device("meta"):
+        model = RankingModel(cfg.model_config())
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.embedding_optimizer)
+    run = _Run(Path("unused"), cfg, Context(0, 1, torch.device("meta")), 10, model, model, optimizer,
+               checkpoint.Position(), None)
+    meter = TrainMeter()
+    for seed in range(2):
+        batch = random_batch([5, 0, 12], [2, 3, 1], seed)
+        _, loss, _ = train_step(run, batch, torch.autocast("cpu", enabled=False))
+        meter.update(batch, loss)
+        run.position.step += 1
+    assert loss.device.type == "meta" and run.bad_step.device.type == "meta"

@@ -28,6 +28,15 @@ class Jagged:
 
     offsets: torch.Tensor  # [B + 1] int64, offsets[0] == 0
     values: dict[str, torch.Tensor]  # name -> [offsets[-1]]
+    # the total and the longest length, as host ints: a batch on a GPU needs them for its
+    # shapes, and reading them from device offsets would stall the host until the GPU is idle
+    total: int = -1
+    max_length: int = -1
+
+    def __post_init__(self) -> None:
+        if self.total < 0 or self.max_length < 0:
+            lengths = self.lengths()
+            self.total, self.max_length = int(self.offsets[-1]), int(lengths.max()) if len(lengths) else 0
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.values[name]
@@ -36,14 +45,17 @@ class Jagged:
         return self.offsets[1:] - self.offsets[:-1]
 
     def segment_ids(self) -> torch.Tensor:  # [N]: which request each value belongs to
-        return torch.repeat_interleave(torch.arange(len(self.offsets) - 1, device=self.offsets.device), self.lengths())
+        return torch.repeat_interleave(torch.arange(len(self.offsets) - 1, device=self.offsets.device), self.lengths(),
+                                       output_size=self.total)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Jagged":
         return Jagged(self.offsets.to(device, non_blocking=non_blocking),
-                      {k: v.to(device, non_blocking=non_blocking) for k, v in self.values.items()})
+                      {k: v.to(device, non_blocking=non_blocking) for k, v in self.values.items()},
+                      self.total, self.max_length)
 
     def pin_memory(self) -> "Jagged":
-        return Jagged(self.offsets.pin_memory(), {k: v.pin_memory() for k, v in self.values.items()})
+        return Jagged(self.offsets.pin_memory(), {k: v.pin_memory() for k, v in self.values.items()},
+                      self.total, self.max_length)
 
 
 @dataclass
@@ -60,11 +72,11 @@ class RequestBatch:
 
     @property
     def num_history_tokens(self) -> int:
-        return int(self.history.offsets[-1])
+        return self.history.total
 
     @property
     def num_targets(self) -> int:
-        return int(self.targets.offsets[-1])
+        return self.targets.total
 
     def labels(self) -> torch.Tensor:  # [T, len(TASKS)] float32
         return torch.stack([self.targets[t] for t in TASKS], dim=1).float()

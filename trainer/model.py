@@ -25,7 +25,7 @@ from features.actions import NUM_ACTIONS
 from features.hashing import hash_ids
 from features.time_buckets import NUM_TIME_BUCKETS, time_delta_bucket
 from schemas.contracts import TASKS
-from trainer.batch import RequestBatch
+from trainer.batch import Jagged, RequestBatch
 from trainer.model_config import ModelConfig
 
 # ---------------------------------------------------------------- batch layout
@@ -50,14 +50,14 @@ class Layout:
 
     @staticmethod
     def of(batch: RequestBatch) -> "Layout":
-        def place(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-            lengths = offsets[1:] - offsets[:-1]
-            seg = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)
-            pos = torch.arange(len(seg), device=offsets.device) - offsets[seg]
-            return seg, pos, int(lengths.max()) if len(lengths) else 0
+        # shapes come from the batch's host-side sizes: nothing is read back from the device
+        def place(side: Jagged) -> tuple[torch.Tensor, torch.Tensor, int]:
+            seg = side.segment_ids()
+            pos = torch.arange(side.total, device=seg.device) - side.offsets[seg]
+            return seg, pos, side.max_length
 
-        hist_seg, hist_pos, L = place(batch.history.offsets)
-        tgt_seg, tgt_pos, M = place(batch.targets.offsets)
+        hist_seg, hist_pos, L = place(batch.history)
+        tgt_seg, tgt_pos, M = place(batch.targets)
         B = batch.num_requests
         lengths = batch.history.lengths()
         mask = torch.arange(L, device=hist_seg.device)[None, :] < lengths[:, None]

@@ -33,6 +33,7 @@ from trainer.batch import RequestBatch
 from trainer.distributed import Context, all_have_batch, setup, teardown
 from trainer.model import RankingModel, loss_fn, num_parameters
 from trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
+from trainer.optimizers import EMBEDDING_OPTIMIZERS, TrainOptimizer, clip_gradients, make_optimizer
 from trainer.reader import ReaderConfig, RequestReader, open_reader
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class TrainingDiverged(LongseqError):
 
 # TrainConfig fields added after configs were first saved, at the value that does what
 # training did before them: a saved config without one is read so, whatever the default is now
-ADDED_FIELDS = {"bucket_pool": 0}
+ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr": None}
 
 
 @dataclass
@@ -68,6 +69,8 @@ class TrainConfig:
     seed: int = 0
     shuffle_buffer: int = 512
     bucket_pool: int = 0  # >0: batch requests of similar sampled length from pools of this many (less padding)
+    embedding_optimizer: str = "adamw"  # or rowwise_adagrad: sparse gradients for the id tables (trainer/optimizers.py)
+    embedding_lr: float | None = None  # rowwise_adagrad's peak lr (None: lr); follows the same schedule
     checkpoint_every: int = 100  # steps
     log_every: int = 10
     max_steps: int | None = None  # stop after this many steps (the schedule is sized to it)
@@ -80,8 +83,11 @@ class TrainConfig:
             self.model_config(), self.sampler()
         except (TypeError, ValueError) as e:
             raise LongseqError(f"bad model or length settings: {e}") from None
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise LongseqError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or (self.embedding_lr or 1) <= 0:
+            raise LongseqError("epochs and batch_size must be >= 1, lr and embedding_lr > 0")
+        if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
+            raise LongseqError(f"unknown embedding_optimizer {self.embedding_optimizer!r}; "
+                               f"choose {' or '.join(EMBEDDING_OPTIMIZERS)}")
 
     def model_config(self) -> ModelConfig:
         return dataclasses.replace(PRESETS[self.preset], **self.model)
@@ -114,15 +120,6 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on the dense layers' matrices, not on embeddings, norms or biases."""
-    decay = [p for m in model.modules() if isinstance(m, torch.nn.Linear) for p in [m.weight]]
-    ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
 
 
 def reader_config(cfg: TrainConfig, rank: int = 0, world: int = 1, cuda: bool = False) -> ReaderConfig:
@@ -185,6 +182,10 @@ def _train(files: list[PublishedFile], run_dir: Path, cfg: TrainConfig, ctx: Con
            stop_after: int | None) -> dict:
     from tqdm import tqdm
 
+    if ctx.distributed and ctx.device.type == "cuda" and cfg.embedding_optimizer == "rowwise_adagrad":
+        # DDP all-reduces the tables' row-sparse gradients, and NCCL has no sparse all-reduce
+        raise LongseqError("embedding_optimizer rowwise_adagrad trains on one GPU, or on several CPU processes "
+                           "(gloo); with several GPUs use embedding_optimizer adamw")
     run_dir.mkdir(parents=True, exist_ok=True)
     urls, rows = [f.url for f in files], sum(f.rows for f in files)
     total = cfg.max_steps or cfg.epochs * max(1, math.ceil(rows / ctx.world / cfg.batch_size))
@@ -225,19 +226,43 @@ class _Run:
     total: int  # steps the lr schedule is sized to
     model: RankingModel
     net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper: forward through this
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | TrainOptimizer
     position: checkpoint.Position
     last_good: Path | None  # the newest checkpoint, named when the loss diverges
+    # the first step whose loss was not finite (-1: none yet) and that loss, kept on the device
+    # so that a step never waits for the GPU; read at log steps and before every checkpoint
+    bad_step: torch.Tensor | None = None
+    bad_loss: torch.Tensor | None = None
+
+    def watch(self, loss: torch.Tensor) -> None:
+        """Note the step if its loss is not finite (the first such step only), on the device."""
+        loss = loss.detach().float()
+        if self.bad_step is None:
+            self.bad_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.bad_loss = torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, self.position.step, self.bad_step)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+
+    def require_finite(self, lr: float) -> None:
+        """Stop, naming the last good checkpoint, once a loss was not finite: its weights and
+        those after it are never saved."""
+        if self.bad_step is not None and int(self.bad_step) >= 0:
+            raise TrainingDiverged(
+                f"loss is {float(self.bad_loss)} at step {int(self.bad_step)} (epoch {self.position.epoch}); the last "
+                f"good checkpoint is {self.last_good or 'none'}. Lower lr (now {lr:.2e}) or grad_clip, or check the data")
 
     def save(self) -> None:
+        self.require_finite(learning_rate(self.cfg, self.position.step, self.total))
         self.last_good = checkpoint.save(self.dir, self.model, self.optimizer, self.position, self.cfg.to_json())
 
 
 def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Callable[[str], None]) -> _Run:
     """The model and optimizer: fresh from cfg.seed, or restored from run_dir's newest checkpoint."""
     torch.manual_seed(cfg.seed)  # before building the model: its initial weights come from this seed
-    model = RankingModel(cfg.model_config()).to(ctx.device)
-    optimizer = make_optimizer(model, cfg)
+    with ctx.device:  # built where it trains: no host copy of tables that may not fit on the host
+        model = RankingModel(cfg.model_config())
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.embedding_optimizer, cfg.embedding_lr)
     position = checkpoint.Position()
     resumed = checkpoint.latest(run_dir)
     if resumed is not None:
@@ -277,13 +302,14 @@ def _run_epochs(run: _Run, reader: RequestReader, meter: TrainMeter, bar: tqdm, 
                 break
             if cfg.max_steps is not None and position.step >= cfg.max_steps:
                 return False
-            batch, loss, lr = train_step(run, batch, autocast)
+            _, loss, lr = train_step(run, batch, autocast)
             position.step += 1
             position.batch_in_epoch += 1
             steps_now += 1
-            meter.update(batch, loss.item())
+            meter.update(batch, loss)  # the host batch: its sizes are host ints
             bar.update(1)
             if position.step % cfg.log_every == 0:
+                run.require_finite(lr)
                 row = meter.row(position, lr)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", req_s=f"{row['requests_per_s']:,.0f}",
                                 tok_s=f"{row['tokens_per_s']:,.0f}")
@@ -302,18 +328,14 @@ def train_step(run: _Run, batch: RequestBatch, autocast: torch.autocast) -> tupl
     """One optimizer step at run.position.step; returns the batch (on the device), its loss and the lr used."""
     lr = learning_rate(run.cfg, run.position.step, run.total)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     batch = batch.to(run.ctx.device, non_blocking=True)
     with autocast:
         loss = loss_fn(run.net(batch), batch)
-    # stop before a NaN reaches the weights, so that the last checkpoint is still good
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(
-            f"loss is {loss.item()} at step {run.position.step} (epoch {run.position.epoch}); the last good "
-            f"checkpoint is {run.last_good or 'none'}. Lower lr (now {lr:.2e}) or grad_clip, or check the data")
+    run.watch(loss)  # no host sync: checked at log steps and before checkpoints
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    clip_gradients(run.model.parameters(), run.cfg.grad_clip)
     run.optimizer.step()
     return batch, loss, lr
 
@@ -329,17 +351,17 @@ class TrainMeter:
         self._requests, self._tokens, self._loss, self._n = 0, 0, 0.0, 0
         self._t = time.perf_counter()
 
-    def update(self, batch: RequestBatch, loss: float) -> None:
+    def update(self, batch: RequestBatch, loss: torch.Tensor) -> None:
         self.requests_seen += batch.num_requests
         self._requests += batch.num_requests
         self._tokens += batch.num_history_tokens
-        self._loss += loss
+        self._loss = self._loss + loss.detach().float()  # summed on the device; read once per row
         self._n += 1
 
     def row(self, position: checkpoint.Position, lr: float) -> dict:
         """A train_log.csv row for the steps since the last one; starts the next window."""
         seconds = max(time.perf_counter() - self._t, 1e-9)
-        row = {"step": position.step, "epoch": position.epoch, "loss": self._loss / max(self._n, 1), "lr": lr,
+        row = {"step": position.step, "epoch": position.epoch, "loss": float(self._loss) / max(self._n, 1), "lr": lr,
                "requests_per_s": self._requests / seconds, "tokens_per_s": self._tokens / seconds}
         self._reset()
         return row
