@@ -28,4 +28,5 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "quality": _lazy("bench.quality"),
     "long-history": _lazy("bench.long_history"),
     "extrapolation": _lazy("bench.extrapolation"),
+    "gpu": _lazy("bench.gpu"),
 }

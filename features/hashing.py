@@ -47,7 +47,15 @@ def _signed(u: int) -> int:  # a uint64 constant as the int64 with the same bits
 
 
 def _hash_ids_torch(ids: Any, vocab_size: int, salt: int) -> Any:
-    """splitmix64 on int64 tensors: multiplication wraps alike; right shifts are made logical."""
+    """splitmix64 on int64 tensors: multiplication wraps alike; right shifts are made logical.
+    Left out of torch.compile graphs: inductor's range analysis overflows on the wrapping
+    arithmetic (it runs eagerly, a few elementwise ops)."""
+    import torch
+
+    return torch.compiler.disable(_splitmix_remainder)(ids, vocab_size, salt)
+
+
+def _splitmix_remainder(ids: Any, vocab_size: int, salt: int) -> Any:
     import torch
 
     def shr(z: torch.Tensor, s: int) -> torch.Tensor:

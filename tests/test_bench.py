@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from bench.quality_plan import PLANS, dense_parameters, matched_ffn_mult
 from trainer.model_config import PRESETS
@@ -143,11 +148,6 @@ def test_every_ablation_and_candidate_is_one_valid_change_from_the_paper(preset)
 @pytest.mark.subprocess
 def test_bench_quality_device_that_is_not_there_is_one_line():
     """`longseq bench quality --device cuda:7` on a machine without it stops before any work."""
-    import subprocess
-    import sys
-
-    import torch
-
     if torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
     r = subprocess.run([sys.executable, "-m", "cli.main", "bench", "quality", "--quick", "--skip-movielens",
@@ -167,3 +167,58 @@ def test_the_learning_rate_search_goes_on_while_the_best_is_at_an_end_of_those_t
     assert next_lr([*grid, 1e-1], rising) is None, "1e-1 diverged: the best (3e-2) is inside what was tried"
     assert next_lr([3e-2, 1e-1, 3e-1], {3e-2: 0.5, 1e-1: 0.6, 3e-1: 0.7}) is None, "the ladder's end"
     assert next_lr(grid, {}) is None
+
+
+def test_model_flops_count_each_request_alone_without_padding():
+    """bench gpu's MFU numerator: for requests of one length it is the whole batch's count;
+    for mixed lengths it is less than the padded batch's (which pads to the longest)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.gpu import useful_flops
+    from trainer.batch import random_batch
+    from trainer.model import RankingModel, loss_fn
+    from trainer.model_config import PRESETS
+
+    def counted(hist: list[int], tgt: list[int]) -> int:
+        with torch.device("meta"):
+            model = RankingModel(PRESETS["tiny"])
+        batch = random_batch(hist, tgt).to("meta")
+        with FlopCounterMode(display=False) as counter:
+            loss_fn(model(batch), batch).backward()
+        return counter.get_total_flops()
+
+    assert useful_flops(PRESETS["tiny"], [40, 40, 40], [3, 3, 3]) == counted([40, 40, 40], [3, 3, 3]) > 0
+    assert useful_flops(PRESETS["tiny"], [400, 8], [3, 3]) < counted([400, 8], [3, 3])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_gpu_without_a_gpu_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "cli.main", "bench", "gpu", "--data", "/nonexistent"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.subprocess
+def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
+    """What a GPU host has (torch, numpy, pyarrow) is enough: the script's training, reader
+    and scoring parts run on the CPU with Petastorm, polars and Spark unimportable."""
+    from bench.gpu import copy_days
+    from cli.pipeline import prepare_generated
+    from etl.polars_build import PolarsEngine
+    from sources.generate import PROFILES
+
+    sample = prepare_generated(tmp_path / "sample", PROFILES["tiny"], seed=5, max_len=300,
+                               engine=PolarsEngine(row_group_bytes=16 * 1024))
+    copy_days(sample.data, tmp_path / "carried", [sample.end])
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nfor m in ('polars', 'petastorm', 'pyspark', 'great_expectations', 'airflow'):\n"
+        "    sys.modules[m] = None\n")
+    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run([sys.executable, "-m", "cli.main", "bench", "gpu", "--device", "cpu", "--preset", "tiny",
+                        "--requests", "4", "--steps", "1", "--skip", "compile", "--data", str(tmp_path / "carried")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| the paper's STCA, row-wise Adagrad tables |" in r.stdout and "FAILED" not in r.stdout
+    assert "the reader supplies" in r.stdout and "Scoring one request" in r.stdout

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -86,10 +87,41 @@ class RequestBatch:
                             self.request_ts.to(device, non_blocking=non_blocking),
                             self.history.to(device, non_blocking), self.targets.to(device, non_blocking))
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.user_id, self.request_ts, self.history.offsets, *self.history.values.values(),
+                self.targets.offsets, *self.targets.values.values()]
+
     def pin_memory(self) -> "RequestBatch":
         """Page-locked host copy, so that `.to(cuda, non_blocking=True)` overlaps compute."""
         return RequestBatch(self.request_id, self.user_id.pin_memory(), self.request_ts.pin_memory(),
                             self.history.pin_memory(), self.targets.pin_memory())
+
+
+def device_batches(batches: Iterator[RequestBatch], device: torch.device) -> Iterator[tuple[RequestBatch, RequestBatch]]:
+    """(host batch, the same on `device`). On CUDA the next batch is copied on a side stream
+    while the caller's step on the current one runs, so that the step never waits for a copy."""
+    if device.type != "cuda":
+        for batch in batches:
+            yield batch, batch.to(device)
+        return
+    side = torch.cuda.Stream(device)
+
+    def start_copy() -> tuple[RequestBatch, RequestBatch] | None:
+        host = next(batches, None)
+        if host is None:
+            return None
+        with torch.cuda.stream(side):
+            return host, host.to(device, non_blocking=True)
+
+    pending = start_copy()
+    while pending is not None:
+        compute = torch.cuda.current_stream(device)
+        compute.wait_stream(side)  # the copy of this batch is done before the step uses it
+        host, on_device = pending
+        for t in on_device.tensors():  # its memory stays the step's until the step is done with it
+            t.record_stream(compute)
+        pending = start_copy()  # the next copy overlaps the caller's step
+        yield host, on_device
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

@@ -73,19 +73,25 @@ def _local_path(url: str) -> str:
     return url.removeprefix("file://")
 
 
-def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine: str = "petastorm") -> RequestReader:
-    """A reader over Parquet files of request records (URLs: file:///..., hdfs://...)."""
+def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine: str = "auto") -> RequestReader:
+    """A reader over Parquet files of request records (URLs: file:///..., hdfs://...).
+    engine: petastorm, arrow, or auto (Petastorm where it is installed, else pyarrow: the
+    two give the same batches, and a GPU host may have torch and pyarrow only)."""
     if not files:
         raise LongseqError("no files to read")
+    if engine == "auto":
+        import importlib.util
+
+        engine = "petastorm" if importlib.util.find_spec("petastorm") is not None else "arrow"
     if engine == "petastorm":
         from trainer.petastorm_reader import PetastormRequestReader
 
         return PetastormRequestReader(files, config)
     if engine == "arrow":
         return ArrowRequestReader(files, config)
-    raise LongseqError(f"unknown reader engine {engine!r}; choose petastorm or arrow")
+    raise LongseqError(f"unknown reader engine {engine!r}; choose auto, petastorm or arrow")
 
 
-def open_published(data: str, start, end=None, config: ReaderConfig | None = None, engine: str = "petastorm") -> RequestReader:
+def open_published(data: str, start, end=None, config: ReaderConfig | None = None, engine: str = "auto") -> RequestReader:
     """A reader over the published days [start, end] of a build's output directory."""
     return open_reader([f.url for f in published_files(data, start, end)], config, engine)

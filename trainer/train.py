@@ -29,7 +29,7 @@ import torch
 from features.lengths import LengthSampler
 from schemas.errors import LongseqError
 from trainer import checkpoint
-from trainer.batch import RequestBatch
+from trainer.batch import RequestBatch, device_batches
 from trainer.distributed import Context, all_have_batch, setup, teardown
 from trainer.model import RankingModel, loss_fn, num_parameters
 from trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
@@ -48,7 +48,7 @@ class TrainingDiverged(LongseqError):
 
 # TrainConfig fields added after configs were first saved, at the value that does what
 # training did before them: a saved config without one is read so, whatever the default is now
-ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr": None}
+ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr": None, "compile": False}
 
 
 @dataclass
@@ -71,6 +71,7 @@ class TrainConfig:
     bucket_pool: int = 0  # >0: batch requests of similar sampled length from pools of this many (less padding)
     embedding_optimizer: str = "adamw"  # or rowwise_adagrad: sparse gradients for the id tables (trainer/optimizers.py)
     embedding_lr: float | None = None  # rowwise_adagrad's peak lr (None: lr); follows the same schedule
+    compile: bool = False  # torch.compile the model (dynamic shapes): for GPUs, where it can pay off
     checkpoint_every: int = 100  # steps
     log_every: int = 10
     max_steps: int | None = None  # stop after this many steps (the schedule is sized to it)
@@ -281,6 +282,8 @@ def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Ca
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=cfg.model_config().arch == "none")
+    if cfg.compile:  # batches are jagged: every shape is dynamic, compiled once
+        net = torch.compile(net, dynamic=True)
     return _Run(run_dir, cfg, ctx, total, model, net, optimizer, position, last_good=resumed)
 
 
@@ -296,13 +299,15 @@ def _run_epochs(run: _Run, reader: RequestReader, meter: TrainMeter, bar: tqdm, 
         batches = reader.batches(position.epoch)
         for _ in range(position.batch_in_epoch):  # resuming mid-epoch: the same batches again
             next(batches, None)
+        pairs = device_batches(batches, ctx.device)
         while True:
-            batch = next(batches, None)
-            if not all_have_batch(ctx, batch is not None):  # every rank stops at the same step
+            pair = next(pairs, None)
+            if not all_have_batch(ctx, pair is not None):  # every rank stops at the same step
                 break
             if cfg.max_steps is not None and position.step >= cfg.max_steps:
                 return False
-            _, loss, lr = train_step(run, batch, autocast)
+            batch, on_device = pair
+            _, loss, lr = train_step(run, on_device, autocast)
             position.step += 1
             position.batch_in_epoch += 1
             steps_now += 1
