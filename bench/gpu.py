@@ -88,7 +88,7 @@ def _run(cfg, device):
 
     torch.manual_seed(0)
     with device:
-        model = RankingModel(cfg.model_config())
+        model = RankingModel(cfg.model_config()).use_kernel(cfg.attention)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.embedding_optimizer, cfg.embedding_lr)
     net = torch.compile(model, dynamic=True) if cfg.compile else model
     return _Run(Path(tempfile.gettempdir()), cfg, Context(0, 1, device), 10**6, model, net, optimizer,
@@ -161,7 +161,11 @@ def measure_training(device, preset: str, requests: int, steps: int, compile_too
                 "+ hash embeddings (2)": {"model": {"hashes": 2}},
                 "+ QK-norm": {"model": {"qk_norm": 10.0}},
                 "no null slot": {"model": {"null_slot": False}},
+                "flex attention (jagged)": {"attention": "flex"},
+                "flex attention + id-match prior (score_mod)": {"attention": "flex", "model": {"match_prior": 1.0}},
                 "dense AdamW tables": {"embedding_optimizer": "adamw"}}
+    if device.type != "cuda":  # FlexAttention has no CPU backward
+        settings = {k: v for k, v in settings.items() if v.get("attention") != "flex"}
     if compile_too:
         settings["+ torch.compile"] = {"compile": True}  # last: its first steps compile
     reference = None

@@ -64,6 +64,33 @@ def compiled_matches_eager() -> str:
     return f"3 shapes, largest relative difference {worst:.1e}"
 
 
+def flex_matches_padded() -> str:
+    """The flex kernel's logits and gradients equal the padded kernel's on CUDA (fp32), with
+    and without the id-match prior (its score_mod)."""
+    from trainer.batch import random_batch
+    from trainer.model import RankingModel, loss_fn
+    from trainer.model_config import PRESETS
+
+    batch = random_batch([0, 30, 700, 5, 260], [2, 1, 4, 3, 5], seed=1).to("cuda")
+    worst = 0.0
+    for options in ({}, {"match_prior": 1.0}, {"null_slot": False, "length_scaled": True}):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            padded = RankingModel(dataclasses.replace(PRESETS["small"], **options))
+            flex = RankingModel(padded.cfg).use_kernel("flex")
+        flex.load_state_dict(padded.state_dict())
+        results = []
+        for model in (padded, flex):
+            logits = model(batch)
+            loss_fn(logits, batch).backward()
+            results.append((logits.detach(), [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]))
+        (a, ga), (b, gb) = results
+        worst = max(worst, float((a - b).abs().max()), *(float((x - y).abs().max() / x.abs().max().clamp_min(1e-6))
+                                                         for x, y in zip(ga, gb)))
+        assert worst < 1e-3, f"{options}: flex differs from padded by {worst:.2e}"
+    return f"logits and gradients within {worst:.1e}"
+
+
 def _config(**kw):
     from trainer.train import TrainConfig
 
@@ -120,6 +147,7 @@ def with_data(data: str, start, end, work: Path) -> dict:
     return {
         "the CUDA forward pass equals the CPU's": forward_matches_cpu,
         "torch.compile equals eager": compiled_matches_eager,
+        "the flex kernel equals the padded one (forward and backward)": flex_matches_padded,
         "bf16 training lowers the loss": lambda: bf16_training_lowers_loss(data, start, end, work),
         "resume is exact on CUDA": lambda: resume_is_exact(data, start, end, work),
         "evaluate and score run on CUDA": lambda: evaluate_and_score_run(data, start, end, work),

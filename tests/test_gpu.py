@@ -30,6 +30,10 @@ def test_torch_compile_equals_eager():
     gpu_checks.compiled_matches_eager()
 
 
+def test_the_flex_kernel_equals_the_padded_one_with_gradients():
+    gpu_checks.flex_matches_padded()
+
+
 def test_bf16_training_lowers_the_loss(data, tmp_path):
     gpu_checks.bf16_training_lowers_loss(*data, tmp_path)
 

@@ -293,3 +293,32 @@ def test_hash_embeddings_keep_colliding_ids_apart():
     shared = int(torch.nonzero(one == one[0]).flatten()[1])  # an id on id 1's row under the first hash
     a, b = m.embed.ids(ids[:1], ids[:1]), m.embed.ids(ids[shared:shared + 1], ids[:1])
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("arch,options", [
+    ("stca", {}), ("stca", {"null_slot": False}), ("stca", {"length_scaled": True}), ("stca", {"qk_norm": 10.0}),
+    ("stca", {"match_prior": 1.0}), ("din", {"match_prior": 1.0, "null_slot": False}), ("transformer", {})])
+def test_the_flex_kernel_equals_the_padded_one(arch, options):
+    """Jagged FlexAttention (block mask from the offsets, id-match prior as a score_mod)
+    against the padded SDPA reference, on requests with empty, short and long histories.
+    Forward only: FlexAttention has no CPU backward (tests/test_gpu.py covers gradients)."""
+    import warnings
+
+    torch.manual_seed(0)
+    reference = RankingModel(ModelConfig(**{**PRESETS["tiny"].__dict__, "arch": arch, **options})).double().eval()
+    with torch.no_grad():  # weights far from their small init, so that attention weights show in the logits
+        for p in reference.parameters():
+            p.normal_(0.0, 0.5)
+    flex = RankingModel(reference.cfg).double().eval()
+    flex.load_state_dict(reference.state_dict())
+    flex.use_kernel("flex")
+    batch = make_batch([0, 3, 200, 17, 130], [2, 1, 4, 3, 5], seed=1)
+    batch.history.values["item_id"][:40] = batch.targets["item_id"][5]  # some events match a target
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager FlexAttention warns that it is unfused
+        torch.testing.assert_close(flex(batch), reference(batch), rtol=1e-9, atol=1e-9)
+
+
+def test_the_flex_kernel_refuses_the_embedding_match_prior():
+    with pytest.raises(ValueError, match="padded kernel"):
+        model("stca", match_prior=1.0, match_by="embedding").use_kernel("flex")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from cli.pipeline import prepare_generated
+from schemas.errors import LongseqError
 from sources import SAMPLE_START
 from sources.generate import PROFILES
 from trainer import checkpoint
@@ -306,3 +307,13 @@ def test_a_training_step_never_waits_for_the_device(embedding_optimizer, arch, o
         meter.update(batch, loss)
         run.position.step += 1
     assert loss.device.type == "meta" and run.bad_step.device.type == "meta"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_flex_attention_and_its_limits_are_one_line_errors(data, tmp_path):
+    with pytest.raises(LongseqError, match="CUDA only"):
+        train(str(data), START, END, tmp_path / "run", config(attention="flex"), log=lambda m: None)
+    with pytest.raises(LongseqError, match="embedding-match prior"):
+        config(attention="flex", model={"match_prior": 1.0, "match_by": "embedding"})
+    with pytest.raises(LongseqError, match="unknown attention"):
+        config(attention="sparse")

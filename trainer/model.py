@@ -14,6 +14,8 @@ time-delta bucket), so a model trained on 2k-event suffixes can score 10k histor
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -47,6 +49,9 @@ class Layout:
     # [B, 2, M, 1+L] log(n) where target m and history event l share the item (0) / the author
     # (1), else 0; slot 0 is the null slot. Built once per batch, weighted per head by each layer.
     match_log_n: torch.Tensor | None = None
+    # the flex kernel's id-match prior: raw (item, author) ids of the T targets and N events
+    match_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    _block_masks: dict = dataclasses.field(default_factory=dict)  # null_open rule -> BlockMask
 
     @staticmethod
     def of(batch: RequestBatch) -> "Layout":
@@ -62,6 +67,25 @@ class Layout:
         lengths = batch.history.lengths()
         mask = torch.arange(L, device=hist_seg.device)[None, :] < lengths[:, None]
         return Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M, torch.log1p(lengths.float()))
+
+    def block_mask(self, null_always_open: bool):
+        """FlexAttention's mask over [T targets] x [B null slots, then the N events]: a target
+        sees its own request's events and null slot (the null slot always, or only when the
+        history is empty). Built once per batch and rule, shared by every layer."""
+        if null_always_open not in self._block_masks:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            B, tgt_seg = self.B, self.tgt_seg
+            kv_seg = torch.cat([torch.arange(B, device=tgt_seg.device), self.hist_seg])  # [B + N]
+            null_open = torch.ones(B, dtype=torch.bool, device=tgt_seg.device) if null_always_open \
+                else ~self.hist_mask.any(1)
+
+            def mask_mod(b, h, q, kv):
+                return (tgt_seg[q] == kv_seg[kv]) & ((kv >= B) | null_open[tgt_seg[q]])
+
+            self._block_masks[null_always_open] = create_block_mask(
+                mask_mod, None, None, len(tgt_seg), len(kv_seg), device=tgt_seg.device)
+        return self._block_masks[null_always_open]
 
     def pad_history(self, x: torch.Tensor) -> torch.Tensor:  # [N, ...] -> [B, L, ...]
         out = x.new_zeros(self.B, self.L, *x.shape[1:])
@@ -163,9 +187,13 @@ class TargetAttention(nn.Module):
         self.length_scale = nn.Parameter(torch.full((cfg.heads,), 1 / math.log(1024))) if cfg.length_scaled else None
         self.match_weight = nn.Parameter(torch.full((2, cfg.heads), cfg.match_prior)) if cfg.match_prior is not None else None
         self.qk_scale = nn.Parameter(torch.full((cfg.heads,), cfg.qk_norm)) if cfg.qk_norm is not None else None
+        self.match_by = cfg.match_by
+        self.kernel = "padded"  # or "flex" (RankingModel.use_kernel): the same attention, jagged
 
     def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
         # q: [T, D] one query per target; hist: [N, D] the batch's history tokens
+        if self.kernel == "flex":
+            return self._flex(q, hist, layout)
         B, H, K = layout.B, self.H, self.K
         Q = layout.pad_targets(self.wq(q).view(-1, H, K)).transpose(1, 2)  # [B, H, M, K]
         keys = layout.pad_history(self.wk(hist).view(-1, H, K))  # [B, L, H, K]
@@ -195,6 +223,50 @@ class TargetAttention(nn.Module):
         out = F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask, scale=scale)  # [B, H, M, K]
         out = out.transpose(1, 2)[layout.tgt_seg, layout.tgt_pos]  # [T, H, K]
         return self.wo(out.reshape(-1, H * K))  # [T, D]
+
+    def _flex(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """forward() without padding or a dense bias: FlexAttention over the T targets and
+        the B null slots + N events, with a block mask from the offsets and the id-match
+        prior as a score_mod computed on the fly."""
+        B, H, K = layout.B, self.H, self.K
+        Q = self.wq(q).view(-1, H, K)  # [T, H, K]
+        null = self.null_kv.to(Q.dtype)  # [2, H, K]
+        keys = torch.cat([null[0].expand(B, H, K), self.wk(hist).view(-1, H, K)])  # [B + N, H, K]
+        values = torch.cat([null[1].expand(B, H, K), self.wv(hist).view(-1, H, K)])
+        log_n = layout.log_n[layout.tgt_seg]  # [T]: each target's request
+        scale = None
+        if self.qk_scale is not None:
+            Q = F.normalize(Q, dim=-1) * self.qk_scale[None, :, None].to(Q.dtype)
+            keys, scale = F.normalize(keys, dim=-1), 1.0
+        if self.length_scale is not None:
+            Q = Q * (self.length_scale[None, :, None] * log_n[:, None, None]).to(Q.dtype)
+        score_mod = None
+        if self.match_weight is not None and layout.match_ids is not None:
+            t_item, t_author, h_item, h_author = layout.match_ids
+            w = self.match_weight  # [2, H]
+
+            def match_bonus(score, b, h, t, kv):
+                event = (kv - B).clamp(min=0)  # the null slots (kv < B) never match
+                bonus = w[0, h] * (t_item[t] == h_item[event]) + w[1, h] * (t_author[t] == h_author[event])
+                return score + torch.where(kv >= B, bonus * log_n[t], 0.0)
+
+            score_mod = match_bonus
+
+        def heads_first(x: torch.Tensor) -> torch.Tensor:  # [S, H, K] -> [1, H, S, K]
+            return x.transpose(0, 1)[None]
+
+        out = flex_kernel(Q.device.type)(heads_first(Q), heads_first(keys), heads_first(values), score_mod=score_mod,
+                                         block_mask=layout.block_mask(self.null_slot), scale=scale)  # [1, H, T, K]
+        return self.wo(out[0].transpose(0, 1).reshape(-1, H * K))  # [T, D]
+
+
+@functools.lru_cache(maxsize=None)
+def flex_kernel(device_type: str):
+    """FlexAttention: compiled into fused kernels on CUDA; eager elsewhere (it materialises the
+    scores there, and has no backward: the CPU trains with the padded kernel)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True) if device_type == "cuda" else flex_attention
 
 
 class StcaLayer(nn.Module):
@@ -240,6 +312,7 @@ class RankingModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.kernel = "padded"
         D = cfg.dim
         self.embed = TokenEmbedding(cfg)
         if cfg.arch in ("stca", "transformer"):  # DIN attends from the raw target embedding
@@ -265,11 +338,29 @@ class RankingModel(nn.Module):
         self.output = feed_forward(cfg, (n_summaries + 1) * D, D)  # z = SwiGLU([o(1)..o(M), x_t] W_Z)
         self.heads = nn.Linear(D, len(TASKS))
 
+    def use_kernel(self, kernel: str) -> "RankingModel":
+        """Target attention by "padded" SDPA (the reference, the CPU's) or "flex" (jagged
+        FlexAttention: forward anywhere, backward on CUDA only). The embedding-match prior
+        needs a dense bias and stays padded."""
+        if kernel not in ("padded", "flex"):
+            raise ValueError(f"unknown attention kernel {kernel!r}; use padded or flex")
+        if kernel == "flex" and self.cfg.match_prior is not None and self.cfg.match_by != "id":
+            raise ValueError("the embedding-match prior needs the padded kernel (a dense [B, H, M, 1+L] bias)")
+        for m in self.modules():
+            if isinstance(m, TargetAttention):
+                m.kernel = kernel
+        self.kernel = kernel
+        return self
+
     def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(TASKS)] logits
         layout = Layout.of(batch)
         if self.cfg.match_prior is not None and self.cfg.arch in ("stca", "din", "transformer"):
             by_id = self.cfg.match_by == "id"
-            layout.match_log_n = match_log_n(batch, layout) if by_id else similarity_log_n(self.embed, batch, layout)
+            if by_id and self.kernel == "flex":  # matched on the fly in the kernel
+                layout.match_ids = (batch.targets["item_id"], batch.targets["author_id"],
+                                    batch.history["item_id"], batch.history["author_id"])
+            else:
+                layout.match_log_n = match_log_n(batch, layout) if by_id else similarity_log_n(self.embed, batch, layout)
         x_t = self.embed.target(batch)  # [T, D]
         summaries = self._summaries(batch, layout, x_t) if self.cfg.arch != "none" else []
         z = self.output(torch.cat([*summaries, x_t], dim=-1))  # [T, D]

@@ -48,7 +48,8 @@ class TrainingDiverged(LongseqError):
 
 # TrainConfig fields added after configs were first saved, at the value that does what
 # training did before them: a saved config without one is read so, whatever the default is now
-ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr": None, "compile": False}
+ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr": None, "compile": False,
+                "attention": "padded"}
 
 
 @dataclass
@@ -72,6 +73,7 @@ class TrainConfig:
     embedding_optimizer: str = "adamw"  # or rowwise_adagrad: sparse gradients for the id tables (trainer/optimizers.py)
     embedding_lr: float | None = None  # rowwise_adagrad's peak lr (None: lr); follows the same schedule
     compile: bool = False  # torch.compile the model (dynamic shapes): for GPUs, where it can pay off
+    attention: str = "padded"  # or flex: jagged FlexAttention, no padding (CUDA; the same numbers)
     checkpoint_every: int = 100  # steps
     log_every: int = 10
     max_steps: int | None = None  # stop after this many steps (the schedule is sized to it)
@@ -86,6 +88,11 @@ class TrainConfig:
             raise LongseqError(f"bad model or length settings: {e}") from None
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or (self.embedding_lr or 1) <= 0:
             raise LongseqError("epochs and batch_size must be >= 1, lr and embedding_lr > 0")
+        if self.attention not in ("padded", "flex"):
+            raise LongseqError(f"unknown attention {self.attention!r}; choose padded or flex")
+        if self.attention == "flex" and self.model_config().match_prior is not None \
+                and self.model_config().match_by != "id":
+            raise LongseqError("attention flex cannot take the embedding-match prior (a dense bias): use padded")
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
             raise LongseqError(f"unknown embedding_optimizer {self.embedding_optimizer!r}; "
                                f"choose {' or '.join(EMBEDDING_OPTIMIZERS)}")
@@ -183,6 +190,9 @@ def _train(files: list[PublishedFile], run_dir: Path, cfg: TrainConfig, ctx: Con
            stop_after: int | None) -> dict:
     from tqdm import tqdm
 
+    if cfg.attention == "flex" and ctx.device.type != "cuda":
+        raise LongseqError("attention flex trains on CUDA only (FlexAttention has no CPU backward); "
+                           "use attention padded, which computes the same")
     if ctx.distributed and ctx.device.type == "cuda" and cfg.embedding_optimizer == "rowwise_adagrad":
         # DDP all-reduces the tables' row-sparse gradients, and NCCL has no sparse all-reduce
         raise LongseqError("embedding_optimizer rowwise_adagrad trains on one GPU, or on several CPU processes "
@@ -262,7 +272,7 @@ def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Ca
     """The model and optimizer: fresh from cfg.seed, or restored from run_dir's newest checkpoint."""
     torch.manual_seed(cfg.seed)  # before building the model: its initial weights come from this seed
     with ctx.device:  # built where it trains: no host copy of tables that may not fit on the host
-        model = RankingModel(cfg.model_config())
+        model = RankingModel(cfg.model_config()).use_kernel(cfg.attention)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.embedding_optimizer, cfg.embedding_lr)
     position = checkpoint.Position()
     resumed = checkpoint.latest(run_dir)
