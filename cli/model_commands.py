@@ -56,6 +56,8 @@ def _scoring_arguments(p: argparse.ArgumentParser, what: str) -> None:
     add_days(p, what)
     p.add_argument("--max-len", type=positive_int, help="serve the most recent N events (default: the full history)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="requests per batch (default 64)")
+    p.add_argument("--attention", choices=("padded", "flex"), default="padded",
+                   help="target attention kernel: padded (default) or flex (jagged FlexAttention; the same scores)")
     add_device(p)
 
 
@@ -75,7 +77,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise LongseqError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     evaluate(args.run_dir, args.data, args.start, args.end, max_len=args.max_len, batch_size=args.batch_size,
-             log=print, bootstrap=args.bootstrap, **_device(args))
+             log=print, bootstrap=args.bootstrap, attention=args.attention, **_device(args))
     return 0
 
 
@@ -88,7 +90,7 @@ def run_score(args: argparse.Namespace) -> int:
     from trainer.evaluate import score
 
     rows = score(args.run_dir, args.data, args.start, args.end, args.out, max_len=args.max_len,
-                 batch_size=args.batch_size, **_device(args))
+                 batch_size=args.batch_size, attention=args.attention, **_device(args))
     print(f"wrote {rows:,} target scores to {args.out}")
     return 0
 

@@ -317,3 +317,18 @@ def test_flex_attention_and_its_limits_are_one_line_errors(data, tmp_path):
         config(attention="flex", model={"match_prior": 1.0, "match_by": "embedding"})
     with pytest.raises(LongseqError, match="unknown attention"):
         config(attention="sparse")
+
+
+def test_evaluate_and_score_with_the_flex_kernel_give_the_padded_results(data, tmp_path):
+    train(str(data), START, END, tmp_path / "run", config(max_steps=4), log=lambda m: None)
+    padded = evaluate(tmp_path / "run", str(data), START, END, log=lambda m: None, bootstrap=0)
+    flex = evaluate(tmp_path / "run", str(data), START, END, log=lambda m: None, bootstrap=0, attention="flex")
+    for task, m in padded["tasks"].items():
+        assert flex["tasks"][task]["auc"] == pytest.approx(m["auc"], abs=1e-6)
+        assert flex["tasks"][task]["logloss"] == pytest.approx(m["logloss"], abs=1e-6)
+    assert score(tmp_path / "run", str(data), START, END, tmp_path / "s.parquet", attention="flex") == padded["targets"]
+    run = tmp_path / "embmatch"
+    train(str(data), START, END, run, config(max_steps=2, model={"match_prior": 1.0, "match_by": "embedding"}),
+          log=lambda m: None)
+    with pytest.raises(LongseqError, match="padded kernel"):
+        evaluate(run, str(data), START, END, log=lambda m: None, attention="flex")

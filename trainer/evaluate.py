@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from schemas.contracts import TASKS
-from schemas.errors import MissingPrerequisiteError
+from schemas.errors import LongseqError, MissingPrerequisiteError
 from trainer import checkpoint
 from trainer.batch import RequestBatch
 from trainer.distributed import resolve_device
@@ -28,8 +28,10 @@ from trainer.reader import ReaderConfig, open_published
 from trainer.train import TrainConfig
 
 
-def load_model(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple[RankingModel, TrainConfig, int]:
-    """The run's newest weights, in eval mode; and its config and step."""
+def load_model(run_dir: Path | str, device: str | torch.device = "cpu",
+               attention: str = "padded") -> tuple[RankingModel, TrainConfig, int]:
+    """The run's newest weights, in eval mode, with the attention kernel asked for (padded or
+    flex: the same numbers); and its config and step."""
     path = checkpoint.latest(Path(run_dir))
     if path is None:
         raise MissingPrerequisiteError(f"no checkpoint in {run_dir}: train first (`longseq train --run-dir {run_dir}`)")
@@ -37,6 +39,10 @@ def load_model(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple
     cfg = TrainConfig(**json.loads(state["config"]))
     model = RankingModel(cfg.model_config())
     checkpoint.load_weights(model, state, path)
+    try:
+        model.use_kernel(attention)
+    except ValueError as e:
+        raise LongseqError(str(e)) from None
     return model.to(device).eval(), cfg, int(state["step"])
 
 
@@ -59,12 +65,13 @@ def scored_batches(model: RankingModel, data: str, start, end, max_len: int | No
 
 
 def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | None = None, batch_size: int = 64,
-             device: str = "auto", log: Callable[[str], None] = print, bootstrap: int = 200) -> dict:
+             device: str = "auto", log: Callable[[str], None] = print, bootstrap: int = 200,
+             attention: str = "padded") -> dict:
     """Per-task metrics of the run's newest weights on [start, end]; logs the table, returns
     the result (also written to RUN/eval/). device: auto, cpu, cuda or cuda:N. bootstrap:
-    user resamples behind the 95% AUC intervals (0: none)."""
+    user resamples behind the 95% AUC intervals (0: none). attention: padded or flex (jagged)."""
     device = resolve_device(device)
-    model, cfg, step = load_model(run_dir, device)
+    model, cfg, step = load_model(run_dir, device, attention)
     labels, logits, users = [], [], []
     requests = tokens = 0
     t = time.perf_counter()
@@ -119,14 +126,14 @@ def metrics_table(result: dict) -> str:
 
 
 def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: int | None = None,
-          batch_size: int = 64, device: str = "auto") -> int:
+          batch_size: int = 64, device: str = "auto", attention: str = "padded") -> int:
     """Write one row per target (request_id, user_id, request_ts, position in the request,
     item_id, score_<task> probabilities) to a Parquet file; return the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     device = resolve_device(device)
-    model, _, _ = load_model(run_dir, device)
+    model, _, _ = load_model(run_dir, device, attention)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer, rows = None, 0
