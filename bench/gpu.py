@@ -76,23 +76,13 @@ def useful_flops(model_cfg, hist_lengths: list[int], tgt_lengths: list[int]) -> 
 
 
 def _run(cfg, device):
-    """A training run's state on `device` without data or a run directory (trainer.train's
-    own step is what gets timed)."""
-    import torch
-
-    from trainer import checkpoint
+    """A fresh training run's state on `device`, as `longseq train` opens it, in a scratch
+    directory (trainer.train's own step is what gets timed)."""
     from trainer.distributed import Context
-    from trainer.model import RankingModel
-    from trainer.optimizers import make_optimizer
-    from trainer.train import _Run
+    from trainer.train import _open_run
 
-    torch.manual_seed(0)
-    with device:
-        model = RankingModel(cfg.model_config()).use_kernel(cfg.attention)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.embedding_optimizer, cfg.embedding_lr)
-    net = torch.compile(model, dynamic=True) if cfg.compile else model
-    return _Run(Path(tempfile.gettempdir()), cfg, Context(0, 1, device), 10**6, model, net, optimizer,
-                checkpoint.Position(), None)
+    return _open_run(Path(tempfile.mkdtemp(prefix="bench-gpu-")), cfg, Context(0, 1, device), 10**6,
+                     log=lambda m: None)
 
 
 def _autocast(device):

@@ -14,10 +14,9 @@ time-delta bucket), so a model trained on 2k-event suffixes can score 10k histor
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +50,7 @@ class Layout:
     match_log_n: torch.Tensor | None = None
     # the flex kernel's id-match prior: raw (item, author) ids of the T targets and N events
     match_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    _block_masks: dict = dataclasses.field(default_factory=dict)  # null_open rule -> BlockMask
+    _block_masks: dict = field(default_factory=dict)  # null_open rule -> BlockMask
 
     @staticmethod
     def of(batch: RequestBatch) -> "Layout":
@@ -187,7 +186,6 @@ class TargetAttention(nn.Module):
         self.length_scale = nn.Parameter(torch.full((cfg.heads,), 1 / math.log(1024))) if cfg.length_scaled else None
         self.match_weight = nn.Parameter(torch.full((2, cfg.heads), cfg.match_prior)) if cfg.match_prior is not None else None
         self.qk_scale = nn.Parameter(torch.full((cfg.heads,), cfg.qk_norm)) if cfg.qk_norm is not None else None
-        self.match_by = cfg.match_by
         self.kernel = "padded"  # or "flex" (RankingModel.use_kernel): the same attention, jagged
 
     def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -258,6 +256,15 @@ class TargetAttention(nn.Module):
         out = flex_kernel(Q.device.type)(heads_first(Q), heads_first(keys), heads_first(values), score_mod=score_mod,
                                          block_mask=layout.block_mask(self.null_slot), scale=scale)  # [1, H, T, K]
         return self.wo(out[0].transpose(0, 1).reshape(-1, H * K))  # [T, D]
+
+
+def check_kernel(cfg: ModelConfig, kernel: str) -> None:
+    """ValueError unless `kernel` can run this model: the embedding-match prior needs a
+    dense bias, so the padded kernel."""
+    if kernel not in ("padded", "flex"):
+        raise ValueError(f"unknown attention kernel {kernel!r}; use padded or flex")
+    if kernel == "flex" and cfg.match_prior is not None and cfg.match_by != "id":
+        raise ValueError("the embedding-match prior needs the padded kernel (a dense [B, H, M, 1+L] bias)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -340,12 +347,8 @@ class RankingModel(nn.Module):
 
     def use_kernel(self, kernel: str) -> "RankingModel":
         """Target attention by "padded" SDPA (the reference, the CPU's) or "flex" (jagged
-        FlexAttention: forward anywhere, backward on CUDA only). The embedding-match prior
-        needs a dense bias and stays padded."""
-        if kernel not in ("padded", "flex"):
-            raise ValueError(f"unknown attention kernel {kernel!r}; use padded or flex")
-        if kernel == "flex" and self.cfg.match_prior is not None and self.cfg.match_by != "id":
-            raise ValueError("the embedding-match prior needs the padded kernel (a dense [B, H, M, 1+L] bias)")
+        FlexAttention: forward anywhere, backward on CUDA only)."""
+        check_kernel(self.cfg, kernel)
         for m in self.modules():
             if isinstance(m, TargetAttention):
                 m.kernel = kernel

@@ -31,7 +31,7 @@ from schemas.errors import LongseqError
 from trainer import checkpoint
 from trainer.batch import RequestBatch, device_batches
 from trainer.distributed import Context, all_have_batch, setup, teardown
-from trainer.model import RankingModel, loss_fn, num_parameters
+from trainer.model import RankingModel, check_kernel, loss_fn, num_parameters
 from trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
 from trainer.optimizers import EMBEDDING_OPTIMIZERS, TrainOptimizer, clip_gradients, make_optimizer
 from trainer.reader import ReaderConfig, RequestReader, open_reader
@@ -83,16 +83,12 @@ class TrainConfig:
         if self.preset not in PRESETS:
             raise LongseqError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         try:
-            self.model_config(), self.sampler()
+            check_kernel(self.model_config(), self.attention)
+            self.sampler()
         except (TypeError, ValueError) as e:
-            raise LongseqError(f"bad model or length settings: {e}") from None
+            raise LongseqError(f"bad model, attention or length settings: {e}") from None
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or (self.embedding_lr or 1) <= 0:
             raise LongseqError("epochs and batch_size must be >= 1, lr and embedding_lr > 0")
-        if self.attention not in ("padded", "flex"):
-            raise LongseqError(f"unknown attention {self.attention!r}; choose padded or flex")
-        if self.attention == "flex" and self.model_config().match_prior is not None \
-                and self.model_config().match_by != "id":
-            raise LongseqError("attention flex cannot take the embedding-match prior (a dense bias): use padded")
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
             raise LongseqError(f"unknown embedding_optimizer {self.embedding_optimizer!r}; "
                                f"choose {' or '.join(EMBEDDING_OPTIMIZERS)}")
