@@ -86,6 +86,19 @@ def date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
 
 
+def duration(text: str) -> int:
+    """Milliseconds from "3d", "36h", "90m", ... (schemas/durations.py); more than zero."""
+    from schemas.durations import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except LongseqError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than zero, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -9,6 +9,11 @@ failing stage fails its task by its exit code:
     validate longseq validate --start D                  (a failing suite exits 1)
     publish  longseq publish --start D                   (refuses unvalidated days)
     train    longseq train over the last train_days days, then evaluate on D (optional)
+
+build, validate and publish each hold the output's lock (dataset/output_lock.py): a stage
+that meets another command on the same local output (a hand-run backfill) fails at once,
+naming it, and the task's retries try again. A rebuilt day makes later days stale
+(docs/ETL.md): the next day's build then fails until `longseq build --catch-up` has run.
 """
 
 from __future__ import annotations

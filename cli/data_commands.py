@@ -6,13 +6,17 @@ Each stage is an arguments function and a run function; the work is in sources/ 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 
 from cli.arguments import (
-    SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, date, fraction, local_path,
+    SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, date, duration, fraction, local_path,
     positive_int, progress, spark_config,
 )
-from schemas.contracts import DEFAULT_MAX_LEN
-from schemas.errors import LongseqError
+from dataset.output_lock import output_lock
+from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
+from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN
+from schemas.durations import format_duration
+from schemas.errors import LongseqError, MissingPrerequisiteError
 from sources import SAMPLE_START
 
 # ---------------------------------------------------------------- generate
@@ -86,8 +90,14 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
     add_days(p, "build")
     p.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN,
                    help=f"history length kept per request (default {DEFAULT_MAX_LEN})")
+    p.add_argument("--lateness", type=duration, default=DEFAULT_LATENESS_MS, metavar="DURATION",
+                   help=f"an outcome logged later than this after its request is quarantined (late_event); an "
+                        f"event_id seen this recently on an earlier day is a duplicate (default "
+                        f"{format_duration(DEFAULT_LATENESS_MS)}; e.g. 36h, 2d)")
     p.add_argument("--engine", choices=ENGINES, default=ENGINES[0], help=f"{' or '.join(ENGINES)} (local, no JVM); default {ENGINES[0]}")
-    p.add_argument("--catch-up", action="store_true", help="first build the days missing between the last built day and --start")
+    p.add_argument("--catch-up", action="store_true",
+                   help="first build, in order, the days between the last current day and --start that are missing "
+                        "or stale (built on the old state of a day rebuilt since)")
     add_spark(p, "Spark settings (engine spark)")
 
 
@@ -98,9 +108,12 @@ def run_build(args: argparse.Namespace) -> int:
     if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
         raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
     config = BuildConfig(raw=args.raw, out=args.data, start=args.start, end=args.end, max_len=args.max_len,
+                         lateness_ms=args.lateness,
                          catch_up=args.catch_up)
-    engine = make_engine(args.engine, spark_config(args) if args.engine == "spark" else None)
-    reports = build(engine, config, log=progress)
+    # also taken (re-entrantly) by build(); here so that a busy output fails before Spark starts
+    with output_lock(absolute(args.data), "build", log=progress):
+        engine = make_engine(args.engine, spark_config(args) if args.engine == "spark" else None)
+        reports = build(engine, config, log=progress)
     print(summarize_build(reports))
     return 0
 
@@ -136,16 +149,33 @@ def run_validate(args: argparse.Namespace) -> int:
     cfg.warn_only = (*cfg.warn_only, *args.warn)
     cfg.critical_only = (*cfg.critical_only, *args.critical)
     days = day_range(args.start, args.end)
-    spark = spark_session(spark_config(args))
-    failed = []
-    for day in days:
-        outcome = validate(spark, args.data, day, args.suite, raw=args.raw, cfg=cfg, sample=args.sample)
-        print(summary_table(outcome), flush=True)
-        failed += [] if outcome["passed"] else [
-            f"ds={day} ({', '.join(r['check'] for r in outcome['checks'] if r['critical'] and not r['success'])})"]
+    data = absolute(args.data)
+    with output_lock(data, "validate", log=progress):  # before Spark starts: a busy output fails at once
+        if args.suite == "requests" and is_local(data):  # also before Spark, when it is not needed to look
+            _refuse_stale(LocalStorage(), data, days)
+        spark = spark_session(spark_config(args))
+        if args.suite == "requests" and not is_local(data):
+            _refuse_stale(RoutingStorage(spark), data, days)
+        failed = []
+        for day in days:
+            outcome = validate(spark, args.data, day, args.suite, raw=args.raw, cfg=cfg, sample=args.sample)
+            print(summary_table(outcome), flush=True)
+            failed += [] if outcome["passed"] else [
+                f"ds={day} ({', '.join(r['check'] for r in outcome['checks'] if r['critical'] and not r['success'])})"]
     if failed:
         raise ValidationFailed(f"critical expectations failed: {'; '.join(failed)}")
     return 0
+
+
+def _refuse_stale(storage: Storage, data: str, days: list[dt.date]) -> None:
+    """A stale day's records were built on an old state: validating them would pass on wrong histories."""
+    from dataset.layout import BuildLayout
+
+    layout = BuildLayout(data.rstrip("/"))
+    problems = [p for p in (layout.stale_problem(storage, day) for day in days) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more stale day(s))" if len(problems) > 1 else ""
+        raise MissingPrerequisiteError(f"refusing to validate: {problems[0]}{more}")
 
 
 # ---------------------------------------------------------------- publish
@@ -161,7 +191,8 @@ def publish_arguments(p: argparse.ArgumentParser) -> None:
 def run_publish(args: argparse.Namespace) -> int:
     from etl.publish import publish
 
-    publish(args.data, args.start, args.end, override_reason=args.override_validation, log=print)
+    with output_lock(absolute(args.data), "publish", log=progress):  # etl.validation refuses stale days
+        publish(args.data, args.start, args.end, override_reason=args.override_validation, log=print)
     return 0
 
 

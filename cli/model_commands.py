@@ -20,9 +20,13 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p, "train", "YAML/JSON training settings (TrainConfig, docs/TRAINER.md)")
     p.add_argument("--preset", choices=list(PRESETS), help=f"model size (default {DEFAULT_PRESET})")
     p.add_argument("--arch", choices=ARCHS, help=f"model (default {ARCHS[0]})")
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--max-steps", type=positive_int, help="stop after this many steps")
+    p.add_argument("--epochs", type=positive_int,
+                   help="passes over the days (default 1; with --max-steps, the first limit reached stops)")
+    p.add_argument("--max-steps", type=positive_int,
+                   help="train this many steps, on into further epochs as needed; the lr schedule is sized to them")
     p.add_argument("--seed", type=int)
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="resume a run on other data or days than it was started on (recorded in RUN/data.json)")
     add_device(p)
 
 
@@ -41,7 +45,8 @@ def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
 def run_train(args: argparse.Namespace) -> int:
     from trainer.train import train
 
-    summary = train(args.data, args.start, args.end, args.run_dir, train_config(args), log=progress)
+    summary = train(args.data, args.start, args.end, args.run_dir, train_config(args), log=progress,
+                    allow_other_data=args.allow_other_data)
     if os.environ.get("RANK", "0") == "0":
         print(f"trained {summary['steps']} steps; checkpoint {summary['checkpoint']}")
     return 0

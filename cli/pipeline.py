@@ -50,6 +50,7 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
                       log: Callable[[str], None] = quiet, show: Callable[[str], None] = quiet) -> list[dict]:
     """Build [start, end] from raw into data, gate each day, publish them; return the build
     reports. log gets progress, show the results of each stage."""
+    from dataset.output_lock import output_lock
     from etl.build import BuildConfig, build, summarize_build
     from etl.publish import publish
 
@@ -57,11 +58,12 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
         from etl.polars_build import PolarsEngine
 
         engine = PolarsEngine()
-    reports = build(engine, BuildConfig(str(raw), str(data), start, end, max_len), log=log)
-    show(summarize_build(reports))
-    if validate:
-        validate_days(engine, data, day_range(start, end), show)
-    publish(str(data), start, end, override_reason=None if validate else override_reason, log=show)
+    with output_lock(str(data), "pipeline", log=log):  # one holder from build to publish
+        reports = build(engine, BuildConfig(str(raw), str(data), start, end, max_len), log=log)
+        show(summarize_build(reports))
+        if validate:
+            validate_days(engine, data, day_range(start, end), show)
+        publish(str(data), start, end, override_reason=None if validate else override_reason, log=show)
     return reports
 
 

@@ -6,6 +6,8 @@
     DATA/reports/ds=YYYY-MM-DD/build.json         written last: the day is built
     DATA/validation/ds=YYYY-MM-DD/requests.json   the Great Expectations outcome
     DATA/published/ds=YYYY-MM-DD/manifest.json    written by `longseq publish`: readable
+    DATA/reports/ds=YYYY-MM-DD/stale.json         built on the old state of a day rebuilt since
+    DATA/.longseq.lock                            held while a build, validate or publish runs
 
 Engines write into hidden temp directories (names starting with "."; Spark, pyarrow and
 polars skip those), which are renamed into place only once complete (etl/commit.py). A
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,9 @@ KINDS = ("requests", "quarantine", "state")
 ROW_GROUP_BYTES = 32 * 1024 * 1024
 REPORT_NAME = "build.json"
 MANIFEST_NAME = "manifest.json"
+STALE_NAME = "stale.json"
+# BuildLayout.temp's names: .ds=YYYY-MM-DD.<token>.tmp
+_TEMP_NAME = re.compile(rf"\.{PARTITION_COLUMN}=\d{{4}}-\d{{2}}-\d{{2}}\.[0-9a-zA-Z]+\.tmp")
 
 
 def day_range(start: dt.date, end: dt.date | None = None) -> list[dt.date]:
@@ -82,3 +89,37 @@ class BuildLayout:
 
     def is_built(self, storage: Storage, day: dt.date) -> bool:
         return storage.exists(self.report(day)) and storage.exists(f"{self.dir('state', day)}/{SUCCESS_MARKER}")
+
+    # ------------------------------------------------ stale days and leftovers (issue 17)
+
+    def stale_marker(self, day: dt.date) -> str:
+        """Written when a day before this one is rebuilt: this day's records and state were
+        built on that day's previous state. A rebuild of this day removes it (etl/commit.py)."""
+        return f"{self.out}/reports/{ds_name(day)}/{STALE_NAME}"
+
+    def stale_info(self, storage: Storage, day: dt.date) -> dict | None:
+        """The stale marker of a built day (which rebuilt day made it stale), or None if current."""
+        if not storage.exists(self.report(day)) or not storage.exists(self.stale_marker(day)):
+            return None
+        return json.loads(storage.read_text(self.stale_marker(day)))
+
+    def is_current(self, storage: Storage, day: dt.date) -> bool:
+        """Built and not stale: a day the next day may build on, and validation may check."""
+        return self.is_built(storage, day) and not storage.exists(self.stale_marker(day))
+
+    def stale_days(self, storage: Storage) -> list[dt.date]:
+        return [d for d in self.built_days(storage) if storage.exists(self.stale_marker(d))]
+
+    def stale_problem(self, storage: Storage, day: dt.date) -> str | None:
+        """Why a stale day may not be validated, published or built on, in one line; None if not stale."""
+        info = self.stale_info(storage, day)
+        if info is None:
+            return None
+        return (f"ds={day} is stale: it was built on the state of ds={info['rebuilt_day']} before that day was "
+                f"rebuilt (run {info['rebuilt_run_id']}); rebuild it first: longseq build --data {self.out} "
+                f"--raw RAW --start {day} --catch-up")
+
+    def leftover_temps(self, storage: Storage) -> list[str]:
+        """Temp directories (see `temp`) left by a build that was killed before it cleaned up."""
+        return [f"{self.out}/{kind}/{name}" for kind in KINDS
+                for name in storage.list_names(f"{self.out}/{kind}") if _TEMP_NAME.fullmatch(name)]

@@ -4,20 +4,29 @@
 
 `longseq publish` (etl/publish.py) writes one manifest a day, last, by a rename: a day is
 readable whole or not at all. A manifest names each Parquet file of the day's request
-records with its size, rows and row groups, and the build run it came from. Readers ask
-for a date range (`published_files`): every day in it must be published, and its files
-must be as the manifest says.
+records with its size, SHA-256, rows and row groups, and the build run it came from.
+Readers ask for a date range (`published_files`): every day in it must be published, and
+its files must have the sizes the manifest says. The trainer's readers then check the
+files' bytes against the manifest when they open them (`verify_published`): once per
+process and file, in threads, cached by (path, size, mtime).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Sequence
 
 from dataset.layout import BuildLayout, day_range
-from dataset.storage import Storage, absolute, is_local, storage_for
+from dataset.storage import Storage, absolute, file_url, is_local, local_path, storage_for
+from schemas.contracts import PARTITION_COLUMN
 from schemas.errors import LongseqError, MissingPrerequisiteError
+
+__all__ = ["PublishedDataError", "PublishedFile", "file_url", "published_days", "published_files", "verify_published"]
 
 
 class PublishedDataError(LongseqError):
@@ -26,15 +35,12 @@ class PublishedDataError(LongseqError):
 
 @dataclass(frozen=True)
 class PublishedFile:
-    url: str  # what readers open: file:///abs/path or the cluster URI
+    url: str  # what readers open: file:///abs/path (percent-escaped) or the cluster URI
     ds: str
     bytes: int
     rows: int
     row_groups: int
-
-
-def file_url(path: str) -> str:
-    return f"file://{path}" if is_local(path) else path
+    sha256: str
 
 
 def published_days(data: str, storage: Storage | None = None) -> list[dt.date]:
@@ -44,6 +50,20 @@ def published_days(data: str, storage: Storage | None = None) -> list[dt.date]:
     layout = BuildLayout(data)
     days = [dt.date.fromisoformat(n.split("=", 1)[1]) for n in storage.list_names(f"{data}/published") if n.startswith("ds=")]
     return sorted(d for d in days if storage.exists(layout.manifest(d)))
+
+
+def _republish(data: str, day: dt.date) -> str:
+    return f"publish it again (`longseq publish --data '{data}' --start {day}`)"
+
+
+def _manifest_files(storage: Storage, layout: BuildLayout, day: dt.date) -> list[dict]:
+    """The manifest's file entries; a manifest from before checksums is refused: re-publishing
+    it (which reads the bytes, rebuilds nothing) records them."""
+    files = json.loads(storage.read_text(layout.manifest(day)))["files"]
+    if any("sha256" not in f for f in files):
+        raise PublishedDataError(f"ds={day} in {layout.out} was published without checksums, so its bytes cannot be "
+                                 f"checked: {_republish(layout.out, day)}")
+    return files
 
 
 def published_files(data: str, start: dt.date, end: dt.date | None = None, storage: Storage | None = None) -> list[PublishedFile]:
@@ -61,8 +81,7 @@ def published_files(data: str, start: dt.date, end: dt.date | None = None, stora
             f"Validate and publish them (`longseq publish --data {data} --start ...`)")
     files = []
     for day in days:
-        manifest = json.loads(storage.read_text(layout.manifest(day)))
-        for f in manifest["files"]:
+        for f in _manifest_files(storage, layout, day):
             path = f"{layout.dir('requests', day)}/{f['name']}"
             if not storage.exists(path):
                 raise PublishedDataError(f"published file {path} is missing; rebuild, validate and publish ds={day} again")
@@ -71,5 +90,85 @@ def published_files(data: str, start: dt.date, end: dt.date | None = None, stora
                 raise PublishedDataError(
                     f"published file {path} has {size:,} bytes, its manifest says {f['bytes']:,}: it changed or is "
                     f"truncated; rebuild, validate and publish ds={day} again")
-            files.append(PublishedFile(file_url(path), day.isoformat(), size, f["rows"], f["row_groups"]))
+            files.append(PublishedFile(file_url(path), day.isoformat(), size, f["rows"], f["row_groups"], f["sha256"]))
     return files
+
+
+# ---------------------------------------------------------------- checking bytes
+
+# (path, size, mtime_ns) -> sha256 of the bytes: each file is hashed once per process
+_HASHED: dict[tuple[str, int, int], str] = {}
+_HASHED_LOCK = threading.Lock()
+
+
+def _storage_path(url: str) -> str:
+    """The path Storage takes for a reader's URL: local paths unescaped, URIs as they are."""
+    return local_path(url) if url.startswith("file://") or is_local(url) else url
+
+
+def _published_entry(path: str) -> tuple[BuildLayout, dt.date, str] | None:
+    """(layout, day, file name) if path lies in DATA/requests/ds=YYYY-MM-DD/, else None."""
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    root, _, ds = parent.rpartition("/")
+    data, _, kind = root.rpartition("/")
+    if kind != "requests" or not ds.startswith(f"{PARTITION_COLUMN}="):
+        return None
+    try:
+        day = dt.date.fromisoformat(ds.split("=", 1)[1])
+    except ValueError:
+        return None
+    return BuildLayout(data), day, name
+
+
+def verify_published(urls: Sequence[str]) -> int:
+    """Check that each published file among urls has the bytes its manifest records, and
+    return how many bytes were hashed (0 when all were checked before in this process).
+
+    A file in DATA/requests/ds=D/ is checked against DATA/published/ds=D/manifest.json;
+    files outside a published day (a test's file, an unpublished build) are not checked:
+    `published_files` is what vouches for a day. Files are hashed in threads (hashlib
+    releases the GIL), each once per process unless its size or mtime changes."""
+    todo: list[tuple[Storage, str, dict, dt.date]] = []
+    manifests: dict[tuple[str, dt.date], dict[str, dict] | None] = {}
+    for url in urls:
+        path = _storage_path(url)
+        entry = _published_entry(path)
+        if entry is None:
+            continue
+        layout, day, name = entry
+        storage = storage_for(path, arrow=True)
+        key = (layout.out, day)
+        if key not in manifests:
+            exists = storage.exists(layout.manifest(day))
+            manifests[key] = {f["name"]: f for f in _manifest_files(storage, layout, day)} if exists else None
+        expected = (manifests[key] or {}).get(name)
+        if expected is not None:
+            todo.append((storage, path, expected, day))
+
+    def check(item: tuple[Storage, str, dict, dt.date]) -> int:
+        storage, path, expected, day = item
+        try:
+            size, mtime = storage.stamp(path)
+        except OSError:
+            raise PublishedDataError(f"published file {path} is missing; rebuild, validate and publish ds={day} again") from None
+        if size != expected["bytes"]:
+            raise PublishedDataError(f"published file {path} has {size:,} bytes, its manifest says {expected['bytes']:,}: "
+                                     f"it changed or is truncated; rebuild, validate and publish ds={day} again")
+        with _HASHED_LOCK:
+            digest = _HASHED.get((path, size, mtime))
+        hashed = 0
+        if digest is None:
+            digest, hashed = storage.checksum(path), size
+            with _HASHED_LOCK:
+                _HASHED[(path, size, mtime)] = digest
+        if digest != expected["sha256"]:
+            raise PublishedDataError(
+                f"published file {path} does not match its manifest (sha256 {digest[:12]}..., manifest "
+                f"{expected['sha256'][:12]}...): its bytes changed after it was built; rebuild, validate and publish "
+                f"ds={day} again")
+        return hashed
+
+    if len(todo) <= 1:
+        return sum(map(check, todo))
+    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 8)) as pool:
+        return sum(pool.map(check, todo))

@@ -10,11 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataset.layout import ds_name, partition_path
+from dataset.parquet_files import read_arrow
 from dataset.storage import LocalStorage, Storage
-from schemas.check import check_arrow_schema
 from schemas.contracts import RAW_LOG, SUCCESS_MARKER
 from schemas.errors import MissingPrerequisiteError
-from schemas.forms import to_arrow
 
 
 def check_raw_partitions(storage: Storage, root: str, days: list[dt.date]) -> None:
@@ -32,15 +31,10 @@ def check_raw_partitions(storage: Storage, root: str, days: list[dt.date]) -> No
 
 
 def read_raw_partition(root: Path, day: dt.date, columns: list[str] | None = None) -> pa.Table:
-    """One complete raw partition as an Arrow table; every file is checked against contract 1."""
+    """One complete raw partition as an Arrow table, every file checked against contract 1
+    as the build checks it (dataset/parquet_files.py)."""
     check_raw_partitions(LocalStorage(), str(root), [day])
-    files = sorted(Path(partition_path(root, day)).glob("*.parquet"))
-    for f in files:
-        check_arrow_schema(pq.read_schema(f), RAW_LOG, source=str(f))
-    if not files:  # a complete partition of a day without impressions
-        empty = to_arrow(RAW_LOG).empty_table()
-        return empty.select(columns) if columns else empty
-    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+    return read_arrow(partition_path(root, day), RAW_LOG, columns)
 
 
 class RawPartitionWriter:

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from dataset.layout import KINDS, BuildLayout, day_range, partition_path
+from dataset.output_lock import output_lock
+from dataset.parquet_files import check_parquet_files
 from dataset.raw import check_raw_partitions
 from dataset.storage import Storage, absolute
-from etl.commit import commit_day, new_token
-from schemas.contracts import DEFAULT_MAX_LEN
+from etl.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
+from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, RAW_LOG
+from schemas.durations import format_duration
 from schemas.errors import LongseqError, MissingPrerequisiteError
 
 
@@ -30,10 +33,16 @@ class AccountingError(LongseqError):
 
 @dataclass
 class DayCounts:
-    """What an engine reports about one day; the build adds bytes and seconds."""
+    """What an engine reports about one day; the build adds bytes and seconds.
+
+    Counted independently, so that the balance can fail: rows read and duplicates from the
+    input (valid rows - distinct valid event_ids, plus those the state had seen), targets,
+    requests and quarantined rows from the files written.
+    """
 
     rows_read: int
-    duplicates: int
+    duplicates: int  # within the day and across days
+    duplicates_across_days: int  # of them: event_ids kept on an earlier day within the lateness bound
     quarantined: dict[str, int]  # reason -> rows
     requests: int
     targets: int
@@ -58,7 +67,8 @@ class Engine(Protocol):
     storage: Storage
 
     def build_day(
-        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str]
+        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
+        lateness_ms: int = DEFAULT_LATENESS_MS,
     ) -> DayCounts:
         """Write the day's requests, quarantine and state into temps[kind] (each with _SUCCESS)."""
         ...
@@ -71,6 +81,7 @@ class BuildConfig:
     start: dt.date
     end: dt.date | None = None
     max_len: int = DEFAULT_MAX_LEN
+    lateness_ms: int = DEFAULT_LATENESS_MS  # later outcomes are quarantined; dedup across days this far
     catch_up: bool = False  # build the missing days before `start` first
 
     def days(self) -> list[dt.date]:
@@ -78,37 +89,65 @@ class BuildConfig:
 
 
 def plan_days(storage: Storage, layout: BuildLayout, config: BuildConfig, log: Callable[[str], None]) -> list[dt.date]:
-    """The days to build, after checking that the state chain reaches the first one."""
+    """The days to build, after checking that the state chain reaches the first one: the day
+    before must be built and current (a stale day's state is that of an older chain).
+    With --catch-up, the missing or stale days since the last current day come first."""
     days = config.days()
     prev = days[0] - dt.timedelta(days=1)
-    if layout.is_built(storage, prev):
+    if layout.is_current(storage, prev):
         return days
     earlier = [d for d in layout.built_days(storage) if d < days[0]]
     if not earlier:
         log(f"no state before {days[0]}: starting from empty histories (a cold start)")
         return days
-    last = earlier[-1]
+    current = [d for d in earlier if layout.is_current(storage, d)]
+    if not current:  # a cold start here would silently drop the histories of the stale days
+        rebuilt = (layout.stale_info(storage, earlier[0]) or {}).get("rebuilt_day", earlier[0])
+        raise MissingPrerequisiteError(
+            f"every day built before {days[0]} ({earlier[0]}..{earlier[-1]}) is stale and the day it was built "
+            f"on is not built: rebuild from {rebuilt} (--start {rebuilt} --end {prev})"
+        )
+    last = current[-1]
+    todo = [last + dt.timedelta(days=i) for i in range(1, (days[0] - last).days)]
+    stale = [d for d in todo if layout.stale_info(storage, d) is not None]
     if config.catch_up:
-        missing = [last + dt.timedelta(days=i) for i in range(1, (days[0] - last).days)]
-        log(f"--catch-up: building {len(missing)} missing day(s) {missing[0]}..{missing[-1]} first")
-        return missing + days
+        what = f"missing or stale day(s) {todo[0]}..{todo[-1]} first ({len(stale)} stale)" if stale else \
+            f"missing day(s) {todo[0]}..{todo[-1]} first"
+        log(f"--catch-up: building {len(todo)} {what}")
+        return todo + days
+    if prev in stale:
+        rebuilt = layout.stale_info(storage, prev)["rebuilt_day"]
+        raise MissingPrerequisiteError(
+            f"the history state after {prev} is stale: it was built on the state of {rebuilt} before that day "
+            f"was rebuilt; rebuild {todo[0]}..{prev} first, or pass --catch-up"
+        )
     raise MissingPrerequisiteError(
         f"the history state after {prev} is missing (the last day built before {days[0]} is {last}): "
         f"build {last + dt.timedelta(days=1)}..{prev} first, or pass --catch-up"
     )
 
 
-def _check_max_len(storage: Storage, layout: BuildLayout, prev: dt.date, max_len: int) -> None:
-    """The state after prev keeps only that build's max_len events: a longer max_len now
-    would silently give shorter histories than one build over all days."""
+def _check_state_fits(storage: Storage, layout: BuildLayout, prev: dt.date, config: BuildConfig) -> None:
+    """The state after prev keeps only that build's max_len events and its lateness window of
+    event_ids: a longer max_len or lateness now would silently give shorter histories, or
+    miss duplicates, compared with one build over all days."""
     if not storage.exists(layout.report(prev)):
         return
-    before = json.loads(storage.read_text(layout.report(prev))).get("max_len", max_len)
-    if before < max_len:
-        raise LongseqError(
-            f"{prev} was built with --max-len {before}; its state cannot give histories of {max_len}. "
-            f"Rebuild from the first day with --max-len {max_len} into a new --data directory"
-        )
+    report = json.loads(storage.read_text(layout.report(prev)))
+    fresh = "Rebuild from the first day into a new --data directory"
+    if "lateness_ms" not in report:
+        raise LongseqError(f"{prev} was built by an older longseq, whose state has no deduplication window. {fresh}")
+    if report.get("max_len", config.max_len) < config.max_len:
+        raise LongseqError(f"{prev} was built with --max-len {report['max_len']}; its state cannot give histories "
+                           f"of {config.max_len}. {fresh} with --max-len {config.max_len}")
+    if report["lateness_ms"] < config.lateness_ms:
+        raise LongseqError(f"{prev} was built with --lateness {format_duration(report['lateness_ms'])}; its state "
+                           f"cannot deduplicate over {format_duration(config.lateness_ms)}. {fresh}, or keep "
+                           f"--lateness {format_duration(report['lateness_ms'])}")
+
+
+def _span(days: list[dt.date]) -> str:
+    return f"{days[0]}" if len(days) == 1 else f"{days[0]}..{days[-1]}"
 
 
 def _summary(day: dt.date, report: dict) -> str:
@@ -124,15 +163,40 @@ def _summary(day: dt.date, report: dict) -> str:
 
 
 def build(engine: Engine, config: BuildConfig, log: Callable[[str], None] = print) -> list[dict]:
-    """Build every day of the config in order; return the reports."""
+    """Build every day of the config in order, holding the output's lock; return the reports.
+
+    Re-entrant: a caller that already holds the lock (dataset/output_lock.py) may call it.
+    """
+    with output_lock(absolute(config.out), "build", log=log) as locked:
+        return _build_locked(engine, config, log, locked)
+
+
+def _clean_up(storage: Storage, layout: BuildLayout, locked: bool, log: Callable[[str], None]) -> None:
+    """Remove what killed runs left: temp dirs (only under the lock: without it they may be a
+    running build's) and the manifests of stale days (a crash while marking them)."""
+    if locked:
+        removed = remove_leftover_temps(storage, layout)
+        if removed:
+            log(f"removed {len(removed)} temp dir(s) left by interrupted builds: {', '.join(removed)}")
+    elif found := layout.leftover_temps(storage):
+        log(f"note: {len(found)} temp dir(s) of other or interrupted builds in {layout.out}, left alone "
+            f"as it cannot be locked; remove them when no build runs")
+    for day in unpublish_stale_days(storage, layout):
+        log(f"unpublished ds={day}: it is stale")
+
+
+def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None], locked: bool) -> list[dict]:
     storage = engine.storage
     config = dataclasses.replace(config, raw=absolute(config.raw), out=absolute(config.out))
     layout = BuildLayout(config.out.rstrip("/"))
     if config.max_len < 1:
         raise LongseqError(f"--max-len must be at least 1, got {config.max_len}")
+    _clean_up(storage, layout, locked, log)
     days = plan_days(storage, layout, config, log)
-    _check_max_len(storage, layout, days[0] - dt.timedelta(days=1), config.max_len)
+    _check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
     check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
+    for day in days:  # every file's footer too, so a bad day 17 stops a backfill before day 1
+        check_parquet_files(storage, partition_path(config.raw, day), RAW_LOG, spark=getattr(engine, "spark", None))
     reports = []
     for day in days:
         t0 = time.perf_counter()
@@ -141,27 +205,35 @@ def build(engine: Engine, config: BuildConfig, log: Callable[[str], None] = prin
         token = new_token()
         temps = {kind: layout.temp(kind, day, token) for kind in KINDS}
         try:
-            counts = engine.build_day(partition_path(config.raw, day), prev_state, day, config.max_len, temps)
+            counts = engine.build_day(partition_path(config.raw, day), prev_state, day, config.max_len, temps,
+                                      lateness_ms=config.lateness_ms)
             counts.check_balance()
             report = {
                 "ds": day.isoformat(),
                 "run_id": token,  # each build of a day is a new run: validation and publishing name it
                 "engine": engine.name,
                 "max_len": config.max_len,
+                "lateness_ms": config.lateness_ms,
                 "raw_partition": partition_path(config.raw, day),
                 "previous_state": prev_state,
                 **dataclasses.asdict(counts),
                 "bytes_written": {kind: storage.size(temps[kind]) for kind in KINDS},
+                # by the names the commit gives the parts; publishing compares the bytes with them
+                "checksums": {kind: part_checksums(storage, temps[kind]) for kind in KINDS},
                 "seconds": round(time.perf_counter() - t0, 3),
             }
+            # marked before the commit, so that no crash leaves a day built on the old state looking current
+            chain = mark_later_days_stale(storage, layout, day, token)
             commit_day(storage, layout, day, temps, json.dumps(report, indent=2, sort_keys=True))
         finally:
             for path in temps.values():
                 storage.delete(path)
-        later = [d for d in layout.built_days(storage) if d > day and d not in days]
-        if later:
-            log(f"note: {len(later)} later day(s) from {later[0]} were built on the previous state of {day}; "
-                f"rebuild them (--end {later[-1]}) if its input changed")
+        # the chain includes the days this run rebuilds next (if it stops early, they must not
+        # look current); only the others need telling
+        stale = [d for d in chain if d not in days]
+        if stale:
+            log(f"{len(stale)} later day(s) {_span(stale)} were built on the previous state of {day}: "
+                f"marked stale and unpublished; rebuild them with --start {stale[-1]} --catch-up")
         log(_summary(day, report))
         reports.append(report)
     return reports

@@ -4,12 +4,14 @@ It runs on one machine without a JVM (local samples, tests) and is the independe
 reference the Spark engine is compared against record by record, so it takes the plainest
 route to the semantics of docs/CONTRACTS.md rather than mirroring etl/spark_build.py:
 
-    raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py)
-        \\--valid--> dedupe by event_id (min by DEDUP_ORDER) = the day's kept rows
+    raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py, then
+        |                   requests whose valid rows disagree on user or time)
+        \\--valid--> dedupe by event_id (min by DEDUP_ORDER), minus event_ids the state
+              |          kept within the lateness bound = the day's kept rows
               |-- events: the previous state exploded + the kept rows, in one table sorted
               |   by (user_id, event_ts, event_id) and ranked 0, 1, ... within each user
               |-- the state after D: per user, the last max_len events logged before the
-              |   end of D, then every later one
+              |   end of D, then every later one; and the dedup window's ids
               \\-- requests: targets sorted by (position, event_id);
                   k = the user's events with event_ts < request_ts (an as-of join on the ranks);
                   LEFT join the user's event lists (cold-start users keep their record);
@@ -25,17 +27,16 @@ import datetime as dt
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataset.layout import ROW_GROUP_BYTES
+from dataset.parquet_files import read_arrow
 from dataset.storage import LocalStorage
 from etl.build import DayCounts, length_summary
-from etl.row_rules import DEDUP_ORDER, REASONS, polars_ops, reason_expr
+from etl.row_rules import DEDUP_ORDER, INCONSISTENT_REQUEST, REASONS, REQUEST_KEYS, polars_ops, reason_expr
 from features.actions import encode_actions
-from schemas.check import check_arrow_schema
 from schemas.contracts import (
-    DAY_MS, HIST_PREFIX, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TARGET, TASKS, TGT_PREFIX,
+    DAY_MS, DEFAULT_LATENESS_MS, HIST_PREFIX, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TARGET, TASKS, TGT_PREFIX,
     USER_STATE, day_start_ms,
 )
 from schemas.forms import to_arrow, to_polars
@@ -58,39 +59,61 @@ class PolarsEngine:
         self.row_group_bytes = row_group_bytes
 
     def build_day(
-        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str]
+        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
+        lateness_ms: int = DEFAULT_LATENESS_MS,
     ) -> DayCounts:
         day_end = day_start_ms(day) + DAY_MS
-        tagged = _read_parquet_dir(raw_partition, RAW_LOG).with_columns(reason=reason_expr(polars_ops(day)))
+        tagged = _with_request_rule(
+            _read_parquet_dir(raw_partition, RAW_LOG).with_columns(reason=reason_expr(polars_ops(day, lateness_ms)))
+        )
         quarantine = tagged.filter(pl.col("reason").is_not_null()).sort(["reason", *RAW_LOG.names], nulls_last=True)
         valid = tagged.filter(pl.col("reason").is_null()).drop("reason")
-        kept = _dedupe(valid)
 
         prev = _read_parquet_dir(prev_state, USER_STATE) if prev_state is not None else _empty(USER_STATE)
+        seen = _dedup_window(prev, day_start_ms(day) - lateness_ms)
+        kept = _dedupe(valid).join(seen.select("event_id"), on="event_id", how="anti")
         events = _ranked_events(prev, kept)
-        state = _new_state(events, day_end, max_len)
+        state = _new_state(events, day_end, max_len, _dedup_lists(seen, kept, day_end - lateness_ms))
         records = _records(kept, events, max_len)
 
         _write(quarantine.select(QUARANTINE.names), QUARANTINE, temps["quarantine"], self.row_group_bytes)
         _write(state, USER_STATE, temps["state"], self.row_group_bytes)
         _write(records, REQUEST_RECORD, temps["requests"], self.row_group_bytes)
 
-        by_reason = dict(quarantine.group_by("reason").len().iter_rows())
-        lengths = records.group_by(pl.col("hist_item_id").list.len()).len().iter_rows()
+        # Counted from the input (duplicates) and from what was written (the rest), so the
+        # balance rows = targets + quarantined + duplicates can catch a lost or doubled row.
+        written = pl.read_parquet(f"{temps['requests']}/{PART_FILE}", columns=["request_id", "hist_item_id", "tgt_item_id"])
+        rejected = pl.read_parquet(f"{temps['quarantine']}/{PART_FILE}", columns=["reason", "request_id"])
+        by_reason = dict(rejected.group_by("reason").len().iter_rows())
+        lengths = written.group_by(pl.col("hist_item_id").list.len()).len().iter_rows()
         orphaned = (
-            quarantine.select(pl.col("request_id").drop_nulls().unique())
-            .join(kept.select("request_id"), on="request_id", how="anti")
+            rejected.select(pl.col("request_id").drop_nulls().unique())
+            .join(written.select("request_id"), on="request_id", how="anti")
         )
+        repeated = valid.height - valid["event_id"].n_unique()
+        across_days = valid.select("event_id").unique().join(seen.select("event_id"), on="event_id", how="semi").height
         return DayCounts(
             rows_read=tagged.height,
-            duplicates=valid.height - kept.height,
+            duplicates=repeated + across_days,
+            duplicates_across_days=across_days,
             quarantined={reason: int(by_reason.get(reason, 0)) for reason in REASONS},
-            requests=records.height,
-            targets=kept.height,
+            requests=written.height,
+            targets=int(written["tgt_item_id"].list.len().sum() or 0),
             requests_without_valid_impressions=orphaned.height,
             users_in_state=state.height,
             history_length=length_summary(dict(lengths)),
         )
+
+
+def _with_request_rule(tagged: pl.DataFrame) -> pl.DataFrame:
+    """The valid rows of request_ids whose valid rows disagree on REQUEST_KEYS get INCONSISTENT_REQUEST."""
+    valid = pl.col("reason").is_null()
+    disagree = pl.any_horizontal(
+        [pl.col(k).filter(valid).n_unique().over("request_id") > 1 for k in REQUEST_KEYS]
+    )
+    return tagged.with_columns(
+        reason=pl.when(valid & disagree).then(pl.lit(INCONSISTENT_REQUEST)).otherwise(pl.col("reason"))
+    )
 
 
 # ---------------------------------------------------------------- reading and writing
@@ -101,17 +124,8 @@ def _empty(contract: Schema) -> pl.DataFrame:
 
 
 def _read_parquet_dir(path: str, contract: Schema) -> pl.DataFrame:
-    """The contract's columns of every part file in `path`, each file's schema checked first."""
-    files = sorted(p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")))
-    if not files:  # a complete partition of a day without impressions
-        return _empty(contract)
-    schema = to_arrow(contract)
-    tables = []
-    for f in files:
-        check_arrow_schema(pq.read_schema(f), contract, source=str(f))
-        # the cast unifies what the check allows to differ: nullability, large_string
-        tables.append(pq.read_table(f, columns=contract.names).select(contract.names).cast(schema))
-    return pl.from_arrow(pa.concat_tables(tables))
+    """The contract's columns of every data file in `path`, all checked first, as the Spark engine checks them."""
+    return pl.from_arrow(read_arrow(path, contract))
 
 
 def _write(frame: pl.DataFrame, contract: Schema, directory: str, row_group_bytes: int) -> None:
@@ -162,10 +176,12 @@ def _ranked_events(prev: pl.DataFrame, kept: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _new_state(events: pl.DataFrame, day_end: int, max_len: int) -> pl.DataFrame:
-    """Per user: the last max_len events logged before day_end, then all later (pending) ones."""
+def _new_state(events: pl.DataFrame, day_end: int, max_len: int, dedup: pl.DataFrame) -> pl.DataFrame:
+    """Per user: the last max_len events logged before day_end, then all later (pending) ones,
+    and the dedup lists (`dedup`: one row per user)."""
     # sum() of booleans is unsigned: cast before subtracting
     logged_before_end = (pl.col("event_ts") < day_end).sum().cast(pl.Int64).over("user_id")
+    empty = {c: pl.col(c).fill_null(pl.lit([], dtype=dtype)) for c, dtype in dedup.schema.items() if c != "user_id"}
     return (
         events.filter(pl.col("rank") >= logged_before_end - max_len)
         .group_by("user_id")
@@ -173,7 +189,31 @@ def _new_state(events: pl.DataFrame, day_end: int, max_len: int) -> pl.DataFrame
             *[pl.col(f).alias(HIST_PREFIX + f) for f in HIST],
             pending_event_id=pl.col("event_id").filter(pl.col("event_ts") >= day_end),
         )
+        .join(dedup, on="user_id", how="left")
+        .with_columns(**empty)
         .sort("user_id")
+    )
+
+
+def _dedup_window(prev: pl.DataFrame, since: int) -> pl.DataFrame:
+    """(user_id, event_id, event_ts) of the state's kept events logged at or after `since`."""
+    return (
+        prev.select("user_id", event_id="dedup_event_id", event_ts="dedup_event_ts")
+        .explode(["event_id", "event_ts"])
+        .filter(pl.col("event_ts") >= since)
+    )
+
+
+def _dedup_lists(seen: pl.DataFrame, kept: pl.DataFrame, since: int) -> pl.DataFrame:
+    """Per user, the event_ids and times of the kept events logged at or after `since`, in
+    (event_ts, event_id) order: the window the next day deduplicates against."""
+    cols = ["user_id", "event_id", "event_ts"]
+    return (
+        pl.concat([seen.select(cols), kept.select(cols)])
+        .filter(pl.col("event_ts") >= since)
+        .sort(["user_id", "event_ts", "event_id"])
+        .group_by("user_id", maintain_order=True)
+        .agg(dedup_event_id="event_id", dedup_event_ts="event_ts")
     )
 
 

@@ -5,8 +5,13 @@
 Publishing copies nothing. The build already wrote the records in the layout Petastorm's
 `make_batch_reader` reads (plain Parquet, list columns, row groups of about 32 MB decoded); the
 measurements behind choosing it over `materialize_dataset` + codecs are in docs/READER.md.
-A day's manifest names each file with its size, rows and row groups, and the build run it
-came from. It is written last, by a rename, so a reader sees a day whole or not at all.
+A day's manifest names each file with its size, SHA-256, rows and row groups, and the build
+run it came from. It is written last, by a rename, so a reader sees a day whole or not at all.
+
+Publishing hashes each file and refuses one whose bytes differ from the checksum the build
+report recorded, or a day whose files are not the ones the build wrote. A report from
+before checksums has none: the day is then published with the checksums of its bytes as
+they are now (`"checksums_from": "publish"`), without rebuilding it.
 
 Publishing refuses a day whose validation did not pass or is older than the day's build
 (etl.validation.require_publishable; an operator may override with a recorded reason).
@@ -18,11 +23,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from dataset.layout import BuildLayout, day_range
 from dataset.published import PublishedDataError
-from dataset.storage import Storage, absolute, is_local, storage_for
+from dataset.storage import Storage, absolute, open_input, storage_for
 from schemas.contracts import REQUEST_RECORD, SUCCESS_MARKER
 from schemas.errors import MissingPrerequisiteError
 
@@ -31,15 +38,28 @@ def _footer(path: str) -> tuple[int, int, object]:
     """(rows, row groups, arrow schema) from a Parquet footer, local or remote."""
     import pyarrow.parquet as pq
 
-    if is_local(path):
-        meta = pq.ParquetFile(path).metadata
-    else:
-        import pyarrow.fs as pafs
-
-        fs, inner = pafs.FileSystem.from_uri(path)
-        with fs.open_input_file(inner) as f:
-            meta = pq.ParquetFile(f).metadata
+    with open_input(path) as f:
+        meta = pq.ParquetFile(f).metadata
     return meta.num_rows, meta.num_row_groups, meta.schema.to_arrow_schema()
+
+
+def _checked_checksums(storage: Storage, records: str, names: list[str], report: dict, day: dt.date) -> dict[str, str]:
+    """The SHA-256 of each file, checked against the build report's (when it has them)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 8))) as pool:
+        actual = dict(zip(names, pool.map(lambda n: storage.checksum(f"{records}/{n}"), names)))
+    built = report.get("checksums", {}).get("requests")
+    if built is None:  # built before checksums were recorded
+        return actual
+    if sorted(built) != sorted(actual):
+        raise PublishedDataError(
+            f"the request files of ds={day} in {records} are not the ones its build wrote (on disk: "
+            f"{', '.join(sorted(actual)) or 'none'}; built: {', '.join(sorted(built)) or 'none'}); rebuild the day")
+    for name in names:
+        if actual[name] != built[name]:
+            raise PublishedDataError(
+                f"{records}/{name} does not match its build report (sha256 {actual[name][:12]}..., built "
+                f"{built[name][:12]}...): its bytes changed after it was built; rebuild and validate ds={day} again")
+    return actual
 
 
 def publish_day(out: str, day: dt.date, override_reason: str | None = None, storage: Storage | None = None) -> dict:
@@ -55,15 +75,16 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
         raise MissingPrerequisiteError(f"ds={day} is not built in {out}: run `longseq build` for it first")
     digest = layout.build_digest(storage, day)
     require_publishable(out, day, override_reason, storage=storage)
+    report = json.loads(storage.read_text(layout.report(day)))
+    names = [n for n in storage.list_names(records) if n.endswith(".parquet")]
+    checksums = _checked_checksums(storage, records, names, report, day)
     files = []
-    for name in storage.list_names(records):
-        if not name.endswith(".parquet"):
-            continue
+    for name in names:
         path = f"{records}/{name}"
         rows, groups, schema = _footer(path)
         check_arrow_schema(schema, REQUEST_RECORD, source=path)
-        files.append({"name": name, "bytes": storage.size(path), "rows": rows, "row_groups": groups})
-    report = json.loads(storage.read_text(layout.report(day)))
+        files.append({"name": name, "bytes": storage.size(path), "sha256": checksums[name], "rows": rows,
+                      "row_groups": groups})
     if layout.build_digest(storage, day) != digest:
         raise PublishedDataError(f"ds={day} was rebuilt while it was being published; publish it again")
     manifest = {
@@ -73,6 +94,7 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
         "build_digest": digest,
         "max_len": report.get("max_len"),
         "validation": "override" if override_reason else "passed",
+        "checksums_from": "build" if "checksums" in report else "publish",
         "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "rows": sum(f["rows"] for f in files),
         "row_groups": sum(f["row_groups"] for f in files),

@@ -5,6 +5,12 @@ a row breaks it. Spark Columns and polars Exprs share the operators (< <= != & |
 definition serves both engines; `Ops` supplies the few calls that differ. A row's reason
 is the first rule it breaks, in the order below (null checks first, so later rules only
 see non-null values).
+
+One rule spans rows: the rows of one request_id that pass every row rule must agree on
+REQUEST_KEYS (one user, one request_ts), or all of them are quarantined as
+INCONSISTENT_REQUEST. Merging them would make one user's impressions targets of another
+user's request, with the wrong history. Each engine applies it after the row rules with a
+group-by on request_id.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Any, Callable
 
-from schemas.contracts import DAY_MS, RAW_LOG, TASKS, day_start_ms
+from schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, RAW_LOG, TASKS, day_start_ms
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class Ops:
     is_null: Callable[[Any], Any]
     first_match: Callable[[list[tuple[Any, str]]], Any]  # [(condition, reason)] -> reason or null
     day_start_ms: int
+    lateness_ms: int = DEFAULT_LATENESS_MS
 
     @property
     def day_end_ms(self) -> int:
@@ -54,6 +61,11 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("event_before_request", lambda o: o.col("event_ts") < o.col("request_ts"), "event_ts < request_ts"),
     Rule(
+        "late_event",
+        lambda o: o.col("event_ts") - o.col("request_ts") > o.lateness_ms,
+        "event_ts - request_ts is more than the lateness bound (default 3 days)",
+    ),
+    Rule(
         "nonpositive_id",
         lambda o: _any([o.col(c) <= 0 for c in ("user_id", "item_id", "author_id")]),
         "user_id, item_id or author_id <= 0",
@@ -65,7 +77,9 @@ RULES: tuple[Rule, ...] = (
         "request_ts is not in the UTC day of its ds partition",
     ),
 )
-REASONS: tuple[str, ...] = tuple(r.reason for r in RULES)
+REQUEST_KEYS: tuple[str, ...] = ("user_id", "request_ts")
+INCONSISTENT_REQUEST = "inconsistent_request"
+REASONS: tuple[str, ...] = (*(r.reason for r in RULES), INCONSISTENT_REQUEST)
 
 # Duplicated event_ids collapse to the row that is smallest by these columns (all
 # required, so never null on a valid row): deterministic whatever order rows arrive in.
@@ -79,7 +93,7 @@ def reason_expr(ops: Ops) -> Any:
     return ops.first_match([(rule.broken(ops), rule.reason) for rule in RULES])
 
 
-def spark_ops(day: dt.date) -> Ops:
+def spark_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
     from pyspark.sql import functions as F
 
     def first_match(cases: list[tuple[Any, str]]) -> Any:
@@ -88,10 +102,11 @@ def spark_ops(day: dt.date) -> Ops:
             expr = expr.when(cond, F.lit(reason))
         return expr  # no otherwise: null when nothing matched
 
-    return Ops(col=F.col, is_null=lambda e: e.isNull(), first_match=first_match, day_start_ms=day_start_ms(day))
+    return Ops(col=F.col, is_null=lambda e: e.isNull(), first_match=first_match, day_start_ms=day_start_ms(day),
+               lateness_ms=lateness_ms)
 
 
-def polars_ops(day: dt.date) -> Ops:
+def polars_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
     import polars as pl
 
     def first_match(cases: list[tuple[Any, str]]) -> Any:
@@ -100,4 +115,5 @@ def polars_ops(day: dt.date) -> Ops:
             expr = expr.when(cond).then(pl.lit(reason))
         return expr.otherwise(pl.lit(None, dtype=pl.String))
 
-    return Ops(col=pl.col, is_null=lambda e: e.is_null(), first_match=first_match, day_start_ms=day_start_ms(day))
+    return Ops(col=pl.col, is_null=lambda e: e.is_null(), first_match=first_match, day_start_ms=day_start_ms(day),
+               lateness_ms=lateness_ms)

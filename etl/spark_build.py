@@ -6,12 +6,15 @@ that can still arrive (valid events of day D are logged at or after their reques
 after midnight). So a user's events are `settled ++ recent`, where only `recent` (the
 state's pending tail plus the day's events, small) needs sorting:
 
-    raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py)
-        \\--valid--> dedupe by event_id (min by DEDUP_ORDER) = the day's kept rows
+    raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py, then
+        |                   requests whose valid rows disagree on user or time)
+        \\--valid--> dedupe by event_id (min by DEDUP_ORDER), minus event_ids the state
+              |          kept within the lateness bound = the day's kept rows
               |-- recent events per user: the state's pending tail + the day's events,
               |   sorted by (event_ts, event_id)
               |-- per user: events = settled ++ recent  ->  the state after D: the last
-              |   max_len events logged before the end of D, then all later ones
+              |   max_len events logged before the end of D, then all later ones, and
+              |   the ids kept within the lateness bound (the next day's dedup window)
               \\-- requests: targets sorted by (position, event_id);
                   k = settled + (recent events with event_ts < request_ts), counted by a
                   window over requests and recent events ordered by (ts, requests first);
@@ -28,25 +31,23 @@ files), zstd, row groups of about 32 MB decoded (docs/ETL.md).
 from __future__ import annotations
 
 import datetime as dt
+from functools import reduce
 from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from py4j.protocol import Py4JJavaError
-from pyspark.sql.utils import AnalysisException
 
 from dataset.layout import ROW_GROUP_BYTES
+from dataset.parquet_files import read_spark
 from dataset.storage import RoutingStorage, Storage
 from etl.build import DayCounts, length_summary
-from etl.row_rules import DEDUP_ORDER, REASONS, reason_expr, spark_ops
+from etl.row_rules import DEDUP_ORDER, INCONSISTENT_REQUEST, REASONS, REQUEST_KEYS, reason_expr, spark_ops
 from features.actions import encode_actions
-from schemas.check import check_spark_schema
 from schemas.contracts import (
-    DAY_MS, HIST_PREFIX, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, TARGET, TASKS, TGT_PREFIX, USER_STATE,
+    DAY_MS, DEFAULT_LATENESS_MS, HIST_PREFIX, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, TARGET, TASKS, TGT_PREFIX, USER_STATE,
     day_start_ms,
 )
-from schemas.errors import SchemaMismatchError
 from schemas.forms import spark_type, to_spark
 from schemas.types import ListOf
 
@@ -62,6 +63,7 @@ LIST_WRITE_OPTIONS = {"parquet.block.size": str(SPARK_BLOCK_BYTES), "parquet.ena
 HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
 EVENT_SORT = ("event_ts", "event_id", *(f for f in HIST if f != "event_ts"))  # struct order = sort order
 TARGET_SORT = ("position", "event_id", *(f.name for f in TARGET))
+DEDUP_COLUMNS = ("dedup_event_id", "dedup_event_ts")
 
 
 def _required(expr: Column | str, dtype: Any) -> Column:
@@ -87,43 +89,40 @@ class SparkEngine:
     # ------------------------------------------------------------ reading
 
     def _read_raw(self, path: str) -> DataFrame:
-        files = [n for n in self.storage.list_names(path) if n.endswith(".parquet")]
-        if not files:  # a complete partition of a day without impressions
-            return self.spark.createDataFrame([], to_spark(RAW_LOG))
-        try:
-            df = self.spark.read.option("mergeSchema", "true").parquet(path)
-        except (AnalysisException, Py4JJavaError) as e:  # files disagree on a column's type
-            raise SchemaMismatchError(f"{path}: the files do not share one schema: {str(e).splitlines()[0]}") from None
-        check_spark_schema(df.schema, RAW_LOG, source=path)
-        return df.select(*RAW_LOG.names)
+        # every file checked as the polars engine checks it, then exactly those read
+        return read_spark(self.spark, self.storage, path, RAW_LOG)
 
     def _read_state(self, path: str | None) -> DataFrame:
         if path is None:
             return self.spark.createDataFrame([], to_spark(USER_STATE))
-        state = self.spark.read.parquet(path)
-        check_spark_schema(state.schema, USER_STATE, source=path)
-        return state.select(*USER_STATE.names)
+        return read_spark(self.spark, self.storage, path, USER_STATE)
 
     # ------------------------------------------------------------ the day
 
     def build_day(
-        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str]
+        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
+        lateness_ms: int = DEFAULT_LATENESS_MS,
     ) -> DayCounts:
         raw = self._read_raw(raw_partition)
-        tagged = raw.withColumn("reason", reason_expr(spark_ops(day))).persist(StorageLevel.MEMORY_AND_DISK)
+        tagged = _with_request_rule(raw.withColumn("reason", reason_expr(spark_ops(day, lateness_ms))))
+        tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            by_reason = {r["reason"]: r["count"] for r in tagged.groupBy("reason").count().collect()}
             self._write_quarantine(tagged, temps["quarantine"])
-            kept = self._dedupe(tagged.where(F.col("reason").isNull()).drop("reason"))
-            kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
+            valid = tagged.where(F.col("reason").isNull()).drop("reason")
             state = self._read_state(prev_state)
+            seen = _dedup_window(state, day_start_ms(day) - lateness_ms).persist(StorageLevel.MEMORY_AND_DISK)
+            # counted from the input, before deduplication runs, so the balance can catch it
+            input_counts = _input_counts(tagged, valid, seen)
+            kept = self._dedupe(valid).join(seen.select("event_id"), "event_id", "left_anti")
+            kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
             recent = self._recent_rows(kept, state)
             users = self._user_events(recent, state, day).persist(StorageLevel.MEMORY_AND_DISK)
-            self._write_state(users, max_len, temps["state"])
+            dedup = _dedup_lists(seen, kept, day_start_ms(day) + DAY_MS - lateness_ms)
+            self._write_state(users, dedup, max_len, temps["state"])
             self._write_requests(kept, recent, users, max_len, temps["requests"])
         finally:
             self.spark.catalog.clearCache()
-        return self._counts(by_reason, temps)
+        return self._counts(input_counts, temps)
 
     def _dedupe(self, valid: DataFrame) -> DataFrame:
         """One row per event_id: the smallest by DEDUP_ORDER, whatever order rows came in."""
@@ -173,18 +172,19 @@ class SparkEngine:
             _required("recent_event_id", ListOf(_elem("event_id"))).alias("recent_event_id"),
         )
 
-    def _write_state(self, users: DataFrame, max_len: int, path: str) -> None:
+    def _write_state(self, users: DataFrame, dedup: DataFrame, max_len: int, path: str) -> None:
         # keep the last max_len events logged before the end of the day, then every later one
         before_end = F.col("n_settled") + F.col("recent_before_end")
         start = F.greatest(before_end - max_len, F.lit(0)) + 1
         n_recent = F.size("recent_event_id")
-        state = users.select(
+        state = users.join(dedup, "user_id", "left").select(
             _required("user_id", USER_STATE["user_id"].dtype).alias("user_id"),
             *[_required(F.slice(f, start, F.size(f)), USER_STATE[HIST_PREFIX + f].dtype).alias(HIST_PREFIX + f) for f in HIST],
             _required(
                 F.slice("recent_event_id", F.col("recent_before_end") + 1, n_recent - F.col("recent_before_end")),
                 USER_STATE["pending_event_id"].dtype,
             ).alias("pending_event_id"),
+            *[_required(c, USER_STATE[c].dtype).alias(c) for c in DEDUP_COLUMNS],
         ).where(F.size("hist_event_ts") > 0)
         state.sortWithinPartitions("user_id").write.options(**LIST_WRITE_OPTIONS).parquet(path)
 
@@ -230,7 +230,7 @@ class SparkEngine:
 
     # ------------------------------------------------------------ counting, from what was written
 
-    def _counts(self, by_reason: dict, temps: dict[str, str]) -> DayCounts:
+    def _counts(self, input_counts: dict[str, int], temps: dict[str, str]) -> DayCounts:
         read = self.spark.read
         lengths = (
             read.parquet(temps["requests"])
@@ -239,19 +239,60 @@ class SparkEngine:
             .agg(F.count("*").alias("records"), F.sum("t").alias("targets"))
             .collect()
         )
-        quarantine = read.parquet(temps["quarantine"]).where("request_id is not null").select("request_id").distinct()
+        written = read.parquet(temps["quarantine"])
+        by_reason = {r["reason"]: int(r["count"]) for r in written.groupBy("reason").count().collect()}
+        quarantine = written.where("request_id is not null").select("request_id").distinct()
         orphaned = quarantine.join(read.parquet(temps["requests"]).select("request_id"), "request_id", "left_anti").count()
-        targets = sum(int(r["targets"]) for r in lengths)
         return DayCounts(
-            rows_read=sum(int(v) for v in by_reason.values()),
-            duplicates=int(by_reason.get(None, 0)) - targets,
+            rows_read=input_counts["rows"],
+            duplicates=input_counts["duplicates"],
+            duplicates_across_days=input_counts["across_days"],
             quarantined={reason: int(by_reason.get(reason, 0)) for reason in REASONS},
             requests=sum(int(r["records"]) for r in lengths),
-            targets=targets,
+            targets=sum(int(r["targets"]) for r in lengths),
             requests_without_valid_impressions=int(orphaned),
             users_in_state=read.parquet(temps["state"]).count(),
             history_length=length_summary({int(r["n"]): int(r["records"]) for r in lengths}),
         )
+
+
+def _with_request_rule(tagged: DataFrame) -> DataFrame:
+    """The valid rows of request_ids whose valid rows disagree on REQUEST_KEYS get INCONSISTENT_REQUEST."""
+    valid = F.col("reason").isNull()
+    w = Window.partitionBy("request_id")
+    # collect_set skips nulls, so only the valid rows' values are compared
+    disagree = [F.size(F.collect_set(F.when(valid, F.col(k))).over(w)) > 1 for k in REQUEST_KEYS]
+    return tagged.withColumn(
+        "reason", F.when(valid & reduce(lambda a, b: a | b, disagree), F.lit(INCONSISTENT_REQUEST)).otherwise(F.col("reason"))
+    )
+
+
+def _dedup_window(state: DataFrame, since: int) -> DataFrame:
+    """(user_id, event_id, event_ts) of the state's kept events logged at or after `since`."""
+    return state.select(
+        "user_id", F.inline(F.arrays_zip(F.col("dedup_event_id").alias("event_id"), F.col("dedup_event_ts").alias("event_ts")))
+    ).where(F.col("event_ts") >= since)
+
+
+def _dedup_lists(seen: DataFrame, kept: DataFrame, since: int) -> DataFrame:
+    """Per user, the event_ids and times of the kept events logged at or after `since`, in
+    (event_ts, event_id) order: the window the next day deduplicates against."""
+    rows = seen.unionByName(kept.select("user_id", "event_id", "event_ts")).where(F.col("event_ts") >= since)
+    ordered = rows.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct("event_ts", "event_id"))).alias("e"))
+    return ordered.select(
+        "user_id",
+        F.expr("transform(e, x -> x.event_id)").alias("dedup_event_id"),
+        F.expr("transform(e, x -> x.event_ts)").alias("dedup_event_ts"),
+    )
+
+
+def _input_counts(tagged: DataFrame, valid: DataFrame, seen: DataFrame) -> dict[str, int]:
+    """Rows read, and duplicates: valid rows beyond one per event_id, plus the distinct valid
+    event_ids the state had already kept within the lateness bound."""
+    rows = tagged.count()
+    totals = valid.agg(F.count("*").alias("n"), F.countDistinct("event_id").alias("ids")).collect()[0]
+    across = valid.select("event_id").distinct().join(seen.select("event_id"), "event_id", "left_semi").count()
+    return {"rows": rows, "duplicates": int(totals["n"]) - int(totals["ids"]) + across, "across_days": across}
 
 
 def _elem(field: str) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.settings_file import load_mapping
+from schemas.settings_file import load_mapping, typed_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -98,7 +98,10 @@ class SparkConfig:
         data = load_mapping(path, {f.name for f in fields(cls)}, "Spark config")
         if not isinstance(data.get("conf", {}), dict):
             raise LongseqError(f"{path}: 'conf' must be a mapping of Spark settings")
-        return cls(**data)
+        if data.get("conf"):  # Spark settings are text: YAML's `true` or `2` there mean "true", "2"
+            data["conf"] = {k: (str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v)
+                            for k, v in data["conf"].items()}
+        return cls(**typed_settings(cls, data, str(path)))
 
 
 def spark_session(config: SparkConfig | None = None) -> "SparkSession":

@@ -26,13 +26,13 @@ from functools import reduce
 from typing import Any
 
 from dataset.layout import BuildLayout, ds_name, partition_path
+from dataset.parquet_files import read_spark
 from dataset.raw import check_raw_partitions
 from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
 from schemas.contracts import (
-    DAY_MS, DEFAULT_MAX_LEN, HIST_PREFIX, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TASKS, TGT_PREFIX, day_start_ms,
+    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, HIST_PREFIX, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TASKS, TGT_PREFIX, day_start_ms,
 )
 from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.forms import to_spark
 
 SUITES = ("requests", "raw")
 HIST_COLUMNS = [f.name for f in REQUEST_RECORD if f.name.startswith(HIST_PREFIX)]
@@ -49,7 +49,7 @@ class ValidationConfig:
 
     max_len: int | None = None  # history length bound; default: the max_len in the day's build report
     raw_mostly: float = 0.99  # raw row rules: a few bad rows are quarantined by the build; more is an incident
-    lateness_ms: int = 2 * DAY_MS  # how long after its day an impression's outcome may still be logged
+    lateness_ms: int = DEFAULT_LATENESS_MS  # how long after its day an impression's outcome may still be logged
     label_rates: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {"finish": (0.05, 0.95), "skip": (0.01, 0.9), "like": (0.0, 0.5), "comment": (0.0, 0.3)}
     )
@@ -61,12 +61,11 @@ class ValidationConfig:
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> "ValidationConfig":
         """YAML/JSON with any of the fields above, e.g. `label_rates: {like: [0.01, 0.2]}`."""
-        from schemas.settings_file import load_mapping
+        from schemas.settings_file import load_settings
 
-        data = load_mapping(path, set(cls.__dataclass_fields__), "validation config")
-        rates = data.pop("label_rates", {}) or {}
+        data = load_settings(cls, path, "validation config")  # each value of its field's type, or one line
+        rates = data.pop("label_rates", None) or {}
         try:
-            rates = {task: (float(lo), float(hi)) for task, (lo, hi) in dict(rates).items()}
             cfg = cls(**{**data, **overrides})
         except (TypeError, ValueError) as e:
             raise LongseqError(f"{path}: {e} (label_rates maps a task to [low, high])") from None
@@ -270,11 +269,7 @@ def load_raw_frames(spark: Any, storage: Storage, raw: str | None, day: dt.date,
     if raw is None:
         raise LongseqError("--suite raw needs --raw DIR")
     check_raw_partitions(storage, raw.rstrip("/"), [day])
-    part = partition_path(raw, day)
-    if any(n.endswith(".parquet") for n in storage.list_names(part)):
-        data = spark.read.parquet(part)
-    else:  # a complete day without impressions
-        data = spark.createDataFrame([], to_spark(RAW_LOG))
+    data = read_spark(spark, storage, partition_path(raw, day), RAW_LOG)  # checked as the build checks it
     if sample:
         data = data.sample(fraction=sample, seed=0)
     return {"raw": raw_frame(data)}, raw_checks(cfg, day), None
@@ -337,9 +332,13 @@ def require_publishable(out: str, day: dt.date, override_reason: str | None = No
     the day holds now (a rebuild after validating needs a new validation).
 
     With an override reason, a failed or missing validation is let through and the
-    reason, who and when are recorded in DATA/validation/ds=D/override.json.
+    reason, who and when are recorded in DATA/validation/ds=D/override.json. A stale day
+    (built on the old state of a day rebuilt since) is refused even then.
     """
     storage = storage or LocalStorage()
+    stale = BuildLayout(out.rstrip("/")).stale_problem(storage, day)
+    if stale:  # its records are wrong whatever validation says: no override
+        raise ValidationFailed(f"refusing to publish: {stale}")
     path = f"{validation_dir(out, day)}/requests.json"
     problem = None
     if not storage.exists(path):

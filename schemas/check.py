@@ -21,6 +21,7 @@ def _mismatches(
     actual: Iterable[tuple[str, Any]],
     expected: Schema,
     convert: Callable[[Any], DType | None],
+    allow_extra: bool = True,
 ) -> list[str]:
     found = dict(actual)
     problems = []
@@ -32,6 +33,10 @@ def _mismatches(
         if got is None or _shape(got) != _shape(f.dtype):
             shown = _shape(got) if got is not None else found[f.name]
             problems.append(f"column {f.name!r}: expected {_shape(f.dtype)}, got {shown}")
+    for name in found if not allow_extra else ():
+        if name not in expected.names:
+            extra = convert(found[name])
+            problems.append(f"column {name!r} ({_shape(extra) if extra else found[name]}) is not in the contract")
     return problems
 
 
@@ -40,14 +45,17 @@ def _raise(problems: list[str], expected: Schema, source: str) -> None:
         raise SchemaMismatchError(f"{source} does not match the {expected.name} contract: " + "; ".join(problems))
 
 
-def check_arrow_schema(actual: pa.Schema, expected: Schema, source: str = "data") -> None:
-    """Raise SchemaMismatchError naming each missing or mistyped column. Extra columns are allowed."""
-    _raise(_mismatches(((f.name, f.type) for f in actual), expected, dtype_from_arrow), expected, source)
+def check_arrow_schema(actual: pa.Schema, expected: Schema, source: str = "data", allow_extra: bool = True) -> None:
+    """Raise SchemaMismatchError naming each missing or mistyped column, and each extra
+    one unless `allow_extra` (outputs may carry more columns; inputs are checked strictly)."""
+    found = ((f.name, f.type) for f in actual)
+    _raise(_mismatches(found, expected, dtype_from_arrow, allow_extra), expected, source)
 
 
-def check_spark_schema(actual: Any, expected: Schema, source: str = "data") -> None:
-    _raise(_mismatches(((f.name, f.dataType) for f in actual.fields), expected, dtype_from_spark), expected, source)
+def check_spark_schema(actual: Any, expected: Schema, source: str = "data", allow_extra: bool = True) -> None:
+    found = ((f.name, f.dataType) for f in actual.fields)
+    _raise(_mismatches(found, expected, dtype_from_spark, allow_extra), expected, source)
 
 
-def check_polars_schema(actual: Any, expected: Schema, source: str = "data") -> None:
-    _raise(_mismatches(actual.items(), expected, dtype_from_polars), expected, source)
+def check_polars_schema(actual: Any, expected: Schema, source: str = "data", allow_extra: bool = True) -> None:
+    _raise(_mismatches(actual.items(), expected, dtype_from_polars, allow_extra), expected, source)

@@ -23,6 +23,10 @@ SUCCESS_MARKER = "_SUCCESS"
 DEFAULT_MAX_LEN = 10_000
 
 DAY_MS = 86_400_000
+# How long after its request an impression's outcome may still be logged. A later event is
+# quarantined (late_event); event_ids stay in the user state this long, so a redelivery on a
+# later day within the bound is a duplicate (docs/CONTRACTS.md).
+DEFAULT_LATENESS_MS = 3 * DAY_MS
 
 
 def day_start_ms(day: dt.date) -> int:
@@ -98,12 +102,16 @@ USER_STATE = Schema(
         "max_len events logged before the end of D, then every event logged after it (a "
         "request of D+1 may still precede those). Lists ordered by (event_ts, event_id). "
         "Only the trailing events logged after D can still be reordered against new ones, "
-        "so only their event_ids are kept: pending_event_id, whose length says how many there are."
+        "so only their event_ids are kept: pending_event_id, whose length says how many there are. "
+        "dedup_event_id/ts: the user's kept events logged no more than the lateness bound before "
+        "the next day starts, whatever max_len keeps: a later day's copy of one is a duplicate."
     ),
     fields=(
         Field("user_id", INT64),
         *HISTORY_COLUMNS,
         Field("pending_event_id", ListOf(STRING), doc="event_ids of the trailing events logged after the state's day"),
+        Field("dedup_event_id", ListOf(STRING), doc="event_ids kept within the lateness bound, by (event_ts, event_id)"),
+        Field("dedup_event_ts", ListOf(INT64), doc="their event_ts, aligned"),
     ),
 )
 

@@ -6,9 +6,13 @@ state, no windows and no joins: plain Python loops over lists of dicts. It share
 with the engines beyond the contract definitions (column names, the reason names and
 their order, the dedup key columns); the row checks are re-implemented here on purpose.
 
-    validity   reason = the first rule a row breaks, in the order of etl.row_rules.REASONS
+    validity   reason = the first rule a row breaks, in the order of etl.row_rules.REASONS;
+               then every valid row of a request_id whose valid rows name two users or
+               two request_ts gets "inconsistent_request"
     dedupe     valid rows of one ds partition with the same event_id collapse to the
-               smallest by the DEDUP_ORDER columns
+               smallest by the DEDUP_ORDER columns; a row whose event_id was kept on an
+               earlier day, by a copy logged at most the lateness bound before this day
+               began, is a duplicate too
     history    the user's kept events with event_ts < request_ts, sorted by
                (event_ts, event_id as a string), the last max_len of them
     targets    the request's kept rows, sorted by (position, event_id)
@@ -29,9 +33,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from etl.row_rules import DEDUP_ORDER, REASONS
-from schemas.contracts import RAW_LOG, REQUEST_RECORD
+from schemas.contracts import DEFAULT_LATENESS_MS, RAW_LOG, REQUEST_RECORD
 
 LABELS = ("finish", "skip", "like", "comment")
+INCONSISTENT = "inconsistent_request"
 MS_PER_DAY = 24 * 60 * 60 * 1000
 
 
@@ -46,7 +51,7 @@ def _is_label(v: Any) -> bool:
     return v == 0 or v == 1
 
 
-def _checks(day: dt.date) -> list[tuple[str, Any]]:
+def _checks(day: dt.date, lateness_ms: int) -> list[tuple[str, Any]]:
     """(reason, row -> True when broken), in rule order. Null checks come first, so the
     later checks only ever see non-null values."""
     start = _day_start(day)
@@ -57,18 +62,20 @@ def _checks(day: dt.date) -> list[tuple[str, Any]]:
     checks += [
         ("label_out_of_range", lambda r: not all(_is_label(r[t]) for t in LABELS)),
         ("event_before_request", lambda r: r["event_ts"] < r["request_ts"]),
+        ("late_event", lambda r: r["event_ts"] > r["request_ts"] + lateness_ms),
         ("nonpositive_id", lambda r: r["user_id"] <= 0 or r["item_id"] <= 0 or r["author_id"] <= 0),
         ("negative_position", lambda r: r["position"] < 0),
         ("request_ts_outside_partition", lambda r: not (start <= r["request_ts"] < end)),
     ]
-    names = tuple(name for name, _ in checks)
+    names = (*(name for name, _ in checks), INCONSISTENT)
     if names != REASONS:  # the rules changed: this oracle must be updated with them
         raise AssertionError(f"reference rules {names} do not match etl.row_rules.REASONS {REASONS}")
     return checks
 
 
-def reason_of(row: dict, day: dt.date) -> str | None:
-    for name, broken in _checks(day):
+def reason_of(row: dict, day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> str | None:
+    """The first row rule `row` breaks (the request rule needs the other rows: see below)."""
+    for name, broken in _checks(day, lateness_ms):
         if broken(row):
             return name
     return None
@@ -94,6 +101,7 @@ def read_partition(raw: str | Path, day: dt.date) -> list[dict]:
 class DayExpectation:
     rows: int = 0
     duplicates: int = 0
+    duplicates_across_days: int = 0
     quarantined: dict[str, int] = field(default_factory=lambda: {r: 0 for r in REASONS})
     requests: int = 0
     targets: int = 0
@@ -134,27 +142,46 @@ def _action(e: dict) -> int:
     return e["finish"] * 1 + e["skip"] * 2 + e["like"] * 4 + e["comment"] * 8
 
 
-def _validate_and_dedupe(rows: list[dict], day: dt.date, exp: DayExpectation) -> list[dict]:
-    """The kept events of one ds partition; counts quarantined rows and duplicates in exp."""
+def _validate_and_dedupe(rows: list[dict], day: dt.date, exp: DayExpectation, lateness_ms: int,
+                         seen: dict[str, int]) -> list[dict]:
+    """The kept events of one ds partition; counts quarantined rows and duplicates in exp.
+    `seen`: event_id -> event_ts of every copy kept on earlier days (updated here)."""
     valid = []
     for row in rows:
-        reason = reason_of(row, day)
+        reason = reason_of(row, day, lateness_ms)
         if reason is None:
             valid.append(row)
         else:
             exp.quarantined[reason] += 1
             exp.quarantine_rows.append({**row, "reason": reason})
-    by_event: dict[str, list[dict]] = defaultdict(list)
+    by_request: dict[str, list[dict]] = defaultdict(list)
     for row in valid:
+        by_request[row["request_id"]].append(row)
+    consistent = []
+    for request_rows in by_request.values():
+        if len({r["user_id"] for r in request_rows}) > 1 or len({r["request_ts"] for r in request_rows}) > 1:
+            exp.quarantined[INCONSISTENT] += len(request_rows)
+            exp.quarantine_rows.extend({**r, "reason": INCONSISTENT} for r in request_rows)
+        else:
+            consistent.extend(request_rows)
+    by_event: dict[str, list[dict]] = defaultdict(list)
+    for row in consistent:
         by_event[row["event_id"]].append(row)
     kept = []
-    for copies in by_event.values():
+    since = _day_start(day) - lateness_ms
+    for event_id, copies in by_event.items():
+        exp.duplicates += len(copies) - 1
+        if event_id in seen and seen[event_id] >= since:
+            exp.duplicates += 1
+            exp.duplicates_across_days += 1
+            continue
         best = copies[0]
         for c in copies[1:]:
             if tuple(c[k] for k in DEDUP_ORDER) < tuple(best[k] for k in DEDUP_ORDER):
                 best = c
         kept.append(best)
-        exp.duplicates += len(copies) - 1
+    for e in kept:
+        seen[e["event_id"]] = e["event_ts"]
     return kept
 
 
@@ -231,17 +258,19 @@ def _fill_day_totals(
         raise AssertionError(f"reference accounting does not balance on {day}")
 
 
-def build_reference(raw: str | Path, days: list[dt.date], max_len: int) -> Reference:
+def build_reference(raw: str | Path, days: list[dt.date], max_len: int,
+                    lateness_ms: int = DEFAULT_LATENESS_MS) -> Reference:
     if max_len < 1:
         raise ValueError("max_len must be at least 1")
     per_day: dict[dt.date, DayExpectation] = {}
     kept: list[dict] = []
     kept_day: list[dt.date] = []
-    for day in days:
+    seen: dict[str, int] = {}
+    for day in sorted(days):
         exp = per_day[day] = DayExpectation()
         rows = read_partition(raw, day)
         exp.rows = len(rows)
-        day_kept = _validate_and_dedupe(rows, day, exp)
+        day_kept = _validate_and_dedupe(rows, day, exp, lateness_ms, seen)
         kept.extend(day_kept)
         kept_day.extend([day] * len(day_kept))
 

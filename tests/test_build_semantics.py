@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl.build import BuildConfig, build, length_summary
-from schemas.contracts import QUARANTINE, RAW_LOG, REQUEST_RECORD, day_start_ms
+from schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, QUARANTINE, RAW_LOG, REQUEST_RECORD, day_start_ms
 from schemas.forms import to_arrow
 from sources import SAMPLE_START
 from tests.reference_build import Reference, build_reference
@@ -90,8 +90,9 @@ def write_raw(raw: Path, day: dt.date, rows: list[dict]) -> None:
     (part / "_SUCCESS").touch()
 
 
-def run_build(engine, raw: Path, out: Path, start: dt.date, end: dt.date | None = None, max_len: int = 10_000) -> list[dict]:
-    config = BuildConfig(raw=str(raw), out=str(out), start=start, end=end, max_len=max_len)
+def run_build(engine, raw: Path, out: Path, start: dt.date, end: dt.date | None = None, max_len: int = 10_000,
+              lateness_ms: int = DEFAULT_LATENESS_MS) -> list[dict]:
+    config = BuildConfig(raw=str(raw), out=str(out), start=start, end=end, max_len=max_len, lateness_ms=lateness_ms)
     return build(engine, config, log=lambda m: None)
 
 
@@ -139,7 +140,7 @@ def assert_history_aligned(record: dict) -> None:
     assert [len(record[f"tgt_{c}"]) for c in ("author_id", "finish", "skip", "like", "comment")] == [m] * 5
 
 
-COUNT_KEYS = ("rows_read", "duplicates", "quarantined", "requests", "targets", "requests_without_valid_impressions")
+COUNT_KEYS = ("rows_read", "duplicates", "duplicates_across_days", "quarantined", "requests", "targets", "requests_without_valid_impressions")
 
 
 def expected_report_counts(ref: Reference, day: dt.date) -> dict:
@@ -147,6 +148,7 @@ def expected_report_counts(ref: Reference, day: dt.date) -> dict:
     return {
         "rows_read": exp.rows,
         "duplicates": exp.duplicates,
+        "duplicates_across_days": exp.duplicates_across_days,
         "quarantined": exp.quarantined,
         "requests": exp.requests,
         "targets": exp.targets,
@@ -154,9 +156,10 @@ def expected_report_counts(ref: Reference, day: dt.date) -> dict:
     }
 
 
-def assert_matches_reference(out: Path, raw: Path, days: list[dt.date], max_len: int) -> Reference:
+def assert_matches_reference(out: Path, raw: Path, days: list[dt.date], max_len: int,
+                             lateness_ms: int = DEFAULT_LATENESS_MS) -> Reference:
     """Every record, report count and quarantined row of each day equals the reference's."""
-    ref = build_reference(raw, days, max_len)
+    ref = build_reference(raw, days, max_len, lateness_ms)
     for day in days:
         got = read_records(out, day)
         want = ref.records_of(day)
@@ -466,6 +469,15 @@ def _dirty_day() -> tuple[list[dict], dict[str, str]]:
     bad("pos-and-day", "negative_position", position=-1, request_ts=end, event_ts=end + 1)
     bad("next-day", "request_ts_outside_partition", request_ts=end, event_ts=end + 5)
     bad("prev-day", "request_ts_outside_partition", request_ts=start - 1, event_ts=start + 5)
+    bad("late", "late_event", event_ts=t(0) + DEFAULT_LATENESS_MS + 1)
+    bad("late-and-day", "late_event", request_ts=end, event_ts=end + DEFAULT_LATENESS_MS + 1)
+    # one request_id with two users, another with two request_ts: all their valid rows go
+    for eid, rid, user, ts in [("inc-a", "bad-inc", 7, t(0)), ("inc-b", "bad-inc", 8, t(0)),
+                               ("inc-c", "bad-inc-ts", 7, t(0)), ("inc-d", "bad-inc-ts", 7, t(3))]:
+        rows.append(imp(eid, rid, user, ts, ts + 1000, 40))
+        want[eid] = "inconsistent_request"
+    rows.append(imp("inc-e", "bad-inc", 9, t(0), t(1), 41, finish=7))  # invalid first: its own reason
+    want["inc-e"] = "label_out_of_range"
     # valid: first ms of the day, the last ms, normal rows, and duplicates
     rows.append(imp("first-ms", "ok-first", 6, start, start, 11))
     rows.append(imp("last-ms", "ok-last", 6, end - 1, end + 1000, 12))
@@ -501,6 +513,59 @@ def test_accounting_balances_and_every_rule_has_its_reason(engine, tmp_path):
     assert sorted(recs) == ["mixed", "ok", "ok-first", "ok-last"]
     assert recs["ok"]["tgt_item_id"] == [20, 21, 22, 23]
     assert recs["ok-last"]["hist_item_id"] == [11, 20, 21, 22, 23, 30]
+    assert_matches_reference(out, raw, [D1], 10_000)
+
+
+def test_redelivery_on_a_later_day_is_a_duplicate_within_the_lateness_bound(engine, tmp_path):
+    """An event_id kept on D1 and delivered again on D2 (under another request) counts once,
+    while the D1 copy is logged within the lateness bound before D2 begins; not after."""
+    raw = tmp_path / "raw"
+    u = 70
+    write_raw(raw, D1, [imp("e1", "r1", u, t(0), t(1), 1), imp("e2", "r1", u, t(0), t(2), 2, position=1)])
+    d2 = NOON + DAY_MS
+    write_raw(raw, D2, [imp("e1", "r2", u, d2, d2 + 1000, 1), imp("e3", "r2", u, d2, d2 + 2000, 3, position=1)])
+    for lateness, across in [(DEFAULT_LATENESS_MS, 1), (3_600_000, 0)]:  # noon D1 is > 1 h before D2 began
+        out = tmp_path / f"out-{lateness}"
+        run_build(engine, raw, out, D1)
+        run_build(engine, raw, out, D2, lateness_ms=lateness)  # day by day: through the state
+        report = read_report(out, D2)
+        assert (report["duplicates"], report["duplicates_across_days"]) == (across, across)
+        want_targets = [3] if across else [1, 3]
+        assert read_records(out, D2)["r2"]["tgt_item_id"] == want_targets
+        assert_matches_reference(out, raw, [D1, D2], 10_000, lateness)
+
+
+def test_a_longer_lateness_than_the_state_has_is_refused(tmp_path):
+    from etl.polars_build import PolarsEngine
+    from schemas.errors import LongseqError
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_raw(raw, D1, [imp("e1", "r1", 1, t(0), t(1), 1)])
+    write_raw(raw, D2, [imp("e2", "r2", 1, NOON + DAY_MS, NOON + DAY_MS + 1, 2)])
+    run_build(PolarsEngine(), raw, out, D1, lateness_ms=DAY_MS)
+    with pytest.raises(LongseqError, match="built with --lateness 1d; its state cannot deduplicate over 2d"):
+        run_build(PolarsEngine(), raw, out, D2, lateness_ms=2 * DAY_MS)
+    run_build(PolarsEngine(), raw, out, D2, lateness_ms=DAY_MS // 2)  # shorter is fine
+    report = out / "reports" / f"ds={D1.isoformat()}" / "build.json"
+    report.write_text(json.dumps({k: v for k, v in json.loads(report.read_text()).items() if k != "lateness_ms"}))
+    with pytest.raises(LongseqError, match="built by an older longseq"):
+        run_build(PolarsEngine(), raw, out, D2)
+
+
+def test_request_id_shared_by_two_users_is_quarantined_not_merged(engine, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_raw(raw, D1, [
+        imp("a1", "shared", 1, t(0), t(1), 10), imp("b1", "shared", 2, t(0), t(2), 20, position=1),
+        imp("a2", "ra", 1, t(10), t(11), 11),
+        imp("late", "ra", 1, t(10), t(10) + DEFAULT_LATENESS_MS + 1, 12, position=1),  # "year 3000" kind
+    ])
+    run_build(engine, raw, out, D1)
+    recs = read_records(out, D1)
+    assert sorted(recs) == ["ra"] and hist(recs["ra"]) == [] and recs["ra"]["tgt_item_id"] == [11]
+    reasons = {r["event_id"]: r["reason"] for r in read_quarantine(out, D1)}
+    assert reasons == {"a1": "inconsistent_request", "b1": "inconsistent_request", "late": "late_event"}
+    state = pq.read_table(out / "state" / f"ds={D1.isoformat()}").to_pylist()
+    assert [s["pending_event_id"] for s in state] == [[]]  # nothing late waits in the state
     assert_matches_reference(out, raw, [D1], 10_000)
 
 

@@ -6,6 +6,10 @@
 Files are written to a temp name and renamed, so a run killed while saving leaves the
 previous checkpoint as the latest. They hold only tensors, numbers and strings, and are
 read with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
+
+A newest checkpoint that cannot be read (truncated by a full disk, corrupted, missing)
+does not end the run: `newest` falls back to the older ones kept beside it (KEEP), newest
+first, and says so; each holds its own position in the data, so resuming from it is exact.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from schemas.errors import LongseqError
 
 KEEP = 3  # checkpoints kept besides the newest
+# what a checkpoint holds; a file that loads without one of these is not a checkpoint of ours
+KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "torch_rng", "config")
 
 
 class CheckpointError(LongseqError):
@@ -56,9 +63,21 @@ def save(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     tmp_latest = directory / "latest.json.tmp"
     tmp_latest.write_text(json.dumps({"path": path.name, **position.__dict__}))
     os.replace(tmp_latest, latest)
-    for old in sorted(directory.glob("step-*.pt"))[:-(KEEP + 1)]:
+    for old in _by_step(directory)[KEEP + 1:]:
         old.unlink()
     return path
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.stem.removeprefix("step-"))
+    except ValueError:
+        return -1
+
+
+def _by_step(directory: Path) -> list[Path]:
+    """step-*.pt files, newest first (by step number: names stop sorting so past 999,999 steps)."""
+    return sorted(directory.glob("step-*.pt"), key=_step_of, reverse=True)
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -71,11 +90,53 @@ def latest(run_dir: Path) -> Path | None:
     return path
 
 
-def load(path: Path) -> dict:
+def newest(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict] | None:
+    """The newest checkpoint that can be read, and its state; None if the run has none.
+
+    latest.json's checkpoint first, then the older ones kept beside it, newest first; each
+    one skipped is named through `warn` with why. None readable is a CheckpointError."""
+    directory = _dir(run_dir)
+    pointer = directory / "latest.json"
+    if not pointer.exists():
+        return None
+    candidates = _by_step(directory)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        named = directory / json.loads(pointer.read_text())["path"]
+        candidates = [named] + [p for p in candidates if _step_of(p) < _step_of(named)]
+    except (OSError, ValueError, KeyError, TypeError) as e:  # written atomically, so only by hand or a bad disk
+        warn(f"{pointer} is unreadable ({type(e).__name__}: {e}); trying the checkpoints beside it, newest first")
+    failures: list[str] = []
+    for path in candidates:
+        state, problem = _try_load(path)
+        if state is None:
+            failures.append(f"{path.name} is unreadable ({problem})")
+            continue
+        if failures:
+            warn(f"checkpoint {'; '.join(failures)}; falling back to {path.name}")
+        return path, state
+    raise CheckpointError(f"no readable checkpoint in {directory}: {'; '.join(failures) or 'none there'}; "
+                          "train again in a new run directory")
+
+
+def _try_load(path: Path) -> tuple[dict | None, str]:
+    """The state in a checkpoint file, or None and why it cannot be read."""
+    if not path.exists():
+        return None, "missing"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, or one holding objects weights_only refuses
-        raise CheckpointError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:300]}") from None
+        return None, (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
+    if missing:
+        return None, f"not a longseq checkpoint (no {', '.join(missing)})"
+    return state, ""
+
+
+def load(path: Path) -> dict:
+    state, problem = _try_load(path)
+    if state is None:
+        raise CheckpointError(f"cannot load checkpoint {path}: {problem}")
+    return state
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:

@@ -9,6 +9,7 @@ row per target to Parquet.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +29,19 @@ from trainer.reader import ReaderConfig, open_published
 from trainer.train import TrainConfig
 
 
-def load_model(run_dir: Path | str, device: str | torch.device = "cpu",
-               attention: str = "padded") -> tuple[RankingModel, TrainConfig, int]:
-    """The run's newest weights, in eval mode, with the attention kernel asked for (padded or
-    flex: the same numbers); and its config and step."""
-    path = checkpoint.latest(Path(run_dir))
-    if path is None:
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)  # stdout holds the results
+
+
+def load_model(run_dir: Path | str, device: str | torch.device = "cpu", attention: str = "padded",
+               warn: Callable[[str], None] = _warn) -> tuple[RankingModel, TrainConfig, int]:
+    """The run's newest readable weights (an unreadable newest checkpoint falls back to the
+    one before it, said through warn), in eval mode, with the attention kernel asked for
+    (padded or flex: the same numbers); and its config and step."""
+    found = checkpoint.newest(Path(run_dir), warn)
+    if found is None:
         raise MissingPrerequisiteError(f"no checkpoint in {run_dir}: train first (`longseq train --run-dir {run_dir}`)")
-    state = checkpoint.load(path)
+    path, state = found
     cfg = TrainConfig(**json.loads(state["config"]))
     model = RankingModel(cfg.model_config())
     checkpoint.load_weights(model, state, path)

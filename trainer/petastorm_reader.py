@@ -14,6 +14,10 @@ through without stacking, and pandas and Arrow hand it over without copying, so 
 thread unpacks views (`unpack`). The same function shuffles the row group's requests and
 truncates their histories while it packs: the kept values are copied once, and only
 they cross to the main thread.
+
+Petastorm takes the path of a file:// URL as it is written, without undoing its escapes,
+and urlparse cuts it at a '#' or '?'; the reader hands it escaped URLs (dataset.storage.file_url)
+and a filesystem that undoes the escapes (`_EscapedLocalFileSystem`).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import logging
 import warnings
 from functools import partial
 from typing import Iterator, Sequence
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
 
+from dataset.published import verify_published
 from schemas.contracts import REQUEST_RECORD
 from schemas.errors import LongseqError
 from schemas.forms import to_unischema
@@ -160,6 +166,49 @@ def unpack(payload: np.ndarray) -> RequestChunk:
     )
 
 
+def _escaped_local_filesystem():
+    """A pyarrow legacy LocalFileSystem (what Petastorm uses for file://) for paths that are
+    still percent-escaped: Petastorm passes the URL's path on as written."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pyarrow.filesystem is deprecated; Petastorm needs it
+        from pyarrow.filesystem import FileSystem, LocalFileSystem
+
+    class _EscapedLocalFileSystem(FileSystem):
+        # the methods pyarrow's legacy ParquetDataset and Petastorm's workers call; not a
+        # LocalFileSystem subclass, which pyarrow would bypass by opening the path itself
+        def __init__(self) -> None:
+            self._local = LocalFileSystem._get_instance()
+
+        def _path(self, path: str) -> str:
+            return unquote(path)
+
+        def open(self, path, mode="rb"):
+            return self._local.open(self._path(path), mode)
+
+        def exists(self, path) -> bool:
+            return self._local.exists(self._path(path))
+
+        def isdir(self, path) -> bool:
+            return self._local.isdir(self._path(path))
+
+        def isfile(self, path) -> bool:
+            return self._local.isfile(self._path(path))
+
+        def ls(self, path):
+            return self._local.ls(self._path(path))
+
+        def stat(self, path):
+            return self._local.stat(self._path(path))
+
+        def walk(self, path):
+            return self._local.walk(self._path(path))
+
+        def _isfilestore(self) -> bool:
+            return True
+
+    return _EscapedLocalFileSystem()
+
+
 class PetastormRequestReader:
     """With several workers, row groups finish in an order that depends on timing; each
     packed row group carries its identity, so results are put back into the order
@@ -169,6 +218,7 @@ class PetastormRequestReader:
     def __init__(self, urls: Sequence[str], config: ReaderConfig | None = None):
         self.config = config or ReaderConfig()
         self.urls = list(urls)
+        verify_published(self.urls)
         self._keys = row_group_keys(self.urls) if self.config.workers > 1 else None
 
     def _open(self, epoch: int):
@@ -179,11 +229,13 @@ class PetastormRequestReader:
         spec = TransformSpec(partial(pack_row_group, cfg=cfg, epoch=epoch),
                              edit_fields=[(PAYLOAD, np.int64, (), False)], selected_fields=[PAYLOAD])
         shards = {"cur_shard": cfg.shard, "shard_count": cfg.shard_count} if cfg.shard_count > 1 else {}
+        local = all(u.startswith("file://") for u in self.urls)
         try:
             return make_batch_reader(
                 self.urls, schema_fields=REQUEST_RECORD.names, reader_pool_type="thread",
                 workers_count=cfg.workers, results_queue_size=cfg.queue_size, seed=epoch_seed(cfg.seed, epoch),
-                shuffle_rows=False, shuffle_row_groups=cfg.shuffle, num_epochs=1, transform_spec=spec, **shards,
+                shuffle_rows=False, shuffle_row_groups=cfg.shuffle, num_epochs=1, transform_spec=spec,
+                filesystem=_escaped_local_filesystem() if local else None, **shards,
             )
         except NoDataAvailableError:
             raise LongseqError(f"fewer row groups than the {cfg.shard_count} shards: every shard needs at least one. "

@@ -15,6 +15,9 @@ constructor choice (`open_reader(..., engine="petastorm" | "arrow")`):
   Petastorm does for a seed, through the same steps: the reference for tests, and a
   reader with no Petastorm in it.
 
+Both check the bytes of published files against their manifest when they open them
+(dataset.published.verify_published), once per process and file.
+
 An epoch is one pass over this shard's row groups. Given the files, the config and the
 epoch, the batches are the same every time, for any number of workers: row groups that
 finish out of order are put back in the order Petastorm handed them out.
@@ -24,7 +27,8 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from dataset.published import published_files
+from dataset.published import published_files, verify_published
+from dataset.storage import local_path
 from schemas.contracts import REQUEST_RECORD
 from schemas.errors import LongseqError
 from trainer.batch import RequestBatch
@@ -45,6 +49,7 @@ class ArrowRequestReader:
 
         self.config = config or ReaderConfig()
         self.urls = list(urls)
+        verify_published(self.urls)
         self._groups: list[tuple[str, int]] = []
         for url in self.urls:
             try:
@@ -70,7 +75,7 @@ class ArrowRequestReader:
 
 
 def _local_path(url: str) -> str:
-    return url.removeprefix("file://")
+    return local_path(url)  # file:// URLs are escaped (a space, '#', '%' in a path)
 
 
 def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine: str = "auto") -> RequestReader:

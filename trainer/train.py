@@ -1,6 +1,7 @@
 """`longseq train`: STCA (or a baseline) on published days, with exact resume.
 
     RUN/config.json        the TrainConfig, as run
+    RUN/data.json          what it trains on: the data directory, the days, each day's published build
     RUN/checkpoints/       every checkpoint_every steps and at the end (trainer/checkpoint.py)
     RUN/train_log.csv      step, epoch, loss, lr, requests/s, tokens/s
     RUN/tensorboard/       the same curves for TensorBoard
@@ -10,13 +11,19 @@ Training reads U-shaped random-length suffixes of the histories (features/length
 evaluation and scoring read full length (trainer/evaluate.py). A run directory that holds
 checkpoints is resumed from the newest, and reaches the same weights as a run that was
 never interrupted: the reader gives the same batches for a seed and epoch, and the
-checkpoint says how many of them were consumed.
+checkpoint says how many of them were consumed. A resume must read the data the run was
+started on (data.json: the same days of the same builds) unless allowed otherwise.
+
+`max_steps` trains that many steps, going on into further epochs as needed; with `epochs`
+also set, the first limit reached stops the run. The lr schedule is sized to the steps the
+run will take (`plan_steps`), so its cosine decay ends at the last step.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -55,12 +62,15 @@ ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr"
 @dataclass
 class TrainConfig:
     preset: str = DEFAULT_PRESET  # a trainer.model_config.PRESETS name
-    model: dict = field(default_factory=dict)  # ModelConfig fields overriding the preset (arch, dim, ...)
-    epochs: int = 1
+    # ModelConfig fields overriding the preset (arch, dim, ...); settings files check them against ModelConfig
+    model: dict = field(default_factory=dict, metadata={"settings": ModelConfig})
+    # passes over the days; None: one, or as many as max_steps needs. With max_steps too, the first limit stops
+    epochs: int | None = None
     batch_size: int = 128  # requests; with token_budget, the most a batch may hold
     token_budget: int | None = None  # history tokens per batch
     truncation: bool = True  # train on random-length suffixes (U-shaped Beta)
-    length: dict = field(default_factory=dict)  # LengthSampler fields: min_len, max_len, alpha, beta, multiple
+    # LengthSampler fields: min_len, max_len, alpha, beta, multiple
+    length: dict = field(default_factory=dict, metadata={"settings": LengthSampler})
     max_len: int | None = None  # cap on training history length (with truncation off: train at a fixed length)
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -76,7 +86,7 @@ class TrainConfig:
     attention: str = "padded"  # or flex: jagged FlexAttention, no padding (CUDA; the same numbers)
     checkpoint_every: int = 100  # steps
     log_every: int = 10
-    max_steps: int | None = None  # stop after this many steps (the schedule is sized to it)
+    max_steps: int | None = None  # train this many steps, over as many epochs as it takes (see epochs)
     device: str = "auto"  # auto: cuda if present, else cpu
 
     def __post_init__(self) -> None:
@@ -87,11 +97,18 @@ class TrainConfig:
             self.sampler()
         except (TypeError, ValueError) as e:
             raise LongseqError(f"bad model, attention or length settings: {e}") from None
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or (self.embedding_lr or 1) <= 0:
-            raise LongseqError("epochs and batch_size must be >= 1, lr and embedding_lr > 0")
+        if (self.epochs or 1) < 1 or (self.max_steps or 1) < 1 or self.batch_size < 1 or self.lr <= 0 \
+                or (self.embedding_lr or 1) <= 0:
+            raise LongseqError("epochs, max_steps and batch_size must be >= 1, lr and embedding_lr > 0")
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
             raise LongseqError(f"unknown embedding_optimizer {self.embedding_optimizer!r}; "
                                f"choose {' or '.join(EMBEDDING_OPTIMIZERS)}")
+
+    def epoch_limit(self) -> int | None:
+        """Epochs the run may take: epochs if set, else 1, or no limit when max_steps is set."""
+        if self.epochs is not None:
+            return self.epochs
+        return None if self.max_steps is not None else 1
 
     def model_config(self) -> ModelConfig:
         return dataclasses.replace(PRESETS[self.preset], **self.model)
@@ -106,23 +123,30 @@ class TrainConfig:
         """Whether a config saved as JSON (a checkpoint's, a benchmark cache's) has these
         settings; a field it lacks, being newer than it, means what training did before it."""
         try:
-            return TrainConfig(**{**ADDED_FIELDS, **json.loads(other_json)}) == self
+            return TrainConfig(**{**ADDED_FIELDS, **json.loads(other_json)})._canonical() == self._canonical()
         except (TypeError, ValueError, LongseqError):
             return False
 
+    def _canonical(self) -> "TrainConfig":
+        # epochs unset without max_steps is one epoch: a config saved with epochs 1 (as all were
+        # before epochs could be unset) has the same settings
+        return dataclasses.replace(self, epochs=self.epoch_limit()) if self.max_steps is None else self
+
     @staticmethod
     def from_file(path: Path | str, **overrides) -> "TrainConfig":
-        from schemas.settings_file import load_mapping
+        """A YAML/JSON settings file, each value checked against its field's type (one-line
+        errors naming the file and field), with overrides (command-line flags) on top."""
+        from schemas.settings_file import load_settings
 
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{**load_mapping(path, names, "training config"), **overrides})
+        return TrainConfig(**{**load_settings(TrainConfig, path, "training config"), **overrides})
 
 
 def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio at `total` steps."""
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last of `total` steps
+    (step total - 1: the run's last step trains at the schedule's end)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - 1 - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -132,6 +156,194 @@ def reader_config(cfg: TrainConfig, rank: int = 0, world: int = 1, cuda: bool = 
         batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed, shard=rank, shard_count=world, truncation=cfg.sampler(), max_len=cfg.max_len, pin_memory=cuda,
         bucket_pool=cfg.bucket_pool)
+
+
+# ---------------------------------------------------------------- how many steps
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many steps a run takes from step 0, and so the length of its lr schedule."""
+
+    total: int  # steps the run takes, and the steps the lr schedule decays over
+    epochs: float  # those steps in epochs: 2.07 is two epochs and 7% of the third
+    per_epoch: int  # batches (per process) in the first epoch
+    exact: bool  # False with a token_budget: batches per epoch are then the fewest there can be
+    stopped_by: str  # "max_steps" or "epochs"
+
+    def describe(self, cfg: TrainConfig) -> str:
+        text = (f"training {self.total:,} steps = {self.epochs:.2f} epochs of {self.per_epoch:,} batches, "
+                f"the lr schedule sized to them")
+        if cfg.max_steps is not None and cfg.epochs is not None:
+            text += f" (epochs {cfg.epochs} and max_steps {cfg.max_steps}: the first limit reached, {self.stopped_by}, stops)"
+        if not self.exact and self.stopped_by == "epochs":
+            text += (f"; token_budget: an epoch has at least {self.per_epoch:,} batches (more when budgets fill "
+                     f"first), known only as read, so an epochs limit may run past the schedule's end, at its last lr")
+        return text
+
+
+def plan_steps(cfg: TrainConfig, files: list[PublishedFile], world: int = 1) -> StepPlan:
+    """The steps a run of cfg takes on files with `world` processes: max_steps, over as many
+    epochs as it needs; or its epochs' batches; with both, whichever comes first.
+
+    Batches by request count are exact: ceil(rows / batch_size) an epoch, or with several
+    processes the fewest of any rank's shard that epoch (every rank stops when one runs
+    out). With a token budget the count depends on the sampled lengths: ceil(rows /
+    batch_size) is the fewest, and is used."""
+    rows = sum(f.rows for f in files)
+    if rows == 0:
+        raise LongseqError("the days hold no requests to train on")
+    batches, exact = _epoch_batches(cfg, files, world)
+    limit, cap = cfg.epoch_limit(), cfg.max_steps
+    first = batches(0)
+    if first == 0:
+        raise LongseqError(f"a process has no batch in the first epoch: {world} processes for {rows:,} requests")
+    if exact and world > 1:  # epochs differ by shard: count them one by one
+        total, epochs, epoch = 0, 0.0, 0
+        while (limit is None or epoch < limit) and (cap is None or total < cap):
+            n = batches(epoch)
+            if n == 0:  # an epoch with no batch would never reach max_steps
+                break
+            take = n if cap is None else min(n, cap - total)
+            total, epochs, epoch = total + take, epochs + take / n, epoch + 1
+    else:
+        by_epochs = None if limit is None else limit * first
+        total = by_epochs if cap is None else cap if by_epochs is None else min(cap, by_epochs)
+        epochs = total / first
+    stopped_by = "max_steps" if cap is not None and total >= cap else "epochs"
+    return StepPlan(total, epochs, first, exact, stopped_by)
+
+
+def _epoch_batches(cfg: TrainConfig, files: list[PublishedFile], world: int) -> tuple[Callable[[int], int], bool]:
+    """Batches per process in an epoch (a function of the epoch), and whether that is exact."""
+    from trainer.reader_steps import row_group_schedule
+
+    rows = sum(f.rows for f in files)
+    if cfg.token_budget is not None or world == 1:
+        n = math.ceil(rows / world / cfg.batch_size)
+        return (lambda epoch: n), cfg.token_budget is None
+    groups = _row_group_rows([f.url for f in files])
+    configs = [reader_config(cfg, rank, world) for rank in range(world)]
+
+    def batches(epoch: int) -> int:  # the training loop stops when any rank has no batch left
+        return min(math.ceil(sum(groups[i] for i in row_group_schedule(len(groups), c, epoch)) / cfg.batch_size)
+                   for c in configs)
+
+    return batches, True
+
+
+def _row_group_rows(urls: list[str]) -> list[int]:
+    """Rows of each row group, numbered across the files in order (as shards number them)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    rows = []
+    for url in urls:
+        fs, path = pafs.FileSystem.from_uri(url)
+        with fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+        rows += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    return rows
+
+
+# ---------------------------------------------------------------- what a run reads
+
+
+class OtherDataError(LongseqError):
+    """A resume that would read other data than the run was started on."""
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """What a run reads (RUN/data.json): the build's output directory, the days, and each
+    day's published build: its build run and digest (a rebuild changes them), rows, and a
+    digest of its files' names, sizes and rows (a republish with other files changes it)."""
+
+    data: str
+    days: dict[str, dict]  # "YYYY-MM-DD" -> {"build_run", "build_digest", "rows", "files"}
+
+    @staticmethod
+    def read(data: str, start, end) -> "DataRecord":
+        from dataset.layout import BuildLayout, day_range
+        from dataset.storage import absolute, storage_for
+
+        root = absolute(data).rstrip("/")
+        storage, layout = storage_for(root, arrow=True), BuildLayout(root)
+        days = {}
+        for day in day_range(start, end):
+            manifest = json.loads(storage.read_text(layout.manifest(day)))
+            # the files as published_files checked them against this manifest (with checksums where it has them)
+            mine = sorted([f["name"], f["bytes"], f["rows"], f.get("sha256")] for f in manifest["files"])
+            days[day.isoformat()] = {"build_run": manifest.get("build_run"), "build_digest": manifest.get("build_digest"),
+                                     "rows": sum(f[2] for f in mine),
+                                     "files": hashlib.sha256(json.dumps(mine).encode()).hexdigest()[:16]}
+        return DataRecord(root, days)
+
+    def span(self) -> str:
+        days = sorted(self.days)
+        return f"{days[0]}..{days[-1]}" if days else "no days"
+
+    def differences(self, before: "DataRecord") -> list[str]:
+        """What this data has that `before` had otherwise, in words; [] for the same days of
+        the same builds, wherever they are read from."""
+        diffs = []
+        if set(self.days) != set(before.days):
+            diffs.append(f"days {before.span()}, now {self.span()}")
+        changed = []
+        for day in sorted(set(self.days) & set(before.days)):
+            was, now = before.days[day], self.days[day]
+            if (was["build_digest"], was["build_run"]) != (now["build_digest"], now["build_run"]):
+                changed.append(f"ds={day} was rebuilt (build {was['build_run']}, now {now['build_run']})")
+            elif was != now:
+                changed.append(f"ds={day} was republished with other files")
+        diffs += changed[:3] + ([f"and {len(changed) - 3} more days"] if len(changed) > 3 else [])
+        if diffs and self.data != before.data:
+            diffs.insert(0, f"data {before.data}, now {self.data}")
+        return diffs
+
+
+def _check_data(run_dir: Path, record: DataRecord, step: int, allow_other_data: bool, write: bool,
+                log: Callable[[str], None]) -> list[dict]:
+    """Refuse to resume on other data than data.json records, unless allowed; record what
+    the run reads from now on (and what changed, at which step). Returns the changes so far."""
+    path = run_dir / "data.json"
+    saved: dict | None = None
+    try:
+        saved = json.loads(path.read_text())
+        before = DataRecord(saved["data"], saved["days"])
+    except FileNotFoundError:  # a run from before data.json existed: its data is whatever it reads now
+        log(f"{run_dir} has no record of the data it was trained on (older than data.json); recording "
+            f"{record.data} {record.span()} at step {step}")
+        before = record
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not allow_other_data:
+            raise OtherDataError(f"{path} is unreadable ({type(e).__name__}: {e}), so this resume cannot be "
+                                 "checked against the run's data; pass --allow-other-data to record the data "
+                                 "read now") from None
+        before = DataRecord("?", {})
+    changes = list((saved or {}).get("changes", []))
+    diffs = record.differences(before)
+    if diffs and not allow_other_data:
+        raise OtherDataError(
+            f"{run_dir} was trained on {before.data} {before.span()}, not the data asked for now: {'; '.join(diffs)}. "
+            "Resume with the same --data/--start/--end, use a new --run-dir, or pass --allow-other-data to go on "
+            "with this data (recorded in data.json)")
+    if diffs:
+        log(f"resuming {run_dir} at step {step} on other data (--allow-other-data): {'; '.join(diffs)}")
+        changes.append({"at_step": step, "allowed_by": "--allow-other-data", "differences": diffs,
+                        "before": dataclasses.asdict(before)})
+    elif record.data != before.data:  # the same builds, moved or copied: the same records
+        log(f"{run_dir} reads the same builds from {record.data} now (was {before.data})")
+        changes.append({"at_step": step, "differences": [f"data {before.data}, now {record.data} (the same builds)"]})
+    if write and (saved is None or diffs or record.data != before.data):
+        _write_data(run_dir, record, changes)
+    return changes
+
+
+def _write_data(run_dir: Path, record: DataRecord, changes: list[dict]) -> None:
+    tmp = run_dir / "data.json.tmp"
+    tmp.write_text(json.dumps({**dataclasses.asdict(record), "changes": changes}, indent=2))
+    tmp.replace(run_dir / "data.json")
 
 
 def _reader(urls: list[str], cfg: TrainConfig, ctx: Context) -> RequestReader:
@@ -166,24 +378,27 @@ class _Log:
 
 
 def train(data: str, start, end, run_dir: Path | str, cfg: TrainConfig | None = None,
-          log: Callable[[str], None] = print, stop_after: int | None = None) -> dict:
+          log: Callable[[str], None] = print, stop_after: int | None = None, allow_other_data: bool = False) -> dict:
     """Train on the published days [start, end]; resume if run_dir holds checkpoints.
 
-    stop_after: stop (with a checkpoint) after this many steps of this call, as if killed:
-    for tests of resuming."""
+    A resume must read the days and builds the run was started on (RUN/data.json), unless
+    allow_other_data, which data.json then records. stop_after: stop (with a checkpoint)
+    after this many steps of this call, as if killed: for tests of resuming."""
     from dataset.published import published_files
 
     cfg = cfg or TrainConfig()
     run_dir = Path(run_dir)
+    files = published_files(data, start, end)
+    record = DataRecord.read(data, start, end)
     ctx = setup(cfg.device)
     try:
-        return _train(published_files(data, start, end), run_dir, cfg, ctx, log, stop_after)
+        return _train(files, record, run_dir, cfg, ctx, log, stop_after, allow_other_data)
     finally:
         teardown(ctx)
 
 
-def _train(files: list[PublishedFile], run_dir: Path, cfg: TrainConfig, ctx: Context, log: Callable[[str], None],
-           stop_after: int | None) -> dict:
+def _train(files: list[PublishedFile], record: DataRecord, run_dir: Path, cfg: TrainConfig, ctx: Context,
+           log: Callable[[str], None], stop_after: int | None, allow_other_data: bool) -> dict:
     from tqdm import tqdm
 
     if cfg.attention == "flex" and ctx.device.type != "cuda":
@@ -195,15 +410,16 @@ def _train(files: list[PublishedFile], run_dir: Path, cfg: TrainConfig, ctx: Con
                            "(gloo); with several GPUs use embedding_optimizer adamw")
     run_dir.mkdir(parents=True, exist_ok=True)
     urls, rows = [f.url for f in files], sum(f.rows for f in files)
-    total = cfg.max_steps or cfg.epochs * max(1, math.ceil(rows / ctx.world / cfg.batch_size))
-    run = _open_run(run_dir, cfg, ctx, total, log)
+    plan = plan_steps(cfg, files, ctx.world)
+    run = _open_run(run_dir, cfg, ctx, plan.total, log, record, allow_other_data)
     if ctx.is_main:
         log(f"training {cfg.model_config().arch} ({num_parameters(run.model):,} parameters) on {rows:,} requests, "
-            f"{ctx.world} process(es) on {ctx.device}, {cfg.epochs} epoch(s), about {total:,} steps -> {run_dir}")
+            f"{ctx.world} process(es) on {ctx.device} -> {run_dir}")
+        log(plan.describe(cfg))
     reader = _reader(urls, cfg, ctx)
     writer = _Log(run_dir) if ctx.is_main else None
     # no bar off a terminal (Airflow logs, CI) or on ranks but the first
-    bar = tqdm(total=total, initial=run.position.step, disable=None if ctx.is_main else True, unit="step",
+    bar = tqdm(total=plan.total, initial=run.position.step, disable=None if ctx.is_main else True, unit="step",
                dynamic_ncols=True)
     meter = TrainMeter()
     try:
@@ -217,7 +433,8 @@ def _train(files: list[PublishedFile], run_dir: Path, cfg: TrainConfig, ctx: Con
     summary = {"steps": run.position.step, "epochs_done": run.position.epoch, "finished": not interrupted,
                "checkpoint": str(run.last_good) if run.last_good else None, "parameters": num_parameters(run.model),
                "world_size": ctx.world, "rank": ctx.rank, "requests_seen": meter.requests_seen,
-               "weights_sha256": weights_digest(run.model)}
+               "weights_sha256": weights_digest(run.model), "schedule_steps": plan.total,
+               "planned_epochs": round(plan.epochs, 4), "data_changed_at_steps": [c["at_step"] for c in run.data_changes]}
     name = "train_summary.json" if ctx.is_main else f"train_summary.rank{ctx.rank}.json"
     (run_dir / name).write_text(json.dumps(summary, indent=2))
     return summary
@@ -240,6 +457,7 @@ class _Run:
     # so that a step never waits for the GPU; read at log steps and before every checkpoint
     bad_step: torch.Tensor | None = None
     bad_loss: torch.Tensor | None = None
+    data_changes: list[dict] = field(default_factory=list)  # data.json's: resumes on other data
 
     def watch(self, loss: torch.Tensor) -> None:
         """Note the step if its loss is not finite (the first such step only), on the device."""
@@ -264,24 +482,32 @@ class _Run:
         self.last_good = checkpoint.save(self.dir, self.model, self.optimizer, self.position, self.cfg.to_json())
 
 
-def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Callable[[str], None]) -> _Run:
-    """The model and optimizer: fresh from cfg.seed, or restored from run_dir's newest checkpoint."""
+def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Callable[[str], None],
+              data: DataRecord | None = None, allow_other_data: bool = False) -> _Run:
+    """The model and optimizer: fresh from cfg.seed, or restored from run_dir's newest
+    readable checkpoint (falling back past unreadable ones, said through log). With data, a
+    resume must read what data.json records (unless allow_other_data); a fresh run records it."""
     torch.manual_seed(cfg.seed)  # before building the model: its initial weights come from this seed
     with ctx.device:  # built where it trains: no host copy of tables that may not fit on the host
         model = RankingModel(cfg.model_config()).use_kernel(cfg.attention)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.embedding_optimizer, cfg.embedding_lr)
     position = checkpoint.Position()
-    resumed = checkpoint.latest(run_dir)
-    if resumed is not None:
-        state = checkpoint.load(resumed)
+    found = checkpoint.newest(run_dir, log)
+    resumed, changes = None, []
+    if found is not None:
+        resumed, state = found
         if not cfg.same_settings(state["config"]):
             raise LongseqError(f"{run_dir} holds a run with other settings (see {run_dir}/config.json); "
                                "use a new --run-dir, or the same settings to resume it")
+        if data is not None:
+            changes = _check_data(run_dir, data, int(state["step"]), allow_other_data, ctx.is_main, log)
         position = checkpoint.restore(state, resumed, model, optimizer)
         log(f"resuming {run_dir} from {resumed.name}: step {position.step}, epoch {position.epoch}, "
             f"batch {position.batch_in_epoch}")
     elif ctx.is_main:
         (run_dir / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2))
+        if data is not None:
+            _write_data(run_dir, data, [])
     net: torch.nn.Module = model
     if ctx.distributed:
         # the baseline arch "none" leaves the sequence encoder out of the graph
@@ -290,18 +516,22 @@ def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Ca
             find_unused_parameters=cfg.model_config().arch == "none")
     if cfg.compile:  # batches are jagged: every shape is dynamic, compiled once
         net = torch.compile(net, dynamic=True)
-    return _Run(run_dir, cfg, ctx, total, model, net, optimizer, position, last_good=resumed)
+    return _Run(run_dir, cfg, ctx, total, model, net, optimizer, position, last_good=resumed, data_changes=changes)
 
 
 def _run_epochs(run: _Run, reader: RequestReader, meter: TrainMeter, bar: tqdm, writer: _Log | None,
                 stop_after: int | None) -> bool:
-    """Train from run.position to the end of the last epoch, or to max_steps; returns True when
+    """Train from run.position to the end of the last epoch or to max_steps, whichever comes
+    first (max_steps alone: on through as many epochs as it takes); returns True when
     stop_after steps of this call cut it short (left mid-epoch, as if killed)."""
     cfg, ctx, position = run.cfg, run.ctx, run.position
     steps_now = 0
+    epochs = cfg.epoch_limit()
     # bf16 on GPU; on CPU a disabled context, so that CPU runs stay in float32
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    while position.epoch < cfg.epochs:
+    while epochs is None or position.epoch < epochs:
+        if cfg.max_steps is not None and position.step >= cfg.max_steps:  # before opening another epoch's reader
+            return False
         batches = reader.batches(position.epoch)
         for _ in range(position.batch_in_epoch):  # resuming mid-epoch: the same batches again
             next(batches, None)
@@ -330,6 +560,8 @@ def _run_epochs(run: _Run, reader: RequestReader, meter: TrainMeter, bar: tqdm, 
                 run.save()
             if stop_after is not None and steps_now >= stop_after:
                 return True
+        if position.batch_in_epoch == 0:  # an epoch with no batch: further ones would never reach max_steps
+            return False
         position.epoch += 1
         position.batch_in_epoch = 0
     return False
