@@ -234,13 +234,13 @@ def _epoch_batches(cfg: TrainConfig, files: list[PublishedFile], world: int) -> 
 
 def _row_group_rows(urls: list[str]) -> list[int]:
     """Rows of each row group, numbered across the files in order (as shards number them)."""
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
+
+    from dataset.storage import open_input  # escaped file:// URLs and cluster URIs alike
 
     rows = []
     for url in urls:
-        fs, path = pafs.FileSystem.from_uri(url)
-        with fs.open_input_file(path) as f:
+        with open_input(url) as f:
             meta = pq.ParquetFile(f).metadata
         rows += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     return rows
