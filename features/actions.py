@@ -1,18 +1,29 @@
-"""Action bit flags: the labels of one event packed into one int (finish 1, skip 2, like 4, comment 8)."""
+"""Action bit flags: the labels of one event packed into one int (default spec: finish 1, skip 2,
+like 4, comment 8; any spec: task i is 1 << i, in the spec's task order)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from schemas.contracts import TASKS
 
-ACTION_BITS: dict[str, int] = {task: 1 << i for i, task in enumerate(TASKS)}
-NUM_ACTIONS = 1 << len(TASKS)  # distinct flag values, for an embedding table
+
+def action_bits(tasks: Sequence[str] = TASKS) -> dict[str, int]:
+    return {task: 1 << i for i, task in enumerate(tasks)}
 
 
-def encode_actions(labels: Mapping[str, Any]) -> Any:
+def num_actions(tasks: Sequence[str] = TASKS) -> int:
+    """Distinct flag values, for an embedding table."""
+    return 1 << len(tasks)
+
+
+ACTION_BITS: dict[str, int] = action_bits()
+NUM_ACTIONS = num_actions()
+
+
+def encode_actions(labels: Mapping[str, Any], tasks: Sequence[str] = TASKS) -> Any:
     """Sum of label * bit over the tasks.
 
     Works on anything with * and +: numpy arrays, torch tensors, polars expressions and
@@ -20,12 +31,12 @@ def encode_actions(labels: Mapping[str, Any]) -> Any:
     must already be 0/1 (invalid rows are quarantined before this).
     """
     total: Any = 0
-    for task, bit in ACTION_BITS.items():
+    for task, bit in action_bits(tasks).items():
         total = labels[task] * bit + total
     return total
 
 
-def decode_actions(flags: np.ndarray) -> dict[str, np.ndarray]:
+def decode_actions(flags: np.ndarray, tasks: Sequence[str] = TASKS) -> dict[str, np.ndarray]:
     """Inverse of encode_actions: task -> 0/1 int8 array."""
     flags = np.asarray(flags)
-    return {task: ((flags & bit) != 0).astype(np.int8) for task, bit in ACTION_BITS.items()}
+    return {task: ((flags & bit) != 0).astype(np.int8) for task, bit in action_bits(tasks).items()}

@@ -5,18 +5,22 @@
                    its targets, aligned lists.
 - USER_STATE       the per-user history carried from one daily build to the next.
 
-The history and target columns are derived from the per-event fields below, so a
-feature added to HISTORY_EVENT appears in the request record and the state alike.
+All of them derive from a dataset spec (schemas/spec.py): its tasks become label columns
+and action bits, its inputs raw columns, its features history and target columns. The
+history and target columns derive from the per-event fields, so a feature on history
+events appears in the request record and the state alike. The names below are the
+default spec's contracts; `contracts_of(spec)` gives any spec's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from schemas.types import INT8, INT32, INT64, STRING, Field, ListOf, Schema
+from dataclasses import dataclass
+from functools import lru_cache
 
-# Tasks, in bit order: the action flag of task i is 1 << i (finish 1, skip 2, like 4, comment 8).
-TASKS: tuple[str, ...] = ("finish", "skip", "like", "comment")
+from schemas.spec import ID_TIME_COLUMNS, DatasetSpec, Feature, load_default_spec
+from schemas.types import INT8, INT32, STRING, Field, ListOf, Scalar, Schema
 
 PARTITION_COLUMN = "ds"  # UTC date of request_ts, YYYY-MM-DD
 SUCCESS_MARKER = "_SUCCESS"
@@ -37,88 +41,131 @@ def day_start_ms(day: dt.date) -> int:
 HIST_PREFIX = "hist_"
 TGT_PREFIX = "tgt_"
 
-RAW_LOG = Schema(
-    name="raw_log",
-    doc="Contract 1: raw impression log, one row per impression; untrusted input.",
-    fields=(
-        Field("event_id", STRING, nullable=True, doc="id of this log line; at-least-once delivery, may repeat"),
-        Field("request_id", STRING, nullable=True, doc="feed request that served the impression"),
-        Field("user_id", INT64, nullable=True),
-        Field("request_ts", INT64, nullable=True, doc="ms since epoch, when the request was served"),
-        Field("item_id", INT64, nullable=True, doc="video"),
-        Field("author_id", INT64, nullable=True),
-        Field("position", INT32, nullable=True, doc="rank of the item within the request"),
-        Field("event_ts", INT64, nullable=True, doc="ms since epoch, when the outcome was logged (>= request_ts)"),
-        Field("play_ms", INT32, nullable=True, required=False, doc="watch time"),
-        Field("duration_ms", INT32, nullable=True, required=False, doc="video length"),
-        *(Field(t, INT8, nullable=True, doc="label, 0 or 1") for t in TASKS),
-    ),
-)
 
-# One history event as the model sees it. `action` packs the task labels into bit flags.
-HISTORY_EVENT: tuple[Field, ...] = (
-    Field("item_id", INT64),
-    Field("author_id", INT64),
-    Field("event_ts", INT64, doc="ms since epoch, when the outcome was logged (in a record: < request_ts)"),
-    Field("action", INT32, doc="bit flags: 1 finish, 2 skip, 4 like, 8 comment"),
-)
+def _action_doc(tasks: tuple[str, ...]) -> str:
+    return "bit flags: " + ", ".join(f"{1 << i} {t}" for i, t in enumerate(tasks))
 
-# One target (impression of the request) as the model sees it.
-TARGET: tuple[Field, ...] = (
-    Field("item_id", INT64),
-    Field("author_id", INT64),
-    *(Field(t, INT8, doc="label, 0 or 1") for t in TASKS),
-)
+
+_ID_TIME_DOCS = {
+    "event_id": "id of this log line; at-least-once delivery, may repeat",
+    "request_id": "feed request that served the impression",
+    "request_ts": "ms since epoch, when the request was served",
+    "item_id": "the item shown: a video, a product, an ad",
+    "position": "rank of the item within the request",
+    "event_ts": "ms since epoch, when the outcome was logged (>= request_ts)",
+}
+
+
+def _feature_field(f: Feature) -> Field:
+    doc = f.doc or f"{f.kind} feature" + (f" from {f.source}" if f.source and f.source != f.name else "")
+    return Field(f.name, Scalar(f.stored_type), doc=doc)
+
+
+@dataclass(frozen=True)
+class Contracts:
+    """Every contract of one dataset spec."""
+
+    spec: DatasetSpec
+    raw_log: Schema
+    history_event: tuple[Field, ...]  # one history event as the model sees it
+    target: tuple[Field, ...]  # one target (impression of the request) as the model sees it
+    request_record: Schema
+    user_state: Schema
+    quarantine: Schema
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.spec.tasks
+
+    @property
+    def all(self) -> dict[str, Schema]:
+        return {s.name: s for s in (self.raw_log, self.request_record, self.user_state, self.quarantine)}
+
+
+@lru_cache(maxsize=None)
+def contracts_of(spec: DatasetSpec) -> Contracts:
+    tasks = spec.tasks
+    raw_log = Schema(
+        name="raw_log",
+        doc="Contract 1: raw impression log, one row per impression; untrusted input.",
+        fields=(
+            *(Field(name, Scalar(t), nullable=True, doc=_ID_TIME_DOCS.get(name, "")) for name, t in ID_TIME_COLUMNS.items()),
+            *(Field(i.name, Scalar(i.type), nullable=True, required=i.required, doc=i.doc) for i in spec.inputs),
+            *(Field(t, INT8, nullable=True, doc="label, 0 or 1") for t in tasks),
+        ),
+    )
+    history_event = (
+        Field("item_id", raw_log["item_id"].dtype),
+        Field("author_id", raw_log["author_id"].dtype),
+        Field("event_ts", raw_log["event_ts"].dtype,
+              doc="ms since epoch, when the outcome was logged (in a record: < request_ts)"),
+        Field("action", INT32, doc=_action_doc(tasks)),
+        *(_feature_field(f) for f in spec.features_on("history")),
+    )
+    target = (
+        Field("item_id", raw_log["item_id"].dtype),
+        Field("author_id", raw_log["author_id"].dtype),
+        *(_feature_field(f) for f in spec.features_on("target")),
+        *(Field(t, INT8, doc="label, 0 or 1") for t in tasks),
+    )
+    history_columns, target_columns = _lists(HIST_PREFIX, history_event), _lists(TGT_PREFIX, target)
+    request_record = Schema(
+        name="request_record",
+        doc=(
+            "Contract 2: one row per feed request. History = the user's valid events with "
+            "event_ts < request_ts, oldest first, most recent max_len kept; targets = the "
+            "request's valid impressions ordered by (position, event_id). hist_* lists share "
+            "one length, tgt_* lists another."
+        ),
+        fields=(
+            Field("request_id", raw_log["request_id"].dtype),
+            Field("user_id", raw_log["user_id"].dtype),
+            Field("request_ts", raw_log["request_ts"].dtype),
+            *history_columns,
+            *target_columns,
+        ),
+    )
+    user_state = Schema(
+        name="user_state",
+        doc=(
+            "Per-user history after day D, input to the build of day D+1: the most recent "
+            "max_len events logged before the end of D, then every event logged after it (a "
+            "request of D+1 may still precede those). Lists ordered by (event_ts, event_id). "
+            "Only the trailing events logged after D can still be reordered against new ones, "
+            "so only their event_ids are kept: pending_event_id, whose length says how many there are. "
+            "dedup_event_id/ts: the user's kept events logged no more than the lateness bound before "
+            "the next day starts, whatever max_len keeps: a later day's copy of one is a duplicate."
+        ),
+        fields=(
+            Field("user_id", raw_log["user_id"].dtype),
+            *history_columns,
+            Field("pending_event_id", ListOf(STRING), doc="event_ids of the trailing events logged after the state's day"),
+            Field("dedup_event_id", ListOf(STRING), doc="event_ids kept within the lateness bound, by (event_ts, event_id)"),
+            Field("dedup_event_ts", ListOf(raw_log["event_ts"].dtype), doc="their event_ts, aligned"),
+        ),
+    )
+    quarantine = Schema(
+        name="quarantine",
+        doc="Raw rows the build rejected, as they were read, with the first rule each broke.",
+        fields=(*raw_log.fields, Field("reason", STRING, doc="see etl/row_rules.py")),
+    )
+    return Contracts(spec, raw_log, history_event, target, request_record, user_state, quarantine)
 
 
 def _lists(prefix: str, fields: tuple[Field, ...]) -> tuple[Field, ...]:
     return tuple(Field(prefix + f.name, ListOf(f.dtype), doc=f.doc) for f in fields)
 
 
-HISTORY_COLUMNS: tuple[Field, ...] = _lists(HIST_PREFIX, HISTORY_EVENT)
-TARGET_COLUMNS: tuple[Field, ...] = _lists(TGT_PREFIX, TARGET)
-
-REQUEST_RECORD = Schema(
-    name="request_record",
-    doc=(
-        "Contract 2: one row per feed request. History = the user's valid events with "
-        "event_ts < request_ts, oldest first, most recent max_len kept; targets = the "
-        "request's valid impressions ordered by (position, event_id). hist_* lists share "
-        "one length, tgt_* lists another."
-    ),
-    fields=(
-        Field("request_id", STRING),
-        Field("user_id", INT64),
-        Field("request_ts", INT64),
-        *HISTORY_COLUMNS,
-        *TARGET_COLUMNS,
-    ),
-)
-
-USER_STATE = Schema(
-    name="user_state",
-    doc=(
-        "Per-user history after day D, input to the build of day D+1: the most recent "
-        "max_len events logged before the end of D, then every event logged after it (a "
-        "request of D+1 may still precede those). Lists ordered by (event_ts, event_id). "
-        "Only the trailing events logged after D can still be reordered against new ones, "
-        "so only their event_ids are kept: pending_event_id, whose length says how many there are. "
-        "dedup_event_id/ts: the user's kept events logged no more than the lateness bound before "
-        "the next day starts, whatever max_len keeps: a later day's copy of one is a duplicate."
-    ),
-    fields=(
-        Field("user_id", INT64),
-        *HISTORY_COLUMNS,
-        Field("pending_event_id", ListOf(STRING), doc="event_ids of the trailing events logged after the state's day"),
-        Field("dedup_event_id", ListOf(STRING), doc="event_ids kept within the lateness bound, by (event_ts, event_id)"),
-        Field("dedup_event_ts", ListOf(INT64), doc="their event_ts, aligned"),
-    ),
-)
-
-QUARANTINE = Schema(
-    name="quarantine",
-    doc="Raw rows the build rejected, as they were read, with the first rule each broke.",
-    fields=(*RAW_LOG.fields, Field("reason", STRING, doc="see etl/row_rules.py")),
-)
-
-CONTRACTS: dict[str, Schema] = {s.name: s for s in (RAW_LOG, REQUEST_RECORD, USER_STATE, QUARANTINE)}
+# The default spec's contracts, under the names most of the code base uses.
+DEFAULT_SPEC: DatasetSpec = load_default_spec()
+DEFAULT_CONTRACTS = contracts_of(DEFAULT_SPEC)
+TASKS: tuple[str, ...] = DEFAULT_SPEC.tasks  # in bit order: the action flag of task i is 1 << i
+RAW_LOG = DEFAULT_CONTRACTS.raw_log
+HISTORY_EVENT = DEFAULT_CONTRACTS.history_event
+TARGET = DEFAULT_CONTRACTS.target
+HISTORY_COLUMNS = _lists(HIST_PREFIX, HISTORY_EVENT)
+TARGET_COLUMNS = _lists(TGT_PREFIX, TARGET)
+REQUEST_RECORD = DEFAULT_CONTRACTS.request_record
+USER_STATE = DEFAULT_CONTRACTS.user_state
+QUARANTINE = DEFAULT_CONTRACTS.quarantine
+CONTRACTS: dict[str, Schema] = DEFAULT_CONTRACTS.all

@@ -1,0 +1,302 @@
+"""A dataset spec: one YAML file that says what a team's logs hold, and what to learn from them.
+
+Every contract (schemas/contracts.py), both build engines, the quarantine rules, the
+validation suites, the reader and the model derive from it (docs/SPEC.md):
+
+    name: ecommerce
+    tasks: [click, cart, purchase]        # binary label columns: action bits, heads, metrics
+    inputs:                               # raw columns besides the ids, the times and the labels
+      category_id: {type: int64, required: true}
+      price: {type: float32}
+    derived:                              # numbers computed from inputs, per row
+      price_per_unit: {ratio: [price, units]}
+    features:                             # what the model sees, on history events and/or targets
+      category: {kind: categorical, source: category_id, buckets: 4096, sides: [history, target]}
+      price: {kind: numeric, transform: bucketize, boundaries: [5, 20, 100], sides: [target]}
+
+The default spec (schemas/specs/default.yaml) is the Douyin-shaped contract longseq began
+with: four tasks, no side features, play_ms and duration_ms read and left unused.
+
+Records store each feature's plain value (a categorical id as int64, a number as float32);
+the model hashes, buckets or normalises them, so the same records serve other transforms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from schemas.errors import LongseqError
+
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+DEFAULT_SPEC_FILE = SPECS_DIR / "default.yaml"
+
+# The columns every spec has: the ids and times the history semantics are defined on.
+ID_TIME_COLUMNS: dict[str, str] = {
+    "event_id": "string", "request_id": "string", "user_id": "int64", "request_ts": "int64",
+    "item_id": "int64", "author_id": "int64", "position": "int32", "event_ts": "int64",
+}
+# Names the derived contracts use themselves: no task, input or feature may take them.
+RESERVED = frozenset({*ID_TIME_COLUMNS, "action", "reason", "ds", "seq"})
+SIDES = ("history", "target")
+KINDS = ("categorical", "numeric")
+TRANSFORMS = ("normalize", "log", "bucketize")
+INPUT_TYPES = ("int8", "int32", "int64", "float32", "float64")
+INTEGER_TYPES = ("int8", "int32", "int64")
+# A history event's labels are packed into one int32 of action bits, and the model embeds
+# each distinct combination: 2**16 rows is the largest table that stays cheap.
+MAX_TASKS = 16
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class SpecError(LongseqError):
+    """A dataset spec that cannot be read, or that contradicts itself or the data."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """A raw-log column besides the ids, the times and the labels."""
+
+    name: str
+    type: str = "int64"  # one of INPUT_TYPES
+    required: bool = False  # a null quarantines the row (missing_<name>); else it reads as 0
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A number computed from two inputs of the same row: numerator / denominator,
+    0 where either is null or the denominator is not positive."""
+
+    name: str
+    ratio: tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """What the model sees of an input or derived value, on history events, targets or both.
+
+    categorical: the integer value, hashed into `buckets` embedding rows.
+    numeric:     the value as float32, then normalize ((x - mean) / std) or log (log1p of
+                 max(x, 0)), both projected together; or bucketize (by `boundaries`) into
+                 its own embedding table.
+    """
+
+    name: str
+    kind: str  # categorical | numeric
+    source: str = ""  # the input or derived value; default: the feature's own name
+    sides: tuple[str, ...] = SIDES  # not `on`: YAML 1.1 reads a bare on as true
+    buckets: int = 1 << 12
+    transform: str = "normalize"
+    mean: float = 0.0
+    std: float = 1.0
+    boundaries: tuple[float, ...] = ()
+    doc: str = ""
+
+    @property
+    def embedded(self) -> bool:
+        """An embedding table (categorical, bucketized) rather than a projected number."""
+        return self.kind == "categorical" or self.transform == "bucketize"
+
+    @property
+    def table_rows(self) -> int:
+        return self.buckets if self.kind == "categorical" else len(self.boundaries) + 1
+
+    @property
+    def stored_type(self) -> str:
+        return "int64" if self.kind == "categorical" else "float32"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    tasks: tuple[str, ...]
+    inputs: tuple[Input, ...] = ()
+    derived: tuple[Derived, ...] = ()
+    features: tuple[Feature, ...] = ()
+    source: str = field(default="", compare=False)  # the file it came from, for errors
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    def features_on(self, side: str) -> tuple[Feature, ...]:
+        return tuple(f for f in self.features if side in f.sides)
+
+    def input(self, name: str) -> Input:
+        return next(i for i in self.inputs if i.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as its YAML file would hold it, every default spelt out."""
+        return {
+            "name": self.name,
+            "tasks": list(self.tasks),
+            "inputs": {i.name: {"type": i.type, "required": i.required, "doc": i.doc} for i in self.inputs},
+            "derived": {d.name: {"ratio": list(d.ratio)} for d in self.derived},
+            "features": {f.name: _feature_dict(f) for f in self.features},
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the canonical form without docs: two specs that read and build alike share it."""
+        def undocumented(x: Any) -> Any:
+            # sections become lists of [name, settings]: their order is the columns' order
+            if isinstance(x, dict):
+                return [[k, undocumented(v)] for k, v in x.items() if k != "doc"]
+            return x
+
+        canonical = json.dumps(undocumented(self.to_dict()))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _feature_dict(f: Feature) -> dict[str, Any]:
+    d = {k: v for k, v in asdict(f).items() if k != "name"}
+    d["sides"], d["boundaries"] = list(f.sides), list(f.boundaries)
+    return d
+
+
+# ---------------------------------------------------------------- reading
+
+
+def load_spec(path: Path | str) -> DatasetSpec:
+    """The spec in a YAML (or JSON) file; SpecError naming the file and the field otherwise."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"cannot read dataset spec {path}: {' '.join(str(e).split())}") from None
+    return spec_from_dict(data, str(path))
+
+
+def spec_from_dict(data: Any, source: str = "spec") -> DatasetSpec:
+    """A DatasetSpec from its mapping form (load_spec's file, or to_dict's output)."""
+    from schemas.settings_file import SettingsError, typed_settings
+
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: a dataset spec must be a mapping with name, tasks, inputs, derived, features")
+    allowed = {"name", "tasks", "inputs", "derived", "features"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise SpecError(f"{source}: unknown keys {sorted(map(str, unknown))}; allowed: {', '.join(sorted(allowed))}")
+    for key in ("name", "tasks"):
+        if key not in data:
+            raise SpecError(f"{source}: {key}: missing")
+
+    def section(key: str, cls: type) -> tuple:
+        entries = data.get(key) or {}
+        if not isinstance(entries, Mapping):
+            raise SpecError(f"{source}: {key}: expected a mapping of name -> settings, got {entries!r}")
+        out = []
+        for name, settings in entries.items():
+            settings = {} if settings is None else settings
+            if not isinstance(settings, Mapping):
+                raise SpecError(f"{source}: {key}.{name}: expected a mapping of settings, got {settings!r}")
+            if "name" in settings:
+                raise SpecError(f"{source}: {key}.{name}: the name is the key; remove 'name'")
+            try:
+                out.append(cls(name=str(name), **typed_settings(cls, settings, source, f"{key}.{name}.")))
+            except SettingsError as e:
+                raise SpecError(str(e)) from None
+        return tuple(out)
+
+    tasks = data["tasks"]
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise SpecError(f"{source}: tasks: expected a list of label column names, got {tasks!r}")
+    if not isinstance(data["name"], str):
+        raise SpecError(f"{source}: name: expected a string, got {data['name']!r}")
+    return DatasetSpec(
+        name=data["name"], tasks=tuple(tasks), inputs=section("inputs", Input), derived=section("derived", Derived),
+        features=section("features", Feature), source=source,
+    )
+
+
+# ---------------------------------------------------------------- consistency
+
+
+def _check(spec: DatasetSpec) -> None:
+    src = spec.source or f"spec {spec.name!r}"
+
+    def fail(where: str, message: str) -> None:
+        raise SpecError(f"{src}: {where}: {message}")
+
+    if not spec.tasks:
+        fail("tasks", "at least one binary label column is needed")
+    if len(spec.tasks) > MAX_TASKS:
+        fail("tasks", f"{len(spec.tasks)} tasks, but the action bits hold at most {MAX_TASKS}")
+    seen: dict[str, str] = {}
+    named = [("tasks", t) for t in spec.tasks] + [("inputs", i.name) for i in spec.inputs] \
+        + [("derived", d.name) for d in spec.derived]
+    for section, name in named:
+        where = f"{section}.{name}" if section != "tasks" else f"tasks[{spec.tasks.index(name)}]"
+        if not _NAME.fullmatch(name):
+            fail(where, f"{name!r} is not a column name (lower case letters, digits and _)")
+        if name in RESERVED:
+            fail(where, f"{name!r} is reserved (an id or time column, or one the records use)")
+        if name in seen:
+            fail(where, f"{name!r} is a duplicated name (also in {seen[name]})")
+        seen[name] = section
+    for i in spec.inputs:
+        if i.type not in INPUT_TYPES:
+            fail(f"inputs.{i.name}.type", f"{i.type!r} is not one of {', '.join(INPUT_TYPES)}")
+    inputs = {i.name: i for i in spec.inputs}
+    for d in spec.derived:
+        for part in d.ratio:
+            if part not in inputs:
+                fail(f"derived.{d.name}.ratio", f"unknown column {part!r}; the inputs are {sorted(inputs) or 'none'}")
+    values = {**{i.name: i.type for i in spec.inputs}, **{d.name: "float32" for d in spec.derived}}
+    feature_names: set[str] = set()
+    for f in spec.features:
+        where = f"features.{f.name}"
+        if not _NAME.fullmatch(f.name):
+            fail(where, f"{f.name!r} is not a column name (lower case letters, digits and _)")
+        if f.name in RESERVED or f.name in spec.tasks:
+            fail(where, f"{f.name!r} is a duplicated name (a label or a column the records use)")
+        if f.name in feature_names:
+            fail(where, f"{f.name!r} is a duplicated name")
+        feature_names.add(f.name)
+        source = f.source or f.name
+        if source in spec.tasks:
+            fail(f"{where}.source", f"{source!r} is a label: a feature made of a label leaks it")
+        if source not in values:
+            fail(f"{where}.source", f"unknown column {source!r}; the inputs and derived values are "
+                 f"{sorted(values) or 'none'}")
+        if f.kind not in KINDS:
+            fail(f"{where}.kind", f"{f.kind!r} is not one of {', '.join(KINDS)}")
+        if not f.sides:
+            fail(f"{where}.sides", "the feature is on neither history nor target: list history, target or both")
+        for side in f.sides:
+            if side not in SIDES:
+                fail(f"{where}.sides", f"{side!r} is not one of {', '.join(SIDES)}")
+        if len(set(f.sides)) != len(f.sides):
+            fail(f"{where}.sides", f"{list(f.sides)} names a side twice")
+        if f.kind == "categorical":
+            if values[source] not in INTEGER_TYPES:
+                fail(f"{where}.source", f"a categorical feature needs an integer column, {source!r} is {values[source]}")
+            if f.buckets < 2:
+                fail(f"{where}.buckets", f"need at least 2 (row 0 is padding), got {f.buckets}")
+        else:
+            if f.transform not in TRANSFORMS:
+                fail(f"{where}.transform", f"{f.transform!r} is not one of {', '.join(TRANSFORMS)}")
+            if f.transform == "normalize" and not f.std > 0:
+                fail(f"{where}.std", f"must be positive, got {f.std}")
+            if f.transform == "bucketize" and (not f.boundaries or list(f.boundaries) != sorted(set(f.boundaries))):
+                fail(f"{where}.boundaries", f"need a strictly increasing list, got {list(f.boundaries)}")
+
+
+def load_default_spec() -> DatasetSpec:
+    return load_spec(DEFAULT_SPEC_FILE)
+
+
+def resolve_spec(spec: DatasetSpec | Path | str | None) -> DatasetSpec:
+    """A spec object, a path to one, or None for the default."""
+    if spec is None:
+        from schemas.contracts import DEFAULT_SPEC
+
+        return DEFAULT_SPEC
+    if isinstance(spec, DatasetSpec):
+        return spec
+    return load_spec(spec)

@@ -1,0 +1,95 @@
+"""The dataset spec: its file form, its one-line errors, and the contracts derived from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schemas.contracts import DEFAULT_SPEC, REQUEST_RECORD, contracts_of
+from schemas.spec import DEFAULT_SPEC_FILE, MAX_TASKS, SPECS_DIR, SpecError, load_spec, spec_from_dict
+
+ECOMMERCE = SPECS_DIR / "ecommerce.yaml"
+
+
+def test_default_spec_is_the_original_contract() -> None:
+    # the Douyin-shaped contract longseq began with: the request record's columns, in order
+    assert DEFAULT_SPEC.tasks == ("finish", "skip", "like", "comment")
+    assert REQUEST_RECORD.names == [
+        "request_id", "user_id", "request_ts", "hist_item_id", "hist_author_id", "hist_event_ts", "hist_action",
+        "tgt_item_id", "tgt_author_id", "tgt_finish", "tgt_skip", "tgt_like", "tgt_comment",
+    ]
+    assert not DEFAULT_SPEC.features
+
+
+def test_round_trip_and_fingerprint(tmp_path: Path) -> None:
+    for path in (DEFAULT_SPEC_FILE, ECOMMERCE):
+        spec = load_spec(path)
+        again = tmp_path / "again.yaml"
+        again.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        assert load_spec(again) == spec
+        assert load_spec(again).fingerprint == spec.fingerprint
+    assert load_spec(ECOMMERCE).fingerprint != DEFAULT_SPEC.fingerprint
+    # a doc is not part of what a spec builds
+    data = DEFAULT_SPEC.to_dict()
+    data["inputs"]["play_ms"]["doc"] = "something else"
+    assert spec_from_dict(data).fingerprint == DEFAULT_SPEC.fingerprint
+
+
+def test_ecommerce_contracts() -> None:
+    c = contracts_of(load_spec(ECOMMERCE))
+    assert c.raw_log["category_id"].required and not c.raw_log["dwell_ms"].required
+    assert "dwell_ratio" not in c.raw_log  # derived, not read
+    assert [f.name for f in c.history_event] == [
+        "item_id", "author_id", "event_ts", "action", "category", "price_bucket", "dwell_ratio"]
+    assert [f.name for f in c.target] == ["item_id", "author_id", "category", "price_bucket", "click", "cart", "purchase"]
+    assert str(c.request_record["hist_dwell_ratio"].dtype) == "list<float32>"
+    assert str(c.request_record["tgt_category"].dtype) == "list<int64>"
+    assert "hist_category" in c.user_state and "tgt_click" not in c.user_state
+    assert c.quarantine.names[:-1] == c.raw_log.names
+    assert c.history_event[3].doc == "bit flags: 1 click, 2 cart, 4 purchase"
+
+
+def _base() -> dict:
+    return load_spec(ECOMMERCE).to_dict()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["features"]["category"].update(source="category"), "features.category.source: unknown column 'category'"),
+    (lambda d: d["inputs"].update(click={"type": "int8"}), "inputs.click: 'click' is a duplicated name (also in tasks)"),
+    (lambda d: d["features"]["category"].update(sides=[]), "features.category.sides: the feature is on neither history nor target"),
+    (lambda d: d["features"]["category"].update(sides=["user"]), "features.category.sides: 'user' is not one of history, target"),
+    (lambda d: d.update(tasks=[f"t{i}" for i in range(MAX_TASKS + 1)]), f"tasks: {MAX_TASKS + 1} tasks, but the action bits hold at most {MAX_TASKS}"),
+    (lambda d: d.update(tasks=[]), "tasks: at least one binary label column is needed"),
+    (lambda d: d["features"].update(leak={"kind": "numeric", "source": "purchase"}), "features.leak.source: 'purchase' is a label"),
+    (lambda d: d["features"]["category"].update(kind="embedding"), "features.category.kind: 'embedding' is not one of categorical, numeric"),
+    (lambda d: d["features"]["category"].update(source="dwell_ratio"), "features.category.source: a categorical feature needs an integer column"),
+    (lambda d: d["features"]["price_bucket"].update(boundaries=[5, 1]), "features.price_bucket.boundaries: need a strictly increasing list"),
+    (lambda d: d["inputs"]["dwell_ms"].update(type="decimal"), "inputs.dwell_ms.type: 'decimal' is not one of"),
+    (lambda d: d["inputs"]["dwell_ms"].update(required="yes"), "inputs.dwell_ms.required: expected true or false"),
+    (lambda d: d["derived"]["dwell_ratio"].update(ratio=["dwell_ms", "nope"]), "derived.dwell_ratio.ratio: unknown column 'nope'"),
+    (lambda d: d["inputs"].update(user_id={"type": "int64"}), "inputs.user_id: 'user_id' is reserved"),
+    (lambda d: d.update(taks=["a"]), "unknown keys ['taks']"),
+    (lambda d: d["features"]["category"].update(bucket=3), "features.category: unknown keys ['bucket']"),
+    (lambda d: d.update(tasks=["click", "click"]), "tasks[0]: 'click' is a duplicated name"),
+    (lambda d: d.update(tasks=["Click"]), "'Click' is not a column name"),
+])
+def test_spec_errors_are_one_line_and_name_the_field(tmp_path: Path, change, message: str) -> None:
+    data = _base()
+    change(data)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert str(path) in str(e.value) and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unreadable_spec(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read dataset spec"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="cannot read dataset spec"):
+        load_spec(bad)
