@@ -41,6 +41,8 @@ DEFAULT = DailySettings(raw="", data="")
         "data": Param(ENV("LONGSEQ_DATA", ENV("LONGSEQ_OUT", "")), type="string",
                       description="the build's output directory or URI (longseq --data)"),
         "max_len": Param(int(ENV("LONGSEQ_MAX_LEN", DEFAULT.max_len)), type="integer", minimum=1),
+        "spec": Param(ENV("LONGSEQ_SPEC", DEFAULT.spec), type="string",
+                      description="dataset spec file (docs/SPEC.md); empty: the one the output records, or the default"),
         "spark_master": Param(ENV("LONGSEQ_SPARK_MASTER", DEFAULT.spark_master), type="string"),
         "spark_conf": Param({}, type="object", description="extra Spark settings, KEY: VALUE"),
         "validation_config": Param(ENV("LONGSEQ_VALIDATION_CONFIG", ""), type="string"),

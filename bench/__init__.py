@@ -29,4 +29,5 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "long-history": _lazy("bench.long_history"),
     "extrapolation": _lazy("bench.extrapolation"),
     "gpu": _lazy("bench.gpu"),
+    "spec-cost": _lazy("bench.spec_cost"),
 }

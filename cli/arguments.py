@@ -7,6 +7,8 @@ same thing everywhere.
     --start/--end D    the days a command works on (--end defaults to --start)
     --device D         auto (a GPU if there is one), cpu, cuda, cuda:N
     --spark-config F   Spark settings; each stage's own settings file is --<stage>-config
+    --spec FILE        the dataset spec (docs/SPEC.md): given to generate and to the first build
+                       of an output; later stages read the one the output records (DATA/spec.yaml)
 
 Directories may be local paths or cluster URIs (hdfs://, s3a://); files are local paths.
 Results go to stdout; progress and warnings go to stderr.
@@ -161,6 +163,17 @@ def add_days(p: argparse.ArgumentParser, what: str, deprecated_start: Sequence[s
     p.add_argument("--start", *deprecated_start, action=Store, deprecated=deprecated_start, type=date, required=True,
                    metavar="YYYY-MM-DD", help=f"first day to {what}")
     p.add_argument("--end", type=date, metavar="YYYY-MM-DD", help=f"last day to {what} (default: --start)")
+
+
+def add_spec(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--spec", type=local_path, metavar="FILE", help=help)
+
+
+def dataset_spec(args: argparse.Namespace):  # -> schemas.spec.DatasetSpec | None
+    """The spec named by --spec, read and checked (None when not given)."""
+    from schemas.spec import load_spec
+
+    return load_spec(args.spec) if getattr(args, "spec", None) else None
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

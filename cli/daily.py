@@ -42,6 +42,7 @@ class DailySettings:
     raw: str  # raw log directory or URI (ds=YYYY-MM-DD partitions with _SUCCESS)
     data: str  # the build's output directory or URI
     max_len: int = DEFAULT_MAX_LEN
+    spec: str = ""  # a dataset spec file for the build (docs/SPEC.md), or "" for the one DATA records / the default
     spark_master: str = field(default_factory=lambda: SparkConfig().master)
     spark_conf: dict[str, str] = field(default_factory=dict)
     validation_config: str = ""  # a YAML/JSON ValidationConfig file, or "" for the defaults
@@ -77,7 +78,8 @@ def build_command(s: DailySettings, ds: str) -> str:
     conf = [w for k, v in sorted(s.spark_conf.items()) for w in ("--conf", f"{k}={v}")]
     return (f"PYSPARK_PYTHON={shlex.quote(sys.executable)} "
             + _q(s.spark_submit, "--master", s.spark_master, *conf, job,
-                 "--raw", s.raw, "--data", s.data, "--start", ds, "--max-len", s.max_len))
+                 "--raw", s.raw, "--data", s.data, "--start", ds, "--max-len", s.max_len,
+                 *(["--spec", s.spec] if s.spec else [])))
 
 
 def validate_command(s: DailySettings, ds: str) -> str:

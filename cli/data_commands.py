@@ -9,8 +9,8 @@ import argparse
 import datetime as dt
 
 from cli.arguments import (
-    SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, date, duration, fraction, local_path,
-    positive_int, progress, spark_config,
+    SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, dataset_spec, date, duration,
+    fraction, local_path, positive_int, progress, spark_config,
 )
 from dataset.output_lock import output_lock
 from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
@@ -32,6 +32,7 @@ def generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=date, default=SAMPLE_START, help=f"first day (default {SAMPLE_START})")
     p.add_argument("--profile", choices=sorted(PROFILES), default="default", help="size and model preset (default: default)")
     p.add_argument("--dirty", type=fraction, default=0.0, help="fraction of rows made invalid, for robustness tests (default 0)")
+    add_spec(p, "dataset spec whose shape the logs take: its tasks and inputs (docs/SPEC.md; default: the default spec)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -40,10 +41,12 @@ def run_generate(args: argparse.Namespace) -> int:
     from sources.generate import PROFILES, generate
 
     profile = PROFILES[args.profile].with_sizes(args.users, args.days)
-    report = generate(Path(args.raw), profile, args.seed, args.start, args.dirty, progress=progress)
+    spec = dataset_spec(args)
+    report = generate(Path(args.raw), profile, args.seed, args.start, args.dirty, progress=progress, spec=spec)
     dirty = ", ".join(f"{k} {v:,}" for k, v in report.dirty.items()) if args.dirty else "none"
+    shape = f" in the shape of spec {spec.name!r}" if spec is not None else ""
     print(f"wrote {report.rows:,} rows ({report.requests:,} requests, {profile.users:,} users, "
-          f"{profile.days} days) to {args.raw} in {report.seconds:.1f} s; dirty rows: {dirty}")
+          f"{profile.days} days){shape} to {args.raw} in {report.seconds:.1f} s; dirty rows: {dirty}")
     return 0
 
 
@@ -65,6 +68,8 @@ def adapt_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"a longer pause starts a new request (default {default.session_gap_minutes:g})")
     p.add_argument("--max-targets", type=positive_int, default=default.max_targets,
                    help=f"most ratings in one request (default {default.max_targets})")
+    add_spec(p, "dataset spec to write (default: the default spec's four tasks; schemas/specs/movielens.yaml adds the "
+                "genre as a side feature, docs/MOVIELENS.md)")
 
 
 def run_adapt(args: argparse.Namespace) -> int:
@@ -74,7 +79,10 @@ def run_adapt(args: argparse.Namespace) -> int:
 
     mapping = MovieLensMapping(days=args.days, start=args.start, session_gap_minutes=args.session_gap_minutes,
                                max_targets=args.max_targets)
-    report = adapt_movielens(args.ratings, Path(args.raw), movies=args.movies, mapping=mapping, progress=progress)
+    from schemas.contracts import DEFAULT_SPEC
+
+    report = adapt_movielens(args.ratings, Path(args.raw), movies=args.movies, mapping=mapping, progress=progress,
+                             spec=dataset_spec(args) or DEFAULT_SPEC)
     print(adaptation_summary(report))
     return 0
 
@@ -95,6 +103,8 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
                         f"event_id seen this recently on an earlier day is a duplicate (default "
                         f"{format_duration(DEFAULT_LATENESS_MS)}; e.g. 36h, 2d)")
     p.add_argument("--engine", choices=ENGINES, default=ENGINES[0], help=f"{' or '.join(ENGINES)} (local, no JVM); default {ENGINES[0]}")
+    add_spec(p, "dataset spec of the raw logs (docs/SPEC.md); recorded as DATA/spec.yaml by the first build, which "
+                "later builds must agree with (default: the recorded one, else the default spec)")
     p.add_argument("--catch-up", action="store_true",
                    help="first build, in order, the days between the last current day and --start that are missing "
                         "or stale (built on the old state of a day rebuilt since)")
@@ -108,14 +118,21 @@ def run_build(args: argparse.Namespace) -> int:
     if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
         raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
     config = BuildConfig(raw=args.raw, out=args.data, start=args.start, end=args.end, max_len=args.max_len,
-                         lateness_ms=args.lateness,
-                         catch_up=args.catch_up)
+                         lateness_ms=args.lateness, catch_up=args.catch_up, spec=_build_spec(args))
     # also taken (re-entrantly) by build(); here so that a busy output fails before Spark starts
     with output_lock(absolute(args.data), "build", log=progress):
         engine = make_engine(args.engine, spark_config(args) if args.engine == "spark" else None)
         reports = build(engine, config, log=progress)
     print(summarize_build(reports))
     return 0
+
+
+def _build_spec(args: argparse.Namespace):  # -> DatasetSpec
+    """--spec, or the spec DATA records (so that a later build needs no --spec), or the default."""
+    from dataset.spec_record import recorded_spec
+    from dataset.storage import storage_for
+
+    return dataset_spec(args) or recorded_spec(storage_for(absolute(args.data), arrow=True), absolute(args.data))
 
 
 # ---------------------------------------------------------------- validate
@@ -129,6 +146,8 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=SUITES, default=SUITES[0], help=f"what to validate (default {SUITES[0]})")
     add_raw(p, "raw log directory, for --suite raw", required=False)
     p.add_argument("--sample", type=float, help="validate a random fraction of the rows (0 < F <= 1)")
+    add_spec(p, "dataset spec of the raw logs (--suite raw, before a build recorded one); otherwise it must agree "
+                "with the one DATA records")
     add_config(p, "validation", "YAML/JSON validation settings: bands, raw_mostly, lateness_ms, warn_only")
     p.add_argument("--warn", action="append", default=[], metavar="CHECK", help="make a check (or glob) only warn; repeatable")
     p.add_argument("--critical", action="append", default=[], metavar="CHECK", help="make a warn-only check critical; repeatable")
@@ -150,6 +169,7 @@ def run_validate(args: argparse.Namespace) -> int:
     cfg.critical_only = (*cfg.critical_only, *args.critical)
     days = day_range(args.start, args.end)
     data = absolute(args.data)
+    spec = dataset_spec(args)  # read before Spark starts: a bad spec fails at once
     with output_lock(data, "validate", log=progress):  # before Spark starts: a busy output fails at once
         if args.suite == "requests" and is_local(data):  # also before Spark, when it is not needed to look
             _refuse_stale(LocalStorage(), data, days)
@@ -158,7 +178,7 @@ def run_validate(args: argparse.Namespace) -> int:
             _refuse_stale(RoutingStorage(spark), data, days)
         failed = []
         for day in days:
-            outcome = validate(spark, args.data, day, args.suite, raw=args.raw, cfg=cfg, sample=args.sample)
+            outcome = validate(spark, args.data, day, args.suite, raw=args.raw, cfg=cfg, sample=args.sample, spec=spec)
             print(summary_table(outcome), flush=True)
             failed += [] if outcome["passed"] else [
                 f"ds={day} ({', '.join(r['check'] for r in outcome['checks'] if r['critical'] and not r['success'])})"]
@@ -186,13 +206,15 @@ def publish_arguments(p: argparse.ArgumentParser) -> None:
     add_days(p, "publish")
     p.add_argument("--override-validation", metavar="REASON",
                    help="publish days whose validation failed or is missing; the reason is recorded")
+    add_spec(p, "refuse to publish unless DATA holds this dataset spec (default: the one it records)")
 
 
 def run_publish(args: argparse.Namespace) -> int:
     from etl.publish import publish
 
     with output_lock(absolute(args.data), "publish", log=progress):  # etl.validation refuses stale days
-        publish(args.data, args.start, args.end, override_reason=args.override_validation, log=print)
+        publish(args.data, args.start, args.end, override_reason=args.override_validation, log=print,
+                spec=dataset_spec(args))
     return 0
 
 

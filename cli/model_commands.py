@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from cli.arguments import Command, add_config, add_data, add_days, add_device, local_path, positive_int, progress
+from cli.arguments import (
+    Command, add_config, add_data, add_days, add_device, add_spec, dataset_spec, local_path, positive_int, progress,
+)
 from schemas.errors import LongseqError
 
 # ---------------------------------------------------------------- train
@@ -27,6 +29,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--allow-other-data", action="store_true",
                    help="resume a run on other data or days than it was started on (recorded in RUN/data.json)")
+    add_spec(p, "refuse to train unless DATA holds this dataset spec (default: the one DATA records, docs/SPEC.md)")
     add_device(p)
 
 
@@ -39,6 +42,9 @@ def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
     cfg = TrainConfig.from_file(args.config, **flags) if args.config else TrainConfig(**flags)
     if args.arch:
         cfg.model = {**cfg.model, "arch": args.arch}
+    if args.spec:
+        dataset_spec(args)  # a bad spec file fails here, in one line, before anything runs
+        cfg.spec = str(args.spec)
     return cfg
 
 
@@ -63,6 +69,7 @@ def _scoring_arguments(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="requests per batch (default 64)")
     p.add_argument("--attention", choices=("padded", "flex"), default="padded",
                    help="target attention kernel: padded (default) or flex (jagged FlexAttention; the same scores)")
+    add_spec(p, "refuse unless DATA holds this dataset spec (default: the one the model was trained on)")
     add_device(p)
 
 
@@ -82,7 +89,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise LongseqError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     evaluate(args.run_dir, args.data, args.start, args.end, max_len=args.max_len, batch_size=args.batch_size,
-             log=print, bootstrap=args.bootstrap, attention=args.attention, **_device(args))
+             log=print, bootstrap=args.bootstrap, attention=args.attention, spec=dataset_spec(args), **_device(args))
     return 0
 
 
@@ -95,7 +102,7 @@ def run_score(args: argparse.Namespace) -> int:
     from trainer.evaluate import score
 
     rows = score(args.run_dir, args.data, args.start, args.end, args.out, max_len=args.max_len,
-                 batch_size=args.batch_size, attention=args.attention, **_device(args))
+                 batch_size=args.batch_size, attention=args.attention, spec=dataset_spec(args), **_device(args))
     print(f"wrote {rows:,} target scores to {args.out}")
     return 0
 

@@ -45,21 +45,23 @@ def is_published(data: Path, day: dt.date) -> bool:
 
 
 def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, engine=None,
-                      max_len: int = DEFAULT_MAX_LEN, validate: bool = False,
+                      max_len: int = DEFAULT_MAX_LEN, validate: bool = False, spec=None,
                       override_reason: str = "generated sample: not validated",
                       log: Callable[[str], None] = quiet, show: Callable[[str], None] = quiet) -> list[dict]:
     """Build [start, end] from raw into data, gate each day, publish them; return the build
-    reports. log gets progress, show the results of each stage."""
+    reports. log gets progress, show the results of each stage; spec: the logs' dataset spec
+    (a DatasetSpec, or None for the default)."""
     from dataset.output_lock import output_lock
     from etl.build import BuildConfig, build, summarize_build
     from etl.publish import publish
+    from schemas.spec import resolve_spec
 
     if engine is None:
         from etl.polars_build import PolarsEngine
 
         engine = PolarsEngine()
     with output_lock(str(data), "pipeline", log=log):  # one holder from build to publish
-        reports = build(engine, BuildConfig(str(raw), str(data), start, end, max_len), log=log)
+        reports = build(engine, BuildConfig(str(raw), str(data), start, end, max_len, spec=resolve_spec(spec)), log=log)
         show(summarize_build(reports))
         if validate:
             validate_days(engine, data, day_range(start, end), show)
@@ -94,19 +96,21 @@ def prepare_generated(root: Path, profile, seed: int, *, start: dt.date = SAMPLE
     sample = Sample(root / "raw", root / "data", start, start + dt.timedelta(days=profile.days - 1))
     if reuse and is_published(sample.data, sample.end):
         return sample
-    generate(sample.raw, profile, seed, start, dirty=dirty, progress=publishing.get("log"))
+    generate(sample.raw, profile, seed, start, dirty=dirty, progress=publishing.get("log"), spec=publishing.get("spec"))
     build_and_publish(sample.raw, sample.data, sample.start, sample.end, **publishing)
     return sample
 
 
 def prepare_movielens(root: Path, ratings: Path, mapping=None, *, reuse: bool = False, **publishing) -> Sample:
     """MovieLens ratings adapted (sources/movielens.py), built and published."""
+    from schemas.spec import resolve_spec
     from sources.movielens import MovieLensMapping, adapt_movielens
 
     mapping = mapping or MovieLensMapping()
     sample = Sample(root / "raw", root / "data", mapping.start, mapping.start + dt.timedelta(days=mapping.days - 1))
     if reuse and is_published(sample.data, sample.end):
         return sample
-    adapt_movielens(ratings, sample.raw, mapping=mapping, progress=publishing.get("log", quiet))
+    adapt_movielens(ratings, sample.raw, mapping=mapping, progress=publishing.get("log", quiet),
+                    spec=resolve_spec(publishing.get("spec")))
     build_and_publish(sample.raw, sample.data, sample.start, sample.end, **publishing)
     return sample

@@ -6,7 +6,8 @@
 readable whole or not at all. A manifest names each Parquet file of the day's request
 records with its size, SHA-256, rows and row groups, and the build run it came from.
 Readers ask for a date range (`published_files`): every day in it must be published, and
-its files must have the sizes the manifest says. The trainer's readers then check the
+its files must have the sizes the manifest says. Each manifest names the dataset spec of
+its records, which must be DATA's (DATA/spec.yaml) and the one the reader expects. The trainer's readers then check the
 files' bytes against the manifest when they open them (`verify_published`): once per
 process and file, in threads, cached by (path, size, mtime).
 """
@@ -22,11 +23,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from dataset.layout import BuildLayout, day_range
+from dataset.spec_record import recorded_spec, spec_summary
 from dataset.storage import Storage, absolute, file_url, is_local, local_path, storage_for
-from schemas.contracts import PARTITION_COLUMN
+from schemas.contracts import DEFAULT_SPEC, PARTITION_COLUMN
 from schemas.errors import LongseqError, MissingPrerequisiteError
+from schemas.spec import DatasetSpec, SpecError, resolve_spec
 
-__all__ = ["PublishedDataError", "PublishedFile", "file_url", "published_days", "published_files", "verify_published"]
+__all__ = ["PublishedDataError", "PublishedFile", "built_spec_summary", "file_url", "published_days", "published_files",
+           "verify_published"]
 
 
 class PublishedDataError(LongseqError):
@@ -56,19 +60,49 @@ def _republish(data: str, day: dt.date) -> str:
     return f"publish it again (`longseq publish --data '{data}' --start {day}`)"
 
 
-def _manifest_files(storage: Storage, layout: BuildLayout, day: dt.date) -> list[dict]:
+def built_spec_summary(record: dict) -> dict:
+    """The {"name", "fingerprint"} of the spec a build report or a manifest records; one
+    written before specs existed has none, and was made with the default spec."""
+    return record.get("spec") or spec_summary(DEFAULT_SPEC)
+
+
+def _read_manifest(storage: Storage, layout: BuildLayout, day: dt.date) -> dict:
+    return json.loads(storage.read_text(layout.manifest(day)))
+
+
+def _manifest_files(manifest: dict, layout: BuildLayout, day: dt.date) -> list[dict]:
     """The manifest's file entries; a manifest from before checksums is refused: re-publishing
     it (which reads the bytes, rebuilds nothing) records them."""
-    files = json.loads(storage.read_text(layout.manifest(day)))["files"]
+    files = manifest["files"]
     if any("sha256" not in f for f in files):
         raise PublishedDataError(f"ds={day} in {layout.out} was published without checksums, so its bytes cannot be "
                                  f"checked: {_republish(layout.out, day)}")
     return files
 
 
-def published_files(data: str, start: dt.date, end: dt.date | None = None, storage: Storage | None = None) -> list[PublishedFile]:
+def _described(summary: dict) -> str:
+    return f"{summary['name']!r} ({summary['fingerprint']})"
+
+
+def _check_manifest_spec(manifest: dict, layout: BuildLayout, day: dt.date, recorded: DatasetSpec,
+                         wanted: DatasetSpec | None) -> None:
+    """The day's records are of DATA's spec, and of the one the reader expects."""
+    published = built_spec_summary(manifest)
+    if published["fingerprint"] != recorded.fingerprint:
+        raise PublishedDataError(
+            f"ds={day} in {layout.out} was published with dataset spec {_described(published)}, but {layout.out} "
+            f"holds spec {_described(spec_summary(recorded))}: rebuild, validate and publish ds={day} again")
+    if wanted is not None and wanted.fingerprint != published["fingerprint"]:
+        raise SpecError(
+            f"ds={day} in {layout.out} holds records of dataset spec {_described(published)}, not of the expected "
+            f"{_described(spec_summary(wanted))}: read it with the spec it was built with")
+
+
+def published_files(data: str, start: dt.date, end: dt.date | None = None, storage: Storage | None = None,
+                    spec: DatasetSpec | str | None = None) -> list[PublishedFile]:
     """The files of the published days in [start, end], oldest day first, each checked to be
-    there with the size its manifest recorded. Any unpublished day is an error."""
+    there with the size its manifest recorded, and of DATA's dataset spec (and of `spec`,
+    the one the caller expects, when given). Any unpublished day is an error."""
     data = absolute(data).rstrip("/")
     storage = storage or storage_for(data, arrow=True)
     layout = BuildLayout(data)
@@ -79,9 +113,12 @@ def published_files(data: str, start: dt.date, end: dt.date | None = None, stora
         raise MissingPrerequisiteError(
             f"{len(missing)} day(s) of {start}..{end or start} are not published in {data}: {shown}. "
             f"Validate and publish them (`longseq publish --data {data} --start ...`)")
+    recorded, wanted = recorded_spec(storage, data), None if spec is None else resolve_spec(spec)
     files = []
     for day in days:
-        for f in _manifest_files(storage, layout, day):
+        manifest = _read_manifest(storage, layout, day)
+        _check_manifest_spec(manifest, layout, day, recorded, wanted)
+        for f in _manifest_files(manifest, layout, day):
             path = f"{layout.dir('requests', day)}/{f['name']}"
             if not storage.exists(path):
                 raise PublishedDataError(f"published file {path} is missing; rebuild, validate and publish ds={day} again")
@@ -140,7 +177,8 @@ def verify_published(urls: Sequence[str]) -> int:
         key = (layout.out, day)
         if key not in manifests:
             exists = storage.exists(layout.manifest(day))
-            manifests[key] = {f["name"]: f for f in _manifest_files(storage, layout, day)} if exists else None
+            manifest = _read_manifest(storage, layout, day) if exists else None
+            manifests[key] = None if manifest is None else {f["name"]: f for f in _manifest_files(manifest, layout, day)}
         expected = (manifests[key] or {}).get(name)
         if expected is not None:
             todo.append((storage, path, expected, day))

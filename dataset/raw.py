@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 from dataset.layout import ds_name, partition_path
 from dataset.parquet_files import read_arrow
 from dataset.storage import LocalStorage, Storage
-from schemas.contracts import RAW_LOG, SUCCESS_MARKER
+from schemas.contracts import SUCCESS_MARKER, contracts_of
 from schemas.errors import MissingPrerequisiteError
+from schemas.spec import DatasetSpec, resolve_spec
 
 
 def check_raw_partitions(storage: Storage, root: str, days: list[dt.date]) -> None:
@@ -30,11 +31,14 @@ def check_raw_partitions(storage: Storage, root: str, days: list[dt.date]) -> No
             )
 
 
-def read_raw_partition(root: Path, day: dt.date, columns: list[str] | None = None) -> pa.Table:
+def read_raw_partition(
+    root: Path, day: dt.date, columns: list[str] | None = None, spec: DatasetSpec | Path | str | None = None
+) -> pa.Table:
     """One complete raw partition as an Arrow table, every file checked against contract 1
-    as the build checks it (dataset/parquet_files.py)."""
+    of `spec` (a spec, its file, or None for the default) as the build checks it
+    (dataset/parquet_files.py)."""
     check_raw_partitions(LocalStorage(), str(root), [day])
-    return read_arrow(partition_path(root, day), RAW_LOG, columns)
+    return read_arrow(partition_path(root, day), contracts_of(resolve_spec(spec)).raw_log, columns)
 
 
 class RawPartitionWriter:

@@ -55,12 +55,17 @@ def spec_for(storage: Storage, data: str, wanted: DatasetSpec | str | None = Non
     return recorded
 
 
+def check_output_spec(storage: Storage, data: str, spec: DatasetSpec) -> None:
+    """SpecError when DATA already holds data (or a spec record) of another spec; a new output takes any."""
+    if storage.exists(spec_path(data)) or storage.exists(f"{data.rstrip('/')}/requests"):
+        check_same_spec(recorded_spec(storage, data), spec, data)
+
+
 def record_spec(storage: Storage, data: str, spec: DatasetSpec) -> None:
     """Write DATA/spec.yaml on the first build; refuse a build with another spec later."""
+    check_output_spec(storage, data, spec)
     path = spec_path(data)
-    if storage.exists(path) or storage.exists(f"{data.rstrip('/')}/requests"):
-        check_same_spec(recorded_spec(storage, data), spec, data)
-        if storage.exists(path):
-            return
+    if storage.exists(path):
+        return
     storage.write_text(path, f"# the dataset spec this output was built with (docs/SPEC.md)\n"
                              f"{yaml.safe_dump(spec.to_dict(), sort_keys=False)}")

@@ -5,6 +5,11 @@ request records, quarantine and the state after D (dataset/layout.py has the lay
 the commit protocol). A range is built day by day, so its cost per day does not grow with
 the number of days built. The engines (Spark, polars) implement `Engine.build_day`; this
 module checks prerequisites, commits atomically and writes the report.
+
+Everything a build reads and writes derives from its dataset spec (BuildConfig.spec,
+schemas/spec.py): the raw partitions are checked against the spec's raw-log contract, and
+the output records its spec in DATA/spec.yaml (dataset/spec_record.py), so that a later
+build with another spec is refused rather than mixing two record layouts.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from dataset.layout import KINDS, BuildLayout, day_range, partition_path
 from dataset.output_lock import output_lock
 from dataset.parquet_files import check_parquet_files
 from dataset.raw import check_raw_partitions
+from dataset.spec_record import check_output_spec, record_spec, spec_summary
 from dataset.storage import Storage, absolute
 from etl.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
-from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, RAW_LOG
+from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, contracts_of
 from schemas.durations import format_duration
-from schemas.errors import LongseqError, MissingPrerequisiteError
+from schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
+from schemas.spec import DatasetSpec
 
 
 class AccountingError(LongseqError):
@@ -68,9 +75,10 @@ class Engine(Protocol):
 
     def build_day(
         self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
     ) -> DayCounts:
-        """Write the day's requests, quarantine and state into temps[kind] (each with _SUCCESS)."""
+        """Write the day's requests, quarantine and state of the spec's contracts into
+        temps[kind] (each with _SUCCESS)."""
         ...
 
 
@@ -83,6 +91,7 @@ class BuildConfig:
     max_len: int = DEFAULT_MAX_LEN
     lateness_ms: int = DEFAULT_LATENESS_MS  # later outcomes are quarantined; dedup across days this far
     catch_up: bool = False  # build the missing days before `start` first
+    spec: DatasetSpec = DEFAULT_SPEC  # what the raw logs hold and the records carry (schemas/spec.py)
 
     def days(self) -> list[dt.date]:
         return day_range(self.start, self.end)
@@ -192,11 +201,19 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     if config.max_len < 1:
         raise LongseqError(f"--max-len must be at least 1, got {config.max_len}")
     _clean_up(storage, layout, locked, log)
+    check_output_spec(storage, config.out, config.spec)  # before the raw check: the likelier cause of a mismatch
     days = plan_days(storage, layout, config, log)
     _check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
     check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
+    raw_log = contracts_of(config.spec).raw_log
     for day in days:  # every file's footer too, so a bad day 17 stops a backfill before day 1
-        check_parquet_files(storage, partition_path(config.raw, day), RAW_LOG, spark=getattr(engine, "spark", None))
+        try:
+            check_parquet_files(storage, partition_path(config.raw, day), raw_log, spark=getattr(engine, "spark", None))
+        except SchemaMismatchError as e:
+            raise SchemaMismatchError(f"{e} (read with dataset spec {config.spec.name!r}: --spec names the logs' "
+                                      f"spec, docs/SPEC.md)") from None
+    # after the checks, so a spec fixed after a refused first build is not held against it
+    record_spec(storage, config.out, config.spec)
     reports = []
     for day in days:
         t0 = time.perf_counter()
@@ -206,7 +223,7 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
         temps = {kind: layout.temp(kind, day, token) for kind in KINDS}
         try:
             counts = engine.build_day(partition_path(config.raw, day), prev_state, day, config.max_len, temps,
-                                      lateness_ms=config.lateness_ms)
+                                      lateness_ms=config.lateness_ms, spec=config.spec)
             counts.check_balance()
             report = {
                 "ds": day.isoformat(),
@@ -214,6 +231,7 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
                 "engine": engine.name,
                 "max_len": config.max_len,
                 "lateness_ms": config.lateness_ms,
+                "spec": spec_summary(config.spec),
                 "raw_partition": partition_path(config.raw, day),
                 "previous_state": prev_state,
                 **dataclasses.asdict(counts),

@@ -6,8 +6,9 @@ route to the semantics of docs/CONTRACTS.md rather than mirroring etl/spark_buil
 
     raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py, then
         |                   requests whose valid rows disagree on user or time)
-        \\--valid--> dedupe by event_id (min by DEDUP_ORDER), minus event_ids the state
-              |          kept within the lateness bound = the day's kept rows
+        \\--valid--> dedupe by event_id (min by dedup_order), minus event_ids the state
+              |          kept within the lateness bound = the day's kept rows, with their
+              |          action flags and feature values (etl/feature_values.py)
               |-- events: the previous state exploded + the kept rows, in one table sorted
               |   by (user_id, event_ts, event_id) and ranked 0, 1, ... within each user
               |-- the state after D: per user, the last max_len events logged before the
@@ -18,7 +19,9 @@ route to the semantics of docs/CONTRACTS.md rather than mirroring etl/spark_buil
                   history = events[max(k - max_len, 0) : k]
 
 Everything is whole-table polars expressions: no Python runs per user, request or row.
-Each output is one zstd file, sorted, so the same input gives the same bytes.
+Each output is one zstd file, sorted, so the same input gives the same bytes. Every column
+derives from the build's dataset spec (schemas/contracts.py contracts_of): history events
+carry its history features, targets its target features and labels.
 """
 
 from __future__ import annotations
@@ -33,22 +36,37 @@ from dataset.layout import ROW_GROUP_BYTES
 from dataset.parquet_files import read_arrow
 from dataset.storage import LocalStorage
 from etl.build import DayCounts, length_summary
-from etl.row_rules import DEDUP_ORDER, INCONSISTENT_REQUEST, REASONS, REQUEST_KEYS, polars_ops, reason_expr
+from etl.feature_values import feature_columns, polars_value_ops
+from etl.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, polars_ops, reason_expr, reasons_for
 from features.actions import encode_actions
 from schemas.contracts import (
-    DAY_MS, DEFAULT_LATENESS_MS, HIST_PREFIX, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TARGET, TASKS, TGT_PREFIX,
-    USER_STATE, day_start_ms,
+    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, SUCCESS_MARKER, TGT_PREFIX, Contracts, contracts_of, day_start_ms,
 )
 from schemas.forms import to_arrow, to_polars
+from schemas.spec import DatasetSpec
 from schemas.types import Schema
 
 PART_FILE = "part-00000.parquet"
-HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
-TGT = tuple(f.name for f in TARGET)  # item_id, author_id, finish, skip, like, comment
-# Event order: (event_ts, event_id), then `seq` (the list position of settled state events,
-# which have no event_id), then the other fields, so even two events sharing an event_id
-# (redelivered on another day) sort the same in every engine.
-EVENT_SORT = ("user_id", "event_ts", "event_id", "seq", "item_id", "author_id", "action")
+# Working columns start with "_", which no spec name can (schemas/spec.py), so a task or
+# feature named like one cannot clash with it.
+RANK, INDEX, LOGGED, K = "_rank", "_index", "_logged", "_k"
+
+
+def _hist(c: Contracts) -> tuple[str, ...]:
+    """A history event's fields: item_id, author_id, event_ts, action, the history features."""
+    return tuple(f.name for f in c.history_event)
+
+
+def _tgt(c: Contracts) -> tuple[str, ...]:
+    """A target's fields: item_id, author_id, the target features, the labels."""
+    return tuple(f.name for f in c.target)
+
+
+def _event_sort(c: Contracts) -> tuple[str, ...]:
+    """Event order: (event_ts, event_id), then `seq` (the list position of settled state
+    events, which have no event_id), then the other fields, so even two events sharing an
+    event_id (redelivered on another day) sort the same in every engine."""
+    return ("user_id", "event_ts", "event_id", "seq", *(f for f in _hist(c) if f != "event_ts"))
 
 
 class PolarsEngine:
@@ -60,25 +78,26 @@ class PolarsEngine:
 
     def build_day(
         self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
     ) -> DayCounts:
+        c = contracts_of(spec)
         day_end = day_start_ms(day) + DAY_MS
         tagged = _with_request_rule(
-            _read_parquet_dir(raw_partition, RAW_LOG).with_columns(reason=reason_expr(polars_ops(day, lateness_ms)))
+            _read_parquet_dir(raw_partition, c.raw_log).with_columns(reason=reason_expr(polars_ops(day, lateness_ms), spec))
         )
-        quarantine = tagged.filter(pl.col("reason").is_not_null()).sort(["reason", *RAW_LOG.names], nulls_last=True)
+        quarantine = tagged.filter(pl.col("reason").is_not_null()).sort(["reason", *c.raw_log.names], nulls_last=True)
         valid = tagged.filter(pl.col("reason").is_null()).drop("reason")
 
-        prev = _read_parquet_dir(prev_state, USER_STATE) if prev_state is not None else _empty(USER_STATE)
+        prev = _read_parquet_dir(prev_state, c.user_state) if prev_state is not None else _empty(c.user_state)
         seen = _dedup_window(prev, day_start_ms(day) - lateness_ms)
-        kept = _dedupe(valid).join(seen.select("event_id"), on="event_id", how="anti")
-        events = _ranked_events(prev, kept)
-        state = _new_state(events, day_end, max_len, _dedup_lists(seen, kept, day_end - lateness_ms))
-        records = _records(kept, events, max_len)
+        kept = _dedupe(valid, spec).join(seen.select("event_id"), on="event_id", how="anti")
+        events = _ranked_events(prev, kept, c)
+        state = _new_state(events, day_end, max_len, _dedup_lists(seen, kept, day_end - lateness_ms), c)
+        records = _records(kept, events, max_len, c)
 
-        _write(quarantine.select(QUARANTINE.names), QUARANTINE, temps["quarantine"], self.row_group_bytes)
-        _write(state, USER_STATE, temps["state"], self.row_group_bytes)
-        _write(records, REQUEST_RECORD, temps["requests"], self.row_group_bytes)
+        _write(quarantine.select(c.quarantine.names), c.quarantine, temps["quarantine"], self.row_group_bytes)
+        _write(state, c.user_state, temps["state"], self.row_group_bytes)
+        _write(records, c.request_record, temps["requests"], self.row_group_bytes)
 
         # Counted from the input (duplicates) and from what was written (the rest), so the
         # balance rows = targets + quarantined + duplicates can catch a lost or doubled row.
@@ -96,7 +115,7 @@ class PolarsEngine:
             rows_read=tagged.height,
             duplicates=repeated + across_days,
             duplicates_across_days=across_days,
-            quarantined={reason: int(by_reason.get(reason, 0)) for reason in REASONS},
+            quarantined={reason: int(by_reason.get(reason, 0)) for reason in reasons_for(spec)},
             requests=written.height,
             targets=int(written["tgt_item_id"].list.len().sum() or 0),
             requests_without_valid_impressions=orphaned.height,
@@ -140,16 +159,20 @@ def _write(frame: pl.DataFrame, contract: Schema, directory: str, row_group_byte
 # ---------------------------------------------------------------- the day
 
 
-def _dedupe(valid: pl.DataFrame) -> pl.DataFrame:
-    """One row per event_id, the smallest by DEDUP_ORDER, plus its action flags."""
+def _dedupe(valid: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """One row per event_id, the smallest by dedup_order (nulls first), plus its action
+    flags and feature values."""
     return (
-        valid.sort(["event_id", *DEDUP_ORDER])
+        valid.sort(["event_id", *dedup_order(spec)], nulls_last=False)
         .unique(subset="event_id", keep="first", maintain_order=True)
-        .with_columns(action=encode_actions({t: pl.col(t).cast(pl.Int32) for t in TASKS}).cast(pl.Int32))
+        .with_columns(
+            action=encode_actions({t: pl.col(t).cast(pl.Int32) for t in spec.tasks}, spec.tasks).cast(pl.Int32),
+            **feature_columns(spec, polars_value_ops()),
+        )
     )
 
 
-def _ranked_events(prev: pl.DataFrame, kept: pl.DataFrame) -> pl.DataFrame:
+def _ranked_events(prev: pl.DataFrame, kept: pl.DataFrame, c: Contracts) -> pl.DataFrame:
     """Every event a user's history can draw on, sorted by EVENT_SORT, with a 0-based rank per user.
 
     The state keeps event_ids only for its pending tail (events logged after its day), the
@@ -157,36 +180,37 @@ def _ranked_events(prev: pl.DataFrame, kept: pl.DataFrame) -> pl.DataFrame:
     a null event_id and their list position as `seq`: their order is already final, and
     they were logged before this day began, so before any pending or new event.
     """
+    hist = _hist(c)
     n_settled = pl.col("hist_event_ts").list.len() - pl.col("pending_event_id").list.len()
     from_state = (
         prev.select(
             "user_id",
-            *[pl.col(HIST_PREFIX + f).alias(f) for f in HIST],
+            *[pl.col(HIST_PREFIX + f).alias(f) for f in hist],
             event_id=pl.lit(None, pl.String).repeat_by(n_settled).list.concat("pending_event_id"),
-            index=pl.int_ranges(0, pl.col("hist_event_ts").list.len()),
+            **{INDEX: pl.int_ranges(0, pl.col("hist_event_ts").list.len())},
         )
-        .explode([*HIST, "event_id", "index"])
-        .select("user_id", *HIST, "event_id", seq=pl.when(pl.col("event_id").is_null()).then(pl.col("index")))
+        .explode([*hist, "event_id", INDEX])
+        .select("user_id", *hist, "event_id", seq=pl.when(pl.col("event_id").is_null()).then(pl.col(INDEX)))
     )
-    today = kept.select("user_id", *HIST, "event_id", seq=pl.lit(None, pl.Int64))
+    today = kept.select("user_id", *hist, "event_id", seq=pl.lit(None, pl.Int64))
     return (
         pl.concat([from_state, today])
-        .sort(EVENT_SORT, nulls_last=False)
-        .with_columns(rank=pl.int_range(pl.len()).over("user_id"))
+        .sort(_event_sort(c), nulls_last=False)
+        .with_columns(pl.int_range(pl.len()).over("user_id").alias(RANK))
     )
 
 
-def _new_state(events: pl.DataFrame, day_end: int, max_len: int, dedup: pl.DataFrame) -> pl.DataFrame:
+def _new_state(events: pl.DataFrame, day_end: int, max_len: int, dedup: pl.DataFrame, c: Contracts) -> pl.DataFrame:
     """Per user: the last max_len events logged before day_end, then all later (pending) ones,
     and the dedup lists (`dedup`: one row per user)."""
     # sum() of booleans is unsigned: cast before subtracting
     logged_before_end = (pl.col("event_ts") < day_end).sum().cast(pl.Int64).over("user_id")
     empty = {c: pl.col(c).fill_null(pl.lit([], dtype=dtype)) for c, dtype in dedup.schema.items() if c != "user_id"}
     return (
-        events.filter(pl.col("rank") >= logged_before_end - max_len)
+        events.filter(pl.col(RANK) >= logged_before_end - max_len)
         .group_by("user_id")
         .agg(
-            *[pl.col(f).alias(HIST_PREFIX + f) for f in HIST],
+            *[pl.col(f).alias(HIST_PREFIX + f) for f in _hist(c)],
             pending_event_id=pl.col("event_id").filter(pl.col("event_ts") >= day_end),
         )
         .join(dedup, on="user_id", how="left")
@@ -217,31 +241,32 @@ def _dedup_lists(seen: pl.DataFrame, kept: pl.DataFrame, since: int) -> pl.DataF
     )
 
 
-def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int) -> pl.DataFrame:
+def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contracts) -> pl.DataFrame:
     """One record per request with a kept row: its targets and its user's history before it."""
+    hist, tgt = _hist(c), _tgt(c)
     requests = kept.group_by("request_id").agg(
         pl.col("user_id").min(),
         pl.col("request_ts").min(),
-        *[pl.col(f).sort_by(["position", "event_id"]).alias(TGT_PREFIX + f) for f in TGT],
+        *[pl.col(f).sort_by(["position", "event_id"]).alias(TGT_PREFIX + f) for f in tgt],
     )
     # events with event_ts <= t per (user, t); the as-of match strictly before request_ts
     # counts the user's events logged before the request (none: 0)
     logged_by = (
-        events.group_by("user_id", "event_ts").agg(logged=pl.col("rank").max() + 1).sort("event_ts")
+        events.group_by("user_id", "event_ts").agg((pl.col(RANK).max() + 1).alias(LOGGED)).sort("event_ts")
     )
     # both sides sorted by time over all users, hence within each user as join_asof needs
     requests = requests.sort("request_ts").join_asof(
         logged_by, left_on="request_ts", right_on="event_ts", by="user_id",
         strategy="backward", allow_exact_matches=False, check_sortedness=False,
-    ).select(pl.exclude("event_ts", "logged"), k=pl.col("logged").fill_null(0))
-    user_events = events.group_by("user_id").agg(*HIST)  # in rank order
+    ).select(pl.exclude("event_ts", LOGGED), pl.col(LOGGED).fill_null(0).alias(K))
+    user_events = events.group_by("user_id").agg(*hist)  # in rank order
     # A request's own rows are events of its user, so every user is there; LEFT all the
     # same, so that no request can be lost to the join (no history = empty lists, k = 0).
     records = requests.join(user_events, on="user_id", how="left")
-    offset = pl.max_horizontal(pl.col("k") - max_len, 0)
-    length = pl.min_horizontal(pl.col("k"), max_len)
+    offset = pl.max_horizontal(pl.col(K) - max_len, 0)
+    length = pl.min_horizontal(pl.col(K), max_len)
     return records.select(
         "request_id", "user_id", "request_ts",
-        *[pl.col(f).list.slice(offset, length).fill_null([]).alias(HIST_PREFIX + f) for f in HIST],
-        *[TGT_PREFIX + f for f in TGT],
+        *[pl.col(f).list.slice(offset, length).fill_null([]).alias(HIST_PREFIX + f) for f in hist],
+        *[TGT_PREFIX + f for f in tgt],
     ).sort(["user_id", "request_ts", "request_id"])

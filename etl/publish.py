@@ -14,7 +14,9 @@ before checksums has none: the day is then published with the checksums of its b
 they are now (`"checksums_from": "publish"`), without rebuilding it.
 
 Publishing refuses a day whose validation did not pass or is older than the day's build
-(etl.validation.require_publishable; an operator may override with a recorded reason).
+(etl.validation.require_publishable; an operator may override with a recorded reason), and,
+override or not, a day built with another dataset spec than DATA's (DATA/spec.yaml). The
+manifest records the spec's name and fingerprint; readers check it (dataset/published.py).
 Rebuilding a day deletes its manifest (etl.commit.commit_day): it must be validated and
 published again.
 """
@@ -29,9 +31,11 @@ from typing import Callable
 
 from dataset.layout import BuildLayout, day_range
 from dataset.published import PublishedDataError
+from dataset.spec_record import spec_for, spec_summary
 from dataset.storage import Storage, absolute, open_input, storage_for
-from schemas.contracts import REQUEST_RECORD, SUCCESS_MARKER
+from schemas.contracts import SUCCESS_MARKER, contracts_of
 from schemas.errors import MissingPrerequisiteError
+from schemas.spec import DatasetSpec
 
 
 def _footer(path: str) -> tuple[int, int, object]:
@@ -62,9 +66,11 @@ def _checked_checksums(storage: Storage, records: str, names: list[str], report:
     return actual
 
 
-def publish_day(out: str, day: dt.date, override_reason: str | None = None, storage: Storage | None = None) -> dict:
-    """Check that ds=day may be published, then write its manifest; return the manifest."""
-    from etl.validation import require_publishable
+def publish_day(out: str, day: dt.date, override_reason: str | None = None, storage: Storage | None = None,
+                spec: DatasetSpec | str | None = None) -> dict:
+    """Check that ds=day may be published, then write its manifest; return the manifest.
+    `spec` (an object or its file), when given, must be DATA's."""
+    from etl.validation import check_built_spec, require_publishable
     from schemas.check import check_arrow_schema
 
     out = absolute(out).rstrip("/")
@@ -74,22 +80,26 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
     if not layout.is_built(storage, day) or not storage.exists(f"{records}/{SUCCESS_MARKER}"):
         raise MissingPrerequisiteError(f"ds={day} is not built in {out}: run `longseq build` for it first")
     digest = layout.build_digest(storage, day)
-    require_publishable(out, day, override_reason, storage=storage)
+    spec = spec_for(storage, out, spec)
     report = json.loads(storage.read_text(layout.report(day)))
+    check_built_spec(report, spec, day, out, "publish")  # before the gate: no override publishes another spec
+    require_publishable(out, day, override_reason, storage=storage)
+    contract = contracts_of(spec).request_record
     names = [n for n in storage.list_names(records) if n.endswith(".parquet")]
     checksums = _checked_checksums(storage, records, names, report, day)
     files = []
     for name in names:
         path = f"{records}/{name}"
         rows, groups, schema = _footer(path)
-        check_arrow_schema(schema, REQUEST_RECORD, source=path)
+        check_arrow_schema(schema, contract, source=path)
         files.append({"name": name, "bytes": storage.size(path), "sha256": checksums[name], "rows": rows,
                       "row_groups": groups})
     if layout.build_digest(storage, day) != digest:
         raise PublishedDataError(f"ds={day} was rebuilt while it was being published; publish it again")
     manifest = {
         "ds": day.isoformat(),
-        "contract": REQUEST_RECORD.name,
+        "contract": contract.name,
+        "spec": spec_summary(spec),
         "build_run": report.get("run_id"),
         "build_digest": digest,
         "max_len": report.get("max_len"),
@@ -106,11 +116,11 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
 
 
 def publish(out: str, start: dt.date, end: dt.date | None = None, override_reason: str | None = None,
-            log: Callable[[str], None] = print) -> list[dict]:
+            log: Callable[[str], None] = print, spec: DatasetSpec | str | None = None) -> list[dict]:
     """Publish each day of [start, end]; stops at the first day that may not be published."""
     manifests = []
     for day in day_range(start, end):
-        m = publish_day(out, day, override_reason)
+        m = publish_day(out, day, override_reason, spec=spec)
         how = " (validation overridden)" if m["validation"] == "override" else ""
         log(f"published ds={day}: {m['rows']:,} requests in {len(m['files'])} file(s), "
             f"{m['row_groups']} row group(s), {m['bytes'] / 2**20:.1f} MiB{how}")

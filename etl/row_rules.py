@@ -1,4 +1,5 @@
-"""Which raw rows are valid: the quarantine rules, defined once for every engine.
+"""Which raw rows are valid: the quarantine rules, defined once for every engine and
+derived from the dataset spec (`rules_for(spec)`: its required columns and its tasks).
 
 A rule is a function of an `Ops` adapter returning a boolean expression that is true when
 a row breaks it. Spark Columns and polars Exprs share the operators (< <= != & |), so one
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from functools import reduce
+from functools import lru_cache, reduce
 from typing import Any, Callable
 
-from schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, RAW_LOG, TASKS, day_start_ms
+from schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, contracts_of, day_start_ms
+from schemas.spec import DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -49,48 +51,84 @@ def _any(exprs: list[Any]) -> Any:
     return reduce(lambda a, b: a | b, exprs)
 
 
-RULES: tuple[Rule, ...] = (
-    *(
-        Rule(f"missing_{name}", lambda o, name=name: o.is_null(o.col(name)), f"{name} is null")
-        for name in RAW_LOG.required_names
-    ),
-    Rule(
-        "label_out_of_range",
-        lambda o: _any([(o.col(t) != 0) & (o.col(t) != 1) for t in TASKS]),
-        "a label is not 0 or 1",
-    ),
-    Rule("event_before_request", lambda o: o.col("event_ts") < o.col("request_ts"), "event_ts < request_ts"),
-    Rule(
-        "late_event",
-        lambda o: o.col("event_ts") - o.col("request_ts") > o.lateness_ms,
-        "event_ts - request_ts is more than the lateness bound (default 3 days)",
-    ),
-    Rule(
-        "nonpositive_id",
-        lambda o: _any([o.col(c) <= 0 for c in ("user_id", "item_id", "author_id")]),
-        "user_id, item_id or author_id <= 0",
-    ),
-    Rule("negative_position", lambda o: o.col("position") < 0, "position < 0"),
-    Rule(
-        "request_ts_outside_partition",
-        lambda o: (o.col("request_ts") < o.day_start_ms) | (o.col("request_ts") >= o.day_end_ms),
-        "request_ts is not in the UTC day of its ds partition",
-    ),
-)
+@lru_cache(maxsize=None)
+def rules_for(spec: DatasetSpec) -> tuple[Rule, ...]:
+    """The spec's row rules, in order: a null in each required raw column (required inputs
+    included), then labels over the spec's tasks, then the id and time rules every spec shares."""
+    tasks = spec.tasks
+    return (
+        *(
+            Rule(f"missing_{name}", lambda o, name=name: o.is_null(o.col(name)), f"{name} is null")
+            for name in contracts_of(spec).raw_log.required_names
+        ),
+        Rule(
+            "label_out_of_range",
+            lambda o: _any([(o.col(t) != 0) & (o.col(t) != 1) for t in tasks]),
+            "a label is not 0 or 1",
+        ),
+        Rule("event_before_request", lambda o: o.col("event_ts") < o.col("request_ts"), "event_ts < request_ts"),
+        Rule(
+            "late_event",
+            lambda o: o.col("event_ts") - o.col("request_ts") > o.lateness_ms,
+            "event_ts - request_ts is more than the lateness bound (default 3 days)",
+        ),
+        Rule(
+            "nonpositive_id",
+            lambda o: _any([o.col(c) <= 0 for c in ("user_id", "item_id", "author_id")]),
+            "user_id, item_id or author_id <= 0",
+        ),
+        Rule("negative_position", lambda o: o.col("position") < 0, "position < 0"),
+        Rule(
+            "request_ts_outside_partition",
+            lambda o: (o.col("request_ts") < o.day_start_ms) | (o.col("request_ts") >= o.day_end_ms),
+            "request_ts is not in the UTC day of its ds partition",
+        ),
+    )
+
+
 REQUEST_KEYS: tuple[str, ...] = ("user_id", "request_ts")
 INCONSISTENT_REQUEST = "inconsistent_request"
-REASONS: tuple[str, ...] = (*(r.reason for r in RULES), INCONSISTENT_REQUEST)
-
-# Duplicated event_ids collapse to the row that is smallest by these columns (all
-# required, so never null on a valid row): deterministic whatever order rows arrive in.
-DEDUP_ORDER: tuple[str, ...] = (
-    "event_ts", "request_ts", "request_id", "user_id", "position", "item_id", "author_id", *TASKS,
-)
 
 
-def reason_expr(ops: Ops) -> Any:
-    """Expression: the first rule a row breaks, or null for a valid row."""
-    return ops.first_match([(rule.broken(ops), rule.reason) for rule in RULES])
+def reasons_for(spec: DatasetSpec) -> tuple[str, ...]:
+    """Every quarantine reason of the spec, in rule order: the keys of a report's `quarantined`."""
+    return (*(r.reason for r in rules_for(spec)), INCONSISTENT_REQUEST)
+
+
+def dedup_order(spec: DatasetSpec) -> tuple[str, ...]:
+    """Duplicated event_ids collapse to the row that is smallest by these columns, so the
+    kept copy is the same whatever order rows arrive in, in every engine.
+
+    The id, time and label columns are required, so never null on a valid row; then the
+    inputs the spec's features read (directly or through a derived ratio), in spec order,
+    since their values reach the records. Those may be null: a null sorts before any value
+    (NULLS FIRST, Spark's order for min(struct) and polars' default sort).
+    """
+    return (
+        "event_ts", "request_ts", "request_id", "user_id", "position", "item_id", "author_id", *spec.tasks,
+        *feature_inputs(spec),
+    )
+
+
+def feature_inputs(spec: DatasetSpec) -> tuple[str, ...]:
+    """The inputs some feature reads, directly or through a derived ratio, in the spec's input order."""
+    ratios = {d.name: d.ratio for d in spec.derived}
+    read: set[str] = set()
+    for f in spec.features:
+        source = f.source or f.name
+        read.update(ratios.get(source, (source,)))
+    return tuple(i.name for i in spec.inputs if i.name in read)
+
+
+# The default spec's rules, under the names the code base used before specs.
+RULES: tuple[Rule, ...] = rules_for(DEFAULT_SPEC)
+REASONS: tuple[str, ...] = reasons_for(DEFAULT_SPEC)
+DEDUP_ORDER: tuple[str, ...] = dedup_order(DEFAULT_SPEC)
+
+
+def reason_expr(ops: Ops, spec: DatasetSpec = DEFAULT_SPEC) -> Any:
+    """Expression: the first rule of the spec a row breaks, or null for a valid row."""
+    return ops.first_match([(rule.broken(ops), rule.reason) for rule in rules_for(spec)])
 
 
 def spark_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:

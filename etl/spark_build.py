@@ -8,8 +8,9 @@ state's pending tail plus the day's events, small) needs sorting:
 
     raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py, then
         |                   requests whose valid rows disagree on user or time)
-        \\--valid--> dedupe by event_id (min by DEDUP_ORDER), minus event_ids the state
-              |          kept within the lateness bound = the day's kept rows
+        \\--valid--> dedupe by event_id (min by dedup_order), minus event_ids the state
+              |          kept within the lateness bound = the day's kept rows, with their
+              |          action flags and feature values (etl/feature_values.py)
               |-- recent events per user: the state's pending tail + the day's events,
               |   sorted by (event_ts, event_id)
               |-- per user: events = settled ++ recent  ->  the state after D: the last
@@ -25,7 +26,9 @@ Per request the work is one slice per history column, sized like the record itse
 intermediate of requests x max_len beyond the output. Higher-order functions (interpreted
 per element in Spark) only touch the small recent arrays and targets. Records are
 written sorted by (user_id, request_ts) within each file (users hash-partitioned over
-files), zstd, row groups of about 32 MB decoded (docs/ETL.md).
+files), zstd, row groups of about 32 MB decoded (docs/ETL.md). Every column derives from the
+build's dataset spec (schemas/contracts.py contracts_of): history events carry its history
+features, targets its target features and labels.
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ from dataset.layout import ROW_GROUP_BYTES
 from dataset.parquet_files import read_spark
 from dataset.storage import RoutingStorage, Storage
 from etl.build import DayCounts, length_summary
-from etl.row_rules import DEDUP_ORDER, INCONSISTENT_REQUEST, REASONS, REQUEST_KEYS, reason_expr, spark_ops
+from etl.feature_values import feature_columns, spark_value_ops
+from etl.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, reason_expr, reasons_for, spark_ops
 from features.actions import encode_actions
 from schemas.contracts import (
-    DAY_MS, DEFAULT_LATENESS_MS, HIST_PREFIX, HISTORY_EVENT, QUARANTINE, RAW_LOG, REQUEST_RECORD, TARGET, TASKS, TGT_PREFIX, USER_STATE,
-    day_start_ms,
+    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, Contracts, contracts_of, day_start_ms,
 )
 from schemas.forms import spark_type, to_spark
+from schemas.spec import DatasetSpec
 from schemas.types import ListOf
 
 # History lists are long runs of mostly distinct ids and times: Parquet's dictionary
@@ -60,10 +64,24 @@ from schemas.types import ListOf
 # intends; parquet-mr checks the size every 100 rows at the earliest.
 SPARK_BLOCK_BYTES = ROW_GROUP_BYTES // 64
 LIST_WRITE_OPTIONS = {"parquet.block.size": str(SPARK_BLOCK_BYTES), "parquet.enable.dictionary": "false"}
-HIST = tuple(f.name for f in HISTORY_EVENT)  # item_id, author_id, event_ts, action
-EVENT_SORT = ("event_ts", "event_id", *(f for f in HIST if f != "event_ts"))  # struct order = sort order
-TARGET_SORT = ("position", "event_id", *(f.name for f in TARGET))
 DEDUP_COLUMNS = ("dedup_event_id", "dedup_event_ts")
+# Working columns start with "_", which no spec name can (schemas/spec.py), so a task or
+# feature named like one (recent, targets, ...) cannot clash with it.
+RECENT, TARGETS, N_SETTLED, RECENT_BEFORE_END = "_recent", "_targets", "_n_settled", "_recent_before_end"
+
+
+def _hist(c: Contracts) -> tuple[str, ...]:
+    """A history event's fields: item_id, author_id, event_ts, action, the history features."""
+    return tuple(f.name for f in c.history_event)
+
+
+def _event_sort(c: Contracts) -> tuple[str, ...]:
+    """A recent event's struct: its field order is the sort order."""
+    return ("event_ts", "event_id", *(f for f in _hist(c) if f != "event_ts"))
+
+
+def _target_sort(c: Contracts) -> tuple[str, ...]:
+    return ("position", "event_id", *(f.name for f in c.target))
 
 
 def _required(expr: Column | str, dtype: Any) -> Column:
@@ -88,149 +106,166 @@ class SparkEngine:
 
     # ------------------------------------------------------------ reading
 
-    def _read_raw(self, path: str) -> DataFrame:
+    def _read_raw(self, path: str, c: Contracts) -> DataFrame:
         # every file checked as the polars engine checks it, then exactly those read
-        return read_spark(self.spark, self.storage, path, RAW_LOG)
+        return read_spark(self.spark, self.storage, path, c.raw_log)
 
-    def _read_state(self, path: str | None) -> DataFrame:
+    def _read_state(self, path: str | None, c: Contracts) -> DataFrame:
         if path is None:
-            return self.spark.createDataFrame([], to_spark(USER_STATE))
-        return read_spark(self.spark, self.storage, path, USER_STATE)
+            return self.spark.createDataFrame([], to_spark(c.user_state))
+        return read_spark(self.spark, self.storage, path, c.user_state)
 
     # ------------------------------------------------------------ the day
 
     def build_day(
         self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
     ) -> DayCounts:
-        raw = self._read_raw(raw_partition)
-        tagged = _with_request_rule(raw.withColumn("reason", reason_expr(spark_ops(day, lateness_ms))))
+        c = contracts_of(spec)
+        raw = self._read_raw(raw_partition, c)
+        tagged = _with_request_rule(raw.withColumn("reason", reason_expr(spark_ops(day, lateness_ms), spec)))
         tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            self._write_quarantine(tagged, temps["quarantine"])
+            self._write_quarantine(tagged, temps["quarantine"], c)
             valid = tagged.where(F.col("reason").isNull()).drop("reason")
-            state = self._read_state(prev_state)
+            state = self._read_state(prev_state, c)
             seen = _dedup_window(state, day_start_ms(day) - lateness_ms).persist(StorageLevel.MEMORY_AND_DISK)
             # counted from the input, before deduplication runs, so the balance can catch it
             input_counts = _input_counts(tagged, valid, seen)
-            kept = self._dedupe(valid).join(seen.select("event_id"), "event_id", "left_anti")
+            kept = self._dedupe(valid, spec).join(seen.select("event_id"), "event_id", "left_anti")
             kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
-            recent = self._recent_rows(kept, state)
-            users = self._user_events(recent, state, day).persist(StorageLevel.MEMORY_AND_DISK)
+            recent = self._recent_rows(kept, state, c)
+            users = self._user_events(recent, state, day, c).persist(StorageLevel.MEMORY_AND_DISK)
             dedup = _dedup_lists(seen, kept, day_start_ms(day) + DAY_MS - lateness_ms)
-            self._write_state(users, dedup, max_len, temps["state"])
-            self._write_requests(kept, recent, users, max_len, temps["requests"])
+            self._write_state(users, dedup, max_len, temps["state"], c)
+            self._write_requests(kept, recent, users, max_len, temps["requests"], c)
         finally:
             self.spark.catalog.clearCache()
-        return self._counts(input_counts, temps)
+        return self._counts(input_counts, temps, spec)
 
-    def _dedupe(self, valid: DataFrame) -> DataFrame:
-        """One row per event_id: the smallest by DEDUP_ORDER, whatever order rows came in."""
-        rest = [c for c in RAW_LOG.names if c not in DEDUP_ORDER and c != "event_id"]
+    def _dedupe(self, valid: DataFrame, spec: DatasetSpec) -> DataFrame:
+        """One row per event_id: the smallest by dedup_order, whatever order rows came in
+        (min over a struct puts nulls first), plus its action flags and feature values."""
+        order = dedup_order(spec)
+        rest = [c for c in contracts_of(spec).raw_log.names if c not in order and c != "event_id"]
         return (
             valid.groupBy("event_id")
-            .agg(F.min(F.struct(*DEDUP_ORDER, *rest)).alias("r"))
-            .select("event_id", "r.*")
-            .withColumn("action", encode_actions({t: F.col(t).cast("int") for t in TASKS}).cast("int"))
+            .agg(F.min(F.struct(*order, *rest)).alias("_r"))
+            .select("event_id", "_r.*")
+            .withColumns({
+                "action": encode_actions({t: F.col(t).cast("int") for t in spec.tasks}, spec.tasks).cast("int"),
+                **feature_columns(spec, spark_value_ops()),
+            })
         )
 
-    def _recent_rows(self, kept: DataFrame, state: DataFrame) -> DataFrame:
+    def _recent_rows(self, kept: DataFrame, state: DataFrame, c: Contracts) -> DataFrame:
         """Events that may still need sorting: the day's kept rows and the state's pending tail."""
         tail = {
             f: F.expr(f"slice(hist_{f}, size(hist_{f}) - size(pending_event_id) + 1, size(pending_event_id))").alias(f)
-            for f in HIST
+            for f in _hist(c)
         }
         pending = state.where(F.size("pending_event_id") > 0).select(
             "user_id", F.inline(F.arrays_zip(*tail.values(), F.col("pending_event_id").alias("event_id")))
         )
-        return kept.select("user_id", *EVENT_SORT).unionByName(pending.select("user_id", *EVENT_SORT))
+        columns = ("user_id", *_event_sort(c))
+        return kept.select(*columns).unionByName(pending.select(*columns))
 
-    def _user_events(self, recent_rows: DataFrame, state: DataFrame, day: dt.date) -> DataFrame:
+    def _user_events(self, recent_rows: DataFrame, state: DataFrame, day: dt.date, c: Contracts) -> DataFrame:
         """Per user: all events = settled (from the state) ++ recent (sorted), column by column."""
         end = day_start_ms(day) + DAY_MS
+        hist = _hist(c)
         settled = state.select(
             "user_id",
-            *[F.expr(f"slice(hist_{f}, 1, size(hist_{f}) - size(pending_event_id))").alias(f"settled_{f}") for f in HIST],
+            *[F.expr(f"slice(hist_{f}, 1, size(hist_{f}) - size(pending_event_id))").alias(f"_settled_{f}") for f in hist],
         )
         recent = recent_rows.groupBy("user_id").agg(
-            F.sort_array(F.collect_list(F.struct(*EVENT_SORT))).alias("recent"),
-            F.sum(F.when(F.col("event_ts") < end, 1).otherwise(0)).alias("recent_before_end"),
+            F.sort_array(F.collect_list(F.struct(*_event_sort(c)))).alias(RECENT),
+            F.sum(F.when(F.col("event_ts") < end, 1).otherwise(0)).alias(RECENT_BEFORE_END),
         )
         recent = recent.select(
-            "user_id", "recent_before_end",
-            *[F.expr(f"transform(recent, e -> e.{f})").alias(f"recent_{f}") for f in (*HIST, "event_id")],
-        )
-        return settled.join(recent, "user_id", "full_outer").select(
-            "user_id",
-            F.size(_required("settled_event_ts", ListOf(_elem("event_ts")))).alias("n_settled"),  # size(null) is -1
-            F.coalesce("recent_before_end", F.lit(0)).alias("recent_before_end"),
-            *[
-                _required(F.concat(_required(f"settled_{f}", ListOf(_elem(f))), _required(f"recent_{f}", ListOf(_elem(f)))),
-                          ListOf(_elem(f))).alias(f)
-                for f in HIST
-            ],
-            _required("recent_event_id", ListOf(_elem("event_id"))).alias("recent_event_id"),
+            "user_id", RECENT_BEFORE_END,
+            *[F.expr(f"transform({RECENT}, e -> e.`{f}`)").alias(f"{RECENT}_{f}") for f in (*hist, "event_id")],
         )
 
-    def _write_state(self, users: DataFrame, dedup: DataFrame, max_len: int, path: str) -> None:
+        def elements(f: str) -> ListOf:
+            return ListOf(_elem(f, c))
+
+        return settled.join(recent, "user_id", "full_outer").select(
+            "user_id",
+            F.size(_required("_settled_event_ts", elements("event_ts"))).alias(N_SETTLED),  # size(null) is -1
+            F.coalesce(RECENT_BEFORE_END, F.lit(0)).alias(RECENT_BEFORE_END),
+            *[
+                _required(F.concat(_required(f"_settled_{f}", elements(f)), _required(f"{RECENT}_{f}", elements(f))),
+                          elements(f)).alias(f)
+                for f in hist
+            ],
+            _required(f"{RECENT}_event_id", elements("event_id")).alias(f"{RECENT}_event_id"),
+        )
+
+    def _write_state(self, users: DataFrame, dedup: DataFrame, max_len: int, path: str, c: Contracts) -> None:
         # keep the last max_len events logged before the end of the day, then every later one
-        before_end = F.col("n_settled") + F.col("recent_before_end")
+        user_state = c.user_state
+        before_end = F.col(N_SETTLED) + F.col(RECENT_BEFORE_END)
         start = F.greatest(before_end - max_len, F.lit(0)) + 1
-        n_recent = F.size("recent_event_id")
+        recent_ids = f"{RECENT}_event_id"
+        n_recent = F.size(recent_ids)
         state = users.join(dedup, "user_id", "left").select(
-            _required("user_id", USER_STATE["user_id"].dtype).alias("user_id"),
-            *[_required(F.slice(f, start, F.size(f)), USER_STATE[HIST_PREFIX + f].dtype).alias(HIST_PREFIX + f) for f in HIST],
+            _required("user_id", user_state["user_id"].dtype).alias("user_id"),
+            *[_required(F.slice(f, start, F.size(f)), user_state[HIST_PREFIX + f].dtype).alias(HIST_PREFIX + f)
+              for f in _hist(c)],
             _required(
-                F.slice("recent_event_id", F.col("recent_before_end") + 1, n_recent - F.col("recent_before_end")),
-                USER_STATE["pending_event_id"].dtype,
+                F.slice(recent_ids, F.col(RECENT_BEFORE_END) + 1, n_recent - F.col(RECENT_BEFORE_END)),
+                user_state["pending_event_id"].dtype,
             ).alias("pending_event_id"),
-            *[_required(c, USER_STATE[c].dtype).alias(c) for c in DEDUP_COLUMNS],
+            *[_required(name, user_state[name].dtype).alias(name) for name in DEDUP_COLUMNS],
         ).where(F.size("hist_event_ts") > 0)
         state.sortWithinPartitions("user_id").write.options(**LIST_WRITE_OPTIONS).parquet(path)
 
-    def _write_requests(self, kept: DataFrame, recent: DataFrame, users: DataFrame, max_len: int, path: str) -> None:
+    def _write_requests(self, kept: DataFrame, recent: DataFrame, users: DataFrame, max_len: int, path: str,
+                        c: Contracts) -> None:
         requests = kept.groupBy("request_id").agg(
             F.min("user_id").alias("user_id"),
             F.min("request_ts").alias("request_ts"),
-            F.sort_array(F.collect_list(F.struct(*TARGET_SORT))).alias("targets"),
+            F.sort_array(F.collect_list(F.struct(*_target_sort(c)))).alias(TARGETS),
         )
         # recent events before each request: requests sort before events at equal times,
         # and the frame is ROWS, so an event at request_ts is not counted
-        stream = requests.select("user_id", F.col("request_ts").alias("ts"), F.lit(0).alias("is_event"), "request_id")
+        stream = requests.select("user_id", F.col("request_ts").alias("_ts"), F.lit(0).alias("_is_event"), "request_id")
         stream = stream.unionByName(recent.select(
-            "user_id", F.col("event_ts").alias("ts"), F.lit(1).alias("is_event"), F.lit(None).cast("string").alias("request_id")
+            "user_id", F.col("event_ts").alias("_ts"), F.lit(1).alias("_is_event"),
+            F.lit(None).cast("string").alias("request_id"),
         ))
-        w = Window.partitionBy("user_id").orderBy("ts", "is_event").rowsBetween(Window.unboundedPreceding, Window.currentRow)
-        counted = stream.withColumn("recent_before", F.sum("is_event").over(w)).where("is_event = 0").select(
-            "request_id", "recent_before"
+        w = Window.partitionBy("user_id").orderBy("_ts", "_is_event").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        counted = stream.withColumn("_recent_before", F.sum("_is_event").over(w)).where("_is_event = 0").select(
+            "request_id", "_recent_before"
         )
-        k = F.coalesce(F.col("n_settled"), F.lit(0)) + F.col("recent_before")
+        k = F.coalesce(F.col(N_SETTLED), F.lit(0)) + F.col("_recent_before")
         start = F.greatest(k - max_len, F.lit(0)) + 1
         length = F.least(k, F.lit(max_len))
         records = (
             requests.join(counted, "request_id")
-            .join(users.select("user_id", "n_settled", *HIST), "user_id", "left")
+            .join(users.select("user_id", N_SETTLED, *_hist(c)), "user_id", "left")
             .select(
                 *[
                     _required(
                         F.slice(f.name[len(HIST_PREFIX):], start, length) if f.name.startswith(HIST_PREFIX)
-                        else F.col("targets")[f.name[len(TGT_PREFIX):]] if f.name.startswith(TGT_PREFIX)
+                        else F.col(TARGETS)[f.name[len(TGT_PREFIX):]] if f.name.startswith(TGT_PREFIX)
                         else F.col(f.name),
                         f.dtype,
                     ).alias(f.name)
-                    for f in REQUEST_RECORD
+                    for f in c.request_record
                 ]
             )
         )
         records.sortWithinPartitions("user_id", "request_ts", "request_id").write.options(**LIST_WRITE_OPTIONS).parquet(path)
 
-    def _write_quarantine(self, tagged: DataFrame, path: str) -> None:
-        rows = tagged.where("reason is not null").select(*QUARANTINE.names)
+    def _write_quarantine(self, tagged: DataFrame, path: str, c: Contracts) -> None:
+        rows = tagged.where("reason is not null").select(*c.quarantine.names)
         rows.coalesce(1).sortWithinPartitions("reason", "event_id", "request_id", "event_ts").write.parquet(path)
 
     # ------------------------------------------------------------ counting, from what was written
 
-    def _counts(self, input_counts: dict[str, int], temps: dict[str, str]) -> DayCounts:
+    def _counts(self, input_counts: dict[str, int], temps: dict[str, str], spec: DatasetSpec) -> DayCounts:
         read = self.spark.read
         lengths = (
             read.parquet(temps["requests"])
@@ -247,7 +282,7 @@ class SparkEngine:
             rows_read=input_counts["rows"],
             duplicates=input_counts["duplicates"],
             duplicates_across_days=input_counts["across_days"],
-            quarantined={reason: int(by_reason.get(reason, 0)) for reason in REASONS},
+            quarantined={reason: int(by_reason.get(reason, 0)) for reason in reasons_for(spec)},
             requests=sum(int(r["records"]) for r in lengths),
             targets=sum(int(r["targets"]) for r in lengths),
             requests_without_valid_impressions=int(orphaned),
@@ -295,7 +330,7 @@ def _input_counts(tagged: DataFrame, valid: DataFrame, seen: DataFrame) -> dict[
     return {"rows": rows, "duplicates": int(totals["n"]) - int(totals["ids"]) + across, "across_days": across}
 
 
-def _elem(field: str) -> Any:
+def _elem(field: str, c: Contracts) -> Any:
     """The element type of a history field (event_id: the pending ids' element type)."""
     name = "pending_event_id" if field == "event_id" else HIST_PREFIX + field
-    return USER_STATE[name].dtype.element
+    return c.user_state[name].dtype.element

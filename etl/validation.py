@@ -1,7 +1,8 @@
 """The Great Expectations gate for raw logs and request records.
 
-Suites are derived from schemas/: the required raw columns, the tasks and the history and
-target list columns come from the contracts, never from a second list here. GX's length
+Suites are derived from the dataset spec of the output (DATA/spec.yaml, dataset/spec_record.py)
+and its contracts: the required raw columns, the tasks, the action bits, the feature columns
+and the history and target list columns, never from a second list here. GX's length
 expectations do not work on Spark array columns, so each suite runs on scalar columns
 derived in Spark (list sizes, alignment and sortedness flags, the newest history time)
 and, for label rates, on one row per target.
@@ -27,16 +28,21 @@ from typing import Any
 
 from dataset.layout import BuildLayout, ds_name, partition_path
 from dataset.parquet_files import read_spark
+from dataset.published import built_spec_summary
 from dataset.raw import check_raw_partitions
+from dataset.spec_record import spec_for, spec_path
 from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
+from features.actions import num_actions
 from schemas.contracts import (
-    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, HIST_PREFIX, RAW_LOG, REQUEST_RECORD, SUCCESS_MARKER, TASKS, TGT_PREFIX, day_start_ms,
+    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, HIST_PREFIX, SUCCESS_MARKER, TGT_PREFIX, contracts_of,
+    day_start_ms,
 )
 from schemas.errors import LongseqError, MissingPrerequisiteError
+from schemas.spec import DatasetSpec, Feature, SpecError, resolve_spec
 
 SUITES = ("requests", "raw")
-HIST_COLUMNS = [f.name for f in REQUEST_RECORD if f.name.startswith(HIST_PREFIX)]
-TGT_COLUMNS = [f.name for f in REQUEST_RECORD if f.name.startswith(TGT_PREFIX)]
+# A task without a configured label-rate band: its rate is reported, never out of band.
+ANY_RATE = (0.0, 1.0)
 
 
 class ValidationFailed(LongseqError):
@@ -93,26 +99,64 @@ def _all(conditions: list[Any]) -> Any:
     return reduce(lambda a, b: a & b, conditions)
 
 
-def request_frames(records: Any) -> dict[str, Any]:
+def list_columns(spec: DatasetSpec, prefix: str) -> list[str]:
+    """The request record's hist_* or tgt_* list columns of a spec, features included."""
+    return [f.name for f in contracts_of(spec).request_record if f.name.startswith(prefix)]
+
+
+def feature_columns(spec: DatasetSpec) -> list[tuple[str, Feature]]:
+    """(record column, feature) of every side feature, history first."""
+    return [(f"{prefix}{f.name}", f) for side, prefix in (("history", HIST_PREFIX), ("target", TGT_PREFIX))
+            for f in spec.features_on(side)]
+
+
+def feature_check_name(column: str, feature: Feature) -> str:
+    """categorical ids are never negative (the model hashes them); numbers are finite."""
+    return f"{'nonnegative' if feature.kind == 'categorical' else 'finite'}_{column}"
+
+
+def _feature_ok(column: str, feature: Feature) -> Any:
+    """True when every value of the list is valid (a null element is not)."""
+    from pyspark.sql import functions as F
+
+    if feature.kind == "categorical":
+        return F.forall(column, lambda x: x.isNotNull() & (x >= 0))
+    return F.forall(column, lambda x: x.isNotNull() & ~F.isnan(x) & (F.abs(x) < float("inf")))
+
+
+def checks_actions(spec: DatasetSpec) -> bool:
+    """Whether the records suite checks the range of the action flags: for every spec but
+    the default, whose suites stay as they were before specs (the same outcomes)."""
+    return spec.fingerprint != DEFAULT_SPEC.fingerprint
+
+
+def request_frames(records: Any, spec: DatasetSpec = DEFAULT_SPEC) -> dict[str, Any]:
     """Scalar columns GX can check, derived from request records, plus one row per target."""
     from pyspark.sql import functions as F
+
+    hist_columns, tgt_columns = list_columns(spec, HIST_PREFIX), list_columns(spec, TGT_PREFIX)
 
     def aligned(columns: list[str]) -> Any:
         return _all([F.size(c) == F.size(columns[0]) for c in columns[1:]])
 
+    actions = num_actions(spec.tasks)
+    extra = [F.forall("hist_action", lambda a: a.isNotNull() & (a >= 0) & (a < actions)).alias("actions_in_range")] \
+        if checks_actions(spec) else []
     frame = records.select(
         "request_id",
-        F.size(HIST_COLUMNS[0]).alias("hist_len"),
-        F.size(TGT_COLUMNS[0]).alias("n_targets"),
-        aligned(HIST_COLUMNS).alias("hist_aligned"),
-        aligned(TGT_COLUMNS).alias("tgt_aligned"),
+        F.size(hist_columns[0]).alias("hist_len"),
+        F.size(tgt_columns[0]).alias("n_targets"),
+        aligned(hist_columns).alias("hist_aligned"),
+        aligned(tgt_columns).alias("tgt_aligned"),
         # no event logged at or after the request; an empty history leaks nothing
         F.coalesce(F.array_max("hist_event_ts") < F.col("request_ts"), F.lit(True)).alias("leak_free"),
         (F.col("hist_event_ts") == F.array_sort("hist_event_ts")).alias("hist_sorted"),
+        *extra,
+        *[_feature_ok(column, f).alias(feature_check_name(column, f)) for column, f in feature_columns(spec)],
     )
-    labels = [F.col(f"{TGT_PREFIX}{t}") for t in TASKS]
+    labels = [F.col(f"{TGT_PREFIX}{t}") for t in spec.tasks]
     targets = records.select(F.explode(F.arrays_zip(*labels)).alias("t")).select(
-        *[F.col("t")[f"{TGT_PREFIX}{t}"].cast("int").alias(t) for t in TASKS]
+        *[F.col("t")[f"{TGT_PREFIX}{t}"].cast("int").alias(t) for t in spec.tasks]
     )
     return {"records": frame, "targets": targets}
 
@@ -126,7 +170,17 @@ def raw_frame(raw: Any) -> Any:
 # ---------------------------------------------------------------- suites
 
 
-def request_checks(cfg: ValidationConfig) -> list[Check]:
+def label_bands(cfg: ValidationConfig, spec: DatasetSpec) -> dict[str, tuple[float, float]]:
+    """The label-rate band of each of the spec's tasks. A configured band of a task that is
+    neither the spec's nor the default config's (which bands the default tasks) is a typo."""
+    unknown = set(cfg.label_rates) - set(spec.tasks) - set(ValidationConfig().label_rates)
+    if unknown:
+        raise LongseqError(f"validation config: label_rates names {', '.join(sorted(unknown))}, not a task of dataset "
+                           f"spec {spec.name!r} (its tasks: {', '.join(spec.tasks)})")
+    return {task: cfg.label_rates.get(task, ANY_RATE) for task in spec.tasks}
+
+
+def request_checks(cfg: ValidationConfig, spec: DatasetSpec = DEFAULT_SPEC) -> list[Check]:
     import great_expectations.expectations as gxe
 
     in_set = lambda column: gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True])  # noqa: E731
@@ -146,27 +200,31 @@ def request_checks(cfg: ValidationConfig) -> list[Check]:
         Check("history_length_median", "records", gxe.ExpectColumnMedianToBeBetween(
             column="hist_len", min_value=median_band[0], max_value=median_band[1])),
     ]
-    for task in TASKS:
+    if checks_actions(spec):
+        checks.append(Check("history_actions_in_range", "records", in_set("actions_in_range")))
+    for column, feature in feature_columns(spec):
+        name = feature_check_name(column, feature)
+        checks.append(Check(name, "records", in_set(name)))
+    for task, (lo, hi) in label_bands(cfg, spec).items():
         checks.append(Check(f"labels_binary_{task}", "targets",
                             gxe.ExpectColumnValuesToBeInSet(column=task, value_set=[0, 1])))
-        lo, hi = cfg.label_rates[task]
         checks.append(Check(f"label_rate_{task}", "targets",
                             gxe.ExpectColumnMeanToBeBetween(column=task, min_value=lo, max_value=hi)))
     return checks
 
 
-def raw_checks(cfg: ValidationConfig, day: dt.date) -> list[Check]:
+def raw_checks(cfg: ValidationConfig, day: dt.date, spec: DatasetSpec = DEFAULT_SPEC) -> list[Check]:
     import great_expectations.expectations as gxe
 
     mostly = cfg.raw_mostly
     start = day_start_ms(day)
     checks = [
         Check(f"required_{c}", "raw", gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=mostly))
-        for c in RAW_LOG.required_names
+        for c in contracts_of(spec).raw_log.required_names
     ]
     checks += [
         Check(f"label_binary_{t}", "raw", gxe.ExpectColumnValuesToBeInSet(column=t, value_set=[0, 1], mostly=mostly))
-        for t in TASKS
+        for t in spec.tasks
     ]
     checks += [
         Check(f"positive_{c}", "raw", gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, mostly=mostly))
@@ -247,32 +305,54 @@ def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfi
 
 
 def load_request_frames(spark: Any, storage: Storage, out: str, day: dt.date, cfg: ValidationConfig,
-                        sample: float | None) -> tuple[dict[str, Any], list[Check], str | None]:
-    """The derived frames and checks of a built day's request records, and the build they
-    came from. The history bound is the one the day was built with, unless cfg sets one."""
+                        sample: float | None, spec: DatasetSpec = DEFAULT_SPEC,
+                        ) -> tuple[dict[str, Any], list[Check], str | None]:
+    """The derived frames and checks of a built day's request records (of DATA's spec), and
+    the build they came from. The history bound is the one the day was built with, unless
+    cfg sets one."""
     layout = BuildLayout(out.rstrip("/"))
     path = layout.dir("requests", day)
     if not storage.exists(layout.report(day)) or not storage.exists(f"{path}/{SUCCESS_MARKER}"):
         raise MissingPrerequisiteError(f"no built request records at {path}: run `longseq build` for {day} first")
+    report = json.loads(storage.read_text(layout.report(day)))
+    check_built_spec(report, spec, day, out, "validate")
     if cfg.max_len is None:
-        built_with = json.loads(storage.read_text(layout.report(day))).get("max_len")
-        cfg = dataclasses.replace(cfg, max_len=built_with)
+        cfg = dataclasses.replace(cfg, max_len=report.get("max_len"))
     data = spark.read.parquet(path)
     if sample:
         data = data.sample(fraction=sample, seed=0)
-    return request_frames(data), request_checks(cfg), layout.build_digest(storage, day)
+    return request_frames(data, spec), request_checks(cfg, spec), layout.build_digest(storage, day)
 
 
 def load_raw_frames(spark: Any, storage: Storage, raw: str | None, day: dt.date, cfg: ValidationConfig,
-                    sample: float | None) -> tuple[dict[str, Any], list[Check], None]:
-    """The derived frame and checks of a raw partition."""
+                    sample: float | None, spec: DatasetSpec = DEFAULT_SPEC) -> tuple[dict[str, Any], list[Check], None]:
+    """The derived frame and checks of a raw partition of the spec's raw-log contract."""
     if raw is None:
         raise LongseqError("--suite raw needs --raw DIR")
     check_raw_partitions(storage, raw.rstrip("/"), [day])
-    data = read_spark(spark, storage, partition_path(raw, day), RAW_LOG)  # checked as the build checks it
+    contract = contracts_of(spec).raw_log
+    data = read_spark(spark, storage, partition_path(raw, day), contract)  # checked as the build checks it
     if sample:
         data = data.sample(fraction=sample, seed=0)
-    return {"raw": raw_frame(data)}, raw_checks(cfg, day), None
+    return {"raw": raw_frame(data)}, raw_checks(cfg, day, spec), None
+
+
+def suite_spec(storage: Storage, out: str, suite: str, spec: DatasetSpec | str | None = None) -> DatasetSpec:
+    """The spec a suite checks: DATA's (checked against `spec` when one is given). Raw logs
+    are validated before DATA may exist: there a given spec stands until DATA records one."""
+    if suite == "raw" and spec is not None and not storage.exists(spec_path(out)):
+        return resolve_spec(spec)
+    return spec_for(storage, out, spec)
+
+
+def check_built_spec(report: dict, spec: DatasetSpec, day: dt.date, out: str, action: str) -> None:
+    """SpecError unless the day's build report names DATA's spec (a report without one was
+    built with the default spec): its records have another spec's columns."""
+    built = built_spec_summary(report)
+    if built["fingerprint"] != spec.fingerprint:
+        raise SpecError(
+            f"refusing to {action} ds={day}: it was built with dataset spec {built['name']!r} "
+            f"({built['fingerprint']}), but {out} holds spec {spec.name!r} ({spec.fingerprint}); rebuild the day with that spec")
 
 
 def validate(
@@ -284,8 +364,12 @@ def validate(
     cfg: ValidationConfig | None = None,
     sample: float | None = None,
     storage: Storage | None = None,
+    spec: DatasetSpec | str | None = None,
 ) -> dict:
-    """Validate one ds, write DATA/validation/ds=D/<suite>.json and Data Docs; return the outcome."""
+    """Validate one ds, write DATA/validation/ds=D/<suite>.json and Data Docs; return the outcome.
+
+    The suites follow DATA's dataset spec; `spec` (an object or its file), when given, must
+    agree with it, or names the spec of raw logs validated before DATA records one."""
     cfg = cfg or ValidationConfig()
     storage = storage or RoutingStorage(spark)
     out, raw = absolute(out), absolute(raw) if raw else None
@@ -293,10 +377,11 @@ def validate(
         raise LongseqError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if sample is not None and not 0 < sample <= 1:
         raise LongseqError(f"--sample must be a fraction in (0, 1], got {sample}")
+    spec = suite_spec(storage, out, suite, spec)
     if suite == "requests":
-        frames, checks, build_digest = load_request_frames(spark, storage, out, day, cfg, sample)
+        frames, checks, build_digest = load_request_frames(spark, storage, out, day, cfg, sample, spec)
     else:
-        frames, checks, build_digest = load_raw_frames(spark, storage, raw, day, cfg, sample)
+        frames, checks, build_digest = load_raw_frames(spark, storage, raw, day, cfg, sample, spec)
     frames = {name: frame.cache() for name, frame in frames.items()}
     target = validation_dir(out, day)
     # GX writes Data Docs with local file I/O and wants an absolute path; for a cluster

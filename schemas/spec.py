@@ -23,6 +23,7 @@ the model hashes, buckets or normalises them, so the same records serve other tr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -287,16 +288,16 @@ def _check(spec: DatasetSpec) -> None:
                 fail(f"{where}.boundaries", f"need a strictly increasing list, got {list(f.boundaries)}")
 
 
+@functools.cache
 def load_default_spec() -> DatasetSpec:
+    """The default spec, read once: every caller shares the one object."""
     return load_spec(DEFAULT_SPEC_FILE)
 
 
 def resolve_spec(spec: DatasetSpec | Path | str | None) -> DatasetSpec:
     """A spec object, a path to one, or None for the default."""
     if spec is None:
-        from schemas.contracts import DEFAULT_SPEC
-
-        return DEFAULT_SPEC
+        return load_default_spec()
     if isinstance(spec, DatasetSpec):
         return spec
     return load_spec(spec)

@@ -20,12 +20,21 @@ Real impression logs are private, so tests, benchmarks and the demo run on this.
 Everything is drawn from numpy Generators seeded by (seed, day, chunk), so the same
 arguments give byte-identical files; a day is generated in chunks of users, so memory is
 bounded by the chunk, not by the data set.
+
+Logs in the shape of another dataset spec (generate(spec=...); docs/GENERATOR.md, "Other
+specs"): the same users, catalogue, requests, times, late uploads and dirt, but the spec's
+tasks are a funnel driven by the same latent logit (task k can only be 1 where task k-1
+is), and its inputs are filled by role, read from the input's type and name (input_role):
+item attributes tied to the item's topic, log-normal amounts, time on screen, time spent
+after engaging. A spec whose raw log is the default one's gets the short-video logs above,
+byte for byte.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -37,10 +46,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataset.raw import RawPartitionWriter
+from dataset.spec_record import spec_summary
 from features.hashing import mix64
-from schemas.contracts import DAY_MS, RAW_LOG, TASKS, day_start_ms
+from schemas.contracts import (
+    DAY_MS, DEFAULT_CONTRACTS, DEFAULT_SPEC, RAW_LOG, TASKS, Contracts, contracts_of, day_start_ms,
+)
 from schemas.errors import LongseqError
 from schemas.forms import to_arrow
+from schemas.spec import DatasetSpec, Input, resolve_spec
+from schemas.types import Schema
 
 REPORT_FILE = "_generator_report.json"
 DIRTY_KINDS = ("duplicate_event_id", "missing_required", "label_out_of_range", "event_before_request")
@@ -137,6 +151,7 @@ class GenerateReport:
     events_per_user: dict[str, float] = field(default_factory=dict)
     users_over_10k_events: int = 0
     seconds: float = 0.0
+    spec: dict[str, str] = field(default_factory=dict)  # spec_summary of the spec the logs follow
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -263,6 +278,153 @@ def _within_segment_cumsum(x: np.ndarray, segment: np.ndarray, first: np.ndarray
     total = np.cumsum(x)
     before = total - x
     return total - before[first[segment]]
+
+
+# ---------------------------------------------------------------- logs of another spec
+
+
+@dataclass(frozen=True)
+class FunnelModel:
+    """The knobs of spec-shaped logs (docs/GENERATOR.md, "Other specs")."""
+
+    # task 0 ~ sigmoid(logit + offsets[0]); task k ~ task k-1 and sigmoid(step_slope * logit
+    # + offsets[k] - amount_weight * the item's amount z-score); the last offset repeats
+    offsets: tuple[float, ...] = (-2.0, -1.2, -0.9)
+    step_slope: float = 0.6
+    task_bias_sd: float = 0.4  # per user and task: some users cart a lot, some never buy
+    amount_weight: float = 0.4  # a pricier item goes past the first step less often
+    values_per_topic: int = 3  # distinct values of an item attribute within one topic
+    amount_median: float = 25.0  # an amount's median; x100 for a name ending in _cents
+    amount_topic_sd: float = 0.8  # log-normal sd of an amount between topics
+    amount_item_sd: float = 0.5  # and within a topic
+    engaged_median_ms: float = 30_000.0  # time spent after engaging (a product page), per step reached
+    optional_null: float = 0.02  # share of an optional input left null (not logged)
+    optional_zero: float = 0.01  # and share set to 0 (logged as zero)
+
+
+FUNNEL = FunnelModel()
+
+
+def input_role(i: Input) -> str:
+    """How the generator fills an input, from its type and name (docs/GENERATOR.md), the
+    first rule that fits: a float, or a name with price/amount or ending in _cents: a
+    log-normal amount of the item; a name with dwell: time spent after engaging (0 without
+    the first task); a name with duration or length: the item's length; a name ending in
+    _ms: the item's time on screen; any other integer: an attribute of the item, tied to its topic."""
+    if i.type.startswith("float") or "price" in i.name or "amount" in i.name or i.name.endswith("_cents"):
+        return "amount"
+    if "dwell" in i.name:
+        return "engaged_ms"
+    if "duration" in i.name or "length" in i.name:
+        return "length_ms"
+    if i.name.endswith("_ms"):
+        return "view_ms"
+    return "attribute"
+
+
+def _raw_shape(raw_log: Schema) -> tuple:
+    return tuple((f.name, f.dtype, f.required) for f in raw_log)
+
+
+def has_default_raw_log(spec: DatasetSpec) -> bool:
+    """The spec's raw log is the default one's (features may differ): the short-video logs fit it."""
+    return _raw_shape(contracts_of(spec).raw_log) == _raw_shape(RAW_LOG)
+
+
+def _name_salt(name: str) -> int:
+    """A stable salt per input name (Python's hash() changes between runs)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
+@dataclass
+class SpecWorld:
+    """What spec-shaped logs add to the catalogue and the users."""
+
+    spec: DatasetSpec
+    item_values: dict[str, np.ndarray]  # per catalogue item: the attribute and amount inputs
+    amount_z: np.ndarray  # per item: z-score of the log of the first amount input (0 without one)
+    task_bias: np.ndarray  # (users, tasks) float64
+
+
+def _attribute_values(cat: Catalogue, rng: np.random.Generator, i: Input, seed: int) -> np.ndarray:
+    """Per item: one of values_per_topic ids of its topic, positive and within the input's type."""
+    k = FUNNEL.values_per_topic
+    key = cat.topic.astype(np.uint64) * np.uint64(k) + rng.integers(0, k, len(cat.topic)).astype(np.uint64)
+    top = np.uint64(np.iinfo(np.dtype(i.type)).max)
+    return (mix64(key, seed * 7919 + _name_salt(i.name)) % top + np.uint64(1)).astype(i.type)
+
+
+def _amount_log_values(cat: Catalogue, p: GeneratorProfile, rng: np.random.Generator, i: Input) -> np.ndarray:
+    """Per item: log of a log-normal amount whose median depends on the item's topic."""
+    median = FUNNEL.amount_median * (100 if i.name.endswith("_cents") else 1)
+    by_topic = rng.normal(0.0, FUNNEL.amount_topic_sd, p.topics)
+    return np.log(median) + by_topic[cat.topic] + rng.normal(0.0, FUNNEL.amount_item_sd, len(cat.topic))
+
+
+def build_spec_world(spec: DatasetSpec, cat: Catalogue, p: GeneratorProfile, seed: int) -> SpecWorld:
+    rng = np.random.default_rng([seed, 0x5BEC])  # its own stream: the catalogue and users stay as they are
+    task_bias = rng.normal(0.0, FUNNEL.task_bias_sd, (p.users, len(spec.tasks)))
+    item_values: dict[str, np.ndarray] = {}
+    amount_z = None
+    for i in spec.inputs:
+        role = input_role(i)
+        if role == "attribute":
+            item_values[i.name] = _attribute_values(cat, rng, i, seed)
+        elif role == "length_ms":
+            item_values[i.name] = cat.duration_ms
+        elif role == "amount":
+            log_value = _amount_log_values(cat, p, rng, i)
+            if amount_z is None:
+                amount_z = (log_value - log_value.mean()) / max(log_value.std(), 1e-9)
+            value = np.exp(log_value)
+            item_values[i.name] = np.maximum(np.round(value), 1) if np.dtype(i.type).kind == "i" else value
+    no_amount = np.zeros(len(cat.topic))
+    return SpecWorld(spec, item_values, no_amount if amount_z is None else amount_z, task_bias)
+
+
+def _draw_funnel(
+    rng: np.random.Generator, world: SpecWorld, user_global: np.ndarray, item: np.ndarray, logit: np.ndarray
+) -> list[np.ndarray]:
+    """The spec's tasks, each (N,) bool, in order: a funnel, task k only where task k-1."""
+    n, offsets = len(logit), FUNNEL.offsets
+    reached = np.ones(n, dtype=bool)
+    labels = []
+    for k in range(len(world.spec.tasks)):
+        offset = offsets[min(k, len(offsets) - 1)]
+        step = logit if k == 0 else FUNNEL.step_slope * logit - FUNNEL.amount_weight * world.amount_z[item]
+        reached = reached & (rng.random(n) < _sigmoid(step + offset + world.task_bias[user_global, k]))
+        labels.append(reached)
+    return labels
+
+
+def _draw_engaged(rng: np.random.Generator, labels: list[np.ndarray]) -> np.ndarray:
+    """(N,) int64 ms spent after engaging: log-normal per funnel step reached, 0 without the first."""
+    steps = np.sum(labels, axis=0)
+    n = len(steps)
+    return (steps * rng.lognormal(np.log(FUNNEL.engaged_median_ms), 0.8, n)).astype(np.int64)
+
+
+def _spec_inputs(
+    rng: np.random.Generator, world: SpecWorld, item: np.ndarray, view: np.ndarray, engaged: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The spec's input columns for impressions of `item`; an optional input gets some nulls
+    (masked) and some zeros, a required one neither."""
+    n = len(item)
+    per_impression = {"engaged_ms": engaged, "view_ms": view}
+    cols: dict[str, np.ndarray] = {}
+    for i in world.spec.inputs:
+        role = input_role(i)
+        values = world.item_values[i.name][item] if i.name in world.item_values else per_impression[role]
+        dtype = np.dtype(i.type)
+        if dtype.kind == "i":
+            values = np.minimum(values, np.iinfo(dtype).max)
+        values = values.astype(dtype)
+        u = rng.random(n)  # drawn for required inputs too: adding `required` changes no other column
+        if not i.required:
+            values[(u >= FUNNEL.optional_null) & (u < FUNNEL.optional_null + FUNNEL.optional_zero)] = 0
+            values = np.ma.masked_array(values, mask=u < FUNNEL.optional_null)
+        cols[i.name] = values
+    return cols
 
 
 # ---------------------------------------------------------------- one chunk of one day
@@ -475,9 +637,18 @@ def _event_times(
 
 
 def generate_chunk(
-    cat: Catalogue, users: Users, p: GeneratorProfile, seed: int, day_index: int, chunk: int, start_ms: int
+    cat: Catalogue,
+    users: Users,
+    p: GeneratorProfile,
+    seed: int,
+    day_index: int,
+    chunk: int,
+    start_ms: int,
+    world: "SpecWorld | None" = None,
 ) -> dict[str, np.ndarray]:
-    """Clean impressions of users [chunk*users_per_chunk, ...) on one day, as numpy columns."""
+    """Clean impressions of users [chunk*users_per_chunk, ...) on one day, as numpy columns
+    (a column with nulls as a numpy masked array). world: the spec-shaped logs (SpecWorld);
+    None: the short-video logs of the default spec."""
     rng = np.random.default_rng([seed, day_index, chunk])  # the only source of randomness: keep call order
     lo = chunk * p.users_per_chunk
     hi = min(p.users, lo + p.users_per_chunk)
@@ -486,9 +657,17 @@ def generate_chunk(
     imp = _draw_impressions(rng, cat, p, req, main_topic_for)
     user_global = lo + imp.user
     duration = cat.duration_ms[imp.item].astype(np.float64)
-    labels = _draw_labels(rng, users, user_global, _label_logit(cat, users, p, req, imp, user_global, duration))
-    play = _draw_play(rng, duration, labels[0], labels[1])
-    request_ts, done_in_request, req_duration = _request_times(rng, req, imp, play, start_ms)
+    logit = _label_logit(cat, users, p, req, imp, user_global, duration)
+    if world is None:
+        labels = _draw_labels(rng, users, user_global, logit)
+        play = _draw_play(rng, duration, labels[0], labels[1])
+        spent = play
+    else:
+        labels = _draw_funnel(rng, world, user_global, imp.item, logit)
+        play = _draw_play(rng, duration, labels[0], np.zeros(len(logit), dtype=bool))  # time on screen
+        engaged = _draw_engaged(rng, labels)
+        spent = play + engaged
+    request_ts, done_in_request, req_duration = _request_times(rng, req, imp, spent, start_ms)
     event_ts = _event_times(rng, p, imp, request_ts, done_in_request, req_duration)
 
     # a request belongs to the day its request_ts falls in; sessions running past midnight stop
@@ -505,10 +684,14 @@ def generate_chunk(
         "author_id": cat.author_id[imp.item],
         "position": imp.position,
         "event_ts": event_ts,
-        "play_ms": np.minimum(play, np.iinfo(np.int32).max).astype(np.int32),
-        "duration_ms": duration.astype(np.int32),
-        **{t: v.astype(np.int8) for t, v in zip(TASKS, labels)},
     }
+    if world is None:
+        cols["play_ms"] = np.minimum(play, np.iinfo(np.int32).max).astype(np.int32)
+        cols["duration_ms"] = duration.astype(np.int32)
+        cols.update({t: v.astype(np.int8) for t, v in zip(TASKS, labels)})
+    else:
+        cols.update(_spec_inputs(rng, world, imp.item, play, engaged))
+        cols.update({t: v.astype(np.int8) for t, v in zip(world.spec.tasks, labels)})
     order = np.argsort(event_ts[keep], kind="stable")  # logs arrive in event_ts order
     return {k: v[keep][order] for k, v in cols.items()}
 
@@ -517,27 +700,32 @@ def generate_chunk(
 
 
 def inject_dirt(
-    cols: dict[str, np.ndarray], fraction: float, rng: np.random.Generator
+    cols: dict[str, np.ndarray],
+    fraction: float,
+    rng: np.random.Generator,
+    contracts: Contracts = DEFAULT_CONTRACTS,
 ) -> tuple[pa.Table, dict[str, int]]:
-    """Turn clean columns into a contract-1 table with `fraction` of rows made dirty.
+    """Turn clean columns into a contract-1 table (the spec's raw log) with `fraction` of
+    rows made dirty. A masked column's masked values are written as nulls.
 
     Kinds are split evenly over disjoint rows: duplicated event_ids (exact re-deliveries,
     appended), a missing required value, a label outside {0,1}, event_ts < request_ts.
     """
+    raw_log, tasks = contracts.raw_log, contracts.tasks
     n = len(cols["event_id"])
     counts = {k: 0 for k in DIRTY_KINDS}
-    masks = {name: np.zeros(n, dtype=bool) for name in RAW_LOG.names}
-    cols = {k: v.copy() for k, v in cols.items()}
+    masks = {name: np.ma.getmaskarray(cols[name]).copy() for name in raw_log.names}
+    cols = {k: np.ma.getdata(v).copy() for k, v in cols.items()}
     n_dirty = min(n, int(round(fraction * n)))
     chosen = rng.permutation(n)[:n_dirty]
     kind_rows = {k: np.sort(chosen[i :: len(DIRTY_KINDS)]) for i, k in enumerate(DIRTY_KINDS)}
-    required = RAW_LOG.required_names
+    required = raw_log.required_names
     rows = kind_rows["missing_required"]
     for r, c in zip(rows, rng.integers(0, len(required), len(rows))):
         masks[required[c]][r] = True
     rows = kind_rows["label_out_of_range"]
-    for r, t, v in zip(rows, rng.integers(0, len(TASKS), len(rows)), rng.choice([-1, 2, 3], len(rows))):
-        cols[TASKS[t]][r] = v
+    for r, t, v in zip(rows, rng.integers(0, len(tasks), len(rows)), rng.choice([-1, 2, 3], len(rows))):
+        cols[tasks[t]][r] = v
     rows = kind_rows["event_before_request"]
     cols["event_ts"][rows] = cols["request_ts"][rows] - rng.integers(1, 600_000, len(rows))
     for k in DIRTY_KINDS[1:]:
@@ -545,7 +733,7 @@ def inject_dirt(
 
     dup = kind_rows["duplicate_event_id"]
     counts["duplicate_event_id"] = len(dup)
-    arrow_schema = to_arrow(RAW_LOG)
+    arrow_schema = to_arrow(raw_log)
     arrays = []
     for f in arrow_schema:
         values, mask = cols[f.name], masks[f.name]
@@ -573,8 +761,13 @@ def generate(
     start: dt.date,
     dirty: float = 0.0,
     progress: Callable[[str], None] | None = None,
+    spec: DatasetSpec | Path | str = DEFAULT_SPEC,
 ) -> GenerateReport:
-    """Write profile.days days of contract-1 Parquet under `out`, one ds partition per day."""
+    """Write profile.days days of contract-1 Parquet under `out`, one ds partition per day,
+    in the shape of `spec` (a DatasetSpec or its YAML file): the short-video logs for the
+    default spec (and any spec with its raw log), the spec-shaped logs otherwise."""
+    spec = resolve_spec(spec)
+    contracts = contracts_of(spec)
     if not 0.0 <= dirty <= 0.5:
         raise LongseqError(f"--dirty must be a fraction in [0, 0.5], got {dirty}")
     if profile.users < 1 or profile.days < 1:
@@ -583,9 +776,10 @@ def generate(
     t0 = time.perf_counter()
     cat = build_catalogue(profile, seed)
     users = build_users(profile, seed)
+    world = None if has_default_raw_log(spec) else build_spec_world(spec, cat, profile, seed)
     report = GenerateReport(
         out=str(out), profile=profile.name, seed=seed, start=start.isoformat(), days=profile.days,
-        users=profile.users, dirty_fraction=dirty,
+        users=profile.users, dirty_fraction=dirty, spec=spec_summary(spec),
     )
     events_per_user = np.zeros(profile.users, dtype=np.int64)
     by_id = np.argsort(users.user_id)
@@ -596,8 +790,8 @@ def generate(
         start_ms = day_start_ms(day)
         writer, day_rows, day_requests = RawPartitionWriter(out, day), 0, 0
         for c in range(n_chunks):
-            cols = generate_chunk(cat, users, profile, seed, d, c, start_ms)
-            table, counts = inject_dirt(cols, dirty, np.random.default_rng([seed, d, c, 0xD1]))
+            cols = generate_chunk(cat, users, profile, seed, d, c, start_ms, world)
+            table, counts = inject_dirt(cols, dirty, np.random.default_rng([seed, d, c, 0xD1]), contracts)
             writer.write(table)
             for k, v in counts.items():
                 report.dirty[k] += v

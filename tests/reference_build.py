@@ -1,22 +1,26 @@
 """A deliberately naive reference build: the test oracle for the request records.
 
-It computes, from the raw partitions of ALL the given days at once, what the build must
-write, straight from the semantics in DESIGN.md / docs/CONTRACTS.md, with no incremental
-state, no windows and no joins: plain Python loops over lists of dicts. It shares no code
-with the engines beyond the contract definitions (column names, the reason names and
-their order, the dedup key columns); the row checks are re-implemented here on purpose.
+It computes, from the raw partitions of ALL the given days at once, what the build of a
+dataset spec must write, straight from the semantics in DESIGN.md / docs/CONTRACTS.md /
+docs/SPEC.md, with no incremental state, no windows and no joins: plain Python loops over
+lists of dicts. It shares no code with the engines beyond the contract definitions (column
+names, the reason names and their order, the dedup key columns); the row checks and the
+feature values are re-implemented here on purpose.
 
-    validity   reason = the first rule a row breaks, in the order of etl.row_rules.REASONS;
+    validity   reason = the first rule a row breaks, in the order of etl.row_rules.reasons_for(spec);
                then every valid row of a request_id whose valid rows name two users or
                two request_ts gets "inconsistent_request"
     dedupe     valid rows of one ds partition with the same event_id collapse to the
-               smallest by the DEDUP_ORDER columns; a row whose event_id was kept on an
-               earlier day, by a copy logged at most the lateness bound before this day
-               began, is a duplicate too
+               smallest by the dedup_order(spec) columns, a null before any value; a row
+               whose event_id was kept on an earlier day, by a copy logged at most the
+               lateness bound before this day began, is a duplicate too
     history    the user's kept events with event_ts < request_ts, sorted by
                (event_ts, event_id as a string), the last max_len of them
     targets    the request's kept rows, sorted by (position, event_id)
-    action     finish*1 + skip*2 + like*4 + comment*8
+    action     sum of label << i over the spec's tasks (default: finish*1 + skip*2 + like*4 + comment*8)
+    features   per kept row: an input as int64 (categorical) or float32 (numeric), null -> 0;
+               a ratio a / b in float64 then float32, 0 when a or b is null or b <= 0;
+               history events carry the history features, targets the target features
 
 O(requests x user's events): meant for a few thousand rows.
 """
@@ -30,12 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
-from etl.row_rules import DEDUP_ORDER, REASONS
-from schemas.contracts import DEFAULT_LATENESS_MS, RAW_LOG, REQUEST_RECORD
+from etl.row_rules import dedup_order, reasons_for
+from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, contracts_of
+from schemas.spec import DatasetSpec, Feature
 
-LABELS = ("finish", "skip", "like", "comment")
 INCONSISTENT = "inconsistent_request"
 MS_PER_DAY = 24 * 60 * 60 * 1000
 
@@ -51,16 +56,22 @@ def _is_label(v: Any) -> bool:
     return v == 0 or v == 1
 
 
-def _checks(day: dt.date, lateness_ms: int) -> list[tuple[str, Any]]:
+def _required_columns(spec: DatasetSpec) -> list[str]:
+    """The raw columns a row may not leave null, in column order: all but the optional inputs."""
+    optional = {i.name for i in spec.inputs if not i.required}
+    return [c for c in contracts_of(spec).raw_log.names if c not in optional]
+
+
+def _checks(day: dt.date, lateness_ms: int, spec: DatasetSpec) -> list[tuple[str, Any]]:
     """(reason, row -> True when broken), in rule order. Null checks come first, so the
     later checks only ever see non-null values."""
     start = _day_start(day)
     end = start + MS_PER_DAY
     checks: list[tuple[str, Any]] = [
-        (f"missing_{name}", lambda r, name=name: r[name] is None) for name in RAW_LOG.required_names
+        (f"missing_{name}", lambda r, name=name: r[name] is None) for name in _required_columns(spec)
     ]
     checks += [
-        ("label_out_of_range", lambda r: not all(_is_label(r[t]) for t in LABELS)),
+        ("label_out_of_range", lambda r: not all(_is_label(r[t]) for t in spec.tasks)),
         ("event_before_request", lambda r: r["event_ts"] < r["request_ts"]),
         ("late_event", lambda r: r["event_ts"] > r["request_ts"] + lateness_ms),
         ("nonpositive_id", lambda r: r["user_id"] <= 0 or r["item_id"] <= 0 or r["author_id"] <= 0),
@@ -68,14 +79,15 @@ def _checks(day: dt.date, lateness_ms: int) -> list[tuple[str, Any]]:
         ("request_ts_outside_partition", lambda r: not (start <= r["request_ts"] < end)),
     ]
     names = (*(name for name, _ in checks), INCONSISTENT)
-    if names != REASONS:  # the rules changed: this oracle must be updated with them
-        raise AssertionError(f"reference rules {names} do not match etl.row_rules.REASONS {REASONS}")
+    if names != reasons_for(spec):  # the rules changed: this oracle must be updated with them
+        raise AssertionError(f"reference rules {names} do not match etl.row_rules.reasons_for {reasons_for(spec)}")
     return checks
 
 
-def reason_of(row: dict, day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> str | None:
+def reason_of(row: dict, day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS,
+              spec: DatasetSpec = DEFAULT_SPEC) -> str | None:
     """The first row rule `row` breaks (the request rule needs the other rows: see below)."""
-    for name, broken in _checks(day, lateness_ms):
+    for name, broken in _checks(day, lateness_ms, spec):
         if broken(row):
             return name
     return None
@@ -84,13 +96,13 @@ def reason_of(row: dict, day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -
 # ---------------------------------------------------------------- reading
 
 
-def read_partition(raw: str | Path, day: dt.date) -> list[dict]:
-    """All rows of RAW/ds=day as dicts of the RAW_LOG columns (files in name order)."""
+def read_partition(raw: str | Path, day: dt.date, spec: DatasetSpec = DEFAULT_SPEC) -> list[dict]:
+    """All rows of RAW/ds=day as dicts of the spec's raw-log columns (files in name order)."""
     path = Path(raw) / f"ds={day.isoformat()}"
     files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith(("_", ".")))
     rows: list[dict] = []
     for f in files:
-        rows.extend(pq.read_table(f).select(RAW_LOG.names).to_pylist())
+        rows.extend(pq.read_table(f).select(contracts_of(spec).raw_log.names).to_pylist())
     return rows
 
 
@@ -102,7 +114,7 @@ class DayExpectation:
     rows: int = 0
     duplicates: int = 0
     duplicates_across_days: int = 0
-    quarantined: dict[str, int] = field(default_factory=lambda: {r: 0 for r in REASONS})
+    quarantined: dict[str, int] = field(default_factory=lambda: {r: 0 for r in reasons_for(DEFAULT_SPEC)})
     requests: int = 0
     targets: int = 0
     requests_without_valid_impressions: int = 0
@@ -138,17 +150,43 @@ class Reference:
 # ---------------------------------------------------------------- the build
 
 
-def _action(e: dict) -> int:
-    return e["finish"] * 1 + e["skip"] * 2 + e["like"] * 4 + e["comment"] * 8
+def _action(e: dict, spec: DatasetSpec) -> int:
+    return sum(e[t] << i for i, t in enumerate(spec.tasks))
+
+
+def _feature(row: dict, f: Feature, spec: DatasetSpec) -> int | float:
+    """Feature f's value on a raw row, by hand: as a reader of the records sees it."""
+    source = f.source or f.name
+    ratios = {d.name: d.ratio for d in spec.derived}
+    if source in ratios:
+        a, b = (row[c] for c in ratios[source])
+        if a is None or b is None or b <= 0:
+            return 0.0
+        return float(np.float32(float(a) / float(b)))
+    value = row[source]
+    if f.kind == "categorical":
+        return 0 if value is None else int(value)
+    return 0.0 if value is None else float(np.float32(value))
+
+
+def _with_values(row: dict, spec: DatasetSpec) -> dict:
+    """A kept row with its action flags and, under `features`, every feature's value
+    (apart from the raw columns: a feature may share its input's name)."""
+    return {**row, "action": _action(row, spec), "features": {f.name: _feature(row, f, spec) for f in spec.features}}
+
+
+def _dedup_key(row: dict, spec: DatasetSpec) -> tuple:
+    """dedup_order's values with a null before any value (NULLS FIRST)."""
+    return tuple((0,) if row[c] is None else (1, row[c]) for c in dedup_order(spec))
 
 
 def _validate_and_dedupe(rows: list[dict], day: dt.date, exp: DayExpectation, lateness_ms: int,
-                         seen: dict[str, int]) -> list[dict]:
+                         seen: dict[str, int], spec: DatasetSpec) -> list[dict]:
     """The kept events of one ds partition; counts quarantined rows and duplicates in exp.
     `seen`: event_id -> event_ts of every copy kept on earlier days (updated here)."""
     valid = []
     for row in rows:
-        reason = reason_of(row, day, lateness_ms)
+        reason = reason_of(row, day, lateness_ms, spec)
         if reason is None:
             valid.append(row)
         else:
@@ -177,9 +215,9 @@ def _validate_and_dedupe(rows: list[dict], day: dt.date, exp: DayExpectation, la
             continue
         best = copies[0]
         for c in copies[1:]:
-            if tuple(c[k] for k in DEDUP_ORDER) < tuple(best[k] for k in DEDUP_ORDER):
+            if _dedup_key(c, spec) < _dedup_key(best, spec):
                 best = c
-        kept.append(best)
+        kept.append(_with_values(best, spec))
     for e in kept:
         seen[e["event_id"]] = e["event_ts"]
     return kept
@@ -209,7 +247,7 @@ def _history(kept: list[dict], user: int, request_ts: int, max_len: int) -> list
     return history
 
 
-def _record(rid: str, impressions: list[dict], kept: list[dict], max_len: int) -> dict:
+def _record(rid: str, impressions: list[dict], kept: list[dict], max_len: int, spec: DatasetSpec) -> dict:
     """The request record of one request: its history and its targets."""
     users = {e["user_id"] for e in impressions}
     times = {e["request_ts"] for e in impressions}
@@ -225,13 +263,16 @@ def _record(rid: str, impressions: list[dict], kept: list[dict], max_len: int) -
         "hist_item_id": [e["item_id"] for e in history],
         "hist_author_id": [e["author_id"] for e in history],
         "hist_event_ts": [e["event_ts"] for e in history],
-        "hist_action": [_action(e) for e in history],
+        "hist_action": [e["action"] for e in history],
+        **{f"hist_{f.name}": [e["features"][f.name] for e in history] for f in spec.features_on("history")},
         "tgt_item_id": [e["item_id"] for e in targets],
         "tgt_author_id": [e["author_id"] for e in targets],
-        **{f"tgt_{t}": [e[t] for e in targets] for t in LABELS},
+        **{f"tgt_{f.name}": [e["features"][f.name] for e in targets] for f in spec.features_on("target")},
+        **{f"tgt_{t}": [e[t] for e in targets] for t in spec.tasks},
     }
-    if sorted(rec) != sorted(REQUEST_RECORD.names):
-        raise AssertionError(f"reference record columns {sorted(rec)} != contract {sorted(REQUEST_RECORD.names)}")
+    contract = contracts_of(spec).request_record.names
+    if sorted(rec) != sorted(contract):
+        raise AssertionError(f"reference record columns {sorted(rec)} != contract {sorted(contract)}")
     return rec
 
 
@@ -259,7 +300,7 @@ def _fill_day_totals(
 
 
 def build_reference(raw: str | Path, days: list[dt.date], max_len: int,
-                    lateness_ms: int = DEFAULT_LATENESS_MS) -> Reference:
+                    lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC) -> Reference:
     if max_len < 1:
         raise ValueError("max_len must be at least 1")
     per_day: dict[dt.date, DayExpectation] = {}
@@ -267,15 +308,15 @@ def build_reference(raw: str | Path, days: list[dt.date], max_len: int,
     kept_day: list[dt.date] = []
     seen: dict[str, int] = {}
     for day in sorted(days):
-        exp = per_day[day] = DayExpectation()
-        rows = read_partition(raw, day)
+        exp = per_day[day] = DayExpectation(quarantined={r: 0 for r in reasons_for(spec)})
+        rows = read_partition(raw, day, spec)
         exp.rows = len(rows)
-        day_kept = _validate_and_dedupe(rows, day, exp, lateness_ms, seen)
+        day_kept = _validate_and_dedupe(rows, day, exp, lateness_ms, seen, spec)
         kept.extend(day_kept)
         kept_day.extend([day] * len(day_kept))
 
     requests, request_day = _group_requests(kept, kept_day)
-    records = {rid: _record(rid, impressions, kept, max_len) for rid, impressions in requests.items()}
+    records = {rid: _record(rid, impressions, kept, max_len, spec) for rid, impressions in requests.items()}
     for day, exp in per_day.items():
         _fill_day_totals(day, exp, records, request_day, kept, kept_day)
     return Reference(records=records, record_day=request_day, days=per_day, kept_events=kept, max_len=max_len)

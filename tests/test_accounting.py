@@ -31,8 +31,8 @@ def _engine_losing_a_row(name: str, request, monkeypatch, double: bool):
 
         real = pb._records
 
-        def faulty(kept, events, max_len):
-            records = real(kept, events, max_len)
+        def faulty(kept, events, max_len, *rest):
+            records = real(kept, events, max_len, *rest)
             return pl.concat([records, records.head(1)]) if double else records.slice(1)
 
         monkeypatch.setattr(pb, "_records", faulty)
@@ -41,9 +41,9 @@ def _engine_losing_a_row(name: str, request, monkeypatch, double: bool):
 
     real = SparkEngine._write_requests
 
-    def faulty(self, kept, recent, users, max_len, path):
+    def faulty(self, kept, recent, users, max_len, path, *rest):
         changed = kept.unionByName(kept.orderBy("event_id").limit(1)) if double else kept.exceptAll(kept.orderBy("event_id").limit(1))
-        return real(self, changed, recent, users, max_len, path)
+        return real(self, changed, recent, users, max_len, path, *rest)
 
     monkeypatch.setattr(SparkEngine, "_write_requests", faulty)
     return SparkEngine(request.getfixturevalue("spark"))

@@ -1,4 +1,5 @@
-"""The impression-log generator writes valid, deterministic, realistic contract-1 data."""
+"""The impression-log generator writes valid, deterministic, realistic contract-1 data: the
+default spec's short-video logs (unchanged byte for byte) and the logs of another spec."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from dataset.parquet_files import check_parquet_files, read_arrow
 from dataset.raw import read_raw_partition
-from schemas.contracts import DAY_MS, RAW_LOG, SUCCESS_MARKER, TASKS
+from dataset.storage import LocalStorage
+from schemas.contracts import DAY_MS, DEFAULT_SPEC, RAW_LOG, SUCCESS_MARKER, TASKS, contracts_of
+from schemas.errors import SchemaMismatchError
+from schemas.spec import SPECS_DIR, load_spec, spec_from_dict
 from sources import SAMPLE_START
-from sources.generate import PROFILES, REPORT_FILE, build_catalogue, build_users, generate, niche_loves
+from sources.generate import (
+    FUNNEL, PROFILES, REPORT_FILE, build_catalogue, build_users, generate, input_role, niche_loves,
+)
 
 START = SAMPLE_START
 
@@ -194,3 +201,190 @@ def test_missing_or_incomplete_partitions_are_clear_errors(tmp_raw_day):
 def tmp_raw_day(tmp_path):
     generate(tmp_path, PROFILES["tiny"].with_sizes(users=5, days=1), seed=1, start=START)
     return tmp_path, START
+
+
+# ---------------------------------------------------------------- the default spec, unchanged
+
+# sha256 of the values of PROFILES["tiny"], seed 5, dirty 0.1, as the generator wrote them
+# before it knew of specs (commit 51563e7): the default spec's logs must not change.
+TINY_SEED5_DIRTY10_VALUES = "5120fb7f27bf634cadafe79f1c2e24141b06dde03dfc57b63aea60251fcc8ff0"
+
+
+def _values_digest(root: Path) -> str:
+    """sha256 of every part file's path and values (not its bytes: a pyarrow upgrade may
+    change the footer, the values must not change)."""
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.parquet")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(pq.read_table(f).to_pandas().to_csv(index=False).encode())
+    return h.hexdigest()
+
+
+def test_the_default_spec_writes_what_it_always_wrote(tmp_path):
+    generate(tmp_path / "none", PROFILES["tiny"], seed=5, start=START, dirty=0.1)
+    assert _values_digest(tmp_path / "none") == TINY_SEED5_DIRTY10_VALUES
+    # the default spec given explicitly, by file, or a spec with its raw log (a feature added,
+    # another name): the same bytes
+    renamed = spec_from_dict({**DEFAULT_SPEC.to_dict(), "name": "mine", "features": {
+        "watch": {"kind": "numeric", "source": "play_ms", "transform": "log", "sides": ["history"]}}})
+    for name, spec in (("default", DEFAULT_SPEC), ("file", SPECS_DIR / "default.yaml"), ("renamed", renamed)):
+        generate(tmp_path / name, PROFILES["tiny"], seed=5, start=START, dirty=0.1, spec=spec)
+        assert _digest(tmp_path / name) == _digest(tmp_path / "none"), name
+
+
+# ---------------------------------------------------------------- another spec: e-commerce
+
+ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
+ECOMMERCE_RAW = contracts_of(ECOMMERCE).raw_log
+
+
+def _spec_frame(root: Path, raw_log) -> pd.DataFrame:
+    days = sorted(root.glob("ds=*"))
+    return pd.concat([read_arrow(str(d), raw_log).to_pandas().assign(ds=d.name[3:]) for d in days], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def ecommerce_sample(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("ecommerce")
+    report = generate(out, PROFILES["small"].with_sizes(users=200, days=3), seed=7, start=START, spec=ECOMMERCE)
+    assert report.spec == {"name": "ecommerce", "fingerprint": ECOMMERCE.fingerprint}
+    return out, _spec_frame(out, ECOMMERCE_RAW)
+
+
+def test_spec_logs_pass_the_spec_raw_contract_and_not_the_default(ecommerce_sample):
+    out, df = ecommerce_sample
+    days = sorted(out.glob("ds=*"))
+    assert len(days) == 3 and all((d / SUCCESS_MARKER).exists() for d in days)
+    for d in days:
+        assert check_parquet_files(LocalStorage(), str(d), ECOMMERCE_RAW)
+        with pytest.raises(SchemaMismatchError):
+            check_parquet_files(LocalStorage(), str(d), RAW_LOG)
+    assert list(df.columns[:-1]) == ECOMMERCE_RAW.names
+    assert df[ECOMMERCE_RAW.required_names].notna().all().all() and df.event_id.is_unique
+    assert (df.event_ts >= df.request_ts).all()
+    assert (df[["user_id", "item_id", "author_id", "category_id", "price_cents"]] > 0).all().all()
+
+
+def test_spec_tasks_are_a_funnel_driven_by_the_latent_model(ecommerce_sample):
+    _, df = ecommerce_sample
+    click, cart, purchase = df.click, df.cart, df.purchase
+    assert set(pd.unique(df[["click", "cart", "purchase"]].to_numpy().ravel())) == {0, 1}
+    assert cart[click == 0].sum() == 0 and purchase[cart == 0].sum() == 0  # P(cart | no click) == 0, ...
+    rates = {"click": click.mean(), "cart|click": cart[click == 1].mean(), "purchase|cart": purchase[cart == 1].mean()}
+    assert 0.08 < rates["click"] < 0.3 and 0.15 < rates["cart|click"] < 0.6 and 0.15 < rates["purchase|cart"] < 0.7
+    assert len({round(r, 2) for r in rates.values()}) == 3  # each step has its own rate
+    # the niche topics a user loves get clicked far more: the same hidden trait as the default logs
+    p = PROFILES["small"].with_sizes(users=200, days=3)
+    cat, users = build_catalogue(p, seed=7), build_users(p, seed=7)
+    topic = pd.Series(cat.topic, index=cat.item_id).loc[df.item_id].to_numpy()
+    niche = topic >= p.main_topics
+    user_index = pd.Series(np.arange(p.users), index=users.user_id).loc[df.user_id[niche]].to_numpy()
+    loves = niche_loves(users, user_index, topic[niche] - p.main_topics, p)
+    assert click[niche][loves].mean() - click[niche][~loves].mean() > 0.2
+
+
+def test_integer_inputs_are_item_attributes_of_the_topic_and_carry_signal(ecommerce_sample):
+    _, df = ecommerce_sample
+    p = PROFILES["small"]
+    cat = build_catalogue(p, seed=7)
+    topic = pd.Series(cat.topic, index=cat.item_id).loc[df.item_id].to_numpy()
+    assert input_role(ECOMMERCE.input("category_id")) == "attribute"
+    assert (df.groupby("item_id").category_id.nunique() == 1).all()  # an item has one category
+    per_topic = pd.Series(df.category_id.to_numpy()).groupby(topic).nunique()
+    assert per_topic.max() <= FUNNEL.values_per_topic
+    assert (pd.Series(topic).groupby(df.category_id.to_numpy()).nunique() == 1).all()  # a category, a topic
+    # a user's last click in a category predicts the next one there, beyond what the user's
+    # own click rate explains (the same lift with categories shuffled over the items)
+    df = df.sort_values(["user_id", "event_ts", "event_id"])
+    items = df.drop_duplicates("item_id").set_index("item_id").category_id
+    shuffled = pd.Series(np.random.default_rng(0).permutation(items.to_numpy()), index=items.index)
+
+    def lift(category: np.ndarray) -> float:
+        prev = df.groupby([df.user_id.to_numpy(), category]).click.shift(1)
+        nxt, prev = df.click[prev.notna()], prev[prev.notna()]
+        return nxt[prev == 1].mean() - nxt[prev == 0].mean()
+
+    assert lift(df.category_id.to_numpy()) > lift(shuffled.loc[df.item_id].to_numpy()) + 0.02
+
+
+def test_price_like_inputs_are_log_normal_per_item_and_matter(ecommerce_sample):
+    _, df = ecommerce_sample
+    assert input_role(ECOMMERCE.input("price_cents")) == "amount"
+    assert (df.groupby("item_id").price_cents.nunique() == 1).all()
+    prices = df.drop_duplicates("item_id").price_cents
+    log_price = np.log(prices)
+    assert 1500 < prices.median() < 4000 and 0.6 < log_price.std() < 1.3
+    assert abs(log_price.mean() - np.log(prices.median())) < 0.2  # log-normal: mean of the log = log of the median
+    carted = df[df.cart == 1]
+    cheap = carted.price_cents <= carted.price_cents.median()
+    assert carted.purchase[cheap].mean() - carted.purchase[~cheap].mean() > 0.05  # pricier: bought less
+
+
+def test_optional_inputs_have_some_nulls_and_zeros_and_dwell_follows_the_click(ecommerce_sample):
+    _, df = ecommerce_sample
+    for name in ("dwell_ms", "image_ms"):
+        assert not ECOMMERCE.input(name).required
+        assert 0.005 < df[name].isna().mean() < 0.05, name
+    assert (df.image_ms == 0).mean() > 0.002 and (df.image_ms > 0).mean() > 0.9
+    logged = df[df.dwell_ms.notna()]
+    assert (logged.dwell_ms[logged.click == 0] == 0).all()  # time after a click: none without one
+    assert (logged.dwell_ms[logged.click == 1] > 0).mean() > 0.95
+    # and it grows with each step reached: the history feature dwell_ratio carries the outcome
+    by_step = logged[logged.click == 1].groupby(logged.cart + logged.purchase).dwell_ms.median()
+    assert by_step.is_monotonic_increasing and len(by_step) == 3
+
+
+def test_spec_logs_are_deterministic_by_seed(tmp_path):
+    p = PROFILES["tiny"]
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        generate(tmp_path / name, p, seed=seed, start=START, dirty=0.1, spec=SPECS_DIR / "ecommerce.yaml")
+    a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    assert a == b and len(a) >= 4
+    assert a.keys() == c.keys() and a != c
+    generate(tmp_path / "default", p, seed=5, start=START, dirty=0.1)
+    assert _digest(tmp_path / "default").keys() == a.keys() and _digest(tmp_path / "default") != a
+
+
+def test_spec_dirty_rows_are_reported_exactly(tmp_path):
+    p = PROFILES["tiny"].with_sizes(users=60, days=2)
+    report = generate(tmp_path, p, seed=3, start=START, dirty=0.08, spec=ECOMMERCE)
+    df = _spec_frame(tmp_path, ECOMMERCE_RAW)
+    tasks = list(ECOMMERCE.tasks)
+    assert len(df) == report.rows == report.clean_rows + report.dirty["duplicate_event_id"]
+    observed = {
+        "duplicate_event_id": int(df.event_id.notna().sum() - df.event_id.dropna().nunique()),
+        # an optional input's nulls are clean: only the required columns count
+        "missing_required": int(df[ECOMMERCE_RAW.required_names].isna().any(axis=1).sum()),
+        "label_out_of_range": int((~df[tasks].isin([0, 1]) & df[tasks].notna()).any(axis=1).sum()),
+        "event_before_request": int((df.event_ts < df.request_ts).sum()),
+    }
+    assert observed == report.dirty and min(report.dirty.values()) > 0
+    assert df.dwell_ms.isna().sum() > 0
+
+
+def test_every_input_type_and_role_is_filled_within_its_type(tmp_path):
+    spec = spec_from_dict({
+        "name": "kinds", "tasks": ["view", "save"],
+        "inputs": {
+            "shelf": {"type": "int8", "required": True}, "zone": {"type": "int32"},
+            "score": {"type": "float32", "required": True}, "amount_paid": {"type": "float64"},
+            "watch_ms": {"type": "int64", "required": True}, "dwell_time": {"type": "int32"},
+            "clip_length": {"type": "int32", "required": True},
+        },
+    })
+    roles = {i.name: input_role(i) for i in spec.inputs}
+    assert roles == {"shelf": "attribute", "zone": "attribute", "score": "amount", "amount_paid": "amount",
+                     "watch_ms": "view_ms", "dwell_time": "engaged_ms", "clip_length": "length_ms"}
+    p = PROFILES["tiny"].with_sizes(users=20, days=1)
+    generate(tmp_path, p, seed=2, start=START, spec=spec)
+    raw_log = contracts_of(spec).raw_log
+    df = _spec_frame(tmp_path, raw_log)
+    assert len(df) > 500
+    assert df.shelf.between(1, 127).all() and df.zone.dropna().between(0, 2**31 - 1).all()
+    assert df[["shelf", "score", "watch_ms"]].notna().all().all()  # required: never null in clean data
+    assert (df.score > 0).all() and df.score.nunique() > 50
+    assert (df.save <= df.view).all()
+    assert (df.dwell_time.dropna()[df.view == 0] == 0).all()
+    cat = build_catalogue(p, seed=2)
+    assert (df.clip_length == pd.Series(cat.duration_ms, index=cat.item_id).loc[df.item_id].to_numpy()).all()
+    assert (df.watch_ms <= 2 * df.clip_length).all()  # time on screen: at most a replay

@@ -11,9 +11,11 @@ import pytest
 
 from cli.main import main
 from dataset.published import published_files
+from dataset.spec_record import spec_summary
 from etl.build import BuildConfig, build
 from etl.publish import publish
 from etl.validation import ValidationConfig, ValidationFailed, validate
+from schemas.contracts import DEFAULT_SPEC
 from schemas.errors import MissingPrerequisiteError
 from sources import SAMPLE_START
 from sources.generate import PROFILES, generate
@@ -46,7 +48,10 @@ def test_a_validated_day_is_published_and_a_rebuild_unpublishes_it(spark, built)
     records = sorted((out / "requests" / f"ds={DAY}").glob("*.parquet"))
     assert manifest["rows"] == sum(pq.ParquetFile(f).metadata.num_rows for f in records) > 0
     assert manifest["validation"] == "passed" and manifest["max_len"] == MAX_LEN
+    assert manifest["spec"] == spec_summary(DEFAULT_SPEC) == {"name": "default",
+                                                              "fingerprint": DEFAULT_SPEC.fingerprint}
     assert [Path(f.url.removeprefix("file://")) for f in published_files(str(out), DAY)] == records
+    assert published_files(str(out), DAY, spec=DEFAULT_SPEC) == published_files(str(out), DAY)
     read = sum(b.num_requests for b in open_published(str(out), DAY, config=ReaderConfig(shuffle=False)).batches())
     assert read == manifest["rows"]
 

@@ -6,8 +6,10 @@ Nothing is padded, so a request with 100 events carries 100 tokens and one with 
 carries 10,000; the model runs the history once per request and shares it among that
 request's targets (request level batching).
 
-    history keys: item_id, author_id, event_ts, action       (contract 2's hist_* lists)
-    target keys:  item_id, author_id, finish, skip, like, comment  (tgt_* lists)
+    history keys: item_id, author_id, event_ts, action, the spec's history features  (hist_* lists)
+    target keys:  item_id, author_id, the spec's target features, one label per task  (tgt_* lists)
+
+(the default spec's tasks are finish, skip, like, comment; it has no features).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from schemas.contracts import HIST_PREFIX, TASKS, TGT_PREFIX
+from schemas.contracts import DEFAULT_SPEC, HIST_PREFIX, TASKS, TGT_PREFIX
+from schemas.spec import DatasetSpec, Feature
 from trainer.chunks import RequestChunk
 
 
@@ -64,8 +67,9 @@ class RequestBatch:
     request_id: np.ndarray  # [B] str: ids stay on the host (scoring output, debugging)
     user_id: torch.Tensor  # [B] int64
     request_ts: torch.Tensor  # [B] int64, ms since epoch
-    history: Jagged  # item_id, author_id, event_ts (int64), action (int32)
-    targets: Jagged  # item_id, author_id (int64), one int8 label per task
+    history: Jagged  # item_id, author_id, event_ts (int64), action (int32), features (int64 / float32)
+    targets: Jagged  # item_id, author_id (int64), features, one int8 label per task
+    tasks: tuple[str, ...] = TASKS  # the spec's, in bit and head order
 
     @property
     def num_requests(self) -> int:
@@ -79,13 +83,13 @@ class RequestBatch:
     def num_targets(self) -> int:
         return self.targets.total
 
-    def labels(self) -> torch.Tensor:  # [T, len(TASKS)] float32
-        return torch.stack([self.targets[t] for t in TASKS], dim=1).float()
+    def labels(self) -> torch.Tensor:  # [T, len(tasks)] float32
+        return torch.stack([self.targets[t] for t in self.tasks], dim=1).float()
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "RequestBatch":
         return RequestBatch(self.request_id, self.user_id.to(device, non_blocking=non_blocking),
                             self.request_ts.to(device, non_blocking=non_blocking),
-                            self.history.to(device, non_blocking), self.targets.to(device, non_blocking))
+                            self.history.to(device, non_blocking), self.targets.to(device, non_blocking), self.tasks)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.user_id, self.request_ts, self.history.offsets, *self.history.values.values(),
@@ -94,7 +98,7 @@ class RequestBatch:
     def pin_memory(self) -> "RequestBatch":
         """Page-locked host copy, so that `.to(cuda, non_blocking=True)` overlaps compute."""
         return RequestBatch(self.request_id, self.user_id.pin_memory(), self.request_ts.pin_memory(),
-                            self.history.pin_memory(), self.targets.pin_memory())
+                            self.history.pin_memory(), self.targets.pin_memory(), self.tasks)
 
 
 def device_batches(batches: Iterator[RequestBatch], device: torch.device) -> Iterator[tuple[RequestBatch, RequestBatch]]:
@@ -132,13 +136,14 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)
 
 
-def batch_from_chunk(chunk: RequestChunk) -> RequestBatch:
+def batch_from_chunk(chunk: RequestChunk, tasks: tuple[str, ...] = TASKS) -> RequestBatch:
     return RequestBatch(
         request_id=chunk.request["request_id"],
         user_id=_tensor(chunk.request["user_id"]),
         request_ts=_tensor(chunk.request["request_ts"]),
         history=Jagged(_tensor(chunk.hist_offsets), {k.removeprefix(HIST_PREFIX): _tensor(v) for k, v in chunk.hist.items()}),
         targets=Jagged(_tensor(chunk.tgt_offsets), {k.removeprefix(TGT_PREFIX): _tensor(v) for k, v in chunk.tgt.items()}),
+        tasks=tasks,
     )
 
 
@@ -156,15 +161,17 @@ def pointwise(batch: RequestBatch) -> RequestBatch:
         request_ts=batch.request_ts[req],
         history=Jagged(offsets, {k: v[positions] for k, v in batch.history.values.items()}),
         targets=Jagged(torch.arange(len(req) + 1), dict(batch.targets.values)),
+        tasks=batch.tasks,
     )
 
 
 def random_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0,
-                 request_ts: int = 1_767_225_600_000) -> RequestBatch:
-    """A batch of random requests with these history and target counts: for tests and
-    benchmarks that need a given shape rather than real data."""
+                 request_ts: int = 1_767_225_600_000, spec: DatasetSpec = DEFAULT_SPEC) -> RequestBatch:
+    """A batch of random requests of `spec` with these history and target counts: for tests
+    and benchmarks that need a given shape rather than real data."""
     g = np.random.default_rng(seed)
     B, N, T = len(hist_lengths), int(sum(hist_lengths)), int(sum(tgt_lengths))
+    tasks = spec.tasks
 
     def offsets(lengths: list[int]) -> torch.Tensor:
         return torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int64)
@@ -174,9 +181,31 @@ def random_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0,
     history = {
         "item_id": torch.tensor(g.integers(0, 2**62, N)), "author_id": torch.tensor(g.integers(0, 5_000, N)),
         "event_ts": ts[seg] - torch.tensor(g.integers(1, 10**9, N)),
-        "action": torch.tensor(g.integers(0, 1 << len(TASKS), N), dtype=torch.int32),
+        "action": torch.tensor(g.integers(0, 1 << len(tasks), N), dtype=torch.int32),
     }
-    targets = {"item_id": torch.tensor(g.integers(0, 2**62, T)), "author_id": torch.tensor(g.integers(0, 5_000, T))}
-    targets.update({t: torch.tensor(g.integers(0, 2, T), dtype=torch.int8) for t in TASKS})
+    ids = {"item_id": torch.tensor(g.integers(0, 2**62, T)), "author_id": torch.tensor(g.integers(0, 5_000, T))}
+    labels = {t: torch.tensor(g.integers(0, 2, T), dtype=torch.int8) for t in tasks}
+    # features drawn last: a spec without any draws what it drew before specs existed
+    history.update({f.name: random_feature_values(f, N, g) for f in spec.features_on("history")})
+    targets = {**ids, **{f.name: random_feature_values(f, T, g) for f in spec.features_on("target")}, **labels}
     return RequestBatch(np.array([f"r{i}" for i in range(B)]), torch.arange(B, dtype=torch.int64), ts,
-                        Jagged(offsets(hist_lengths), history), Jagged(offsets(tgt_lengths), targets))
+                        Jagged(offsets(hist_lengths), history), Jagged(offsets(tgt_lengths), targets), tasks)
+
+
+def random_feature_values(f: Feature, n: int, g: np.random.Generator) -> torch.Tensor:
+    """n values of a feature as records store them: categorical ids (int64, a few hundred
+    distinct, so they repeat); bucketized numbers in every bucket alike; normalized ones
+    around their mean; log ones non-negative and skewed, as ratios and durations are."""
+    if f.kind == "categorical":
+        return torch.tensor(g.integers(0, 500, n), dtype=torch.int64)
+    if f.transform == "bucketize":  # a bucket uniformly, then a value within it
+        low, high = f.boundaries[0], f.boundaries[-1]
+        margin = max(high - low, 1.0) / 4
+        edges = np.array([0.0 if low > 0 else low - margin, *f.boundaries, high + margin])
+        bucket = g.integers(0, len(edges) - 1, n)
+        values = g.uniform(edges[bucket], edges[bucket + 1])
+    elif f.transform == "normalize":
+        values = g.normal(f.mean, f.std, n)
+    else:
+        values = g.exponential(1.0, n)
+    return torch.tensor(values, dtype=torch.float32)

@@ -3,6 +3,10 @@
     RUN/checkpoints/step-000120.pt   model, optimizer, position in the data, RNG state
     RUN/checkpoints/latest.json      which one is the newest (written after it, atomically)
 
+A checkpoint also records the dataset spec its model was built for ("spec": the spec's
+to_dict() as JSON), so that it is rebuilt with the right tables and heads; one without it
+(every default-spec checkpoint, as all from before specs) is the default spec's.
+
 Files are written to a temp name and renamed, so a run killed while saving leaves the
 previous checkpoint as the latest. They hold only tensors, numbers and strings, and are
 read with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
@@ -22,7 +26,9 @@ from typing import Callable
 
 import torch
 
+from schemas.contracts import DEFAULT_SPEC
 from schemas.errors import LongseqError
+from schemas.spec import DatasetSpec, SpecError, spec_from_dict
 
 KEEP = 3  # checkpoints kept besides the newest
 # what a checkpoint holds; a file that loads without one of these is not a checkpoint of ours
@@ -47,7 +53,7 @@ def _dir(run_dir: Path) -> Path:
 
 
 def save(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, position: Position,
-         config_json: str) -> Path:
+         config_json: str, spec: DatasetSpec = DEFAULT_SPEC) -> Path:
     directory = _dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{position.step:06d}.pt"
@@ -56,6 +62,8 @@ def save(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
         "step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
         "torch_rng": torch.get_rng_state(), "config": config_json,
     }
+    if spec.fingerprint != DEFAULT_SPEC.fingerprint:  # none recorded reads as the default: its files stay as they were
+        state["spec"] = json.dumps(spec.to_dict())
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -137,6 +145,18 @@ def load(path: Path) -> dict:
     if state is None:
         raise CheckpointError(f"cannot load checkpoint {path}: {problem}")
     return state
+
+
+def spec_of(state: dict, path: Path) -> DatasetSpec:
+    """The dataset spec a checkpoint's model was built for (the default spec if it records none)."""
+    if "spec" not in state:
+        return DEFAULT_SPEC
+    try:
+        return spec_from_dict(json.loads(state["spec"]), f"the dataset spec in {path}")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} records an unreadable dataset spec: {e}") from None
+    except SpecError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:

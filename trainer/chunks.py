@@ -7,24 +7,51 @@ likewise with `tgt_offsets`. Nothing is padded. Columns keep their contract name
 
 The operations are the few the reader needs, all pure: read a Parquet row group
 (`chunk_from_arrow`), reorder and truncate (`select`), cut (`slice_chunk`) and join
-(`concat`).
+(`concat`). Which columns a chunk holds is the dataset spec's (`record_columns`): the ids,
+times, action and labels of every spec, and its side features.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
 
 from features.hashing import mix64
-from schemas.contracts import HISTORY_COLUMNS, REQUEST_RECORD, TARGET_COLUMNS
+from schemas.contracts import DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, contracts_of
 from schemas.errors import LongseqError
+from schemas.spec import DatasetSpec
 from schemas.types import ListOf
 
-HIST_NAMES: tuple[str, ...] = tuple(f.name for f in HISTORY_COLUMNS)
-TGT_NAMES: tuple[str, ...] = tuple(f.name for f in TARGET_COLUMNS)
-REQUEST_NAMES: tuple[str, ...] = tuple(f.name for f in REQUEST_RECORD if not isinstance(f.dtype, ListOf))
+
+@dataclass(frozen=True)
+class RecordColumns:
+    """The request record's columns of one spec, as a chunk holds them."""
+
+    request: tuple[str, ...]  # one value per request: request_id, user_id, request_ts
+    hist: tuple[str, ...]  # hist_* lists, aligned
+    tgt: tuple[str, ...]  # tgt_* lists, aligned
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.request, *self.hist, *self.tgt)
+
+
+@lru_cache(maxsize=None)
+def record_columns(spec: DatasetSpec = DEFAULT_SPEC) -> RecordColumns:
+    fields = contracts_of(spec).request_record.fields
+    lists = [f.name for f in fields if isinstance(f.dtype, ListOf)]
+    return RecordColumns(tuple(f.name for f in fields if not isinstance(f.dtype, ListOf)),
+                         tuple(n for n in lists if n.startswith(HIST_PREFIX)),
+                         tuple(n for n in lists if n.startswith(TGT_PREFIX)))
+
+
+# the default spec's columns
+HIST_NAMES: tuple[str, ...] = record_columns().hist
+TGT_NAMES: tuple[str, ...] = record_columns().tgt
+REQUEST_NAMES: tuple[str, ...] = record_columns().request
 
 
 class CorruptRecordsError(LongseqError):
@@ -87,21 +114,23 @@ def _aligned(names: tuple[str, ...], table: pa.Table) -> tuple[np.ndarray, dict[
     return offsets, values
 
 
-def chunk_from_arrow(table: pa.Table | pa.RecordBatch) -> RequestChunk:
-    """The chunk of a table of request records (any column order; extra columns ignored)."""
+def chunk_from_arrow(table: pa.Table | pa.RecordBatch, spec: DatasetSpec = DEFAULT_SPEC) -> RequestChunk:
+    """The chunk of a table of request records of `spec` (any column order; extra columns ignored)."""
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    missing = [n for n in (*REQUEST_NAMES, *HIST_NAMES, *TGT_NAMES) if n not in table.column_names]
+    columns = record_columns(spec)
+    missing = [n for n in columns.all if n not in table.column_names]
     if missing:
-        raise CorruptRecordsError(f"request records lack column(s) {', '.join(missing)}")
+        raise CorruptRecordsError(f"request records lack column(s) {', '.join(missing)} "
+                                  f"(of dataset spec {spec.name!r})")
     request = {}
-    for name in REQUEST_NAMES:
+    for name in columns.request:
         col = table.column(name)
         if col.null_count:
             raise CorruptRecordsError(f"column {name} holds nulls; request records have none (contract 2)")
         request[name] = col.to_numpy().astype(np.str_) if pa.types.is_string(col.type) else arrow_values(col.combine_chunks())
-    hist_offsets, hist = _aligned(HIST_NAMES, table)
-    tgt_offsets, tgt = _aligned(TGT_NAMES, table)
+    hist_offsets, hist = _aligned(columns.hist, table)
+    tgt_offsets, tgt = _aligned(columns.tgt, table)
     return RequestChunk(request, hist_offsets, hist, tgt_offsets, tgt)
 
 

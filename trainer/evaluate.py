@@ -3,7 +3,9 @@
 Both read the run's newest checkpoint and the days in file order with full histories (or
 a serving cap, --max-len), each request once. evaluate writes per-task AUC, GAUC and
 logloss to RUN/eval/<start>_<end>_len<L>.json and the run's TensorBoard; score writes one
-row per target to Parquet.
+row per target to Parquet. The model is of the dataset spec its checkpoint records (the
+default spec without one), and reads only data of that spec: its tasks name the metrics
+and the score_<task> columns.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from schemas.contracts import TASKS
 from schemas.errors import LongseqError, MissingPrerequisiteError
+from schemas.spec import DatasetSpec
 from trainer import checkpoint
 from trainer.batch import RequestBatch
 from trainer.distributed import resolve_device
 from trainer.metrics import bootstrap_auc, task_metrics
 from trainer.model import RankingModel
-from trainer.reader import ReaderConfig, open_published
-from trainer.train import TrainConfig
+from trainer.reader import ReaderConfig, data_spec, open_published
+from trainer.train import TrainConfig, check_model_spec
 
 
 def _warn(message: str) -> None:
@@ -37,13 +39,14 @@ def load_model(run_dir: Path | str, device: str | torch.device = "cpu", attentio
                warn: Callable[[str], None] = _warn) -> tuple[RankingModel, TrainConfig, int]:
     """The run's newest readable weights (an unreadable newest checkpoint falls back to the
     one before it, said through warn), in eval mode, with the attention kernel asked for
-    (padded or flex: the same numbers); and its config and step."""
+    (padded or flex: the same numbers), built for the dataset spec the checkpoint records; and
+    its config and step."""
     found = checkpoint.newest(Path(run_dir), warn)
     if found is None:
         raise MissingPrerequisiteError(f"no checkpoint in {run_dir}: train first (`longseq train --run-dir {run_dir}`)")
     path, state = found
     cfg = TrainConfig(**json.loads(state["config"]))
-    model = RankingModel(cfg.model_config())
+    model = RankingModel(cfg.model_config(), checkpoint.spec_of(state, path))
     checkpoint.load_weights(model, state, path)
     try:
         model.use_kernel(attention)
@@ -55,14 +58,14 @@ def load_model(run_dir: Path | str, device: str | torch.device = "cpu", attentio
 @dataclass
 class Scored:
     batch: RequestBatch  # on the host
-    logits: np.ndarray  # [T, len(TASKS)]
+    logits: np.ndarray  # [T, len(tasks)], the model's spec's tasks
 
 
 def scored_batches(model: RankingModel, data: str, start, end, max_len: int | None, batch_size: int = 64,
                    device: torch.device = torch.device("cpu")) -> Iterator[Scored]:
     on_gpu = device.type == "cuda"
     config = ReaderConfig(batch_size=batch_size, max_len=max_len, pin_memory=on_gpu)
-    reader = open_published(data, start, end, config.for_scoring())
+    reader = open_published(data, start, end, config.for_scoring(), spec=model.spec)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), autocast:
         for batch in reader.batches():
@@ -72,12 +75,14 @@ def scored_batches(model: RankingModel, data: str, start, end, max_len: int | No
 
 def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | None = None, batch_size: int = 64,
              device: str = "auto", log: Callable[[str], None] = print, bootstrap: int = 200,
-             attention: str = "padded") -> dict:
+             attention: str = "padded", spec: DatasetSpec | str | None = None) -> dict:
     """Per-task metrics of the run's newest weights on [start, end]; logs the table, returns
     the result (also written to RUN/eval/). device: auto, cpu, cuda or cuda:N. bootstrap:
-    user resamples behind the 95% AUC intervals (0: none). attention: padded or flex (jagged)."""
+    user resamples behind the 95% AUC intervals (0: none). attention: padded or flex (jagged).
+    spec (a spec or its file), when given, must be the data's; the data's must be the model's."""
     device = resolve_device(device)
     model, cfg, step = load_model(run_dir, device, attention)
+    _check_spec(model, run_dir, data, spec)
     labels, logits, users = [], [], []
     requests = tokens = 0
     t = time.perf_counter()
@@ -91,8 +96,9 @@ def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | Non
     if not requests:
         raise MissingPrerequisiteError(f"no requests to evaluate in {start}..{end or start}")
     labels, logits, users = np.concatenate(labels), np.concatenate(logits), np.concatenate(users)
-    metrics = task_metrics(labels, logits, users)
-    intervals = bootstrap_auc(labels, logits, users, replicates=bootstrap) if bootstrap else None
+    tasks = model.spec.tasks
+    metrics = task_metrics(labels, logits, users, tasks)
+    intervals = bootstrap_auc(labels, logits, users, replicates=bootstrap, tasks=tasks) if bootstrap else None
     result = {"run_dir": str(run_dir), "step": step, "arch": cfg.model_config().arch, "start": str(start),
               "end": str(end or start), "max_len": max_len, "requests": requests, "targets": len(users),
               "history_tokens": tokens, "mean_history": tokens / requests, "seconds": seconds, "tasks": metrics,
@@ -103,6 +109,11 @@ def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | Non
     _to_tensorboard(Path(run_dir), result)
     log(metrics_table(result))
     return result
+
+
+def _check_spec(model: RankingModel, run_dir: Path | str, data: str, wanted: DatasetSpec | str | None) -> None:
+    """SpecError if `wanted` is not the data's spec; OtherDataError if that is not the model's."""
+    check_model_spec(model.spec, data_spec(data, wanted), run_dir, data)
 
 
 def _to_tensorboard(run_dir: Path, result: dict) -> None:
@@ -132,14 +143,17 @@ def metrics_table(result: dict) -> str:
 
 
 def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: int | None = None,
-          batch_size: int = 64, device: str = "auto", attention: str = "padded") -> int:
+          batch_size: int = 64, device: str = "auto", attention: str = "padded",
+          spec: DatasetSpec | str | None = None) -> int:
     """Write one row per target (request_id, user_id, request_ts, position in the request,
-    item_id, score_<task> probabilities) to a Parquet file; return the row count."""
+    item_id, score_<task> probabilities for the model's spec's tasks) to a Parquet file;
+    return the row count. spec: as for evaluate."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     device = resolve_device(device)
     model, _, _ = load_model(run_dir, device, attention)
+    _check_spec(model, run_dir, data, spec)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer, rows = None, 0
@@ -153,7 +167,7 @@ def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: 
                 "request_ts": np.repeat(b.request_ts.numpy(), per_request),
                 "target_index": np.concatenate([np.arange(n) for n in per_request]).astype(np.int32) if len(per_request) else np.zeros(0, np.int32),
                 "item_id": b.targets["item_id"].numpy(),
-                **{f"score_{task}": probs[:, i].astype(np.float32) for i, task in enumerate(TASKS)},
+                **{f"score_{task}": probs[:, i].astype(np.float32) for i, task in enumerate(model.spec.tasks)},
             })
             writer = writer or pq.ParquetWriter(str(out), table.schema, compression="zstd")
             writer.write_table(table)

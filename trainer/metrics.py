@@ -1,7 +1,8 @@
 """Ranking metrics per task: AUC, GAUC (per user, impression-weighted) and logloss, and
 bootstrap intervals for AUC.
 
-Pure numpy over whole evaluation sets. AUC is the Mann-Whitney statistic with tied scores
+Pure numpy over whole evaluation sets, one column per task of the dataset spec (the
+default spec's tasks unless told). AUC is the Mann-Whitney statistic with tied scores
 counted half, so it equals the fraction of (positive, negative) pairs ranked right.
 Intervals resample users, not targets: a user's impressions are correlated, so resampling
 them one by one would make the interval too narrow.
@@ -12,6 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.contracts import TASKS
+
+
+def _check_columns(labels: np.ndarray, logits: np.ndarray, tasks: tuple[str, ...]) -> None:
+    # a column per task: scores of one spec read against another's tasks would be misnamed
+    if np.shape(labels)[1:] != (len(tasks),) or np.shape(logits)[1:] != (len(tasks),):
+        raise ValueError(f"labels {np.shape(labels)} and logits {np.shape(logits)} need one column per task of {tasks}")
 
 
 def _average_ranks(scores: np.ndarray) -> np.ndarray:
@@ -57,11 +64,14 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
-def task_metrics(labels: np.ndarray, logits: np.ndarray, users: np.ndarray) -> dict[str, dict[str, float]]:
-    """labels, logits: [T, len(TASKS)]; users: [T] -> {task: {auc, gauc, logloss, positive_rate}}."""
+def task_metrics(labels: np.ndarray, logits: np.ndarray, users: np.ndarray,
+                 tasks: tuple[str, ...] = TASKS) -> dict[str, dict[str, float]]:
+    """labels, logits: [T, len(tasks)], in the spec's task order; users: [T] -> {task: {auc,
+    gauc, logloss, positive_rate}}."""
+    _check_columns(labels, logits, tasks)
     probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
     out = {}
-    for i, task in enumerate(TASKS):
+    for i, task in enumerate(tasks):
         y = labels[:, i]
         out[task] = {"auc": auc(y, logits[:, i]), "gauc": gauc(y, logits[:, i], users),
                      "logloss": logloss(y, probs[:, i]), "positive_rate": float(np.mean(y)) if len(y) else float("nan")}
@@ -95,21 +105,22 @@ def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) ->
 
 
 def bootstrap_auc(labels: np.ndarray, logits: np.ndarray, users: np.ndarray, replicates: int = 200,
-                  level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+                  level: float = 0.95, seed: int = 0, tasks: tuple[str, ...] = TASKS) -> dict[str, tuple[float, float]]:
     """Percentile intervals of each task's AUC and of their mean ("mean"), resampling users
-    with replacement. labels, logits: [T, len(TASKS)]; users: [T]."""
+    with replacement. labels, logits: [T, len(tasks)]; users: [T]."""
+    _check_columns(labels, logits, tasks)
     _, user_index = np.unique(np.asarray(users), return_inverse=True)
-    tasks = [_SortedTask(labels[:, i], logits[:, i]) for i in range(len(TASKS))]
+    sorted_tasks = [_SortedTask(labels[:, i], logits[:, i]) for i in range(len(tasks))]
     rng = np.random.default_rng(seed)
     n_users = int(user_index.max()) + 1 if len(user_index) else 0
-    draws = np.empty((replicates, len(TASKS)))
+    draws = np.empty((replicates, len(tasks)))
     for r in range(replicates):
         per_user = np.bincount(rng.integers(0, n_users, n_users), minlength=n_users)
         weights = per_user[user_index]  # a user drawn k times counts k times
-        draws[r] = [t.auc(weights) for t in tasks]
+        draws[r] = [t.auc(weights) for t in sorted_tasks]
     tail = (1 - level) / 2 * 100
     out = {task: tuple(float(v) for v in np.nanpercentile(draws[:, i], [tail, 100 - tail]))
-           for i, task in enumerate(TASKS)}
+           for i, task in enumerate(tasks)}
     out["mean"] = tuple(float(v) for v in np.nanpercentile(np.nanmean(draws, axis=1), [tail, 100 - tail]))
     return out
 

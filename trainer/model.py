@@ -10,11 +10,17 @@ a mask confines each target to its own request's history. Each request's history
 gets one learned "null" slot, so a request with no history still attends to something.
 Nothing ties the model to a trained length: no position table (recency comes from the
 time-delta bucket), so a model trained on 2k-event suffixes can score 10k histories.
+
+The dataset spec (schemas/spec.py) sets the tasks (the action table's rows, one logit per
+task) and the side features, which are added to the history token and the target embedding
+as item and author are (FeatureEmbedding). The default spec has no features: its model is
+the one from before specs, parameter for parameter and draw for draw.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -22,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.actions import NUM_ACTIONS
+from features.actions import NUM_ACTIONS, num_actions
 from features.hashing import hash_ids
 from features.time_buckets import NUM_TIME_BUCKETS, time_delta_bucket
-from schemas.contracts import TASKS
+from schemas.contracts import DEFAULT_SPEC
+from schemas.spec import SIDES, DatasetSpec, Feature
 from trainer.batch import Jagged, RequestBatch
 from trainer.model_config import ModelConfig
 
@@ -133,12 +140,12 @@ def feed_forward(cfg: ModelConfig, d_in: int, d_out: int) -> nn.Module:
 class TokenEmbedding(nn.Module):
     """History token: item + author + action flags + time delta bucket. Target: item + author."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, actions: int = NUM_ACTIONS):
         super().__init__()
         self.cfg = cfg
         self.item = nn.Embedding(cfg.item_buckets, cfg.dim)
         self.author = nn.Embedding(cfg.author_buckets, cfg.dim)
-        self.action = nn.Embedding(NUM_ACTIONS, cfg.dim)
+        self.action = nn.Embedding(actions, cfg.dim)  # one row per combination of the tasks' bits
         self.delta = nn.Embedding(NUM_TIME_BUCKETS, cfg.dim) if cfg.time_delta else None
         for table in (self.item, self.author, self.action, self.delta):
             if table is not None:
@@ -163,6 +170,64 @@ class TokenEmbedding(nn.Module):
 
     def target(self, batch: RequestBatch) -> torch.Tensor:  # [T, D]
         return self.ids(batch.targets["item_id"], batch.targets["author_id"])
+
+
+def feature_salt(name: str) -> int:
+    """The hash salt of a categorical feature, from its name: 2**32 and above, apart from the
+    id tables' salts 1, 2, ... (TokenEmbedding.id_vectors), so that its ids scatter on their own."""
+    return (1 << 32) + int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
+class FeatureEmbedding(nn.Module):
+    """The spec's side features of history events or targets as one [n, D] vector each, to
+    add to their token embeddings (docs/SPEC.md):
+
+    - embedded features (categorical ids hashed into f.buckets rows, numbers bucketized by
+      f.boundaries into len + 1 rows): one table each, shared by history and target;
+    - the other numbers (normalize, log) of a side: stacked into [n, F] and projected by
+      one Linear per side.
+    """
+
+    def __init__(self, spec: DatasetSpec, dim: int):
+        super().__init__()
+        self.spec = spec
+        self.tables = nn.ModuleDict({f.name: nn.Embedding(f.table_rows, dim) for f in spec.features if f.embedded})
+        for table in self.tables.values():
+            nn.init.normal_(table.weight, std=0.02)
+        self.numeric = {side: tuple(f for f in spec.features_on(side) if not f.embedded) for side in SIDES}
+        self.project = nn.ModuleDict({side: nn.Linear(len(fs), dim) for side, fs in self.numeric.items() if fs})
+        # each bucketized feature's boundaries, on the model's device (no copy per batch); from
+        # the spec, so not saved with the weights
+        for f in spec.features:
+            if f.kind == "numeric" and f.transform == "bucketize":
+                self.register_buffer(f"boundaries_{f.name}", torch.tensor(f.boundaries, dtype=torch.float64),
+                                     persistent=False)
+
+    def rows(self, f: Feature, values: torch.Tensor) -> torch.Tensor:  # [n] -> [n] row of f's table
+        if f.kind == "categorical":
+            return hash_ids(values, f.buckets, salt=feature_salt(f.name))
+        # compared in float64, as the spec's boundaries are; a value equal to a boundary goes to
+        # the bucket above it: bucket i holds [b[i-1], b[i])
+        boundaries = getattr(self, f"boundaries_{f.name}").double()
+        return torch.bucketize(values.double(), boundaries, right=True)
+
+    @staticmethod
+    def number(f: Feature, values: torch.Tensor) -> torch.Tensor:  # [n] float32 -> [n] transformed
+        if f.transform == "log":
+            return torch.log1p(values.float().clamp_min(0))
+        return (values.float() - f.mean) / f.std
+
+    def forward(self, side: str, values: dict[str, torch.Tensor]) -> torch.Tensor | None:  # [n, D], None: none
+        out = None
+        for f in self.spec.features_on(side):
+            if f.embedded:
+                vec = self.tables[f.name](self.rows(f, values[f.name]))  # [n, D]
+                out = vec if out is None else out + vec
+        if side in self.project:
+            numbers = torch.stack([self.number(f, values[f.name]) for f in self.numeric[side]], dim=-1)  # [n, F]
+            vec = self.project[side](numbers.to(self.project[side].weight.dtype))  # [n, D]
+            out = vec if out is None else out + vec
+        return out
 
 
 class TargetAttention(nn.Module):
@@ -314,14 +379,15 @@ class SelfAttentionBlock(nn.Module):
 
 
 class RankingModel(nn.Module):
-    """Any of ARCHS: embeddings -> a history summary per target -> per-task logits."""
+    """Any of ARCHS: embeddings -> a history summary per target -> one logit per task of the spec."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, spec: DatasetSpec = DEFAULT_SPEC):
         super().__init__()
         self.cfg = cfg
+        self.spec = spec
         self.kernel = "padded"
         D = cfg.dim
-        self.embed = TokenEmbedding(cfg)
+        self.embed = TokenEmbedding(cfg, num_actions(spec.tasks))
         if cfg.arch in ("stca", "transformer"):  # DIN attends from the raw target embedding
             self.query = nn.Sequential(feed_forward(cfg, D, D), nn.LayerNorm(D))  # q(1) = LN(SwiGLU(x_t))
         n_summaries = 0
@@ -343,7 +409,10 @@ class RankingModel(nn.Module):
         elif cfg.arch == "mean":
             n_summaries = 1
         self.output = feed_forward(cfg, (n_summaries + 1) * D, D)  # z = SwiGLU([o(1)..o(M), x_t] W_Z)
-        self.heads = nn.Linear(D, len(TASKS))
+        self.heads = nn.Linear(D, len(spec.tasks))
+        # built last, and only for a spec with features: the default spec's model (no features)
+        # draws its initial weights as it did before specs existed
+        self.features = FeatureEmbedding(spec, D) if spec.features else None
 
     def use_kernel(self, kernel: str) -> "RankingModel":
         """Target attention by "padded" SDPA (the reference, the CPU's) or "flex" (jagged
@@ -355,7 +424,7 @@ class RankingModel(nn.Module):
         self.kernel = kernel
         return self
 
-    def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(TASKS)] logits
+    def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(spec.tasks)] logits
         layout = Layout.of(batch)
         if self.cfg.match_prior is not None and self.cfg.arch in ("stca", "din", "transformer"):
             by_id = self.cfg.match_by == "id"
@@ -364,13 +433,23 @@ class RankingModel(nn.Module):
                                     batch.history["item_id"], batch.history["author_id"])
             else:
                 layout.match_log_n = match_log_n(batch, layout) if by_id else similarity_log_n(self.embed, batch, layout)
-        x_t = self.embed.target(batch)  # [T, D]
+        x_t = self.target_tokens(batch)  # [T, D]
         summaries = self._summaries(batch, layout, x_t) if self.cfg.arch != "none" else []
         z = self.output(torch.cat([*summaries, x_t], dim=-1))  # [T, D]
         return self.heads(z)
 
+    def history_tokens(self, batch: RequestBatch, layout: Layout) -> torch.Tensor:  # [N, D]
+        x = self.embed.history(batch, layout)
+        side = self.features("history", batch.history.values) if self.features is not None else None
+        return x if side is None else x + side
+
+    def target_tokens(self, batch: RequestBatch) -> torch.Tensor:  # [T, D]
+        x = self.embed.target(batch)
+        side = self.features("target", batch.targets.values) if self.features is not None else None
+        return x if side is None else x + side
+
     def _summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
-        x = self.embed.history(batch, layout)  # [N, D]
+        x = self.history_tokens(batch, layout)  # [N, D]
         arch = self.cfg.arch
         if arch == "stca":
             q, outs = self.query(x_t), []

@@ -9,7 +9,8 @@ thread, packs the whole row group into one int64 column, `payload`:
     [count of each section..., id width] [request_id][user_id][request_ts]
     [hist_offsets][tgt_offsets][hist_* flat values...][tgt_* flat values...]
 
-(sections 8-byte aligned, each in its contract dtype). Petastorm passes a scalar column
+(sections 8-byte aligned, each in its contract dtype; the hist_* and tgt_* columns are the
+dataset spec's, its features among them: `packed_layout`). Petastorm passes a scalar column
 through without stacking, and pandas and Arrow hand it over without copying, so the main
 thread unpacks views (`unpack`). The same function shuffles the row group's requests and
 truncates their histories while it packs: the kept values are copied once, and only
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from functools import partial
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from typing import Iterator, Sequence
 from urllib.parse import unquote
 
@@ -32,26 +34,48 @@ import numpy as np
 import pandas as pd
 
 from dataset.published import verify_published
-from schemas.contracts import REQUEST_RECORD
+from schemas.contracts import DEFAULT_SPEC, contracts_of
 from schemas.errors import LongseqError
 from schemas.forms import to_unischema
+from schemas.spec import DatasetSpec
 from trainer.batch import RequestBatch
-from trainer.chunks import (
-    HIST_NAMES, REQUEST_NAMES, TGT_NAMES, CorruptRecordsError, RequestChunk, offsets_of,
-)
+from trainer.chunks import CorruptRecordsError, RequestChunk, offsets_of, record_columns
 from trainer.reader_steps import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
 
 PAYLOAD = "payload"  # the one output column: each "row" is one int64 of a packed row group
-_LISTS = (*HIST_NAMES, *TGT_NAMES)
-_NUMERIC = tuple(n for n in REQUEST_NAMES if n != "request_id")
-# sections of a packed row group, in order; each starts on an 8-byte boundary
-_SECTIONS = ("request_id", *_NUMERIC, "hist_offsets", "tgt_offsets", *_LISTS)
-_DTYPES = {f.name: np.dtype(f.numpy_dtype) for f in to_unischema(REQUEST_RECORD).fields.values() if f.name in _SECTIONS}
-_DTYPES.update(hist_offsets=np.dtype(np.int64), tgt_offsets=np.dtype(np.int64))
-# header: element count per section, the request_id width, then the row group's identity
-# (min and max user_id, min and max request_ts, rows), as its footer statistics give it
-_KEY_AT = len(_SECTIONS) + 1
-_HEADER = _KEY_AT + 5
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """The sections of a packed row group of one spec's records, in order; each starts on
+    an 8-byte boundary. The header holds the element count per section, the request_id
+    width, then the row group's identity (min and max user_id, min and max request_ts,
+    rows), as its footer statistics give it."""
+
+    hist: tuple[str, ...]
+    tgt: tuple[str, ...]
+    numeric: tuple[str, ...]  # the request's scalars but request_id
+    sections: tuple[str, ...]
+    dtypes: dict[str, np.dtype]
+
+    @property
+    def key_at(self) -> int:
+        return len(self.sections) + 1
+
+    @property
+    def header(self) -> int:
+        return self.key_at + 5
+
+
+@lru_cache(maxsize=None)
+def packed_layout(spec: DatasetSpec = DEFAULT_SPEC) -> PackedLayout:
+    columns = record_columns(spec)
+    numeric = tuple(n for n in columns.request if n != "request_id")
+    sections = ("request_id", *numeric, "hist_offsets", "tgt_offsets", *columns.hist, *columns.tgt)
+    record = contracts_of(spec).request_record
+    dtypes = {f.name: np.dtype(f.numpy_dtype) for f in to_unischema(record).fields.values() if f.name in sections}
+    dtypes.update(hist_offsets=np.dtype(np.int64), tgt_offsets=np.dtype(np.int64))
+    return PackedLayout(columns.hist, columns.tgt, numeric, sections, dtypes)
 
 
 def _aligned(nbytes: int) -> int:
@@ -76,40 +100,41 @@ def _cells(frame: pd.DataFrame, names: tuple[str, ...]) -> tuple[list[np.ndarray
     return cells, lengths
 
 
-def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int) -> pd.DataFrame:
+def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int, spec: DatasetSpec = DEFAULT_SPEC) -> pd.DataFrame:
     """TransformSpec function (worker thread): a row group -> one int64 column holding the
     packed row group. Shuffled and truncated on the way, in one copy of the kept values.
 
     Petastorm passes an int64 column through untouched (no per-row stacking), and pandas
     and Arrow hand it over without copying."""
+    layout = packed_layout(spec)
     n = len(frame)
     user_id, request_ts = frame["user_id"].to_numpy(), frame["request_ts"].to_numpy()
     key = [user_id.min(), user_id.max(), request_ts.min(), request_ts.max(), n] if n else [0, 0, 0, 0, 0]
     order, keep = draw_order_and_keep(cfg, epoch, user_id, request_ts)
     order = np.arange(n) if order is None else order
-    hist_cells, hist_len = _cells(frame, HIST_NAMES)
-    tgt_cells, tgt_len = _cells(frame, TGT_NAMES)
+    hist_cells, hist_len = _cells(frame, layout.hist)
+    tgt_cells, tgt_len = _cells(frame, layout.tgt)
     h_len = hist_len[order] if keep is None else np.minimum(hist_len[order], keep)
     ids = np.char.encode(frame["request_id"].to_numpy()[order].astype(np.str_), "utf-8")
     sections: dict[str, object] = {"request_id": ids, "user_id": user_id[order], "request_ts": request_ts[order],
                                    "hist_offsets": offsets_of(h_len), "tgt_offsets": offsets_of(tgt_len[order])}
     counts = {name: len(v) for name, v in sections.items()}  # type: ignore[arg-type]
-    counts.update({name: int(h_len.sum()) for name in HIST_NAMES})
-    counts.update({name: int(tgt_len.sum()) for name in TGT_NAMES})
+    counts.update({name: int(h_len.sum()) for name in layout.hist})
+    counts.update({name: int(tgt_len.sum()) for name in layout.tgt})
     width = ids.dtype.itemsize
-    sizes = [_aligned(counts[s] * (width if s == "request_id" else _DTYPES[s].itemsize)) for s in _SECTIONS]
-    payload = np.zeros(_HEADER + sum(sizes) // 8, np.int64)
-    payload[:_HEADER] = [*(counts[s] for s in _SECTIONS), width, *key]
-    raw, at = payload.view(np.uint8), _HEADER * 8
-    for name, size in zip(_SECTIONS, sizes):
-        dtype = ids.dtype if name == "request_id" else _DTYPES[name]
+    sizes = [_aligned(counts[s] * (width if s == "request_id" else layout.dtypes[s].itemsize)) for s in layout.sections]
+    payload = np.zeros(layout.header + sum(sizes) // 8, np.int64)
+    payload[:layout.header] = [*(counts[s] for s in layout.sections), width, *key]
+    raw, at = payload.view(np.uint8), layout.header * 8
+    for name, size in zip(layout.sections, sizes):
+        dtype = ids.dtype if name == "request_id" else layout.dtypes[name]
         out = raw[at:at + counts[name] * dtype.itemsize].view(dtype)
         at += size
         if name in sections:
             out[:] = sections[name]
             continue
-        cells, lengths = (hist_cells[HIST_NAMES.index(name)], h_len) if name in HIST_NAMES else \
-            (tgt_cells[TGT_NAMES.index(name)], None)
+        cells, lengths = (hist_cells[layout.hist.index(name)], h_len) if name in layout.hist else \
+            (tgt_cells[layout.tgt.index(name)], None)
         if lengths is None:
             parts = [cells[i] for i in order]
         else:  # the most recent h_len[j] events of request order[j]
@@ -119,9 +144,10 @@ def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int) -> pd.Dat
     return pd.DataFrame({PAYLOAD: payload}, copy=False)  # pandas would copy it into a block
 
 
-def packed_key(payload: np.ndarray) -> tuple[int, ...]:
+def packed_key(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC) -> tuple[int, ...]:
     """The identity of the row group a payload was packed from (see row_group_keys)."""
-    return tuple(payload[_KEY_AT:_HEADER].tolist())
+    layout = packed_layout(spec)
+    return tuple(payload[layout.key_at:layout.header].tolist())
 
 
 def row_group_keys(urls: Sequence[str]) -> list[tuple[int, ...]] | None:
@@ -149,20 +175,21 @@ def row_group_keys(urls: Sequence[str]) -> list[tuple[int, ...]] | None:
     return keys if len(set(keys)) == len(keys) else None
 
 
-def unpack(payload: np.ndarray) -> RequestChunk:
+def unpack(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC) -> RequestChunk:
     """A packed row group -> RequestChunk of views into it (no copy, but the ids' decoding)."""
-    counts = dict(zip(_SECTIONS, payload[:len(_SECTIONS)].tolist()))
-    width = int(payload[len(_SECTIONS)])
-    raw, at, views = payload.view(np.uint8), _HEADER * 8, {}
-    for name in _SECTIONS:
-        dtype = np.dtype(f"S{max(width, 1)}") if name == "request_id" else _DTYPES[name]
+    layout = packed_layout(spec)
+    counts = dict(zip(layout.sections, payload[:len(layout.sections)].tolist()))
+    width = int(payload[len(layout.sections)])
+    raw, at, views = payload.view(np.uint8), layout.header * 8, {}
+    for name in layout.sections:
+        dtype = np.dtype(f"S{max(width, 1)}") if name == "request_id" else layout.dtypes[name]
         nbytes = counts[name] * dtype.itemsize
         views[name] = raw[at:at + nbytes].view(dtype)
         at += _aligned(nbytes)
     return RequestChunk(
-        {"request_id": np.char.decode(views["request_id"], "utf-8"), **{name: views[name] for name in _NUMERIC}},
-        views["hist_offsets"], {name: views[name] for name in HIST_NAMES},
-        views["tgt_offsets"], {name: views[name] for name in TGT_NAMES},
+        {"request_id": np.char.decode(views["request_id"], "utf-8"), **{name: views[name] for name in layout.numeric}},
+        views["hist_offsets"], {name: views[name] for name in layout.hist},
+        views["tgt_offsets"], {name: views[name] for name in layout.tgt},
     )
 
 
@@ -215,8 +242,9 @@ class PetastormRequestReader:
     Petastorm handed them out (trainer.reader.row_group_schedule): the same batches for
     any number of workers."""
 
-    def __init__(self, urls: Sequence[str], config: ReaderConfig | None = None):
+    def __init__(self, urls: Sequence[str], config: ReaderConfig | None = None, spec: DatasetSpec = DEFAULT_SPEC):
         self.config = config or ReaderConfig()
+        self.spec = spec
         self.urls = list(urls)
         verify_published(self.urls)
         self._keys = row_group_keys(self.urls) if self.config.workers > 1 else None
@@ -226,15 +254,15 @@ class PetastormRequestReader:
         from petastorm.errors import NoDataAvailableError
 
         cfg = self.config
-        spec = TransformSpec(partial(pack_row_group, cfg=cfg, epoch=epoch),
-                             edit_fields=[(PAYLOAD, np.int64, (), False)], selected_fields=[PAYLOAD])
+        transform = TransformSpec(partial(pack_row_group, cfg=cfg, epoch=epoch, spec=self.spec),
+                                  edit_fields=[(PAYLOAD, np.int64, (), False)], selected_fields=[PAYLOAD])
         shards = {"cur_shard": cfg.shard, "shard_count": cfg.shard_count} if cfg.shard_count > 1 else {}
         local = all(u.startswith("file://") for u in self.urls)
         try:
             return make_batch_reader(
-                self.urls, schema_fields=REQUEST_RECORD.names, reader_pool_type="thread",
+                self.urls, schema_fields=list(record_columns(self.spec).all), reader_pool_type="thread",
                 workers_count=cfg.workers, results_queue_size=cfg.queue_size, seed=epoch_seed(cfg.seed, epoch),
-                shuffle_rows=False, shuffle_row_groups=cfg.shuffle, num_epochs=1, transform_spec=spec,
+                shuffle_rows=False, shuffle_row_groups=cfg.shuffle, num_epochs=1, transform_spec=transform,
                 filesystem=_escaped_local_filesystem() if local else None, **shards,
             )
         except NoDataAvailableError:
@@ -245,15 +273,15 @@ class PetastormRequestReader:
 
     def _chunks(self, epoch: int) -> Iterator[RequestChunk]:
         if self._keys is None:
-            yield from (unpack(p) for p in self._payloads(epoch))
+            yield from (unpack(p, self.spec) for p in self._payloads(epoch))
             return
         expected = iter([self._keys[i] for i in row_group_schedule(len(self._keys), self.config, epoch)])
         waiting: dict[tuple[int, ...], np.ndarray] = {}
         want = next(expected, None)
         for payload in self._payloads(epoch):
-            waiting[packed_key(payload)] = payload
+            waiting[packed_key(payload, self.spec)] = payload
             while want in waiting:
-                yield unpack(waiting.pop(want))
+                yield unpack(waiting.pop(want), self.spec)
                 want = next(expected, None)
         if waiting:
             raise CorruptRecordsError(f"{len(waiting)} row group(s) did not match the files' footers; were the files "
@@ -278,7 +306,7 @@ class PetastormRequestReader:
             reader.join()
 
     def batches(self, epoch: int = 0) -> Iterator[RequestBatch]:
-        return batches_from_chunks(self._chunks(epoch), self.config, epoch)
+        return batches_from_chunks(self._chunks(epoch), self.config, epoch, self.spec.tasks)
 
 
 # Petastorm logs a traceback per failed worker on top of the exception it re-raises here,

@@ -16,7 +16,9 @@ constructor choice (`open_reader(..., engine="petastorm" | "arrow")`):
   reader with no Petastorm in it.
 
 Both check the bytes of published files against their manifest when they open them
-(dataset.published.verify_published), once per process and file.
+(dataset.published.verify_published), once per process and file. Both read the columns of
+one dataset spec (the request record of schemas.contracts.contracts_of(spec)): the default
+spec's unless told; `open_published` reads the spec the data was built with (DATA/spec.yaml).
 
 An epoch is one pass over this shard's row groups. Given the files, the config and the
 epoch, the batches are the same every time, for any number of workers: row groups that
@@ -28,14 +30,16 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 from dataset.published import published_files, verify_published
-from dataset.storage import local_path
-from schemas.contracts import REQUEST_RECORD
+from dataset.spec_record import spec_for
+from dataset.storage import absolute, local_path, storage_for
+from schemas.contracts import DEFAULT_SPEC
 from schemas.errors import LongseqError
+from schemas.spec import DatasetSpec
 from trainer.batch import RequestBatch
-from trainer.chunks import CorruptRecordsError, RequestChunk, chunk_from_arrow
+from trainer.chunks import CorruptRecordsError, RequestChunk, chunk_from_arrow, record_columns
 from trainer.reader_steps import ReaderConfig, RequestReader, batches_from_chunks, prepare_chunk, row_group_schedule
 
-__all__ = ["ArrowRequestReader", "ReaderConfig", "RequestReader", "open_published", "open_reader"]
+__all__ = ["ArrowRequestReader", "ReaderConfig", "RequestReader", "data_spec", "open_published", "open_reader"]
 
 
 # ---------------------------------------------------------------- readers
@@ -44,10 +48,11 @@ __all__ = ["ArrowRequestReader", "ReaderConfig", "RequestReader", "open_publishe
 class ArrowRequestReader:
     """Row groups read with pyarrow, in Petastorm's order, on the calling thread."""
 
-    def __init__(self, urls: Sequence[str], config: ReaderConfig | None = None):
+    def __init__(self, urls: Sequence[str], config: ReaderConfig | None = None, spec: DatasetSpec = DEFAULT_SPEC):
         import pyarrow.parquet as pq
 
         self.config = config or ReaderConfig()
+        self.spec = spec
         self.urls = list(urls)
         verify_published(self.urls)
         self._groups: list[tuple[str, int]] = []
@@ -61,25 +66,26 @@ class ArrowRequestReader:
     def _chunks(self, epoch: int) -> Iterator[RequestChunk]:
         import pyarrow.parquet as pq
 
-        columns = REQUEST_RECORD.names
+        columns = list(record_columns(self.spec).all)
         for index in row_group_schedule(len(self._groups), self.config, epoch):
             url, group = self._groups[index]
             try:
                 table = pq.ParquetFile(_local_path(url)).read_row_group(group, columns=columns)
             except Exception as e:
                 raise CorruptRecordsError(f"cannot read row group {group} of {url}: {str(e).strip()}") from None
-            yield prepare_chunk(chunk_from_arrow(table), self.config, epoch)
+            yield prepare_chunk(chunk_from_arrow(table, self.spec), self.config, epoch)
 
     def batches(self, epoch: int = 0) -> Iterator[RequestBatch]:
-        return batches_from_chunks(self._chunks(epoch), self.config, epoch)
+        return batches_from_chunks(self._chunks(epoch), self.config, epoch, self.spec.tasks)
 
 
 def _local_path(url: str) -> str:
     return local_path(url)  # file:// URLs are escaped (a space, '#', '%' in a path)
 
 
-def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine: str = "auto") -> RequestReader:
-    """A reader over Parquet files of request records (URLs: file:///..., hdfs://...).
+def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine: str = "auto",
+                spec: DatasetSpec = DEFAULT_SPEC) -> RequestReader:
+    """A reader over Parquet files of request records of `spec` (URLs: file:///..., hdfs://...).
     engine: petastorm, arrow, or auto (Petastorm where it is installed, else pyarrow: the
     two give the same batches, and a GPU host may have torch and pyarrow only)."""
     if not files:
@@ -91,12 +97,22 @@ def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine
     if engine == "petastorm":
         from trainer.petastorm_reader import PetastormRequestReader
 
-        return PetastormRequestReader(files, config)
+        return PetastormRequestReader(files, config, spec)
     if engine == "arrow":
-        return ArrowRequestReader(files, config)
+        return ArrowRequestReader(files, config, spec)
     raise LongseqError(f"unknown reader engine {engine!r}; choose auto, petastorm or arrow")
 
 
-def open_published(data: str, start, end=None, config: ReaderConfig | None = None, engine: str = "auto") -> RequestReader:
-    """A reader over the published days [start, end] of a build's output directory."""
-    return open_reader([f.url for f in published_files(data, start, end)], config, engine)
+def data_spec(data: str, wanted: DatasetSpec | str | None = None) -> DatasetSpec:
+    """The spec a build's output directory was built with (DATA/spec.yaml; the default spec
+    without one), checked against `wanted` (a spec or its file) when given: SpecError otherwise."""
+    root = absolute(data).rstrip("/")
+    return spec_for(storage_for(root, arrow=True), root, wanted)
+
+
+def open_published(data: str, start, end=None, config: ReaderConfig | None = None, engine: str = "auto",
+                   spec: DatasetSpec | str | None = None) -> RequestReader:
+    """A reader over the published days [start, end] of a build's output directory, in the
+    spec it was built with; `spec` (a spec or its file), when given, must be that one."""
+    recorded = data_spec(data, spec)
+    return open_reader([f.url for f in published_files(data, start, end, spec=recorded)], config, engine, recorded)

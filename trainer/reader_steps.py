@@ -14,6 +14,7 @@ import numpy as np
 
 from features.hashing import mix64
 from features.lengths import LengthSampler
+from schemas.contracts import TASKS
 from schemas.errors import LongseqError
 from trainer.batch import RequestBatch, batch_from_chunk
 from trainer.chunks import RequestChunk, concat, content_key, select, select_many, slice_chunk
@@ -187,9 +188,10 @@ def bucketed_batches(chunks: Iterable[RequestChunk], cfg: ReaderConfig, rng: np.
         yield from cut(final=True)
 
 
-def batches_from_chunks(prepared: Iterable[RequestChunk], cfg: ReaderConfig, epoch: int) -> Iterator[RequestBatch]:
+def batches_from_chunks(prepared: Iterable[RequestChunk], cfg: ReaderConfig, epoch: int,
+                        tasks: tuple[str, ...] = TASKS) -> Iterator[RequestBatch]:
     """The main-thread steps shared by every reader: shuffle buffer, batching (by length
-    buckets or in order), torch."""
+    buckets or in order), torch (batches labelled with the spec's `tasks`)."""
     stream = prepared
     if cfg.shuffle and cfg.shuffle_buffer:
         stream = shuffle_buffer(stream, cfg.shuffle_buffer, np.random.default_rng([cfg.seed & (2**63 - 1), epoch, 1]))
@@ -199,7 +201,7 @@ def batches_from_chunks(prepared: Iterable[RequestChunk], cfg: ReaderConfig, epo
     else:
         batched = form_batches(stream, cfg)
     for chunk in batched:
-        batch = batch_from_chunk(chunk)
+        batch = batch_from_chunk(chunk, tasks)
         yield batch.pin_memory() if cfg.pin_memory else batch
 
 

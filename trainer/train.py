@@ -1,7 +1,8 @@
 """`longseq train`: STCA (or a baseline) on published days, with exact resume.
 
     RUN/config.json        the TrainConfig, as run
-    RUN/data.json          what it trains on: the data directory, the days, each day's published build
+    RUN/data.json          what it trains on: the data directory, the days, each day's published build,
+                           and the dataset spec the data was built with (none recorded: the default)
     RUN/checkpoints/       every checkpoint_every steps and at the end (trainer/checkpoint.py)
     RUN/train_log.csv      step, epoch, loss, lr, requests/s, tokens/s
     RUN/tensorboard/       the same curves for TensorBoard
@@ -13,6 +14,10 @@ checkpoints is resumed from the newest, and reaches the same weights as a run th
 never interrupted: the reader gives the same batches for a seed and epoch, and the
 checkpoint says how many of them were consumed. A resume must read the data the run was
 started on (data.json: the same days of the same builds) unless allowed otherwise.
+
+The dataset spec comes from the data (DATA/spec.yaml, dataset/spec_record.py): it sets the
+model's tasks and side features. Each checkpoint records it; a resume on data of another
+spec is refused whatever is allowed, as the model's tables and heads are its spec's.
 
 `max_steps` trains that many steps, going on into further epochs as needed; with `epochs`
 also set, the first limit reached stops the run. The lr schedule is sized to the steps the
@@ -33,15 +38,18 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from dataset.spec_record import spec_summary
 from features.lengths import LengthSampler
+from schemas.contracts import DEFAULT_SPEC
 from schemas.errors import LongseqError
+from schemas.spec import DatasetSpec
 from trainer import checkpoint
 from trainer.batch import RequestBatch, device_batches
 from trainer.distributed import Context, all_have_batch, setup, teardown
 from trainer.model import RankingModel, check_kernel, loss_fn, num_parameters
 from trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
 from trainer.optimizers import EMBEDDING_OPTIMIZERS, TrainOptimizer, clip_gradients, make_optimizer
-from trainer.reader import ReaderConfig, RequestReader, open_reader
+from trainer.reader import ReaderConfig, RequestReader, data_spec, open_reader
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -56,7 +64,7 @@ class TrainingDiverged(LongseqError):
 # TrainConfig fields added after configs were first saved, at the value that does what
 # training did before them: a saved config without one is read so, whatever the default is now
 ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr": None, "compile": False,
-                "attention": "padded"}
+                "attention": "padded", "spec": None}
 
 
 @dataclass
@@ -88,6 +96,9 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int | None = None  # train this many steps, over as many epochs as it takes (see epochs)
     device: str = "auto"  # auto: cuda if present, else cpu
+    # a dataset spec file, which must be the one the data was built with (DATA/spec.yaml); None:
+    # the data's. Not a setting of the run: the data's spec is, checked on every resume
+    spec: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -117,7 +128,10 @@ class TrainConfig:
         return LengthSampler(**self.length) if self.truncation else None
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        settings = dataclasses.asdict(self)
+        if settings["spec"] is None:  # as configs were saved before the field: the same bytes
+            del settings["spec"]
+        return json.dumps(settings, sort_keys=True)
 
     def same_settings(self, other_json: str) -> bool:
         """Whether a config saved as JSON (a checkpoint's, a benchmark cache's) has these
@@ -129,8 +143,10 @@ class TrainConfig:
 
     def _canonical(self) -> "TrainConfig":
         # epochs unset without max_steps is one epoch: a config saved with epochs 1 (as all were
-        # before epochs could be unset) has the same settings
-        return dataclasses.replace(self, epochs=self.epoch_limit()) if self.max_steps is None else self
+        # before epochs could be unset) has the same settings. The spec file only says where the
+        # spec was read from: the spec itself is checked against the checkpoint's (check_model_spec)
+        epochs = self.epoch_limit() if self.max_steps is None else self.epochs
+        return dataclasses.replace(self, epochs=epochs, spec=None)
 
     @staticmethod
     def from_file(path: Path | str, **overrides) -> "TrainConfig":
@@ -257,13 +273,17 @@ class OtherDataError(LongseqError):
 class DataRecord:
     """What a run reads (RUN/data.json): the build's output directory, the days, and each
     day's published build: its build run and digest (a rebuild changes them), rows, and a
-    digest of its files' names, sizes and rows (a republish with other files changes it)."""
+    digest of its files' names, sizes and rows (a republish with other files changes it);
+    and the dataset spec the data was built with."""
 
     data: str
     days: dict[str, dict]  # "YYYY-MM-DD" -> {"build_run", "build_digest", "rows", "files"}
+    # {"name", "fingerprint"} of the data's spec; None: the default spec, which data.json leaves
+    # unsaid, as it did before specs existed
+    spec: dict | None = None
 
     @staticmethod
-    def read(data: str, start, end) -> "DataRecord":
+    def read(data: str, start, end, spec: DatasetSpec = DEFAULT_SPEC) -> "DataRecord":
         from dataset.layout import BuildLayout, day_range
         from dataset.storage import absolute, storage_for
 
@@ -277,7 +297,17 @@ class DataRecord:
             days[day.isoformat()] = {"build_run": manifest.get("build_run"), "build_digest": manifest.get("build_digest"),
                                      "rows": sum(f[2] for f in mine),
                                      "files": hashlib.sha256(json.dumps(mine).encode()).hexdigest()[:16]}
-        return DataRecord(root, days)
+        return DataRecord(root, days, None if _is_default(spec) else spec_summary(spec))
+
+    def spec_or_default(self) -> dict:
+        return self.spec or spec_summary(DEFAULT_SPEC)
+
+    def to_dict(self) -> dict:
+        """data.json's form: no spec entry for the default spec."""
+        record = dataclasses.asdict(self)
+        if record["spec"] is None:
+            del record["spec"]
+        return record
 
     def span(self) -> str:
         days = sorted(self.days)
@@ -287,6 +317,10 @@ class DataRecord:
         """What this data has that `before` had otherwise, in words; [] for the same days of
         the same builds, wherever they are read from."""
         diffs = []
+        spec, spec_before = self.spec_or_default(), before.spec_or_default()
+        if spec != spec_before:
+            diffs.append(f"dataset spec {spec_before['name']} ({spec_before['fingerprint']}), now {spec['name']} "
+                         f"({spec['fingerprint']})")
         if set(self.days) != set(before.days):
             diffs.append(f"days {before.span()}, now {self.span()}")
         changed = []
@@ -302,6 +336,20 @@ class DataRecord:
         return diffs
 
 
+def _is_default(spec: DatasetSpec) -> bool:
+    return spec.fingerprint == DEFAULT_SPEC.fingerprint
+
+
+def check_model_spec(model_spec: DatasetSpec, data_spec: DatasetSpec, run_dir: Path | str, data: str) -> None:
+    """OtherDataError unless the data is of the spec the run's model was built for: its
+    tables, heads and metrics are that spec's."""
+    if model_spec.fingerprint != data_spec.fingerprint:
+        raise OtherDataError(
+            f"{run_dir} holds a model of dataset spec {model_spec.name!r} ({model_spec.fingerprint}), but {data} holds "
+            f"data of spec {data_spec.name!r} ({data_spec.fingerprint}): a model reads only data of its own spec; "
+            f"use data of spec {model_spec.name!r}, or train a new --run-dir on this data")
+
+
 def _check_data(run_dir: Path, record: DataRecord, step: int, allow_other_data: bool, write: bool,
                 log: Callable[[str], None]) -> list[dict]:
     """Refuse to resume on other data than data.json records, unless allowed; record what
@@ -310,7 +358,7 @@ def _check_data(run_dir: Path, record: DataRecord, step: int, allow_other_data: 
     saved: dict | None = None
     try:
         saved = json.loads(path.read_text())
-        before = DataRecord(saved["data"], saved["days"])
+        before = DataRecord(saved["data"], saved["days"], saved.get("spec"))
     except FileNotFoundError:  # a run from before data.json existed: its data is whatever it reads now
         log(f"{run_dir} has no record of the data it was trained on (older than data.json); recording "
             f"{record.data} {record.span()} at step {step}")
@@ -331,7 +379,7 @@ def _check_data(run_dir: Path, record: DataRecord, step: int, allow_other_data: 
     if diffs:
         log(f"resuming {run_dir} at step {step} on other data (--allow-other-data): {'; '.join(diffs)}")
         changes.append({"at_step": step, "allowed_by": "--allow-other-data", "differences": diffs,
-                        "before": dataclasses.asdict(before)})
+                        "before": before.to_dict()})
     elif record.data != before.data:  # the same builds, moved or copied: the same records
         log(f"{run_dir} reads the same builds from {record.data} now (was {before.data})")
         changes.append({"at_step": step, "differences": [f"data {before.data}, now {record.data} (the same builds)"]})
@@ -342,12 +390,12 @@ def _check_data(run_dir: Path, record: DataRecord, step: int, allow_other_data: 
 
 def _write_data(run_dir: Path, record: DataRecord, changes: list[dict]) -> None:
     tmp = run_dir / "data.json.tmp"
-    tmp.write_text(json.dumps({**dataclasses.asdict(record), "changes": changes}, indent=2))
+    tmp.write_text(json.dumps({**record.to_dict(), "changes": changes}, indent=2))
     tmp.replace(run_dir / "data.json")
 
 
-def _reader(urls: list[str], cfg: TrainConfig, ctx: Context) -> RequestReader:
-    return open_reader(urls, reader_config(cfg, ctx.rank, ctx.world, ctx.device.type == "cuda"))
+def _reader(urls: list[str], cfg: TrainConfig, ctx: Context, spec: DatasetSpec = DEFAULT_SPEC) -> RequestReader:
+    return open_reader(urls, reader_config(cfg, ctx.rank, ctx.world, ctx.device.type == "cuda"), spec=spec)
 
 
 class _Log:
@@ -382,23 +430,26 @@ def train(data: str, start, end, run_dir: Path | str, cfg: TrainConfig | None = 
     """Train on the published days [start, end]; resume if run_dir holds checkpoints.
 
     A resume must read the days and builds the run was started on (RUN/data.json), unless
-    allow_other_data, which data.json then records. stop_after: stop (with a checkpoint)
-    after this many steps of this call, as if killed: for tests of resuming."""
+    allow_other_data, which data.json then records; and data of the spec its checkpoints
+    record, always. The spec is the data's (cfg.spec, when set, must be it). stop_after: stop
+    (with a checkpoint) after this many steps of this call, as if killed: for tests of resuming."""
     from dataset.published import published_files
 
     cfg = cfg or TrainConfig()
     run_dir = Path(run_dir)
-    files = published_files(data, start, end)
-    record = DataRecord.read(data, start, end)
+    spec = data_spec(data, cfg.spec)
+    files = published_files(data, start, end, spec=spec)
+    record = DataRecord.read(data, start, end, spec)
     ctx = setup(cfg.device)
     try:
-        return _train(files, record, run_dir, cfg, ctx, log, stop_after, allow_other_data)
+        return _train(files, record, run_dir, cfg, ctx, log, stop_after, allow_other_data, spec)
     finally:
         teardown(ctx)
 
 
 def _train(files: list[PublishedFile], record: DataRecord, run_dir: Path, cfg: TrainConfig, ctx: Context,
-           log: Callable[[str], None], stop_after: int | None, allow_other_data: bool) -> dict:
+           log: Callable[[str], None], stop_after: int | None, allow_other_data: bool,
+           spec: DatasetSpec = DEFAULT_SPEC) -> dict:
     from tqdm import tqdm
 
     if cfg.attention == "flex" and ctx.device.type != "cuda":
@@ -411,12 +462,12 @@ def _train(files: list[PublishedFile], record: DataRecord, run_dir: Path, cfg: T
     run_dir.mkdir(parents=True, exist_ok=True)
     urls, rows = [f.url for f in files], sum(f.rows for f in files)
     plan = plan_steps(cfg, files, ctx.world)
-    run = _open_run(run_dir, cfg, ctx, plan.total, log, record, allow_other_data)
+    run = _open_run(run_dir, cfg, ctx, plan.total, log, record, allow_other_data, spec)
     if ctx.is_main:
         log(f"training {cfg.model_config().arch} ({num_parameters(run.model):,} parameters) on {rows:,} requests, "
             f"{ctx.world} process(es) on {ctx.device} -> {run_dir}")
         log(plan.describe(cfg))
-    reader = _reader(urls, cfg, ctx)
+    reader = _reader(urls, cfg, ctx, spec)
     writer = _Log(run_dir) if ctx.is_main else None
     # no bar off a terminal (Airflow logs, CI) or on ranks but the first
     bar = tqdm(total=plan.total, initial=run.position.step, disable=None if ctx.is_main else True, unit="step",
@@ -479,17 +530,19 @@ class _Run:
 
     def save(self) -> None:
         self.require_finite(learning_rate(self.cfg, self.position.step, self.total))
-        self.last_good = checkpoint.save(self.dir, self.model, self.optimizer, self.position, self.cfg.to_json())
+        self.last_good = checkpoint.save(self.dir, self.model, self.optimizer, self.position, self.cfg.to_json(),
+                                         self.model.spec)
 
 
 def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Callable[[str], None],
-              data: DataRecord | None = None, allow_other_data: bool = False) -> _Run:
-    """The model and optimizer: fresh from cfg.seed, or restored from run_dir's newest
-    readable checkpoint (falling back past unreadable ones, said through log). With data, a
-    resume must read what data.json records (unless allow_other_data); a fresh run records it."""
+              data: DataRecord | None = None, allow_other_data: bool = False, spec: DatasetSpec = DEFAULT_SPEC) -> _Run:
+    """The model of `spec` and its optimizer: fresh from cfg.seed, or restored from run_dir's
+    newest readable checkpoint (falling back past unreadable ones, said through log), which
+    must be of the same spec. With data, a resume must read what data.json records (unless
+    allow_other_data); a fresh run records it."""
     torch.manual_seed(cfg.seed)  # before building the model: its initial weights come from this seed
     with ctx.device:  # built where it trains: no host copy of tables that may not fit on the host
-        model = RankingModel(cfg.model_config()).use_kernel(cfg.attention)
+        model = RankingModel(cfg.model_config(), spec).use_kernel(cfg.attention)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.embedding_optimizer, cfg.embedding_lr)
     position = checkpoint.Position()
     found = checkpoint.newest(run_dir, log)
@@ -499,6 +552,7 @@ def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Ca
         if not cfg.same_settings(state["config"]):
             raise LongseqError(f"{run_dir} holds a run with other settings (see {run_dir}/config.json); "
                                "use a new --run-dir, or the same settings to resume it")
+        check_model_spec(checkpoint.spec_of(state, resumed), spec, run_dir, data.data if data else "the data")
         if data is not None:
             changes = _check_data(run_dir, data, int(state["step"]), allow_other_data, ctx.is_main, log)
         position = checkpoint.restore(state, resumed, model, optimizer)

@@ -1,0 +1,135 @@
+"""What the dataset spec costs on the default spec: the build and the readers of this tree
+against an earlier commit's, side by side in one run (issue 18, point 5: within 5%).
+
+    longseq bench spec-cost [--baseline REV] [--work DIR] [--profile bench-1m] [--days 4]
+                            [--max-len 2000] [--repeat 3]
+
+The baseline is checked out once into WORK/baseline (a git worktree of this repository),
+and both trees run from the same .venv: each workload is a fresh process with its tree
+first on PYTHONPATH. Raw logs are generated once (the default spec's bytes do not depend
+on the tree; the benchmark checks that both builds write the same records). Per round,
+in alternating order (baseline first in odd rounds), each tree:
+  build-polars   `longseq build --engine polars` of every day
+  build-spark    `longseq build --engine spark --master local[2]` of every day
+  publish        then, on the polars output, `longseq publish` (not timed)
+  read-arrow     every published day with the pyarrow reader, scoring (file order, full length)
+  read-petastorm the same with the Petastorm reader, training (shuffle + truncation)
+Each reported time is the median over rounds of the process's wall time (imports
+included, the same in both trees); the ratio is this tree over the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sources import SAMPLE_START
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = "8bce74c"  # main before the dataset spec (issue 18)
+TREES = ("baseline", "spec")
+WORKLOADS = ("build-polars", "build-spark", "read-arrow", "read-petastorm")
+
+_READ = """
+import sys, time, datetime as dt
+from trainer.reader import open_published
+from trainer.reader_steps import ReaderConfig
+from features.lengths import LengthSampler
+import trainer.reader as r
+assert r.__file__.startswith(sys.argv[1]), r.__file__  # this tree's code, not the installed one
+engine, data, start, end = sys.argv[2], sys.argv[3], dt.date.fromisoformat(sys.argv[4]), dt.date.fromisoformat(sys.argv[5])
+cfg = ReaderConfig(shuffle=False) if engine == "arrow" else ReaderConfig(shuffle=True, truncation=LengthSampler(max_len=int(sys.argv[6])))
+tokens = sum(b.num_history_tokens for b in open_published(data, start, end, cfg, engine=engine).batches())
+print(tokens)
+"""
+
+
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def _timed(argv: list[str], tree: Path) -> float:
+    t = time.perf_counter()
+    done = subprocess.run(argv, cwd=tree, env=_env(tree), capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"failed in {tree}: {' '.join(argv)}\n{done.stderr[-3000:]}")
+    return time.perf_counter() - t
+
+
+def _longseq(*args: object) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *map(str, args)]
+
+
+def _records_digest(data: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted((data / "requests").rglob("*.parquet")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _baseline_tree(work: Path, rev: str) -> Path:
+    tree = work / "baseline"
+    if not (tree / "cli").exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(tree), rev], check=True,
+                       capture_output=True)
+    return tree
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longseq bench spec-cost", description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline", default=BASELINE, help=f"the commit to compare with (default {BASELINE})")
+    ap.add_argument("--work", type=Path, default=Path("bench-work/spec-cost"))
+    ap.add_argument("--profile", default="bench-1m")
+    ap.add_argument("--days", type=int, default=4)
+    ap.add_argument("--max-len", type=int, default=2_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    trees = {"baseline": _baseline_tree(work, args.baseline), "spec": REPO}
+    start, end = SAMPLE_START, SAMPLE_START + dt.timedelta(days=args.days - 1)
+    raw = work / "raw"
+    if not (raw / f"ds={end}" / "_SUCCESS").exists():
+        _timed(_longseq("generate", "--raw", raw, "--profile", args.profile, "--days", args.days), REPO)
+    times: dict[tuple[str, str], list[float]] = {}
+    digests: dict[str, str] = {}
+    for round_ in range(args.repeat):
+        order = TREES if round_ % 2 == 0 else TREES[::-1]
+        for name in order:
+            tree = trees[name]
+            for engine in ("polars", "spark"):
+                out = work / f"{name}-{engine}"
+                shutil.rmtree(out, ignore_errors=True)
+                spark = ["--master", "local[2]"] if engine == "spark" else []
+                seconds = _timed(_longseq("build", "--engine", engine, "--raw", raw, "--data", out, "--start", start,
+                                          "--end", end, "--max-len", args.max_len, *spark), tree)
+                times.setdefault((name, f"build-{engine}"), []).append(seconds)
+            data = work / f"{name}-polars"
+            digests[name] = _records_digest(data)
+            _timed(_longseq("publish", "--data", data, "--start", start, "--end", end,
+                            "--override-validation", "benchmark data"), tree)
+            for engine in ("arrow", "petastorm"):
+                seconds = _timed([sys.executable, "-c", _READ, str(tree), engine, str(data), str(start), str(end),
+                                  str(args.max_len)], tree)
+                times.setdefault((name, f"read-{engine}"), []).append(seconds)
+            print(f"round {round_ + 1} {name}: " + ", ".join(f"{w} {times[(name, w)][-1]:.1f} s" for w in WORKLOADS),
+                  file=sys.stderr, flush=True)
+    if digests["baseline"] != digests["spec"]:
+        print(f"warning: the trees wrote different records ({digests})", file=sys.stderr)
+    print(f"\nprofile {args.profile}, {args.days} days, max_len {args.max_len}, baseline {args.baseline}, "
+          f"median of {args.repeat} alternating rounds; records identical: {digests['baseline'] == digests['spec']}\n")
+    print("| workload | baseline s | spec s | spec / baseline |")
+    print("|---|---:|---:|---:|")
+    for w in WORKLOADS:
+        b, s = statistics.median(times[("baseline", w)]), statistics.median(times[("spec", w)])
+        print(f"| {w} | {b:.2f} | {s:.2f} | {s / b:.3f} |")
+    return 0
