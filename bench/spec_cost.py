@@ -1,11 +1,12 @@
 """What the dataset spec costs on the default spec: the build and the readers of this tree
 against an earlier commit's, side by side in one run (issue 18, point 5: within 5%).
 
-    longseq bench spec-cost [--baseline REV] [--work DIR] [--profile bench-1m] [--days 4]
-                            [--max-len 2000] [--repeat 3]
+    longseq bench spec-cost [--baseline REV] [--candidate REV] [--work DIR] [--profile bench-1m]
+                            [--days 4] [--max-len 2000] [--repeat 3]
 
-The baseline is checked out once into WORK/baseline (a git worktree of this repository),
-and both trees run from the same .venv: each workload is a fresh process with its tree
+Both commits are checked out once into WORK/baseline and WORK/candidate (git worktrees of
+this repository; the candidate defaults to HEAD, so edits made while it runs do not leak
+in), and both run from the same .venv: each workload is a fresh process with its tree
 first on PYTHONPATH. Raw logs are generated once (the default spec's bytes do not depend
 on the tree; the benchmark checks that both builds write the same records). Per round,
 in alternating order (baseline first in odd rounds), each tree:
@@ -35,7 +36,7 @@ from sources import SAMPLE_START
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "8bce74c"  # main before the dataset spec (issue 18)
-TREES = ("baseline", "spec")
+TREES = ("baseline", "candidate")
 WORKLOADS = ("build-polars", "build-spark", "read-arrow", "read-petastorm")
 
 _READ = """
@@ -75,17 +76,23 @@ def _records_digest(data: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _baseline_tree(work: Path, rev: str) -> Path:
-    tree = work / "baseline"
+def _worktree(work: Path, name: str, rev: str) -> Path:
+    """WORK/name checked out at rev (moved there if it holds another commit)."""
+    tree = work / name
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], check=True, capture_output=True,
+                            text=True).stdout.strip()
     if not (tree / "cli").exists():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(tree), rev], check=True,
-                       capture_output=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(tree), commit],
+                       check=True, capture_output=True)
+    else:
+        subprocess.run(["git", "-C", str(tree), "checkout", "--quiet", "--detach", commit], check=True)
     return tree
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="longseq bench spec-cost", description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", default=BASELINE, help=f"the commit to compare with (default {BASELINE})")
+    ap.add_argument("--candidate", default="HEAD", help="the commit measured against it (default HEAD)")
     ap.add_argument("--work", type=Path, default=Path("bench-work/spec-cost"))
     ap.add_argument("--profile", default="bench-1m")
     ap.add_argument("--days", type=int, default=4)
@@ -95,11 +102,11 @@ def main(argv: list[str]) -> int:
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    trees = {"baseline": _baseline_tree(work, args.baseline), "spec": REPO}
+    trees = {"baseline": _worktree(work, "baseline", args.baseline), "candidate": _worktree(work, "candidate", args.candidate)}
     start, end = SAMPLE_START, SAMPLE_START + dt.timedelta(days=args.days - 1)
     raw = work / "raw"
     if not (raw / f"ds={end}" / "_SUCCESS").exists():
-        _timed(_longseq("generate", "--raw", raw, "--profile", args.profile, "--days", args.days), REPO)
+        _timed(_longseq("generate", "--raw", raw, "--profile", args.profile, "--days", args.days), trees["baseline"])
     times: dict[tuple[str, str], list[float]] = {}
     digests: dict[str, str] = {}
     for round_ in range(args.repeat):
@@ -123,13 +130,14 @@ def main(argv: list[str]) -> int:
                 times.setdefault((name, f"read-{engine}"), []).append(seconds)
             print(f"round {round_ + 1} {name}: " + ", ".join(f"{w} {times[(name, w)][-1]:.1f} s" for w in WORKLOADS),
                   file=sys.stderr, flush=True)
-    if digests["baseline"] != digests["spec"]:
+    same = digests["baseline"] == digests["candidate"]
+    if not same:
         print(f"warning: the trees wrote different records ({digests})", file=sys.stderr)
-    print(f"\nprofile {args.profile}, {args.days} days, max_len {args.max_len}, baseline {args.baseline}, "
-          f"median of {args.repeat} alternating rounds; records identical: {digests['baseline'] == digests['spec']}\n")
-    print("| workload | baseline s | spec s | spec / baseline |")
+    print(f"\nprofile {args.profile}, {args.days} days, max_len {args.max_len}, baseline {args.baseline}, candidate "
+          f"{args.candidate}, median of {args.repeat} alternating rounds; polars records identical: {same}\n")
+    print("| workload | baseline s | candidate s | candidate / baseline |")
     print("|---|---:|---:|---:|")
     for w in WORKLOADS:
-        b, s = statistics.median(times[("baseline", w)]), statistics.median(times[("spec", w)])
-        print(f"| {w} | {b:.2f} | {s:.2f} | {s / b:.3f} |")
+        b, c = statistics.median(times[("baseline", w)]), statistics.median(times[("candidate", w)])
+        print(f"| {w} | {b:.2f} | {c:.2f} | {c / b:.3f} |")
     return 0

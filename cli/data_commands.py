@@ -118,21 +118,13 @@ def run_build(args: argparse.Namespace) -> int:
     if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
         raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
     config = BuildConfig(raw=args.raw, out=args.data, start=args.start, end=args.end, max_len=args.max_len,
-                         lateness_ms=args.lateness, catch_up=args.catch_up, spec=_build_spec(args))
+                         lateness_ms=args.lateness, catch_up=args.catch_up, spec=dataset_spec(args))
     # also taken (re-entrantly) by build(); here so that a busy output fails before Spark starts
     with output_lock(absolute(args.data), "build", log=progress):
         engine = make_engine(args.engine, spark_config(args) if args.engine == "spark" else None)
         reports = build(engine, config, log=progress)
     print(summarize_build(reports))
     return 0
-
-
-def _build_spec(args: argparse.Namespace):  # -> DatasetSpec
-    """--spec, or the spec DATA records (so that a later build needs no --spec), or the default."""
-    from dataset.spec_record import recorded_spec
-    from dataset.storage import storage_for
-
-    return dataset_spec(args) or recorded_spec(storage_for(absolute(args.data), arrow=True), absolute(args.data))
 
 
 # ---------------------------------------------------------------- validate

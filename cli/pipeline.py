@@ -54,14 +54,13 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
     from dataset.output_lock import output_lock
     from etl.build import BuildConfig, build, summarize_build
     from etl.publish import publish
-    from schemas.spec import resolve_spec
 
     if engine is None:
         from etl.polars_build import PolarsEngine
 
         engine = PolarsEngine()
     with output_lock(str(data), "pipeline", log=log):  # one holder from build to publish
-        reports = build(engine, BuildConfig(str(raw), str(data), start, end, max_len, spec=resolve_spec(spec)), log=log)
+        reports = build(engine, BuildConfig(str(raw), str(data), start, end, max_len, spec=spec), log=log)
         show(summarize_build(reports))
         if validate:
             validate_days(engine, data, day_range(start, end), show)

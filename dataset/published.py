@@ -92,7 +92,13 @@ def _check_manifest_spec(manifest: dict, layout: BuildLayout, day: dt.date, reco
         raise PublishedDataError(
             f"ds={day} in {layout.out} was published with dataset spec {_described(published)}, but {layout.out} "
             f"holds spec {_described(spec_summary(recorded))}: rebuild, validate and publish ds={day} again")
-    if wanted is not None and wanted.fingerprint != published["fingerprint"]:
+    if wanted is not None:
+        _check_read_spec(manifest, layout, day, wanted)
+
+
+def _check_read_spec(manifest: dict, layout: BuildLayout, day: dt.date, wanted: DatasetSpec) -> None:
+    published = built_spec_summary(manifest)
+    if wanted.fingerprint != published["fingerprint"]:
         raise SpecError(
             f"ds={day} in {layout.out} holds records of dataset spec {_described(published)}, not of the expected "
             f"{_described(spec_summary(wanted))}: read it with the spec it was built with")
@@ -157,9 +163,11 @@ def _published_entry(path: str) -> tuple[BuildLayout, dt.date, str] | None:
     return BuildLayout(data), day, name
 
 
-def verify_published(urls: Sequence[str]) -> int:
+def verify_published(urls: Sequence[str], spec: DatasetSpec | None = None) -> int:
     """Check that each published file among urls has the bytes its manifest records, and
-    return how many bytes were hashed (0 when all were checked before in this process).
+    that the manifest's dataset spec builds the records of `spec` (the reader's; the default
+    spec when None); return how many bytes were hashed (0 when all were checked before in
+    this process).
 
     A file in DATA/requests/ds=D/ is checked against DATA/published/ds=D/manifest.json;
     files outside a published day (a test's file, an unpublished build) are not checked:
@@ -178,6 +186,8 @@ def verify_published(urls: Sequence[str]) -> int:
         if key not in manifests:
             exists = storage.exists(layout.manifest(day))
             manifest = _read_manifest(storage, layout, day) if exists else None
+            if manifest is not None:
+                _check_read_spec(manifest, layout, day, spec or DEFAULT_SPEC)
             manifests[key] = None if manifest is None else {f["name"]: f for f in _manifest_files(manifest, layout, day)}
         expected = (manifests[key] or {}).get(name)
         if expected is not None:

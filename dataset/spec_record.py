@@ -39,7 +39,7 @@ def spec_summary(spec: DatasetSpec) -> dict:
 
 
 def check_same_spec(recorded: DatasetSpec, wanted: DatasetSpec, where: str) -> None:
-    """SpecError unless `wanted` builds and reads as `recorded` does."""
+    """SpecError unless `wanted` builds the records `recorded` does (DatasetSpec.fingerprint)."""
     if recorded.fingerprint != wanted.fingerprint:
         raise SpecError(
             f"{where} holds data of dataset spec {recorded.name!r} ({recorded.fingerprint}), not of "
@@ -48,11 +48,15 @@ def check_same_spec(recorded: DatasetSpec, wanted: DatasetSpec, where: str) -> N
 
 
 def spec_for(storage: Storage, data: str, wanted: DatasetSpec | str | None = None) -> DatasetSpec:
-    """The spec of DATA, checked against `wanted` (a spec or its file) when one is given."""
+    """The spec to read DATA with: `wanted` (a spec or its file) when given, which must build
+    the records DATA holds (its model-side settings may differ: another transform of the same
+    records); otherwise the one DATA records."""
     recorded = recorded_spec(storage, data)
-    if wanted is not None:
-        check_same_spec(recorded, resolve_spec(wanted), data)
-    return recorded
+    if wanted is None:
+        return recorded
+    spec = resolve_spec(wanted)
+    check_same_spec(recorded, spec, data)
+    return spec
 
 
 def check_output_spec(storage: Storage, data: str, spec: DatasetSpec) -> None:

@@ -25,12 +25,12 @@ from dataset.layout import KINDS, BuildLayout, day_range, partition_path
 from dataset.output_lock import output_lock
 from dataset.parquet_files import check_parquet_files
 from dataset.raw import check_raw_partitions
-from dataset.spec_record import check_output_spec, record_spec, spec_summary
+from dataset.spec_record import check_output_spec, record_spec, recorded_spec, spec_summary
 from dataset.storage import Storage, absolute
 from etl.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
 from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, contracts_of
 from schemas.durations import format_duration
-from schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
+from schemas.errors import LongseqError, MissingPrerequisiteError
 from schemas.spec import DatasetSpec
 
 
@@ -91,7 +91,9 @@ class BuildConfig:
     max_len: int = DEFAULT_MAX_LEN
     lateness_ms: int = DEFAULT_LATENESS_MS  # later outcomes are quarantined; dedup across days this far
     catch_up: bool = False  # build the missing days before `start` first
-    spec: DatasetSpec = DEFAULT_SPEC  # what the raw logs hold and the records carry (schemas/spec.py)
+    # what the raw logs hold and the records carry (schemas/spec.py); None: the one the output
+    # records (DATA/spec.yaml), else the default
+    spec: DatasetSpec | None = None
 
     def days(self) -> list[dt.date]:
         return day_range(self.start, self.end)
@@ -201,17 +203,15 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     if config.max_len < 1:
         raise LongseqError(f"--max-len must be at least 1, got {config.max_len}")
     _clean_up(storage, layout, locked, log)
+    if config.spec is None:  # read through the engine's storage: an hdfs:// or s3a:// output too
+        config = dataclasses.replace(config, spec=recorded_spec(storage, config.out))
     check_output_spec(storage, config.out, config.spec)  # before the raw check: the likelier cause of a mismatch
     days = plan_days(storage, layout, config, log)
     _check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
     check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
     raw_log = contracts_of(config.spec).raw_log
     for day in days:  # every file's footer too, so a bad day 17 stops a backfill before day 1
-        try:
-            check_parquet_files(storage, partition_path(config.raw, day), raw_log, spark=getattr(engine, "spark", None))
-        except SchemaMismatchError as e:
-            raise SchemaMismatchError(f"{e} (read with dataset spec {config.spec.name!r}: --spec names the logs' "
-                                      f"spec, docs/SPEC.md)") from None
+        check_parquet_files(storage, partition_path(config.raw, day), raw_log, spark=getattr(engine, "spark", None))
     # after the checks, so a spec fixed after a refused first build is not held against it
     record_spec(storage, config.out, config.spec)
     reports = []

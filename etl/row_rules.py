@@ -31,6 +31,7 @@ class Ops:
 
     col: Callable[[str], Any]
     is_null: Callable[[Any], Any]
+    is_nonfinite: Callable[[Any], Any]  # NaN or +-inf (a float column)
     first_match: Callable[[list[tuple[Any, str]]], Any]  # [(condition, reason)] -> reason or null
     day_start_ms: int
     lateness_ms: int = DEFAULT_LATENESS_MS
@@ -83,7 +84,28 @@ def rules_for(spec: DatasetSpec) -> tuple[Rule, ...]:
             lambda o: (o.col("request_ts") < o.day_start_ms) | (o.col("request_ts") >= o.day_end_ms),
             "request_ts is not in the UTC day of its ds partition",
         ),
+        # a bad value of a feature's input is the row's fault, not the day's: quarantined here,
+        # it never reaches the records, whose validation would otherwise fail the whole day
+        *(
+            Rule(f"negative_{name}", lambda o, name=name: o.col(name) < 0, f"{name} < 0 (a categorical feature's id)")
+            for name in categorical_inputs(spec)
+        ),
+        *(
+            Rule(f"nonfinite_{name}", lambda o, name=name: o.is_nonfinite(o.col(name)), f"{name} is NaN or infinite")
+            for name in float_feature_inputs(spec)
+        ),
     )
+
+
+def categorical_inputs(spec: DatasetSpec) -> tuple[str, ...]:
+    """The inputs a categorical feature reads, in the spec's input order."""
+    read = {f.source or f.name for f in spec.features if f.kind == "categorical"}
+    return tuple(i.name for i in spec.inputs if i.name in read)
+
+
+def float_feature_inputs(spec: DatasetSpec) -> tuple[str, ...]:
+    """The float inputs some feature reads, directly or through a derived ratio."""
+    return tuple(name for name in feature_inputs(spec) if spec.input(name).type.startswith("float"))
 
 
 REQUEST_KEYS: tuple[str, ...] = ("user_id", "request_ts")
@@ -140,8 +162,8 @@ def spark_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
             expr = expr.when(cond, F.lit(reason))
         return expr  # no otherwise: null when nothing matched
 
-    return Ops(col=F.col, is_null=lambda e: e.isNull(), first_match=first_match, day_start_ms=day_start_ms(day),
-               lateness_ms=lateness_ms)
+    return Ops(col=F.col, is_null=lambda e: e.isNull(), is_nonfinite=lambda e: F.isnan(e) | (F.abs(e) == float("inf")),
+               first_match=first_match, day_start_ms=day_start_ms(day), lateness_ms=lateness_ms)
 
 
 def polars_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
@@ -153,5 +175,5 @@ def polars_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
             expr = expr.when(cond).then(pl.lit(reason))
         return expr.otherwise(pl.lit(None, dtype=pl.String))
 
-    return Ops(col=pl.col, is_null=lambda e: e.is_null(), first_match=first_match, day_start_ms=day_start_ms(day),
-               lateness_ms=lateness_ms)
+    return Ops(col=pl.col, is_null=lambda e: e.is_null(), is_nonfinite=lambda e: e.is_nan() | e.is_infinite(),
+               first_match=first_match, day_start_ms=day_start_ms(day), lateness_ms=lateness_ms)

@@ -98,6 +98,10 @@ class Feature:
     boundaries: tuple[float, ...] = ()
     doc: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.source:  # spelt out, so that an implicit and an explicit source are one spec
+            object.__setattr__(self, "source", self.name)
+
     @property
     def embedded(self) -> bool:
         """An embedding table (categorical, bucketized) rather than a projected number."""
@@ -137,25 +141,36 @@ class DatasetSpec:
             "tasks": list(self.tasks),
             "inputs": {i.name: {"type": i.type, "required": i.required, "doc": i.doc} for i in self.inputs},
             "derived": {d.name: {"ratio": list(d.ratio)} for d in self.derived},
-            "features": {f.name: _feature_dict(f) for f in self.features},
+            "features": {f.name: _feature_dict(f, docs=True) for f in self.features},
         }
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the canonical form without docs: two specs that read and build alike share it."""
-        def undocumented(x: Any) -> Any:
-            # sections become lists of [name, settings]: their order is the columns' order
-            if isinstance(x, dict):
-                return [[k, undocumented(v)] for k, v in x.items() if k != "doc"]
-            return x
+        """What the records hold: the tasks, the inputs, the derived values and each feature's
+        name, kind, source and sides. Two specs that build the same records share it, whatever
+        their names, docs or model-side settings (buckets, transforms): builds, manifests and
+        readers compare this one, so one build serves models of other transforms."""
+        return _digest([
+            list(self.tasks),
+            [[i.name, i.type, i.required] for i in self.inputs],
+            [[d.name, list(d.ratio)] for d in self.derived],
+            [[f.name, f.kind, f.source or f.name, list(f.sides)] for f in self.features],
+        ])
 
-        canonical = json.dumps(undocumented(self.to_dict()))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    @property
+    def model_fingerprint(self) -> str:
+        """Everything but the name and the docs: two specs that build the same model share it
+        (a checkpoint records its model's spec, and a resume must agree with it)."""
+        return _digest([self.fingerprint, [[f.name, _feature_dict(f)] for f in self.features]])
 
 
-def _feature_dict(f: Feature) -> dict[str, Any]:
-    d = {k: v for k, v in asdict(f).items() if k != "name"}
-    d["sides"], d["boundaries"] = list(f.sides), list(f.boundaries)
+def _digest(canonical: Any) -> str:
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()[:16]
+
+
+def _feature_dict(f: Feature, docs: bool = False) -> dict[str, Any]:
+    d = {k: v for k, v in asdict(f).items() if k != "name" and (docs or k != "doc")}
+    d["source"], d["sides"], d["boundaries"] = f.source or f.name, list(f.sides), list(f.boundaries)
     return d
 
 
@@ -167,10 +182,28 @@ def load_spec(path: Path | str) -> DatasetSpec:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=_unique_keys_loader())
     except (OSError, yaml.YAMLError) as e:
         raise SpecError(f"cannot read dataset spec {path}: {' '.join(str(e).split())}") from None
     return spec_from_dict(data, str(path))
+
+
+@functools.cache
+def _unique_keys_loader() -> type:
+    """yaml's SafeLoader, but a key given twice in one mapping is an error: YAML keeps the
+    last silently, so a second `price:` would replace the first without a word."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # type: ignore[override]
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{', '.join(map(repr, repeated))} is a duplicated name", node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeys
 
 
 def spec_from_dict(data: Any, source: str = "spec") -> DatasetSpec:
@@ -218,6 +251,25 @@ def spec_from_dict(data: Any, source: str = "spec") -> DatasetSpec:
 # ---------------------------------------------------------------- consistency
 
 
+def _not_an_input(spec: DatasetSpec, name: str, known: list[str]) -> str:
+    if name in spec.tasks:
+        return f"{name!r} is a label: a value made of a label leaks it"
+    if name in ID_TIME_COLUMNS:
+        return f"{name!r} is an id or time column, which the records carry already; a feature reads an input"
+    return f"unknown column {name!r}; the inputs{' and derived values' if spec.derived else ''} are {known or 'none'}"
+
+
+_DEFAULT_FEATURE = Feature(name="x", kind="categorical")
+# a feature's settings and the features they apply to: another value elsewhere is a mistake
+_SETTINGS_FOR = {
+    "buckets": lambda f: f.kind == "categorical",
+    "transform": lambda f: f.kind == "numeric",
+    "mean": lambda f: f.kind == "numeric" and f.transform == "normalize",
+    "std": lambda f: f.kind == "numeric" and f.transform == "normalize",
+    "boundaries": lambda f: f.kind == "numeric" and f.transform == "bucketize",
+}
+
+
 def _check(spec: DatasetSpec) -> None:
     src = spec.source or f"spec {spec.name!r}"
 
@@ -247,7 +299,7 @@ def _check(spec: DatasetSpec) -> None:
     for d in spec.derived:
         for part in d.ratio:
             if part not in inputs:
-                fail(f"derived.{d.name}.ratio", f"unknown column {part!r}; the inputs are {sorted(inputs) or 'none'}")
+                fail(f"derived.{d.name}.ratio", _not_an_input(spec, part, sorted(inputs)))
     values = {**{i.name: i.type for i in spec.inputs}, **{d.name: "float32" for d in spec.derived}}
     feature_names: set[str] = set()
     for f in spec.features:
@@ -260,11 +312,8 @@ def _check(spec: DatasetSpec) -> None:
             fail(where, f"{f.name!r} is a duplicated name")
         feature_names.add(f.name)
         source = f.source or f.name
-        if source in spec.tasks:
-            fail(f"{where}.source", f"{source!r} is a label: a feature made of a label leaks it")
         if source not in values:
-            fail(f"{where}.source", f"unknown column {source!r}; the inputs and derived values are "
-                 f"{sorted(values) or 'none'}")
+            fail(f"{where}.source", _not_an_input(spec, source, sorted(values)))
         if f.kind not in KINDS:
             fail(f"{where}.kind", f"{f.kind!r} is not one of {', '.join(KINDS)}")
         if not f.sides:
@@ -274,6 +323,10 @@ def _check(spec: DatasetSpec) -> None:
                 fail(f"{where}.sides", f"{side!r} is not one of {', '.join(SIDES)}")
         if len(set(f.sides)) != len(f.sides):
             fail(f"{where}.sides", f"{list(f.sides)} names a side twice")
+        for setting, applies in _SETTINGS_FOR.items():
+            if getattr(f, setting) != getattr(_DEFAULT_FEATURE, setting) and not applies(f):
+                fail(f"{where}.{setting}", f"does not apply to a {f.kind} feature"
+                     + (f" with transform {f.transform}" if f.kind == "numeric" else ""))
         if f.kind == "categorical":
             if values[source] not in INTEGER_TYPES:
                 fail(f"{where}.source", f"a categorical feature needs an integer column, {source!r} is {values[source]}")

@@ -137,6 +137,11 @@ def _check_spec(spec: DatasetSpec) -> None:
         if i.name not in INPUTS:
             raise SpecError(f"{where}: inputs.{i.name}: MovieLens has no such value; the adapter fills "
                             f"{', '.join(INPUTS)}")
+    ratios = {d.name: d.ratio for d in spec.derived}
+    for f in spec.features_on("target"):
+        if "rating" in ratios.get(f.source, (f.source,)):  # the labels are made of it
+            raise SpecError(f"{where}: features.{f.name}: the rating is the answer on a target (the labels are made "
+                            f"of it): a rating feature may be on history only")
 
 
 def _input_columns(genres: dict[int, int]) -> dict:

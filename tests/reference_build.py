@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,13 @@ def _checks(day: dt.date, lateness_ms: int, spec: DatasetSpec) -> list[tuple[str
         ("negative_position", lambda r: r["position"] < 0),
         ("request_ts_outside_partition", lambda r: not (start <= r["request_ts"] < end)),
     ]
+    categorical = {f.source or f.name for f in spec.features if f.kind == "categorical"}
+    ratios = {d.name: d.ratio for d in spec.derived}
+    read = {c for f in spec.features for c in ratios.get(f.source or f.name, (f.source or f.name,))}
+    checks += [(f"negative_{i.name}", lambda r, name=i.name: r[name] is not None and r[name] < 0)
+               for i in spec.inputs if i.name in categorical]
+    checks += [(f"nonfinite_{i.name}", lambda r, name=i.name: r[name] is not None and not math.isfinite(r[name]))
+               for i in spec.inputs if i.name in read and i.type.startswith("float")]
     names = (*(name for name, _ in checks), INCONSISTENT)
     if names != reasons_for(spec):  # the rules changed: this oracle must be updated with them
         raise AssertionError(f"reference rules {names} do not match etl.row_rules.reasons_for {reasons_for(spec)}")

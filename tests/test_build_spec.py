@@ -22,7 +22,7 @@ import pytest
 from dataset.spec_record import recorded_spec, spec_summary
 from dataset.storage import LocalStorage
 from etl.build import BuildConfig, build
-from etl.row_rules import feature_inputs
+from etl.row_rules import categorical_inputs, feature_inputs, float_feature_inputs
 from schemas.contracts import DEFAULT_SPEC, contracts_of, day_start_ms
 from schemas.errors import LongseqError, SchemaMismatchError
 from schemas.forms import to_arrow
@@ -103,6 +103,10 @@ def _traps(spec: DatasetSpec, rows: list[dict], earlier: list[dict]) -> list[dic
     for name in [i.name for i in spec.inputs if i.required] or ["item_id"]:
         traps.append(dict(rows[3], event_id=f"null-{name}", **{name: None}))
     traps.append(dict(rows[4], event_id="label-2", **{spec.tasks[-1]: 2}))
+    for name in categorical_inputs(spec):  # a feature's bad value: the row's quarantine, not the day's
+        traps.append(dict(rows[4], event_id=f"negative-{name}", **{name: -3}))
+    for name in float_feature_inputs(spec):  # (NaN too, but NaN != NaN would defeat the row comparisons)
+        traps += [dict(rows[4], event_id=f"{sign}inf-{name}", **{name: float(f"{sign}inf")}) for sign in "+-"]
     for d in spec.derived:
         for denominator in (0, -1):
             traps.append(dict(rows[5], event_id=f"{d.name}-over-{denominator}", **{d.ratio[1]: denominator}))
@@ -188,6 +192,8 @@ def test_polars_matches_the_reference(spec, tmp_path):
     assert sum(d.quarantined["label_out_of_range"] for d in ref.days.values()) > 0
     for name in (i.name for i in spec.inputs if i.required):
         assert sum(d.quarantined[f"missing_{name}"] for d in ref.days.values()) > 0
+    for reason in [f"negative_{n}" for n in categorical_inputs(spec)] + [f"nonfinite_{n}" for n in float_feature_inputs(spec)]:
+        assert sum(d.quarantined[reason] for d in ref.days.values()) > 0
     lengths = [len(r["hist_item_id"]) for r in ref.records.values()]
     assert lengths.count(MAX_LEN) > 0 and lengths.count(0) > 0
     for day, report in zip(DAYS, reports):

@@ -201,3 +201,15 @@ def test_a_spec_movielens_cannot_fill_is_a_clear_error(tmp_path):
     with pytest.raises(SpecError, match=r"ecommerce.yaml: tasks: the MovieLens adapter cannot make 'click'"):
         adapt_movielens(RATINGS, tmp_path / "raw", spec=SPECS_DIR / "ecommerce.yaml")
     assert not (tmp_path / "raw").exists()  # refused before writing anything
+
+
+def test_the_rating_may_not_be_a_target_feature(tmp_path):
+    """The labels are made of the rating: on a target it is the answer."""
+    from schemas.spec import SpecError, load_spec, spec_from_dict
+    from sources.movielens import MOVIELENS_SPEC_FILE, adapt_movielens
+
+    data = load_spec(MOVIELENS_SPEC_FILE).to_dict()
+    data["features"]["stars"] = {"kind": "numeric", "source": "rating", "sides": ["history", "target"]}
+    with pytest.raises(SpecError, match="features.stars: the rating is the answer on a target"):
+        adapt_movielens(RATINGS, tmp_path / "raw", spec=spec_from_dict(data), progress=lambda m: None)
+    assert not (tmp_path / "raw").exists()

@@ -170,3 +170,11 @@ def test_contract_docs_are_generated_from_the_schemas():
 
     text = DOC.read_text()
     assert refresh(text) == text, "docs/CONTRACTS.md is stale: run `python -m schemas.markdown --write`"
+
+
+def test_spec_docs_are_generated_from_the_example_specs():
+    from schemas.markdown import SPEC_DOC, refresh, spec_block
+
+    text = SPEC_DOC.read_text()
+    assert "hist_category" in spec_block() and "tgt_genre" in spec_block()
+    assert refresh(text, spec_block()) == text, "docs/SPEC.md is stale: run `python -m schemas.markdown --write`"

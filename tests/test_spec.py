@@ -74,6 +74,11 @@ def _base() -> dict:
     (lambda d: d["features"]["category"].update(bucket=3), "features.category: unknown keys ['bucket']"),
     (lambda d: d.update(tasks=["click", "click"]), "tasks[0]: 'click' is a duplicated name"),
     (lambda d: d.update(tasks=["Click"]), "'Click' is not a column name"),
+    (lambda d: d["derived"]["dwell_ratio"].update(ratio=["click", "image_ms"]), "derived.dwell_ratio.ratio: 'click' is a label"),
+    (lambda d: d["features"]["category"].update(source="position"), "features.category.source: 'position' is an id or time column"),
+    (lambda d: d["features"]["category"].update(boundaries=[1, 2]), "features.category.boundaries: does not apply to a categorical feature"),
+    (lambda d: d["features"]["dwell_ratio"].update(mean=3), "features.dwell_ratio.mean: does not apply to a numeric feature with transform log"),
+    (lambda d: d["features"]["price_bucket"].update(buckets=8), "features.price_bucket.buckets: does not apply to a numeric feature"),
 ])
 def test_spec_errors_are_one_line_and_name_the_field(tmp_path: Path, change, message: str) -> None:
     data = _base()
@@ -93,3 +98,48 @@ def test_unreadable_spec(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed")
     with pytest.raises(SpecError, match="cannot read dataset spec"):
         load_spec(bad)
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: x\ntasks: [a]\ninputs:\n  p: {type: int64}\n  p: {type: float32}\n")
+    with pytest.raises(SpecError, match="'p' is a duplicated name"):
+        load_spec(path)
+
+
+def test_the_fingerprint_is_what_the_records_hold() -> None:
+    base = _base()
+    spec = spec_from_dict(base)
+    # model-side settings, names and docs: the same records, another model
+    other = _base()
+    other["name"] = "shop"
+    other["features"]["category"].update(buckets=64, doc="other words")
+    other["features"]["price_bucket"].update(boundaries=[100, 200])
+    changed = spec_from_dict(other)
+    assert changed.fingerprint == spec.fingerprint and changed.model_fingerprint != spec.model_fingerprint
+    # an implicit source is the explicit one
+    implicit = _base()
+    implicit["features"]["dwell_ratio"]["source"] = ""
+    assert spec_from_dict(implicit) == spec
+    # what reaches the records: tasks, inputs, sides
+    for change in (lambda d: d["features"]["category"].update(sides=["target"]),
+                   lambda d: d["inputs"]["dwell_ms"].update(type="int64"),
+                   lambda d: d.update(tasks=["click", "cart"])):
+        data = _base()
+        change(data)
+        assert spec_from_dict(data).fingerprint != spec.fingerprint
+
+
+def test_reading_with_another_transform_of_the_same_records(tmp_path: Path) -> None:
+    from dataset.spec_record import record_spec, spec_for
+    from dataset.storage import LocalStorage
+
+    storage, data = LocalStorage(), str(tmp_path)
+    record_spec(storage, data, load_spec(ECOMMERCE))
+    other = _base()
+    other["features"]["category"].update(buckets=64)
+    wanted = spec_from_dict(other)
+    assert spec_for(storage, data, wanted) is wanted  # the same records, read with the model's transforms
+    assert spec_for(storage, data) == load_spec(ECOMMERCE)
+    with pytest.raises(SpecError, match="holds data of dataset spec 'ecommerce'"):
+        spec_for(storage, data, DEFAULT_SPEC)

@@ -62,7 +62,7 @@ def save(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
         "step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
         "torch_rng": torch.get_rng_state(), "config": config_json,
     }
-    if spec.fingerprint != DEFAULT_SPEC.fingerprint:  # none recorded reads as the default: its files stay as they were
+    if spec.model_fingerprint != DEFAULT_SPEC.model_fingerprint:  # none recorded reads as the default: its files stay as they were
         state["spec"] = json.dumps(spec.to_dict())
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)

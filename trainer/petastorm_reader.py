@@ -246,7 +246,7 @@ class PetastormRequestReader:
         self.config = config or ReaderConfig()
         self.spec = spec
         self.urls = list(urls)
-        verify_published(self.urls)
+        verify_published(self.urls, self.spec)
         self._keys = row_group_keys(self.urls) if self.config.workers > 1 else None
 
     def _open(self, epoch: int):

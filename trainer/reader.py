@@ -54,7 +54,7 @@ class ArrowRequestReader:
         self.config = config or ReaderConfig()
         self.spec = spec
         self.urls = list(urls)
-        verify_published(self.urls)
+        verify_published(self.urls, self.spec)
         self._groups: list[tuple[str, int]] = []
         for url in self.urls:
             try:

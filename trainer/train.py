@@ -346,7 +346,7 @@ def check_model_spec(model_spec: DatasetSpec, data_spec: DatasetSpec, run_dir: P
     if model_spec.fingerprint != data_spec.fingerprint:
         raise OtherDataError(
             f"{run_dir} holds a model of dataset spec {model_spec.name!r} ({model_spec.fingerprint}), but {data} holds "
-            f"data of spec {data_spec.name!r} ({data_spec.fingerprint}): a model reads only data of its own spec; "
+            f"data of spec {data_spec.name!r} ({data_spec.fingerprint}): a model reads only records of its own spec; "
             f"use data of spec {model_spec.name!r}, or train a new --run-dir on this data")
 
 
@@ -552,7 +552,13 @@ def _open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Ca
         if not cfg.same_settings(state["config"]):
             raise LongseqError(f"{run_dir} holds a run with other settings (see {run_dir}/config.json); "
                                "use a new --run-dir, or the same settings to resume it")
-        check_model_spec(checkpoint.spec_of(state, resumed), spec, run_dir, data.data if data else "the data")
+        saved_spec = checkpoint.spec_of(state, resumed)
+        check_model_spec(saved_spec, spec, run_dir, data.data if data else "the data")
+        if saved_spec.model_fingerprint != spec.model_fingerprint:  # same records, other tables or transforms
+            raise OtherDataError(
+                f"{run_dir} holds a model of dataset spec {saved_spec.name!r} whose features are set up otherwise "
+                f"than in spec {spec.name!r} ({spec.model_fingerprint}, the checkpoint {saved_spec.model_fingerprint}): "
+                f"resume with the spec the run was started with (--spec), or train a new --run-dir")
         if data is not None:
             changes = _check_data(run_dir, data, int(state["step"]), allow_other_data, ctx.is_main, log)
         position = checkpoint.restore(state, resumed, model, optimizer)
