@@ -18,9 +18,10 @@ slips in, and never with Spark's mergeSchema, which turns a missing column into 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,11 +42,21 @@ def is_hidden(name: str) -> bool:
     return name.startswith(HIDDEN_PREFIXES)
 
 
+def as_named(contract: Schema, names: Mapping[str, str] | None) -> Schema:
+    """`contract` with its columns under the names the files give them (names: the
+    contract's name -> the files'; a dataset spec's `columns`, for raw logs)."""
+    if not names:
+        return contract
+    return Schema(contract.name, tuple(dataclasses.replace(f, name=names.get(f.name, f.name)) for f in contract),
+                  contract.doc)
+
+
 def check_parquet_files(
-    storage: Storage, directory: str, contract: Schema, spark: "SparkSession | None" = None
+    storage: Storage, directory: str, contract: Schema, spark: "SparkSession | None" = None,
+    names: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Every data file of `directory`, each checked against `contract` (see the module
-    docstring); SchemaMismatchError naming the first file that fails.
+    """Every data file of `directory`, each checked against `contract` (under the files'
+    `names`; see the module docstring); SchemaMismatchError naming the first file that fails.
 
     URIs (hdfs://, s3a://, file://) are opened through `spark`'s Hadoop FileSystem when it
     is given, so the check sees what the Spark read will see, with its credentials;
@@ -55,7 +66,7 @@ def check_parquet_files(
     files = [f"{directory}/{name}" for name in storage.list_names(directory) if not is_hidden(name)]
     for path in files:
         # inputs are checked strictly: an extra column is often a renamed or misspelt one
-        check_arrow_schema(parquet_schema(path, spark), contract, source=path, allow_extra=False)
+        check_arrow_schema(parquet_schema(path, spark), as_named(contract, names), source=path, allow_extra=False)
     return files
 
 
@@ -72,24 +83,33 @@ def parquet_schema(path: str, spark: "SparkSession | None" = None) -> pa.Schema:
         ) from None
 
 
-def read_arrow(directory: str, contract: Schema, columns: list[str] | None = None) -> pa.Table:
-    """The contract's columns (or `columns`) of a local directory's checked files, typed as the contract says."""
-    files = check_parquet_files(LocalStorage(), directory, contract)
-    names = columns or contract.names
-    schema = pa.schema([to_arrow(contract).field(n) for n in names])
+def read_arrow(directory: str, contract: Schema, columns: list[str] | None = None,
+               names: Mapping[str, str] | None = None) -> pa.Table:
+    """The contract's columns (or `columns`) of a local directory's checked files, typed as
+    the contract says and named as it names them (files may name them otherwise: `names`)."""
+    files = check_parquet_files(LocalStorage(), directory, contract, names=names)
+    wanted = columns or contract.names
+    schema = pa.schema([to_arrow(contract).field(n) for n in wanted])
     if not files:  # a complete partition of a day without impressions
         return schema.empty_table()
+    in_file = [(names or {}).get(n, n) for n in wanted]
     # the cast unifies what the check allows to differ: nullability, large_string
-    return pa.concat_tables(pq.read_table(f, columns=names).select(names).cast(schema) for f in files)
+    return pa.concat_tables(pq.read_table(f, columns=in_file).select(in_file).rename_columns(wanted).cast(schema)
+                            for f in files)
 
 
-def read_spark(spark: "SparkSession", storage: Storage, directory: str, contract: Schema) -> "DataFrame":
-    """The contract's columns of a directory's checked files, as a Spark DataFrame."""
-    files = check_parquet_files(storage, directory, contract, spark)
+def read_spark(spark: "SparkSession", storage: Storage, directory: str, contract: Schema,
+               names: Mapping[str, str] | None = None) -> "DataFrame":
+    """The contract's columns of a directory's checked files, as a Spark DataFrame named as
+    the contract names them (files may name them otherwise: `names`)."""
+    from pyspark.sql import functions as F
+
+    files = check_parquet_files(storage, directory, contract, spark, names)
     if not files:  # a complete partition of a day without impressions
         return spark.createDataFrame([], to_spark(contract))
     # the contract's schema, not one inferred from a file or merged over all of them
-    return spark.read.schema(to_spark(contract)).parquet(*files).select(*contract.names)
+    frame = spark.read.schema(to_spark(as_named(contract, names))).parquet(*files)
+    return frame.select(*[F.col(f"`{(names or {}).get(n, n)}`").alias(n) for n in contract.names])
 
 
 @contextmanager

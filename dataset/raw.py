@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,7 +39,8 @@ def read_raw_partition(
     of `spec` (a spec, its file, or None for the default) as the build checks it
     (dataset/parquet_files.py)."""
     check_raw_partitions(LocalStorage(), str(root), [day])
-    return read_arrow(partition_path(root, day), contracts_of(resolve_spec(spec)).raw_log, columns)
+    spec = resolve_spec(spec)
+    return read_arrow(partition_path(root, day), contracts_of(spec).raw_log, columns, spec.raw_names)
 
 
 class RawPartitionWriter:
@@ -46,7 +48,8 @@ class RawPartitionWriter:
     (memory holds one chunk), and the dir is renamed into place with its _SUCCESS marker
     at the end. Used by the generator and the dataset adapters."""
 
-    def __init__(self, out: Path, day: dt.date):
+    def __init__(self, out: Path, day: dt.date, names: Mapping[str, str] | None = None):
+        self.names = dict(names or {})  # longseq's name -> the logs' (a dataset spec's `columns`)
         self.final = Path(out) / ds_name(day)
         self.tmp = Path(out) / f".{self.final.name}.tmp"
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -54,6 +57,8 @@ class RawPartitionWriter:
         self.parts = 0
 
     def write(self, table: pa.Table) -> None:
+        if self.names:
+            table = table.rename_columns([self.names.get(n, n) for n in table.column_names])
         pq.write_table(table, self.tmp / f"part-{self.parts:05d}.parquet", compression="zstd", row_group_size=1 << 20)
         self.parts += 1
 

@@ -211,7 +211,8 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
     raw_log = contracts_of(config.spec).raw_log
     for day in days:  # every file's footer too, so a bad day 17 stops a backfill before day 1
-        check_parquet_files(storage, partition_path(config.raw, day), raw_log, spark=getattr(engine, "spark", None))
+        check_parquet_files(storage, partition_path(config.raw, day), raw_log, spark=getattr(engine, "spark", None),
+                            names=config.spec.raw_names)
     # after the checks, so a spec fixed after a refused first build is not held against it
     record_spec(storage, config.out, config.spec)
     reports = []

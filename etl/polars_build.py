@@ -83,7 +83,7 @@ class PolarsEngine:
         c = contracts_of(spec)
         day_end = day_start_ms(day) + DAY_MS
         tagged = _with_request_rule(
-            _read_parquet_dir(raw_partition, c.raw_log).with_columns(reason=reason_expr(polars_ops(day, lateness_ms), spec))
+            _read_parquet_dir(raw_partition, c.raw_log, spec.raw_names).with_columns(reason=reason_expr(polars_ops(day, lateness_ms), spec))
         )
         quarantine = tagged.filter(pl.col("reason").is_not_null()).sort(["reason", *c.raw_log.names], nulls_last=True)
         valid = tagged.filter(pl.col("reason").is_null()).drop("reason")
@@ -142,9 +142,10 @@ def _empty(contract: Schema) -> pl.DataFrame:
     return pl.DataFrame(schema=to_polars(contract))
 
 
-def _read_parquet_dir(path: str, contract: Schema) -> pl.DataFrame:
-    """The contract's columns of every data file in `path`, all checked first, as the Spark engine checks them."""
-    return pl.from_arrow(read_arrow(path, contract))
+def _read_parquet_dir(path: str, contract: Schema, names: dict[str, str] | None = None) -> pl.DataFrame:
+    """The contract's columns of every data file in `path` (which may name them otherwise:
+    `names`), all checked first, as the Spark engine checks them."""
+    return pl.from_arrow(read_arrow(path, contract, names=names))
 
 
 def _write(frame: pl.DataFrame, contract: Schema, directory: str, row_group_bytes: int) -> None:

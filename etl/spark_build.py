@@ -108,7 +108,7 @@ class SparkEngine:
 
     def _read_raw(self, path: str, c: Contracts) -> DataFrame:
         # every file checked as the polars engine checks it, then exactly those read
-        return read_spark(self.spark, self.storage, path, c.raw_log)
+        return read_spark(self.spark, self.storage, path, c.raw_log, c.spec.raw_names)
 
     def _read_state(self, path: str | None, c: Contracts) -> DataFrame:
         if path is None:

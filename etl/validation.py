@@ -331,7 +331,7 @@ def load_raw_frames(spark: Any, storage: Storage, raw: str | None, day: dt.date,
         raise LongseqError("--suite raw needs --raw DIR")
     check_raw_partitions(storage, raw.rstrip("/"), [day])
     contract = contracts_of(spec).raw_log
-    data = read_spark(spark, storage, partition_path(raw, day), contract)  # checked as the build checks it
+    data = read_spark(spark, storage, partition_path(raw, day), contract, spec.raw_names)  # checked as the build checks it
     if sample:
         data = data.sample(fraction=sample, seed=0)
     return {"raw": raw_frame(data)}, raw_checks(cfg, day, spec), None

@@ -4,12 +4,14 @@ Every contract (schemas/contracts.py), both build engines, the quarantine rules,
 validation suites, the reader and the model derive from it (docs/SPEC.md):
 
     name: ecommerce
+    columns: {item_id: product_id, author_id: seller_id}   # the logs' names of the id and time columns
     tasks: [click, cart, purchase]        # binary label columns: action bits, heads, metrics
     inputs:                               # raw columns besides the ids, the times and the labels
       category_id: {type: int64, required: true}
       price: {type: float32}
+      dwell_ms: {type: int32}
     derived:                              # numbers computed from inputs, per row
-      price_per_unit: {ratio: [price, units]}
+      price_per_ms: {ratio: [price, dwell_ms]}
     features:                             # what the model sees, on history events and/or targets
       category: {kind: categorical, source: category_id, buckets: 4096, sides: [history, target]}
       price: {kind: numeric, transform: bucketize, boundaries: [5, 20, 100], sides: [target]}
@@ -52,6 +54,7 @@ INTEGER_TYPES = ("int8", "int32", "int64")
 # each distinct combination: 2**16 rows is the largest table that stays cheap.
 MAX_TASKS = 16
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
+_RAW_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")  # a raw log's own column names: camelCase too
 
 
 class SpecError(LongseqError):
@@ -123,6 +126,9 @@ class DatasetSpec:
     inputs: tuple[Input, ...] = ()
     derived: tuple[Derived, ...] = ()
     features: tuple[Feature, ...] = ()
+    # (id or time column, the raw logs' name for it) where the logs name it otherwise: they
+    # are renamed as they are read, and everything after the read uses longseq's names
+    columns: tuple[tuple[str, str], ...] = ()
     source: str = field(default="", compare=False)  # the file it came from, for errors
 
     def __post_init__(self) -> None:
@@ -134,10 +140,16 @@ class DatasetSpec:
     def input(self, name: str) -> Input:
         return next(i for i in self.inputs if i.name == name)
 
+    @property
+    def raw_names(self) -> dict[str, str]:
+        """longseq's name -> the raw logs' name, for the id and time columns named otherwise."""
+        return dict(self.columns)
+
     def to_dict(self) -> dict[str, Any]:
         """The spec as its YAML file would hold it, every default spelt out."""
         return {
             "name": self.name,
+            "columns": dict(self.columns),
             "tasks": list(self.tasks),
             "inputs": {i.name: {"type": i.type, "required": i.required, "doc": i.doc} for i in self.inputs},
             "derived": {d.name: {"ratio": list(d.ratio)} for d in self.derived},
@@ -212,7 +224,7 @@ def spec_from_dict(data: Any, source: str = "spec") -> DatasetSpec:
 
     if not isinstance(data, Mapping):
         raise SpecError(f"{source}: a dataset spec must be a mapping with name, tasks, inputs, derived, features")
-    allowed = {"name", "tasks", "inputs", "derived", "features"}
+    allowed = {"name", "columns", "tasks", "inputs", "derived", "features"}
     unknown = set(data) - allowed
     if unknown:
         raise SpecError(f"{source}: unknown keys {sorted(map(str, unknown))}; allowed: {', '.join(sorted(allowed))}")
@@ -242,9 +254,13 @@ def spec_from_dict(data: Any, source: str = "spec") -> DatasetSpec:
         raise SpecError(f"{source}: tasks: expected a list of label column names, got {tasks!r}")
     if not isinstance(data["name"], str):
         raise SpecError(f"{source}: name: expected a string, got {data['name']!r}")
+    columns = data.get("columns") or {}
+    if not isinstance(columns, Mapping) or not all(isinstance(v, str) for v in columns.values()):
+        raise SpecError(f"{source}: columns: expected a mapping of id or time column -> the logs' name for it, "
+                        f"got {columns!r}")
     return DatasetSpec(
         name=data["name"], tasks=tuple(tasks), inputs=section("inputs", Input), derived=section("derived", Derived),
-        features=section("features", Feature), source=source,
+        features=section("features", Feature), columns=tuple((str(k), v) for k, v in columns.items()), source=source,
     )
 
 
@@ -292,6 +308,15 @@ def _check(spec: DatasetSpec) -> None:
         if name in seen:
             fail(where, f"{name!r} is a duplicated name (also in {seen[name]})")
         seen[name] = section
+    raw_names = [spec.raw_names.get(c, c) for c in ID_TIME_COLUMNS]
+    for column, raw in spec.columns:
+        where = f"columns.{column}"
+        if column not in ID_TIME_COLUMNS:
+            fail(where, f"{column!r} is not an id or time column; those are {', '.join(ID_TIME_COLUMNS)}")
+        if not _RAW_NAME.fullmatch(raw):
+            fail(where, f"{raw!r} is not a column name")
+        if raw_names.count(raw) > 1 or raw in seen:
+            fail(where, f"{raw!r} is a duplicated name (another column of the logs has it)")
     for i in spec.inputs:
         if i.type not in INPUT_TYPES:
             fail(f"inputs.{i.name}.type", f"{i.type!r} is not one of {', '.join(INPUT_TYPES)}")

@@ -788,7 +788,7 @@ def generate(
         t_day = time.perf_counter()
         day = start + dt.timedelta(days=d)
         start_ms = day_start_ms(day)
-        writer, day_rows, day_requests = RawPartitionWriter(out, day), 0, 0
+        writer, day_rows, day_requests = RawPartitionWriter(out, day, spec.raw_names), 0, 0
         for c in range(n_chunks):
             cols = generate_chunk(cat, users, profile, seed, d, c, start_ms, world)
             table, counts = inject_dirt(cols, dirty, np.random.default_rng([seed, d, c, 0xD1]), contracts)

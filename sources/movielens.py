@@ -222,7 +222,7 @@ def adapt_movielens(ratings: Path, out: Path, movies: Path | None = None, mappin
     per_day = {k[0]: g for k, g in rows.partition_by("ds", as_dict=True).items()}
     for d in range(mapping.days):
         day = mapping.start + dt.timedelta(days=d)
-        writer = RawPartitionWriter(out, day)
+        writer = RawPartitionWriter(out, day, spec.raw_names)
         part = per_day.get(first + d)
         if part is not None:
             writer.write(part.drop("ds").to_arrow().cast(schema))

@@ -105,12 +105,15 @@ def reason_of(row: dict, day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS,
 
 
 def read_partition(raw: str | Path, day: dt.date, spec: DatasetSpec = DEFAULT_SPEC) -> list[dict]:
-    """All rows of RAW/ds=day as dicts of the spec's raw-log columns (files in name order)."""
+    """All rows of RAW/ds=day as dicts of the spec's raw-log columns, under longseq's names
+    (the logs may name the id and time columns otherwise: spec.columns), files in name order."""
     path = Path(raw) / f"ds={day.isoformat()}"
     files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith(("_", ".")))
+    names = contracts_of(spec).raw_log.names
     rows: list[dict] = []
     for f in files:
-        rows.extend(pq.read_table(f).select(contracts_of(spec).raw_log.names).to_pylist())
+        for row in pq.read_table(f).to_pylist():
+            rows.append({n: row[spec.raw_names.get(n, n)] for n in names})
     return rows
 
 

@@ -124,6 +124,7 @@ def write_random_raw(raw: Path, spec: DatasetSpec, days: list[dt.date] = DAYS, s
         half = len(rows) // 2  # two files: the engines read a partition's files in any order
         for i, chunk in enumerate((rows[:half], rows[half:])):
             table = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in chunk], schema=schema)
+            table = table.rename_columns([spec.raw_names.get(c, c) for c in schema.names])  # the logs' own names
             pq.write_table(table, part / f"part-{i:05d}.parquet")
         (part / "_SUCCESS").touch()
 

@@ -238,9 +238,10 @@ ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
 ECOMMERCE_RAW = contracts_of(ECOMMERCE).raw_log
 
 
-def _spec_frame(root: Path, raw_log) -> pd.DataFrame:
-    days = sorted(root.glob("ds=*"))
-    return pd.concat([read_arrow(str(d), raw_log).to_pandas().assign(ds=d.name[3:]) for d in days], ignore_index=True)
+def _spec_frame(root: Path, spec) -> pd.DataFrame:
+    days, raw_log = sorted(root.glob("ds=*")), contracts_of(spec).raw_log
+    return pd.concat([read_arrow(str(d), raw_log, names=spec.raw_names).to_pandas().assign(ds=d.name[3:])
+                      for d in days], ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +249,7 @@ def ecommerce_sample(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     out = tmp_path_factory.mktemp("ecommerce")
     report = generate(out, PROFILES["small"].with_sizes(users=200, days=3), seed=7, start=START, spec=ECOMMERCE)
     assert report.spec == {"name": "ecommerce", "fingerprint": ECOMMERCE.fingerprint}
-    return out, _spec_frame(out, ECOMMERCE_RAW)
+    return out, _spec_frame(out, ECOMMERCE)
 
 
 def test_spec_logs_pass_the_spec_raw_contract_and_not_the_default(ecommerce_sample):
@@ -256,7 +257,9 @@ def test_spec_logs_pass_the_spec_raw_contract_and_not_the_default(ecommerce_samp
     days = sorted(out.glob("ds=*"))
     assert len(days) == 3 and all((d / SUCCESS_MARKER).exists() for d in days)
     for d in days:
-        assert check_parquet_files(LocalStorage(), str(d), ECOMMERCE_RAW)
+        assert check_parquet_files(LocalStorage(), str(d), ECOMMERCE_RAW, names=ECOMMERCE.raw_names)
+        with pytest.raises(SchemaMismatchError, match="column 'product_id'"):  # the logs' own name
+            check_parquet_files(LocalStorage(), str(d), ECOMMERCE_RAW)
         with pytest.raises(SchemaMismatchError):
             check_parquet_files(LocalStorage(), str(d), RAW_LOG)
     assert list(df.columns[:-1]) == ECOMMERCE_RAW.names
@@ -348,7 +351,7 @@ def test_spec_logs_are_deterministic_by_seed(tmp_path):
 def test_spec_dirty_rows_are_reported_exactly(tmp_path):
     p = PROFILES["tiny"].with_sizes(users=60, days=2)
     report = generate(tmp_path, p, seed=3, start=START, dirty=0.08, spec=ECOMMERCE)
-    df = _spec_frame(tmp_path, ECOMMERCE_RAW)
+    df = _spec_frame(tmp_path, ECOMMERCE)
     tasks = list(ECOMMERCE.tasks)
     assert len(df) == report.rows == report.clean_rows + report.dirty["duplicate_event_id"]
     observed = {
@@ -377,8 +380,7 @@ def test_every_input_type_and_role_is_filled_within_its_type(tmp_path):
                      "watch_ms": "view_ms", "dwell_time": "engaged_ms", "clip_length": "length_ms"}
     p = PROFILES["tiny"].with_sizes(users=20, days=1)
     generate(tmp_path, p, seed=2, start=START, spec=spec)
-    raw_log = contracts_of(spec).raw_log
-    df = _spec_frame(tmp_path, raw_log)
+    df = _spec_frame(tmp_path, spec)
     assert len(df) > 500
     assert df.shelf.between(1, 127).all() and df.zone.dropna().between(0, 2**31 - 1).all()
     assert df[["shelf", "score", "watch_ms"]].notna().all().all()  # required: never null in clean data

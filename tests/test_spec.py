@@ -39,6 +39,9 @@ def test_round_trip_and_fingerprint(tmp_path: Path) -> None:
 
 def test_ecommerce_contracts() -> None:
     c = contracts_of(load_spec(ECOMMERCE))
+    # the logs name two id columns their own way; everything after the read uses longseq's names
+    assert c.spec.raw_names == {"item_id": "product_id", "author_id": "seller_id"}
+    assert "item_id" in c.raw_log and "product_id" not in c.raw_log
     assert c.raw_log["category_id"].required and not c.raw_log["dwell_ms"].required
     assert "dwell_ratio" not in c.raw_log  # derived, not read
     assert [f.name for f in c.history_event] == [
@@ -79,6 +82,10 @@ def _base() -> dict:
     (lambda d: d["features"]["category"].update(boundaries=[1, 2]), "features.category.boundaries: does not apply to a categorical feature"),
     (lambda d: d["features"]["dwell_ratio"].update(mean=3), "features.dwell_ratio.mean: does not apply to a numeric feature with transform log"),
     (lambda d: d["features"]["price_bucket"].update(buckets=8), "features.price_bucket.buckets: does not apply to a numeric feature"),
+    (lambda d: d["columns"].update(category_id="cat"), "columns.category_id: 'category_id' is not an id or time column"),
+    (lambda d: d["columns"].update(user_id="seller_id"), "'seller_id' is a duplicated name (another column of the logs has it)"),
+    (lambda d: d["columns"].update(user_id="price_cents"), "columns.user_id: 'price_cents' is a duplicated name"),
+    (lambda d: d["columns"].update(user_id="user id"), "columns.user_id: 'user id' is not a column name"),
 ])
 def test_spec_errors_are_one_line_and_name_the_field(tmp_path: Path, change, message: str) -> None:
     data = _base()

@@ -205,6 +205,12 @@ def _raw_rows(n: int = 20) -> list[dict]:
     } for i in range(n)]
 
 
+def _write_raw(rows: list[dict], path) -> None:
+    """Raw rows under the logs' own names (the spec's `columns`: product_id, seller_id)."""
+    table = pa.Table.from_pylist(rows, schema=to_arrow(contracts_of(ECOM).raw_log))
+    pq.write_table(table.rename_columns([ECOM.raw_names.get(c, c) for c in table.column_names]), path)
+
+
 @pytest.mark.spark
 def test_the_raw_suite_of_a_spec_checks_its_required_inputs_and_labels(spark, tmp_path):
     """Raw logs are validated before DATA exists: the spec is passed in."""
@@ -212,14 +218,14 @@ def test_the_raw_suite_of_a_spec_checks_its_required_inputs_and_labels(spark, tm
     assert set(rows[0]) == set(contracts_of(ECOM).raw_log.names)
     part = tmp_path / "raw" / f"ds={DAY}"
     part.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=to_arrow(contracts_of(ECOM).raw_log)), part / "part-0.parquet")
+    _write_raw(rows, part / "part-0.parquet")
     (part / SUCCESS_MARKER).touch()
     clean = validate(spark, str(tmp_path / "out"), DAY, "raw", raw=str(tmp_path / "raw"), spec=ECOM)
     assert clean["passed"], summary_table(clean)  # dwell_ms is optional: all null passes
 
     rows[3]["category_id"] = None  # 1 in 20 misses a required input: over the 1% raw_mostly allows
     rows[4]["purchase"] = 3
-    pq.write_table(pa.Table.from_pylist(rows, schema=to_arrow(contracts_of(ECOM).raw_log)), part / "part-0.parquet")
+    _write_raw(rows, part / "part-0.parquet")
     dirty = validate(spark, str(tmp_path / "out"), DAY, "raw", raw=str(tmp_path / "raw"), spec=ECOM)
     assert set(_failed(dirty)) == {"required_category_id", "label_binary_purchase"}, summary_table(dirty)
 
