@@ -2,7 +2,7 @@
 against an earlier commit's, side by side in one run (issue 18, point 5: within 5%).
 
     longseq bench spec-cost [--baseline REV] [--candidate REV] [--work DIR] [--profile bench-1m]
-                            [--days 4] [--max-len 2000] [--repeat 3]
+                            [--days 4] [--max-len 2000] [--repeat 3] [--read-passes 3] [--only W,...]
 
 Both commits are checked out once into WORK/baseline and WORK/candidate (git worktrees of
 this repository; the candidate defaults to HEAD, so edits made while it runs do not leak
@@ -15,8 +15,10 @@ in alternating order (baseline first in odd rounds), each tree:
   publish        then, on the polars output, `longseq publish` (not timed)
   read-arrow     every published day with the pyarrow reader, scoring (file order, full length)
   read-petastorm the same with the Petastorm reader, training (shuffle + truncation)
-Each reported time is the median over rounds of the process's wall time (imports
-included, the same in both trees); the ratio is this tree over the baseline.
+A build's time is its process's wall time (imports and the Spark session included, the
+same in both trees); a read's is the time of --read-passes passes over the days after one
+warm-up pass, in the process. Each reported time is the median over rounds; the ratio is
+the candidate's over the baseline's.
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ import trainer.reader as r
 assert r.__file__.startswith(sys.argv[1]), r.__file__  # this tree's code, not the installed one
 engine, data, start, end = sys.argv[2], sys.argv[3], dt.date.fromisoformat(sys.argv[4]), dt.date.fromisoformat(sys.argv[5])
 cfg = ReaderConfig(shuffle=False) if engine == "arrow" else ReaderConfig(shuffle=True, truncation=LengthSampler(max_len=int(sys.argv[6])))
-tokens = sum(b.num_history_tokens for b in open_published(data, start, end, cfg, engine=engine).batches())
-print(tokens)
+for _ in range(int(sys.argv[7])):  # a warm-up pass (page cache, checksums), then the timed ones
+    tokens = sum(b.num_history_tokens for b in open_published(data, start, end, cfg, engine=engine).batches())
+t = time.perf_counter()
+for _ in range(int(sys.argv[8])):
+    tokens = sum(b.num_history_tokens for b in open_published(data, start, end, cfg, engine=engine).batches())
+print(time.perf_counter() - t)
 """
 
 
@@ -57,11 +63,16 @@ def _env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tree)}
 
 
-def _timed(argv: list[str], tree: Path) -> float:
-    t = time.perf_counter()
+def _run(argv: list[str], tree: Path) -> str:
     done = subprocess.run(argv, cwd=tree, env=_env(tree), capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"failed in {tree}: {' '.join(argv)}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def _timed(argv: list[str], tree: Path) -> float:
+    t = time.perf_counter()
+    _run(argv, tree)
     return time.perf_counter() - t
 
 
@@ -98,7 +109,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--days", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=2_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--read-passes", type=int, default=3, help="timed passes of each read (default 3)")
+    ap.add_argument("--only", default=",".join(WORKLOADS), help=f"workloads to time (default all: {','.join(WORKLOADS)})")
     args = ap.parse_args(argv)
+    only = [w for w in WORKLOADS if w in args.only.split(",")]
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -115,6 +129,8 @@ def main(argv: list[str]) -> int:
             tree = trees[name]
             for engine in ("polars", "spark"):
                 out = work / f"{name}-{engine}"
+                if f"build-{engine}" not in only and (engine == "spark" or (out / "published").exists()):
+                    continue  # not timed, and the reads have their data
                 shutil.rmtree(out, ignore_errors=True)
                 spark = ["--master", "local[2]"] if engine == "spark" else []
                 seconds = _timed(_longseq("build", "--engine", engine, "--raw", raw, "--data", out, "--start", start,
@@ -122,13 +138,15 @@ def main(argv: list[str]) -> int:
                 times.setdefault((name, f"build-{engine}"), []).append(seconds)
             data = work / f"{name}-polars"
             digests[name] = _records_digest(data)
-            _timed(_longseq("publish", "--data", data, "--start", start, "--end", end,
-                            "--override-validation", "benchmark data"), tree)
+            if not (data / "published" / f"ds={end}" / "manifest.json").exists():
+                _run(_longseq("publish", "--data", data, "--start", start, "--end", end,
+                              "--override-validation", "benchmark data"), tree)
             for engine in ("arrow", "petastorm"):
-                seconds = _timed([sys.executable, "-c", _READ, str(tree), engine, str(data), str(start), str(end),
-                                  str(args.max_len)], tree)
-                times.setdefault((name, f"read-{engine}"), []).append(seconds)
-            print(f"round {round_ + 1} {name}: " + ", ".join(f"{w} {times[(name, w)][-1]:.1f} s" for w in WORKLOADS),
+                if f"read-{engine}" in only:
+                    seconds = float(_run([sys.executable, "-c", _READ, str(tree), engine, str(data), str(start),
+                                          str(end), str(args.max_len), "1", str(args.read_passes)], tree).split()[-1])
+                    times.setdefault((name, f"read-{engine}"), []).append(seconds)
+            print(f"round {round_ + 1} {name}: " + ", ".join(f"{w} {times[(name, w)][-1]:.2f} s" for w in only),
                   file=sys.stderr, flush=True)
     same = digests["baseline"] == digests["candidate"]
     if not same:
@@ -137,7 +155,7 @@ def main(argv: list[str]) -> int:
           f"{args.candidate}, median of {args.repeat} alternating rounds; polars records identical: {same}\n")
     print("| workload | baseline s | candidate s | candidate / baseline |")
     print("|---|---:|---:|---:|")
-    for w in WORKLOADS:
+    for w in only:
         b, c = statistics.median(times[("baseline", w)]), statistics.median(times[("candidate", w)])
         print(f"| {w} | {b:.2f} | {c:.2f} | {c / b:.3f} |")
     return 0

@@ -52,21 +52,13 @@ PART_FILE = "part-00000.parquet"
 RANK, INDEX, LOGGED, K = "_rank", "_index", "_logged", "_k"
 
 
-def _hist(c: Contracts) -> tuple[str, ...]:
-    """A history event's fields: item_id, author_id, event_ts, action, the history features."""
-    return tuple(f.name for f in c.history_event)
-
-
-def _tgt(c: Contracts) -> tuple[str, ...]:
-    """A target's fields: item_id, author_id, the target features, the labels."""
-    return tuple(f.name for f in c.target)
 
 
 def _event_sort(c: Contracts) -> tuple[str, ...]:
     """Event order: (event_ts, event_id), then `seq` (the list position of settled state
     events, which have no event_id), then the other fields, so even two events sharing an
     event_id (redelivered on another day) sort the same in every engine."""
-    return ("user_id", "event_ts", "event_id", "seq", *(f for f in _hist(c) if f != "event_ts"))
+    return ("user_id", "event_ts", "event_id", "seq", *(f for f in c.history_names if f != "event_ts"))
 
 
 class PolarsEngine:
@@ -181,7 +173,7 @@ def _ranked_events(prev: pl.DataFrame, kept: pl.DataFrame, c: Contracts) -> pl.D
     a null event_id and their list position as `seq`: their order is already final, and
     they were logged before this day began, so before any pending or new event.
     """
-    hist = _hist(c)
+    hist = c.history_names
     n_settled = pl.col("hist_event_ts").list.len() - pl.col("pending_event_id").list.len()
     from_state = (
         prev.select(
@@ -211,7 +203,7 @@ def _new_state(events: pl.DataFrame, day_end: int, max_len: int, dedup: pl.DataF
         events.filter(pl.col(RANK) >= logged_before_end - max_len)
         .group_by("user_id")
         .agg(
-            *[pl.col(f).alias(HIST_PREFIX + f) for f in _hist(c)],
+            *[pl.col(f).alias(HIST_PREFIX + f) for f in c.history_names],
             pending_event_id=pl.col("event_id").filter(pl.col("event_ts") >= day_end),
         )
         .join(dedup, on="user_id", how="left")
@@ -244,7 +236,7 @@ def _dedup_lists(seen: pl.DataFrame, kept: pl.DataFrame, since: int) -> pl.DataF
 
 def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contracts) -> pl.DataFrame:
     """One record per request with a kept row: its targets and its user's history before it."""
-    hist, tgt = _hist(c), _tgt(c)
+    hist, tgt = c.history_names, c.target_names
     requests = kept.group_by("request_id").agg(
         pl.col("user_id").min(),
         pl.col("request_ts").min(),

@@ -70,14 +70,10 @@ DEDUP_COLUMNS = ("dedup_event_id", "dedup_event_ts")
 RECENT, TARGETS, N_SETTLED, RECENT_BEFORE_END = "_recent", "_targets", "_n_settled", "_recent_before_end"
 
 
-def _hist(c: Contracts) -> tuple[str, ...]:
-    """A history event's fields: item_id, author_id, event_ts, action, the history features."""
-    return tuple(f.name for f in c.history_event)
-
 
 def _event_sort(c: Contracts) -> tuple[str, ...]:
     """A recent event's struct: its field order is the sort order."""
-    return ("event_ts", "event_id", *(f for f in _hist(c) if f != "event_ts"))
+    return ("event_ts", "event_id", *(f for f in c.history_names if f != "event_ts"))
 
 
 def _target_sort(c: Contracts) -> tuple[str, ...]:
@@ -162,7 +158,7 @@ class SparkEngine:
         """Events that may still need sorting: the day's kept rows and the state's pending tail."""
         tail = {
             f: F.expr(f"slice(hist_{f}, size(hist_{f}) - size(pending_event_id) + 1, size(pending_event_id))").alias(f)
-            for f in _hist(c)
+            for f in c.history_names
         }
         pending = state.where(F.size("pending_event_id") > 0).select(
             "user_id", F.inline(F.arrays_zip(*tail.values(), F.col("pending_event_id").alias("event_id")))
@@ -173,7 +169,7 @@ class SparkEngine:
     def _user_events(self, recent_rows: DataFrame, state: DataFrame, day: dt.date, c: Contracts) -> DataFrame:
         """Per user: all events = settled (from the state) ++ recent (sorted), column by column."""
         end = day_start_ms(day) + DAY_MS
-        hist = _hist(c)
+        hist = c.history_names
         settled = state.select(
             "user_id",
             *[F.expr(f"slice(hist_{f}, 1, size(hist_{f}) - size(pending_event_id))").alias(f"_settled_{f}") for f in hist],
@@ -212,7 +208,7 @@ class SparkEngine:
         state = users.join(dedup, "user_id", "left").select(
             _required("user_id", user_state["user_id"].dtype).alias("user_id"),
             *[_required(F.slice(f, start, F.size(f)), user_state[HIST_PREFIX + f].dtype).alias(HIST_PREFIX + f)
-              for f in _hist(c)],
+              for f in c.history_names],
             _required(
                 F.slice(recent_ids, F.col(RECENT_BEFORE_END) + 1, n_recent - F.col(RECENT_BEFORE_END)),
                 user_state["pending_event_id"].dtype,
@@ -244,7 +240,7 @@ class SparkEngine:
         length = F.least(k, F.lit(max_len))
         records = (
             requests.join(counted, "request_id")
-            .join(users.select("user_id", N_SETTLED, *_hist(c)), "user_id", "left")
+            .join(users.select("user_id", N_SETTLED, *c.history_names), "user_id", "left")
             .select(
                 *[
                     _required(

@@ -101,10 +101,11 @@ def _all(conditions: list[Any]) -> Any:
 
 def list_columns(spec: DatasetSpec, prefix: str) -> list[str]:
     """The request record's hist_* or tgt_* list columns of a spec, features included."""
-    return [f.name for f in contracts_of(spec).request_record if f.name.startswith(prefix)]
+    c = contracts_of(spec)
+    return list(c.history_columns if prefix == HIST_PREFIX else c.target_columns)
 
 
-def feature_columns(spec: DatasetSpec) -> list[tuple[str, Feature]]:
+def feature_list_columns(spec: DatasetSpec) -> list[tuple[str, Feature]]:
     """(record column, feature) of every side feature, history first."""
     return [(f"{prefix}{f.name}", f) for side, prefix in (("history", HIST_PREFIX), ("target", TGT_PREFIX))
             for f in spec.features_on(side)]
@@ -152,7 +153,7 @@ def request_frames(records: Any, spec: DatasetSpec = DEFAULT_SPEC) -> dict[str, 
         F.coalesce(F.array_max("hist_event_ts") < F.col("request_ts"), F.lit(True)).alias("leak_free"),
         (F.col("hist_event_ts") == F.array_sort("hist_event_ts")).alias("hist_sorted"),
         *extra,
-        *[_feature_ok(column, f).alias(feature_check_name(column, f)) for column, f in feature_columns(spec)],
+        *[_feature_ok(column, f).alias(feature_check_name(column, f)) for column, f in feature_list_columns(spec)],
     )
     labels = [F.col(f"{TGT_PREFIX}{t}") for t in spec.tasks]
     targets = records.select(F.explode(F.arrays_zip(*labels)).alias("t")).select(
@@ -202,7 +203,7 @@ def request_checks(cfg: ValidationConfig, spec: DatasetSpec = DEFAULT_SPEC) -> l
     ]
     if checks_actions(spec):
         checks.append(Check("history_actions_in_range", "records", in_set("actions_in_range")))
-    for column, feature in feature_columns(spec):
+    for column, feature in feature_list_columns(spec):
         name = feature_check_name(column, feature)
         checks.append(Check(name, "records", in_set(name)))
     for task, (lo, hi) in label_bands(cfg, spec).items():

@@ -78,6 +78,26 @@ class Contracts:
         return self.spec.tasks
 
     @property
+    def history_names(self) -> tuple[str, ...]:
+        """A history event's fields: item_id, author_id, event_ts, action, the history features."""
+        return tuple(f.name for f in self.history_event)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """A target's fields: item_id, author_id, the target features, the labels."""
+        return tuple(f.name for f in self.target)
+
+    @property
+    def history_columns(self) -> tuple[str, ...]:
+        """The request record's hist_* list columns (one per history field)."""
+        return tuple(HIST_PREFIX + n for n in self.history_names)
+
+    @property
+    def target_columns(self) -> tuple[str, ...]:
+        """The request record's tgt_* list columns (one per target field)."""
+        return tuple(TGT_PREFIX + n for n in self.target_names)
+
+    @property
     def all(self) -> dict[str, Schema]:
         return {s.name: s for s in (self.raw_log, self.request_record, self.user_state, self.quarantine)}
 

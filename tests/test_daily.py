@@ -55,3 +55,18 @@ def test_stage_commands_are_what_a_person_would_run(tmp_path, capsys):
 def test_the_old_param_name_out_still_means_data():
     s = DailySettings.from_params({"raw": "/r", "out": "/d", "max_len": None, "spark_master": ""})
     assert s.data == "/d" and s.max_len == DEFAULT_MAX_LEN and s.spark_master == DailySettings(raw="", data="").spark_master
+
+
+def test_the_spec_param_reaches_the_build_only(tmp_path, capsys):
+    """The build records the spec (DATA/spec.yaml); the later stages read it from there."""
+    from schemas.spec import SPECS_DIR
+
+    spec = str(SPECS_DIR / "ecommerce.yaml")
+    s = DailySettings.from_params({"raw": "/data/raw", "data": str(tmp_path), "spec": spec})
+    (build,) = _longseq_argv(build_command(s, "2026-01-05"), capsys)
+    assert str(build.spec) == spec
+    (validate,) = _longseq_argv(validate_command(s, "2026-01-05"), capsys)
+    assert validate.spec is None
+    (default,) = _longseq_argv(build_command(DailySettings.from_params({"raw": "/r", "data": "/d", "spec": ""}),
+                                             "2026-01-05"), capsys)
+    assert default.spec is None

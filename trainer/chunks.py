@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from features.hashing import mix64
-from schemas.contracts import DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, contracts_of
+from schemas.contracts import DEFAULT_SPEC, contracts_of
 from schemas.errors import LongseqError
 from schemas.spec import DatasetSpec
 from schemas.types import ListOf
@@ -41,11 +41,9 @@ class RecordColumns:
 
 @lru_cache(maxsize=None)
 def record_columns(spec: DatasetSpec = DEFAULT_SPEC) -> RecordColumns:
-    fields = contracts_of(spec).request_record.fields
-    lists = [f.name for f in fields if isinstance(f.dtype, ListOf)]
-    return RecordColumns(tuple(f.name for f in fields if not isinstance(f.dtype, ListOf)),
-                         tuple(n for n in lists if n.startswith(HIST_PREFIX)),
-                         tuple(n for n in lists if n.startswith(TGT_PREFIX)))
+    c = contracts_of(spec)
+    return RecordColumns(tuple(f.name for f in c.request_record.fields if not isinstance(f.dtype, ListOf)),
+                         c.history_columns, c.target_columns)
 
 
 # the default spec's columns
