@@ -210,7 +210,7 @@ def tmp_raw_day(tmp_path):
 TINY_SEED5_DIRTY10_VALUES = "5120fb7f27bf634cadafe79f1c2e24141b06dde03dfc57b63aea60251fcc8ff0"
 
 
-def _values_digest(root: Path) -> str:
+def values_digest(root: Path) -> str:
     """sha256 of every part file's path and values (not its bytes: a pyarrow upgrade may
     change the footer, the values must not change)."""
     h = hashlib.sha256()
@@ -222,7 +222,7 @@ def _values_digest(root: Path) -> str:
 
 def test_the_default_spec_writes_what_it_always_wrote(tmp_path):
     generate(tmp_path / "none", PROFILES["tiny"], seed=5, start=START, dirty=0.1)
-    assert _values_digest(tmp_path / "none") == TINY_SEED5_DIRTY10_VALUES
+    assert values_digest(tmp_path / "none") == TINY_SEED5_DIRTY10_VALUES
     # the default spec given explicitly, by file, or a spec with its raw log (a feature added,
     # another name): the same bytes
     renamed = spec_from_dict({**DEFAULT_SPEC.to_dict(), "name": "mine", "features": {

@@ -7,7 +7,6 @@ rating-derived tasks, the rating and the movie's genre."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from schemas.contracts import DAY_MS, RAW_LOG, contracts_of
 from schemas.spec import SPECS_DIR, SpecError, load_spec
 from sources import SAMPLE_START
 from sources.movielens import GENRES, MOVIELENS_SPEC_FILE, MovieLensMapping, adapt_movielens, genre_id
+from tests.test_generate import values_digest
 
 RATINGS = Path(__file__).resolve().parent / "data" / "movielens-sample" / "ratings.csv"
 MOVIES = RATINGS.with_name("movies.csv")
@@ -102,17 +102,9 @@ def test_a_file_that_is_not_movielens_is_a_clear_error(tmp_path, capsys):
 DEFAULT_SAMPLE_VALUES = "95879aa0a780df563262c41b6111a86f9d858ce091151a4d80b241efd81d1c92"
 
 
-def _values_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*.parquet")):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(pq.read_table(f).to_pandas().to_csv(index=False).encode())
-    return h.hexdigest()
-
-
 def test_without_a_spec_the_adapter_writes_what_it_always_wrote(adapted):
     out, _, _ = adapted
-    assert _values_digest(out) == DEFAULT_SAMPLE_VALUES
+    assert values_digest(out) == DEFAULT_SAMPLE_VALUES
     assert pq.read_schema(next(out.glob("ds=*/*.parquet"))).names == RAW_LOG.names
 
 
