@@ -1,0 +1,160 @@
+"""One user's state in the stream (docs/plans/STREAMING_DESIGN.md, 2.2), its byte form, and
+its conversion to and from a daily build's USER_STATE row.
+
+Spark's state store keeps one value per user and decodes every user's value on every
+micro-batch, so the state is one blob: a one-row Arrow IPC stream whose columns are the
+sections below, each a list of structs.
+
+    hist     the history events (the spec's history fields), ordered by (event_ts, event_id):
+             the last max_len logged before the truncation point, then every later one (the
+             tail); `event_id` and `ds` (days since epoch) are kept for the tail only, as
+             USER_STATE keeps pending_event_id
+    window   (event_id, event_ts, ds, counted_across) of kept events within the lateness
+             bound: the dedup window across days
+    pending  the valid rows of requests not yet emitted (the spec's raw columns and ds)
+    emitted  (ds, request_id, min_request_ts) of requests already emitted
+    meta     truncated_at (ms), last_snapshot (days since epoch), active
+
+A daily build's state after day D converts to a stream state truncated at the end of D
+(`from_user_state`), and a stream state gives the state after D back (`to_user_state`):
+the handoff between daily builds and the stream, both ways.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from schemas.contracts import DAY_MS, HIST_PREFIX, contracts_of, day_start_ms
+from schemas.forms import arrow_type
+from schemas.spec import DatasetSpec
+
+FORMAT_VERSION = 1
+EPOCH = dt.date(1970, 1, 1)
+
+
+def day_number(day: dt.date) -> int:
+    return (day - EPOCH).days
+
+
+def _hist_schema(spec: DatasetSpec) -> pa.Schema:
+    fields = [pa.field(f.name, arrow_type(f.dtype), nullable=False) for f in contracts_of(spec).history_event]
+    return pa.schema([*fields, pa.field("event_id", pa.string()), pa.field("ds", pa.int32())])
+
+
+WINDOW_SCHEMA = pa.schema([pa.field("event_id", pa.string(), nullable=False),
+                           pa.field("event_ts", pa.int64(), nullable=False),
+                           pa.field("ds", pa.int32(), nullable=False),
+                           pa.field("counted_across", pa.bool_(), nullable=False)])
+EMITTED_SCHEMA = pa.schema([pa.field("ds", pa.int32(), nullable=False),
+                            pa.field("request_id", pa.string(), nullable=False),
+                            pa.field("min_request_ts", pa.int64(), nullable=False)])
+
+
+def _pending_schema(spec: DatasetSpec) -> pa.Schema:
+    raw = contracts_of(spec).raw_log
+    return pa.schema([*(pa.field(f.name, arrow_type(f.dtype)) for f in raw), pa.field("ds", pa.int32())])
+
+
+SECTIONS = ("hist", "window", "pending", "emitted")
+
+
+@dataclass
+class StreamState:
+    hist: pa.Table
+    window: pa.Table
+    pending: pa.Table
+    emitted: pa.Table
+    truncated_at: int  # ms: every event before it is settled (no later event can precede it)
+    last_snapshot: int  # days since epoch of the last day handed out as USER_STATE
+    active: bool = False  # had events since its last snapshot, or a tail or window to carry
+
+    @staticmethod
+    def empty(spec: DatasetSpec, truncated_at: int = 0, last_snapshot: int = 0) -> "StreamState":
+        return StreamState(_hist_schema(spec).empty_table(), WINDOW_SCHEMA.empty_table(),
+                           _pending_schema(spec).empty_table(), EMITTED_SCHEMA.empty_table(), truncated_at,
+                           last_snapshot)
+
+    # ------------------------------------------------------------ bytes
+
+    def encode(self) -> bytes:
+        """One-row Arrow IPC stream: each section a list<struct> column, the rest in metadata."""
+        columns = {name: _as_list(getattr(self, name)) for name in SECTIONS}
+        meta = {"version": str(FORMAT_VERSION), "truncated_at": str(self.truncated_at),
+                "last_snapshot": str(self.last_snapshot), "active": str(int(self.active))}
+        batch = pa.RecordBatch.from_pydict(columns).replace_schema_metadata(meta)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        return sink.getvalue().to_pybytes()
+
+    @staticmethod
+    def decode(data: bytes, spec: DatasetSpec) -> "StreamState":
+        batch = pa.ipc.open_stream(data).read_next_batch()
+        meta = {k.decode(): v.decode() for k, v in (batch.schema.metadata or {}).items()}
+        if meta.get("version") != str(FORMAT_VERSION):
+            raise ValueError(f"stream state of format {meta.get('version')!r}; this code reads {FORMAT_VERSION}")
+        schemas = {"hist": _hist_schema(spec), "window": WINDOW_SCHEMA, "pending": _pending_schema(spec),
+                   "emitted": EMITTED_SCHEMA}
+        tables = {name: _from_list(batch.column(name), schemas[name]) for name in SECTIONS}
+        return StreamState(**tables, truncated_at=int(meta["truncated_at"]),
+                           last_snapshot=int(meta["last_snapshot"]), active=meta["active"] == "1")
+
+
+def _as_list(table: pa.Table) -> pa.Array:
+    structs = pa.StructArray.from_arrays([table.column(n).combine_chunks() for n in table.column_names],
+                                         fields=list(table.schema))
+    return pa.ListArray.from_arrays(pa.array([0, len(table)], pa.int32()), structs)
+
+
+def _from_list(column: pa.Array, schema: pa.Schema) -> pa.Table:
+    structs = column.flatten()
+    return pa.Table.from_arrays([structs.field(n) for n in schema.names], schema=schema)
+
+
+# ---------------------------------------------------------------- the handoff with daily builds
+
+
+def from_user_state(row: dict, day: dt.date, spec: DatasetSpec) -> StreamState:
+    """The stream state of a user whose daily state after `day` is `row` (USER_STATE's
+    columns): truncated at the end of the day, its tail (pending_event_id) and dedup window
+    of that day."""
+    d = day_number(day)
+    names = contracts_of(spec).history_names
+    n = len(row[HIST_PREFIX + "event_ts"])
+    tail = list(row["pending_event_id"])
+    settled = n - len(tail)
+    hist = pa.table({**{f: row[HIST_PREFIX + f] for f in names},
+                     "event_id": [None] * settled + tail, "ds": [None] * settled + [d] * len(tail)},
+                    schema=_hist_schema(spec))
+    ids, times = list(row["dedup_event_id"]), list(row["dedup_event_ts"])
+    window = pa.table({"event_id": ids, "event_ts": times, "ds": [d] * len(ids), "counted_across": [False] * len(ids)},
+                      schema=WINDOW_SCHEMA)
+    state = StreamState.empty(spec, truncated_at=day_start_ms(day) + DAY_MS, last_snapshot=d)
+    state.hist, state.window, state.active = hist, window, bool(tail or ids)
+    return state
+
+
+def to_user_state(state: StreamState, user_id: int, day: dt.date, max_len: int, lateness_ms: int,
+                  spec: DatasetSpec) -> dict:
+    """The user's USER_STATE row after `day`: the last max_len events logged before the end
+    of the day, then the later events of that day or before (their ids: pending_event_id),
+    and the dedup window's events of that day or before logged within the lateness bound
+    of the day's end, ordered by (event_ts, event_id)."""
+    d, end = day_number(day), day_start_ms(day) + DAY_MS
+    names = contracts_of(spec).history_names
+    hist = state.hist.to_pylist()
+    before = [e for e in hist if e["event_ts"] < end]
+    after = [e for e in hist if e["event_ts"] >= end and e["ds"] is not None and e["ds"] <= d]
+    kept = before[max(len(before) - max_len, 0):] + after
+    window = sorted((w for w in state.window.to_pylist() if w["ds"] <= d and w["event_ts"] >= end - lateness_ms),
+                    key=lambda w: (w["event_ts"], w["event_id"]))
+    return {
+        "user_id": user_id,
+        **{HIST_PREFIX + f: [e[f] for e in kept] for f in names},
+        "pending_event_id": [e["event_id"] for e in after],
+        "dedup_event_id": [w["event_id"] for w in window],
+        "dedup_event_ts": [w["event_ts"] for w in window],
+    }
