@@ -59,6 +59,11 @@ def partition_path(root: str | Path, day: dt.date) -> str:
 class BuildLayout:
     out: str
 
+    @property
+    def spec_file(self) -> str:
+        """The dataset spec the output is built with (dataset/spec_record.py)."""
+        return f"{self.out}/spec.yaml"
+
     def dir(self, kind: str, day: dt.date) -> str:
         return f"{self.out}/{kind}/{ds_name(day)}"
 

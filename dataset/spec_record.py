@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import yaml
 
+from dataset.layout import BuildLayout
 from dataset.storage import Storage
 from schemas.contracts import DEFAULT_SPEC
 from schemas.spec import DatasetSpec, SpecError, resolve_spec, spec_from_dict
 
-SPEC_FILE = "spec.yaml"
-
-
 def spec_path(data: str) -> str:
-    return f"{data.rstrip('/')}/{SPEC_FILE}"
+    return BuildLayout(data.rstrip("/")).spec_file
 
 
 def recorded_spec(storage: Storage, data: str) -> DatasetSpec:

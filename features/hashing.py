@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,11 @@ def mix64(x: np.ndarray | int, salt: int = 0) -> np.ndarray:
         z *= _M2
         z ^= z >> np.uint64(31)
     return z
+
+
+def name_salt(name: str) -> int:
+    """A stable 32-bit salt from a name (Python's hash() of a str changes between runs)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
 
 
 def hash_ids(ids: Any, vocab_size: int, salt: int = 0) -> Any:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ import pyarrow.compute as pc
 
 from dataset.raw import RawPartitionWriter
 from dataset.spec_record import spec_summary
-from features.hashing import mix64
+from features.hashing import mix64, name_salt
 from schemas.contracts import (
     DAY_MS, DEFAULT_CONTRACTS, DEFAULT_SPEC, RAW_LOG, TASKS, Contracts, contracts_of, day_start_ms,
 )
@@ -331,11 +330,6 @@ def has_default_raw_log(spec: DatasetSpec) -> bool:
     return _raw_shape(contracts_of(spec).raw_log) == _raw_shape(RAW_LOG)
 
 
-def _name_salt(name: str) -> int:
-    """A stable salt per input name (Python's hash() changes between runs)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
-
-
 @dataclass
 class SpecWorld:
     """What spec-shaped logs add to the catalogue and the users."""
@@ -351,7 +345,7 @@ def _attribute_values(cat: Catalogue, rng: np.random.Generator, i: Input, seed: 
     k = FUNNEL.values_per_topic
     key = cat.topic.astype(np.uint64) * np.uint64(k) + rng.integers(0, k, len(cat.topic)).astype(np.uint64)
     top = np.uint64(np.iinfo(np.dtype(i.type)).max)
-    return (mix64(key, seed * 7919 + _name_salt(i.name)) % top + np.uint64(1)).astype(i.type)
+    return (mix64(key, seed * 7919 + name_salt(i.name)) % top + np.uint64(1)).astype(i.type)
 
 
 def _amount_log_values(cat: Catalogue, p: GeneratorProfile, rng: np.random.Generator, i: Input) -> np.ndarray:

@@ -20,7 +20,6 @@ the one from before specs, parameter for parameter and draw for draw.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.actions import NUM_ACTIONS, num_actions
-from features.hashing import hash_ids
+from features.hashing import hash_ids, name_salt
 from features.time_buckets import NUM_TIME_BUCKETS, time_delta_bucket
 from schemas.contracts import DEFAULT_SPEC
 from schemas.spec import SIDES, DatasetSpec, Feature
@@ -175,7 +174,7 @@ class TokenEmbedding(nn.Module):
 def feature_salt(name: str) -> int:
     """The hash salt of a categorical feature, from its name: 2**32 and above, apart from the
     id tables' salts 1, 2, ... (TokenEmbedding.id_vectors), so that its ids scatter on their own."""
-    return (1 << 32) + int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+    return (1 << 32) + name_salt(name)
 
 
 class FeatureEmbedding(nn.Module):

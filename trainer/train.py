@@ -300,7 +300,9 @@ class DataRecord:
         return DataRecord(root, days, None if _is_default(spec) else spec_summary(spec))
 
     def spec_or_default(self) -> dict:
-        return self.spec or spec_summary(DEFAULT_SPEC)
+        from dataset.published import built_spec_summary
+
+        return built_spec_summary({"spec": self.spec})
 
     def to_dict(self) -> dict:
         """data.json's form: no spec entry for the default spec."""
