@@ -110,6 +110,9 @@ def float_feature_inputs(spec: DatasetSpec) -> tuple[str, ...]:
 
 REQUEST_KEYS: tuple[str, ...] = ("user_id", "request_ts")
 INCONSISTENT_REQUEST = "inconsistent_request"
+# The stream only (etl/stream_process.py): a valid row that arrived after the event-time
+# watermark passed its event_ts, when the requests it could change may be decided already.
+LATE_ARRIVAL = "late_arrival"
 
 
 def reasons_for(spec: DatasetSpec) -> tuple[str, ...]:

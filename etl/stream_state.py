@@ -10,10 +10,15 @@ sections below, each a list of structs.
              tail); `event_id` and `ds` (days since epoch) are kept for the tail only, as
              USER_STATE keeps pending_event_id
     window   (event_id, event_ts, ds, counted_across) of kept events within the lateness
-             bound: the dedup window across days
-    pending  the valid rows of requests not yet emitted (the spec's raw columns and ds)
-    emitted  (ds, request_id, min_request_ts) of requests already emitted
-    meta     truncated_at (ms), last_snapshot (days since epoch), active
+             bound: the dedup window, within a ds and across days; a row with
+             counted_across set is no event but a note that a copy of event_id in ds was
+             already counted as a duplicate across days (the batch counts it once per ds)
+    pending  the valid rows of requests not yet emitted: the spec's raw columns, ds, and
+             the values the records need (VALUE_PREFIX + action and each feature)
+    emitted  (ds, request_id, min_request_ts, record, divergent) of requests already decided:
+             whether a record was written, and whether a later row already made it divergent
+    meta     truncated_at (ms), last_snapshot (days since epoch), active, dirty (the days
+             with kept events since the last snapshot)
 
 A daily build's state after day D converts to a stream state truncated at the end of D
 (`from_user_state`), and a stream state gives the state after D back (`to_user_state`):
@@ -39,7 +44,7 @@ def day_number(day: dt.date) -> int:
     return (day - EPOCH).days
 
 
-def _hist_schema(spec: DatasetSpec) -> pa.Schema:
+def hist_schema(spec: DatasetSpec) -> pa.Schema:
     fields = [pa.field(f.name, arrow_type(f.dtype), nullable=False) for f in contracts_of(spec).history_event]
     return pa.schema([*fields, pa.field("event_id", pa.string()), pa.field("ds", pa.int32())])
 
@@ -50,12 +55,24 @@ WINDOW_SCHEMA = pa.schema([pa.field("event_id", pa.string(), nullable=False),
                            pa.field("counted_across", pa.bool_(), nullable=False)])
 EMITTED_SCHEMA = pa.schema([pa.field("ds", pa.int32(), nullable=False),
                             pa.field("request_id", pa.string(), nullable=False),
-                            pa.field("min_request_ts", pa.int64(), nullable=False)])
+                            pa.field("min_request_ts", pa.int64(), nullable=False),
+                            pa.field("record", pa.bool_(), nullable=False),
+                            pa.field("divergent", pa.bool_(), nullable=False)])
+# The values a record takes from a row (the action flags, each feature) travel with the row
+# under these names: a feature may share its input's name.
+VALUE_PREFIX = "_v_"
 
 
-def _pending_schema(spec: DatasetSpec) -> pa.Schema:
-    raw = contracts_of(spec).raw_log
-    return pa.schema([*(pa.field(f.name, arrow_type(f.dtype)) for f in raw), pa.field("ds", pa.int32())])
+def value_names(spec: DatasetSpec) -> tuple[str, ...]:
+    """The history and target fields whose values are computed from a raw row, not copied."""
+    return ("action", *(f.name for f in spec.features))
+
+
+def pending_schema(spec: DatasetSpec) -> pa.Schema:
+    c = contracts_of(spec)
+    stored = {f.name: f.dtype for f in (*c.history_event, *c.target)}
+    return pa.schema([*(pa.field(f.name, arrow_type(f.dtype)) for f in c.raw_log), pa.field("ds", pa.int32()),
+                      *(pa.field(VALUE_PREFIX + n, arrow_type(stored[n])) for n in value_names(spec))])
 
 
 SECTIONS = ("hist", "window", "pending", "emitted")
@@ -69,12 +86,13 @@ class StreamState:
     emitted: pa.Table
     truncated_at: int  # ms: every event before it is settled (no later event can precede it)
     last_snapshot: int  # days since epoch of the last day handed out as USER_STATE
-    active: bool = False  # had events since its last snapshot, or a tail or window to carry
+    active: bool = False  # its last snapshot had a tail or a dedup window, which age by the day
+    dirty: tuple[int, ...] = ()  # days (since epoch) with kept events since the last snapshot
 
     @staticmethod
     def empty(spec: DatasetSpec, truncated_at: int = 0, last_snapshot: int = 0) -> "StreamState":
-        return StreamState(_hist_schema(spec).empty_table(), WINDOW_SCHEMA.empty_table(),
-                           _pending_schema(spec).empty_table(), EMITTED_SCHEMA.empty_table(), truncated_at,
+        return StreamState(hist_schema(spec).empty_table(), WINDOW_SCHEMA.empty_table(),
+                           pending_schema(spec).empty_table(), EMITTED_SCHEMA.empty_table(), truncated_at,
                            last_snapshot)
 
     # ------------------------------------------------------------ bytes
@@ -83,7 +101,8 @@ class StreamState:
         """One-row Arrow IPC stream: each section a list<struct> column, the rest in metadata."""
         columns = {name: _as_list(getattr(self, name)) for name in SECTIONS}
         meta = {"version": str(FORMAT_VERSION), "truncated_at": str(self.truncated_at),
-                "last_snapshot": str(self.last_snapshot), "active": str(int(self.active))}
+                "last_snapshot": str(self.last_snapshot), "active": str(int(self.active)),
+                "dirty": ",".join(map(str, self.dirty))}
         batch = pa.RecordBatch.from_pydict(columns).replace_schema_metadata(meta)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
@@ -96,11 +115,12 @@ class StreamState:
         meta = {k.decode(): v.decode() for k, v in (batch.schema.metadata or {}).items()}
         if meta.get("version") != str(FORMAT_VERSION):
             raise ValueError(f"stream state of format {meta.get('version')!r}; this code reads {FORMAT_VERSION}")
-        schemas = {"hist": _hist_schema(spec), "window": WINDOW_SCHEMA, "pending": _pending_schema(spec),
+        schemas = {"hist": hist_schema(spec), "window": WINDOW_SCHEMA, "pending": pending_schema(spec),
                    "emitted": EMITTED_SCHEMA}
         tables = {name: _from_list(batch.column(name), schemas[name]) for name in SECTIONS}
         return StreamState(**tables, truncated_at=int(meta["truncated_at"]),
-                           last_snapshot=int(meta["last_snapshot"]), active=meta["active"] == "1")
+                           last_snapshot=int(meta["last_snapshot"]), active=meta["active"] == "1",
+                           dirty=tuple(int(d) for d in meta["dirty"].split(",") if d))
 
 
 def _as_list(table: pa.Table) -> pa.Array:
@@ -128,7 +148,7 @@ def from_user_state(row: dict, day: dt.date, spec: DatasetSpec) -> StreamState:
     settled = n - len(tail)
     hist = pa.table({**{f: row[HIST_PREFIX + f] for f in names},
                      "event_id": [None] * settled + tail, "ds": [None] * settled + [d] * len(tail)},
-                    schema=_hist_schema(spec))
+                    schema=hist_schema(spec))
     ids, times = list(row["dedup_event_id"]), list(row["dedup_event_ts"])
     window = pa.table({"event_id": ids, "event_ts": times, "ds": [d] * len(ids), "counted_across": [False] * len(ids)},
                       schema=WINDOW_SCHEMA)
@@ -149,7 +169,8 @@ def to_user_state(state: StreamState, user_id: int, day: dt.date, max_len: int, 
     before = [e for e in hist if e["event_ts"] < end]
     after = [e for e in hist if e["event_ts"] >= end and e["ds"] is not None and e["ds"] <= d]
     kept = before[max(len(before) - max_len, 0):] + after
-    window = sorted((w for w in state.window.to_pylist() if w["ds"] <= d and w["event_ts"] >= end - lateness_ms),
+    window = sorted((w for w in state.window.to_pylist()
+                     if not w["counted_across"] and w["ds"] <= d and w["event_ts"] >= end - lateness_ms),
                     key=lambda w: (w["event_ts"], w["event_id"]))
     return {
         "user_id": user_id,
