@@ -128,3 +128,36 @@ class BuildLayout:
         """Temp directories (see `temp`) left by a build that was killed before it cleaned up."""
         return [f"{self.out}/{kind}/{name}" for kind in KINDS
                 for name in storage.list_names(f"{self.out}/{kind}") if _TEMP_NAME.fullmatch(name)]
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """What `longseq stream` keeps under DATA/stream/ besides the daily layout above
+    (etl/stream_sink.py): per micro-batch B, the files it committed and its commit record;
+    a day's files become a built day's outputs when the day closes.
+
+        stream/commits/B.json                       written last: batch B is committed
+        stream/records/ds=D/hour=HH/part-bB.parquet  the records of requests served in that hour
+        stream/quarantine/ds=D/part-bB.parquet
+        stream/snapshots/ds=D/part-bB.parquet        USER_STATE rows of the users active on D
+        stream/staging/batch=B/                      the micro-batch as Spark wrote it, once
+    """
+
+    out: str
+
+    @property
+    def root(self) -> str:
+        return f"{self.out}/stream"
+
+    def commit(self, batch: int) -> str:
+        return f"{self.root}/commits/{batch}.json"
+
+    def staging(self, batch: int) -> str:
+        return f"{self.root}/staging/batch={batch}"
+
+    def part(self, kind: str, day: dt.date, batch: int, hour: int | None = None) -> str:
+        where = f"{self.root}/{kind}/{ds_name(day)}" + ("" if hour is None else f"/hour={hour:02d}")
+        return f"{where}/part-b{batch:09d}.parquet"
+
+    def day_dir(self, kind: str, day: dt.date) -> str:
+        return f"{self.root}/{kind}/{ds_name(day)}"

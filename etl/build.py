@@ -208,11 +208,12 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     check_output_spec(storage, config.out, config.spec)  # before the raw check: the likelier cause of a mismatch
     days = plan_days(storage, layout, config, log)
     _check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
-    check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
-    raw_log = contracts_of(config.spec).raw_log
-    for day in days:  # every file's footer too, so a bad day 17 stops a backfill before day 1
-        check_parquet_files(storage, partition_path(config.raw, day), raw_log, spark=getattr(engine, "spark", None),
-                            names=config.spec.raw_names)
+    if getattr(engine, "reads_raw", True):  # the stream's day close gathers what it already read
+        check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
+        raw_log = contracts_of(config.spec).raw_log
+        for day in days:  # every file's footer too, so a bad day 17 stops a backfill before day 1
+            check_parquet_files(storage, partition_path(config.raw, day), raw_log,
+                                spark=getattr(engine, "spark", None), names=config.spec.raw_names)
     # after the checks, so a spec fixed after a refused first build is not held against it
     record_spec(storage, config.out, config.spec)
     reports = []

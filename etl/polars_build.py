@@ -77,7 +77,7 @@ class PolarsEngine:
         tagged = _with_request_rule(
             _read_parquet_dir(raw_partition, c.raw_log, spec.raw_names).with_columns(reason=reason_expr(polars_ops(day, lateness_ms), spec))
         )
-        quarantine = tagged.filter(pl.col("reason").is_not_null()).sort(["reason", *c.raw_log.names], nulls_last=True)
+        quarantine = sorted_quarantine(tagged.filter(pl.col("reason").is_not_null()), c)
         valid = tagged.filter(pl.col("reason").is_null()).drop("reason")
 
         prev = _read_parquet_dir(prev_state, c.user_state) if prev_state is not None else _empty(c.user_state)
@@ -87,9 +87,9 @@ class PolarsEngine:
         state = _new_state(events, day_end, max_len, _dedup_lists(seen, kept, day_end - lateness_ms), c)
         records = _records(kept, events, max_len, c)
 
-        _write(quarantine.select(c.quarantine.names), c.quarantine, temps["quarantine"], self.row_group_bytes)
-        _write(state, c.user_state, temps["state"], self.row_group_bytes)
-        _write(records, c.request_record, temps["requests"], self.row_group_bytes)
+        write_part(quarantine.select(c.quarantine.names), c.quarantine, temps["quarantine"], self.row_group_bytes)
+        write_part(state, c.user_state, temps["state"], self.row_group_bytes)
+        write_part(records, c.request_record, temps["requests"], self.row_group_bytes)
 
         # Counted from the input (duplicates) and from what was written (the rest), so the
         # balance rows = targets + quarantined + duplicates can catch a lost or doubled row.
@@ -116,6 +116,11 @@ class PolarsEngine:
         )
 
 
+def sorted_quarantine(rows: pl.DataFrame, c: Contracts) -> pl.DataFrame:
+    """Quarantined rows in the order every polars-written quarantine file has."""
+    return rows.sort(["reason", *c.raw_log.names], nulls_last=True)
+
+
 def _with_request_rule(tagged: pl.DataFrame) -> pl.DataFrame:
     """The valid rows of request_ids whose valid rows disagree on REQUEST_KEYS get INCONSISTENT_REQUEST."""
     valid = pl.col("reason").is_null()
@@ -140,7 +145,7 @@ def _read_parquet_dir(path: str, contract: Schema, names: dict[str, str] | None 
     return pl.from_arrow(read_arrow(path, contract, names=names))
 
 
-def _write(frame: pl.DataFrame, contract: Schema, directory: str, row_group_bytes: int) -> None:
+def write_part(frame: pl.DataFrame, contract: Schema, directory: str, row_group_bytes: int) -> None:
     """One zstd part file with the contract's exact Arrow schema, then the _SUCCESS marker."""
     table = frame.select(contract.names).to_arrow().cast(to_arrow(contract))
     rows_per_group = max(1, row_group_bytes * table.num_rows // max(table.nbytes, 1))

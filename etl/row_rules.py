@@ -33,7 +33,7 @@ class Ops:
     is_null: Callable[[Any], Any]
     is_nonfinite: Callable[[Any], Any]  # NaN or +-inf (a float column)
     first_match: Callable[[list[tuple[Any, str]]], Any]  # [(condition, reason)] -> reason or null
-    day_start_ms: int
+    day_start_ms: Any  # ms: an int for one day, or a Column of each row's (the stream)
     lateness_ms: int = DEFAULT_LATENESS_MS
 
     @property
@@ -156,7 +156,9 @@ def reason_expr(ops: Ops, spec: DatasetSpec = DEFAULT_SPEC) -> Any:
     return ops.first_match([(rule.broken(ops), rule.reason) for rule in rules_for(spec)])
 
 
-def spark_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
+def spark_ops(day: dt.date | Any, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
+    """Spark's adapter for one day, or for a Column of each row's day start in ms (a stream
+    reads many days at once: etl/stream.py)."""
     from pyspark.sql import functions as F
 
     def first_match(cases: list[tuple[Any, str]]) -> Any:
@@ -166,7 +168,8 @@ def spark_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
         return expr  # no otherwise: null when nothing matched
 
     return Ops(col=F.col, is_null=lambda e: e.isNull(), is_nonfinite=lambda e: F.isnan(e) | (F.abs(e) == float("inf")),
-               first_match=first_match, day_start_ms=day_start_ms(day), lateness_ms=lateness_ms)
+               first_match=first_match, day_start_ms=day_start_ms(day) if isinstance(day, dt.date) else day,
+               lateness_ms=lateness_ms)
 
 
 def polars_ops(day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:

@@ -1,0 +1,406 @@
+"""`longseq stream`: raw impression files -> request records within minutes, with Spark
+Structured Streaming (docs/STREAMING.md; the design and the facts about pyspark 3.5 it rests
+on: docs/plans/STREAMING_DESIGN.md).
+
+    RAW/ds=D/*.parquet (files landing)   CKPT/control/ (the flush marker of --once)
+        \\__________________ union ___________________/
+                              |  row rules of each row's ds (etl/row_rules.py), values
+                              |  (etl/feature_values.py), event-time watermark
+                              v
+        groupBy(user).applyInPandasWithState(etl/stream_process.py), event-time timeouts,
+        state = one Arrow blob per user in the RocksDB state store
+                              |
+                              v
+        foreachBatch: etl/stream_sink.py (exactly once; days close as daily builds)
+
+Rows that break a rule go through the same operator under a few negative keys, since Spark
+3.5 allows one stateful operator per query. The watermark is computed on the valid rows'
+event_ts; Spark would silently drop rows older than it, so the operator sees a constant
+column in its place, and late rows reach `process`, which quarantines them (late_arrival).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pyarrow as pa
+
+from dataset.layout import BuildLayout
+from dataset.output_lock import output_lock
+from dataset.spec_record import check_output_spec, record_spec, recorded_spec
+from dataset.storage import LocalStorage, absolute
+from etl.feature_values import spark_value_ops
+from etl.row_rules import reason_expr, spark_ops
+from etl.stream_process import StreamSettings, process, value_columns
+from etl.stream_state import VALUE_PREFIX, StreamState, pending_schema
+from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, contracts_of
+from schemas.errors import LongseqError
+from schemas.forms import spark_type, to_arrow
+from schemas.spec import DatasetSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+FAR_MS = 253_402_300_799_000  # 9999-12-31: the flush marker's event time
+FLUSH_KEY = 0  # user ids are > 0 (nonpositive_id); invalid rows use -1 .. -INVALID_KEYS
+INVALID_KEYS = 8
+BAD_ROW = "_bad_row"
+# No int64 column: the rows Spark adds to pad an Arrow batch are nulls, which pandas turns
+# into float64, which cannot hold every int64.
+OUT_SCHEMA = "kind string, ds int, hour int, rows int, payload binary, counts string"
+STATE_SCHEMA = "version int, blob binary"
+MODES = ("continuous", "once", "available-now")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    raw: str
+    out: str
+    checkpoint: str
+    start: dt.date | None = None  # the first ds read; None: every partition
+    max_len: int = DEFAULT_MAX_LEN
+    lateness_ms: int = DEFAULT_LATENESS_MS
+    watermark_delay_ms: int = 10 * 60_000  # how far out of event-time order files may land
+    trigger: str = "1 minute"
+    max_files_per_trigger: int = 1000
+    mode: str = "continuous"
+    state_partitions: int = 4  # pinned by the checkpoint
+    spec: DatasetSpec | None = None
+
+    @property
+    def settings(self) -> StreamSettings:
+        return StreamSettings(spec=self.spec, max_len=self.max_len, lateness_ms=self.lateness_ms)
+
+
+# ---------------------------------------------------------------- the state function (runs in the executors)
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def read_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
+def state_function(settings: StreamSettings) -> Callable:
+    """The function Spark calls per user and micro-batch: `process` on the user's rows."""
+    import pandas as pd
+
+    spec = settings.spec
+    c = contracts_of(spec)
+    pending = pending_schema(spec)
+    quarantine = pa.schema([*to_arrow(c.quarantine), pa.field("ds", pa.int32())])
+    records = to_arrow(c.request_record)
+    user_state = to_arrow(c.user_state)
+    as_text = exact_as_text(spec)
+
+    def out(kind: str, ds: int, hour: int, user: int, rows: int, payload: bytes | None, counts: dict | None) -> dict:
+        return {"kind": kind, "ds": ds, "hour": hour, "rows": rows, "payload": payload,
+                "counts": None if counts is None else json.dumps(counts, sort_keys=True)}
+
+    def fn(key: tuple, frames: Iterator[Any], state: Any) -> Iterator[Any]:
+        user = int(key[0])
+        frame = pd.concat(list(frames), ignore_index=True)
+        wm = state.getCurrentWatermarkMs()
+        _probe()
+        rows_read = frame["ds"].value_counts().to_dict() if len(frame) else {}
+        result: list[dict] = [out("count", int(d), -1, user, 0, None, {"rows_read": int(n)}) for d, n in
+                              sorted(rows_read.items())]
+        if user == FLUSH_KEY:
+            result = [out("count", -1, -1, user, 0, None, {"watermark": wm})]
+        elif user < 0:  # rows that broke a rule: quarantined as they were read (exactly: from JSON)
+            bad = [{**json.loads(row), "reason": reason, "ds": int(d)}
+                   for row, reason, d in zip(frame[BAD_ROW], frame["reason"], frame["ds"])]
+            table = pa.Table.from_pylist(bad, schema=quarantine)
+            for d in sorted(rows_read):
+                part = table.filter(pa.compute.equal(table.column("ds"), d)).drop_columns(["ds"])
+                result.append(out("quarantine", int(d), -1, user, part.num_rows, _ipc(part), None))
+        else:
+            rows = [] if state.hasTimedOut or not len(frame) else _valid_rows(frame, pending, as_text)
+            old = StreamState.decode(state.get[1], spec) if state.exists else None
+            call = process(user, old, rows, wm, settings)
+            result += _call_rows(call, user, out, records, quarantine, user_state)
+            if call.state is None:
+                state.remove()
+            else:
+                blob = call.state.encode()
+                state.update((1, blob))
+                result.append(out("count", -1, -1, user, 0, None, {"state_bytes": len(blob), "watermark": wm}))
+            if call.timeout is not None:
+                state.setTimeoutTimestamp(call.timeout)
+        yield pd.DataFrame(result, columns=["kind", "ds", "hour", "rows", "payload", "counts"])
+
+    return fn
+
+
+def exact_as_text(spec: DatasetSpec) -> tuple[str, ...]:
+    """The int64 columns a valid row may leave null (optional inputs): pandas would hold them
+    as float64, so they cross into the state function as text."""
+    raw = contracts_of(spec).raw_log
+    return tuple(f.name for f in raw if not f.required and to_arrow(raw).field(f.name).type == pa.int64())
+
+
+def _valid_rows(frame: Any, schema: pa.Schema, as_text: tuple[str, ...]) -> list[dict]:
+    columns = {}
+    for name in schema.names:
+        values = frame[name]
+        if name in as_text:
+            columns[name] = pa.array(values.where(values.notna(), None), pa.string()).cast(pa.int64())
+        else:
+            columns[name] = pa.Array.from_pandas(values, type=schema.field(name).type)
+    return pa.Table.from_pydict(columns, schema=schema).to_pylist()
+
+
+def _call_rows(call: Any, user: int, out: Callable, records: pa.Schema, quarantine: pa.Schema,
+               user_state: pa.Schema) -> list[dict]:
+    rows: list[dict] = []
+    by_hour: dict[tuple[int, int], list[dict]] = {}
+    for rec in call.records:
+        hour = (rec["request_ts"] // 3_600_000) % 24
+        by_hour.setdefault((rec["ds"], hour), []).append(rec)
+    for (d, hour), recs in sorted(by_hour.items()):
+        rows.append(out("record", d, hour, user, len(recs), _ipc(pa.Table.from_pylist(recs, schema=records)), None))
+    by_day: dict[int, list[dict]] = {}
+    for q in call.quarantine:
+        by_day.setdefault(q["ds"], []).append(q)
+    for d, qs in sorted(by_day.items()):
+        table = pa.Table.from_pylist(qs, schema=quarantine).drop_columns(["ds"])
+        rows.append(out("quarantine", d, -1, user, len(qs), _ipc(table), None))
+    for d, snapshot in call.snapshots:
+        rows.append(out("snapshot", d, -1, user, 1, _ipc(pa.Table.from_pylist([snapshot], schema=user_state)), None))
+    for d, counts in sorted(call.counts.items()):
+        if any(counts.values()):
+            rows.append(out("count", d, -1, user, 0, None, dict(counts)))
+    return rows
+
+
+def _probe() -> None:
+    """Where this Python worker runs, once per process, when LONGSEQ_STREAM_PROBE names a
+    directory: the cluster test's proof that executors run the project's interpreter."""
+    where = os.environ.get("LONGSEQ_STREAM_PROBE")
+    if not where or getattr(_probe, "done", False):
+        return
+    _probe.done = True  # type: ignore[attr-defined]
+    Path(where).mkdir(parents=True, exist_ok=True)
+    Path(where, f"probe-{os.getpid()}.json").write_text(json.dumps(
+        {"executable": sys.executable, "prefix": sys.prefix, "cwd": os.getcwd(), "ppid": os.getppid()}))
+
+
+# ---------------------------------------------------------------- the query (driver)
+
+
+def _raw_schema(spec: DatasetSpec) -> Any:
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    raw = contracts_of(spec).raw_log
+    return StructType([StructField(spec.raw_names.get(f.name, f.name), spark_type(f.dtype)) for f in raw]
+                      + [StructField("ds", StringType())])
+
+
+def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -> "DataFrame":
+    """The union of the raw files and the control files, each row with its reason, values,
+    the operator's key and the watermark column, as the state function takes them."""
+    from pyspark.sql import functions as F
+
+    spec = config.spec
+    c = contracts_of(spec)
+    schema = _raw_schema(spec)
+
+    def source(path: str) -> "DataFrame":
+        frame = (spark.readStream.schema(schema).option("maxFilesPerTrigger", config.max_files_per_trigger)
+                 .option("maxFileAge", "36500d").parquet(path))
+        for name, logged in spec.raw_names.items():
+            frame = frame.withColumnRenamed(logged, name)
+        return frame
+
+    raw = source(config.raw).withColumn("_flush", F.lit(False))
+    if config.start is not None:
+        raw = raw.where(F.col("ds") >= F.lit(config.start.isoformat()))
+    rows = raw.unionByName(source(control_dir).withColumn("_flush", F.lit(True)))
+    day_start = F.unix_millis(F.to_timestamp(F.col("ds"), "yyyy-MM-dd"))
+    rows = rows.withColumn("reason", reason_expr(spark_ops(day_start, config.lateness_ms), spec))
+    valid = F.col("reason").isNull() & ~F.col("_flush")
+    values = value_columns(spec, spark_value_ops())
+    rows = rows.withColumns({name: F.when(valid, expr) for name, expr in values.items()})
+    invalid_key = -1 - F.pmod(F.xxhash64(*[F.col(n) for n in c.raw_log.names]), F.lit(INVALID_KEYS))
+    rows = rows.withColumns({
+        "ds": F.datediff(F.to_date(F.col("ds")), F.lit("1970-01-01")).cast("int"),
+        "_key": F.when(F.col("_flush"), F.lit(FLUSH_KEY).cast("long")).when(valid, F.col("user_id"))
+                 .otherwise(invalid_key.cast("long")),
+        "_wm": F.timestamp_millis(F.when(valid | F.col("_flush"), F.col("event_ts")).otherwise(F.lit(0))),
+    })
+    delay = config.watermark_delay_ms
+    rows = rows.withWatermark("_wm", f"{delay} milliseconds")
+    # Spark would drop rows below the watermark before the operator sees them: give it a
+    # constant instead, with the watermark's metadata, so that `process` quarantines them
+    # a row that broke a rule may hold nulls anywhere: it crosses as JSON, which keeps int64 exact
+    bad_row = F.when(~valid & ~F.col("_flush"), F.to_json(F.struct(*[F.col(n) for n in c.raw_log.names])))
+    raw_columns = [F.col(n).cast("string").alias(n) if n in exact_as_text(spec) else F.col(n) for n in c.raw_log.names]
+    return rows.select(*raw_columns, "ds", *[VALUE_PREFIX + n for n in _value_names(spec)], "reason", "_key",
+                       bad_row.alias(BAD_ROW),
+                       F.timestamp_millis(F.lit(FAR_MS)).alias("_wm", metadata={"spark.watermarkDelayMs": delay}))
+
+
+def _value_names(spec: DatasetSpec) -> list[str]:
+    from etl.stream_state import value_names
+
+    return list(value_names(spec))
+
+
+def stream_query(spark: "SparkSession", config: StreamConfig, control_dir: str) -> "DataFrame":
+    from pyspark.sql.streaming.state import GroupStateTimeout
+
+    rows = stream_rows(spark, config, control_dir)
+    return rows.groupBy("_key").applyInPandasWithState(state_function(config.settings), OUT_SCHEMA, STATE_SCHEMA,
+                                                       "append", GroupStateTimeout.EventTimeTimeout)
+
+
+# ---------------------------------------------------------------- running it
+
+
+SPARK_STREAM_CONF = {
+    "spark.sql.streaming.stateStore.providerClass":
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+    # the state function's output is flushed with the state rows per Arrow batch: records
+    # of 10k-event histories are ~280 KB each
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "128",
+}
+PINNED = ("spec", "max_len", "lateness_ms", "watermark_delay_ms", "state_partitions", "start", "raw", "out")
+
+
+def _pinned(config: StreamConfig) -> dict:
+    return {"spec": config.spec.fingerprint, "max_len": config.max_len, "lateness_ms": config.lateness_ms,
+            "watermark_delay_ms": config.watermark_delay_ms, "state_partitions": config.state_partitions,
+            "start": None if config.start is None else config.start.isoformat(), "raw": config.raw, "out": config.out}
+
+
+def _check_checkpoint(config: StreamConfig, meta: Path) -> None:
+    """A checkpoint belongs to one stream: the settings its state was built with stay."""
+    if (meta / "ended.json").exists():
+        raise LongseqError(f"the stream of checkpoint {config.checkpoint} has ended (--once flushed it); continue "
+                           f"with daily builds (longseq build --start NEXT_DAY), or start a new checkpoint")
+    pinned = meta / "stream.json"
+    if pinned.exists():
+        before = json.loads(pinned.read_text())
+        now = _pinned(config)
+        changed = [k for k in PINNED if before.get(k) != now[k]]
+        if changed:
+            k = changed[0]
+            raise LongseqError(f"checkpoint {config.checkpoint} was started with {k}={before.get(k)!r}, not "
+                               f"{now[k]!r}: keep its settings, or start a new checkpoint")
+    else:
+        meta.mkdir(parents=True, exist_ok=True)
+        pinned.write_text(json.dumps(_pinned(config), indent=1, sort_keys=True))
+
+
+def _check_data(config: StreamConfig) -> None:
+    """The stream writes days a daily build would; it starts cold, so no day may be built
+    before its first one (its users would lack that history) nor by anyone else after it."""
+    storage, layout = LocalStorage(), BuildLayout(config.out)
+    built = layout.built_days(storage)
+    ours = {d for d in built if Path(layout.report(d)).with_name("stream.json").exists()}
+    first = config.start
+    others = [d for d in built if d not in ours and (first is None or d >= first)]
+    if others:
+        raise LongseqError(f"{config.out} has days built by a daily build ({others[0]}..{others[-1]}) where the "
+                           f"stream would write: stream into another --data directory, or --start after them")
+    before = [d for d in built if first is not None and d < first]
+    if before:
+        raise LongseqError(f"{config.out} has days built before --start {first} ({before[-1]} last): the stream "
+                           f"starts from empty histories; starting from a built state is not supported yet")
+
+
+def _write_flush_marker(config: StreamConfig, control: Path) -> None:
+    """One row with a far-future event_ts: once the watermark passes everything, every
+    request still waiting is decided and every day closes."""
+    from schemas.forms import to_arrow as arrow_of
+
+    spec = config.spec
+    schema = arrow_of(contracts_of(spec).raw_log)
+    row = {name: None for name in schema.names} | {"event_ts": FAR_MS}
+    table = pa.Table.from_pylist([row], schema=schema)
+    table = table.rename_columns([spec.raw_names.get(n, n) for n in table.column_names])
+    part = control / "ds=9999-12-31"
+    part.mkdir(parents=True, exist_ok=True)
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, part / ".flush.parquet")
+    os.replace(part / ".flush.parquet", part / "flush.parquet")
+
+
+def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the stream until it ends (--once, --available-now) or is stopped (SIGTERM,
+    SIGINT); return a summary. Holds the output's lock throughout."""
+    from etl.stream_sink import StreamSink
+
+    if config.mode not in MODES:
+        raise LongseqError(f"unknown stream mode {config.mode!r}: one of {', '.join(MODES)}")
+    config = dataclasses.replace(config, raw=absolute(config.raw), out=absolute(config.out),
+                                 checkpoint=absolute(config.checkpoint))
+    with output_lock(config.out, "stream", log=log):
+        if config.spec is None:
+            config = dataclasses.replace(config, spec=recorded_spec(LocalStorage(), config.out))
+        check_output_spec(LocalStorage(), config.out, config.spec)
+        meta = Path(config.checkpoint, "_longseq")
+        _check_checkpoint(config, meta)
+        _check_data(config)
+        record_spec(LocalStorage(), config.out, config.spec)
+        for key, value in {**SPARK_STREAM_CONF, "spark.sql.shuffle.partitions": str(config.state_partitions)}.items():
+            spark.conf.set(key, value)
+        control = Path(config.checkpoint, "control")
+        control.mkdir(parents=True, exist_ok=True)
+        spark_checkpoint = str(Path(config.checkpoint, "spark"))
+        sink = StreamSink(config.raw, config.out, spark_checkpoint, config.settings, log=log)
+        query = stream_query(spark, config, str(control))
+
+        def start(available_now: bool) -> Any:
+            writer = query.writeStream.foreachBatch(sink).option("checkpointLocation", spark_checkpoint)
+            writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=config.trigger)
+            return writer.start()
+
+        t0 = time.perf_counter()
+        if config.mode == "continuous":
+            _run_until_signalled(start(False), log)
+        else:
+            start(True).awaitTermination()
+            if config.mode == "once":
+                if not (meta / "flush.json").exists():
+                    _write_flush_marker(config, control)
+                    (meta / "flush.json").write_text(json.dumps({"flushed_at": time.time()}))
+                start(True).awaitTermination()
+                (meta / "ended.json").write_text(json.dumps({"ended_at": time.time(), "batches": sink.batches}))
+        commits = sink.commits()
+        return {"batches": len(commits), "watermark": commits[-1]["watermark"] if commits else None,
+                "closed_days": [d.isoformat() for d in BuildLayout(config.out).built_days(LocalStorage())],
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _run_until_signalled(query: Any, log: Callable[[str], None]) -> None:
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.is_set() and query.isActive:
+            query.awaitTermination(1)
+        if query.isActive:
+            log("stopping the stream (signal): the micro-batch in flight finishes or is replayed at the next start")
+            query.stop()
+        if query.exception() is not None:
+            raise LongseqError(f"the stream failed: {query.exception()}")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

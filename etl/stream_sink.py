@@ -1,0 +1,215 @@
+"""The stream's output: each micro-batch committed exactly once, and each day closed as a
+daily build (dataset/layout.py StreamLayout; docs/plans/STREAMING_DESIGN.md 2.5-2.6).
+
+Spark may run a micro-batch's foreachBatch again after a crash (at-least-once), with the
+same input and state, so the same output. The sink makes that exactly once:
+1. unless batch B's commit record exists, the micro-batch is written once into staging (the
+   one evaluation: Spark commits the state of B with that job), then split into files with
+   fixed names (a rerun overwrites them), then the commit record is written, last;
+2. days whose end plus the lateness bound the watermark has passed are closed in order:
+   `build` (etl/build.py) runs for the day with StreamDayEngine, which gathers the day's
+   committed files, so a closed day is a built day like any other (report, checksums,
+   commit, stale days), ready for validate and publish, and a daily build can go on from
+   its state. A day closed before is never closed again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
+from dataset.parquet_files import read_arrow
+from dataset.storage import LocalStorage
+from etl.build import BuildConfig, DayCounts, build, length_summary
+from etl.polars_build import sorted_quarantine, write_part
+from etl.row_rules import LATE_ARRIVAL, reasons_for
+from etl.stream_process import StreamSettings
+from etl.stream_state import EPOCH
+from schemas.contracts import DAY_MS, DEFAULT_SPEC, contracts_of, day_start_ms
+from schemas.forms import to_arrow
+from schemas.spec import DatasetSpec
+
+COUNTED = ("rows_read", "duplicates", "duplicates_across_days", "divergent_requests")
+
+
+def batch_watermark(spark_checkpoint: str, batch: int) -> int:
+    """The event-time watermark Spark ran batch `batch` with: the offset log's second line
+    (format pinned by tests/test_stream_spark.py)."""
+    lines = Path(spark_checkpoint, "offsets", str(batch)).read_text().splitlines()
+    return int(json.loads(lines[1])["batchWatermarkMs"])
+
+
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    temp = str(Path(path).with_name("." + Path(path).name + ".tmp"))
+    write(temp)
+    os.replace(temp, path)
+
+
+def _decode(payloads: list[bytes]) -> pa.Table:
+    return pa.concat_tables(pa.ipc.open_stream(p).read_all() for p in payloads)
+
+
+class StreamSink:
+    """foreachBatch(df, batch_id) of the stream: commit, then close the days that are due."""
+
+    def __init__(self, raw: str, out: str, spark_checkpoint: str, settings: StreamSettings,
+                 log: Callable[[str], None] = print):
+        self.raw, self.out, self.spark_checkpoint = raw, out, spark_checkpoint
+        self.settings = settings
+        self.layout = StreamLayout(out)
+        self.log = log
+        self.batches = 0
+
+    def __call__(self, df: Any, batch: int) -> None:
+        if not os.path.exists(self.layout.commit(batch)):
+            staging = self.layout.staging(batch)
+            shutil.rmtree(staging, ignore_errors=True)
+            df.write.parquet(staging)  # the one evaluation of this micro-batch
+            self.commit(batch, pq.read_table(staging), batch_watermark(self.spark_checkpoint, batch))
+            shutil.rmtree(staging, ignore_errors=True)
+        self.batches += 1
+        self.close_due_days()
+
+    # ------------------------------------------------------------ one micro-batch
+
+    def commit(self, batch: int, table: pa.Table, watermark: int) -> None:
+        c = contracts_of(self.settings.spec)
+        rows = table.to_pylist()
+        files: dict[str, int] = {}
+        counts: dict[int, Counter] = {}
+        state_bytes: list[int] = []
+        groups: dict[tuple[str, int, int], list[bytes]] = {}
+        for r in rows:
+            if r["kind"] == "count":
+                values = json.loads(r["counts"])
+                if r["ds"] >= 0:
+                    counts.setdefault(r["ds"], Counter()).update({k: v for k, v in values.items() if k in COUNTED})
+                elif "state_bytes" in values:
+                    state_bytes.append(values["state_bytes"])
+            else:
+                groups.setdefault((r["kind"], r["ds"], r["hour"]), []).append(r["payload"])
+        for (kind, d, hour), payloads in sorted(groups.items()):
+            day = EPOCH + dt.timedelta(days=d)
+            part = _decode(payloads)
+            if kind == "record":
+                part = part.sort_by([("user_id", "ascending"), ("request_ts", "ascending"), ("request_id", "ascending")])
+                path = self.layout.part("records", day, batch, hour)
+                schema = to_arrow(c.request_record)
+            elif kind == "quarantine":
+                path, schema = self.layout.part("quarantine", day, batch), to_arrow(c.quarantine)
+            else:
+                part = part.sort_by("user_id")
+                path, schema = self.layout.part("snapshots", day, batch), to_arrow(c.user_state)
+            _write_atomically(path, lambda p, t=part.cast(schema): pq.write_table(t, p, compression="zstd"))
+            files[os.path.relpath(path, self.layout.root)] = part.num_rows
+        record = {
+            "batch": batch, "watermark": watermark, "files": files,
+            "counts": {(EPOCH + dt.timedelta(days=d)).isoformat(): dict(sorted(v.items())) for d, v in sorted(counts.items())},
+            "state_bytes": {"users": len(state_bytes), "total": sum(state_bytes), "max": max(state_bytes, default=0)},
+        }
+        _write_atomically(self.layout.commit(batch), lambda p: Path(p).write_text(json.dumps(record, indent=1)))
+
+    # ------------------------------------------------------------ days
+
+    def commits(self) -> list[dict]:
+        directory = Path(self.layout.root, "commits")
+        if not directory.exists():
+            return []
+        found = [json.loads(p.read_text()) for p in directory.glob("*.json")]
+        return sorted(found, key=lambda r: r["batch"])
+
+    def close_due_days(self) -> list[dt.date]:
+        commits = self.commits()
+        if not commits:
+            return []
+        watermark = commits[-1]["watermark"]
+        seen = sorted({dt.date.fromisoformat(d) for r in commits for d, v in r["counts"].items() if v.get("rows_read")})
+        if not seen:
+            return []
+        storage, layout = LocalStorage(), BuildLayout(self.out)
+        closed = []
+        day = seen[0]
+        while day <= seen[-1] and day_start_ms(day) + DAY_MS + self.settings.lateness_ms < watermark:
+            if not layout.is_built(storage, day):
+                self.close_day(day, commits)
+                closed.append(day)
+            day += dt.timedelta(days=1)
+        return closed
+
+    def close_day(self, day: dt.date, commits: list[dict]) -> None:
+        s = self.settings
+        engine = StreamDayEngine(self.layout, commits)
+        config = BuildConfig(self.raw, self.out, day, day, s.max_len, lateness_ms=s.lateness_ms, spec=s.spec)
+        build(engine, config, log=self.log)
+        extra = {"engine": "stream", "batches": [r["batch"] for r in commits if day.isoformat() in r["counts"]],
+                 "divergent_requests": engine.divergent_requests, "watermark": commits[-1]["watermark"]}
+        path = f"{BuildLayout(self.out).report(day)[:-len('build.json')]}stream.json"
+        _write_atomically(path, lambda p: Path(p).write_text(json.dumps(extra, indent=1, sort_keys=True)))
+
+
+class StreamDayEngine:
+    """A build engine whose day is what the stream committed for it: the records and
+    quarantine of every batch, and the state of the day before with the users that were
+    active replaced by their snapshots. Written as the polars engine writes, so that a day
+    the stream closed and a day a daily build wrote can be compared file for file."""
+
+    name = "stream"
+    storage = LocalStorage()
+    reads_raw = False  # the stream read the raw files as they landed; a day's partition may never be marked complete
+
+    def __init__(self, layout: StreamLayout, commits: list[dict]):
+        self.layout, self.commits = layout, commits
+        self.divergent_requests = 0
+
+    def _read(self, kind: str, day: dt.date, schema: pa.Schema) -> pa.Table:
+        files = sorted(Path(self.layout.day_dir(kind, day)).rglob("*.parquet"))
+        files = [f for f in files if not f.name.startswith((".", "_"))]
+        if not files:
+            return schema.empty_table()
+        return pa.concat_tables(pq.read_table(f).cast(schema) for f in files)
+
+    def build_day(self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int,
+                  temps: dict[str, str], lateness_ms: int = 0, spec: DatasetSpec = DEFAULT_SPEC) -> DayCounts:
+        c = contracts_of(spec)
+        records = pl.from_arrow(self._read("records", day, to_arrow(c.request_record)))
+        records = records.sort(["user_id", "request_ts", "request_id"])
+        quarantine = sorted_quarantine(pl.from_arrow(self._read("quarantine", day, to_arrow(c.quarantine))), c)
+        snapshots = pl.from_arrow(self._read("snapshots", day, to_arrow(c.user_state)))
+        before = read_arrow(prev_state, c.user_state) if prev_state else to_arrow(c.user_state).empty_table()
+        state = pl.concat([pl.from_arrow(before).join(snapshots.select("user_id"), on="user_id", how="anti"),
+                           snapshots]).sort("user_id")
+        write_part(quarantine.select(c.quarantine.names), c.quarantine, temps["quarantine"], ROW_GROUP_BYTES)
+        write_part(state, c.user_state, temps["state"], ROW_GROUP_BYTES)
+        write_part(records, c.request_record, temps["requests"], ROW_GROUP_BYTES)
+
+        counted = Counter()
+        for r in self.commits:
+            counted.update(r["counts"].get(day.isoformat(), {}))
+        self.divergent_requests = int(counted["divergent_requests"]) + int(
+            records.group_by("request_id").agg(pl.col("user_id").n_unique().alias("n")).filter(pl.col("n") > 1).height)
+        by_reason = dict(Counter(quarantine["reason"].to_list()))
+        lengths = records.group_by(pl.col("hist_item_id").list.len()).len().iter_rows()
+        orphaned = set(quarantine["request_id"].drop_nulls().to_list()) - set(records["request_id"].to_list())
+        return DayCounts(
+            rows_read=int(counted["rows_read"]),
+            duplicates=int(counted["duplicates"]),
+            duplicates_across_days=int(counted["duplicates_across_days"]),
+            quarantined={r: int(by_reason.get(r, 0)) for r in (*reasons_for(spec), LATE_ARRIVAL)},
+            requests=records.height,
+            targets=int(records["tgt_item_id"].list.len().sum() or 0),
+            requests_without_valid_impressions=len(orphaned),
+            users_in_state=state.height,
+            history_length=length_summary(dict(lengths)),
+        )
+
