@@ -10,7 +10,7 @@ import datetime as dt
 
 from cli.arguments import (
     SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, dataset_spec, date, duration,
-    fraction, local_path, positive_int, progress, spark_config,
+    fraction, local_path, location, positive_int, progress, spark_config,
 )
 from dataset.output_lock import output_lock
 from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
@@ -210,11 +210,72 @@ def run_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- stream
+
+
+def stream_arguments(p: argparse.ArgumentParser) -> None:
+    from etl.stream_config import StreamConfig
+
+    default = StreamConfig(raw="", out="", checkpoint="")
+    add_raw(p, "directory the raw log files land in (ds=YYYY-MM-DD partitions; files written under a hidden name, "
+               "then renamed)")
+    add_data(p, "output directory, as for `longseq build`: each day the stream closes is a built day")
+    p.add_argument("--checkpoint", type=location, required=True, metavar="DIR",
+                   help="the stream's checkpoint (Spark's offsets and state, the flush marker): on a reliable file "
+                        "system; a restart with the same one resumes exactly where the stream stopped")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true",
+                      help="process every file present, then end the stream as if no more data will come: every "
+                           "request still waiting is written, every day up to the last one read closes, and the "
+                           "checkpoint is finished (tests, backfills)")
+    mode.add_argument("--available-now", action="store_true",
+                      help="process every file present and stop, without ending the stream (resume it later)")
+    p.add_argument("--trigger", default=default.trigger, metavar="INTERVAL",
+                   help=f"micro-batch interval of a continuous stream (default {default.trigger})")
+    p.add_argument("--lateness", type=duration, default=DEFAULT_LATENESS_MS, metavar="DURATION",
+                   help=f"an outcome logged later than this after its request is quarantined (late_event); a request "
+                        f"is written once the watermark passes request_ts + this (default "
+                        f"{format_duration(DEFAULT_LATENESS_MS)}; minutes for fresh data, e.g. 10m)")
+    p.add_argument("--watermark-delay", type=duration, default=default.watermark_delay_ms, metavar="DURATION",
+                   help=f"how far out of event-time order files may land; a row later than that is quarantined as "
+                        f"late_arrival (default {format_duration(default.watermark_delay_ms)})")
+    p.add_argument("--start", type=date, metavar="YYYY-MM-DD", help="first ds to read (default: every partition)")
+    p.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN,
+                   help=f"history length kept per request (default {DEFAULT_MAX_LEN})")
+    p.add_argument("--max-files-per-trigger", type=positive_int, default=default.max_files_per_trigger,
+                   help=f"files read per micro-batch at most (default {default.max_files_per_trigger})")
+    p.add_argument("--state-partitions", type=positive_int, default=default.state_partitions,
+                   help=f"partitions of the state store, fixed by the checkpoint (default {default.state_partitions})")
+    add_spec(p, "dataset spec of the raw logs (docs/SPEC.md); default: the one DATA records, else the default spec")
+    add_spark(p, "Spark settings")
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from etl.spark_session import spark_session
+    from etl.stream import run_stream as run
+    from etl.stream_config import StreamConfig
+
+    mode = "once" if args.once else "available-now" if args.available_now else "continuous"
+    config = StreamConfig(raw=args.raw, out=args.data, checkpoint=args.checkpoint, start=args.start,
+                          max_len=args.max_len, lateness_ms=args.lateness, watermark_delay_ms=args.watermark_delay,
+                          trigger=args.trigger, max_files_per_trigger=args.max_files_per_trigger, mode=mode,
+                          state_partitions=args.state_partitions, spec=dataset_spec(args))
+    # taken (re-entrantly) by run_stream too; here so that a busy output fails before Spark starts
+    with output_lock(absolute(args.data), "stream", log=progress):
+        summary = run(spark_session(spark_config(args)), config, log=progress)
+    days = summary["closed_days"]
+    print(f"stream: {summary['batches']} micro-batches committed; days built: "
+          f"{(days[0] + '..' + days[-1]) if days else 'none yet'}; {summary['seconds']:.1f} s")
+    return 0
+
+
 COMMANDS = [
     Command("generate", "Write synthetic contract-1 impression logs (Parquet, one ds per day).", generate_arguments, run_generate),
     Command("adapt", "Turn a public dataset into contract-1 impression logs (docs/MOVIELENS.md).", adapt_arguments, run_adapt),
     Command("build", "Build request records (contract 2) from raw logs, day by day from the history state.",
             build_arguments, run_build),
+    Command("stream", "Build request records from raw files as they land (Spark Structured Streaming).",
+            stream_arguments, run_stream),
     Command("validate", "Validate built request records (or raw partitions) with Great Expectations.",
             validate_arguments, run_validate),
     Command("publish", "Publish validated days for the trainer's reader (one manifest per day, atomic).",

@@ -22,14 +22,12 @@ column in its place, and late rows reach `process`, which quarantines them (late
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -41,9 +39,10 @@ from dataset.spec_record import check_output_spec, record_spec, recorded_spec
 from dataset.storage import LocalStorage, absolute
 from etl.feature_values import spark_value_ops
 from etl.row_rules import reason_expr, spark_ops
+from etl.stream_config import MODES, StreamConfig
 from etl.stream_process import StreamSettings, process, value_columns
 from etl.stream_state import VALUE_PREFIX, StreamState, pending_schema
-from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, contracts_of
+from schemas.contracts import contracts_of
 from schemas.errors import LongseqError
 from schemas.forms import spark_type, to_arrow
 from schemas.spec import DatasetSpec
@@ -59,27 +58,6 @@ BAD_ROW = "_bad_row"
 # into float64, which cannot hold every int64.
 OUT_SCHEMA = "kind string, ds int, hour int, rows int, payload binary, counts string"
 STATE_SCHEMA = "version int, blob binary"
-MODES = ("continuous", "once", "available-now")
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    raw: str
-    out: str
-    checkpoint: str
-    start: dt.date | None = None  # the first ds read; None: every partition
-    max_len: int = DEFAULT_MAX_LEN
-    lateness_ms: int = DEFAULT_LATENESS_MS
-    watermark_delay_ms: int = 10 * 60_000  # how far out of event-time order files may land
-    trigger: str = "1 minute"
-    max_files_per_trigger: int = 1000
-    mode: str = "continuous"
-    state_partitions: int = 4  # pinned by the checkpoint
-    spec: DatasetSpec | None = None
-
-    @property
-    def settings(self) -> StreamSettings:
-        return StreamSettings(spec=self.spec, max_len=self.max_len, lateness_ms=self.lateness_ms)
 
 
 # ---------------------------------------------------------------- the state function (runs in the executors)
@@ -313,7 +291,7 @@ def _check_data(config: StreamConfig) -> None:
     before its first one (its users would lack that history) nor by anyone else after it."""
     storage, layout = LocalStorage(), BuildLayout(config.out)
     built = layout.built_days(storage)
-    ours = {d for d in built if Path(layout.report(d)).with_name("stream.json").exists()}
+    ours = {d for d in built if json.loads(storage.read_text(layout.report(d))).get("engine") == "stream"}
     first = config.start
     others = [d for d in built if d not in ours and (first is None or d >= first)]
     if others:

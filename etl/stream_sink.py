@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +50,14 @@ def batch_watermark(spark_checkpoint: str, batch: int) -> int:
     return int(json.loads(lines[1])["batchWatermarkMs"])
 
 
+def crash_point(name: str, batch: int) -> None:
+    """Die here, as kill -9 would, when LONGSEQ_STREAM_CRASH_AT names this point ("staged:3",
+    "file:3", "committed:3", "close:3", or any batch: "close:*"; comma-separated): the recovery tests' fault injection."""
+    wanted = os.environ.get("LONGSEQ_STREAM_CRASH_AT", "")
+    if wanted and ({f"{name}:{batch}", f"{name}:*"} & set(wanted.split(","))):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _write_atomically(path: str, write: Callable[[str], None]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     temp = str(Path(path).with_name("." + Path(path).name + ".tmp"))
@@ -76,10 +85,12 @@ class StreamSink:
             staging = self.layout.staging(batch)
             shutil.rmtree(staging, ignore_errors=True)
             df.write.parquet(staging)  # the one evaluation of this micro-batch
+            crash_point("staged", batch)
             self.commit(batch, pq.read_table(staging), batch_watermark(self.spark_checkpoint, batch))
-            shutil.rmtree(staging, ignore_errors=True)
+            crash_point("committed", batch)
+        shutil.rmtree(self.layout.staging(batch), ignore_errors=True)  # also after a crash past the commit
         self.batches += 1
-        self.close_due_days()
+        self.close_due_days(batch)
 
     # ------------------------------------------------------------ one micro-batch
 
@@ -113,6 +124,7 @@ class StreamSink:
                 path, schema = self.layout.part("snapshots", day, batch), to_arrow(c.user_state)
             _write_atomically(path, lambda p, t=part.cast(schema): pq.write_table(t, p, compression="zstd"))
             files[os.path.relpath(path, self.layout.root)] = part.num_rows
+            crash_point("file", batch)
         record = {
             "batch": batch, "watermark": watermark, "files": files,
             "counts": {(EPOCH + dt.timedelta(days=d)).isoformat(): dict(sorted(v.items())) for d, v in sorted(counts.items())},
@@ -129,7 +141,7 @@ class StreamSink:
         found = [json.loads(p.read_text()) for p in directory.glob("*.json")]
         return sorted(found, key=lambda r: r["batch"])
 
-    def close_due_days(self) -> list[dt.date]:
+    def close_due_days(self, batch: int = -1) -> list[dt.date]:
         commits = self.commits()
         if not commits:
             return []
@@ -142,6 +154,7 @@ class StreamSink:
         day = seen[0]
         while day <= seen[-1] and day_start_ms(day) + DAY_MS + self.settings.lateness_ms < watermark:
             if not layout.is_built(storage, day):
+                crash_point("close", batch)
                 self.close_day(day, commits)
                 closed.append(day)
             day += dt.timedelta(days=1)
