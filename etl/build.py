@@ -138,7 +138,7 @@ def plan_days(storage: Storage, layout: BuildLayout, config: BuildConfig, log: C
     )
 
 
-def _check_state_fits(storage: Storage, layout: BuildLayout, prev: dt.date, config: BuildConfig) -> None:
+def check_state_fits(storage: Storage, layout: BuildLayout, prev: dt.date, config: BuildConfig) -> None:
     """The state after prev keeps only that build's max_len events and its lateness window of
     event_ids: a longer max_len or lateness now would silently give shorter histories, or
     miss duplicates, compared with one build over all days."""
@@ -207,7 +207,7 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
         config = dataclasses.replace(config, spec=recorded_spec(storage, config.out))
     check_output_spec(storage, config.out, config.spec)  # before the raw check: the likelier cause of a mismatch
     days = plan_days(storage, layout, config, log)
-    _check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
+    check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
     if getattr(engine, "reads_raw", True):  # the stream's day close gathers what it already read
         check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
         raw_log = contracts_of(config.spec).raw_log

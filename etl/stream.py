@@ -22,6 +22,7 @@ column in its place, and late rows reach `process`, which quarantines them (late
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import signal
@@ -35,13 +36,15 @@ import pyarrow as pa
 
 from dataset.layout import BuildLayout
 from dataset.output_lock import output_lock
+from dataset.parquet_files import read_arrow
 from dataset.spec_record import check_output_spec, record_spec, recorded_spec
+from etl.build import BuildConfig, check_state_fits
 from dataset.storage import LocalStorage, absolute
 from etl.feature_values import spark_value_ops
 from etl.row_rules import reason_expr, spark_ops
 from etl.stream_config import MODES, StreamConfig
 from etl.stream_process import StreamSettings, process, value_columns
-from etl.stream_state import VALUE_PREFIX, StreamState, pending_schema
+from etl.stream_state import EPOCH, VALUE_PREFIX, StreamState, from_user_state, pending_schema
 from schemas.contracts import contracts_of
 from schemas.errors import LongseqError
 from schemas.forms import spark_type, to_arrow
@@ -54,9 +57,11 @@ FAR_MS = 253_402_300_799_000  # 9999-12-31: the flush marker's event time
 FLUSH_KEY = 0  # user ids are > 0 (nonpositive_id); invalid rows use -1 .. -INVALID_KEYS
 INVALID_KEYS = 8
 BAD_ROW = "_bad_row"
+INIT = "_init"  # a control row's USER_STATE row (Arrow IPC): the user's state after a built day
 # No int64 column: the rows Spark adds to pad an Arrow batch are nulls, which pandas turns
 # into float64, which cannot hold every int64.
 OUT_SCHEMA = "kind string, ds int, hour int, rows int, payload binary, counts string"
+OUT_COLUMNS = ["kind", "ds", "hour", "rows", "payload", "counts"]
 STATE_SCHEMA = "version int, blob binary"
 
 
@@ -86,7 +91,7 @@ def state_function(settings: StreamSettings) -> Callable:
     user_state = to_arrow(c.user_state)
     as_text = exact_as_text(spec)
 
-    def out(kind: str, ds: int, hour: int, user: int, rows: int, payload: bytes | None, counts: dict | None) -> dict:
+    def out(kind: str, ds: int, hour: int, rows: int, payload: bytes | None, counts: dict | None) -> dict:
         return {"kind": kind, "ds": ds, "hour": hour, "rows": rows, "payload": payload,
                 "counts": None if counts is None else json.dumps(counts, sort_keys=True)}
 
@@ -95,32 +100,39 @@ def state_function(settings: StreamSettings) -> Callable:
         frame = pd.concat(list(frames), ignore_index=True)
         wm = state.getCurrentWatermarkMs()
         _probe()
-        rows_read = frame["ds"].value_counts().to_dict() if len(frame) else {}
-        result: list[dict] = [out("count", int(d), -1, user, 0, None, {"rows_read": int(n)}) for d, n in
-                              sorted(rows_read.items())]
         if user == FLUSH_KEY:
-            result = [out("count", -1, -1, user, 0, None, {"watermark": wm})]
-        elif user < 0:  # rows that broke a rule: quarantined as they were read (exactly: from JSON)
+            yield pd.DataFrame([out("count", -1, -1, 0, None, {"watermark": wm})], columns=OUT_COLUMNS)
+            return
+        starts = frame[frame[INIT].notna()]  # control rows: where a stream starts from a daily build
+        frame = frame[frame[INIT].isna()]
+        rows_read = frame["ds"].value_counts().to_dict()
+        result = [out("count", int(d), -1, 0, None, {"rows_read": int(n)}) for d, n in sorted(rows_read.items())]
+        if user < 0:  # rows that broke a rule: quarantined as they were read (exactly: from JSON)
             bad = [{**json.loads(row), "reason": reason, "ds": int(d)}
                    for row, reason, d in zip(frame[BAD_ROW], frame["reason"], frame["ds"])]
             table = pa.Table.from_pylist(bad, schema=quarantine)
             for d in sorted(rows_read):
                 part = table.filter(pa.compute.equal(table.column("ds"), d)).drop_columns(["ds"])
-                result.append(out("quarantine", int(d), -1, user, part.num_rows, _ipc(part), None))
+                result.append(out("quarantine", int(d), -1, part.num_rows, _ipc(part), None))
         else:
-            rows = [] if state.hasTimedOut or not len(frame) else _valid_rows(frame, pending, as_text)
             old = StreamState.decode(state.get[1], spec) if state.exists else None
+            if len(starts):
+                if old is not None or len(starts) > 1:
+                    raise RuntimeError(f"user {user}: a start state arrived for a user the stream already has")
+                day = EPOCH + dt.timedelta(days=int(starts["ds"].iloc[0]))
+                old = from_user_state(read_ipc(starts[INIT].iloc[0]).to_pylist()[0], day, spec)
+            rows = [] if state.hasTimedOut or not len(frame) else _valid_rows(frame, pending, as_text)
             call = process(user, old, rows, wm, settings)
-            result += _call_rows(call, user, out, records, quarantine, user_state)
+            result += _call_rows(call, out, records, quarantine, user_state)
             if call.state is None:
                 state.remove()
             else:
                 blob = call.state.encode()
                 state.update((1, blob))
-                result.append(out("count", -1, -1, user, 0, None, {"state_bytes": len(blob), "watermark": wm}))
+                result.append(out("count", -1, -1, 0, None, {"state_bytes": len(blob), "watermark": wm}))
             if call.timeout is not None:
                 state.setTimeoutTimestamp(call.timeout)
-        yield pd.DataFrame(result, columns=["kind", "ds", "hour", "rows", "payload", "counts"])
+        yield pd.DataFrame(result, columns=OUT_COLUMNS)
 
     return fn
 
@@ -143,7 +155,7 @@ def _valid_rows(frame: Any, schema: pa.Schema, as_text: tuple[str, ...]) -> list
     return pa.Table.from_pydict(columns, schema=schema).to_pylist()
 
 
-def _call_rows(call: Any, user: int, out: Callable, records: pa.Schema, quarantine: pa.Schema,
+def _call_rows(call: Any, out: Callable, records: pa.Schema, quarantine: pa.Schema,
                user_state: pa.Schema) -> list[dict]:
     rows: list[dict] = []
     by_hour: dict[tuple[int, int], list[dict]] = {}
@@ -151,18 +163,18 @@ def _call_rows(call: Any, user: int, out: Callable, records: pa.Schema, quaranti
         hour = (rec["request_ts"] // 3_600_000) % 24
         by_hour.setdefault((rec["ds"], hour), []).append(rec)
     for (d, hour), recs in sorted(by_hour.items()):
-        rows.append(out("record", d, hour, user, len(recs), _ipc(pa.Table.from_pylist(recs, schema=records)), None))
+        rows.append(out("record", d, hour, len(recs), _ipc(pa.Table.from_pylist(recs, schema=records)), None))
     by_day: dict[int, list[dict]] = {}
     for q in call.quarantine:
         by_day.setdefault(q["ds"], []).append(q)
     for d, qs in sorted(by_day.items()):
         table = pa.Table.from_pylist(qs, schema=quarantine).drop_columns(["ds"])
-        rows.append(out("quarantine", d, -1, user, len(qs), _ipc(table), None))
+        rows.append(out("quarantine", d, -1, len(qs), _ipc(table), None))
     for d, snapshot in call.snapshots:
-        rows.append(out("snapshot", d, -1, user, 1, _ipc(pa.Table.from_pylist([snapshot], schema=user_state)), None))
+        rows.append(out("snapshot", d, -1, 1, _ipc(pa.Table.from_pylist([snapshot], schema=user_state)), None))
     for d, counts in sorted(call.counts.items()):
         if any(counts.values()):
-            rows.append(out("count", d, -1, user, 0, None, dict(counts)))
+            rows.append(out("count", d, -1, 0, None, dict(counts)))
     return rows
 
 
@@ -181,12 +193,14 @@ def _probe() -> None:
 # ---------------------------------------------------------------- the query (driver)
 
 
-def _raw_schema(spec: DatasetSpec) -> Any:
-    from pyspark.sql.types import StringType, StructField, StructType
+def _raw_schema(spec: DatasetSpec, control: bool = False) -> Any:
+    """The raw files' columns under the logs' names (control files add INIT), then ds: the
+    file source puts the partition column last, and so must the schema it is given."""
+    from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
     raw = contracts_of(spec).raw_log
     return StructType([StructField(spec.raw_names.get(f.name, f.name), spark_type(f.dtype)) for f in raw]
-                      + [StructField("ds", StringType())])
+                      + ([StructField(INIT, BinaryType())] if control else []) + [StructField("ds", StringType())])
 
 
 def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -> "DataFrame":
@@ -198,26 +212,29 @@ def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -
     c = contracts_of(spec)
     schema = _raw_schema(spec)
 
-    def source(path: str) -> "DataFrame":
+    def source(path: str, schema: Any) -> "DataFrame":
         frame = (spark.readStream.schema(schema).option("maxFilesPerTrigger", config.max_files_per_trigger)
                  .option("maxFileAge", "36500d").parquet(path))
         for name, logged in spec.raw_names.items():
             frame = frame.withColumnRenamed(logged, name)
         return frame
 
-    raw = source(config.raw).withColumn("_flush", F.lit(False))
+    raw = source(config.raw, schema).withColumns({INIT: F.lit(None).cast("binary"), "_flush": F.lit(False)})
     if config.start is not None:
         raw = raw.where(F.col("ds") >= F.lit(config.start.isoformat()))
-    rows = raw.unionByName(source(control_dir).withColumn("_flush", F.lit(True)))
+    # control rows: a daily build's USER_STATE row per user to start from (INIT), or the flush marker
+    control = source(control_dir, _raw_schema(spec, control=True)).withColumn("_flush", F.col(INIT).isNull())
+    rows = raw.unionByName(control)
     day_start = F.unix_millis(F.to_timestamp(F.col("ds"), "yyyy-MM-dd"))
     rows = rows.withColumn("reason", reason_expr(spark_ops(day_start, config.lateness_ms), spec))
-    valid = F.col("reason").isNull() & ~F.col("_flush")
+    init = F.col(INIT).isNotNull()
+    valid = F.col("reason").isNull() & ~F.col("_flush") & ~init
     values = value_columns(spec, spark_value_ops())
     rows = rows.withColumns({name: F.when(valid, expr) for name, expr in values.items()})
     invalid_key = -1 - F.pmod(F.xxhash64(*[F.col(n) for n in c.raw_log.names]), F.lit(INVALID_KEYS))
     rows = rows.withColumns({
         "ds": F.datediff(F.to_date(F.col("ds")), F.lit("1970-01-01")).cast("int"),
-        "_key": F.when(F.col("_flush"), F.lit(FLUSH_KEY).cast("long")).when(valid, F.col("user_id"))
+        "_key": F.when(F.col("_flush"), F.lit(FLUSH_KEY).cast("long")).when(valid | init, F.col("user_id"))
                  .otherwise(invalid_key.cast("long")),
         "_wm": F.timestamp_millis(F.when(valid | F.col("_flush"), F.col("event_ts")).otherwise(F.lit(0))),
     })
@@ -226,10 +243,10 @@ def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -
     # Spark would drop rows below the watermark before the operator sees them: give it a
     # constant instead, with the watermark's metadata, so that `process` quarantines them
     # a row that broke a rule may hold nulls anywhere: it crosses as JSON, which keeps int64 exact
-    bad_row = F.when(~valid & ~F.col("_flush"), F.to_json(F.struct(*[F.col(n) for n in c.raw_log.names])))
+    bad_row = F.when(~valid & ~F.col("_flush") & ~init, F.to_json(F.struct(*[F.col(n) for n in c.raw_log.names])))
     raw_columns = [F.col(n).cast("string").alias(n) if n in exact_as_text(spec) else F.col(n) for n in c.raw_log.names]
     return rows.select(*raw_columns, "ds", *[VALUE_PREFIX + n for n in _value_names(spec)], "reason", "_key",
-                       bad_row.alias(BAD_ROW),
+                       bad_row.alias(BAD_ROW), INIT,
                        F.timestamp_millis(F.lit(FAR_MS)).alias("_wm", metadata={"spark.watermarkDelayMs": delay}))
 
 
@@ -286,9 +303,21 @@ def _check_checkpoint(config: StreamConfig, meta: Path) -> None:
         pinned.write_text(json.dumps(_pinned(config), indent=1, sort_keys=True))
 
 
+def _start_state(config: StreamConfig) -> dt.date | None:
+    """The built day whose state the stream starts from: the day before --start when it is
+    built and current, or without --start the last current day of DATA; None: a cold start."""
+    storage, layout = LocalStorage(), BuildLayout(config.out)
+    if config.start is not None:
+        prev = config.start - dt.timedelta(days=1)
+        return prev if layout.is_current(storage, prev) else None
+    current = [d for d in layout.built_days(storage) if layout.is_current(storage, d)]
+    return current[-1] if current else None
+
+
 def _check_data(config: StreamConfig) -> None:
-    """The stream writes days a daily build would; it starts cold, so no day may be built
-    before its first one (its users would lack that history) nor by anyone else after it."""
+    """The stream writes days a daily build would: none may be built by anyone else from its
+    first day on, and the day before it must be current when any earlier day is built (its
+    users' histories go on from there)."""
     storage, layout = LocalStorage(), BuildLayout(config.out)
     built = layout.built_days(storage)
     ours = {d for d in built if json.loads(storage.read_text(layout.report(d))).get("engine") == "stream"}
@@ -298,9 +327,41 @@ def _check_data(config: StreamConfig) -> None:
         raise LongseqError(f"{config.out} has days built by a daily build ({others[0]}..{others[-1]}) where the "
                            f"stream would write: stream into another --data directory, or --start after them")
     before = [d for d in built if first is not None and d < first]
+    if before and not layout.is_current(storage, first - dt.timedelta(days=1)):
+        raise LongseqError(f"{config.out} has days built before --start {first} ({before[-1]} last) but not the "
+                           f"day before it, current: --start {before[-1] + dt.timedelta(days=1)} to go on from its "
+                           f"state, or build the days in between first")
     if before:
-        raise LongseqError(f"{config.out} has days built before --start {first} ({before[-1]} last): the stream "
-                           f"starts from empty histories; starting from a built state is not supported yet")
+        check_state_fits(storage, layout, first - dt.timedelta(days=1),
+                         BuildConfig(config.raw, config.out, first, max_len=config.max_len,
+                                     lateness_ms=config.lateness_ms, spec=config.spec))
+
+
+def _write_start_states(config: StreamConfig, day: dt.date, control: Path) -> int:
+    """One control row per user of DATA's state after `day`, carrying its USER_STATE row: the
+    stream's first micro-batch starts each user from it (pyspark 3.5 has no initial state for
+    applyInPandasWithState). Returns the users."""
+    import pyarrow.parquet as pq
+
+    spec = config.spec
+    c = contracts_of(spec)
+    states = read_arrow(BuildLayout(config.out).dir("state", day), c.user_state)
+    raw = to_arrow(c.raw_log)
+    schema = pa.schema([pa.field(spec.raw_names.get(f.name, f.name), f.type) for f in raw]
+                       + [pa.field(INIT, pa.binary())])
+    part = control / f"ds={day.isoformat()}"
+    part.mkdir(parents=True, exist_ok=True)
+    users = states.column("user_id")
+    blobs = [_ipc(states.slice(i, 1)) for i in range(states.num_rows)]
+    # zeros, not nulls: a control row reaches the state function in its user's frame, and a
+    # null would make pandas hold that user's int64 columns as float64
+    columns = {f.name: pa.array([0] * states.num_rows).cast(f.type) if pa.types.is_integer(f.type)
+               else pa.nulls(states.num_rows, f.type) for f in schema}
+    columns[spec.raw_names.get("user_id", "user_id")] = users
+    columns[INIT] = pa.array(blobs, pa.binary())
+    pq.write_table(pa.table(columns, schema=schema), part / ".init.parquet")
+    os.replace(part / ".init.parquet", part / "init.parquet")
+    return states.num_rows
 
 
 def _write_flush_marker(config: StreamConfig, control: Path) -> None:
@@ -335,12 +396,25 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
             config = dataclasses.replace(config, spec=recorded_spec(LocalStorage(), config.out))
         check_output_spec(LocalStorage(), config.out, config.spec)
         meta = Path(config.checkpoint, "_longseq")
+        fresh = not (meta / "stream.json").exists()
+        start_state = _start_state(config) if fresh else None
+        if not fresh and config.start is None:  # a restart goes on where the first run started
+            pinned = json.loads((meta / "stream.json").read_text()).get("start")
+            config = dataclasses.replace(config, start=pinned and dt.date.fromisoformat(pinned))
+        if start_state is not None and config.start is None:
+            config = dataclasses.replace(config, start=start_state + dt.timedelta(days=1))
         _check_checkpoint(config, meta)
         _check_data(config)
         record_spec(LocalStorage(), config.out, config.spec)
+        control = Path(config.checkpoint, "control")
+        if start_state is not None and not (meta / "init.json").exists():
+            users = _write_start_states(config, start_state, control)
+            (meta / "init.json").write_text(json.dumps({"state": start_state.isoformat(), "users": users}))
+            log(f"the stream starts from the state after {start_state} ({users:,} users)")
+        elif fresh:
+            log(f"the stream starts from empty histories (a cold start) at {config.start or 'the first ds it reads'}")
         for key, value in {**SPARK_STREAM_CONF, "spark.sql.shuffle.partitions": str(config.state_partitions)}.items():
             spark.conf.set(key, value)
-        control = Path(config.checkpoint, "control")
         control.mkdir(parents=True, exist_ok=True)
         spark_checkpoint = str(Path(config.checkpoint, "spark"))
         sink = StreamSink(config.raw, config.out, spark_checkpoint, config.settings, log=log)

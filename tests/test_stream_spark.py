@@ -74,3 +74,37 @@ def test_stream_once_equals_the_daily_build(spark, tmp_path):
         assert {k: v for k, v in got["quarantined"].items() if v} == {k: v for k, v in report["quarantined"].items() if v}
         for kind in ("requests", "quarantine", "state"):  # the very bytes a daily build writes
             assert _files(tmp_path / "data" / kind / ds) == _files(batch / kind / ds), f"{ds}: {kind}"
+
+
+def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, tmp_path):
+    """The handoff both ways: the stream starts from the state a daily build left after D1,
+    streams D2, and the daily build of D3 goes on from the state the stream left."""
+    raw = tmp_path / "raw"
+    generate(raw, PROFILES["tiny"].with_sizes(users=None, days=len(DAYS)), seed=12, start=SAMPLE_START, dirty=0.04)
+    lateness, delay = 2 * HOUR_MS, 30 * 60_000
+    data = tmp_path / "data"
+
+    def daily(day: dt.date, out: Path) -> None:
+        build(PolarsEngine(), BuildConfig(str(raw), str(out), day, max_len=MAX_LEN, lateness_ms=lateness),
+              log=lambda m: None)
+
+    daily(DAYS[0], data)
+    land(arrivals(raw, [DAYS[1]], DEFAULT_SPEC, delay, seed=4, rows_per_file=(20, 80), files_per_batch=(1, 1)),
+         tmp_path / "landing")
+    logged: list[str] = []
+    config = StreamConfig(raw=str(tmp_path / "landing"), out=str(data), checkpoint=str(tmp_path / "ckpt"),
+                          max_len=MAX_LEN, lateness_ms=lateness, watermark_delay_ms=delay, mode="once",
+                          max_files_per_trigger=8, state_partitions=2)
+    summary = run_stream(spark, config, log=logged.append)
+    assert any(f"starts from the state after {DAYS[0]}" in m for m in logged)
+    assert summary["closed_days"] == [d.isoformat() for d in DAYS[:2]]
+    assert json.loads((data / "reports" / f"ds={DAYS[1]}" / "build.json").read_text())["engine"] == "stream"
+    daily(DAYS[2], data)
+
+    ranged = tmp_path / "ranged"
+    build(PolarsEngine(), BuildConfig(str(raw), str(ranged), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=lateness),
+          log=lambda m: None)
+    for day in DAYS:
+        ds = f"ds={day.isoformat()}"
+        for kind in ("requests", "quarantine", "state"):
+            assert _files(data / kind / ds) == _files(ranged / kind / ds), f"{ds}: {kind}"
