@@ -19,7 +19,7 @@ from schemas.contracts import DEFAULT_SPEC
 from sources import SAMPLE_START
 from sources.generate import PROFILES, generate
 from tests.test_stream_sim import DAYS, HOUR_MS, arrivals
-from tests.test_stream_spark import MAX_LEN, _files, land
+from tests.test_stream_spark import MAX_LEN, assert_same_days, land
 
 pytestmark = [pytest.mark.spark, pytest.mark.subprocess]
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
@@ -63,9 +63,6 @@ def test_killed_at_every_step_and_at_random_the_stream_ends_with_the_batch_outpu
     batch = tmp_path / "batch"
     build(PolarsEngine(), BuildConfig(str(raw), str(batch), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=LATENESS),
           log=lambda m: None)
-    for day in DAYS:
-        ds = f"ds={day.isoformat()}"
-        for kind in ("requests", "quarantine", "state"):
-            assert _files(tmp_path / "data" / kind / ds) == _files(batch / kind / ds), f"{ds}: {kind}"
+    assert_same_days(tmp_path / "data", batch, DAYS)
     leftovers = [p for p in (tmp_path / "data").rglob(".*") if p.name != ".longseq.lock"]
     assert not list((tmp_path / "data" / "stream" / "staging").glob("*")) and not leftovers, leftovers

@@ -45,6 +45,14 @@ def _files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.glob("*.parquet"))}
 
 
+def assert_same_days(data: Path, batch: Path, days: list[dt.date]) -> None:
+    """The records, quarantine and state of each day are the very bytes the daily build wrote."""
+    for day in days:
+        ds = f"ds={day.isoformat()}"
+        for kind in ("requests", "quarantine", "state"):
+            assert _files(data / kind / ds) == _files(batch / kind / ds), f"{ds}: {kind}"
+
+
 def test_stream_once_equals_the_daily_build(spark, tmp_path):
     raw = tmp_path / "raw"
     profile = PROFILES["tiny"].with_sizes(users=None, days=len(DAYS))
@@ -72,8 +80,7 @@ def test_stream_once_equals_the_daily_build(spark, tmp_path):
                     "requests_without_valid_impressions", "users_in_state", "history_length"):
             assert got[key] == report[key], f"{ds}: {key}"
         assert {k: v for k, v in got["quarantined"].items() if v} == {k: v for k, v in report["quarantined"].items() if v}
-        for kind in ("requests", "quarantine", "state"):  # the very bytes a daily build writes
-            assert _files(tmp_path / "data" / kind / ds) == _files(batch / kind / ds), f"{ds}: {kind}"
+    assert_same_days(tmp_path / "data", batch, DAYS)
 
 
 def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, tmp_path):
@@ -104,7 +111,4 @@ def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, t
     ranged = tmp_path / "ranged"
     build(PolarsEngine(), BuildConfig(str(raw), str(ranged), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=lateness),
           log=lambda m: None)
-    for day in DAYS:
-        ds = f"ds={day.isoformat()}"
-        for kind in ("requests", "quarantine", "state"):
-            assert _files(data / kind / ds) == _files(ranged / kind / ds), f"{ds}: {kind}"
+    assert_same_days(data, ranged, DAYS)
