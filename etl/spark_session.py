@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,6 +111,9 @@ def spark_session(config: SparkConfig | None = None) -> "SparkSession":
     from pyspark.sql import SparkSession
 
     config = config or SparkConfig()
+    # executors run Python UDFs (the stream's state function) with this interpreter: without
+    # it they would run whatever `python3` is on the worker's PATH, without this project
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if (config.master or "").startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no network lookups for a local run
     builder = SparkSession.builder
