@@ -16,7 +16,7 @@ from schemas.contracts import RAW_LOG
 from sources import SAMPLE_START
 
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
-SUBCOMMANDS = ["generate", "adapt", "build", "validate", "publish", "train", "evaluate", "score", "demo", "bench"]
+SUBCOMMANDS = ["generate", "adapt", "build", "stream", "validate", "publish", "train", "evaluate", "score", "demo", "bench"]
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -99,7 +99,8 @@ def test_one_flag_for_one_thing_in_every_subcommand():
             assert options["--data"].type is location and options["--data"].required, name
         if "--raw" in options:
             assert options["--raw"].type is location, name
-        if "--start" in options and name not in ("generate", "adapt"):  # there it is the first day to write
+        # generate, adapt: the first day to write; stream: the first day to read, of an open-ended stream
+        if "--start" in options and name not in ("generate", "adapt", "stream"):
             assert options["--start"].type is date and options["--start"].required and "--end" in options, name
         if "--run-dir" in options:
             assert options["--run-dir"].type is local_path, name
@@ -108,7 +109,7 @@ def test_one_flag_for_one_thing_in_every_subcommand():
         if name != "score" and name != "demo":
             assert "--out" not in help_text, f"{name}: --out is only a scores file or the demo's directory"
     assert {n for n, sub in subs.items() if "--data" in _options(sub)} == {
-        "build", "validate", "publish", "train", "evaluate", "score"}
+        "build", "stream", "validate", "publish", "train", "evaluate", "score"}
 
 
 def test_device_defaults_to_auto_everywhere():
