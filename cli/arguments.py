@@ -101,6 +101,16 @@ def duration(text: str) -> int:
     return value
 
 
+def hour_of_day(text: str) -> int:
+    try:
+        hour = int(text)
+    except ValueError:
+        hour = -1
+    if not 0 <= hour <= 23:
+        raise argparse.ArgumentTypeError(f"not an hour of the day (0-23): {text!r}")
+    return hour
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

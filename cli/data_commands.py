@@ -10,7 +10,7 @@ import datetime as dt
 
 from cli.arguments import (
     SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, dataset_spec, date, duration,
-    fraction, local_path, location, positive_int, progress, spark_config,
+    fraction, hour_of_day, local_path, location, positive_int, progress, spark_config,
 )
 from dataset.output_lock import output_lock
 from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
@@ -198,15 +198,49 @@ def publish_arguments(p: argparse.ArgumentParser) -> None:
     add_days(p, "publish")
     p.add_argument("--override-validation", metavar="REASON",
                    help="publish days whose validation failed or is missing; the reason is recorded")
+    p.add_argument("--hour", type=hour_of_day, metavar="HH",
+                   help="with --override-validation: publish this hour of --start, which blocks the stream's hour "
+                        "publishing (docs/STREAMING.md); the stream publishes the hours after it when it runs next")
     add_spec(p, "refuse to publish unless DATA holds this dataset spec (default: the one it records)")
+    add_spark(p, "Spark settings (--hour: validating the hours after it)")
 
 
 def run_publish(args: argparse.Namespace) -> int:
     from etl.publish import publish
 
     with output_lock(absolute(args.data), "publish", log=progress):  # etl.validation refuses stale days
+        if args.hour is not None:
+            return _publish_blocked_hour(args)
         publish(args.data, args.start, args.end, override_reason=args.override_validation, log=print,
                 spec=dataset_spec(args))
+    return 0
+
+
+def _publish_blocked_hour(args: argparse.Namespace) -> int:
+    from dataset.layout import StreamLayout
+    from dataset.spec_record import spec_for
+    from etl.spark_session import spark_session
+    from etl.stream_hours import HourPublisher, closed_hours
+    from etl.stream_process import StreamSettings
+
+    if not args.override_validation or args.end not in (None, args.start):
+        raise LongseqError("--hour publishes one hour of --start, and only with --override-validation REASON: the "
+                           "stream validates and publishes its hours itself (longseq stream --publish-hours)")
+    data = absolute(args.data)
+    publisher = HourPublisher(None, data, StreamSettings(spec=spec_for(LocalStorage(), data, dataset_spec(args))),
+                              log=progress)
+    blocked = publisher.blocked()
+    if blocked is None or (blocked["ds"], blocked["hour"]) != (args.start.isoformat(), args.hour):
+        where = "nothing" if blocked is None else f"ds={blocked['ds']} hour={blocked['hour']:02d}"
+        raise LongseqError(f"hour publishing of {data} is blocked at {where}, not at ds={args.start} "
+                           f"hour={args.hour:02d}: only the blocking hour can be published by hand")
+    publisher.publish(args.start, args.hour, override_reason=args.override_validation)
+    print(f"published ds={args.start} hour={args.hour:02d} (validation overridden)")
+    later = [h for h in closed_hours(StreamLayout(data)) if h > (args.start, args.hour)]
+    if later:  # the hours the block held back: validated and published now, in order, up to the next failure
+        publisher.spark = spark_session(spark_config(args))
+        for day, hour in publisher.publish_closed(later):
+            print(f"published ds={day} hour={hour:02d}")
     return 0
 
 
@@ -244,6 +278,9 @@ def stream_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"history length kept per request (default {DEFAULT_MAX_LEN})")
     p.add_argument("--max-files-per-trigger", type=positive_int, default=default.max_files_per_trigger,
                    help=f"files read per micro-batch at most (default {default.max_files_per_trigger})")
+    p.add_argument("--publish-hours", action="store_true",
+                   help="validate each hour's records as it closes (the requests suite) and publish it for "
+                        "`longseq train --follow`; a failed hour blocks the hours after it")
     p.add_argument("--state-partitions", type=positive_int, default=default.state_partitions,
                    help=f"partitions of the state store, fixed by the checkpoint (default {default.state_partitions})")
     add_spec(p, "dataset spec of the raw logs (docs/SPEC.md); default: the one DATA records, else the default spec")
@@ -259,7 +296,8 @@ def run_stream(args: argparse.Namespace) -> int:
     config = StreamConfig(raw=args.raw, out=args.data, checkpoint=args.checkpoint, start=args.start,
                           max_len=args.max_len, lateness_ms=args.lateness, watermark_delay_ms=args.watermark_delay,
                           trigger=args.trigger, max_files_per_trigger=args.max_files_per_trigger, mode=mode,
-                          state_partitions=args.state_partitions, spec=dataset_spec(args))
+                          state_partitions=args.state_partitions, publish_hours=args.publish_hours,
+                          spec=dataset_spec(args))
     # taken (re-entrantly) by run_stream too; here so that a busy output fails before Spark starts
     with output_lock(absolute(args.data), "stream", log=progress):
         summary = run(spark_session(spark_config(args)), config, log=progress)

@@ -50,6 +50,10 @@ def ds_name(day: dt.date) -> str:
     return f"{PARTITION_COLUMN}={day.isoformat()}"
 
 
+def hour_name(hour: int) -> str:
+    return f"hour={hour:02d}"
+
+
 def partition_path(root: str | Path, day: dt.date) -> str:
     """A day's raw log partition: ROOT/ds=YYYY-MM-DD."""
     return f"{str(root).rstrip('/')}/{ds_name(day)}"
@@ -91,6 +95,13 @@ class BuildLayout:
     def manifest(self, day: dt.date) -> str:
         """Written by `longseq publish` (etl/publish.py); its presence makes the day readable."""
         return f"{self.out}/published/{ds_name(day)}/{MANIFEST_NAME}"
+
+    def hour_manifest(self, day: dt.date, hour: int) -> str:
+        """Written by the stream for each validated hour (etl/stream_hours.py): the hour is readable."""
+        return f"{self.out}/published/{ds_name(day)}/{hour_name(hour)}/{MANIFEST_NAME}"
+
+    def hour_validation(self, day: dt.date, hour: int) -> str:
+        return f"{self.out}/validation/{ds_name(day)}/{hour_name(hour)}/requests.json"
 
     def is_built(self, storage: Storage, day: dt.date) -> bool:
         return storage.exists(self.report(day)) and storage.exists(f"{self.dir('state', day)}/{SUCCESS_MARKER}")
@@ -138,9 +149,12 @@ class StreamLayout:
 
         stream/commits/B.json                       written last: batch B is committed
         stream/records/ds=D/hour=HH/part-bB.parquet  the records of requests served in that hour
+        stream/hours/ds=D/hour=HH/part-00000.parquet an hour's records once it closed, in one file
+        stream/hours/ds=D/hour=HH.json               written last: the hour is closed
         stream/quarantine/ds=D/part-bB.parquet
         stream/snapshots/ds=D/part-bB.parquet        USER_STATE rows of the users active on D
         stream/staging/batch=B/                      the micro-batch as Spark wrote it, once
+        stream/status.json                           the hour publishing is blocked at, if any
     """
 
     out: str
@@ -156,8 +170,21 @@ class StreamLayout:
         return f"{self.root}/staging/batch={batch}"
 
     def part(self, kind: str, day: dt.date, batch: int, hour: int | None = None) -> str:
-        where = f"{self.root}/{kind}/{ds_name(day)}" + ("" if hour is None else f"/hour={hour:02d}")
+        where = f"{self.root}/{kind}/{ds_name(day)}" + ("" if hour is None else f"/{hour_name(hour)}")
         return f"{where}/part-b{batch:09d}.parquet"
 
     def day_dir(self, kind: str, day: dt.date) -> str:
         return f"{self.root}/{kind}/{ds_name(day)}"
+
+    def hour_dir(self, day: dt.date, hour: int) -> str:
+        return f"{self.root}/hours/{ds_name(day)}/{hour_name(hour)}"
+
+    def hour_record(self, day: dt.date, hour: int) -> str:
+        return f"{self.root}/hours/{ds_name(day)}/{hour_name(hour)}.json"
+
+    def batch_hour_dir(self, day: dt.date, hour: int) -> str:
+        return f"{self.root}/records/{ds_name(day)}/{hour_name(hour)}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.root}/status.json"

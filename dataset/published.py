@@ -30,7 +30,7 @@ from schemas.errors import LongseqError, MissingPrerequisiteError
 from schemas.spec import DatasetSpec, SpecError, resolve_spec
 
 __all__ = ["PublishedDataError", "PublishedFile", "built_spec_summary", "file_url", "published_days", "published_files",
-           "verify_published"]
+           "published_hour_files", "published_hours", "verify_published"]
 
 
 class PublishedDataError(LongseqError):
@@ -137,6 +137,47 @@ def published_files(data: str, start: dt.date, end: dt.date | None = None, stora
     return files
 
 
+# ---------------------------------------------------------------- the stream's hours
+
+
+def published_hours(data: str, storage: Storage | None = None) -> list[tuple[dt.date, int]]:
+    """Every hour the stream published in a build's output directory (etl/stream_hours.py), in order."""
+    data = absolute(data).rstrip("/")
+    storage = storage or storage_for(data, arrow=True)
+    layout, found = BuildLayout(data), []
+    for ds in storage.list_names(f"{data}/published"):
+        if not ds.startswith(f"{PARTITION_COLUMN}="):
+            continue
+        day = dt.date.fromisoformat(ds.split("=", 1)[1])
+        for name in storage.list_names(f"{data}/published/{ds}"):
+            if name.startswith("hour=") and storage.exists(layout.hour_manifest(day, int(name[5:]))):
+                found.append((day, int(name[5:])))
+    return sorted(found)
+
+
+def published_hour_files(data: str, day: dt.date, hour: int, storage: Storage | None = None,
+                         spec: DatasetSpec | str | None = None) -> list[PublishedFile]:
+    """The files of one published hour (none for an hour without requests), checked to be there
+    with their recorded sizes, of DATA's dataset spec and of `spec` when given."""
+    data = absolute(data).rstrip("/")
+    storage = storage or storage_for(data, arrow=True)
+    layout = BuildLayout(data)
+    path = layout.hour_manifest(day, hour)
+    if not storage.exists(path):
+        raise MissingPrerequisiteError(f"ds={day} hour={hour:02d} is not published in {data}")
+    manifest = json.loads(storage.read_text(path))
+    _check_manifest_spec(manifest, layout, day, recorded_spec(storage, data), None if spec is None else resolve_spec(spec))
+    files = []
+    for f in manifest["files"]:
+        file_path = f"{data}/{f['name']}"
+        if not storage.exists(file_path) or storage.size(file_path) != f["bytes"]:
+            raise PublishedDataError(f"published file {file_path} is missing or changed since ds={day} hour={hour:02d} "
+                                     f"was published")
+        files.append(PublishedFile(file_url(file_path), day.isoformat(), f["bytes"], f["rows"], f["row_groups"],
+                                   f["sha256"]))
+    return files
+
+
 # ---------------------------------------------------------------- checking bytes
 
 # (path, size, mtime_ns) -> sha256 of the bytes: each file is hashed once per process
@@ -149,18 +190,25 @@ def _storage_path(url: str) -> str:
     return local_path(url) if url.startswith("file://") or is_local(url) else url
 
 
-def _published_entry(path: str) -> tuple[BuildLayout, dt.date, str] | None:
-    """(layout, day, file name) if path lies in DATA/requests/ds=YYYY-MM-DD/, else None."""
-    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    root, _, ds = parent.rpartition("/")
-    data, _, kind = root.rpartition("/")
-    if kind != "requests" or not ds.startswith(f"{PARTITION_COLUMN}="):
+def _published_entry(path: str) -> tuple[BuildLayout, dt.date, str, str] | None:
+    """(layout, day, its manifest, the file's name there) if path lies in a published
+    directory: DATA/requests/ds=YYYY-MM-DD/ (a day) or DATA/stream/hours/ds=YYYY-MM-DD/hour=HH/
+    (an hour of the stream, named in its manifest by its path under DATA); else None."""
+    parts = path.split("/")
+    hour_file = len(parts) >= 5 and parts[-5:-3] == ["stream", "hours"] and parts[-2].startswith("hour=")
+    ds = parts[-3] if hour_file else (parts[-2] if len(parts) >= 3 else "")
+    if not ds.startswith(f"{PARTITION_COLUMN}=") or not (hour_file or parts[-3:-2] == ["requests"]):
         return None
     try:
         day = dt.date.fromisoformat(ds.split("=", 1)[1])
+        hour = int(parts[-2].split("=", 1)[1]) if hour_file else None
     except ValueError:
         return None
-    return BuildLayout(data), day, name
+    if hour_file:
+        layout = BuildLayout("/".join(parts[:-5]))
+        return layout, day, layout.hour_manifest(day, hour), "/".join(parts[-5:])
+    layout = BuildLayout("/".join(parts[:-3]))
+    return layout, day, layout.manifest(day), parts[-1]
 
 
 def verify_published(urls: Sequence[str], spec: DatasetSpec | None = None) -> int:
@@ -174,18 +222,18 @@ def verify_published(urls: Sequence[str], spec: DatasetSpec | None = None) -> in
     `published_files` is what vouches for a day. Files are hashed in threads (hashlib
     releases the GIL), each once per process unless its size or mtime changes."""
     todo: list[tuple[Storage, str, dict, dt.date]] = []
-    manifests: dict[tuple[str, dt.date], dict[str, dict] | None] = {}
+    manifests: dict[tuple[str, str], dict[str, dict] | None] = {}
     for url in urls:
         path = _storage_path(url)
         entry = _published_entry(path)
         if entry is None:
             continue
-        layout, day, name = entry
+        layout, day, manifest_path, name = entry
         storage = storage_for(path, arrow=True)
-        key = (layout.out, day)
+        key = (layout.out, manifest_path)
         if key not in manifests:
-            exists = storage.exists(layout.manifest(day))
-            manifest = _read_manifest(storage, layout, day) if exists else None
+            exists = storage.exists(manifest_path)
+            manifest = json.loads(storage.read_text(manifest_path)) if exists else None
             if manifest is not None:
                 _check_read_spec(manifest, layout, day, spec or DEFAULT_SPEC)
             manifests[key] = None if manifest is None else {f["name"]: f for f in _manifest_files(manifest, layout, day)}

@@ -417,7 +417,8 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
             spark.conf.set(key, value)
         control.mkdir(parents=True, exist_ok=True)
         spark_checkpoint = str(Path(config.checkpoint, "spark"))
-        sink = StreamSink(config.raw, config.out, spark_checkpoint, config.settings, log=log)
+        sink = StreamSink(config.raw, config.out, spark_checkpoint, config.settings, log=log,
+                          publish_hours=config.publish_hours)
         query = stream_query(spark, config, str(control))
 
         def start(available_now: bool) -> Any:

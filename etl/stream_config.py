@@ -29,6 +29,7 @@ class StreamConfig:
     max_files_per_trigger: int = 1000
     mode: str = "continuous"
     state_partitions: int = 4  # pinned by the checkpoint
+    publish_hours: bool = False  # validate and publish each hour as it closes (etl/stream_hours.py)
     spec: DatasetSpec | None = None
 
     @property

@@ -34,6 +34,7 @@ from dataset.storage import LocalStorage
 from etl.build import BuildConfig, DayCounts, build, length_summary
 from etl.polars_build import sorted_quarantine, write_part
 from etl.row_rules import LATE_ARRIVAL, reasons_for
+from etl.stream_hours import HourPublisher, close_hour, due_hours
 from etl.stream_process import StreamSettings
 from etl.stream_state import EPOCH
 from schemas.contracts import DAY_MS, DEFAULT_SPEC, contracts_of, day_start_ms
@@ -52,7 +53,8 @@ def batch_watermark(spark_checkpoint: str, batch: int) -> int:
 
 def crash_point(name: str, batch: int) -> None:
     """Die here, as kill -9 would, when LONGSEQ_STREAM_CRASH_AT names this point ("staged:3",
-    "file:3", "committed:3", "close:3", or any batch: "close:*"; comma-separated): the recovery tests' fault injection."""
+    "file:3", "committed:3", "hour:3", "close:3", or any batch: "close:*"; comma-separated):
+    the recovery tests' fault injection."""
     wanted = os.environ.get("LONGSEQ_STREAM_CRASH_AT", "")
     if wanted and ({f"{name}:{batch}", f"{name}:*"} & set(wanted.split(","))):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -73,11 +75,12 @@ class StreamSink:
     """foreachBatch(df, batch_id) of the stream: commit, then close the days that are due."""
 
     def __init__(self, raw: str, out: str, spark_checkpoint: str, settings: StreamSettings,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, publish_hours: bool = False):
         self.raw, self.out, self.spark_checkpoint = raw, out, spark_checkpoint
         self.settings = settings
         self.layout = StreamLayout(out)
         self.log = log
+        self.publish_hours = publish_hours
         self.batches = 0
 
     def __call__(self, df: Any, batch: int) -> None:
@@ -90,6 +93,10 @@ class StreamSink:
             crash_point("committed", batch)
         shutil.rmtree(self.layout.staging(batch), ignore_errors=True)  # also after a crash past the commit
         self.batches += 1
+        hours = self.close_due_hours(batch)
+        if self.publish_hours:
+            for day, hour in HourPublisher(df.sparkSession, self.out, self.settings, self.log).publish_closed(hours):
+                self.log(f"published ds={day} hour={hour:02d}")
         self.close_due_days(batch)
 
     # ------------------------------------------------------------ one micro-batch
@@ -141,12 +148,29 @@ class StreamSink:
         found = [json.loads(p.read_text()) for p in directory.glob("*.json")]
         return sorted(found, key=lambda r: r["batch"])
 
+    def _seen_days(self, commits: list[dict]) -> list[dt.date]:
+        return sorted({dt.date.fromisoformat(d) for r in commits for d, v in r["counts"].items() if v.get("rows_read")})
+
+    def close_due_hours(self, batch: int = -1) -> list[tuple[dt.date, int]]:
+        """Close every hour now due (etl/stream_hours.py); return all closed hours, in order."""
+        commits = self.commits()
+        seen = self._seen_days(commits)
+        if not seen:
+            return []
+        hours = due_hours(seen[0], seen[-1], commits[-1]["watermark"], self.settings.lateness_ms)
+        for day, hour in hours:
+            if not os.path.exists(self.layout.hour_record(day, hour)) or os.path.exists(
+                    self.layout.batch_hour_dir(day, hour)):
+                crash_point("hour", batch)
+                close_hour(self.layout, day, hour, self.settings)
+        return hours
+
     def close_due_days(self, batch: int = -1) -> list[dt.date]:
         commits = self.commits()
         if not commits:
             return []
         watermark = commits[-1]["watermark"]
-        seen = sorted({dt.date.fromisoformat(d) for r in commits for d, v in r["counts"].items() if v.get("rows_read")})
+        seen = self._seen_days(commits)
         if not seen:
             return []
         storage, layout = LocalStorage(), BuildLayout(self.out)
@@ -186,8 +210,9 @@ class StreamDayEngine:
         self.divergent_requests = 0
 
     def _read(self, kind: str, day: dt.date, schema: pa.Schema) -> pa.Table:
-        files = sorted(Path(self.layout.day_dir(kind, day)).rglob("*.parquet"))
-        files = [f for f in files if not f.name.startswith((".", "_"))]
+        root = Path(self.layout.day_dir(kind, day))
+        files = [f for f in sorted(root.rglob("*.parquet"))
+                 if not any(part.startswith((".", "_")) for part in f.relative_to(root).parts)]
         if not files:
             return schema.empty_table()
         return pa.concat_tables(pq.read_table(f).cast(schema) for f in files)
@@ -195,7 +220,7 @@ class StreamDayEngine:
     def build_day(self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int,
                   temps: dict[str, str], lateness_ms: int = 0, spec: DatasetSpec = DEFAULT_SPEC) -> DayCounts:
         c = contracts_of(spec)
-        records = pl.from_arrow(self._read("records", day, to_arrow(c.request_record)))
+        records = pl.from_arrow(self._read("hours", day, to_arrow(c.request_record)))  # every hour of D is closed
         records = records.sort(["user_id", "request_ts", "request_id"])
         quarantine = sorted_quarantine(pl.from_arrow(self._read("quarantine", day, to_arrow(c.quarantine))), c)
         snapshots = pl.from_arrow(self._read("snapshots", day, to_arrow(c.user_state)))

