@@ -6,7 +6,8 @@ import argparse
 import os
 
 from cli.arguments import (
-    Command, add_config, add_data, add_days, add_device, add_spec, dataset_spec, local_path, positive_int, progress,
+    Command, add_config, add_data, add_days, add_device, add_spec, dataset_spec, duration, hour_of_day, local_path,
+    positive_int, progress,
 )
 from schemas.errors import LongseqError
 
@@ -31,6 +32,19 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                    help="resume a run on other data or days than it was started on (recorded in RUN/data.json)")
     add_spec(p, "refuse to train unless DATA holds this dataset spec (default: the one DATA records, docs/SPEC.md)")
     add_device(p)
+    online = p.add_argument_group("online training on the stream's published hours (docs/STREAMING.md)")
+    online.add_argument("--follow", action="store_true",
+                        help="train one pass over each hour `longseq stream --publish-hours` publishes, from the first "
+                             "of --start (or --hour), waiting for the next; stops on SIGTERM/Ctrl-C with a checkpoint, "
+                             "and after the last hour of --end when given")
+    online.add_argument("--hour", type=hour_of_day, metavar="HH", help="with --follow: the first hour of --start")
+    online.add_argument("--progressive", action="store_true",
+                        help="with --follow: score each hour with the model trained before it, then train on it "
+                             "(RUN/progressive/)")
+    online.add_argument("--poll", type=duration, default=30_000, metavar="DURATION",
+                        help="with --follow: how often to look for a new hour (default 30s)")
+    online.add_argument("--exit-when-idle", type=duration, metavar="DURATION",
+                        help="with --follow: stop when no new hour came for this long (default: wait forever)")
 
 
 def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
@@ -51,10 +65,28 @@ def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
 def run_train(args: argparse.Namespace) -> int:
     from trainer.train import train
 
+    if args.follow:
+        return _run_follow(args)
+    if args.hour is not None or args.progressive or args.exit_when_idle is not None:
+        raise LongseqError("--hour, --progressive and --exit-when-idle go with --follow")
+
     summary = train(args.data, args.start, args.end, args.run_dir, train_config(args), log=progress,
                     allow_other_data=args.allow_other_data)
     if os.environ.get("RANK", "0") == "0":
         print(f"trained {summary['steps']} steps; checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def _run_follow(args: argparse.Namespace) -> int:
+    from trainer.follow import follow
+
+    if args.allow_other_data or args.epochs or args.max_steps:
+        raise LongseqError("--follow trains one pass over each hour as it comes: no --epochs, --max-steps or "
+                           "--allow-other-data")
+    summary = follow(args.data, args.run_dir, train_config(args), log=progress, poll_s=args.poll / 1000,
+                     exit_when_idle_s=None if args.exit_when_idle is None else args.exit_when_idle / 1000,
+                     progressive=args.progressive, first_hour=(args.start, args.hour or 0), last_day=args.end)
+    print(f"trained on {summary['hours_trained']} hour(s), {summary['steps']} steps; checkpoint {summary['checkpoint']}")
     return 0
 
 
@@ -81,6 +113,9 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _scoring_arguments(p, "evaluate on")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N",
                    help="resamples of users behind the 95%% AUC intervals; 0: none (default 200)")
+    p.add_argument("--hour", type=hour_of_day, metavar="HH",
+                   help="evaluate on this published hour of --start (the stream's, docs/STREAMING.md): after "
+                        "`train --follow` trained up to the hour before, a progressive validation")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -89,7 +124,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise LongseqError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     evaluate(args.run_dir, args.data, args.start, args.end, max_len=args.max_len, batch_size=args.batch_size,
-             log=print, bootstrap=args.bootstrap, attention=args.attention, spec=dataset_spec(args), **_device(args))
+             log=print, bootstrap=args.bootstrap, attention=args.attention, spec=dataset_spec(args), hour=args.hour,
+             **_device(args))
     return 0
 
 

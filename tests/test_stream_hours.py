@@ -77,6 +77,17 @@ def test_every_hour_is_validated_and_published_and_readable(spark, tmp_path):
         assert {(ts - day_start_ms(DAY)) // HOUR_MS for ts in rows} == {h}
     urls = [f.url for h in HOURS for f in by_hour[h]]
     assert verify_published(urls) > 0
+
+    # stream -> hours published -> online training, each hour scored before it is trained on
+    from trainer.follow import follow
+    from trainer.train import TrainConfig
+
+    run = tmp_path / "run"
+    summary = follow(str(data), run, TrainConfig(preset="tiny", batch_size=8, device="cpu", warmup_steps=2),
+                     log=lambda m: None, exit_when_idle_s=0, progressive=True)
+    assert summary["hours_trained"] == 24 and summary["steps"] > 0
+    assert sorted(p.name for p in (run / "progressive" / f"ds={DAY}").glob("*.json")) == \
+        [f"hour={h:02d}.json" for h in HOURS]
     path = by_hour[10][0].url.removeprefix("file://")
     blob = bytearray(open(path, "rb").read())
     blob[len(blob) // 2] ^= 0xFF

@@ -27,7 +27,8 @@ from trainer.batch import RequestBatch
 from trainer.distributed import resolve_device
 from trainer.metrics import bootstrap_auc, task_metrics
 from trainer.model import RankingModel
-from trainer.reader import ReaderConfig, data_spec, open_published
+from dataset.published import published_hour_files
+from trainer.reader import ReaderConfig, data_spec, open_published, open_reader
 from trainer.train import TrainConfig, check_model_spec
 
 
@@ -62,10 +63,17 @@ class Scored:
 
 
 def scored_batches(model: RankingModel, data: str, start, end, max_len: int | None, batch_size: int = 64,
-                   device: torch.device = torch.device("cpu")) -> Iterator[Scored]:
+                   device: torch.device = torch.device("cpu"), hour: int | None = None) -> Iterator[Scored]:
+    """The published days [start, end] scored, or with `hour` that hour of start (the stream's)."""
     on_gpu = device.type == "cuda"
-    config = ReaderConfig(batch_size=batch_size, max_len=max_len, pin_memory=on_gpu)
-    reader = open_published(data, start, end, config.for_scoring(), spec=model.spec)
+    config = ReaderConfig(batch_size=batch_size, max_len=max_len, pin_memory=on_gpu).for_scoring()
+    if hour is None:
+        reader = open_published(data, start, end, config, spec=model.spec)
+    else:
+        files = published_hour_files(data, start, hour, spec=data_spec(data, model.spec))
+        if not files:
+            raise MissingPrerequisiteError(f"ds={start} hour={hour:02d} was published without requests")
+        reader = open_reader([f.url for f in files], config, spec=model.spec)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), autocast:
         for batch in reader.batches():
@@ -75,7 +83,7 @@ def scored_batches(model: RankingModel, data: str, start, end, max_len: int | No
 
 def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | None = None, batch_size: int = 64,
              device: str = "auto", log: Callable[[str], None] = print, bootstrap: int = 200,
-             attention: str = "padded", spec: DatasetSpec | str | None = None) -> dict:
+             attention: str = "padded", spec: DatasetSpec | str | None = None, hour: int | None = None) -> dict:
     """Per-task metrics of the run's newest weights on [start, end]; logs the table, returns
     the result (also written to RUN/eval/). device: auto, cpu, cuda or cuda:N. bootstrap:
     user resamples behind the 95% AUC intervals (0: none). attention: padded or flex (jagged).
@@ -86,7 +94,9 @@ def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | Non
     labels, logits, users = [], [], []
     requests = tokens = 0
     t = time.perf_counter()
-    for s in scored_batches(model, data, start, end, max_len, batch_size, device):
+    if hour is not None and end not in (None, start):
+        raise LongseqError("--hour evaluates one hour of --start: no --end")
+    for s in scored_batches(model, data, start, end, max_len, batch_size, device, hour):
         labels.append(s.batch.labels().numpy())
         logits.append(s.logits)
         users.append(np.repeat(s.batch.user_id.numpy(), s.batch.targets.lengths().numpy()))
@@ -103,7 +113,10 @@ def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | Non
               "end": str(end or start), "max_len": max_len, "requests": requests, "targets": len(users),
               "history_tokens": tokens, "mean_history": tokens / requests, "seconds": seconds, "tasks": metrics,
               "auc_intervals": intervals, "bootstrap_replicates": bootstrap}
-    out = Path(run_dir) / "eval" / f"{start}_{end or start}_len{max_len or 'full'}.json"
+    if hour is not None:
+        result["hour"] = hour
+    span = f"{start}T{hour:02d}" if hour is not None else f"{start}_{end or start}"
+    out = Path(run_dir) / "eval" / f"{span}_len{max_len or 'full'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     _to_tensorboard(Path(run_dir), result)

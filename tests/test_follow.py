@@ -1,0 +1,139 @@
+"""`longseq train --follow` (trainer/follow.py): online training on published hours, one
+pass each, in order; stopped (a signal, or a set flag) and resumed, it ends with the weights
+of a run never stopped; progressive validation scores each hour before training on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from dataset.layout import StreamLayout
+from etl.build import BuildConfig, build
+from etl.polars_build import PolarsEngine
+from etl.stream_hours import HOUR_MS, HourPublisher, close_hour
+from etl.stream_process import StreamSettings
+from schemas.contracts import day_start_ms
+from sources import SAMPLE_START
+from sources.generate import PROFILES, generate
+from trainer.follow import follow
+from trainer.train import TrainConfig
+
+DAY = SAMPLE_START
+CFG = dict(preset="tiny", batch_size=16, device="cpu", warmup_steps=2, checkpoint_every=10_000, log_every=1000)
+
+
+def _publish_hours(data: Path, hours: range) -> None:
+    """Hours cut from a daily build, closed and published as the stream does (validation
+    overridden: these tests are about the trainer)."""
+    settings = StreamSettings(max_len=64)
+    layout = StreamLayout(str(data))
+    publisher = HourPublisher(None, str(data), settings, log=lambda m: None)
+    table = pq.read_table(data / "requests" / f"ds={DAY}" / "part-00000.parquet")
+    hour_of = [(ts - day_start_ms(DAY)) // HOUR_MS for ts in table.column("request_ts").to_pylist()]
+    for h in hours:
+        part = table.filter([x == h for x in hour_of])
+        path = Path(layout.part("records", DAY, 0, h))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if part.num_rows:
+            pq.write_table(part, path)
+        close_hour(layout, DAY, h, settings)
+        publisher.publish(DAY, h, override_reason="test: hours cut from a daily build")
+
+
+@pytest.fixture(scope="module")
+def day_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("follow")
+    generate(root / "raw", PROFILES["tiny"].with_sizes(users=80, days=1), seed=3, start=DAY)
+    build(PolarsEngine(), BuildConfig(str(root / "raw"), str(root / "data"), DAY, max_len=64), log=lambda m: None)
+    return root / "data"
+
+
+def _copy(day_data: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(day_data, data)
+    return data
+
+
+def test_follow_trains_each_hour_as_it_comes_and_a_stopped_run_resumes_to_the_same_weights(day_data, tmp_path):
+    data = _copy(day_data, tmp_path)
+    _publish_hours(data, range(24))
+    whole = follow(str(data), tmp_path / "whole", TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0)
+    assert whole["hours_trained"] == 24 and whole["steps"] > 10 and not whole["stopped"]
+
+    # the same hours, published in two goes, with the run stopped twice in between
+    later = _copy(day_data, tmp_path / "later")
+    _publish_hours(later, range(12))
+    run = tmp_path / "stopped"
+    first = follow(str(later), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0, stop_after_steps=3)
+    assert first["stopped"] and first["steps"] == 3
+    second = follow(str(later), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0)
+    assert not second["stopped"] and second["hours_trained"] == 12
+    _publish_hours(later, range(12, 24))
+    again = follow(str(later), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0, stop_after_steps=2)
+    assert again["stopped"]
+    last = follow(str(later), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0)
+    assert (last["hours_trained"], last["steps"]) == (24, whole["steps"])
+    assert last["weights_sha256"] == whole["weights_sha256"]
+    trained = [h["hour"] for h in json.loads((run / "follow.json").read_text())["hours"]]
+    assert trained == [f"{DAY}T{h:02d}" for h in range(24)]
+
+
+def test_progressive_validation_scores_each_hour_with_the_model_before_it(day_data, tmp_path):
+    from trainer.evaluate import evaluate
+
+    data = _copy(day_data, tmp_path)
+    _publish_hours(data, range(12))
+    run = tmp_path / "run"
+    follow(str(data), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0, progressive=True)
+    _publish_hours(data, range(12, 24))
+    nxt = next(h for h in range(12, 24) if (data / "published" / f"ds={DAY}" / f"hour={h:02d}" / "manifest.json")
+               .read_text().count("sha256"))
+    # `longseq evaluate --hour` on the next hour, with the checkpoint trained up to the hour before
+    scored = evaluate(run, str(data), DAY, hour=nxt, device="cpu", bootstrap=0, log=lambda m: None)
+    summary = follow(str(data), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0, progressive=True)
+    progressive = json.loads((run / "progressive" / f"ds={DAY}" / f"hour={nxt:02d}.json").read_text())
+    assert scored["tasks"]["finish"]["auc"] == pytest.approx(progressive["tasks"]["finish"]["auc"], abs=1e-6)
+    assert scored["step"] == progressive["step"]
+    results = sorted((run / "progressive" / f"ds={DAY}").glob("hour=*.json"))
+    assert results
+    steps_before = {h["hour"]: h["step"] for h in json.loads((run / "follow.json").read_text())["hours"]}
+    ordered = [f"{DAY}T{h:02d}" for h in range(24)]
+    for path in results:
+        result = json.loads(path.read_text())
+        key = f"{DAY}T{result['hour']:02d}"
+        before = ordered[ordered.index(key) - 1] if ordered.index(key) else None
+        assert result["step"] == (steps_before[before] if before else 0)  # the model trained up to the hour before
+        assert 0 <= result["tasks"]["finish"]["logloss"] and result["targets"] > 0
+    assert summary["hours_trained"] == 24
+
+
+@pytest.mark.subprocess
+def test_a_signal_stops_follow_cleanly_with_a_checkpoint(day_data, tmp_path):
+    data = _copy(day_data, tmp_path)
+    _publish_hours(data, range(24))
+    run = tmp_path / "run"
+    (tmp_path / "train.yaml").write_text(json.dumps({**CFG, "lr": 1e-3}))
+    cmd = [str(Path(sys.executable).with_name("longseq")), "train", "--follow", "--data", str(data), "--start", str(DAY),
+           "--run-dir", str(run), "--train-config", str(tmp_path / "train.yaml"), "--poll", "1s"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run / "follow.json").exists() or \
+            not json.loads((run / "follow.json").read_text() or "{}").get("hours"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "checkpoint" in out
+    assert list((run / "checkpoints").iterdir())
