@@ -30,4 +30,5 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "extrapolation": _lazy("bench.extrapolation"),
     "gpu": _lazy("bench.gpu"),
     "spec-cost": _lazy("bench.spec_cost"),
+    "stream": _lazy("bench.stream"),
 }

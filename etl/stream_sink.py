@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -133,7 +134,7 @@ class StreamSink:
             files[os.path.relpath(path, self.layout.root)] = part.num_rows
             crash_point("file", batch)
         record = {
-            "batch": batch, "watermark": watermark, "files": files,
+            "batch": batch, "watermark": watermark, "files": files, "committed_at": time.time(),
             "counts": {(EPOCH + dt.timedelta(days=d)).isoformat(): dict(sorted(v.items())) for d, v in sorted(counts.items())},
             "state_bytes": {"users": len(state_bytes), "total": sum(state_bytes), "max": max(state_bytes, default=0)},
         }

@@ -222,3 +222,26 @@ def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| the paper's STCA, row-wise Adagrad tables |" in r.stdout and "FAILED" not in r.stdout
     assert "the reader supplies" in r.stdout and "Scoring one request" in r.stdout
+
+
+def test_the_stream_bench_lands_no_row_after_the_watermark_passed_it(tmp_path):
+    """bench/stream.py cuts the days into files in event-time order moved by less than the
+    watermark delay: a stream reading them in order sees every row on time."""
+    import datetime as dt
+
+    from bench.stream import arrival_files
+    from sources import SAMPLE_START
+    from sources.generate import PROFILES, generate
+
+    generate(tmp_path / "raw", PROFILES["tiny"], seed=1, start=SAMPLE_START)
+    days = [SAMPLE_START, SAMPLE_START + dt.timedelta(days=1)]
+    delay = 120_000
+    files = arrival_files(tmp_path / "raw", days, 30, delay, seed=0)
+    assert sum(t.num_rows for _, _, t in files) == sum(
+        1 for d in days for f in (tmp_path / "raw" / f"ds={d}").glob("*.parquet") for _ in range(
+            __import__("pyarrow.parquet").parquet.ParquetFile(f).metadata.num_rows))
+    watermark = 0
+    for _, _, table in files:
+        ts = table.column("event_ts").to_pylist()
+        assert min(ts) >= watermark
+        watermark = max(watermark, max(ts) - delay)

@@ -46,15 +46,15 @@ def arrivals(raw: Path, days: list[dt.date], spec: DatasetSpec, delay_ms: int, s
     schema = pa.schema([f for f in pq.read_schema(next((raw / f"ds={days[0]}").glob("*.parquet")))])
     files: list[ArrivedFile] = []
     i = 0
-    while i < len(keyed):
+    while i < len(keyed):  # runs of one ds, so that each file's rows come after all earlier files'
         n = rng.randint(*rows_per_file)
         chunk = keyed[i:i + n]
-        i += n
-        for day in sorted({k[2] for k in chunk}):
-            part = [k[3] for k in chunk if k[2] == day]
-            table = pa.Table.from_pylist([{spec.raw_names.get(c, c): r[c] for c in names} for r in part],
-                                         schema=schema).rename_columns(list(names))
-            files.append(ArrivedFile(day, table))
+        chunk = chunk[:next((j for j, k in enumerate(chunk) if k[2] != chunk[0][2]), len(chunk))]
+        i += len(chunk)
+        part = [k[3] for k in chunk]
+        table = pa.Table.from_pylist([{spec.raw_names.get(c, c): r[c] for c in names} for r in part],
+                                     schema=schema).rename_columns(list(names))
+        files.append(ArrivedFile(chunk[0][2], table))
     batches = []
     i = 0
     while i < len(files):
