@@ -53,9 +53,9 @@ def batch_watermark(spark_checkpoint: str, batch: int) -> int:
 
 
 def crash_point(name: str, batch: int) -> None:
-    """Die here, as kill -9 would, when LONGSEQ_STREAM_CRASH_AT names this point ("staged:3",
-    "file:3", "committed:3", "hour:3", "close:3", or any batch: "close:*"; comma-separated):
-    the recovery tests' fault injection."""
+    """Die here, as kill -9 would, when LONGSEQ_STREAM_CRASH_AT names this point ("file:3"
+    after the first file of batch 3, "committed:3", "hour:3", "close:3", or any batch:
+    "close:*"; comma-separated): the recovery tests' fault injection."""
     wanted = os.environ.get("LONGSEQ_STREAM_CRASH_AT", "")
     if wanted and ({f"{name}:{batch}", f"{name}:*"} & set(wanted.split(","))):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -89,7 +89,6 @@ class StreamSink:
             staging = self.layout.staging(batch)
             shutil.rmtree(staging, ignore_errors=True)
             df.write.parquet(staging)  # the one evaluation of this micro-batch
-            crash_point("staged", batch)
             self.commit(batch, pq.read_table(staging), batch_watermark(self.spark_checkpoint, batch))
             crash_point("committed", batch)
         shutil.rmtree(self.layout.staging(batch), ignore_errors=True)  # also after a crash past the commit

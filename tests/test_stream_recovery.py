@@ -49,14 +49,12 @@ def test_killed_at_every_step_and_at_random_the_stream_ends_with_the_batch_outpu
          tmp_path / "landing")
 
     # each point once, in order; every run dies there, then the next run goes on from the checkpoint
-    for point in ["staged:1", "file:2", "committed:3", "hour:*", "close:*"]:
+    for point in ["file:1", "committed:2", "hour:*", "close:*"]:
         code = _stream(tmp_path, crash_at=point)
         assert code == -signal.SIGKILL, f"no crash at {point}: exit {code}\n" + (tmp_path / "stream.log").read_text()[-3000:]
     rng = random.Random(0)
-    for _ in range(2):  # and at times nobody chose
-        code = _stream(tmp_path, kill_after=rng.uniform(8, 20))
-        if code == 0:
-            break
+    # and at a time nobody chose
+    _stream(tmp_path, kill_after=rng.uniform(8, 20))
     assert _stream(tmp_path) == 0 or (tmp_path / "ckpt" / "_longseq" / "ended.json").exists(), \
         (tmp_path / "stream.log").read_text()[-3000:]
 
