@@ -114,9 +114,10 @@ def _land(landing: Path, n: int, day: dt.date, table: pa.Table, mtime: float | N
     return final
 
 
-def _rows(directory: Path) -> list:
+def _rows(directory: Path, drop: tuple[str, ...] = ()) -> list:
     """A directory's rows in a canonical order (the Spark engine writes other files and orders)."""
-    rows = [r for f in sorted(directory.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rows = [{k: v for k, v in r.items() if k not in drop}
+            for f in sorted(directory.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
 
 
@@ -175,8 +176,12 @@ def main(argv: list[str]) -> int:
         span = commits[-1]["committed_at"] - commits[0]["committed_at"]
         first_rows = sum(v.get("rows_read", 0) for v in commits[0]["counts"].values())
         sustained = (rows - first_rows) / span if span > 0 else float("nan")
+        # the quarantine of a day is its rows at close plus those that came after (after_close.json):
+        # all in stream/quarantine/ds=D/
         same = all(_rows(work / "stream-data" / k / f"ds={d}") == _rows(work / "batch-data" / k / f"ds={d}")
-                   for d in days for k in ("requests", "quarantine", "state"))
+                   for d in days for k in ("requests", "state")) and all(
+            _rows(work / "stream-data" / "stream" / "quarantine" / f"ds={d}", drop=("ds",))
+            == _rows(work / "batch-data" / "quarantine" / f"ds={d}") for d in days)
 
         # 3. state per user, after the last day
         states = read_arrow(f"{work}/stream-data/state/ds={days[-1]}", contracts_of(DEFAULT_SPEC).user_state).to_pylist()
@@ -222,6 +227,7 @@ def _latency(work: Path, raw: Path, days: list[dt.date], rate: float, lateness: 
     landing, data, ckpt = work / "live-landing", work / "live-data", work / "live-ckpt"
     for d in (landing, data, ckpt):
         shutil.rmtree(d, ignore_errors=True)
+    (landing / f"ds={day}").mkdir(parents=True)
     files = arrival_files(raw, [day], 10**9, delay, args.seed)  # one file per landing instant, grouped below
     events = sum(t.num_rows for _, _, t in files)
     t0_event = files[0][0]

@@ -46,7 +46,7 @@ from etl.stream_config import MODES, StreamConfig
 from etl.stream_process import StreamSettings, process, value_columns
 from etl.stream_state import EPOCH, VALUE_PREFIX, StreamState, from_user_state, pending_schema
 from schemas.contracts import contracts_of
-from schemas.errors import LongseqError
+from schemas.errors import LongseqError, MissingPrerequisiteError
 from schemas.forms import spark_type, to_arrow
 from schemas.spec import DatasetSpec
 
@@ -391,6 +391,9 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
         raise LongseqError(f"unknown stream mode {config.mode!r}: one of {', '.join(MODES)}")
     config = dataclasses.replace(config, raw=absolute(config.raw), out=absolute(config.out),
                                  checkpoint=absolute(config.checkpoint))
+    if not os.path.isdir(config.raw):
+        raise MissingPrerequisiteError(f"raw directory {config.raw} does not exist: create it (the shipper lands "
+                                       f"files in ds=YYYY-MM-DD/ under it), then start the stream")
     with output_lock(config.out, "stream", log=log):
         if config.spec is None:
             config = dataclasses.replace(config, spec=recorded_spec(LocalStorage(), config.out))

@@ -93,6 +93,7 @@ class StreamSink:
             crash_point("committed", batch)
         shutil.rmtree(self.layout.staging(batch), ignore_errors=True)  # also after a crash past the commit
         self.batches += 1
+        self.note_after_close(batch)
         hours = self.close_due_hours(batch)
         if self.publish_hours:
             for day, hour in HourPublisher(df.sparkSession, self.out, self.settings, self.log).publish_closed(hours):
@@ -185,14 +186,54 @@ class StreamSink:
         return closed
 
     def close_day(self, day: dt.date, commits: list[dict]) -> None:
+        """Build the day from what the batches so far committed for it. Its stream.json goes
+        first, naming the last of them: a crash before the report recloses the day, with the
+        batches there are by then, and rewrites it."""
         s = self.settings
         engine = StreamDayEngine(self.layout, commits)
+        extra = {"engine": "stream", "batches": [r["batch"] for r in commits if day.isoformat() in r["counts"]],
+                 "closed_through_batch": commits[-1]["batch"], "watermark": commits[-1]["watermark"],
+                 "divergent_requests": engine.count_divergent(day)}
+        _write_atomically(self._day_file(day, "stream.json"),
+                          lambda p: Path(p).write_text(json.dumps(extra, indent=1, sort_keys=True)))
         config = BuildConfig(self.raw, self.out, day, day, s.max_len, lateness_ms=s.lateness_ms, spec=s.spec)
         build(engine, config, log=self.log)
-        extra = {"engine": "stream", "batches": [r["batch"] for r in commits if day.isoformat() in r["counts"]],
-                 "divergent_requests": engine.divergent_requests, "watermark": commits[-1]["watermark"]}
-        path = f"{BuildLayout(self.out).report(day)[:-len('build.json')]}stream.json"
-        _write_atomically(path, lambda p: Path(p).write_text(json.dumps(extra, indent=1, sort_keys=True)))
+
+    def _day_file(self, day: dt.date, name: str) -> str:
+        return str(Path(BuildLayout(self.out).report(day)).with_name(name))
+
+    def note_after_close(self, batch: int) -> None:
+        """Rows of a day that arrive after it closed (an outcome logged long after its request,
+        a file landed later than the watermark delay) cannot join its build: they are
+        quarantined or counted as duplicates all the same, in stream/quarantine/ds=D/, and
+        reports/ds=D/after_close.json counts them, so that the day's report plus these equal
+        what a daily build of the day reads."""
+        commits = self.commits()
+        if not commits or commits[-1]["batch"] != batch:
+            return
+        for ds in commits[-1]["counts"]:
+            day = dt.date.fromisoformat(ds)
+            marker = Path(self._day_file(day, "stream.json"))
+            if not marker.exists() or not BuildLayout(self.out).is_built(LocalStorage(), day):
+                continue
+            closed_through = json.loads(marker.read_text())["closed_through_batch"]
+            later = [r for r in commits if r["batch"] > closed_through and ds in r["counts"]]
+            if not later:
+                continue
+            counted = Counter()
+            for r in later:
+                counted.update(r["counts"][ds])
+            files = [self.layout.part("quarantine", day, r["batch"]) for r in later]
+            files = [f for f in files if os.path.exists(f)]
+            reasons = Counter(v for f in files for v in pq.read_table(f, columns=["reason"]).column("reason").to_pylist())
+            record = {"rows_read": int(counted["rows_read"]), "duplicates": int(counted["duplicates"]),
+                      "duplicates_across_days": int(counted["duplicates_across_days"]),
+                      "quarantined": dict(sorted(reasons.items())), "batches": [r["batch"] for r in later],
+                      "files": [os.path.relpath(f, self.out) for f in files]}
+            _write_atomically(self._day_file(day, "after_close.json"),
+                              lambda p, v=record: Path(p).write_text(json.dumps(v, indent=1, sort_keys=True)))
+            self.log(f"ds={day}: {record['rows_read']:,} row(s) arrived after the day closed, quarantined or "
+                     f"duplicates; counted in {self._day_file(day, 'after_close.json')}")
 
 
 class StreamDayEngine:
@@ -207,15 +248,23 @@ class StreamDayEngine:
 
     def __init__(self, layout: StreamLayout, commits: list[dict]):
         self.layout, self.commits = layout, commits
-        self.divergent_requests = 0
 
-    def _read(self, kind: str, day: dt.date, schema: pa.Schema) -> pa.Table:
+    def count_divergent(self, day: dt.date) -> int:
+        """Requests where the stream and a daily build differ (docs/STREAMING.md): those its
+        state function counted, and request_ids with records of several users."""
+        counted = sum(r["counts"].get(day.isoformat(), {}).get("divergent_requests", 0) for r in self.commits)
+        ids = self._read("hours", day, pa.schema([("request_id", pa.string()), ("user_id", pa.int64())]),
+                         columns=["request_id", "user_id"])
+        shared = pl.from_arrow(ids).group_by("request_id").agg(pl.col("user_id").n_unique().alias("n"))
+        return int(counted) + shared.filter(pl.col("n") > 1).height
+
+    def _read(self, kind: str, day: dt.date, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
         root = Path(self.layout.day_dir(kind, day))
         files = [f for f in sorted(root.rglob("*.parquet"))
                  if not any(part.startswith((".", "_")) for part in f.relative_to(root).parts)]
         if not files:
             return schema.empty_table()
-        return pa.concat_tables(pq.read_table(f).cast(schema) for f in files)
+        return pa.concat_tables(pq.read_table(f, columns=columns).cast(schema) for f in files)
 
     def build_day(self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int,
                   temps: dict[str, str], lateness_ms: int = 0, spec: DatasetSpec = DEFAULT_SPEC) -> DayCounts:
@@ -234,8 +283,6 @@ class StreamDayEngine:
         counted = Counter()
         for r in self.commits:
             counted.update(r["counts"].get(day.isoformat(), {}))
-        self.divergent_requests = int(counted["divergent_requests"]) + int(
-            records.group_by("request_id").agg(pl.col("user_id").n_unique().alias("n")).filter(pl.col("n") > 1).height)
         by_reason = dict(Counter(quarantine["reason"].to_list()))
         lengths = records.group_by(pl.col("hist_item_id").list.len()).len().iter_rows()
         orphaned = set(quarantine["request_id"].drop_nulls().to_list()) - set(records["request_id"].to_list())

@@ -18,6 +18,7 @@ from etl.stream import StreamConfig, run_stream
 from schemas.contracts import DEFAULT_SPEC
 from sources import SAMPLE_START
 from sources.generate import PROFILES, generate
+from tests.reference_build import build_reference
 from tests.test_stream_sim import DAYS, HOUR_MS, arrivals
 
 pytestmark = pytest.mark.spark
@@ -81,6 +82,12 @@ def test_stream_once_equals_the_daily_build(spark, tmp_path):
             assert got[key] == report[key], f"{ds}: {key}"
         assert {k: v for k, v in got["quarantined"].items() if v} == {k: v for k, v in report["quarantined"].items() if v}
     assert_same_days(tmp_path / "data", batch, DAYS)
+    # and against the independent reference, not only the polars engine
+    ref = build_reference(raw, DAYS, MAX_LEN, lateness)
+    for day in DAYS:
+        got = {r["request_id"]: r for f in (tmp_path / "data" / "requests" / f"ds={day}").glob("*.parquet")
+               for r in pq.read_table(f).to_pylist()}
+        assert got == ref.records_of(day)
 
 
 def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, tmp_path):
@@ -112,3 +119,48 @@ def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, t
     build(PolarsEngine(), BuildConfig(str(raw), str(ranged), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=lateness),
           log=lambda m: None)
     assert_same_days(data, ranged, DAYS)
+
+
+def test_rows_of_a_day_that_arrive_after_it_closed_are_kept_and_counted(spark, tmp_path):
+    """An outcome logged hours after its request (late_event) and a file that landed after the
+    watermark passed it (late_arrival) reach the stream after their day closed: quarantined
+    all the same, and counted in reports/ds=D/after_close.json, so that the day's report plus
+    these equal the daily build's."""
+    from etl.stream_sim import ArrivedFile
+    from tests.test_build_semantics import D1, D2, NOON, imp, write_raw
+
+    day2 = NOON + 86_400_000
+    files = [
+        (D1, [imp("a1", "r1", 1, NOON, NOON + 1000, 10), imp("a2", "r2", 2, NOON + 5000, NOON + 6000, 11)]),
+        (D2, [imp("b1", "r3", 1, day2, day2 + 1000, 12)]),  # moves the watermark past the end of D1 + 1 h
+        (D2, [imp("b3", "r7", 3, day2 + 5000, day2 + 6000, 16)]),  # D1 closes in this micro-batch
+        (D1, [imp("late", "r4", 2, NOON, day2, 13),  # logged a day after its request: late_event
+              imp("lost", "r5", 3, NOON + 9000, NOON + 9500, 14)]),  # valid, but landed long after: late_arrival
+        (D2, [imp("b2", "r6", 2, day2 + 3 * HOUR_MS, day2 + 3 * HOUR_MS + 1000, 15)]),
+    ]
+    import pyarrow as pa
+
+    from schemas.contracts import RAW_LOG
+    from schemas.forms import to_arrow
+
+    land([[ArrivedFile(d, pa.Table.from_pylist(rows, schema=to_arrow(RAW_LOG)))] for d, rows in files],
+         tmp_path / "landing")
+    config = StreamConfig(raw=str(tmp_path / "landing"), out=str(tmp_path / "data"), checkpoint=str(tmp_path / "ckpt"),
+                          max_len=MAX_LEN, lateness_ms=HOUR_MS, watermark_delay_ms=60_000, mode="once",
+                          max_files_per_trigger=1, state_partitions=2)
+    logged: list[str] = []
+    run_stream(spark, config, log=logged.append)
+    reports = tmp_path / "data" / "reports" / f"ds={D1}"
+    report = json.loads((reports / "build.json").read_text())
+    after = json.loads((reports / "after_close.json").read_text())
+    assert (report["rows_read"], after["rows_read"]) == (2, 2)
+    assert after["quarantined"] == {"late_arrival": 1, "late_event": 1}
+    assert any("arrived after the day closed" in m for m in logged)
+    kept = [r["event_id"] for f in after["files"] for r in pq.read_table(tmp_path / "data" / f).to_pylist()]
+    assert sorted(kept) == ["late", "lost"]
+
+    for day in (D1, D2):  # the daily build reads the same rows
+        write_raw(tmp_path / "raw", day, [r for d, rows in files if d == day for r in rows])
+    batch = build(PolarsEngine(), BuildConfig(str(tmp_path / "raw"), str(tmp_path / "batch"), D1, D2, MAX_LEN,
+                                               lateness_ms=HOUR_MS), log=lambda m: None)
+    assert batch[0]["rows_read"] == report["rows_read"] + after["rows_read"]
