@@ -110,8 +110,10 @@ def dirty_raw(request, tmp_path_factory) -> tuple[DatasetSpec, Path]:
     return spec, root / "raw"
 
 
-@pytest.mark.parametrize("lateness_ms,delay_ms", [(3 * 24 * HOUR_MS, HOUR_MS), (2 * HOUR_MS, 10 * 60_000)],
-                         ids=["lateness-3d", "lateness-2h"])
+# the last: files in any order within the lateness bound, with a watermark delay as long
+@pytest.mark.parametrize("lateness_ms,delay_ms", [(3 * 24 * HOUR_MS, HOUR_MS), (2 * HOUR_MS, 10 * 60_000),
+                                                  (2 * HOUR_MS, 2 * HOUR_MS)],
+                         ids=["lateness-3d", "lateness-2h", "disorder-of-the-lateness-bound"])
 def test_the_stream_equals_the_batch_build_and_the_reference(dirty_raw, tmp_path, lateness_ms, delay_ms):
     spec, raw = dirty_raw
     reports = _polars(raw, tmp_path / "batch", lateness_ms, spec)
