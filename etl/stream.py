@@ -43,8 +43,10 @@ from dataset.storage import LocalStorage, absolute
 from etl.feature_values import spark_value_ops
 from etl.row_rules import reason_expr, spark_ops
 from etl.stream_config import MODES, StreamConfig
-from etl.stream_process import StreamSettings, process, value_columns
-from etl.stream_state import EPOCH, VALUE_PREFIX, StreamState, from_user_state, pending_schema
+from etl.stream_process import FAR_MS, StreamSettings, process, value_columns
+from etl.stream_state import (
+    EPOCH, VALUE_PREFIX, StreamState, from_user_state, ipc_bytes, pending_schema, read_ipc, value_names,
+)
 from schemas.contracts import contracts_of
 from schemas.errors import LongseqError, MissingPrerequisiteError
 from schemas.forms import spark_type, to_arrow
@@ -53,7 +55,6 @@ from schemas.spec import DatasetSpec
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
-FAR_MS = 253_402_300_799_000  # 9999-12-31: the flush marker's event time
 FLUSH_KEY = 0  # user ids are > 0 (nonpositive_id); invalid rows use -1 .. -INVALID_KEYS
 INVALID_KEYS = 8
 BAD_ROW = "_bad_row"
@@ -66,17 +67,6 @@ STATE_SCHEMA = "version int, blob binary"
 
 
 # ---------------------------------------------------------------- the state function (runs in the executors)
-
-
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def read_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(data).read_all()
 
 
 def state_function(settings: StreamSettings) -> Callable:
@@ -113,7 +103,7 @@ def state_function(settings: StreamSettings) -> Callable:
             table = pa.Table.from_pylist(bad, schema=quarantine)
             for d in sorted(rows_read):
                 part = table.filter(pa.compute.equal(table.column("ds"), d)).drop_columns(["ds"])
-                result.append(out("quarantine", int(d), -1, part.num_rows, _ipc(part), None))
+                result.append(out("quarantine", int(d), -1, part.num_rows, ipc_bytes(part), None))
         else:
             old = StreamState.decode(state.get[1], spec) if state.exists else None
             if len(starts):
@@ -163,15 +153,15 @@ def _call_rows(call: Any, out: Callable, records: pa.Schema, quarantine: pa.Sche
         hour = (rec["request_ts"] // 3_600_000) % 24
         by_hour.setdefault((rec["ds"], hour), []).append(rec)
     for (d, hour), recs in sorted(by_hour.items()):
-        rows.append(out("record", d, hour, len(recs), _ipc(pa.Table.from_pylist(recs, schema=records)), None))
+        rows.append(out("record", d, hour, len(recs), ipc_bytes(pa.Table.from_pylist(recs, schema=records)), None))
     by_day: dict[int, list[dict]] = {}
     for q in call.quarantine:
         by_day.setdefault(q["ds"], []).append(q)
     for d, qs in sorted(by_day.items()):
         table = pa.Table.from_pylist(qs, schema=quarantine).drop_columns(["ds"])
-        rows.append(out("quarantine", d, -1, len(qs), _ipc(table), None))
+        rows.append(out("quarantine", d, -1, len(qs), ipc_bytes(table), None))
     for d, snapshot in call.snapshots:
-        rows.append(out("snapshot", d, -1, 1, _ipc(pa.Table.from_pylist([snapshot], schema=user_state)), None))
+        rows.append(out("snapshot", d, -1, 1, ipc_bytes(pa.Table.from_pylist([snapshot], schema=user_state)), None))
     for d, counts in sorted(call.counts.items()):
         if any(counts.values()):
             rows.append(out("count", d, -1, 0, None, dict(counts)))
@@ -245,15 +235,9 @@ def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -
     # a row that broke a rule may hold nulls anywhere: it crosses as JSON, which keeps int64 exact
     bad_row = F.when(~valid & ~F.col("_flush") & ~init, F.to_json(F.struct(*[F.col(n) for n in c.raw_log.names])))
     raw_columns = [F.col(n).cast("string").alias(n) if n in exact_as_text(spec) else F.col(n) for n in c.raw_log.names]
-    return rows.select(*raw_columns, "ds", *[VALUE_PREFIX + n for n in _value_names(spec)], "reason", "_key",
+    return rows.select(*raw_columns, "ds", *[VALUE_PREFIX + n for n in value_names(spec)], "reason", "_key",
                        bad_row.alias(BAD_ROW), INIT,
                        F.timestamp_millis(F.lit(FAR_MS)).alias("_wm", metadata={"spark.watermarkDelayMs": delay}))
-
-
-def _value_names(spec: DatasetSpec) -> list[str]:
-    from etl.stream_state import value_names
-
-    return list(value_names(spec))
 
 
 def stream_query(spark: "SparkSession", config: StreamConfig, control_dir: str) -> "DataFrame":
@@ -352,7 +336,7 @@ def _write_start_states(config: StreamConfig, day: dt.date, control: Path) -> in
     part = control / f"ds={day.isoformat()}"
     part.mkdir(parents=True, exist_ok=True)
     users = states.column("user_id")
-    blobs = [_ipc(states.slice(i, 1)) for i in range(states.num_rows)]
+    blobs = [ipc_bytes(states.slice(i, 1)) for i in range(states.num_rows)]
     # zeros, not nulls: a control row reaches the state function in its user's frame, and a
     # null would make pandas hold that user's int64 columns as float64
     columns = {f.name: pa.array([0] * states.num_rows).cast(f.type) if pa.types.is_integer(f.type)

@@ -53,6 +53,7 @@ from schemas.contracts import (
 )
 from schemas.spec import DatasetSpec
 
+FAR_MS = 253_402_300_799_000  # 9999-12-31: the flush marker's event time, past every deadline
 # Counters a call adds to, per ds (the quarantined rows are counted from the rows themselves).
 COUNTERS = ("duplicates", "duplicates_across_days", "divergent_requests")
 

@@ -33,11 +33,9 @@ import pyarrow as pa
 
 from etl.feature_values import polars_value_ops
 from etl.row_rules import polars_ops, reason_expr
-from etl.stream_process import COUNTERS, CallResult, StreamSettings, process, value_columns
+from etl.stream_process import COUNTERS, FAR_MS, CallResult, StreamSettings, process, value_columns
 from etl.stream_state import EPOCH, VALUE_PREFIX, StreamState, day_number, from_user_state, pending_schema
 from schemas.contracts import DAY_MS, contracts_of
-
-FAR_MS = 253_402_300_799_000  # 9999-12-31: the flush marker's event time
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from etl.polars_build import sorted_quarantine, write_part
 from etl.row_rules import LATE_ARRIVAL, reasons_for
 from etl.stream_hours import HourPublisher, close_hour, due_hours
 from etl.stream_process import StreamSettings
-from etl.stream_state import EPOCH
+from etl.stream_state import EPOCH, read_ipc
 from schemas.contracts import DAY_MS, DEFAULT_SPEC, contracts_of, day_start_ms
 from schemas.forms import to_arrow
 from schemas.spec import DatasetSpec
@@ -69,7 +69,7 @@ def _write_atomically(path: str, write: Callable[[str], None]) -> None:
 
 
 def _decode(payloads: list[bytes]) -> pa.Table:
-    return pa.concat_tables(pa.ipc.open_stream(p).read_all() for p in payloads)
+    return pa.concat_tables(read_ipc(p) for p in payloads)
 
 
 class StreamSink:

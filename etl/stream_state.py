@@ -103,11 +103,7 @@ class StreamState:
         meta = {"version": str(FORMAT_VERSION), "truncated_at": str(self.truncated_at),
                 "last_snapshot": str(self.last_snapshot), "active": str(int(self.active)),
                 "dirty": ",".join(map(str, self.dirty))}
-        batch = pa.RecordBatch.from_pydict(columns).replace_schema_metadata(meta)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        return sink.getvalue().to_pybytes()
+        return ipc_bytes(pa.table(columns).replace_schema_metadata(meta))
 
     @staticmethod
     def decode(data: bytes, spec: DatasetSpec) -> "StreamState":
@@ -121,6 +117,18 @@ class StreamState:
         return StreamState(**tables, truncated_at=int(meta["truncated_at"]),
                            last_snapshot=int(meta["last_snapshot"]), active=meta["active"] == "1",
                            dirty=tuple(int(d) for d in meta["dirty"].split(",") if d))
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as one Arrow IPC stream: how the stream's states and payloads travel."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def read_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
 
 
 def _as_list(table: pa.Table) -> pa.Array:
