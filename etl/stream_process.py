@@ -132,6 +132,19 @@ class _Work:
     active: bool
     dirty: set[int]
     new_events: list[dict] = field(default_factory=list)  # kept this call, not yet merged into hist
+    by_id: dict[str, list[dict]] = field(default_factory=dict)  # window entries by event_id (built in of())
+
+    def __post_init__(self) -> None:
+        self.index_window()
+
+    def index_window(self) -> None:
+        self.by_id = {}
+        for w in self.window:
+            self.by_id.setdefault(w["event_id"], []).append(w)
+
+    def add_to_window(self, entry: dict) -> None:
+        self.window.append(entry)
+        self.by_id.setdefault(entry["event_id"], []).append(entry)
 
     @staticmethod
     def of(s: StreamState, spec: DatasetSpec) -> "_Work":
@@ -176,6 +189,7 @@ class _Work:
         # notes of days no row can come from any more go
         self.window = [w for w in self.window
                        if (w["event_ts"] >= since if not w["counted_across"] else w["ds"] >= first_day)]
+        self.index_window()
         self.emitted = {k: e for k, e in self.emitted.items() if e["ds"] >= first_day}
 
     def to_state(self, spec: DatasetSpec) -> StreamState:
@@ -201,8 +215,8 @@ def _kept_copy(row: dict, work: _Work, lateness: int) -> tuple[bool, bool]:
     d, eid = row["ds"], row["event_id"]
     since = d * DAY_MS - lateness
     same = across = False
-    for w in work.window:
-        if w["event_id"] != eid or w["counted_across"]:
+    for w in work.by_id.get(eid, ()):
+        if w["counted_across"]:
             continue
         if w["ds"] == d:
             same = True
@@ -217,10 +231,10 @@ def _count_duplicate(row: dict, across: bool, work: _Work, out: CallResult) -> N
     d = row["ds"]
     out.counts[d]["duplicates"] += 1
     if across:
-        noted = any(w["counted_across"] and w["event_id"] == row["event_id"] and w["ds"] == d for w in work.window)
+        noted = any(w["counted_across"] and w["ds"] == d for w in work.by_id.get(row["event_id"], ()))
         if not noted:
             out.counts[d]["duplicates_across_days"] += 1
-            work.window.append({"event_id": row["event_id"], "event_ts": row["event_ts"], "ds": d,
+            work.add_to_window({"event_id": row["event_id"], "event_ts": row["event_ts"], "ds": d,
                                 "counted_across": True})
 
 
@@ -283,7 +297,7 @@ def _decide_due(user_id: int, wm: int, work: _Work, out: CallResult, settings: S
             out.records.append(_record(user_id, key, min_ts, kept, work, settings))
             for r in kept:
                 work.new_events.append(_event(r, spec))
-                work.window.append({"event_id": r["event_id"], "event_ts": r["event_ts"], "ds": r["ds"],
+                work.add_to_window({"event_id": r["event_id"], "event_ts": r["event_ts"], "ds": r["ds"],
                                     "counted_across": False})
                 work.dirty.add(r["ds"])
         work.emitted[key] = {"ds": key[0], "request_id": key[1], "min_request_ts": min_ts, "record": bool(kept),

@@ -83,6 +83,7 @@ class StreamSink:
         self.log = log
         self.publish_hours = publish_hours
         self.batches = 0
+        self._commits: list[dict] | None = None
 
     def __call__(self, df: Any, batch: int) -> None:
         if not os.path.exists(self.layout.commit(batch)):
@@ -139,15 +140,19 @@ class StreamSink:
             "state_bytes": {"users": len(state_bytes), "total": sum(state_bytes), "max": max(state_bytes, default=0)},
         }
         _write_atomically(self.layout.commit(batch), lambda p: Path(p).write_text(json.dumps(record, indent=1)))
+        if self._commits is not None:
+            self._commits.append(record)
 
     # ------------------------------------------------------------ days
 
     def commits(self) -> list[dict]:
-        directory = Path(self.layout.root, "commits")
-        if not directory.exists():
-            return []
-        found = [json.loads(p.read_text()) for p in directory.glob("*.json")]
-        return sorted(found, key=lambda r: r["batch"])
+        """Every commit record, in batch order: read from disk once per run (a restart finds
+        those of earlier runs there), then kept as this sink commits more."""
+        if self._commits is None:
+            directory = Path(self.layout.root, "commits")
+            found = [json.loads(p.read_text()) for p in directory.glob("*.json")] if directory.exists() else []
+            self._commits = sorted(found, key=lambda r: r["batch"])
+        return self._commits
 
     def _seen_days(self, commits: list[dict]) -> list[dt.date]:
         return sorted({dt.date.fromisoformat(d) for r in commits for d, v in r["counts"].items() if v.get("rows_read")})
