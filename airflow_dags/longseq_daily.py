@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from cli.daily import (
+from longseq.cli.daily import (
     DailySettings, build_command, publish_command, raw_partition_ready, train_command, validate_command,
 )
 

@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from etl.build import BuildConfig, build
-from etl.spark_build import SparkEngine
-from etl.spark_session import SparkConfig, spark_session
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.spark_build import SparkEngine
+from longseq.etl.spark_session import SparkConfig, spark_session
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 START = SAMPLE_START
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from bench import BENCHMARKS
-from cli.arguments import Command
+from longseq.bench import BENCHMARKS
+from longseq.cli.arguments import Command
 
 
 def bench_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,9 +21,9 @@ import argparse
 import statistics
 from pathlib import Path
 
-from bench.long_history import CANDIDATES, LONG, add_arguments, names, open_sample, run_name
-from bench.quality import Results, _config, _mean_auc, run
-from features.lengths import LengthSampler
+from longseq.bench.long_history import CANDIDATES, LONG, add_arguments, names, open_sample, run_name
+from longseq.bench.quality import Results, _config, _mean_auc, run
+from longseq.features.lengths import LengthSampler
 
 BASE = 2_000  # the fixed length the gain is measured from: about the default sampler's mean
 # name -> LengthSampler fields (the defaults: Beta(0.1, 0.45) on [256, 10k], mean about 2k)
@@ -41,8 +41,8 @@ def history_work(data: Path, span, cfg) -> dict[str, int]:
     seed, same length sampler): history events (the jagged work: embeddings, K/V projections)
     and padded keys (each batch's requests times its longest history: what attention padded to
     the batch computes). Counts, unlike seconds on a shared machine, are the same on every run."""
-    from trainer.reader import open_published
-    from trainer.train import reader_config
+    from longseq.trainer.reader import open_published
+    from longseq.trainer.train import reader_config
 
     events = padded = 0
     for batch in open_published(str(data), *span, reader_config(cfg)).batches(0):

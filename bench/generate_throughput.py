@@ -19,8 +19,8 @@ from pathlib import Path
 _CHILD = """
 import datetime as dt, json, resource, sys, time
 from pathlib import Path
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 p = PROFILES[sys.argv[1]]
 t = time.perf_counter()
 r = generate(Path(sys.argv[2]), p, int(sys.argv[3]), SAMPLE_START)

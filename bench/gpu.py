@@ -36,8 +36,8 @@ WARMUP = 3  # untimed steps per setting
 
 def prepare(out: Path, work: Path) -> None:
     """Copy the quick quality sample's last two published days (built here) to `out`."""
-    from bench.long_history import open_sample
-    from dataset.layout import day_range
+    from longseq.bench.long_history import open_sample
+    from longseq.dataset.layout import day_range
 
     _, _, data, windows, _ = open_sample(True, work)
     days = day_range(windows.valid[0], windows.test[1])
@@ -60,8 +60,8 @@ def useful_flops(model_cfg, hist_lengths: list[int], tgt_lengths: list[int]) -> 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainer.batch import random_batch
-    from trainer.model import RankingModel, loss_fn
+    from longseq.trainer.batch import random_batch
+    from longseq.trainer.model import RankingModel, loss_fn
 
     with torch.device("meta"):
         model = RankingModel(dataclasses.replace(model_cfg, item_buckets=64, author_buckets=64))
@@ -78,8 +78,8 @@ def useful_flops(model_cfg, hist_lengths: list[int], tgt_lengths: list[int]) -> 
 def _run(cfg, device):
     """A fresh training run's state on `device`, as `longseq train` opens it, in a scratch
     directory (trainer.train's own step is what gets timed)."""
-    from trainer.distributed import Context
-    from trainer.train import _open_run
+    from longseq.trainer.distributed import Context
+    from longseq.trainer.train import _open_run
 
     return _open_run(Path(tempfile.mkdtemp(prefix="bench-gpu-")), cfg, Context(0, 1, device), 10**6,
                      log=lambda m: None)
@@ -100,8 +100,8 @@ def _sync(device) -> None:
 
 def step_seconds(cfg, batches: list, device, steps: int) -> float:
     """Median seconds of trainer.train.train_step over `batches` (cycled), after WARMUP steps."""
-    from trainer.batch import device_batches
-    from trainer.train import train_step
+    from longseq.trainer.batch import device_batches
+    from longseq.trainer.train import train_step
 
     run = _run(cfg, device)
     autocast = _autocast(device)
@@ -122,8 +122,8 @@ def _ushaped_batch(seed: int, requests: int, targets: int = 10):
     import numpy as np
     import torch
 
-    from features.lengths import LengthSampler
-    from trainer.batch import random_batch
+    from longseq.features.lengths import LengthSampler
+    from longseq.trainer.batch import random_batch
 
     lengths = LengthSampler().sample(np.random.default_rng(seed), requests).tolist()
     batch = random_batch(lengths, [targets] * requests, seed=seed)
@@ -133,8 +133,8 @@ def _ushaped_batch(seed: int, requests: int, targets: int = 10):
 def measure_training(device, preset: str, requests: int, steps: int, compile_too: bool, lines: list[str]) -> None:
     import torch
 
-    from trainer.model_config import EMBEDDING_MATCH, EXTENSIONS, PRESETS
-    from trainer.train import TrainConfig
+    from longseq.trainer.model_config import EMBEDDING_MATCH, EXTENSIONS, PRESETS
+    from longseq.trainer.train import TrainConfig
 
     batches = [_ushaped_batch(s, requests) for s in range(2)]
     flops = statistics.mean(useful_flops(PRESETS[preset], b.history.lengths().tolist(), b.targets.lengths().tolist())
@@ -175,8 +175,8 @@ def measure_training(device, preset: str, requests: int, steps: int, compile_too
 def measure_reader(data: str, start, end, device, steps: int, lines: list[str]) -> None:
     """Requests/s the reader supplies (a full pass, on the host) and a training step
     consumes at preset small (the same batches, already read)."""
-    from trainer.reader import open_published
-    from trainer.train import TrainConfig, reader_config
+    from longseq.trainer.reader import open_published
+    from longseq.trainer.train import TrainConfig, reader_config
 
     cfg = TrainConfig(preset="small", batch_size=128, lr=1e-3)
     t = time.perf_counter()
@@ -193,9 +193,9 @@ def measure_reader(data: str, start, end, device, steps: int, lines: list[str]) 
 def measure_scoring(device, preset: str, lines: list[str]) -> None:
     import torch
 
-    from trainer.batch import random_batch
-    from trainer.model import RankingModel
-    from trainer.model_config import PRESETS
+    from longseq.trainer.batch import random_batch
+    from longseq.trainer.model import RankingModel
+    from longseq.trainer.model_config import PRESETS
 
     with device:
         model = RankingModel(PRESETS[preset]).eval()
@@ -231,8 +231,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, for the resume check
     import torch
 
-    from dataset.published import published_days
-    from schemas.errors import LongseqError
+    from longseq.dataset.published import published_days
+    from longseq.schemas.errors import LongseqError
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -247,7 +247,7 @@ def main(argv: list[str]) -> int:
              f"{name}, torch {torch.__version__}, data {data} ({start}..{end})", ""]
     failed = 0
     if "checks" not in skip:
-        from bench.gpu_checks import with_data
+        from longseq.bench.gpu_checks import with_data
 
         lines += ["| check | result |", "|---|---|"]
         with tempfile.TemporaryDirectory() as scratch:

@@ -21,9 +21,9 @@ ARCHS_CHECKED = (("stca", {}), ("stca", {"match_prior": 1.0, "match_by": "embedd
 def forward_matches_cpu() -> str:
     """The CUDA forward pass equals the CPU one: within fp32 tolerance in fp32, and within
     bf16's (8 bits of mantissa) under bf16 autocast."""
-    from trainer.batch import random_batch
-    from trainer.model import RankingModel
-    from trainer.model_config import PRESETS
+    from longseq.trainer.batch import random_batch
+    from longseq.trainer.model import RankingModel
+    from longseq.trainer.model_config import PRESETS
 
     batch = random_batch([50, 0, 300, 7], [3, 2, 4, 1], seed=0)
     worst = {"fp32": 0.0, "bf16": 0.0}
@@ -46,9 +46,9 @@ def forward_matches_cpu() -> str:
 
 def compiled_matches_eager() -> str:
     """torch.compile (dynamic shapes) gives the eager logits on batches of different shapes."""
-    from trainer.batch import random_batch
-    from trainer.model import RankingModel
-    from trainer.model_config import PRESETS
+    from longseq.trainer.batch import random_batch
+    from longseq.trainer.model import RankingModel
+    from longseq.trainer.model_config import PRESETS
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -67,9 +67,9 @@ def compiled_matches_eager() -> str:
 def flex_matches_padded() -> str:
     """The flex kernel's logits and gradients equal the padded kernel's on CUDA (fp32), with
     and without the id-match prior (its score_mod)."""
-    from trainer.batch import random_batch
-    from trainer.model import RankingModel, loss_fn
-    from trainer.model_config import PRESETS
+    from longseq.trainer.batch import random_batch
+    from longseq.trainer.model import RankingModel, loss_fn
+    from longseq.trainer.model_config import PRESETS
 
     batch = random_batch([0, 30, 700, 5, 260], [2, 1, 4, 3, 5], seed=1).to("cuda")
     worst = 0.0
@@ -92,7 +92,7 @@ def flex_matches_padded() -> str:
 
 
 def _config(**kw):
-    from trainer.train import TrainConfig
+    from longseq.trainer.train import TrainConfig
 
     base = dict(preset="small", epochs=1, batch_size=32, max_steps=40, warmup_steps=5, lr=3e-3, log_every=5,
                 checkpoint_every=10**9, length={"min_len": 64, "max_len": 2_000}, device="cuda")
@@ -101,7 +101,7 @@ def _config(**kw):
 
 def bf16_training_lowers_loss(data: str, start, end, work: Path) -> str:
     """40 steps of bf16 training lower the logged loss."""
-    from trainer.train import train
+    from longseq.trainer.train import train
 
     train(data, start, end, work / "bf16", _config(), log=lambda m: None)
     rows = list(csv.DictReader(open(work / "bf16" / "train_log.csv")))
@@ -112,7 +112,7 @@ def bf16_training_lowers_loss(data: str, start, end, work: Path) -> str:
 
 def resume_is_exact(data: str, start, end, work: Path) -> str:
     """A run killed after 7 steps and resumed ends with the weights of an uninterrupted run."""
-    from trainer.train import train
+    from longseq.trainer.train import train
 
     cfg = _config(max_steps=12, checkpoint_every=4)
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -129,8 +129,8 @@ def resume_is_exact(data: str, start, end, work: Path) -> str:
 
 def evaluate_and_score_run(data: str, start, end, work: Path) -> str:
     """evaluate and score on CUDA; their AUCs equal the CPU's within bf16 noise."""
-    from trainer.evaluate import evaluate, score
-    from trainer.train import train
+    from longseq.trainer.evaluate import evaluate, score
+    from longseq.trainer.train import train
 
     train(data, start, end, work / "scored", _config(max_steps=10), log=lambda m: None)
     on_gpu = evaluate(work / "scored", data, start, end, max_len=2_000, device="cuda", log=lambda m: None, bootstrap=0)

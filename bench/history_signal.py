@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset.raw import read_raw_partition
-from sources import SAMPLE_START
-from sources.generate import PROFILES, build_catalogue, generate
+from longseq.dataset.raw import read_raw_partition
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, build_catalogue, generate
 
 START = SAMPLE_START
 COLUMNS = ["user_id", "event_id", "author_id", "item_id", "request_ts", "event_ts", "finish"]

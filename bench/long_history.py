@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality import Results, _config, _mean_auc, prepare_generated, run
-from bench.quality_plan import PLANS, Plan, Windows
-from schemas.contracts import TASKS
-from trainer.model_config import EMBEDDING_MATCH
+from longseq.bench.quality import Results, _config, _mean_auc, prepare_generated, run
+from longseq.bench.quality_plan import PLANS, Plan, Windows
+from longseq.schemas.contracts import TASKS
+from longseq.trainer.model_config import EMBEDDING_MATCH
 
 SHORT, LONG = 1_000, 10_000
 # name -> model overrides of the paper's STCA; docs/TRAINER.md says what each is
@@ -42,7 +42,7 @@ CANDIDATES: dict[str, dict] = {
 
 def niche_items(plan: Plan) -> np.ndarray:
     """The item ids of the generated sample's niche topics, sorted."""
-    from sources.generate import PROFILES, build_catalogue
+    from longseq.sources.generate import PROFILES, build_catalogue
 
     profile = PROFILES["default"].with_sizes(plan.users, plan.days)
     catalogue = build_catalogue(profile, seed=0)  # prepare_generated's seed
@@ -51,8 +51,8 @@ def niche_items(plan: Plan) -> np.ndarray:
 
 def split_auc(run_dir: Path, data: Path, span, L: int, niche: np.ndarray) -> dict[str, float]:
     """Mean AUC over tasks of the run's test scores: all targets, niche-topic ones, main-topic ones."""
-    from trainer.evaluate import load_model, scored_batches
-    from trainer.metrics import weighted_auc
+    from longseq.trainer.evaluate import load_model, scored_batches
+    from longseq.trainer.metrics import weighted_auc
 
     model, _, _ = load_model(run_dir)
     labels, logits, is_niche = [], [], []

@@ -27,8 +27,8 @@ def _model(preset: str, arch: str, device: str, **overrides):
 
     import torch
 
-    from trainer.model import RankingModel
-    from trainer.model_config import PRESETS
+    from longseq.trainer.model import RankingModel
+    from longseq.trainer.model_config import PRESETS
 
     torch.manual_seed(0)
     return RankingModel(dataclasses.replace(PRESETS[preset], arch=arch, **overrides)).to(device)
@@ -37,7 +37,7 @@ def _model(preset: str, arch: str, device: str, **overrides):
 def _step_seconds(model, batch, repeat: int, train: bool, device: str) -> float:
     import torch
 
-    from trainer.model import loss_fn
+    from longseq.trainer.model import loss_fn
 
     batch = batch.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
@@ -63,8 +63,8 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     """One measurement in this process."""
     import torch
 
-    from features.lengths import LengthSampler
-    from trainer.batch import pointwise, random_batch
+    from longseq.features.lengths import LengthSampler
+    from longseq.trainer.batch import pointwise, random_batch
 
     torch.set_num_threads(args.threads)
     out: dict = {}
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
         return 0
 
     def measure(kind: str) -> dict:
-        cmd = [sys.executable, "-m", "bench.model_throughput", "--one", kind, *argv]
+        cmd = [sys.executable, "-m", "longseq.bench.model_throughput", "--one", kind, *argv]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}

@@ -29,14 +29,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.quality_plan import (
+from longseq.bench.quality_plan import (
     LR, ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, ablation, chosen_lr, lr_name, matched_model,
     next_lr, validation_aucs,
 )
-from cli.arguments import add_device
-from schemas.contracts import TASKS
-from schemas.errors import LongseqError
-from trainer.model_config import PRESETS
+from longseq.cli.arguments import add_device
+from longseq.schemas.contracts import TASKS
+from longseq.schemas.errors import LongseqError
+from longseq.trainer.model_config import PRESETS
 
 
 @dataclass
@@ -53,8 +53,8 @@ class Results:
 
 
 def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
-    from cli.pipeline import prepare_generated as prepare
-    from sources.generate import PROFILES
+    from longseq.cli.pipeline import prepare_generated as prepare
+    from longseq.sources.generate import PROFILES
 
     sample = prepare(work / "gen", PROFILES["default"].with_sizes(plan.users, plan.days), seed=0, start=START, reuse=True,
                      override_reason="quality benchmark: generated data")
@@ -62,8 +62,8 @@ def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
 
 
 def prepare_movielens(work: Path, ratings: Path, days: int = 30) -> tuple[Path, dt.date]:
-    from cli.pipeline import prepare_movielens as prepare
-    from sources.movielens import MovieLensMapping
+    from longseq.cli.pipeline import prepare_movielens as prepare
+    from longseq.sources.movielens import MovieLensMapping
 
     sample = prepare(work / "ml", ratings, MovieLensMapping(days=days, start=START), reuse=True,
                      override_reason="quality benchmark: MovieLens")
@@ -75,7 +75,7 @@ def run(results: Results, name: str, data: Path, windows: Windows, cfg, serve: t
     """Train one setting on the training window, evaluate it on the validation and test
     windows at each serving length; cached by name and settings (a cached result whose
     training settings differ, e.g. after a default changed, is redone)."""
-    from trainer.train import train
+    from longseq.trainer.train import train
 
     cached = results.runs.get(name)
     if cached is not None and cfg.same_settings(cached.get("config", "")):
@@ -114,7 +114,7 @@ def _trained_seconds(run_dir: Path, cfg) -> float | None:
 def _evaluate(run_dir: Path, data: Path, span: tuple[dt.date, dt.date], serve: tuple[int | None, ...],
               device: str) -> dict:
     """{str(L): tasks, mean history and 95% AUC intervals} over the days of span."""
-    from trainer.evaluate import evaluate
+    from longseq.trainer.evaluate import evaluate
 
     out = {}
     for L in serve:
@@ -128,7 +128,7 @@ def _mean_auc(entry: dict) -> float:
 
 
 def _config(plan: Plan, seed: int, **kw):
-    from trainer.train import TrainConfig
+    from longseq.trainer.train import TrainConfig
 
     base = dict(preset=plan.preset, epochs=1, batch_size=plan.batch, max_steps=plan.steps, seed=seed, warmup_steps=10,
                 checkpoint_every=10**9, log_every=10**9, lr=LR, device=plan.device)
@@ -162,7 +162,7 @@ def _learning_rate_runs(results: Results, plan: Plan, data: Path, windows: Windo
     the best is at an end (quality_plan.next_lr); returns the lr with the best validation mean
     AUC, which then trains every seed of that arch's rows. A run that diverges is kept in the
     results as such and never chosen."""
-    from trainer.train import TrainingDiverged
+    from longseq.trainer.train import TrainingDiverged
 
     tried = list(plan.lrs)
     todo = list(plan.lrs)
@@ -250,7 +250,7 @@ def main(argv: list[str]) -> int:
                            "(MovieLens latest-small, https://grouplens.org/datasets/movielens/) or --skip-movielens")
     import torch
 
-    from trainer.distributed import resolve_device
+    from longseq.trainer.distributed import resolve_device
 
     torch.set_num_threads(2)
     plan = PLANS["quick" if args.quick else "full"]
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
         section(results, plan, data, windows, work)
     if not args.skip_movielens:
         _movielens_runs(results, plan, args.movielens, work)
-    from bench.quality_report import write_report
+    from longseq.bench.quality_report import write_report
 
     ml_windows = plan.ml_windows_ending(START + dt.timedelta(days=plan.ml_days - 1)).describe()
     write_report(results.runs, plan, mode, args.report, " ".join(["longseq bench quality", *argv]),

@@ -12,9 +12,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.contracts import TASKS
-from sources import SAMPLE_START
-from trainer.model_config import EMBEDDING_MATCH, EXTENSIONS
+from longseq.schemas.contracts import TASKS
+from longseq.sources import SAMPLE_START
+from longseq.trainer.model_config import EMBEDDING_MATCH, EXTENSIONS
 
 START = SAMPLE_START
 LR = 3e-3  # every run's learning rate, unless the baseline comparison chose another for its arch
@@ -107,7 +107,7 @@ def chosen_lr(runs: dict, plan: "Plan", prefix: str, suffix: str, L: int | None)
 
 def ablation(slug: str, preset: str) -> dict:
     """The model overrides of ABLATIONS[slug] for a preset."""
-    from trainer.model_config import PRESETS
+    from longseq.trainer.model_config import PRESETS
 
     overrides = dict(ABLATIONS[slug][1])
     if overrides.get("heads") == ONE_HEAD:
@@ -165,8 +165,8 @@ PLANS = {
 @functools.lru_cache(maxsize=None)  # the report and the plan ask for the same counts many times
 def dense_parameters(preset: str, arch: str, ffn_mult: int | None = None) -> int:
     """Parameters outside the embedding tables (which every arch shares) of a preset's model."""
-    from trainer.model import RankingModel, num_parameters
-    from trainer.model_config import PRESETS
+    from longseq.trainer.model import RankingModel, num_parameters
+    from longseq.trainer.model_config import PRESETS
 
     base = PRESETS[preset]
     cfg = dataclasses.replace(base, arch=arch, ffn_mult=ffn_mult or base.ffn_mult)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from bench.quality_plan import (
+from longseq.bench.quality_plan import (
     ABLATIONS, LR_LADDER, ML_ARCHS, Plan, chosen_lr, dense_parameters, lr_name, matched_ffn_mult,
 )
-from schemas.contracts import TASKS
-from trainer.model_config import EXTENSIONS, PRESETS
+from longseq.schemas.contracts import TASKS
+from longseq.trainer.model_config import EXTENSIONS, PRESETS
 
 VARIANT_LABELS = {"stca": "STCA (the paper's)",
                   "stca+ext": "STCA + extensions (" + ", ".join(f"{k}={v}" for k, v in EXTENSIONS.items()) + ")"}

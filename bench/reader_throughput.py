@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from sources import SAMPLE_START
+from longseq.sources import SAMPLE_START
 
 PROFILE = "bench-1m"
 START = SAMPLE_START
@@ -63,8 +63,8 @@ DESCRIPTIONS = {
 
 def prepare(work: Path, log=print) -> dict[int, Path]:
     """Generate, build and publish the benchmark data unless it is there already."""
-    from cli.pipeline import build_and_publish, is_published
-    from sources.generate import PROFILES, generate
+    from longseq.cli.pipeline import build_and_publish, is_published
+    from longseq.sources.generate import PROFILES, generate
 
     profile = PROFILES[PROFILE]
     end = START + dt.timedelta(days=profile.days - 1)
@@ -88,9 +88,9 @@ def _floor(urls: list[str]) -> tuple[int, int]:
     import pyarrow.parquet as pq
     import torch
 
-    from dataset.storage import local_path
-    from schemas.contracts import REQUEST_RECORD
-    from trainer.chunks import arrow_values
+    from longseq.dataset.storage import local_path
+    from longseq.schemas.contracts import REQUEST_RECORD
+    from longseq.trainer.chunks import arrow_values
 
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
@@ -111,9 +111,9 @@ def _floor(urls: list[str]) -> tuple[int, int]:
 
 def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
     """One setting over the days, in this process."""
-    from dataset.published import published_files, verify_published
-    from features.lengths import LengthSampler
-    from trainer.reader import ReaderConfig, open_reader
+    from longseq.dataset.published import published_files, verify_published
+    from longseq.features.lengths import LengthSampler
+    from longseq.trainer.reader import ReaderConfig, open_reader
 
     urls = [f.url for f in published_files(str(data), start, end)]
     engine, overrides = SETTINGS[setting]
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one setting, JSON out
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    from sources.generate import PROFILES
+    from longseq.sources.generate import PROFILES
 
     end = START + dt.timedelta(days=PROFILES[PROFILE].days - 1)
     start = end - dt.timedelta(days=args.days - 1)
@@ -167,7 +167,7 @@ def main(argv: list[str]) -> int:
     for _ in range(args.repeat):
         for max_len, out in outs.items():
             for setting in settings:
-                cmd = [sys.executable, "-m", "bench.reader_throughput", "--one", setting, "--data", str(out),
+                cmd = [sys.executable, "-m", "longseq.bench.reader_throughput", "--one", setting, "--data", str(out),
                        "--days", str(args.days)]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:

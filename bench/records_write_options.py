@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from etl.spark_session import SparkConfig, spark_session
+from longseq.etl.spark_session import SparkConfig, spark_session
 
 OPTION_SETS = {
     "default (dictionary, zstd)": {},

@@ -19,13 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from etl.build import BuildConfig, build
-from etl.spark_build import SparkEngine
-from etl.spark_session import SparkConfig, spark_session
-from schemas.contracts import REQUEST_RECORD
-from schemas.types import ListOf
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.spark_build import SparkEngine
+from longseq.etl.spark_session import SparkConfig, spark_session
+from longseq.schemas.contracts import REQUEST_RECORD
+from longseq.schemas.types import ListOf
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 START = SAMPLE_START
 

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from sources import SAMPLE_START
+from longseq.sources import SAMPLE_START
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "8bce74c"  # main before the dataset spec (issue 18)
@@ -43,10 +43,10 @@ WORKLOADS = ("build-polars", "build-spark", "read-arrow", "read-petastorm")
 
 _READ = """
 import sys, time, datetime as dt
-from trainer.reader import open_published
-from trainer.reader_steps import ReaderConfig
-from features.lengths import LengthSampler
-import trainer.reader as r
+from longseq.trainer.reader import open_published
+from longseq.trainer.reader_steps import ReaderConfig
+from longseq.features.lengths import LengthSampler
+import longseq.trainer.reader as r
 assert r.__file__.startswith(sys.argv[1]), r.__file__  # this tree's code, not the installed one
 engine, data, start, end = sys.argv[2], sys.argv[3], dt.date.fromisoformat(sys.argv[4]), dt.date.fromisoformat(sys.argv[5])
 cfg = ReaderConfig(shuffle=False) if engine == "arrow" else ReaderConfig(shuffle=True, truncation=LengthSampler(max_len=int(sys.argv[6])))
@@ -77,7 +77,7 @@ def _timed(argv: list[str], tree: Path) -> float:
 
 
 def _longseq(*args: object) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *map(str, args)]
+    return [sys.executable, "-m", "longseq.cli.main", *map(str, args)]
 
 
 def _records_digest(data: Path) -> str:

@@ -38,18 +38,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataset.parquet_files import read_arrow
-from etl.stream_state import from_user_state
-from schemas.contracts import DEFAULT_SPEC, contracts_of
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.dataset.parquet_files import read_arrow
+from longseq.etl.stream_state import from_user_state
+from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
 HOUR_MS = 3_600_000
 
 
 def _duration_ms(text: str) -> int:
-    from cli.arguments import duration
+    from longseq.cli.arguments import duration
 
     return duration(text)
 

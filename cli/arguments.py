@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def date(text: str) -> dt.date:
 
 def duration(text: str) -> int:
     """Milliseconds from "3d", "36h", "90m", ... (schemas/durations.py); more than zero."""
-    from schemas.durations import parse_duration
+    from longseq.schemas.durations import parse_duration
 
     try:
         value = parse_duration(text)
@@ -181,7 +181,7 @@ def add_spec(p: argparse.ArgumentParser, help: str) -> None:
 
 def dataset_spec(args: argparse.Namespace):  # -> schemas.spec.DatasetSpec | None
     """The spec named by --spec, read and checked (None when not given)."""
-    from schemas.spec import load_spec
+    from longseq.schemas.spec import load_spec
 
     return load_spec(args.spec) if getattr(args, "spec", None) else None
 
@@ -198,7 +198,7 @@ def add_config(p: argparse.ArgumentParser, stage: str, help: str) -> None:
 
 
 def add_spark(p: argparse.ArgumentParser, title: str = "Spark settings") -> None:
-    from etl.spark_session import SparkConfig  # no pyspark until a session starts
+    from longseq.etl.spark_session import SparkConfig  # no pyspark until a session starts
 
     default = SparkConfig()
     spark = p.add_argument_group(title)
@@ -216,7 +216,7 @@ SPARK_OPTIONS = ("master", "conf", "spark_config", "from_spark_submit", "shuffle
 
 
 def spark_config(args: argparse.Namespace):  # -> etl.spark_session.SparkConfig
-    from etl.spark_session import SparkConfig
+    from longseq.etl.spark_session import SparkConfig
 
     config = SparkConfig.from_file(args.spark_config) if args.spark_config else SparkConfig()
     if args.from_spark_submit:

@@ -25,11 +25,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset.layout import partition_path
-from dataset.published import published_days
-from dataset.storage import storage_for
-from etl.spark_session import SparkConfig
-from schemas.contracts import DEFAULT_MAX_LEN, SUCCESS_MARKER
+from longseq.dataset.layout import partition_path
+from longseq.dataset.published import published_days
+from longseq.dataset.storage import storage_for
+from longseq.etl.spark_session import SparkConfig
+from longseq.schemas.contracts import DEFAULT_MAX_LEN, SUCCESS_MARKER
 
 
 def _venv_bin(name: str) -> str:
@@ -74,7 +74,7 @@ def _q(*words: object) -> str:
 
 
 def build_command(s: DailySettings, ds: str) -> str:
-    job = importlib.util.find_spec("cli.spark_job").origin  # a file, as spark-submit wants
+    job = importlib.util.find_spec("longseq.cli.spark_job").origin  # a file, as spark-submit wants
     conf = [w for k, v in sorted(s.spark_conf.items()) for w in ("--conf", f"{k}={v}")]
     return (f"PYSPARK_PYTHON={shlex.quote(sys.executable)} "
             + _q(s.spark_submit, "--master", s.spark_master, *conf, job,

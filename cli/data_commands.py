@@ -8,22 +8,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from cli.arguments import (
+from longseq.cli.arguments import (
     SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, dataset_spec, date, duration,
     fraction, hour_of_day, local_path, location, positive_int, progress, spark_config,
 )
-from dataset.output_lock import output_lock
-from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
-from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN
-from schemas.durations import format_duration
-from schemas.errors import LongseqError, MissingPrerequisiteError
-from sources import SAMPLE_START
+from longseq.dataset.output_lock import output_lock
+from longseq.dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN
+from longseq.schemas.durations import format_duration
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.sources import SAMPLE_START
 
 # ---------------------------------------------------------------- generate
 
 
 def generate_arguments(p: argparse.ArgumentParser) -> None:
-    from sources.generate import PROFILES  # numpy and pyarrow only
+    from longseq.sources.generate import PROFILES  # numpy and pyarrow only
 
     add_raw(p, "raw log directory to write (ds=YYYY-MM-DD partitions)", deprecated=["--out"])
     p.add_argument("--users", type=positive_int, help="number of users (default: the profile's)")
@@ -38,7 +38,7 @@ def generate_arguments(p: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sources.generate import PROFILES, generate
+    from longseq.sources.generate import PROFILES, generate
 
     profile = PROFILES[args.profile].with_sizes(args.users, args.days)
     spec = dataset_spec(args)
@@ -54,7 +54,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def adapt_arguments(p: argparse.ArgumentParser) -> None:
-    from sources.movielens import MovieLensMapping
+    from longseq.sources.movielens import MovieLensMapping
 
     default = MovieLensMapping()
     p.add_argument("dataset", choices=["movielens"], help="the dataset's format")
@@ -75,11 +75,11 @@ def adapt_arguments(p: argparse.ArgumentParser) -> None:
 def run_adapt(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sources.movielens import MovieLensMapping, adapt_movielens, adaptation_summary
+    from longseq.sources.movielens import MovieLensMapping, adapt_movielens, adaptation_summary
 
     mapping = MovieLensMapping(days=args.days, start=args.start, session_gap_minutes=args.session_gap_minutes,
                                max_targets=args.max_targets)
-    from schemas.contracts import DEFAULT_SPEC
+    from longseq.schemas.contracts import DEFAULT_SPEC
 
     report = adapt_movielens(args.ratings, Path(args.raw), movies=args.movies, mapping=mapping, progress=progress,
                              spec=dataset_spec(args) or DEFAULT_SPEC)
@@ -91,7 +91,7 @@ def run_adapt(args: argparse.Namespace) -> int:
 
 
 def build_arguments(p: argparse.ArgumentParser) -> None:
-    from etl.engines import ENGINES
+    from longseq.etl.engines import ENGINES
 
     add_raw(p, "raw log directory (ds=YYYY-MM-DD partitions with _SUCCESS)")
     add_data(p, "output directory: requests/, quarantine/, state/, reports/", deprecated=["--out"])
@@ -112,8 +112,8 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from etl.build import BuildConfig, build, summarize_build
-    from etl.engines import make_engine
+    from longseq.etl.build import BuildConfig, build, summarize_build
+    from longseq.etl.engines import make_engine
 
     if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
         raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
@@ -131,7 +131,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def validate_arguments(p: argparse.ArgumentParser) -> None:
-    from etl.validation import SUITES
+    from longseq.etl.validation import SUITES
 
     add_data(p)
     add_days(p, "validate", deprecated_start=["--ds"])
@@ -149,9 +149,9 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from dataset.layout import day_range
-    from etl.spark_session import spark_session
-    from etl.validation import ValidationConfig, ValidationFailed, summary_table, validate
+    from longseq.dataset.layout import day_range
+    from longseq.etl.spark_session import spark_session
+    from longseq.etl.validation import ValidationConfig, ValidationFailed, summary_table, validate
 
     if args.max_len is not None:
         progress("longseq validate: warning: --max-len is deprecated: the bound is read from each day's build report")
@@ -181,7 +181,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def _refuse_stale(storage: Storage, data: str, days: list[dt.date]) -> None:
     """A stale day's records were built on an old state: validating them would pass on wrong histories."""
-    from dataset.layout import BuildLayout
+    from longseq.dataset.layout import BuildLayout
 
     layout = BuildLayout(data.rstrip("/"))
     problems = [p for p in (layout.stale_problem(storage, day) for day in days) if p]
@@ -206,7 +206,7 @@ def publish_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from etl.publish import publish
+    from longseq.etl.publish import publish
 
     with output_lock(absolute(args.data), "publish", log=progress):  # etl.validation refuses stale days
         if args.hour is not None:
@@ -217,11 +217,11 @@ def run_publish(args: argparse.Namespace) -> int:
 
 
 def _publish_blocked_hour(args: argparse.Namespace) -> int:
-    from dataset.layout import StreamLayout
-    from dataset.spec_record import spec_for
-    from etl.spark_session import spark_session
-    from etl.stream_hours import HourPublisher, closed_hours
-    from etl.stream_process import StreamSettings
+    from longseq.dataset.layout import StreamLayout
+    from longseq.dataset.spec_record import spec_for
+    from longseq.etl.spark_session import spark_session
+    from longseq.etl.stream_hours import HourPublisher, closed_hours
+    from longseq.etl.stream_process import StreamSettings
 
     if not args.override_validation or args.end not in (None, args.start):
         raise LongseqError("--hour publishes one hour of --start, and only with --override-validation REASON: the "
@@ -248,7 +248,7 @@ def _publish_blocked_hour(args: argparse.Namespace) -> int:
 
 
 def stream_arguments(p: argparse.ArgumentParser) -> None:
-    from etl.stream_config import StreamConfig
+    from longseq.etl.stream_config import StreamConfig
 
     default = StreamConfig(raw="", out="", checkpoint="")
     add_raw(p, "directory the raw log files land in (ds=YYYY-MM-DD partitions; files written under a hidden name, "
@@ -288,9 +288,9 @@ def stream_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    from etl.spark_session import spark_session
-    from etl.stream import run_stream as run
-    from etl.stream_config import StreamConfig
+    from longseq.etl.spark_session import spark_session
+    from longseq.etl.stream import run_stream as run
+    from longseq.etl.stream_config import StreamConfig
 
     mode = "once" if args.once else "available-now" if args.available_now else "continuous"
     config = StreamConfig(raw=args.raw, out=args.data, checkpoint=args.checkpoint, start=args.start,

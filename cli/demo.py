@@ -17,13 +17,13 @@ from typing import Callable
 import numpy as np
 import pyarrow.compute as pc
 
-from cli.arguments import Command, local_path
-from cli.arguments import progress as cli_progress
-from cli.pipeline import Sample, build_and_publish
-from dataset.raw import read_raw_partition
-from schemas.contracts import DEFAULT_MAX_LEN, TASKS
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.cli.arguments import Command, local_path
+from longseq.cli.arguments import progress as cli_progress
+from longseq.cli.pipeline import Sample, build_and_publish
+from longseq.dataset.raw import read_raw_partition
+from longseq.schemas.contracts import DEFAULT_MAX_LEN, TASKS
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 
 def summarize_raw(raw: Path, start: dt.date, days: int) -> list[str]:
@@ -44,8 +44,8 @@ def summarize_raw(raw: Path, start: dt.date, days: int) -> list[str]:
 
 def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callable[[str], None] = print) -> int:
     """Every stage on a generated sample under `out`; results to stdout, progress to `progress`."""
-    from etl.engines import make_engine
-    from etl.spark_session import SparkConfig
+    from longseq.etl.engines import make_engine
+    from longseq.etl.spark_session import SparkConfig
 
     p = PROFILES[profile]
     sample = Sample(Path(out) / "raw", Path(out) / "data", SAMPLE_START, SAMPLE_START + dt.timedelta(days=p.days - 1))
@@ -64,8 +64,8 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
     progress("[3/4] read the published days back as request batches")
     print(summarize_reader(sample.data, sample.start, sample.end))
 
-    from trainer.evaluate import evaluate
-    from trainer.train import TrainConfig, train
+    from longseq.trainer.evaluate import evaluate
+    from longseq.trainer.train import TrainConfig, train
 
     run = Path(out) / "run"
     train_end = sample.end - dt.timedelta(days=1)
@@ -81,8 +81,8 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
 
 def summarize_reader(data: Path, start: dt.date, end: dt.date) -> str:
     """One training epoch's worth of batches through the Petastorm reader, counted."""
-    from features.lengths import LengthSampler
-    from trainer.reader import ReaderConfig, open_published
+    from longseq.features.lengths import LengthSampler
+    from longseq.trainer.reader import ReaderConfig, open_published
 
     cfg = ReaderConfig(batch_size=64, shuffle=True, truncation=LengthSampler())
     requests = tokens = targets = batches = 0

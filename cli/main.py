@@ -14,11 +14,11 @@ import sys
 from importlib.metadata import entry_points
 from typing import Sequence
 
-from cli.arguments import Command, HelpFormatter, Parser
-from cli.data_commands import COMMANDS as DATA_COMMANDS
-from cli.demo import DEMO
-from cli.model_commands import COMMANDS as MODEL_COMMANDS
-from schemas.errors import LongseqError
+from longseq.cli.arguments import Command, HelpFormatter, Parser
+from longseq.cli.data_commands import COMMANDS as DATA_COMMANDS
+from longseq.cli.demo import DEMO
+from longseq.cli.model_commands import COMMANDS as MODEL_COMMANDS
+from longseq.schemas.errors import LongseqError
 
 PLUGIN_GROUP = "longseq.commands"
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 
-from cli.arguments import (
+from longseq.cli.arguments import (
     Command, add_config, add_data, add_days, add_device, add_spec, dataset_spec, duration, hour_of_day, local_path,
     positive_int, progress,
 )
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 # ---------------------------------------------------------------- train
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
-    from trainer.model_config import ARCHS, DEFAULT_PRESET, PRESETS  # no torch
+    from longseq.trainer.model_config import ARCHS, DEFAULT_PRESET, PRESETS  # no torch
 
     add_data(p, "the build's output directory, with published days")
     add_days(p, "train on")
@@ -49,7 +49,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
 
 def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
     """The settings file (if any), then the flags given on top of it."""
-    from trainer.train import TrainConfig
+    from longseq.trainer.train import TrainConfig
 
     flags = {k: v for k, v in {"preset": args.preset, "epochs": args.epochs, "seed": args.seed,
                                "max_steps": args.max_steps, "device": args.device}.items() if v is not None}
@@ -63,7 +63,7 @@ def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from trainer.train import train
+    from longseq.trainer.train import train
 
     if args.follow:
         return _run_follow(args)
@@ -78,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run_follow(args: argparse.Namespace) -> int:
-    from trainer.follow import follow
+    from longseq.trainer.follow import follow
 
     if args.allow_other_data or args.epochs or args.max_steps:
         raise LongseqError("--follow trains one pass over each hour as it comes: no --epochs, --max-steps or "
@@ -119,7 +119,7 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from trainer.evaluate import evaluate
+    from longseq.trainer.evaluate import evaluate
 
     if args.bootstrap < 0:
         raise LongseqError(f"--bootstrap must be >= 0, got {args.bootstrap}")
@@ -135,7 +135,7 @@ def score_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from trainer.evaluate import score
+    from longseq.trainer.evaluate import score
 
     rows = score(args.run_dir, args.data, args.start, args.end, args.out, max_len=args.max_len,
                  batch_size=args.batch_size, attention=args.attention, spec=dataset_spec(args), **_device(args))

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dataset.layout import BuildLayout, day_range
-from schemas.contracts import DEFAULT_MAX_LEN
-from sources import SAMPLE_START
+from longseq.dataset.layout import BuildLayout, day_range
+from longseq.schemas.contracts import DEFAULT_MAX_LEN
+from longseq.sources import SAMPLE_START
 
 
 def quiet(message: str) -> None:
@@ -51,12 +51,12 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
     """Build [start, end] from raw into data, gate each day, publish them; return the build
     reports. log gets progress, show the results of each stage; spec: the logs' dataset spec
     (a DatasetSpec, or None for the default)."""
-    from dataset.output_lock import output_lock
-    from etl.build import BuildConfig, build, summarize_build
-    from etl.publish import publish
+    from longseq.dataset.output_lock import output_lock
+    from longseq.etl.build import BuildConfig, build, summarize_build
+    from longseq.etl.publish import publish
 
     if engine is None:
-        from etl.polars_build import PolarsEngine
+        from longseq.etl.polars_build import PolarsEngine
 
         engine = PolarsEngine()
     with output_lock(str(data), "pipeline", log=log):  # one holder from build to publish
@@ -70,7 +70,7 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
 
 def validate_days(engine, data: Path, days: list[dt.date], show: Callable[[str], None]) -> None:
     """The requests suite on each day; raises ValidationFailed naming the days that failed."""
-    from etl.validation import ValidationFailed, validate
+    from longseq.etl.validation import ValidationFailed, validate
 
     spark = getattr(engine, "spark", None)
     if spark is None:
@@ -90,7 +90,7 @@ def prepare_generated(root: Path, profile, seed: int, *, start: dt.date = SAMPLE
                       reuse: bool = False, **publishing) -> Sample:
     """Generated logs (sources/generate.py), built and published. reuse: keep a sample whose
     last day is already published (benchmarks that resume)."""
-    from sources.generate import generate
+    from longseq.sources.generate import generate
 
     sample = Sample(root / "raw", root / "data", start, start + dt.timedelta(days=profile.days - 1))
     if reuse and is_published(sample.data, sample.end):
@@ -102,8 +102,8 @@ def prepare_generated(root: Path, profile, seed: int, *, start: dt.date = SAMPLE
 
 def prepare_movielens(root: Path, ratings: Path, mapping=None, *, reuse: bool = False, **publishing) -> Sample:
     """MovieLens ratings adapted (sources/movielens.py), built and published."""
-    from schemas.spec import resolve_spec
-    from sources.movielens import MovieLensMapping, adapt_movielens
+    from longseq.schemas.spec import resolve_spec
+    from longseq.sources.movielens import MovieLensMapping, adapt_movielens
 
     mapping = mapping or MovieLensMapping()
     sample = Sample(root / "raw", root / "data", mapping.start, mapping.start + dt.timedelta(days=mapping.days - 1))

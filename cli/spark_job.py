@@ -8,7 +8,7 @@ Takes the arguments of `longseq build` (docs/ETL.md has a cluster example).
 
 import sys
 
-from cli.main import main
+from longseq.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["build", "--engine", "spark", "--from-spark-submit", *sys.argv[1:]]))

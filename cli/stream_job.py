@@ -8,7 +8,7 @@ Takes the arguments of `longseq stream` (docs/STREAMING.md).
 
 import sys
 
-from cli.main import main
+from longseq.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["stream", "--from-spark-submit", *sys.argv[1:]]))

@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset.storage import Storage
-from schemas.contracts import PARTITION_COLUMN, SUCCESS_MARKER
-from schemas.errors import LongseqError
+from longseq.dataset.storage import Storage
+from longseq.schemas.contracts import PARTITION_COLUMN, SUCCESS_MARKER
+from longseq.schemas.errors import LongseqError
 
 KINDS = ("requests", "quarantine", "state")
 # Parquet row-group size of every output: a reader holds one row group per worker and

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 LOCK_NAME = ".longseq.lock"
 

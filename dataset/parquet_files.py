@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataset.storage import LocalStorage, Storage, is_local
-from schemas.check import check_arrow_schema
-from schemas.errors import SchemaMismatchError
-from schemas.forms import to_arrow, to_spark
-from schemas.types import Schema
+from longseq.dataset.storage import LocalStorage, Storage, is_local
+from longseq.schemas.check import check_arrow_schema
+from longseq.schemas.errors import SchemaMismatchError
+from longseq.schemas.forms import to_arrow, to_spark
+from longseq.schemas.types import Schema
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession

@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-from dataset.layout import BuildLayout, day_range
-from dataset.spec_record import recorded_spec, spec_summary
-from dataset.storage import Storage, absolute, file_url, is_local, local_path, storage_for
-from schemas.contracts import DEFAULT_SPEC, PARTITION_COLUMN
-from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.spec import DatasetSpec, SpecError, resolve_spec
+from longseq.dataset.layout import BuildLayout, day_range
+from longseq.dataset.spec_record import recorded_spec, spec_summary
+from longseq.dataset.storage import Storage, absolute, file_url, is_local, local_path, storage_for
+from longseq.schemas.contracts import DEFAULT_SPEC, PARTITION_COLUMN
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.schemas.spec import DatasetSpec, SpecError, resolve_spec
 
 __all__ = ["PublishedDataError", "PublishedFile", "built_spec_summary", "file_url", "published_days", "published_files",
            "published_hour_files", "published_hours", "verify_published"]

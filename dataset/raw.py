@@ -10,12 +10,12 @@ from typing import Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataset.layout import ds_name, partition_path
-from dataset.parquet_files import read_arrow
-from dataset.storage import LocalStorage, Storage
-from schemas.contracts import SUCCESS_MARKER, contracts_of
-from schemas.errors import MissingPrerequisiteError
-from schemas.spec import DatasetSpec, resolve_spec
+from longseq.dataset.layout import ds_name, partition_path
+from longseq.dataset.parquet_files import read_arrow
+from longseq.dataset.storage import LocalStorage, Storage
+from longseq.schemas.contracts import SUCCESS_MARKER, contracts_of
+from longseq.schemas.errors import MissingPrerequisiteError
+from longseq.schemas.spec import DatasetSpec, resolve_spec
 
 
 def check_raw_partitions(storage: Storage, root: str, days: list[dt.date]) -> None:

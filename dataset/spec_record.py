@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import yaml
 
-from dataset.layout import BuildLayout
-from dataset.storage import Storage
-from schemas.contracts import DEFAULT_SPEC
-from schemas.spec import DatasetSpec, SpecError, resolve_spec, spec_from_dict
+from longseq.dataset.layout import BuildLayout
+from longseq.dataset.storage import Storage
+from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.schemas.spec import DatasetSpec, SpecError, resolve_spec, spec_from_dict
 
 def spec_path(data: str) -> str:
     return BuildLayout(data.rstrip("/")).spec_file

@@ -23,7 +23,7 @@ import uuid
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote, unquote, urlparse
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 CHECKSUM = "sha256"
 _CHUNK = 8 << 20  # bytes per read while hashing

@@ -21,17 +21,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from dataset.layout import KINDS, BuildLayout, day_range, partition_path
-from dataset.output_lock import output_lock
-from dataset.parquet_files import check_parquet_files
-from dataset.raw import check_raw_partitions
-from dataset.spec_record import check_output_spec, record_spec, recorded_spec, spec_summary
-from dataset.storage import Storage, absolute
-from etl.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
-from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, contracts_of
-from schemas.durations import format_duration
-from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.spec import DatasetSpec
+from longseq.dataset.layout import KINDS, BuildLayout, day_range, partition_path
+from longseq.dataset.output_lock import output_lock
+from longseq.dataset.parquet_files import check_parquet_files
+from longseq.dataset.raw import check_raw_partitions
+from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec, spec_summary
+from longseq.dataset.storage import Storage, absolute
+from longseq.etl.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, contracts_of
+from longseq.schemas.durations import format_duration
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.schemas.spec import DatasetSpec
 
 
 class AccountingError(LongseqError):

@@ -12,8 +12,8 @@ import datetime as dt
 import json
 import uuid
 
-from dataset.layout import KINDS, BuildLayout
-from dataset.storage import Storage
+from longseq.dataset.layout import KINDS, BuildLayout
+from longseq.dataset.storage import Storage
 
 
 def new_token() -> str:

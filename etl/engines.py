@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from etl.build import Engine
-    from etl.spark_session import SparkConfig
+    from longseq.etl.build import Engine
+    from longseq.etl.spark_session import SparkConfig
 
 ENGINES = ("spark", "polars")
 
 
 def make_engine(name: str, spark_config: "SparkConfig | None" = None) -> "Engine":
     if name == "spark":
-        from etl.spark_build import SparkEngine
-        from etl.spark_session import spark_session
+        from longseq.etl.spark_build import SparkEngine
+        from longseq.etl.spark_session import spark_session
 
         return SparkEngine(spark_session(spark_config))
     if name == "polars":
-        from etl.polars_build import PolarsEngine
+        from longseq.etl.polars_build import PolarsEngine
 
         return PolarsEngine()
     raise LongseqError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

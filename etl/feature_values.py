@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from schemas.spec import DatasetSpec, Feature
-from schemas.types import Scalar
+from longseq.schemas.spec import DatasetSpec, Feature
+from longseq.schemas.types import Scalar
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def feature_columns(spec: DatasetSpec, ops: ValueOps) -> dict[str, Any]:
 def spark_value_ops() -> ValueOps:
     from pyspark.sql import functions as F
 
-    from schemas.forms import spark_type
+    from longseq.schemas.forms import spark_type
 
     return ValueOps(
         col=F.col,
@@ -73,7 +73,7 @@ def spark_value_ops() -> ValueOps:
 def polars_value_ops() -> ValueOps:
     import polars as pl
 
-    from schemas.forms import polars_type
+    from longseq.schemas.forms import polars_type
 
     return ValueOps(
         col=pl.col,

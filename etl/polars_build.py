@@ -32,19 +32,19 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from dataset.layout import ROW_GROUP_BYTES
-from dataset.parquet_files import read_arrow
-from dataset.storage import LocalStorage
-from etl.build import DayCounts, length_summary
-from etl.feature_values import feature_columns, polars_value_ops
-from etl.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, polars_ops, reason_expr, reasons_for
-from features.actions import encode_actions
-from schemas.contracts import (
+from longseq.dataset.layout import ROW_GROUP_BYTES
+from longseq.dataset.parquet_files import read_arrow
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.build import DayCounts, length_summary
+from longseq.etl.feature_values import feature_columns, polars_value_ops
+from longseq.etl.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, polars_ops, reason_expr, reasons_for
+from longseq.features.actions import encode_actions
+from longseq.schemas.contracts import (
     DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, SUCCESS_MARKER, TGT_PREFIX, Contracts, contracts_of, day_start_ms,
 )
-from schemas.forms import to_arrow, to_polars
-from schemas.spec import DatasetSpec
-from schemas.types import Schema
+from longseq.schemas.forms import to_arrow, to_polars
+from longseq.schemas.spec import DatasetSpec
+from longseq.schemas.types import Schema
 
 PART_FILE = "part-00000.parquet"
 # Working columns start with "_", which no spec name can (schemas/spec.py), so a task or

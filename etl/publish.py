@@ -29,13 +29,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from dataset.layout import BuildLayout, day_range
-from dataset.published import PublishedDataError
-from dataset.spec_record import spec_for, spec_summary
-from dataset.storage import Storage, absolute, open_input, storage_for
-from schemas.contracts import SUCCESS_MARKER, contracts_of
-from schemas.errors import MissingPrerequisiteError
-from schemas.spec import DatasetSpec
+from longseq.dataset.layout import BuildLayout, day_range
+from longseq.dataset.published import PublishedDataError
+from longseq.dataset.spec_record import spec_for, spec_summary
+from longseq.dataset.storage import Storage, absolute, open_input, storage_for
+from longseq.schemas.contracts import SUCCESS_MARKER, contracts_of
+from longseq.schemas.errors import MissingPrerequisiteError
+from longseq.schemas.spec import DatasetSpec
 
 
 def _footer(path: str) -> tuple[int, int, object]:
@@ -70,8 +70,8 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
                 spec: DatasetSpec | str | None = None) -> dict:
     """Check that ds=day may be published, then write its manifest; return the manifest.
     `spec` (an object or its file), when given, must be DATA's."""
-    from etl.validation import check_built_spec, require_publishable
-    from schemas.check import check_arrow_schema
+    from longseq.etl.validation import check_built_spec, require_publishable
+    from longseq.schemas.check import check_arrow_schema
 
     out = absolute(out).rstrip("/")
     storage = storage or storage_for(out, arrow=True)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache, reduce
 from typing import Any, Callable
 
-from schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, contracts_of, day_start_ms
-from schemas.spec import DatasetSpec
+from longseq.schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, contracts_of, day_start_ms
+from longseq.schemas.spec import DatasetSpec
 
 
 @dataclass(frozen=True)

@@ -41,19 +41,19 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dataset.layout import ROW_GROUP_BYTES
-from dataset.parquet_files import read_spark
-from dataset.storage import RoutingStorage, Storage
-from etl.build import DayCounts, length_summary
-from etl.feature_values import feature_columns, spark_value_ops
-from etl.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, reason_expr, reasons_for, spark_ops
-from features.actions import encode_actions
-from schemas.contracts import (
+from longseq.dataset.layout import ROW_GROUP_BYTES
+from longseq.dataset.parquet_files import read_spark
+from longseq.dataset.storage import RoutingStorage, Storage
+from longseq.etl.build import DayCounts, length_summary
+from longseq.etl.feature_values import feature_columns, spark_value_ops
+from longseq.etl.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, reason_expr, reasons_for, spark_ops
+from longseq.features.actions import encode_actions
+from longseq.schemas.contracts import (
     DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, Contracts, contracts_of, day_start_ms,
 )
-from schemas.forms import spark_type, to_spark
-from schemas.spec import DatasetSpec
-from schemas.types import ListOf
+from longseq.schemas.forms import spark_type, to_spark
+from longseq.schemas.spec import DatasetSpec
+from longseq.schemas.types import ListOf
 
 # History lists are long runs of mostly distinct ids and times: Parquet's dictionary
 # encoding only falls back on them, costing time and size (measured: -10% time, -24%

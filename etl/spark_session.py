@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.settings_file import load_mapping, typed_settings
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.schemas.settings_file import load_mapping, typed_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession

@@ -34,23 +34,23 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pyarrow as pa
 
-from dataset.layout import BuildLayout
-from dataset.output_lock import output_lock
-from dataset.parquet_files import read_arrow
-from dataset.spec_record import check_output_spec, record_spec, recorded_spec
-from etl.build import BuildConfig, check_state_fits
-from dataset.storage import LocalStorage, absolute
-from etl.feature_values import spark_value_ops
-from etl.row_rules import reason_expr, spark_ops
-from etl.stream_config import MODES, StreamConfig
-from etl.stream_process import FAR_MS, StreamSettings, process, value_columns
-from etl.stream_state import (
+from longseq.dataset.layout import BuildLayout
+from longseq.dataset.output_lock import output_lock
+from longseq.dataset.parquet_files import read_arrow
+from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec
+from longseq.etl.build import BuildConfig, check_state_fits
+from longseq.dataset.storage import LocalStorage, absolute
+from longseq.etl.feature_values import spark_value_ops
+from longseq.etl.row_rules import reason_expr, spark_ops
+from longseq.etl.stream_config import MODES, StreamConfig
+from longseq.etl.stream_process import FAR_MS, StreamSettings, process, value_columns
+from longseq.etl.stream_state import (
     EPOCH, VALUE_PREFIX, StreamState, from_user_state, ipc_bytes, pending_schema, read_ipc, value_names,
 )
-from schemas.contracts import contracts_of
-from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.forms import spark_type, to_arrow
-from schemas.spec import DatasetSpec
+from longseq.schemas.contracts import contracts_of
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.schemas.forms import spark_type, to_arrow
+from longseq.schemas.spec import DatasetSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -351,7 +351,7 @@ def _write_start_states(config: StreamConfig, day: dt.date, control: Path) -> in
 def _write_flush_marker(config: StreamConfig, control: Path) -> None:
     """One row with a far-future event_ts: once the watermark passes everything, every
     request still waiting is decided and every day closes."""
-    from schemas.forms import to_arrow as arrow_of
+    from longseq.schemas.forms import to_arrow as arrow_of
 
     spec = config.spec
     schema = arrow_of(contracts_of(spec).raw_log)
@@ -369,7 +369,7 @@ def _write_flush_marker(config: StreamConfig, control: Path) -> None:
 def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str], None] = print) -> dict:
     """Run the stream until it ends (--once, --available-now) or is stopped (SIGTERM,
     SIGINT); return a summary. Holds the output's lock throughout."""
-    from etl.stream_sink import StreamSink
+    from longseq.etl.stream_sink import StreamSink
 
     if config.mode not in MODES:
         raise LongseqError(f"unknown stream mode {config.mode!r}: one of {', '.join(MODES)}")

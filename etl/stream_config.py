@@ -7,11 +7,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN
-from schemas.spec import DatasetSpec
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN
+from longseq.schemas.spec import DatasetSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from etl.stream_process import StreamSettings
+    from longseq.etl.stream_process import StreamSettings
 
 MODES = ("continuous", "once", "available-now")
 
@@ -34,6 +34,6 @@ class StreamConfig:
 
     @property
     def settings(self) -> "StreamSettings":
-        from etl.stream_process import StreamSettings
+        from longseq.etl.stream_process import StreamSettings
 
         return StreamSettings(spec=self.spec, max_len=self.max_len, lateness_ms=self.lateness_ms)

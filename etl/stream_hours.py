@@ -26,13 +26,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
-from dataset.spec_record import spec_summary
-from dataset.storage import LocalStorage
-from etl.polars_build import PART_FILE, write_part
-from etl.stream_process import StreamSettings
-from schemas.contracts import DAY_MS, contracts_of, day_start_ms
-from schemas.forms import to_arrow
+from longseq.dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
+from longseq.dataset.spec_record import spec_summary
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.polars_build import PART_FILE, write_part
+from longseq.etl.stream_process import StreamSettings
+from longseq.schemas.contracts import DAY_MS, contracts_of, day_start_ms
+from longseq.schemas.forms import to_arrow
 
 HOUR_MS = 3_600_000
 
@@ -156,7 +156,7 @@ class HourPublisher:
         return True
 
     def validate(self, day: dt.date, hour: int, path: str, max_len: int) -> dict:
-        from etl.validation import ValidationConfig, request_checks, request_frames, run_checks
+        from longseq.etl.validation import ValidationConfig, request_checks, request_frames, run_checks
 
         spec = self.settings.spec
         cfg = dataclasses.replace(ValidationConfig(), max_len=max_len)

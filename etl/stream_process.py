@@ -42,16 +42,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.feature_values import ValueOps, feature_value
-from etl.row_rules import INCONSISTENT_REQUEST, LATE_ARRIVAL, dedup_order
-from etl.stream_state import (
+from longseq.etl.feature_values import ValueOps, feature_value
+from longseq.etl.row_rules import INCONSISTENT_REQUEST, LATE_ARRIVAL, dedup_order
+from longseq.etl.stream_state import (
     EMITTED_SCHEMA, EPOCH, VALUE_PREFIX, WINDOW_SCHEMA, StreamState, pending_schema, to_user_state,
 )
-from features.actions import encode_actions
-from schemas.contracts import (
+from longseq.features.actions import encode_actions
+from longseq.schemas.contracts import (
     DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, contracts_of,
 )
-from schemas.spec import DatasetSpec
+from longseq.schemas.spec import DatasetSpec
 
 FAR_MS = 253_402_300_799_000  # 9999-12-31: the flush marker's event time, past every deadline
 # Counters a call adds to, per ds (the quarantined rows are counted from the rows themselves).

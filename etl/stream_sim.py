@@ -31,11 +31,11 @@ from typing import Iterable
 import polars as pl
 import pyarrow as pa
 
-from etl.feature_values import polars_value_ops
-from etl.row_rules import polars_ops, reason_expr
-from etl.stream_process import COUNTERS, FAR_MS, CallResult, StreamSettings, process, value_columns
-from etl.stream_state import EPOCH, VALUE_PREFIX, StreamState, day_number, from_user_state, pending_schema
-from schemas.contracts import DAY_MS, contracts_of
+from longseq.etl.feature_values import polars_value_ops
+from longseq.etl.row_rules import polars_ops, reason_expr
+from longseq.etl.stream_process import COUNTERS, FAR_MS, CallResult, StreamSettings, process, value_columns
+from longseq.etl.stream_state import EPOCH, VALUE_PREFIX, StreamState, day_number, from_user_state, pending_schema
+from longseq.schemas.contracts import DAY_MS, contracts_of
 
 
 @dataclass(frozen=True)

@@ -29,18 +29,18 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
-from dataset.parquet_files import read_arrow
-from dataset.storage import LocalStorage
-from etl.build import BuildConfig, DayCounts, build, length_summary
-from etl.polars_build import sorted_quarantine, write_part
-from etl.row_rules import LATE_ARRIVAL, reasons_for
-from etl.stream_hours import HourPublisher, close_hour, due_hours
-from etl.stream_process import StreamSettings
-from etl.stream_state import EPOCH, read_ipc
-from schemas.contracts import DAY_MS, DEFAULT_SPEC, contracts_of, day_start_ms
-from schemas.forms import to_arrow
-from schemas.spec import DatasetSpec
+from longseq.dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
+from longseq.dataset.parquet_files import read_arrow
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.build import BuildConfig, DayCounts, build, length_summary
+from longseq.etl.polars_build import sorted_quarantine, write_part
+from longseq.etl.row_rules import LATE_ARRIVAL, reasons_for
+from longseq.etl.stream_hours import HourPublisher, close_hour, due_hours
+from longseq.etl.stream_process import StreamSettings
+from longseq.etl.stream_state import EPOCH, read_ipc
+from longseq.schemas.contracts import DAY_MS, DEFAULT_SPEC, contracts_of, day_start_ms
+from longseq.schemas.forms import to_arrow
+from longseq.schemas.spec import DatasetSpec
 
 COUNTED = ("rows_read", "duplicates", "duplicates_across_days", "divergent_requests")
 

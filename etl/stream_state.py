@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from schemas.contracts import DAY_MS, HIST_PREFIX, contracts_of, day_start_ms
-from schemas.forms import arrow_type
-from schemas.spec import DatasetSpec
+from longseq.schemas.contracts import DAY_MS, HIST_PREFIX, contracts_of, day_start_ms
+from longseq.schemas.forms import arrow_type
+from longseq.schemas.spec import DatasetSpec
 
 FORMAT_VERSION = 1
 EPOCH = dt.date(1970, 1, 1)

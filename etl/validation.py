@@ -26,19 +26,19 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from dataset.layout import BuildLayout, ds_name, partition_path
-from dataset.parquet_files import read_spark
-from dataset.published import built_spec_summary
-from dataset.raw import check_raw_partitions
-from dataset.spec_record import spec_for, spec_path
-from dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
-from features.actions import num_actions
-from schemas.contracts import (
+from longseq.dataset.layout import BuildLayout, ds_name, partition_path
+from longseq.dataset.parquet_files import read_spark
+from longseq.dataset.published import built_spec_summary
+from longseq.dataset.raw import check_raw_partitions
+from longseq.dataset.spec_record import spec_for, spec_path
+from longseq.dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
+from longseq.features.actions import num_actions
+from longseq.schemas.contracts import (
     DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, HIST_PREFIX, SUCCESS_MARKER, TGT_PREFIX, contracts_of,
     day_start_ms,
 )
-from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.spec import DatasetSpec, Feature, SpecError, resolve_spec
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.schemas.spec import DatasetSpec, Feature, SpecError, resolve_spec
 
 SUITES = ("requests", "raw")
 # A task without a configured label-rate band: its rate is reported, never out of band.
@@ -67,7 +67,7 @@ class ValidationConfig:
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> "ValidationConfig":
         """YAML/JSON with any of the fields above, e.g. `label_rates: {like: [0.01, 0.2]}`."""
-        from schemas.settings_file import load_settings
+        from longseq.schemas.settings_file import load_settings
 
         data = load_settings(cls, path, "validation config")  # each value of its field's type, or one line
         rates = data.pop("label_rates", None) or {}

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from schemas.contracts import TASKS
+from longseq.schemas.contracts import TASKS
 
 
 def action_bits(tasks: Sequence[str] = TASKS) -> dict[str, int]:

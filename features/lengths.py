@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.contracts import DEFAULT_MAX_LEN
+from longseq.schemas.contracts import DEFAULT_MAX_LEN
 
 
 @dataclass(frozen=True)

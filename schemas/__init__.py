@@ -1,6 +1,6 @@
 """The one definition of every longseq record, and the backend forms derived from it."""
 
-from schemas.contracts import (
+from longseq.schemas.contracts import (
     CONTRACTS,
     DEFAULT_MAX_LEN,
     HISTORY_EVENT,
@@ -13,8 +13,8 @@ from schemas.contracts import (
     TASKS,
     USER_STATE,
 )
-from schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
-from schemas.types import Field, ListOf, Scalar, Schema
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
+from longseq.schemas.types import Field, ListOf, Scalar, Schema
 
 __all__ = [
     "CONTRACTS", "DEFAULT_MAX_LEN", "HISTORY_EVENT", "PARTITION_COLUMN", "QUARANTINE", "RAW_LOG", "REQUEST_RECORD",

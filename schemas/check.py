@@ -6,9 +6,9 @@ from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
-from schemas.errors import SchemaMismatchError
-from schemas.forms import dtype_from_arrow, dtype_from_polars, dtype_from_spark
-from schemas.types import DType, ListOf, Schema
+from longseq.schemas.errors import SchemaMismatchError
+from longseq.schemas.forms import dtype_from_arrow, dtype_from_polars, dtype_from_spark
+from longseq.schemas.types import DType, ListOf, Schema
 
 
 def _shape(dtype: DType) -> DType:

@@ -19,8 +19,8 @@ import datetime as dt
 from dataclasses import dataclass
 from functools import lru_cache
 
-from schemas.spec import ID_TIME_COLUMNS, DatasetSpec, Feature, load_default_spec
-from schemas.types import INT8, INT32, STRING, Field, ListOf, Scalar, Schema
+from longseq.schemas.spec import ID_TIME_COLUMNS, DatasetSpec, Feature, load_default_spec
+from longseq.schemas.types import INT8, INT32, STRING, Field, ListOf, Scalar, Schema
 
 PARTITION_COLUMN = "ds"  # UTC date of request_ts, YYYY-MM-DD
 SUCCESS_MARKER = "_SUCCESS"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 UNIT_MS: dict[str, int] = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)\s*$")

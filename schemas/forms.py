@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from schemas.types import DType, Field, ListOf, Scalar, Schema
+from longseq.schemas.types import DType, Field, ListOf, Scalar, Schema
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl

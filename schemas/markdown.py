@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from schemas.contracts import CONTRACTS, contracts_of
-from schemas.spec import SPECS_DIR, load_spec
-from schemas.types import Schema
+from longseq.schemas.contracts import CONTRACTS, contracts_of
+from longseq.schemas.spec import SPECS_DIR, load_spec
+from longseq.schemas.types import Schema
 
 BEGIN = "<!-- BEGIN GENERATED: python -m schemas.markdown --write -->"
 END = "<!-- END GENERATED -->"

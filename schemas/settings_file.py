@@ -25,7 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 # a decimal number as people write it: 3e-3, 1e5, -0.5, 1_000, .5
 _NUMBER = re.compile(r"[-+]?(\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)([eE][-+]?\d+)?")

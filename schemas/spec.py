@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 DEFAULT_SPEC_FILE = SPECS_DIR / "default.yaml"
@@ -220,7 +220,7 @@ def _unique_keys_loader() -> type:
 
 def spec_from_dict(data: Any, source: str = "spec") -> DatasetSpec:
     """A DatasetSpec from its mapping form (load_spec's file, or to_dict's output)."""
-    from schemas.settings_file import SettingsError, typed_settings
+    from longseq.schemas.settings_file import SettingsError, typed_settings
 
     if not isinstance(data, Mapping):
         raise SpecError(f"{source}: a dataset spec must be a mapping with name, tasks, inputs, derived, features")

@@ -44,16 +44,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataset.raw import RawPartitionWriter
-from dataset.spec_record import spec_summary
-from features.hashing import mix64, name_salt
-from schemas.contracts import (
+from longseq.dataset.raw import RawPartitionWriter
+from longseq.dataset.spec_record import spec_summary
+from longseq.features.hashing import mix64, name_salt
+from longseq.schemas.contracts import (
     DAY_MS, DEFAULT_CONTRACTS, DEFAULT_SPEC, RAW_LOG, TASKS, Contracts, contracts_of, day_start_ms,
 )
-from schemas.errors import LongseqError
-from schemas.forms import to_arrow
-from schemas.spec import DatasetSpec, Input, resolve_spec
-from schemas.types import Schema
+from longseq.schemas.errors import LongseqError
+from longseq.schemas.forms import to_arrow
+from longseq.schemas.spec import DatasetSpec, Input, resolve_spec
+from longseq.schemas.types import Schema
 
 REPORT_FILE = "_generator_report.json"
 DIRTY_KINDS = ("duplicate_event_id", "missing_required", "label_out_of_range", "event_before_request")

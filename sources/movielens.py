@@ -35,13 +35,13 @@ from typing import Callable
 
 import numpy as np
 
-from dataset.raw import RawPartitionWriter
-from dataset.spec_record import spec_summary
-from schemas.contracts import DAY_MS, DEFAULT_SPEC, TASKS, contracts_of, day_start_ms
-from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.forms import to_arrow
-from schemas.spec import SPECS_DIR, DatasetSpec, SpecError, resolve_spec
-from sources import SAMPLE_START
+from longseq.dataset.raw import RawPartitionWriter
+from longseq.dataset.spec_record import spec_summary
+from longseq.schemas.contracts import DAY_MS, DEFAULT_SPEC, TASKS, contracts_of, day_start_ms
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.schemas.forms import to_arrow
+from longseq.schemas.spec import SPECS_DIR, DatasetSpec, SpecError, resolve_spec
+from longseq.sources import SAMPLE_START
 
 RATING_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 MOVIELENS_SPEC_FILE = SPECS_DIR / "movielens.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sources import SAMPLE_START
+from longseq.sources import SAMPLE_START
 
 os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(scope="session")
 def spark():
-    from etl.spark_session import SparkConfig, spark_session
+    from longseq.etl.spark_session import SparkConfig, spark_session
 
     session = spark_session(
         SparkConfig(master="local[2]", app_name="longseq-tests", shuffle_partitions=2, driver_memory="1g")
@@ -41,7 +41,7 @@ def spark():
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> Path:
     """Two days of the tiny profile, 5% dirty: a few thousand rows."""
-    from sources.generate import PROFILES, generate
+    from longseq.sources.generate import PROFILES, generate
 
     out = tmp_path_factory.mktemp("tiny_raw")
     generate(out, PROFILES["tiny"], seed=7, start=START, dirty=0.05)

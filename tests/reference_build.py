@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from etl.row_rules import dedup_order, reasons_for
-from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, contracts_of
-from schemas.spec import DatasetSpec, Feature
+from longseq.etl.row_rules import dedup_order, reasons_for
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, contracts_of
+from longseq.schemas.spec import DatasetSpec, Feature
 
 INCONSISTENT = "inconsistent_request"
 MS_PER_DAY = 24 * 60 * 60 * 1000

@@ -13,15 +13,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataset.parquet_files import read_arrow
-from dataset.storage import LocalStorage
-from etl.build import DayCounts, length_summary
-from etl.row_rules import reasons_for
-from etl.stream_process import StreamSettings
-from etl.stream_sim import ArrivedFile, simulate
-from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, SUCCESS_MARKER, contracts_of
-from schemas.forms import to_arrow
-from schemas.spec import DatasetSpec
+from longseq.dataset.parquet_files import read_arrow
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.build import DayCounts, length_summary
+from longseq.etl.row_rules import reasons_for
+from longseq.etl.stream_process import StreamSettings
+from longseq.etl.stream_sim import ArrivedFile, simulate
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, SUCCESS_MARKER, contracts_of
+from longseq.schemas.forms import to_arrow
+from longseq.schemas.spec import DatasetSpec
 
 DELAY_MS = 3_600_000
 PART_FILE = "part-00000.parquet"

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from dataset.layout import BuildLayout
-from dataset.storage import LocalStorage
-from etl.build import AccountingError, BuildConfig, build
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.dataset.layout import BuildLayout
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.build import AccountingError, BuildConfig, build
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 ENGINES = [pytest.param("polars", id="polars"), pytest.param("spark", id="spark", marks=pytest.mark.spark)]
 
@@ -27,7 +27,7 @@ def _engine_losing_a_row(name: str, request, monkeypatch, double: bool):
     if name == "polars":
         import polars as pl
 
-        import etl.polars_build as pb
+        import longseq.etl.polars_build as pb
 
         real = pb._records
 
@@ -37,7 +37,7 @@ def _engine_losing_a_row(name: str, request, monkeypatch, double: bool):
 
         monkeypatch.setattr(pb, "_records", faulty)
         return pb.PolarsEngine()
-    from etl.spark_build import SparkEngine
+    from longseq.etl.spark_build import SparkEngine
 
     real = SparkEngine._write_requests
 
@@ -59,7 +59,7 @@ def test_a_lost_or_doubled_target_fails_the_balance_and_commits_nothing(name, do
         build(engine, BuildConfig(str(raw), str(out), SAMPLE_START), log=lambda m: None)
     assert not BuildLayout(str(out)).is_built(LocalStorage(), SAMPLE_START)
     monkeypatch.undo()  # the real engine balances on the same input
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     report = build(PolarsEngine(), BuildConfig(str(raw), str(out), SAMPLE_START), log=lambda m: None)[0]
     assert report["rows_read"] == report["targets"] + sum(report["quarantined"].values()) + report["duplicates"]

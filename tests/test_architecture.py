@@ -2,6 +2,10 @@
 
     schemas -> dataset, features -> sources, etl, trainer -> cli -> bench, airflow_dags
 
+Every project module is imported through the `longseq` namespace it installs under
+(`longseq.etl.build`, never a bare `etl.build`, which would load a second copy of the
+module, or another distribution's `etl`).
+
 Read from the source (an AST walk over every import statement, also those inside
 functions and under TYPE_CHECKING), not from what happens to be imported at run time.
 """
@@ -28,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "airflow_dags": {"schemas", "dataset", "cli", "airflow_dags"},
 }
 PACKAGES = set(ALLOWED) | {"tests"}
+NAMESPACE = "longseq."
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -36,18 +41,39 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def imports_of(path: Path, root: Path, known: set[str]) -> set[str]:
-    """The project modules one file imports (`from pkg import mod` counts as pkg.mod when
-    that is a module)."""
+    """The project modules one file imports, by their folder names (`longseq.etl.build` ->
+    `etl.build`; `from pkg import mod` counts as pkg.mod when that is a module)."""
+    def own(name: str) -> str:
+        return name[len(NAMESPACE):] if name.startswith(NAMESPACE) else ""
+
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            names = [own(a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names]
+            module = own(node.module)
+            names = [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names]
         else:
             continue
         found |= {n for n in names if n.split(".")[0] in PACKAGES}
     return found
+
+
+def bare_imports(root: Path) -> list[str]:
+    """Project modules imported by their bare folder name instead of through `longseq.`."""
+    own = set(ALLOWED) - {"airflow_dags"}
+    bad = []
+    for pkg in PACKAGES:
+        for path in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                bad += [f"{module_name(path, root)} imports {n}" for n in names if n.split(".")[0] in own]
+    return sorted(bad)
 
 
 def import_graph(root: Path) -> dict[str, set[str]]:
@@ -106,6 +132,10 @@ def test_imports_run_one_way():
     assert forbidden_imports(import_graph(REPO)) == []
 
 
+def test_project_modules_are_imported_through_the_namespace():
+    assert bare_imports(REPO) == []
+
+
 def test_there_are_no_import_cycles():
     assert cycles(import_graph(REPO)) == []
 
@@ -125,19 +155,24 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 @pytest.mark.parametrize("files, expected", [
-    ({"trainer/train.py": "def f():\n    from etl.publish import published_files\n"},
+    ({"trainer/train.py": "def f():\n    from longseq.etl.publish import published_files\n"},
      "trainer.train imports etl.publish"),
-    ({"etl/build.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trainer.model import X\n"},
+    ({"etl/build.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from longseq.trainer.model import X\n"},
      "etl.build imports trainer.model"),
-    ({"etl/demo.py": "import bench.quality\n"}, "etl.demo imports bench.quality"),
-    ({"schemas/x.py": "from dataset import layout\n", "dataset/layout.py": ""}, "schemas.x imports dataset.layout"),
+    ({"etl/demo.py": "import longseq.bench.quality\n"}, "etl.demo imports bench.quality"),
+    ({"schemas/x.py": "from longseq.dataset import layout\n", "dataset/layout.py": ""}, "schemas.x imports dataset.layout"),
 ])
 def test_the_check_catches_a_forbidden_import(tmp_path, files, expected):
     assert expected in forbidden_imports(import_graph(_tree(tmp_path, files)))
 
 
 def test_the_check_catches_a_cycle(tmp_path):
-    root = _tree(tmp_path, {"trainer/reader.py": "def f():\n    from trainer import petastorm_reader\n",
-                            "trainer/petastorm_reader.py": "from trainer.reader import ReaderConfig\n",
-                            "trainer/model.py": "from trainer.reader import x\n"})
+    root = _tree(tmp_path, {"trainer/reader.py": "def f():\n    from longseq.trainer import petastorm_reader\n",
+                            "trainer/petastorm_reader.py": "from longseq.trainer.reader import ReaderConfig\n",
+                            "trainer/model.py": "from longseq.trainer.reader import x\n"})
     assert cycles(import_graph(root)) == [["trainer.petastorm_reader", "trainer.reader"]]
+
+
+def test_the_check_catches_a_bare_import(tmp_path):
+    root = _tree(tmp_path, {"trainer/train.py": "from trainer.model import RankingModel\n", "trainer/model.py": ""})
+    assert bare_imports(root) == ["trainer.train imports trainer.model"]

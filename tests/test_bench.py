@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from bench.quality_plan import PLANS, dense_parameters, matched_ffn_mult
-from trainer.model_config import PRESETS
+from longseq.bench.quality_plan import PLANS, dense_parameters, matched_ffn_mult
+from longseq.trainer.model_config import PRESETS
 
 
 @pytest.mark.parametrize("arch", ["none", "mean", "din", "transformer"])
@@ -34,7 +34,7 @@ def test_plans_only_match_archs_they_run():
 def test_windows_are_consecutive_and_leave_days_for_history():
     import datetime as dt
 
-    from bench.quality_plan import START, Windows
+    from longseq.bench.quality_plan import START, Windows
 
     w = Windows.ending(dt.date(2026, 1, 14), 4, 2, 2)
     assert w.test == (dt.date(2026, 1, 13), dt.date(2026, 1, 14))
@@ -50,9 +50,9 @@ def test_windows_are_consecutive_and_leave_days_for_history():
 def test_the_report_shows_the_test_window_with_intervals_and_the_validation_window(tmp_path):
     """A synthetic result set: the report reads test and validation apart, and a setting
     that has not run is n/a, not a crash."""
-    from bench.quality_plan import VARIANTS
-    from bench.quality_report import write_report
-    from schemas.contracts import TASKS
+    from longseq.bench.quality_plan import VARIANTS
+    from longseq.bench.quality_report import write_report
+    from longseq.schemas.contracts import TASKS
 
     plan = PLANS["quick"]
 
@@ -81,9 +81,9 @@ def test_the_report_shows_the_test_window_with_intervals_and_the_validation_wind
 def test_each_arch_gets_the_learning_rate_best_on_validation_not_on_test(tmp_path):
     """The lr grid's runs of the first seed choose by validation mean AUC; the arch's row then
     shows the runs at that lr. Test AUC never enters the choice."""
-    from bench.quality_plan import LR, chosen_lr, lr_name
-    from bench.quality_report import write_report
-    from schemas.contracts import TASKS
+    from longseq.bench.quality_plan import LR, chosen_lr, lr_name
+    from longseq.bench.quality_report import write_report
+    from longseq.schemas.contracts import TASKS
 
     plan = PLANS["quick"]
     assert plan.lrs == (1e-3, LR, 1e-2, 3e-2) and lr_name("gen-din", LR, "L2000") == "gen-din-L2000"
@@ -111,7 +111,7 @@ def test_each_arch_gets_the_learning_rate_best_on_validation_not_on_test(tmp_pat
 def test_one_setting_has_one_cache_key_however_it_is_spelt():
     """Length scaling names the paper's STCA {} and the baselines {"arch": "stca"}: the same
     run, so the same key (it used to be trained twice and flip-flop in the cache)."""
-    from bench.quality import _config
+    from longseq.bench.quality import _config
 
     plan = PLANS["quick"]
     same = [_config(plan, 0, model=m).to_json() for m in ({}, {"arch": "stca"}, {"arch": "stca", "match_prior": None})]
@@ -127,9 +127,9 @@ def test_every_ablation_and_candidate_is_one_valid_change_from_the_paper(preset)
     preset of the plans."""
     import dataclasses
 
-    from bench.long_history import CANDIDATES
-    from bench.quality_plan import ABLATIONS, ablation
-    from trainer.model_config import ModelConfig
+    from longseq.bench.long_history import CANDIDATES
+    from longseq.bench.quality_plan import ABLATIONS, ablation
+    from longseq.trainer.model_config import ModelConfig
 
     base = PRESETS[preset]
     candidates = [c for c in CANDIDATES.values() if c] if preset == PLANS["quick"].preset else []
@@ -137,8 +137,8 @@ def test_every_ablation_and_candidate_is_one_valid_change_from_the_paper(preset)
         cfg = dataclasses.replace(base, **overrides)
         assert isinstance(cfg, ModelConfig) and cfg != base, overrides
     if preset == PLANS["quick"].preset:  # and every length sampler of bench extrapolation is a valid one
-        from bench.extrapolation import SAMPLERS
-        from features.lengths import LengthSampler
+        from longseq.bench.extrapolation import SAMPLERS
+        from longseq.features.lengths import LengthSampler
 
         assert len({LengthSampler(**fields).mean for fields in SAMPLERS.values()}) == len(SAMPLERS)
     one_head = dataclasses.replace(base, **ablation("head1", preset))
@@ -150,14 +150,14 @@ def test_bench_quality_device_that_is_not_there_is_one_line():
     """`longseq bench quality --device cuda:7` on a machine without it stops before any work."""
     if torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    r = subprocess.run([sys.executable, "-m", "cli.main", "bench", "quality", "--quick", "--skip-movielens",
+    r = subprocess.run([sys.executable, "-m", "longseq.cli.main", "bench", "quality", "--quick", "--skip-movielens",
                         "--device", "cuda:7", "--work", "/nonexistent/never-made"], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "cuda:7 is not available" in r.stderr
 
 
 def test_the_learning_rate_search_goes_on_while_the_best_is_at_an_end_of_those_tried():
-    from bench.quality_plan import next_lr
+    from longseq.bench.quality_plan import next_lr
 
     grid = [1e-3, 3e-3, 1e-2, 3e-2]
     rising = {lr: 0.5 + lr for lr in grid}
@@ -174,10 +174,10 @@ def test_model_flops_count_each_request_alone_without_padding():
     for mixed lengths it is less than the padded batch's (which pads to the longest)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.gpu import useful_flops
-    from trainer.batch import random_batch
-    from trainer.model import RankingModel, loss_fn
-    from trainer.model_config import PRESETS
+    from longseq.bench.gpu import useful_flops
+    from longseq.trainer.batch import random_batch
+    from longseq.trainer.model import RankingModel, loss_fn
+    from longseq.trainer.model_config import PRESETS
 
     def counted(hist: list[int], tgt: list[int]) -> int:
         with torch.device("meta"):
@@ -193,7 +193,7 @@ def test_model_flops_count_each_request_alone_without_padding():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_bench_gpu_without_a_gpu_is_one_line():
-    r = subprocess.run([sys.executable, "-m", "cli.main", "bench", "gpu", "--data", "/nonexistent"],
+    r = subprocess.run([sys.executable, "-m", "longseq.cli.main", "bench", "gpu", "--data", "/nonexistent"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
 
@@ -202,10 +202,10 @@ def test_bench_gpu_without_a_gpu_is_one_line():
 def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
     """What a GPU host has (torch, numpy, pyarrow) is enough: the script's training, reader
     and scoring parts run on the CPU with Petastorm, polars and Spark unimportable."""
-    from bench.gpu import copy_days
-    from cli.pipeline import prepare_generated
-    from etl.polars_build import PolarsEngine
-    from sources.generate import PROFILES
+    from longseq.bench.gpu import copy_days
+    from longseq.cli.pipeline import prepare_generated
+    from longseq.etl.polars_build import PolarsEngine
+    from longseq.sources.generate import PROFILES
 
     sample = prepare_generated(tmp_path / "sample", PROFILES["tiny"], seed=5, max_len=300,
                                engine=PolarsEngine(row_group_bytes=16 * 1024))
@@ -216,7 +216,7 @@ def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
         "import sys\nfor m in ('polars', 'petastorm', 'pyspark', 'great_expectations', 'airflow'):\n"
         "    sys.modules[m] = None\n")
     env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    r = subprocess.run([sys.executable, "-m", "cli.main", "bench", "gpu", "--device", "cpu", "--preset", "tiny",
+    r = subprocess.run([sys.executable, "-m", "longseq.cli.main", "bench", "gpu", "--device", "cpu", "--preset", "tiny",
                         "--requests", "4", "--steps", "1", "--skip", "compile", "--data", str(tmp_path / "carried")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -229,9 +229,9 @@ def test_the_stream_bench_lands_no_row_after_the_watermark_passed_it(tmp_path):
     watermark delay: a stream reading them in order sees every row on time."""
     import datetime as dt
 
-    from bench.stream import arrival_files
-    from sources import SAMPLE_START
-    from sources.generate import PROFILES, generate
+    from longseq.bench.stream import arrival_files
+    from longseq.sources import SAMPLE_START
+    from longseq.sources.generate import PROFILES, generate
 
     generate(tmp_path / "raw", PROFILES["tiny"], seed=1, start=SAMPLE_START)
     days = [SAMPLE_START, SAMPLE_START + dt.timedelta(days=1)]

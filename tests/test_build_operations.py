@@ -16,14 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataset.layout import BuildLayout
-from dataset.storage import LocalStorage
-from etl.build import BuildConfig, build
-from schemas.contracts import RAW_LOG, SUCCESS_MARKER
-from schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
-from schemas.forms import to_arrow
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.dataset.layout import BuildLayout
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.build import BuildConfig, build
+from longseq.schemas.contracts import RAW_LOG, SUCCESS_MARKER
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
+from longseq.schemas.forms import to_arrow
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 START = SAMPLE_START
 BIN = Path(sys.executable).parent
@@ -39,7 +39,7 @@ def raw(tmp_path_factory) -> Path:
 
 
 def polars():
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     return PolarsEngine()
 
@@ -105,7 +105,7 @@ def test_schema_mismatch_polars(tmp_path):
 
 @pytest.mark.spark
 def test_schema_mismatch_spark(spark, tmp_path):
-    from etl.spark_build import SparkEngine
+    from longseq.etl.spark_build import SparkEngine
 
     bad = _mismatched_raw(tmp_path)
     with pytest.raises(SchemaMismatchError, match="'user_id': expected int64, got string"):
@@ -194,9 +194,9 @@ def test_rerunning_a_day_gives_the_same_bytes_polars(raw, tmp_path):
 
 
 def test_spark_config_file_and_cli_overrides(tmp_path):
-    from cli.arguments import spark_config
-    from cli.main import build_parser
-    from etl.spark_session import SparkConfig
+    from longseq.cli.arguments import spark_config
+    from longseq.cli.main import build_parser
+    from longseq.etl.spark_session import SparkConfig
 
     f = tmp_path / "spark.yaml"
     f.write_text("master: local[1]\nshuffle_partitions: 3\nconf:\n  spark.sql.adaptive.enabled: 'false'\n")
@@ -217,7 +217,7 @@ def test_spark_config_file_and_cli_overrides(tmp_path):
 @pytest.mark.spark
 def test_hadoop_file_system_paths_give_the_same_records(spark, raw, tmp_path):
     """file:// URIs go through Hadoop's FileSystem API, as hdfs:// or s3a:// would."""
-    from etl.spark_build import SparkEngine
+    from longseq.etl.spark_build import SparkEngine
 
     local, uri = tmp_path / "local", tmp_path / "uri"
     build(SparkEngine(spark), BuildConfig(str(raw), str(local), DAY(0), DAY(1), max_len=20), log=_quiet)
@@ -250,8 +250,8 @@ def test_a_user_with_100k_events_builds_in_a_small_jvm(spark, tmp_path):
     The user's events travel as one array per user; nothing of size requests x events is
     materialised, so this fits. The histories are checked against the events directly.
     """
-    from etl.spark_build import SparkEngine
-    from schemas.contracts import day_start_ms
+    from longseq.etl.spark_build import SparkEngine
+    from longseq.schemas.contracts import day_start_ms
 
     rng = np.random.default_rng(0)
     max_len, per_request = 1_000, 10

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl.build import BuildConfig, build, length_summary
-from schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, QUARANTINE, RAW_LOG, REQUEST_RECORD, day_start_ms
-from schemas.forms import to_arrow
-from sources import SAMPLE_START
+from longseq.etl.build import BuildConfig, build, length_summary
+from longseq.schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, QUARANTINE, RAW_LOG, REQUEST_RECORD, day_start_ms
+from longseq.schemas.forms import to_arrow
+from longseq.sources import SAMPLE_START
 from tests.reference_build import Reference, build_reference
 
 D1 = SAMPLE_START
@@ -43,14 +43,14 @@ ENGINES = [pytest.param("polars", id="polars"), pytest.param("spark", id="spark"
 
 def _make_engine(name: str, request):
     if name == "polars":
-        from etl.polars_build import PolarsEngine
+        from longseq.etl.polars_build import PolarsEngine
 
         return PolarsEngine()
     if name == "stream":  # the stream's semantics, without Spark (tests/stream_sim_engine.py)
         from tests.stream_sim_engine import StreamSimEngine
 
         return StreamSimEngine()
-    from etl.spark_build import SparkEngine
+    from longseq.etl.spark_build import SparkEngine
 
     return SparkEngine(request.getfixturevalue("spark"))  # the one session of the run
 
@@ -542,8 +542,8 @@ def test_redelivery_on_a_later_day_is_a_duplicate_within_the_lateness_bound(engi
 
 
 def test_a_longer_lateness_than_the_state_has_is_refused(tmp_path):
-    from etl.polars_build import PolarsEngine
-    from schemas.errors import LongseqError
+    from longseq.etl.polars_build import PolarsEngine
+    from longseq.schemas.errors import LongseqError
 
     raw, out = tmp_path / "raw", tmp_path / "out"
     write_raw(raw, D1, [imp("e1", "r1", 1, t(0), t(1), 1)])

@@ -19,15 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataset.spec_record import recorded_spec, spec_summary
-from dataset.storage import LocalStorage
-from etl.build import BuildConfig, build
-from etl.row_rules import categorical_inputs, feature_inputs, float_feature_inputs
-from schemas.contracts import DEFAULT_SPEC, contracts_of, day_start_ms
-from schemas.errors import LongseqError, SchemaMismatchError
-from schemas.forms import to_arrow
-from schemas.spec import SPECS_DIR, DatasetSpec, load_spec, spec_from_dict
-from sources import SAMPLE_START
+from longseq.dataset.spec_record import recorded_spec, spec_summary
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.row_rules import categorical_inputs, feature_inputs, float_feature_inputs
+from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of, day_start_ms
+from longseq.schemas.errors import LongseqError, SchemaMismatchError
+from longseq.schemas.forms import to_arrow
+from longseq.schemas.spec import SPECS_DIR, DatasetSpec, load_spec, spec_from_dict
+from longseq.sources import SAMPLE_START
 from tests.reference_build import build_reference
 
 ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
@@ -160,7 +160,7 @@ def _report(out: Path, day: dt.date) -> dict:
 
 
 def _polars():
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     return PolarsEngine()
 
@@ -224,7 +224,7 @@ def test_feature_values_by_hand():
     """The polars expressions on rows whose values are worked out here."""
     import polars as pl
 
-    from etl.feature_values import feature_columns, polars_value_ops
+    from longseq.etl.feature_values import feature_columns, polars_value_ops
 
     frame = pl.DataFrame(
         {"category_id": [7, 8, 9, 10], "price_cents": [1999, 0, 5, 3], "dwell_ms": [1, None, 5, 6],
@@ -239,7 +239,7 @@ def test_feature_values_by_hand():
 
 
 def test_spark_matches_polars(ecommerce_builds, spark):
-    from etl.spark_build import SparkEngine
+    from longseq.etl.spark_build import SparkEngine
 
     polars_out, spark_out = ecommerce_builds / "polars", ecommerce_builds / "spark"
     _build(SparkEngine(spark), ecommerce_builds / "raw", spark_out, ECOMMERCE)
@@ -270,7 +270,7 @@ def test_a_build_into_an_output_of_another_spec_is_refused(tmp_path):
 
 
 def test_a_data_file_missing_a_spec_input_is_refused_naming_file_and_column(tmp_path):
-    from dataset.raw import read_raw_partition
+    from longseq.dataset.raw import read_raw_partition
 
     raw = tmp_path / "raw"
     write_random_raw(raw, ECOMMERCE, DAYS[:1])

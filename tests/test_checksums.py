@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from cli.pipeline import prepare_generated
-from dataset.layout import KINDS
-from dataset.published import PublishedDataError, published_files, verify_published
-from etl.publish import publish
-from sources import SAMPLE_START
-from sources.generate import PROFILES
-from trainer.reader import ReaderConfig, open_published
+from longseq.cli.main import main
+from longseq.cli.pipeline import prepare_generated
+from longseq.dataset.layout import KINDS
+from longseq.dataset.published import PublishedDataError, published_files, verify_published
+from longseq.etl.publish import publish
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES
+from longseq.trainer.reader import ReaderConfig, open_published
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -35,7 +35,7 @@ def _quiet(message: str) -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     sample = prepare_generated(tmp_path_factory.mktemp("checksums"), PROFILES["tiny"], seed=13, max_len=64,
                                engine=PolarsEngine(row_group_bytes=16 * 1024))
@@ -141,7 +141,7 @@ def test_each_file_is_hashed_once_per_process_until_it_changes(copy):
 
 
 def test_every_storage_gives_the_same_checksum(spark, data):
-    from dataset.storage import ArrowStorage, HadoopStorage, LocalStorage
+    from longseq.dataset.storage import ArrowStorage, HadoopStorage, LocalStorage
 
     part = _part(data)
     uri = f"file://{part}"

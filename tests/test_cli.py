@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import build_parser, main
-from dataset.raw import read_raw_partition
-from schemas.contracts import RAW_LOG
-from sources import SAMPLE_START
+from longseq.cli.main import build_parser, main
+from longseq.dataset.raw import read_raw_partition
+from longseq.schemas.contracts import RAW_LOG
+from longseq.sources import SAMPLE_START
 
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
 SUBCOMMANDS = ["generate", "adapt", "build", "stream", "validate", "publish", "train", "evaluate", "score", "demo", "bench"]
@@ -86,7 +86,7 @@ def _options(sub) -> dict:
 def test_one_flag_for_one_thing_in_every_subcommand():
     """The build output is --data, raw logs --raw, days --start/--end, everywhere; a settings
     file is named for what it sets; --device means the same and defaults to auto."""
-    from cli.arguments import date, local_path, location
+    from longseq.cli.arguments import date, local_path, location
 
     subs = _subparsers()
     assert set(subs) == set(SUBCOMMANDS)
@@ -115,9 +115,9 @@ def test_one_flag_for_one_thing_in_every_subcommand():
 def test_device_defaults_to_auto_everywhere():
     import inspect
 
-    from trainer.distributed import resolve_device
-    from trainer.evaluate import evaluate, score
-    from trainer.train import TrainConfig
+    from longseq.trainer.distributed import resolve_device
+    from longseq.trainer.evaluate import evaluate, score
+    from longseq.trainer.train import TrainConfig
 
     assert TrainConfig().device == "auto"
     assert inspect.signature(evaluate).parameters["device"].default == "auto"
@@ -128,11 +128,11 @@ def test_device_defaults_to_auto_everywhere():
 
 
 def test_choices_and_defaults_come_from_the_code():
-    from etl.engines import ENGINES
-    from etl.validation import SUITES
-    from schemas.contracts import DEFAULT_MAX_LEN
-    from sources.generate import PROFILES
-    from trainer.model_config import ARCHS, PRESETS
+    from longseq.etl.engines import ENGINES
+    from longseq.etl.validation import SUITES
+    from longseq.schemas.contracts import DEFAULT_MAX_LEN
+    from longseq.sources.generate import PROFILES
+    from longseq.trainer.model_config import ARCHS, PRESETS
 
     subs = _subparsers()
     assert tuple(_options(subs["train"])["--arch"].choices) == ARCHS
@@ -208,8 +208,8 @@ def test_demo_runs_and_summarises(tmp_path):
 
 def test_java_missing_is_a_clear_error(tmp_path, monkeypatch):
     """A command that needs Spark says Java is missing instead of failing inside py4j."""
-    from etl.spark_session import require_java
-    from schemas.errors import MissingPrerequisiteError
+    from longseq.etl.spark_session import require_java
+    from longseq.schemas.errors import MissingPrerequisiteError
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no java here
     monkeypatch.delenv("JAVA_HOME", raising=False)
@@ -221,8 +221,8 @@ def test_java_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_unsupported_java_version_is_named(tmp_path, monkeypatch):
-    from etl.spark_session import require_java
-    from schemas.errors import MissingPrerequisiteError
+    from longseq.etl.spark_session import require_java
+    from longseq.schemas.errors import MissingPrerequisiteError
 
     fake = tmp_path / "bin" / "java"
     fake.parent.mkdir()
@@ -235,7 +235,7 @@ def test_unsupported_java_version_is_named(tmp_path, monkeypatch):
 
 @pytest.mark.spark
 def test_installed_java_is_accepted():
-    from etl.spark_session import require_java
+    from longseq.etl.spark_session import require_java
 
     assert 8 <= require_java() <= 17
 

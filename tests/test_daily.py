@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import shlex
 
-from cli.daily import DailySettings, build_command, publish_command, train_command, validate_command
-from cli.main import build_parser
-from schemas.contracts import DEFAULT_MAX_LEN
+from longseq.cli.daily import DailySettings, build_command, publish_command, train_command, validate_command
+from longseq.cli.main import build_parser
+from longseq.schemas.contracts import DEFAULT_MAX_LEN
 
 
 def _longseq_argv(command: str, capsys) -> list[list[str]]:
@@ -59,7 +59,7 @@ def test_the_old_param_name_out_still_means_data():
 
 def test_the_spec_param_reaches_the_build_only(tmp_path, capsys):
     """The build records the spec (DATA/spec.yaml); the later stages read it from there."""
-    from schemas.spec import SPECS_DIR
+    from longseq.schemas.spec import SPECS_DIR
 
     spec = str(SPECS_DIR / "ecommerce.yaml")
     s = DailySettings.from_params({"raw": "/data/raw", "data": str(tmp_path), "spec": spec})

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 import torch
 
-from features import ACTION_BITS, LengthSampler, NUM_TIME_BUCKETS, decode_actions, encode_actions, hash_ids, mix64
-from features.time_buckets import time_delta_bucket
-from schemas.contracts import TASKS
+from longseq.features import ACTION_BITS, LengthSampler, NUM_TIME_BUCKETS, decode_actions, encode_actions, hash_ids, mix64
+from longseq.features.time_buckets import time_delta_bucket
+from longseq.schemas.contracts import TASKS
 
 
 # ---------------------------------------------------------------- action flags
@@ -139,7 +139,7 @@ def test_length_sampler_rejects_bad_config(kwargs):
 def test_hash_ids_gives_the_same_buckets_in_torch_and_numpy():
     import torch
 
-    from features.hashing import hash_ids
+    from longseq.features.hashing import hash_ids
 
     ids = np.random.default_rng(0).integers(-(2**63), 2**63 - 1, 20_000, dtype=np.int64)
     for vocab, salt in ((2, 0), (1_000, 3), (2**20, 0), (2**31 + 11, 7)):

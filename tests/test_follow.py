@@ -15,16 +15,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dataset.layout import StreamLayout
-from etl.build import BuildConfig, build
-from etl.polars_build import PolarsEngine
-from etl.stream_hours import HOUR_MS, HourPublisher, close_hour
-from etl.stream_process import StreamSettings
-from schemas.contracts import day_start_ms
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
-from trainer.follow import follow
-from trainer.train import TrainConfig
+from longseq.dataset.layout import StreamLayout
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.polars_build import PolarsEngine
+from longseq.etl.stream_hours import HOUR_MS, HourPublisher, close_hour
+from longseq.etl.stream_process import StreamSettings
+from longseq.schemas.contracts import day_start_ms
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
+from longseq.trainer.follow import follow
+from longseq.trainer.train import TrainConfig
 
 DAY = SAMPLE_START
 CFG = dict(preset="tiny", batch_size=16, device="cpu", warmup_steps=2, checkpoint_every=10_000, log_every=1000)
@@ -89,7 +89,7 @@ def test_follow_trains_each_hour_as_it_comes_and_a_stopped_run_resumes_to_the_sa
 
 
 def test_progressive_validation_scores_each_hour_with_the_model_before_it(day_data, tmp_path):
-    from trainer.evaluate import evaluate
+    from longseq.trainer.evaluate import evaluate
 
     data = _copy(day_data, tmp_path)
     _publish_hours(data, range(12))

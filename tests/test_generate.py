@@ -13,14 +13,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from dataset.parquet_files import check_parquet_files, read_arrow
-from dataset.raw import read_raw_partition
-from dataset.storage import LocalStorage
-from schemas.contracts import DAY_MS, DEFAULT_SPEC, RAW_LOG, SUCCESS_MARKER, TASKS, contracts_of
-from schemas.errors import SchemaMismatchError
-from schemas.spec import SPECS_DIR, load_spec, spec_from_dict
-from sources import SAMPLE_START
-from sources.generate import (
+from longseq.dataset.parquet_files import check_parquet_files, read_arrow
+from longseq.dataset.raw import read_raw_partition
+from longseq.dataset.storage import LocalStorage
+from longseq.schemas.contracts import DAY_MS, DEFAULT_SPEC, RAW_LOG, SUCCESS_MARKER, TASKS, contracts_of
+from longseq.schemas.errors import SchemaMismatchError
+from longseq.schemas.spec import SPECS_DIR, load_spec, spec_from_dict
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import (
     FUNNEL, PROFILES, REPORT_FILE, build_catalogue, build_users, generate, input_role, niche_loves,
 )
 
@@ -180,14 +180,14 @@ def test_dirty_rows_are_reported_exactly(tmp_path):
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):
-    from schemas.errors import LongseqError
+    from longseq.schemas.errors import LongseqError
 
     with pytest.raises(LongseqError, match="--dirty"):
         generate(tmp_path, PROFILES["tiny"], seed=1, start=START, dirty=0.9)
 
 
 def test_missing_or_incomplete_partitions_are_clear_errors(tmp_raw_day):
-    from schemas.errors import MissingPrerequisiteError
+    from longseq.schemas.errors import MissingPrerequisiteError
 
     root, day = tmp_raw_day
     with pytest.raises(MissingPrerequisiteError, match="does not exist"):

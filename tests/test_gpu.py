@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import gpu_checks
+from longseq.bench import gpu_checks
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from cli.pipeline import prepare_generated
-    from etl.polars_build import PolarsEngine
-    from sources.generate import PROFILES
+    from longseq.cli.pipeline import prepare_generated
+    from longseq.etl.polars_build import PolarsEngine
+    from longseq.sources.generate import PROFILES
 
     sample = prepare_generated(tmp_path_factory.mktemp("gpu"), PROFILES["tiny"], seed=3, max_len=2_000,
                                engine=PolarsEngine(row_group_bytes=64 * 1024))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.batch import Jagged, RequestBatch, pointwise, random_batch
-from trainer.model import RankingModel, loss_fn, num_parameters
-from trainer.model_config import ARCHS, EXTENSIONS, PRESETS, ModelConfig
+from longseq.trainer.batch import Jagged, RequestBatch, pointwise, random_batch
+from longseq.trainer.model import RankingModel, loss_fn, num_parameters
+from longseq.trainer.model_config import ARCHS, EXTENSIONS, PRESETS, ModelConfig
 
 def make_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0) -> RequestBatch:
     return random_batch(hist_lengths, tgt_lengths, seed)
@@ -97,7 +97,7 @@ def test_each_ablation_switch_removes_what_it_names():
     assert not torch.allclose(full(batch), full(moved)), "with the feature, event times matter"
     no_null = model("stca", null_slot=False)
     assert not any("null_kv" in n for n in names(no_null))
-    from trainer.model import Layout
+    from longseq.trainer.model import Layout
 
     layout = Layout.of(batch)
     out = no_null.layers[0].attn(torch.randn(batch.num_targets, 32, dtype=torch.float64),
@@ -131,7 +131,7 @@ def train_finish_probe(make, cfg: dict, steps: int = 150) -> RankingModel:
 
 
 def finish_auc(m: RankingModel, b: RequestBatch) -> float:
-    from trainer.metrics import auc
+    from longseq.trainer.metrics import auc
 
     with torch.no_grad():
         return auc(b.targets["finish"].numpy(), m(b)[:, 0].numpy())
@@ -207,7 +207,7 @@ def test_target_attention_equals_a_per_target_loop(options):
     at a time."""
     import math
 
-    from trainer.model import Layout, TargetAttention, match_log_n
+    from longseq.trainer.model import Layout, TargetAttention, match_log_n
 
     batch = make_batch([9, 0, 40], [2, 3, 4], seed=5)
     h, t = batch.history.values, batch.targets.values
@@ -255,7 +255,7 @@ def test_embedding_match_prior_is_the_cosine_of_id_embeddings():
     with ids equal it is log(n), as the id-match prior's."""
     import math
 
-    from trainer.model import Layout, similarity_log_n
+    from longseq.trainer.model import Layout, similarity_log_n
 
     batch = make_batch([6, 0, 11], [2, 1, 3], seed=7)
     h, t = batch.history.values, batch.targets.values
@@ -283,7 +283,7 @@ def test_embedding_match_prior_is_the_cosine_of_id_embeddings():
 def test_hash_embeddings_keep_colliding_ids_apart():
     """With one hash two ids can share their row; with two they share all rows only if both
     hashes collide."""
-    from features.hashing import hash_ids
+    from longseq.features.hashing import hash_ids
 
     ids = torch.arange(1, 20_001)
     one = hash_ids(ids, 1 << 12, salt=1)

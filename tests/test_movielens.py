@@ -14,14 +14,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from cli.main import main
-from dataset.parquet_files import check_parquet_files
-from dataset.storage import LocalStorage
-from etl.build import BuildConfig, build
-from schemas.contracts import DAY_MS, RAW_LOG, contracts_of
-from schemas.spec import SPECS_DIR, SpecError, load_spec
-from sources import SAMPLE_START
-from sources.movielens import GENRES, MOVIELENS_SPEC_FILE, MovieLensMapping, adapt_movielens, genre_id
+from longseq.cli.main import main
+from longseq.dataset.parquet_files import check_parquet_files
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.build import BuildConfig, build
+from longseq.schemas.contracts import DAY_MS, RAW_LOG, contracts_of
+from longseq.schemas.spec import SPECS_DIR, SpecError, load_spec
+from longseq.sources import SAMPLE_START
+from longseq.sources.movielens import GENRES, MOVIELENS_SPEC_FILE, MovieLensMapping, adapt_movielens, genre_id
 from tests.test_generate import values_digest
 
 RATINGS = Path(__file__).resolve().parent / "data" / "movielens-sample" / "ratings.csv"
@@ -69,7 +69,7 @@ def test_order_ties_and_sessions(adapted):
 
 
 def test_built_histories_are_the_earlier_sessions(adapted, tmp_path):
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     raw, rows, ratings = adapted
     end = START + dt.timedelta(days=DAYS - 1)
@@ -175,7 +175,7 @@ def test_a_movie_without_genres_has_a_null_genre_id(tmp_path):
 
 
 def test_built_records_carry_the_genre_on_history_and_target(adapted_spec, tmp_path):
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     raw, rows, _ = adapted_spec
     end = START + dt.timedelta(days=DAYS - 1)
@@ -197,8 +197,8 @@ def test_a_spec_movielens_cannot_fill_is_a_clear_error(tmp_path):
 
 def test_the_rating_may_not_be_a_target_feature(tmp_path):
     """The labels are made of the rating: on a target it is the answer."""
-    from schemas.spec import SpecError, load_spec, spec_from_dict
-    from sources.movielens import MOVIELENS_SPEC_FILE, adapt_movielens
+    from longseq.schemas.spec import SpecError, load_spec, spec_from_dict
+    from longseq.sources.movielens import MOVIELENS_SPEC_FILE, adapt_movielens
 
     data = load_spec(MOVIELENS_SPEC_FILE).to_dict()
     data["features"]["stars"] = {"kind": "numeric", "source": "rating", "sides": ["history", "target"]}

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.errors import LongseqError
-from trainer.batch import random_batch
-from trainer.model import RankingModel, loss_fn
-from trainer.model_config import PRESETS
-from trainer.optimizers import RowWiseAdagrad, TrainOptimizer, clip_gradients, make_optimizer
+from longseq.schemas.errors import LongseqError
+from longseq.trainer.batch import random_batch
+from longseq.trainer.model import RankingModel, loss_fn
+from longseq.trainer.model_config import PRESETS
+from longseq.trainer.optimizers import RowWiseAdagrad, TrainOptimizer, clip_gradients, make_optimizer
 
 
 def test_rowwise_adagrad_updates_the_rows_looked_up_as_a_loop_over_rows_does():

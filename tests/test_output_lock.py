@@ -18,18 +18,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cli.main import main
-from dataset.layout import BuildLayout
-from dataset.output_lock import LOCK_NAME, output_lock
-from dataset.published import published_days
-from dataset.storage import LocalStorage
-from etl.build import BuildConfig, build
-from etl.publish import publish
-from etl.validation import ValidationFailed
-from schemas.contracts import SUCCESS_MARKER
-from schemas.errors import MissingPrerequisiteError
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.cli.main import main
+from longseq.dataset.layout import BuildLayout
+from longseq.dataset.output_lock import LOCK_NAME, output_lock
+from longseq.dataset.published import published_days
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.publish import publish
+from longseq.etl.validation import ValidationFailed
+from longseq.schemas.contracts import SUCCESS_MARKER
+from longseq.schemas.errors import MissingPrerequisiteError
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = lambda i: SAMPLE_START + dt.timedelta(days=i)  # noqa: E731
@@ -43,7 +43,7 @@ def raw(tmp_path_factory) -> Path:
 
 
 def polars():
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     return PolarsEngine()
 
@@ -53,7 +53,7 @@ def _quiet(_: str) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "longseq.cli.main", *args], capture_output=True, text=True, timeout=120,
                           cwd=REPO)
 
 
@@ -63,7 +63,7 @@ def _holder(data: Path, temps: bool = False) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from dataset.output_lock import output_lock
+        from longseq.dataset.output_lock import output_lock
         with output_lock({str(data)!r}, "build"):
             if {temps!r}:
                 for kind in ("requests", "quarantine", "state"):
@@ -126,7 +126,7 @@ def test_a_holder_killed_with_sigkill_leaves_the_lock_free_and_its_temp_dirs_are
 
 def test_the_lock_is_re_entrant_within_a_process_and_excludes_other_processes(raw, tmp_path):
     data = tmp_path / "data"
-    probe = f"from dataset.output_lock import output_lock\nwith output_lock({str(data)!r}, 'publish'): pass"
+    probe = f"from longseq.dataset.output_lock import output_lock\nwith output_lock({str(data)!r}, 'publish'): pass"
     with output_lock(str(data), "publish") as locked:
         assert locked
         build(polars(), BuildConfig(str(raw), str(data), DAY(0)), log=_quiet)  # takes it again: no deadlock

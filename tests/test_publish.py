@@ -9,17 +9,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cli.main import main
-from dataset.published import published_files
-from dataset.spec_record import spec_summary
-from etl.build import BuildConfig, build
-from etl.publish import publish
-from etl.validation import ValidationConfig, ValidationFailed, validate
-from schemas.contracts import DEFAULT_SPEC
-from schemas.errors import MissingPrerequisiteError
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
-from trainer.reader import ReaderConfig, open_published
+from longseq.cli.main import main
+from longseq.dataset.published import published_files
+from longseq.dataset.spec_record import spec_summary
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.publish import publish
+from longseq.etl.validation import ValidationConfig, ValidationFailed, validate
+from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.schemas.errors import MissingPrerequisiteError
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
+from longseq.trainer.reader import ReaderConfig, open_published
 
 pytestmark = pytest.mark.spark
 
@@ -28,7 +28,7 @@ MAX_LEN = 20
 
 
 def _build(raw: Path, out: Path) -> None:
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     build(PolarsEngine(), BuildConfig(str(raw), str(out), DAY, DAY, MAX_LEN), log=lambda m: None)
 

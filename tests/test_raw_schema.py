@@ -16,10 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from cli.main import main
-from schemas.contracts import SUCCESS_MARKER
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.cli.main import main
+from longseq.schemas.contracts import SUCCESS_MARKER
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 DAY = SAMPLE_START
 PART = f"ds={DAY}"
@@ -201,8 +201,8 @@ def test_a_corrupt_state_is_named(engine, request, table, tmp_path, capsys):
 
 
 def test_read_raw_partition_uses_the_same_check(table, tmp_path):
-    from dataset.raw import read_raw_partition
-    from schemas.errors import SchemaMismatchError
+    from longseq.dataset.raw import read_raw_partition
+    from longseq.schemas.errors import SchemaMismatchError
 
     tail = _raw(tmp_path / "raw", _extra, table)
     with pytest.raises(SchemaMismatchError) as e:
@@ -214,10 +214,10 @@ def test_read_raw_partition_uses_the_same_check(table, tmp_path):
 
 
 def test_uris_without_spark_are_checked_through_pyarrow_fs(table, tmp_path):
-    from dataset.parquet_files import check_parquet_files
-    from dataset.storage import ArrowStorage
-    from schemas.contracts import RAW_LOG
-    from schemas.errors import SchemaMismatchError
+    from longseq.dataset.parquet_files import check_parquet_files
+    from longseq.dataset.storage import ArrowStorage
+    from longseq.schemas.contracts import RAW_LOG
+    from longseq.schemas.errors import SchemaMismatchError
 
     tail = _raw(tmp_path / "raw", _missing, table)
     uri = f"file://{tmp_path}/raw/{PART}"

@@ -15,18 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cli.pipeline import prepare_generated
-from dataset.published import PublishedDataError, published_files
-from features.lengths import LengthSampler
-from schemas.contracts import HIST_PREFIX, REQUEST_RECORD, TGT_PREFIX
-from schemas.errors import LongseqError
-from schemas.forms import to_arrow
-from sources import SAMPLE_START
-from sources.generate import PROFILES
-from trainer.batch import RequestBatch
-from trainer.chunks import HIST_NAMES, TGT_NAMES, CorruptRecordsError, chunk_from_arrow, concat, select, slice_chunk
-from trainer.reader import ReaderConfig, open_published, open_reader
-from trainer.reader_steps import batch_ends
+from longseq.cli.pipeline import prepare_generated
+from longseq.dataset.published import PublishedDataError, published_files
+from longseq.features.lengths import LengthSampler
+from longseq.schemas.contracts import HIST_PREFIX, REQUEST_RECORD, TGT_PREFIX
+from longseq.schemas.errors import LongseqError
+from longseq.schemas.forms import to_arrow
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES
+from longseq.trainer.batch import RequestBatch
+from longseq.trainer.chunks import HIST_NAMES, TGT_NAMES, CorruptRecordsError, chunk_from_arrow, concat, select, slice_chunk
+from longseq.trainer.reader import ReaderConfig, open_published, open_reader
+from longseq.trainer.reader_steps import batch_ends
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -36,7 +36,7 @@ ENGINES = ("petastorm", "arrow")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     sample = prepare_generated(tmp_path_factory.mktemp("reader"), PROFILES["tiny"], seed=11, max_len=MAX_LEN,
                                engine=PolarsEngine(row_group_bytes=16 * 1024))

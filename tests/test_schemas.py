@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas import CONTRACTS, REQUEST_RECORD, RAW_LOG, USER_STATE, SchemaMismatchError
-from schemas.check import check_arrow_schema, check_polars_schema, check_spark_schema
-from schemas.contracts import HISTORY_EVENT, TASKS
-from schemas.forms import (
+from longseq.schemas import CONTRACTS, REQUEST_RECORD, RAW_LOG, USER_STATE, SchemaMismatchError
+from longseq.schemas.check import check_arrow_schema, check_polars_schema, check_spark_schema
+from longseq.schemas.contracts import HISTORY_EVENT, TASKS
+from longseq.schemas.forms import (
     arrow_type, dtype_from_arrow, dtype_from_spark, to_arrow, to_polars, to_spark, to_unischema,
 )
-from schemas.types import ListOf
+from longseq.schemas.types import ListOf
 
 ALL = sorted(CONTRACTS)
 
@@ -166,14 +166,14 @@ def test_spark_mismatch(spark, tmp_path):
 
 
 def test_contract_docs_are_generated_from_the_schemas():
-    from schemas.markdown import DOC, refresh
+    from longseq.schemas.markdown import DOC, refresh
 
     text = DOC.read_text()
     assert refresh(text) == text, "docs/CONTRACTS.md is stale: run `python -m schemas.markdown --write`"
 
 
 def test_spec_docs_are_generated_from_the_example_specs():
-    from schemas.markdown import SPEC_DOC, refresh, spec_block
+    from longseq.schemas.markdown import SPEC_DOC, refresh, spec_block
 
     text = SPEC_DOC.read_text()
     assert "hist_category" in spec_block() and "tgt_genre" in spec_block()

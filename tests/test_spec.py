@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.contracts import DEFAULT_SPEC, REQUEST_RECORD, contracts_of
-from schemas.spec import DEFAULT_SPEC_FILE, MAX_TASKS, SPECS_DIR, SpecError, load_spec, spec_from_dict
+from longseq.schemas.contracts import DEFAULT_SPEC, REQUEST_RECORD, contracts_of
+from longseq.schemas.spec import DEFAULT_SPEC_FILE, MAX_TASKS, SPECS_DIR, SpecError, load_spec, spec_from_dict
 
 ECOMMERCE = SPECS_DIR / "ecommerce.yaml"
 
@@ -138,8 +138,8 @@ def test_the_fingerprint_is_what_the_records_hold() -> None:
 
 
 def test_reading_with_another_transform_of_the_same_records(tmp_path: Path) -> None:
-    from dataset.spec_record import record_spec, spec_for
-    from dataset.storage import LocalStorage
+    from longseq.dataset.spec_record import record_spec, spec_for
+    from longseq.dataset.storage import LocalStorage
 
     storage, data = LocalStorage(), str(tmp_path)
     record_spec(storage, data, load_spec(ECOMMERCE))

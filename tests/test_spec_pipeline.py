@@ -11,16 +11,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cli.main import main
-from cli.pipeline import build_and_publish, validate_days
-from dataset.layout import day_range
-from etl.build import BuildConfig, build
-from schemas.spec import SPECS_DIR, load_spec
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.cli.main import main
+from longseq.cli.pipeline import build_and_publish, validate_days
+from longseq.dataset.layout import day_range
+from longseq.etl.build import BuildConfig, build
+from longseq.schemas.spec import SPECS_DIR, load_spec
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 from tests.reference_build import build_reference
-from trainer.evaluate import evaluate
-from trainer.train import TrainConfig, train
+from longseq.trainer.evaluate import evaluate
+from longseq.trainer.train import TrainConfig, train
 
 ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
 MOVIELENS = load_spec(SPECS_DIR / "movielens.yaml")
@@ -63,7 +63,7 @@ def ecommerce_raw(tmp_path_factory) -> Path:
 
 def test_generated_ecommerce_logs_build_as_the_reference_does(ecommerce_raw, tmp_path):
     data = tmp_path / "data"
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     reports = build(PolarsEngine(), BuildConfig(str(ecommerce_raw), str(data), DAYS[0], DAYS[-1], MAX_LEN,
                                                 spec=ECOMMERCE), log=QUIET)
@@ -76,7 +76,7 @@ def test_generated_ecommerce_logs_build_as_the_reference_does(ecommerce_raw, tmp
 
 @pytest.mark.slow
 def test_ecommerce_spark_build_validate_publish_train_evaluate(ecommerce_raw, tmp_path, spark):
-    from etl.spark_build import SparkEngine
+    from longseq.etl.spark_build import SparkEngine
 
     data = tmp_path / "data"
     engine = SparkEngine(spark)
@@ -115,7 +115,7 @@ def _corrupt_category(data: Path, tmp_path: Path) -> Path:
 
 
 def test_movielens_spec_builds_as_the_reference_and_trains(tmp_path):
-    from sources.movielens import MovieLensMapping, adapt_movielens
+    from longseq.sources.movielens import MovieLensMapping, adapt_movielens
 
     raw, data = tmp_path / "raw", tmp_path / "data"
     adapt_movielens(RATINGS, raw, mapping=MovieLensMapping(days=len(DAYS), start=DAYS[0]), progress=QUIET,

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.subprocess, pytest.mark.slow]
 # What an executor reports about itself: its Python, its process, whether it is the driver's.
 PROBE = """
 import json, os, sys
-from etl.spark_session import SparkConfig, spark_session
+from longseq.etl.spark_session import SparkConfig, spark_session
 spark = spark_session(SparkConfig(master=sys.argv[1], driver_memory="512m", shuffle_partitions=2,
                                   conf={"spark.executor.memory": "512m", "spark.executor.cores": "1"}))
 seen = spark.sparkContext.parallelize(range(4), 2).map(lambda _: (sys.executable, os.getpid(), os.getcwd())).collect()
@@ -61,7 +61,7 @@ def test_the_daily_build_on_a_standalone_cluster_equals_polars(cluster, tiny_raw
     assert report["driver_pid"] not in {pid for _, pid, _ in report["executors"]}
     assert all(_in_worker(work, cwd) for _, _, cwd in report["executors"]), report["executors"]
 
-    longseq = [sys.executable, "-m", "cli.main", "build", "--raw", str(tiny_raw), "--start", "2026-01-01",
+    longseq = [sys.executable, "-m", "longseq.cli.main", "build", "--raw", str(tiny_raw), "--start", "2026-01-01",
                "--end", "2026-01-02", "--max-len", "32"]
     on_cluster = subprocess.run([*longseq, "--data", str(tmp_path / "spark"), "--engine", "spark", "--master",
                                  master, "--shuffle-partitions", "2", *EXECUTOR],
@@ -80,11 +80,11 @@ def test_the_stream_on_a_standalone_cluster_equals_the_daily_build(cluster, tmp_
     """`longseq stream --once` against the cluster: the state function runs in the worker's
     executors, under this interpreter (each Python worker writes where it ran), and the days
     are the daily build's."""
-    from etl.build import BuildConfig, build
-    from etl.polars_build import PolarsEngine
-    from schemas.contracts import DEFAULT_SPEC
-    from sources import SAMPLE_START
-    from sources.generate import PROFILES, generate
+    from longseq.etl.build import BuildConfig, build
+    from longseq.etl.polars_build import PolarsEngine
+    from longseq.schemas.contracts import DEFAULT_SPEC
+    from longseq.sources import SAMPLE_START
+    from longseq.sources.generate import PROFILES, generate
     from tests.test_stream_sim import DAYS, arrivals
     from tests.test_stream_spark import assert_same_days, land
 
@@ -95,7 +95,7 @@ def test_the_stream_on_a_standalone_cluster_equals_the_daily_build(cluster, tmp_
          tmp_path / "landing")
     probes = tmp_path / "probes"
     stream = subprocess.run(
-        [sys.executable, "-m", "cli.main", "stream", "--once", "--raw", str(tmp_path / "landing"), "--data",
+        [sys.executable, "-m", "longseq.cli.main", "stream", "--once", "--raw", str(tmp_path / "landing"), "--data",
          str(tmp_path / "data"), "--checkpoint", str(tmp_path / "ckpt"), "--lateness", "2h", "--watermark-delay", "30m",
          "--max-len", "16", "--max-files-per-trigger", "10", "--state-partitions", "2", "--master", master, *EXECUTOR,
          "--conf", f"spark.executorEnv.LONGSEQ_STREAM_PROBE={probes}"],

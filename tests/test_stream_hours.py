@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataset.published import PublishedDataError, published_hour_files, published_hours, verify_published
-from etl.stream import StreamConfig, run_stream
-from schemas.contracts import DEFAULT_SPEC, day_start_ms
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.dataset.published import PublishedDataError, published_hour_files, published_hours, verify_published
+from longseq.etl.stream import StreamConfig, run_stream
+from longseq.schemas.contracts import DEFAULT_SPEC, day_start_ms
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 from tests.test_stream_sim import HOUR_MS, arrivals
 from tests.test_stream_spark import MAX_LEN, land
 
@@ -61,7 +61,7 @@ def test_hours_are_validated_and_published_in_order_and_a_failed_hour_blocks_the
     the hours before it pass the gate and are published, readable and verified; it fails
     (request_id_unique) and blocks the hours after it until an operator publishes it with a
     reason; then online training follows all the hours, scoring each before training on it."""
-    from cli.main import main
+    from longseq.cli.main import main
 
     _landed(tmp_path, share_request_in_hour=HOURS[-1])
     logged: list[str] = []
@@ -100,8 +100,8 @@ def test_hours_are_validated_and_published_in_order_and_a_failed_hour_blocks_the
     assert verify_published(urls) > 0
 
     # stream -> hours published -> online training, each hour scored before it is trained on
-    from trainer.follow import follow
-    from trainer.train import TrainConfig
+    from longseq.trainer.follow import follow
+    from longseq.trainer.train import TrainConfig
 
     run = tmp_path / "run"
     summary = follow(str(data), run, TrainConfig(preset="tiny", batch_size=8, device="cpu", warmup_steps=2),

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from etl.build import BuildConfig, build
-from etl.polars_build import PolarsEngine
-from schemas.contracts import DEFAULT_SPEC
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.polars_build import PolarsEngine
+from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 from tests.test_stream_sim import DAYS, HOUR_MS, arrivals
 from tests.test_stream_spark import MAX_LEN, assert_same_days, land
 

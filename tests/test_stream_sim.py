@@ -14,15 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl.build import BuildConfig, build
-from etl.polars_build import PolarsEngine
-from etl.row_rules import LATE_ARRIVAL
-from etl.stream_process import StreamSettings
-from etl.stream_sim import ArrivedFile, simulate
-from schemas.contracts import DEFAULT_SPEC, contracts_of
-from schemas.spec import SPECS_DIR, DatasetSpec, load_spec
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.polars_build import PolarsEngine
+from longseq.etl.row_rules import LATE_ARRIVAL
+from longseq.etl.stream_process import StreamSettings
+from longseq.etl.stream_sim import ArrivedFile, simulate
+from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
+from longseq.schemas.spec import SPECS_DIR, DatasetSpec, load_spec
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 from tests.reference_build import build_reference, read_partition
 
 HOUR_MS = 3_600_000
@@ -138,8 +138,8 @@ def _imp(event_id: str, request_id: str, user_id: int, request_ts: int, event_ts
 
 
 def _files(rows: list[dict], day: dt.date) -> list[ArrivedFile]:
-    from schemas.contracts import RAW_LOG
-    from schemas.forms import to_arrow
+    from longseq.schemas.contracts import RAW_LOG
+    from longseq.schemas.forms import to_arrow
 
     return [ArrivedFile(day, pa.Table.from_pylist([r], schema=to_arrow(RAW_LOG))) for r in rows]
 

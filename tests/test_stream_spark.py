@@ -12,12 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from etl.build import BuildConfig, build
-from etl.polars_build import PolarsEngine
-from etl.stream import StreamConfig, run_stream
-from schemas.contracts import DEFAULT_SPEC
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.polars_build import PolarsEngine
+from longseq.etl.stream import StreamConfig, run_stream
+from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 from tests.reference_build import build_reference
 from tests.test_stream_sim import DAYS, HOUR_MS, arrivals
 
@@ -126,7 +126,7 @@ def test_rows_of_a_day_that_arrive_after_it_closed_are_kept_and_counted(spark, t
     watermark passed it (late_arrival) reach the stream after their day closed: quarantined
     all the same, and counted in reports/ds=D/after_close.json, so that the day's report plus
     these equal the daily build's."""
-    from etl.stream_sim import ArrivedFile
+    from longseq.etl.stream_sim import ArrivedFile
     from tests.test_build_semantics import D1, D2, NOON, imp, write_raw
 
     day2 = NOON + 86_400_000
@@ -140,8 +140,8 @@ def test_rows_of_a_day_that_arrive_after_it_closed_are_kept_and_counted(spark, t
     ]
     import pyarrow as pa
 
-    from schemas.contracts import RAW_LOG
-    from schemas.forms import to_arrow
+    from longseq.schemas.contracts import RAW_LOG
+    from longseq.schemas.forms import to_arrow
 
     land([[ArrivedFile(d, pa.Table.from_pylist(rows, schema=to_arrow(RAW_LOG)))] for d, rows in files],
          tmp_path / "landing")

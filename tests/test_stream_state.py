@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl.build import BuildConfig, build
-from etl.polars_build import PolarsEngine
-from etl.stream_state import StreamState, day_number, from_user_state, to_user_state
-from schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC
-from schemas.spec import SPECS_DIR, load_spec
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.polars_build import PolarsEngine
+from longseq.etl.stream_state import StreamState, day_number, from_user_state, to_user_state
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC
+from longseq.schemas.spec import SPECS_DIR, load_spec
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 DAYS = [SAMPLE_START, SAMPLE_START + dt.timedelta(days=1)]
 MAX_LEN = 16

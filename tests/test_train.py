@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cli.pipeline import prepare_generated
-from schemas.errors import LongseqError
-from sources import SAMPLE_START
-from sources.generate import PROFILES
-from trainer import checkpoint
-from trainer.evaluate import evaluate, score
-from trainer.metrics import auc, gauc, logloss
-from trainer.train import TrainConfig, TrainingDiverged, train
+from longseq.cli.pipeline import prepare_generated
+from longseq.schemas.errors import LongseqError
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES
+from longseq.trainer import checkpoint
+from longseq.trainer.evaluate import evaluate, score
+from longseq.trainer.metrics import auc, gauc, logloss
+from longseq.trainer.train import TrainConfig, TrainingDiverged, train
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -32,7 +32,7 @@ LONGSEQ = str(Path(sys.executable).with_name("longseq"))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     sample = prepare_generated(tmp_path_factory.mktemp("train"), PROFILES["tiny"], seed=3, max_len=64,
                                engine=PolarsEngine(row_group_bytes=16 * 1024))
@@ -71,7 +71,7 @@ def test_a_run_dir_with_other_settings_is_not_resumed(data, tmp_path):
 
 
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    import trainer.train as module
+    import longseq.trainer.train as module
 
     real, calls = module.loss_fn, {"n": 0}
 
@@ -138,7 +138,7 @@ def test_evaluate_and_score_read_full_length(data, tmp_path):
 def test_weighted_auc_and_bootstrap_intervals():
     """Integer weights count a target that many times (checked against repeating it); the
     interval resamples users, so it widens when a few users carry all the signal."""
-    from trainer.metrics import bootstrap_auc, weighted_auc
+    from longseq.trainer.metrics import bootstrap_auc, weighted_auc
 
     g = np.random.default_rng(1)
     y, s, w = g.integers(0, 2, 400), np.round(g.normal(size=400), 1), g.integers(0, 4, 400)
@@ -227,8 +227,8 @@ def test_bench_extrapolation_counts_the_history_that_training_reads(data):
     """history_work against an independent count from the published files: a fixed max_len
     keeps min(history, max_len) events of every request; padded keys are at least the events;
     a length sampler reads fewer events, and the same ones on every call."""
-    from bench.extrapolation import history_work
-    from dataset.published import published_files
+    from longseq.bench.extrapolation import history_work
+    from longseq.dataset.published import published_files
 
     lengths = np.concatenate([pq.read_table(f.url.removeprefix("file://"), columns=["hist_item_id"])
                               .column("hist_item_id").combine_chunks().value_lengths().to_numpy()
@@ -261,8 +261,8 @@ def test_a_config_saved_before_a_field_existed_reads_as_training_did_then():
 def test_a_benchmark_run_killed_while_evaluating_is_not_trained_again(data, tmp_path):
     """bench quality's run(): a finished training with the same settings is evaluated, not
     retrained (its checkpoint stays as it was); other settings train afresh."""
-    from bench.quality import Results, run
-    from bench.quality_plan import Windows
+    from longseq.bench.quality import Results, run
+    from longseq.bench.quality_plan import Windows
 
     windows = Windows(train=(START, START), valid=(END, END), test=(END, END))
     results = Results(tmp_path / "results.json")
@@ -287,9 +287,9 @@ def test_a_training_step_never_waits_for_the_device(embedding_optimizer, arch, o
     """On the meta device tensors have shapes but no data, so any read back to the host
     (.item(), int(t.max()), a data-dependent shape, `if tensor`) fails: a step that runs
     there keeps a GPU busy without stalls."""
-    from trainer.batch import random_batch
-    from trainer.distributed import Context
-    from trainer.train import TrainMeter, _open_run, train_step
+    from longseq.trainer.batch import random_batch
+    from longseq.trainer.distributed import Context
+    from longseq.trainer.train import TrainMeter, _open_run, train_step
 
     cfg = TrainConfig(preset="tiny", model={"arch": arch, **options}, embedding_optimizer=embedding_optimizer)
     run = _open_run(tmp_path, cfg, Context(0, 1, torch.device("meta")), 10, log=lambda m: None)

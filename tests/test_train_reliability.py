@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from cli.pipeline import build_and_publish, prepare_generated
-from dataset.published import published_files
-from schemas.errors import LongseqError
-from sources import SAMPLE_START
-from sources.generate import PROFILES
-from trainer import checkpoint
-from trainer.evaluate import evaluate
-from trainer.train import TrainConfig, learning_rate, train
+from longseq.cli.main import main
+from longseq.cli.pipeline import build_and_publish, prepare_generated
+from longseq.dataset.published import published_files
+from longseq.schemas.errors import LongseqError
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES
+from longseq.trainer import checkpoint
+from longseq.trainer.evaluate import evaluate
+from longseq.trainer.train import TrainConfig, learning_rate, train
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -31,7 +31,7 @@ QUIET = lambda m: None  # noqa: E731
 
 
 def _engine():
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     return PolarsEngine(row_group_bytes=16 * 1024)  # small row groups: several per day
 
@@ -152,8 +152,8 @@ def test_training_config_files_read_numbers_as_meant_and_name_a_wrong_type(tmp_p
 
 
 def test_validation_and_spark_config_files_are_type_checked(tmp_path):
-    from etl.spark_session import SparkConfig
-    from etl.validation import ValidationConfig
+    from longseq.etl.spark_session import SparkConfig
+    from longseq.etl.validation import ValidationConfig
 
     f = tmp_path / "v.yaml"
     f.write_text("raw_mostly: 9.9e-1\nlateness_ms: 1e3\ntargets_per_request: [1, 6.4e1]\n"
@@ -224,8 +224,8 @@ def test_a_run_cut_after_an_epoch_boundary_resumes_exactly_under_max_steps(data,
 def test_the_plan_counts_each_ranks_batches_with_several_processes(data):
     """Two shards read different row groups each epoch; training stops when one runs out:
     the plan's count against the batches two real readers give."""
-    from trainer.reader import ArrowRequestReader
-    from trainer.train import plan_steps, reader_config
+    from longseq.trainer.reader import ArrowRequestReader
+    from longseq.trainer.train import plan_steps, reader_config
 
     files = published_files(str(data), START, END)
     cfg = config(epochs=3)

@@ -14,22 +14,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dataset.spec_record import record_spec, spec_summary
-from dataset.storage import LocalStorage, file_url
-from features.hashing import hash_ids
-from schemas.contracts import DEFAULT_SPEC, contracts_of, day_start_ms
-from schemas.forms import to_arrow
-from schemas.spec import SPECS_DIR, SpecError, load_spec
-from trainer import checkpoint
-from trainer.batch import RequestBatch, pointwise, random_batch
-from trainer.distributed import Context
-from trainer.metrics import task_metrics
-from trainer.model import Layout, RankingModel, feature_salt, loss_fn
-from trainer.model_config import ARCHS, PRESETS
-from trainer.reader import ReaderConfig, data_spec, open_reader
-from sources import SAMPLE_START
-from trainer.evaluate import evaluate, score
-from trainer.train import OtherDataError, TrainConfig, _open_run, check_model_spec, train
+from longseq.dataset.spec_record import record_spec, spec_summary
+from longseq.dataset.storage import LocalStorage, file_url
+from longseq.features.hashing import hash_ids
+from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of, day_start_ms
+from longseq.schemas.forms import to_arrow
+from longseq.schemas.spec import SPECS_DIR, SpecError, load_spec
+from longseq.trainer import checkpoint
+from longseq.trainer.batch import RequestBatch, pointwise, random_batch
+from longseq.trainer.distributed import Context
+from longseq.trainer.metrics import task_metrics
+from longseq.trainer.model import Layout, RankingModel, feature_salt, loss_fn
+from longseq.trainer.model_config import ARCHS, PRESETS
+from longseq.trainer.reader import ReaderConfig, data_spec, open_reader
+from longseq.sources import SAMPLE_START
+from longseq.trainer.evaluate import evaluate, score
+from longseq.trainer.train import OtherDataError, TrainConfig, _open_run, check_model_spec, train
 
 ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
 ENGINES = ["arrow", "petastorm"]
@@ -254,7 +254,7 @@ def test_the_model_learns_from_the_features_and_not_without_them():
 
 def test_a_training_step_with_features_never_waits_for_the_device(tmp_path):
     """On the meta device any read back to the host fails (see test_train)."""
-    from trainer.train import train_step
+    from longseq.trainer.train import train_step
 
     run = _open_run(tmp_path, TrainConfig(preset="tiny"), Context(0, 1, torch.device("meta")), 10,
                     log=lambda m: None, spec=ECOMMERCE)
@@ -288,7 +288,7 @@ def test_a_checkpoint_records_its_spec_and_a_resume_on_another_spec_is_refused(t
     resumed = _open_run(tmp_path, cfg, cpu, 10, log=lambda m: None, spec=ECOMMERCE)
     for (name, a), (_, b) in zip(run.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
-    from trainer.evaluate import load_model
+    from longseq.trainer.evaluate import load_model
 
     model, _, _ = load_model(tmp_path, warn=print)
     assert model.spec.fingerprint == ECOMMERCE.fingerprint and model.heads.out_features == 3
@@ -307,8 +307,8 @@ def test_a_default_spec_checkpoint_records_none_and_reads_as_the_default(tmp_pat
 def published_day(out, spec, rows: list[dict]) -> str:
     """A built and published day of DATA=out holding `rows`, written by hand in the build's
     layout (dataset/layout.py), as tests/test_validate_publish_spec.py does."""
-    from etl.publish import publish
-    from schemas.contracts import SUCCESS_MARKER
+    from longseq.etl.publish import publish
+    from longseq.schemas.contracts import SUCCESS_MARKER
 
     day = f"ds={DAY}"
     record_spec(LocalStorage(), str(out), spec)

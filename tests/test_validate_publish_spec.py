@@ -15,16 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataset.published import PublishedDataError, published_files
-from dataset.spec_record import record_spec, spec_summary
-from dataset.storage import LocalStorage
-from etl.publish import publish
-from etl.validation import ValidationConfig, raw_checks, request_checks, summary_table, validate
-from schemas.contracts import DEFAULT_SPEC, SUCCESS_MARKER, contracts_of, day_start_ms
-from schemas.errors import LongseqError
-from schemas.forms import to_arrow
-from schemas.spec import SPECS_DIR, SpecError, load_spec
-from sources import SAMPLE_START
+from longseq.dataset.published import PublishedDataError, published_files
+from longseq.dataset.spec_record import record_spec, spec_summary
+from longseq.dataset.storage import LocalStorage
+from longseq.etl.publish import publish
+from longseq.etl.validation import ValidationConfig, raw_checks, request_checks, summary_table, validate
+from longseq.schemas.contracts import DEFAULT_SPEC, SUCCESS_MARKER, contracts_of, day_start_ms
+from longseq.schemas.errors import LongseqError
+from longseq.schemas.forms import to_arrow
+from longseq.schemas.spec import SPECS_DIR, SpecError, load_spec
+from longseq.sources import SAMPLE_START
 
 ECOM = load_spec(SPECS_DIR / "ecommerce.yaml")
 DAY = SAMPLE_START

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl.build import BuildConfig, build
-from etl.validation import ValidationConfig, ValidationFailed, require_publishable, summary_table, validate
-from schemas.contracts import REQUEST_RECORD, SUCCESS_MARKER
-from schemas.forms import to_arrow
-from sources import SAMPLE_START
-from sources.generate import PROFILES, generate
+from longseq.etl.build import BuildConfig, build
+from longseq.etl.validation import ValidationConfig, ValidationFailed, require_publishable, summary_table, validate
+from longseq.schemas.contracts import REQUEST_RECORD, SUCCESS_MARKER
+from longseq.schemas.forms import to_arrow
+from longseq.sources import SAMPLE_START
+from longseq.sources.generate import PROFILES, generate
 
 pytestmark = pytest.mark.spark
 
@@ -28,7 +28,7 @@ MAX_LEN = 20
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path]:
-    from etl.polars_build import PolarsEngine
+    from longseq.etl.polars_build import PolarsEngine
 
     root = tmp_path_factory.mktemp("validation")
     raw, out = root / "raw", root / "out"
@@ -205,7 +205,7 @@ def test_config_file(tmp_path):
     assert cfg.label_rates["like"] == (0.01, 0.2) and cfg.label_rates["finish"] == ValidationConfig().label_rates["finish"]
     assert cfg.max_len == 50 and not cfg.critical("history_sorted") and cfg.critical("label_rate_like")
     f.write_text("max_lenn: 3\n")
-    from schemas.errors import LongseqError
+    from longseq.schemas.errors import LongseqError
 
     with pytest.raises(LongseqError, match="unknown validation config keys"):
         ValidationConfig.from_file(str(f))

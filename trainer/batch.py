@@ -21,9 +21,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from schemas.contracts import DEFAULT_SPEC, HIST_PREFIX, TASKS, TGT_PREFIX
-from schemas.spec import DatasetSpec, Feature
-from trainer.chunks import RequestChunk
+from longseq.schemas.contracts import DEFAULT_SPEC, HIST_PREFIX, TASKS, TGT_PREFIX
+from longseq.schemas.spec import DatasetSpec, Feature
+from longseq.trainer.chunks import RequestChunk
 
 
 @dataclass

@@ -26,9 +26,9 @@ from typing import Callable
 
 import torch
 
-from schemas.contracts import DEFAULT_SPEC
-from schemas.errors import LongseqError
-from schemas.spec import DatasetSpec, SpecError, spec_from_dict
+from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.schemas.errors import LongseqError
+from longseq.schemas.spec import DatasetSpec, SpecError, spec_from_dict
 
 KEEP = 3  # checkpoints kept besides the newest
 # what a checkpoint holds; a file that loads without one of these is not a checkpoint of ours

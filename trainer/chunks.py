@@ -19,11 +19,11 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from features.hashing import mix64
-from schemas.contracts import DEFAULT_SPEC, contracts_of
-from schemas.errors import LongseqError
-from schemas.spec import DatasetSpec
-from schemas.types import ListOf
+from longseq.features.hashing import mix64
+from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
+from longseq.schemas.errors import LongseqError
+from longseq.schemas.spec import DatasetSpec
+from longseq.schemas.types import ListOf
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from schemas.errors import LongseqError, MissingPrerequisiteError
-from schemas.spec import DatasetSpec
-from trainer import checkpoint
-from trainer.batch import RequestBatch
-from trainer.distributed import resolve_device
-from trainer.metrics import bootstrap_auc, task_metrics
-from trainer.model import RankingModel
-from dataset.published import published_hour_files
-from trainer.reader import ReaderConfig, data_spec, open_published, open_reader
-from trainer.train import TrainConfig, check_model_spec
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.schemas.spec import DatasetSpec
+from longseq.trainer import checkpoint
+from longseq.trainer.batch import RequestBatch
+from longseq.trainer.distributed import resolve_device
+from longseq.trainer.metrics import bootstrap_auc, task_metrics
+from longseq.trainer.model import RankingModel
+from longseq.dataset.published import published_hour_files
+from longseq.trainer.reader import ReaderConfig, data_spec, open_published, open_reader
+from longseq.trainer.train import TrainConfig, check_model_spec
 
 
 def _warn(message: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.contracts import TASKS
+from longseq.schemas.contracts import TASKS
 
 
 def _check_columns(labels: np.ndarray, logits: np.ndarray, tasks: tuple[str, ...]) -> None:

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.actions import NUM_ACTIONS, num_actions
-from features.hashing import hash_ids, name_salt
-from features.time_buckets import NUM_TIME_BUCKETS, time_delta_bucket
-from schemas.contracts import DEFAULT_SPEC
-from schemas.spec import SIDES, DatasetSpec, Feature
-from trainer.batch import Jagged, RequestBatch
-from trainer.model_config import ModelConfig
+from longseq.features.actions import NUM_ACTIONS, num_actions
+from longseq.features.hashing import hash_ids, name_salt
+from longseq.features.time_buckets import NUM_TIME_BUCKETS, time_delta_bucket
+from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.schemas.spec import SIDES, DatasetSpec, Feature
+from longseq.trainer.batch import Jagged, RequestBatch
+from longseq.trainer.model_config import ModelConfig
 
 # ---------------------------------------------------------------- batch layout
 

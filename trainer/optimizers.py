@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from schemas.errors import LongseqError
+from longseq.schemas.errors import LongseqError
 
 EMBEDDING_OPTIMIZERS = ("adamw", "rowwise_adagrad")
 

@@ -33,14 +33,14 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 
-from dataset.published import verify_published
-from schemas.contracts import DEFAULT_SPEC, contracts_of
-from schemas.errors import LongseqError
-from schemas.forms import to_unischema
-from schemas.spec import DatasetSpec
-from trainer.batch import RequestBatch
-from trainer.chunks import CorruptRecordsError, RequestChunk, offsets_of, record_columns
-from trainer.reader_steps import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
+from longseq.dataset.published import verify_published
+from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
+from longseq.schemas.errors import LongseqError
+from longseq.schemas.forms import to_unischema
+from longseq.schemas.spec import DatasetSpec
+from longseq.trainer.batch import RequestBatch
+from longseq.trainer.chunks import CorruptRecordsError, RequestChunk, offsets_of, record_columns
+from longseq.trainer.reader_steps import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
 
 PAYLOAD = "payload"  # the one output column: each "row" is one int64 of a packed row group
 

@@ -12,12 +12,12 @@ from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-from features.hashing import mix64
-from features.lengths import LengthSampler
-from schemas.contracts import TASKS
-from schemas.errors import LongseqError
-from trainer.batch import RequestBatch, batch_from_chunk
-from trainer.chunks import RequestChunk, concat, content_key, select, select_many, slice_chunk
+from longseq.features.hashing import mix64
+from longseq.features.lengths import LengthSampler
+from longseq.schemas.contracts import TASKS
+from longseq.schemas.errors import LongseqError
+from longseq.trainer.batch import RequestBatch, batch_from_chunk
+from longseq.trainer.chunks import RequestChunk, concat, content_key, select, select_many, slice_chunk
 
 
 @dataclass

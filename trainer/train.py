@@ -38,23 +38,23 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from dataset.spec_record import spec_summary
-from features.lengths import LengthSampler
-from schemas.contracts import DEFAULT_SPEC
-from schemas.errors import LongseqError
-from schemas.spec import DatasetSpec
-from trainer import checkpoint
-from trainer.batch import RequestBatch, device_batches
-from trainer.distributed import Context, all_have_batch, setup, teardown
-from trainer.model import RankingModel, check_kernel, loss_fn, num_parameters
-from trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
-from trainer.optimizers import EMBEDDING_OPTIMIZERS, TrainOptimizer, clip_gradients, make_optimizer
-from trainer.reader import ReaderConfig, RequestReader, data_spec, open_reader
+from longseq.dataset.spec_record import spec_summary
+from longseq.features.lengths import LengthSampler
+from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.schemas.errors import LongseqError
+from longseq.schemas.spec import DatasetSpec
+from longseq.trainer import checkpoint
+from longseq.trainer.batch import RequestBatch, device_batches
+from longseq.trainer.distributed import Context, all_have_batch, setup, teardown
+from longseq.trainer.model import RankingModel, check_kernel, loss_fn, num_parameters
+from longseq.trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
+from longseq.trainer.optimizers import EMBEDDING_OPTIMIZERS, TrainOptimizer, clip_gradients, make_optimizer
+from longseq.trainer.reader import ReaderConfig, RequestReader, data_spec, open_reader
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from dataset.published import PublishedFile
+    from longseq.dataset.published import PublishedFile
 
 
 class TrainingDiverged(LongseqError):
@@ -152,7 +152,7 @@ class TrainConfig:
     def from_file(path: Path | str, **overrides) -> "TrainConfig":
         """A YAML/JSON settings file, each value checked against its field's type (one-line
         errors naming the file and field), with overrides (command-line flags) on top."""
-        from schemas.settings_file import load_settings
+        from longseq.schemas.settings_file import load_settings
 
         return TrainConfig(**{**load_settings(TrainConfig, path, "training config"), **overrides})
 
@@ -232,7 +232,7 @@ def plan_steps(cfg: TrainConfig, files: list[PublishedFile], world: int = 1) -> 
 
 def _epoch_batches(cfg: TrainConfig, files: list[PublishedFile], world: int) -> tuple[Callable[[int], int], bool]:
     """Batches per process in an epoch (a function of the epoch), and whether that is exact."""
-    from trainer.reader_steps import row_group_schedule
+    from longseq.trainer.reader_steps import row_group_schedule
 
     rows = sum(f.rows for f in files)
     if cfg.token_budget is not None or world == 1:
@@ -252,7 +252,7 @@ def _row_group_rows(urls: list[str]) -> list[int]:
     """Rows of each row group, numbered across the files in order (as shards number them)."""
     import pyarrow.parquet as pq
 
-    from dataset.storage import open_input  # escaped file:// URLs and cluster URIs alike
+    from longseq.dataset.storage import open_input  # escaped file:// URLs and cluster URIs alike
 
     rows = []
     for url in urls:
@@ -284,8 +284,8 @@ class DataRecord:
 
     @staticmethod
     def read(data: str, start, end, spec: DatasetSpec = DEFAULT_SPEC) -> "DataRecord":
-        from dataset.layout import BuildLayout, day_range
-        from dataset.storage import absolute, storage_for
+        from longseq.dataset.layout import BuildLayout, day_range
+        from longseq.dataset.storage import absolute, storage_for
 
         root = absolute(data).rstrip("/")
         storage, layout = storage_for(root, arrow=True), BuildLayout(root)
@@ -300,7 +300,7 @@ class DataRecord:
         return DataRecord(root, days, None if _is_default(spec) else spec_summary(spec))
 
     def spec_or_default(self) -> dict:
-        from dataset.published import built_spec_summary
+        from longseq.dataset.published import built_spec_summary
 
         return built_spec_summary({"spec": self.spec})
 
@@ -435,7 +435,7 @@ def train(data: str, start, end, run_dir: Path | str, cfg: TrainConfig | None = 
     allow_other_data, which data.json then records; and data of the spec its checkpoints
     record, always. The spec is the data's (cfg.spec, when set, must be it). stop_after: stop
     (with a checkpoint) after this many steps of this call, as if killed: for tests of resuming."""
-    from dataset.published import published_files
+    from longseq.dataset.published import published_files
 
     cfg = cfg or TrainConfig()
     run_dir = Path(run_dir)
