@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -26,9 +27,15 @@ def test_every_package_folder_is_installed_under_the_namespace():
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_a_wheel_installs_beside_other_features_and_schemas_modules(tmp_path):
-    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    wheel_dir, site, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
+    # from a copy of the tracked files: a build leaves build/ beside the sources it read
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.decode()
+    for name in filter(None, tracked.split("\0")):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                            "-w", str(wheel_dir), str(REPO)], capture_output=True, text=True, timeout=300)
+                            "-w", str(wheel_dir), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     # another distribution's top-level `features` and `schemas`, already installed
     for name in ("features", "schemas"):
