@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.spark_build import SparkEngine
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.spark_engine import SparkEngine
 from longseq.etl.spark_session import SparkConfig, spark_session
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate

@@ -41,7 +41,7 @@ def history_work(data: Path, span, cfg) -> dict[str, int]:
     seed, same length sampler): history events (the jagged work: embeddings, K/V projections)
     and padded keys (each batch's requests times its longest history: what attention padded to
     the batch computes). Counts, unlike seconds on a shared machine, are the same on every run."""
-    from longseq.trainer.reader import open_published
+    from longseq.reader.readers import open_published
     from longseq.trainer.train import reader_config
 
     events = padded = 0

@@ -60,7 +60,7 @@ def useful_flops(model_cfg, hist_lengths: list[int], tgt_lengths: list[int]) -> 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from longseq.trainer.batch import random_batch
+    from longseq.reader.testing import random_batch
     from longseq.trainer.model import RankingModel, loss_fn
 
     with torch.device("meta"):
@@ -100,7 +100,7 @@ def _sync(device) -> None:
 
 def step_seconds(cfg, batches: list, device, steps: int) -> float:
     """Median seconds of trainer.train.train_step over `batches` (cycled), after WARMUP steps."""
-    from longseq.trainer.batch import device_batches
+    from longseq.reader.batch import device_batches
     from longseq.trainer.train import train_step
 
     run = _run(cfg, device)
@@ -123,7 +123,7 @@ def _ushaped_batch(seed: int, requests: int, targets: int = 10):
     import torch
 
     from longseq.features.lengths import LengthSampler
-    from longseq.trainer.batch import random_batch
+    from longseq.reader.testing import random_batch
 
     lengths = LengthSampler().sample(np.random.default_rng(seed), requests).tolist()
     batch = random_batch(lengths, [targets] * requests, seed=seed)
@@ -175,7 +175,7 @@ def measure_training(device, preset: str, requests: int, steps: int, compile_too
 def measure_reader(data: str, start, end, device, steps: int, lines: list[str]) -> None:
     """Requests/s the reader supplies (a full pass, on the host) and a training step
     consumes at preset small (the same batches, already read)."""
-    from longseq.trainer.reader import open_published
+    from longseq.reader.readers import open_published
     from longseq.trainer.train import TrainConfig, reader_config
 
     cfg = TrainConfig(preset="small", batch_size=128, lr=1e-3)
@@ -193,7 +193,7 @@ def measure_reader(data: str, start, end, device, steps: int, lines: list[str]) 
 def measure_scoring(device, preset: str, lines: list[str]) -> None:
     import torch
 
-    from longseq.trainer.batch import random_batch
+    from longseq.reader.testing import random_batch
     from longseq.trainer.model import RankingModel
     from longseq.trainer.model_config import PRESETS
 

@@ -21,7 +21,7 @@ ARCHS_CHECKED = (("stca", {}), ("stca", {"match_prior": 1.0, "match_by": "embedd
 def forward_matches_cpu() -> str:
     """The CUDA forward pass equals the CPU one: within fp32 tolerance in fp32, and within
     bf16's (8 bits of mantissa) under bf16 autocast."""
-    from longseq.trainer.batch import random_batch
+    from longseq.reader.testing import random_batch
     from longseq.trainer.model import RankingModel
     from longseq.trainer.model_config import PRESETS
 
@@ -46,7 +46,7 @@ def forward_matches_cpu() -> str:
 
 def compiled_matches_eager() -> str:
     """torch.compile (dynamic shapes) gives the eager logits on batches of different shapes."""
-    from longseq.trainer.batch import random_batch
+    from longseq.reader.testing import random_batch
     from longseq.trainer.model import RankingModel
     from longseq.trainer.model_config import PRESETS
 
@@ -67,7 +67,7 @@ def compiled_matches_eager() -> str:
 def flex_matches_padded() -> str:
     """The flex kernel's logits and gradients equal the padded kernel's on CUDA (fp32), with
     and without the id-match prior (its score_mod)."""
-    from longseq.trainer.batch import random_batch
+    from longseq.reader.testing import random_batch
     from longseq.trainer.model import RankingModel, loss_fn
     from longseq.trainer.model_config import PRESETS
 

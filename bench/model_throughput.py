@@ -5,7 +5,7 @@ training lengths (what the reader must keep up with).
     longseq bench model [--preset small] [--lengths 512,1000,2000,5000,10000] [--repeat 3]
 
 Every measurement runs in a fresh process (peak RSS is then its own), on random batches
-of the stated shape (trainer.batch.random_batch); times are medians of --repeat after a
+of the stated shape (reader.testing.random_batch); times are medians of --repeat after a
 warm-up step. Set --device cuda on a GPU machine.
 """
 
@@ -64,7 +64,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     import torch
 
     from longseq.features.lengths import LengthSampler
-    from longseq.trainer.batch import pointwise, random_batch
+    from longseq.reader.testing import pointwise, random_batch
 
     torch.set_num_threads(args.threads)
     out: dict = {}

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from longseq.dataset.layout import ROW_GROUP_BYTES
-from longseq.etl.spark_build import LIST_WRITE_OPTIONS
+from longseq.etl.batch.spark_engine import LIST_WRITE_OPTIONS
 from longseq.etl.spark_session import SparkConfig, spark_session
 from longseq.schemas.contracts import REQUEST_RECORD
 from longseq.schemas.forms import spark_type, to_unischema
-from longseq.trainer.batch import batch_from_chunk
-from longseq.trainer.chunks import HIST_NAMES, REQUEST_NAMES, TGT_NAMES, RequestChunk, arrow_values
+from longseq.reader.batch import batch_from_chunk
+from longseq.reader.chunks import HIST_NAMES, REQUEST_NAMES, TGT_NAMES, RequestChunk, arrow_values
 
 if TYPE_CHECKING:  # pragma: no cover
     from petastorm.unischema import Unischema
@@ -81,7 +81,7 @@ def write_materialized(spark: "SparkSession", df: "DataFrame", path: Path, schem
 
 def read_plain_petastorm(files: list[Path]) -> tuple[int, int]:
     """(A) the trainer's reader: make_batch_reader + the packing TransformSpec."""
-    from longseq.trainer.reader import ReaderConfig, open_reader
+    from longseq.reader.readers import ReaderConfig, open_reader
 
     reader = open_reader([f.as_uri() for f in files], ReaderConfig(shuffle=False, batch_size=BATCH_SIZE), "petastorm")
     requests = tokens = 0

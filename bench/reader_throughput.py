@@ -90,7 +90,7 @@ def _floor(urls: list[str]) -> tuple[int, int]:
 
     from longseq.dataset.storage import local_path
     from longseq.schemas.contracts import REQUEST_RECORD
-    from longseq.trainer.chunks import arrow_values
+    from longseq.reader.chunks import arrow_values
 
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
@@ -113,7 +113,7 @@ def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
     """One setting over the days, in this process."""
     from longseq.dataset.published import published_files, verify_published
     from longseq.features.lengths import LengthSampler
-    from longseq.trainer.reader import ReaderConfig, open_reader
+    from longseq.reader.readers import ReaderConfig, open_reader
 
     urls = [f.url for f in published_files(str(data), start, end)]
     engine, overrides = SETTINGS[setting]

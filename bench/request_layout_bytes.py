@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.spark_build import SparkEngine
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.spark_engine import SparkEngine
 from longseq.etl.spark_session import SparkConfig, spark_session
 from longseq.schemas.contracts import REQUEST_RECORD
 from longseq.schemas.types import ListOf

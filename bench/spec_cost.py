@@ -43,10 +43,10 @@ WORKLOADS = ("build-polars", "build-spark", "read-arrow", "read-petastorm")
 
 _READ = """
 import sys, time, datetime as dt
-from longseq.trainer.reader import open_published
-from longseq.trainer.reader_steps import ReaderConfig
+from longseq.reader.readers import open_published
+from longseq.reader.steps import ReaderConfig
 from longseq.features.lengths import LengthSampler
-import longseq.trainer.reader as r
+import longseq.reader.readers as r
 assert r.__file__.startswith(sys.argv[1]), r.__file__  # this tree's code, not the installed one
 engine, data, start, end = sys.argv[2], sys.argv[3], dt.date.fromisoformat(sys.argv[4]), dt.date.fromisoformat(sys.argv[5])
 cfg = ReaderConfig(shuffle=False) if engine == "arrow" else ReaderConfig(shuffle=True, truncation=LengthSampler(max_len=int(sys.argv[6])))

@@ -15,7 +15,7 @@
    The event-time waits (lateness + watermark delay, then the rest of the hour) are in them,
    divided by k.
 3. state: the stream's state per user, as the Arrow blob a user's state is after the last
-   day (etl/stream_state.py): p50, p99, mean, max bytes; and the RocksDB checkpoint on disk
+   day (etl/stream/state.py): p50, p99, mean, max bytes; and the RocksDB checkpoint on disk
    divided by users.
 """
 
@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from longseq.dataset.parquet_files import read_arrow
-from longseq.etl.stream_state import from_user_state
+from longseq.etl.stream.state import from_user_state
 from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate

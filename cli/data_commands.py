@@ -91,7 +91,7 @@ def run_adapt(args: argparse.Namespace) -> int:
 
 
 def build_arguments(p: argparse.ArgumentParser) -> None:
-    from longseq.etl.engines import ENGINES
+    from longseq.etl.batch.engines import ENGINES
 
     add_raw(p, "raw log directory (ds=YYYY-MM-DD partitions with _SUCCESS)")
     add_data(p, "output directory: requests/, quarantine/, state/, reports/", deprecated=["--out"])
@@ -112,8 +112,8 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from longseq.etl.build import BuildConfig, build, summarize_build
-    from longseq.etl.engines import make_engine
+    from longseq.etl.batch.build import BuildConfig, build, summarize_build
+    from longseq.etl.batch.engines import make_engine
 
     if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
         raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
@@ -131,7 +131,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def validate_arguments(p: argparse.ArgumentParser) -> None:
-    from longseq.etl.validation import SUITES
+    from longseq.etl.gates.validation import SUITES
 
     add_data(p)
     add_days(p, "validate", deprecated_start=["--ds"])
@@ -151,7 +151,7 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
 def run_validate(args: argparse.Namespace) -> int:
     from longseq.dataset.layout import day_range
     from longseq.etl.spark_session import spark_session
-    from longseq.etl.validation import ValidationConfig, ValidationFailed, summary_table, validate
+    from longseq.etl.gates.validation import ValidationConfig, ValidationFailed, summary_table, validate
 
     if args.max_len is not None:
         progress("longseq validate: warning: --max-len is deprecated: the bound is read from each day's build report")
@@ -206,7 +206,7 @@ def publish_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from longseq.etl.publish import publish
+    from longseq.etl.gates.publish import publish
 
     with output_lock(absolute(args.data), "publish", log=progress):  # etl.validation refuses stale days
         if args.hour is not None:
@@ -220,8 +220,8 @@ def _publish_blocked_hour(args: argparse.Namespace) -> int:
     from longseq.dataset.layout import StreamLayout
     from longseq.dataset.spec_record import spec_for
     from longseq.etl.spark_session import spark_session
-    from longseq.etl.stream_hours import HourPublisher, closed_hours
-    from longseq.etl.stream_process import StreamSettings
+    from longseq.etl.stream.hours import HourPublisher, closed_hours
+    from longseq.etl.stream.settings import StreamSettings
 
     if not args.override_validation or args.end not in (None, args.start):
         raise LongseqError("--hour publishes one hour of --start, and only with --override-validation REASON: the "
@@ -248,7 +248,7 @@ def _publish_blocked_hour(args: argparse.Namespace) -> int:
 
 
 def stream_arguments(p: argparse.ArgumentParser) -> None:
-    from longseq.etl.stream_config import StreamConfig
+    from longseq.etl.stream.settings import StreamConfig
 
     default = StreamConfig(raw="", out="", checkpoint="")
     add_raw(p, "directory the raw log files land in (ds=YYYY-MM-DD partitions; files written under a hidden name, "
@@ -289,15 +289,15 @@ def stream_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_stream(args: argparse.Namespace) -> int:
     from longseq.etl.spark_session import spark_session
-    from longseq.etl.stream import run_stream as run
-    from longseq.etl.stream_config import StreamConfig
+    from longseq.etl.stream.job import run_stream as run
+    from longseq.etl.stream.settings import StreamConfig, StreamSettings
 
     mode = "once" if args.once else "available-now" if args.available_now else "continuous"
-    config = StreamConfig(raw=args.raw, out=args.data, checkpoint=args.checkpoint, start=args.start,
-                          max_len=args.max_len, lateness_ms=args.lateness, watermark_delay_ms=args.watermark_delay,
+    settings = StreamSettings(spec=dataset_spec(args), max_len=args.max_len, lateness_ms=args.lateness)
+    config = StreamConfig(raw=args.raw, out=args.data, checkpoint=args.checkpoint, settings=settings, start=args.start,
+                          watermark_delay_ms=args.watermark_delay,
                           trigger=args.trigger, max_files_per_trigger=args.max_files_per_trigger, mode=mode,
-                          state_partitions=args.state_partitions, publish_hours=args.publish_hours,
-                          spec=dataset_spec(args))
+                          state_partitions=args.state_partitions, publish_hours=args.publish_hours)
     # taken (re-entrantly) by run_stream too; here so that a busy output fails before Spark starts
     with output_lock(absolute(args.data), "stream", log=progress):
         summary = run(spark_session(spark_config(args)), config, log=progress)

@@ -44,7 +44,7 @@ def summarize_raw(raw: Path, start: dt.date, days: int) -> list[str]:
 
 def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callable[[str], None] = print) -> int:
     """Every stage on a generated sample under `out`; results to stdout, progress to `progress`."""
-    from longseq.etl.engines import make_engine
+    from longseq.etl.batch.engines import make_engine
     from longseq.etl.spark_session import SparkConfig
 
     p = PROFILES[profile]
@@ -82,7 +82,7 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
 def summarize_reader(data: Path, start: dt.date, end: dt.date) -> str:
     """One training epoch's worth of batches through the Petastorm reader, counted."""
     from longseq.features.lengths import LengthSampler
-    from longseq.trainer.reader import ReaderConfig, open_published
+    from longseq.reader.readers import ReaderConfig, open_published
 
     cfg = ReaderConfig(batch_size=64, shuffle=True, truncation=LengthSampler())
     requests = tokens = targets = batches = 0

@@ -52,11 +52,11 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
     reports. log gets progress, show the results of each stage; spec: the logs' dataset spec
     (a DatasetSpec, or None for the default)."""
     from longseq.dataset.output_lock import output_lock
-    from longseq.etl.build import BuildConfig, build, summarize_build
-    from longseq.etl.publish import publish
+    from longseq.etl.batch.build import BuildConfig, build, summarize_build
+    from longseq.etl.gates.publish import publish
 
     if engine is None:
-        from longseq.etl.polars_build import PolarsEngine
+        from longseq.etl.batch.polars_engine import PolarsEngine
 
         engine = PolarsEngine()
     with output_lock(str(data), "pipeline", log=log):  # one holder from build to publish
@@ -70,7 +70,7 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
 
 def validate_days(engine, data: Path, days: list[dt.date], show: Callable[[str], None]) -> None:
     """The requests suite on each day; raises ValidationFailed naming the days that failed."""
-    from longseq.etl.validation import ValidationFailed, validate
+    from longseq.etl.gates.validation import ValidationFailed, validate
 
     spark = getattr(engine, "spark", None)
     if spark is None:

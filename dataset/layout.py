@@ -10,7 +10,7 @@
     DATA/.longseq.lock                            held while a build, validate or publish runs
 
 Engines write into hidden temp directories (names starting with "."; Spark, pyarrow and
-polars skip those), which are renamed into place only once complete (etl/commit.py). A
+polars skip those), which are renamed into place only once complete (etl/batch/commit.py). A
 day counts as built when its report exists.
 """
 
@@ -93,11 +93,11 @@ class BuildLayout:
         return hashlib.sha256(storage.read_text(path).encode()).hexdigest()[:16] if storage.exists(path) else None
 
     def manifest(self, day: dt.date) -> str:
-        """Written by `longseq publish` (etl/publish.py); its presence makes the day readable."""
+        """Written by `longseq publish` (etl/gates/publish.py); its presence makes the day readable."""
         return f"{self.out}/published/{ds_name(day)}/{MANIFEST_NAME}"
 
     def hour_manifest(self, day: dt.date, hour: int) -> str:
-        """Written by the stream for each validated hour (etl/stream_hours.py): the hour is readable."""
+        """Written by the stream for each validated hour (etl/stream/hours.py): the hour is readable."""
         return f"{self.out}/published/{ds_name(day)}/{hour_name(hour)}/{MANIFEST_NAME}"
 
     def hour_validation(self, day: dt.date, hour: int) -> str:
@@ -110,7 +110,7 @@ class BuildLayout:
 
     def stale_marker(self, day: dt.date) -> str:
         """Written when a day before this one is rebuilt: this day's records and state were
-        built on that day's previous state. A rebuild of this day removes it (etl/commit.py)."""
+        built on that day's previous state. A rebuild of this day removes it (etl/batch/commit.py)."""
         return f"{self.out}/reports/{ds_name(day)}/{STALE_NAME}"
 
     def stale_info(self, storage: Storage, day: dt.date) -> dict | None:
@@ -144,7 +144,7 @@ class BuildLayout:
 @dataclass(frozen=True)
 class StreamLayout:
     """What `longseq stream` keeps under DATA/stream/ besides the daily layout above
-    (etl/stream_sink.py): per micro-batch B, the files it committed and its commit record;
+    (etl/stream/sink.py): per micro-batch B, the files it committed and its commit record;
     a day's files become a built day's outputs when the day closes.
 
         stream/commits/B.json                       written last: batch B is committed

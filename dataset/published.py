@@ -2,7 +2,7 @@
 
     DATA/published/ds=YYYY-MM-DD/manifest.json
 
-`longseq publish` (etl/publish.py) writes one manifest a day, last, by a rename: a day is
+`longseq publish` (etl/gates/publish.py) writes one manifest a day, last, by a rename: a day is
 readable whole or not at all. A manifest names each Parquet file of the day's request
 records with its size, SHA-256, rows and row groups, and the build run it came from.
 Readers ask for a date range (`published_files`): every day in it must be published, and
@@ -141,7 +141,7 @@ def published_files(data: str, start: dt.date, end: dt.date | None = None, stora
 
 
 def published_hours(data: str, storage: Storage | None = None) -> list[tuple[dt.date, int]]:
-    """Every hour the stream published in a build's output directory (etl/stream_hours.py), in order."""
+    """Every hour the stream published in a build's output directory (etl/stream/hours.py), in order."""
     data = absolute(data).rstrip("/")
     storage = storage or storage_for(data, arrow=True)
     layout, found = BuildLayout(data), []

@@ -167,7 +167,7 @@ def contracts_of(spec: DatasetSpec) -> Contracts:
     quarantine = Schema(
         name="quarantine",
         doc="Raw rows the build rejected, as they were read, with the first rule each broke.",
-        fields=(*raw_log.fields, Field("reason", STRING, doc="see etl/row_rules.py")),
+        fields=(*raw_log.fields, Field("reason", STRING, doc="see etl/batch/row_rules.py")),
     )
     return Contracts(spec, raw_log, history_event, target, request_record, user_state, quarantine)
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from longseq.etl.row_rules import dedup_order, reasons_for
+from longseq.etl.batch.row_rules import dedup_order, reasons_for
 from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, contracts_of
 from longseq.schemas.spec import DatasetSpec, Feature
 

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.build import DayCounts, length_summary
-from longseq.etl.row_rules import reasons_for
-from longseq.etl.stream_process import StreamSettings
-from longseq.etl.stream_sim import ArrivedFile, simulate
+from longseq.etl.batch.build import DayCounts, length_summary
+from longseq.etl.batch.row_rules import reasons_for
+from longseq.etl.stream.settings import StreamSettings
+from tests.stream_sim import ArrivedFile, simulate
 from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, SUCCESS_MARKER, contracts_of
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec

@@ -8,7 +8,7 @@ import pytest
 
 from longseq.dataset.layout import BuildLayout
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.build import AccountingError, BuildConfig, build
+from longseq.etl.batch.build import AccountingError, BuildConfig, build
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 
@@ -27,7 +27,7 @@ def _engine_losing_a_row(name: str, request, monkeypatch, double: bool):
     if name == "polars":
         import polars as pl
 
-        import longseq.etl.polars_build as pb
+        import longseq.etl.batch.polars_engine as pb
 
         real = pb._records
 
@@ -37,7 +37,7 @@ def _engine_losing_a_row(name: str, request, monkeypatch, double: bool):
 
         monkeypatch.setattr(pb, "_records", faulty)
         return pb.PolarsEngine()
-    from longseq.etl.spark_build import SparkEngine
+    from longseq.etl.batch.spark_engine import SparkEngine
 
     real = SparkEngine._write_requests
 
@@ -59,7 +59,7 @@ def test_a_lost_or_doubled_target_fails_the_balance_and_commits_nothing(name, do
         build(engine, BuildConfig(str(raw), str(out), SAMPLE_START), log=lambda m: None)
     assert not BuildLayout(str(out)).is_built(LocalStorage(), SAMPLE_START)
     monkeypatch.undo()  # the real engine balances on the same input
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     report = build(PolarsEngine(), BuildConfig(str(raw), str(out), SAMPLE_START), log=lambda m: None)[0]
     assert report["rows_read"] == report["targets"] + sum(report["quarantined"].values()) + report["duplicates"]

@@ -52,7 +52,7 @@ def _python(code: str, env: dict[str, str], timeout: int = 900) -> subprocess.Co
 
 # what a DAG file must not pull in at parse time: the scheduler parses it every few seconds
 HEAVY = ("pyspark", "torch", "polars", "great_expectations", "petastorm", "pyarrow", "pandas")
-HEAVY_OWN = ("longseq.etl.build", "longseq.trainer", "longseq.sources")
+HEAVY_OWN = ("longseq.etl.batch.build", "longseq.trainer", "longseq.sources")
 
 
 def test_the_dag_folder_parses_cleanly_and_imports_nothing_heavy(airflow_env):
@@ -99,7 +99,7 @@ def test_a_day_runs_end_to_end_and_the_reader_reads_it(airflow_env, tmp_path):
     assert (out / "published" / f"ds={DAY}" / "manifest.json").exists()
     assert not (out / "published" / f"ds={DAY + dt.timedelta(days=1)}").exists()
 
-    from longseq.trainer.reader import ReaderConfig, open_published
+    from longseq.reader.readers import ReaderConfig, open_published
 
     manifest = json.loads((out / "published" / f"ds={DAY}" / "manifest.json").read_text())
     batches = list(open_published(str(out), DAY, config=ReaderConfig(shuffle=False)).batches())

@@ -1,9 +1,13 @@
 """Imports run one way, in the order the data flows, and no module imports itself back:
 
-    schemas -> dataset, features -> sources, etl, trainer -> cli -> bench, airflow_dags
+    schemas -> dataset, features -> sources, etl, reader -> trainer -> cli -> bench, airflow_dags
+
+Inside etl/, the rooms run one way too: batch <- stream, gates <- stream (the stream closes
+days through the batch build and publishes hours through the gates); batch and gates do not
+import each other or the stream.
 
 Every project module is imported through the `longseq` namespace it installs under
-(`longseq.etl.build`, never a bare `etl.build`, which would load a second copy of the
+(`longseq.etl.batch.build`, never a bare `etl.build`, which would load a second copy of the
 module, or another distribution's `etl`).
 
 Read from the source (an AST walk over every import statement, also those inside
@@ -26,12 +30,19 @@ ALLOWED: dict[str, set[str]] = {
     "features": {"schemas", "features"},
     "sources": {"schemas", "dataset", "features", "sources"},
     "etl": {"schemas", "dataset", "features", "etl"},
-    "trainer": {"schemas", "dataset", "features", "trainer"},
-    "cli": {"schemas", "dataset", "features", "sources", "etl", "trainer", "cli"},
-    "bench": {"schemas", "dataset", "features", "sources", "etl", "trainer", "cli", "bench"},
+    "reader": {"schemas", "dataset", "features", "reader"},
+    "trainer": {"schemas", "dataset", "features", "reader", "trainer"},
+    "cli": {"schemas", "dataset", "features", "sources", "etl", "reader", "trainer", "cli"},
+    "bench": {"schemas", "dataset", "features", "sources", "etl", "reader", "trainer", "cli", "bench"},
     "airflow_dags": {"schemas", "dataset", "cli", "airflow_dags"},
 }
 PACKAGES = set(ALLOWED) | {"tests"}
+# etl's rooms -> the rooms they may import (spark_session and the package itself: any room)
+ETL_ROOMS: dict[str, set[str]] = {
+    "etl.batch": {"etl.batch"},
+    "etl.gates": {"etl.gates"},
+    "etl.stream": {"etl.stream", "etl.batch", "etl.gates"},
+}
 NAMESPACE = "longseq."
 
 
@@ -41,7 +52,7 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def imports_of(path: Path, root: Path, known: set[str]) -> set[str]:
-    """The project modules one file imports, by their folder names (`longseq.etl.build` ->
+    """The project modules one file imports, by their folder names (`longseq.etl.batch.build` ->
     `etl.build`; `from pkg import mod` counts as pkg.mod when that is a module)."""
     def own(name: str) -> str:
         return name[len(NAMESPACE):] if name.startswith(NAMESPACE) else ""
@@ -89,6 +100,11 @@ def forbidden_imports(graph: dict[str, set[str]]) -> list[str]:
         if package == "tests":
             continue
         bad += [f"{module} imports {t}" for t in sorted(targets) if t.split(".")[0] not in ALLOWED[package]]
+        room = ".".join(module.split(".")[:2])
+        if room in ETL_ROOMS:
+            bad += [f"{module} imports {t}" for t in sorted(targets)
+                    if t.startswith("etl.") and ".".join(t.split(".")[:2]) in ETL_ROOMS
+                    and ".".join(t.split(".")[:2]) not in ETL_ROOMS[room]]
     return bad
 
 
@@ -140,10 +156,11 @@ def test_there_are_no_import_cycles():
     assert cycles(import_graph(REPO)) == []
 
 
-def test_the_trainer_reads_published_data_without_the_etl():
+def test_the_trainer_reads_published_data_through_the_reader_only():
     graph = import_graph(REPO)
-    assert "dataset.published" in graph["trainer.reader"]
-    assert not any(t.startswith(("etl", "sources")) for m, ts in graph.items() if m.startswith("trainer") for t in ts)
+    assert "dataset.published" in graph["reader.readers"]
+    assert not any(t.startswith(("etl", "sources")) for m, ts in graph.items() if m.startswith(("trainer", "reader")) for t in ts)
+    assert not any(t.startswith("trainer") for m, ts in graph.items() if m.startswith("reader") for t in ts)
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -155,22 +172,25 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 @pytest.mark.parametrize("files, expected", [
-    ({"trainer/train.py": "def f():\n    from longseq.etl.publish import published_files\n"},
-     "trainer.train imports etl.publish"),
-    ({"etl/build.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from longseq.trainer.model import X\n"},
-     "etl.build imports trainer.model"),
+    ({"trainer/train.py": "def f():\n    from longseq.etl.gates.publish import published_files\n"},
+     "trainer.train imports etl.gates.publish"),
+    ({"etl/batch/build.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from longseq.trainer.model import X\n"},
+     "etl.batch.build imports trainer.model"),
     ({"etl/demo.py": "import longseq.bench.quality\n"}, "etl.demo imports bench.quality"),
     ({"schemas/x.py": "from longseq.dataset import layout\n", "dataset/layout.py": ""}, "schemas.x imports dataset.layout"),
+    ({"reader/batch.py": "from longseq.trainer.model import X\n"}, "reader.batch imports trainer.model"),
+    ({"etl/batch/build.py": "from longseq.etl.stream.state import X\n"}, "etl.batch.build imports etl.stream.state"),
+    ({"etl/gates/publish.py": "from longseq.etl.batch.build import X\n"}, "etl.gates.publish imports etl.batch.build"),
 ])
 def test_the_check_catches_a_forbidden_import(tmp_path, files, expected):
     assert expected in forbidden_imports(import_graph(_tree(tmp_path, files)))
 
 
 def test_the_check_catches_a_cycle(tmp_path):
-    root = _tree(tmp_path, {"trainer/reader.py": "def f():\n    from longseq.trainer import petastorm_reader\n",
-                            "trainer/petastorm_reader.py": "from longseq.trainer.reader import ReaderConfig\n",
-                            "trainer/model.py": "from longseq.trainer.reader import x\n"})
-    assert cycles(import_graph(root)) == [["trainer.petastorm_reader", "trainer.reader"]]
+    root = _tree(tmp_path, {"reader/readers.py": "def f():\n    from longseq.reader import petastorm_reader\n",
+                            "reader/petastorm_reader.py": "from longseq.reader.readers import ReaderConfig\n",
+                            "trainer/model.py": "from longseq.reader.readers import x\n"})
+    assert cycles(import_graph(root)) == [["reader.petastorm_reader", "reader.readers"]]
 
 
 def test_the_check_catches_a_bare_import(tmp_path):

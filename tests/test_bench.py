@@ -175,7 +175,7 @@ def test_model_flops_count_each_request_alone_without_padding():
     from torch.utils.flop_counter import FlopCounterMode
 
     from longseq.bench.gpu import useful_flops
-    from longseq.trainer.batch import random_batch
+    from longseq.reader.testing import random_batch
     from longseq.trainer.model import RankingModel, loss_fn
     from longseq.trainer.model_config import PRESETS
 
@@ -204,7 +204,7 @@ def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
     and scoring parts run on the CPU with Petastorm, polars and Spark unimportable."""
     from longseq.bench.gpu import copy_days
     from longseq.cli.pipeline import prepare_generated
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
     from longseq.sources.generate import PROFILES
 
     sample = prepare_generated(tmp_path / "sample", PROFILES["tiny"], seed=5, max_len=300,

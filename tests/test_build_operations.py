@@ -18,7 +18,7 @@ import pytest
 
 from longseq.dataset.layout import BuildLayout
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.build import BuildConfig, build
+from longseq.etl.batch.build import BuildConfig, build
 from longseq.schemas.contracts import RAW_LOG, SUCCESS_MARKER
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
 from longseq.schemas.forms import to_arrow
@@ -39,7 +39,7 @@ def raw(tmp_path_factory) -> Path:
 
 
 def polars():
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     return PolarsEngine()
 
@@ -105,7 +105,7 @@ def test_schema_mismatch_polars(tmp_path):
 
 @pytest.mark.spark
 def test_schema_mismatch_spark(spark, tmp_path):
-    from longseq.etl.spark_build import SparkEngine
+    from longseq.etl.batch.spark_engine import SparkEngine
 
     bad = _mismatched_raw(tmp_path)
     with pytest.raises(SchemaMismatchError, match="'user_id': expected int64, got string"):
@@ -217,7 +217,7 @@ def test_spark_config_file_and_cli_overrides(tmp_path):
 @pytest.mark.spark
 def test_hadoop_file_system_paths_give_the_same_records(spark, raw, tmp_path):
     """file:// URIs go through Hadoop's FileSystem API, as hdfs:// or s3a:// would."""
-    from longseq.etl.spark_build import SparkEngine
+    from longseq.etl.batch.spark_engine import SparkEngine
 
     local, uri = tmp_path / "local", tmp_path / "uri"
     build(SparkEngine(spark), BuildConfig(str(raw), str(local), DAY(0), DAY(1), max_len=20), log=_quiet)
@@ -250,7 +250,7 @@ def test_a_user_with_100k_events_builds_in_a_small_jvm(spark, tmp_path):
     The user's events travel as one array per user; nothing of size requests x events is
     materialised, so this fits. The histories are checked against the events directly.
     """
-    from longseq.etl.spark_build import SparkEngine
+    from longseq.etl.batch.spark_engine import SparkEngine
     from longseq.schemas.contracts import day_start_ms
 
     rng = np.random.default_rng(0)

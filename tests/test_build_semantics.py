@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longseq.etl.build import BuildConfig, build, length_summary
+from longseq.etl.batch.build import BuildConfig, build, length_summary
 from longseq.schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, QUARANTINE, RAW_LOG, REQUEST_RECORD, day_start_ms
 from longseq.schemas.forms import to_arrow
 from longseq.sources import SAMPLE_START
@@ -43,14 +43,14 @@ ENGINES = [pytest.param("polars", id="polars"), pytest.param("spark", id="spark"
 
 def _make_engine(name: str, request):
     if name == "polars":
-        from longseq.etl.polars_build import PolarsEngine
+        from longseq.etl.batch.polars_engine import PolarsEngine
 
         return PolarsEngine()
     if name == "stream":  # the stream's semantics, without Spark (tests/stream_sim_engine.py)
         from tests.stream_sim_engine import StreamSimEngine
 
         return StreamSimEngine()
-    from longseq.etl.spark_build import SparkEngine
+    from longseq.etl.batch.spark_engine import SparkEngine
 
     return SparkEngine(request.getfixturevalue("spark"))  # the one session of the run
 
@@ -542,7 +542,7 @@ def test_redelivery_on_a_later_day_is_a_duplicate_within_the_lateness_bound(engi
 
 
 def test_a_longer_lateness_than_the_state_has_is_refused(tmp_path):
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
     from longseq.schemas.errors import LongseqError
 
     raw, out = tmp_path / "raw", tmp_path / "out"

@@ -21,8 +21,8 @@ import pytest
 
 from longseq.dataset.spec_record import recorded_spec, spec_summary
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.row_rules import categorical_inputs, feature_inputs, float_feature_inputs
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.row_rules import categorical_inputs, feature_inputs, float_feature_inputs
 from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of, day_start_ms
 from longseq.schemas.errors import LongseqError, SchemaMismatchError
 from longseq.schemas.forms import to_arrow
@@ -160,7 +160,7 @@ def _report(out: Path, day: dt.date) -> dict:
 
 
 def _polars():
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     return PolarsEngine()
 
@@ -224,7 +224,7 @@ def test_feature_values_by_hand():
     """The polars expressions on rows whose values are worked out here."""
     import polars as pl
 
-    from longseq.etl.feature_values import feature_columns, polars_value_ops
+    from longseq.etl.batch.feature_values import feature_columns, polars_value_ops
 
     frame = pl.DataFrame(
         {"category_id": [7, 8, 9, 10], "price_cents": [1999, 0, 5, 3], "dwell_ms": [1, None, 5, 6],
@@ -239,7 +239,7 @@ def test_feature_values_by_hand():
 
 
 def test_spark_matches_polars(ecommerce_builds, spark):
-    from longseq.etl.spark_build import SparkEngine
+    from longseq.etl.batch.spark_engine import SparkEngine
 
     polars_out, spark_out = ecommerce_builds / "polars", ecommerce_builds / "spark"
     _build(SparkEngine(spark), ecommerce_builds / "raw", spark_out, ECOMMERCE)

@@ -19,10 +19,10 @@ from longseq.cli.main import main
 from longseq.cli.pipeline import prepare_generated
 from longseq.dataset.layout import KINDS
 from longseq.dataset.published import PublishedDataError, published_files, verify_published
-from longseq.etl.publish import publish
+from longseq.etl.gates.publish import publish
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES
-from longseq.trainer.reader import ReaderConfig, open_published
+from longseq.reader.readers import ReaderConfig, open_published
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -35,7 +35,7 @@ def _quiet(message: str) -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     sample = prepare_generated(tmp_path_factory.mktemp("checksums"), PROFILES["tiny"], seed=13, max_len=64,
                                engine=PolarsEngine(row_group_bytes=16 * 1024))

@@ -128,8 +128,8 @@ def test_device_defaults_to_auto_everywhere():
 
 
 def test_choices_and_defaults_come_from_the_code():
-    from longseq.etl.engines import ENGINES
-    from longseq.etl.validation import SUITES
+    from longseq.etl.batch.engines import ENGINES
+    from longseq.etl.gates.validation import SUITES
     from longseq.schemas.contracts import DEFAULT_MAX_LEN
     from longseq.sources.generate import PROFILES
     from longseq.trainer.model_config import ARCHS, PRESETS

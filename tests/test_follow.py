@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from longseq.dataset.layout import StreamLayout
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.polars_build import PolarsEngine
-from longseq.etl.stream_hours import HOUR_MS, HourPublisher, close_hour
-from longseq.etl.stream_process import StreamSettings
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.polars_engine import PolarsEngine
+from longseq.etl.stream.hours import HOUR_MS, HourPublisher, close_hour
+from longseq.etl.stream.settings import StreamSettings
 from longseq.schemas.contracts import day_start_ms
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate

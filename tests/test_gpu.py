@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from longseq.cli.pipeline import prepare_generated
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
     from longseq.sources.generate import PROFILES
 
     sample = prepare_generated(tmp_path_factory.mktemp("gpu"), PROFILES["tiny"], seed=3, max_len=2_000,

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from longseq.trainer.batch import Jagged, RequestBatch, pointwise, random_batch
+from longseq.reader.batch import Jagged, RequestBatch
+from longseq.reader.testing import pointwise, random_batch
 from longseq.trainer.model import RankingModel, loss_fn, num_parameters
 from longseq.trainer.model_config import ARCHS, EXTENSIONS, PRESETS, ModelConfig
 

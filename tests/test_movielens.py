@@ -17,7 +17,7 @@ import pytest
 from longseq.cli.main import main
 from longseq.dataset.parquet_files import check_parquet_files
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.build import BuildConfig, build
+from longseq.etl.batch.build import BuildConfig, build
 from longseq.schemas.contracts import DAY_MS, RAW_LOG, contracts_of
 from longseq.schemas.spec import SPECS_DIR, SpecError, load_spec
 from longseq.sources import SAMPLE_START
@@ -69,7 +69,7 @@ def test_order_ties_and_sessions(adapted):
 
 
 def test_built_histories_are_the_earlier_sessions(adapted, tmp_path):
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     raw, rows, ratings = adapted
     end = START + dt.timedelta(days=DAYS - 1)
@@ -175,7 +175,7 @@ def test_a_movie_without_genres_has_a_null_genre_id(tmp_path):
 
 
 def test_built_records_carry_the_genre_on_history_and_target(adapted_spec, tmp_path):
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     raw, rows, _ = adapted_spec
     end = START + dt.timedelta(days=DAYS - 1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longseq.schemas.errors import LongseqError
-from longseq.trainer.batch import random_batch
+from longseq.reader.testing import random_batch
 from longseq.trainer.model import RankingModel, loss_fn
 from longseq.trainer.model_config import PRESETS
 from longseq.trainer.optimizers import RowWiseAdagrad, TrainOptimizer, clip_gradients, make_optimizer

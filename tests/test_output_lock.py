@@ -23,9 +23,9 @@ from longseq.dataset.layout import BuildLayout
 from longseq.dataset.output_lock import LOCK_NAME, output_lock
 from longseq.dataset.published import published_days
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.publish import publish
-from longseq.etl.validation import ValidationFailed
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.gates.publish import publish
+from longseq.etl.gates.validation import ValidationFailed
 from longseq.schemas.contracts import SUCCESS_MARKER
 from longseq.schemas.errors import MissingPrerequisiteError
 from longseq.sources import SAMPLE_START
@@ -43,7 +43,7 @@ def raw(tmp_path_factory) -> Path:
 
 
 def polars():
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     return PolarsEngine()
 

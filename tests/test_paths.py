@@ -14,12 +14,12 @@ import pytest
 from longseq.cli.main import main
 from longseq.dataset.published import published_files
 from longseq.dataset.storage import PathError
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.publish import publish
-from longseq.etl.validation import ValidationConfig, validate
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.gates.publish import publish
+from longseq.etl.gates.validation import ValidationConfig, validate
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
-from longseq.trainer.reader import ReaderConfig, open_published
+from longseq.reader.readers import ReaderConfig, open_published
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -39,7 +39,7 @@ def raw(tmp_path_factory) -> Path:
 
 
 def test_an_odd_directory_goes_from_raw_logs_to_scores(spark, raw, capsys):
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     out = raw.parent / "out polars"
     build(PolarsEngine(row_group_bytes=16 * 1024), BuildConfig(str(raw), str(out), START, END, MAX_LEN), log=_quiet)
@@ -64,7 +64,7 @@ def test_an_odd_directory_goes_from_raw_logs_to_scores(spark, raw, capsys):
 
 
 def test_the_spark_engine_builds_into_an_odd_directory_and_names_what_it_cannot_take(spark, raw):
-    from longseq.etl.spark_build import SparkEngine
+    from longseq.etl.batch.spark_engine import SparkEngine
 
     out = raw.parent / "out spark"
     reports = build(SparkEngine(spark), BuildConfig(str(raw), str(out), START, END, MAX_LEN), log=_quiet)

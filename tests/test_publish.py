@@ -12,14 +12,14 @@ import pytest
 from longseq.cli.main import main
 from longseq.dataset.published import published_files
 from longseq.dataset.spec_record import spec_summary
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.publish import publish
-from longseq.etl.validation import ValidationConfig, ValidationFailed, validate
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.gates.publish import publish
+from longseq.etl.gates.validation import ValidationConfig, ValidationFailed, validate
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.schemas.errors import MissingPrerequisiteError
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
-from longseq.trainer.reader import ReaderConfig, open_published
+from longseq.reader.readers import ReaderConfig, open_published
 
 pytestmark = pytest.mark.spark
 
@@ -28,7 +28,7 @@ MAX_LEN = 20
 
 
 def _build(raw: Path, out: Path) -> None:
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     build(PolarsEngine(), BuildConfig(str(raw), str(out), DAY, DAY, MAX_LEN), log=lambda m: None)
 

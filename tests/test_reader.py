@@ -23,10 +23,10 @@ from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES
-from longseq.trainer.batch import RequestBatch
-from longseq.trainer.chunks import HIST_NAMES, TGT_NAMES, CorruptRecordsError, chunk_from_arrow, concat, select, slice_chunk
-from longseq.trainer.reader import ReaderConfig, open_published, open_reader
-from longseq.trainer.reader_steps import batch_ends
+from longseq.reader.batch import RequestBatch
+from longseq.reader.chunks import HIST_NAMES, TGT_NAMES, CorruptRecordsError, chunk_from_arrow, concat, select, slice_chunk
+from longseq.reader.readers import ReaderConfig, open_published, open_reader
+from longseq.reader.steps import batch_ends
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -36,7 +36,7 @@ ENGINES = ("petastorm", "arrow")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     sample = prepare_generated(tmp_path_factory.mktemp("reader"), PROFILES["tiny"], seed=11, max_len=MAX_LEN,
                                engine=PolarsEngine(row_group_bytes=16 * 1024))

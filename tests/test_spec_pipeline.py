@@ -14,7 +14,7 @@ import pytest
 from longseq.cli.main import main
 from longseq.cli.pipeline import build_and_publish, validate_days
 from longseq.dataset.layout import day_range
-from longseq.etl.build import BuildConfig, build
+from longseq.etl.batch.build import BuildConfig, build
 from longseq.schemas.spec import SPECS_DIR, load_spec
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
@@ -63,7 +63,7 @@ def ecommerce_raw(tmp_path_factory) -> Path:
 
 def test_generated_ecommerce_logs_build_as_the_reference_does(ecommerce_raw, tmp_path):
     data = tmp_path / "data"
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     reports = build(PolarsEngine(), BuildConfig(str(ecommerce_raw), str(data), DAYS[0], DAYS[-1], MAX_LEN,
                                                 spec=ECOMMERCE), log=QUIET)
@@ -76,7 +76,7 @@ def test_generated_ecommerce_logs_build_as_the_reference_does(ecommerce_raw, tmp
 
 @pytest.mark.slow
 def test_ecommerce_spark_build_validate_publish_train_evaluate(ecommerce_raw, tmp_path, spark):
-    from longseq.etl.spark_build import SparkEngine
+    from longseq.etl.batch.spark_engine import SparkEngine
 
     data = tmp_path / "data"
     engine = SparkEngine(spark)

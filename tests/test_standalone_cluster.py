@@ -80,8 +80,8 @@ def test_the_stream_on_a_standalone_cluster_equals_the_daily_build(cluster, tmp_
     """`longseq stream --once` against the cluster: the state function runs in the worker's
     executors, under this interpreter (each Python worker writes where it ran), and the days
     are the daily build's."""
-    from longseq.etl.build import BuildConfig, build
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.build import BuildConfig, build
+    from longseq.etl.batch.polars_engine import PolarsEngine
     from longseq.schemas.contracts import DEFAULT_SPEC
     from longseq.sources import SAMPLE_START
     from longseq.sources.generate import PROFILES, generate

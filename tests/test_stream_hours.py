@@ -1,4 +1,4 @@
-"""The stream's hours (etl/stream_hours.py): each closed hour passes the Great Expectations
+"""The stream's hours (etl/stream/hours.py): each closed hour passes the Great Expectations
 gate and is published atomically for readers, in order; a failed hour blocks the hours after
 it until an operator publishes it with a reason."""
 
@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from longseq.dataset.published import PublishedDataError, published_hour_files, published_hours, verify_published
-from longseq.etl.stream import StreamConfig, run_stream
+from longseq.etl.stream.job import run_stream
+from longseq.etl.stream.settings import StreamConfig, StreamSettings
 from longseq.schemas.contracts import DEFAULT_SPEC, day_start_ms
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
@@ -52,7 +53,7 @@ def _landed(tmp_path, share_request_in_hour: int | None = None):
 
 def _config(tmp_path, mode="once") -> StreamConfig:
     return StreamConfig(raw=str(tmp_path / "landing"), out=str(tmp_path / "data"), checkpoint=str(tmp_path / "ckpt"),
-                        max_len=MAX_LEN, lateness_ms=HOUR_MS, watermark_delay_ms=10 * 60_000, mode=mode,
+                        settings=StreamSettings(max_len=MAX_LEN, lateness_ms=HOUR_MS, spec=None), watermark_delay_ms=10 * 60_000, mode=mode,
                         max_files_per_trigger=4, state_partitions=2, publish_hours=True)
 
 

@@ -1,6 +1,6 @@
 """`longseq stream` killed with SIGKILL (kill -9) at every step of a micro-batch's commit and
 at random times, then restarted from its checkpoint, ends with the daily build's output:
-nothing duplicated, nothing lost (etl/stream_sink.py)."""
+nothing duplicated, nothing lost (etl/stream/sink.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.polars_build import PolarsEngine
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.polars_engine import PolarsEngine
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate

@@ -1,4 +1,4 @@
-"""The stream's semantics without Spark (etl/stream_process.py driven by etl/stream_sim.py):
+"""The stream's semantics without Spark (etl/stream/process.py driven by tests/stream_sim.py):
 raw files arriving in micro-batches, in any order within the watermark delay, give the
 records, quarantine, counts and daily states of the batch build (polars) and of the
 independent reference."""
@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.polars_build import PolarsEngine
-from longseq.etl.row_rules import LATE_ARRIVAL
-from longseq.etl.stream_process import StreamSettings
-from longseq.etl.stream_sim import ArrivedFile, simulate
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.polars_engine import PolarsEngine
+from longseq.etl.batch.row_rules import LATE_ARRIVAL
+from longseq.etl.stream.settings import StreamSettings
+from tests.stream_sim import ArrivedFile, simulate
 from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
 from longseq.schemas.spec import SPECS_DIR, DatasetSpec, load_spec
 from longseq.sources import SAMPLE_START

@@ -1,4 +1,4 @@
-"""`longseq stream` on Spark (etl/stream.py, etl/stream_sink.py): raw files landing in
+"""`longseq stream` on Spark (etl/stream/job.py, etl/stream/sink.py): raw files landing in
 micro-batches give the daily build's days; first, the facts about pyspark 3.5 the design
 rests on."""
 
@@ -12,9 +12,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.polars_build import PolarsEngine
-from longseq.etl.stream import StreamConfig, run_stream
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.polars_engine import PolarsEngine
+from longseq.etl.stream.job import run_stream
+from longseq.etl.stream.settings import StreamConfig, StreamSettings
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
@@ -64,7 +65,7 @@ def test_stream_once_equals_the_daily_build(spark, tmp_path):
     assert files > 20
 
     config = StreamConfig(raw=str(tmp_path / "landing"), out=str(tmp_path / "data"), checkpoint=str(tmp_path / "ckpt"),
-                          max_len=MAX_LEN, lateness_ms=lateness, watermark_delay_ms=delay, mode="once",
+                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=lateness, spec=None), watermark_delay_ms=delay, mode="once",
                           max_files_per_trigger=8, state_partitions=2)
     summary = run_stream(spark, config, log=lambda m: None)
     assert summary["batches"] > 3
@@ -107,7 +108,7 @@ def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, t
          tmp_path / "landing")
     logged: list[str] = []
     config = StreamConfig(raw=str(tmp_path / "landing"), out=str(data), checkpoint=str(tmp_path / "ckpt"),
-                          max_len=MAX_LEN, lateness_ms=lateness, watermark_delay_ms=delay, mode="once",
+                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=lateness, spec=None), watermark_delay_ms=delay, mode="once",
                           max_files_per_trigger=8, state_partitions=2)
     summary = run_stream(spark, config, log=logged.append)
     assert any(f"starts from the state after {DAYS[0]}" in m for m in logged)
@@ -126,7 +127,7 @@ def test_rows_of_a_day_that_arrive_after_it_closed_are_kept_and_counted(spark, t
     watermark passed it (late_arrival) reach the stream after their day closed: quarantined
     all the same, and counted in reports/ds=D/after_close.json, so that the day's report plus
     these equal the daily build's."""
-    from longseq.etl.stream_sim import ArrivedFile
+    from tests.stream_sim import ArrivedFile
     from tests.test_build_semantics import D1, D2, NOON, imp, write_raw
 
     day2 = NOON + 86_400_000
@@ -146,7 +147,7 @@ def test_rows_of_a_day_that_arrive_after_it_closed_are_kept_and_counted(spark, t
     land([[ArrivedFile(d, pa.Table.from_pylist(rows, schema=to_arrow(RAW_LOG)))] for d, rows in files],
          tmp_path / "landing")
     config = StreamConfig(raw=str(tmp_path / "landing"), out=str(tmp_path / "data"), checkpoint=str(tmp_path / "ckpt"),
-                          max_len=MAX_LEN, lateness_ms=HOUR_MS, watermark_delay_ms=60_000, mode="once",
+                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=HOUR_MS, spec=None), watermark_delay_ms=60_000, mode="once",
                           max_files_per_trigger=1, state_partitions=2)
     logged: list[str] = []
     run_stream(spark, config, log=logged.append)

@@ -1,5 +1,5 @@
 """The stream's per-user state: its byte form, and the handoff with daily builds' USER_STATE
-(etl/stream_state.py), against states the polars engine built."""
+(etl/stream/state.py), against states the polars engine built."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.polars_build import PolarsEngine
-from longseq.etl.stream_state import StreamState, day_number, from_user_state, to_user_state
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.polars_engine import PolarsEngine
+from longseq.etl.stream.state import StreamState, day_number, from_user_state, to_user_state
 from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC
 from longseq.schemas.spec import SPECS_DIR, load_spec
 from longseq.sources import SAMPLE_START

@@ -32,7 +32,7 @@ LONGSEQ = str(Path(sys.executable).with_name("longseq"))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     sample = prepare_generated(tmp_path_factory.mktemp("train"), PROFILES["tiny"], seed=3, max_len=64,
                                engine=PolarsEngine(row_group_bytes=16 * 1024))
@@ -287,7 +287,7 @@ def test_a_training_step_never_waits_for_the_device(embedding_optimizer, arch, o
     """On the meta device tensors have shapes but no data, so any read back to the host
     (.item(), int(t.max()), a data-dependent shape, `if tensor`) fails: a step that runs
     there keeps a GPU busy without stalls."""
-    from longseq.trainer.batch import random_batch
+    from longseq.reader.testing import random_batch
     from longseq.trainer.distributed import Context
     from longseq.trainer.train import TrainMeter, _open_run, train_step
 

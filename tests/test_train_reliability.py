@@ -31,7 +31,7 @@ QUIET = lambda m: None  # noqa: E731
 
 
 def _engine():
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     return PolarsEngine(row_group_bytes=16 * 1024)  # small row groups: several per day
 
@@ -153,7 +153,7 @@ def test_training_config_files_read_numbers_as_meant_and_name_a_wrong_type(tmp_p
 
 def test_validation_and_spark_config_files_are_type_checked(tmp_path):
     from longseq.etl.spark_session import SparkConfig
-    from longseq.etl.validation import ValidationConfig
+    from longseq.etl.gates.validation import ValidationConfig
 
     f = tmp_path / "v.yaml"
     f.write_text("raw_mostly: 9.9e-1\nlateness_ms: 1e3\ntargets_per_request: [1, 6.4e1]\n"
@@ -224,7 +224,7 @@ def test_a_run_cut_after_an_epoch_boundary_resumes_exactly_under_max_steps(data,
 def test_the_plan_counts_each_ranks_batches_with_several_processes(data):
     """Two shards read different row groups each epoch; training stops when one runs out:
     the plan's count against the batches two real readers give."""
-    from longseq.trainer.reader import ArrowRequestReader
+    from longseq.reader.readers import ArrowRequestReader
     from longseq.trainer.train import plan_steps, reader_config
 
     files = published_files(str(data), START, END)

@@ -21,12 +21,13 @@ from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of, day_start_ms
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import SPECS_DIR, SpecError, load_spec
 from longseq.trainer import checkpoint
-from longseq.trainer.batch import RequestBatch, pointwise, random_batch
+from longseq.reader.batch import RequestBatch
+from longseq.reader.testing import pointwise, random_batch
 from longseq.trainer.distributed import Context
 from longseq.trainer.metrics import task_metrics
 from longseq.trainer.model import Layout, RankingModel, feature_salt, loss_fn
 from longseq.trainer.model_config import ARCHS, PRESETS
-from longseq.trainer.reader import ReaderConfig, data_spec, open_reader
+from longseq.reader.readers import ReaderConfig, data_spec, open_reader
 from longseq.sources import SAMPLE_START
 from longseq.trainer.evaluate import evaluate, score
 from longseq.trainer.train import OtherDataError, TrainConfig, _open_run, check_model_spec, train
@@ -307,7 +308,7 @@ def test_a_default_spec_checkpoint_records_none_and_reads_as_the_default(tmp_pat
 def published_day(out, spec, rows: list[dict]) -> str:
     """A built and published day of DATA=out holding `rows`, written by hand in the build's
     layout (dataset/layout.py), as tests/test_validate_publish_spec.py does."""
-    from longseq.etl.publish import publish
+    from longseq.etl.gates.publish import publish
     from longseq.schemas.contracts import SUCCESS_MARKER
 
     day = f"ds={DAY}"

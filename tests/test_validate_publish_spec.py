@@ -18,8 +18,8 @@ import pytest
 from longseq.dataset.published import PublishedDataError, published_files
 from longseq.dataset.spec_record import record_spec, spec_summary
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.publish import publish
-from longseq.etl.validation import ValidationConfig, raw_checks, request_checks, summary_table, validate
+from longseq.etl.gates.publish import publish
+from longseq.etl.gates.validation import ValidationConfig, raw_checks, request_checks, summary_table, validate
 from longseq.schemas.contracts import DEFAULT_SPEC, SUCCESS_MARKER, contracts_of, day_start_ms
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
@@ -80,7 +80,7 @@ def _failed(outcome: dict) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the suites (no Spark)
 
-# The default spec's suites as they were before specs (etl/validation.py at 51563e7):
+# The default spec's suites as they were before specs (etl/gates/validation.py at 51563e7):
 # (check, frame, expectation, its kwargs), for max_len 20 and the default config.
 _IN_TRUE = "ExpectColumnValuesToBeInSet"
 DEFAULT_REQUEST_SUITE = [

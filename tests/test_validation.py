@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longseq.etl.build import BuildConfig, build
-from longseq.etl.validation import ValidationConfig, ValidationFailed, require_publishable, summary_table, validate
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.gates.validation import ValidationConfig, ValidationFailed, require_publishable, summary_table, validate
 from longseq.schemas.contracts import REQUEST_RECORD, SUCCESS_MARKER
 from longseq.schemas.forms import to_arrow
 from longseq.sources import SAMPLE_START
@@ -28,7 +28,7 @@ MAX_LEN = 20
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path]:
-    from longseq.etl.polars_build import PolarsEngine
+    from longseq.etl.batch.polars_engine import PolarsEngine
 
     root = tmp_path_factory.mktemp("validation")
     raw, out = root / "raw", root / "out"

@@ -1,1 +1,2 @@
-"""Reader -> request batches, the STCA model and baselines, training, metrics, checkpoints, scoring."""
+"""The STCA model and its baselines, training with exact resume, metrics, evaluation and
+scoring; data comes in through longseq.reader."""

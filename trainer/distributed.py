@@ -1,7 +1,7 @@
 """Data-parallel plumbing: one process per rank under torchrun, or a single process.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; each rank reads its own shard of the row
-groups (trainer.reader), and DistributedDataParallel averages the gradients. Shards can
+groups (longseq.reader), and DistributedDataParallel averages the gradients. Shards can
 differ by a row group, so before each step the ranks agree that all of them still have a
 batch; the epoch ends for everyone when the first runs out.
 """

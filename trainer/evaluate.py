@@ -23,12 +23,12 @@ import torch
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec
 from longseq.trainer import checkpoint
-from longseq.trainer.batch import RequestBatch
+from longseq.reader.batch import RequestBatch
 from longseq.trainer.distributed import resolve_device
 from longseq.trainer.metrics import bootstrap_auc, task_metrics
 from longseq.trainer.model import RankingModel
 from longseq.dataset.published import published_hour_files
-from longseq.trainer.reader import ReaderConfig, data_spec, open_published, open_reader
+from longseq.reader.readers import ReaderConfig, data_spec, open_published, open_reader
 from longseq.trainer.train import TrainConfig, check_model_spec
 
 

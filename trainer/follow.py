@@ -29,7 +29,7 @@ from longseq.dataset.published import published_hour_files, published_hours
 from longseq.schemas.errors import LongseqError
 from longseq.trainer.distributed import setup, teardown
 from longseq.trainer.metrics import task_metrics
-from longseq.trainer.reader import ReaderConfig, data_spec, open_reader
+from longseq.reader.readers import ReaderConfig, data_spec, open_reader
 from longseq.trainer.train import TrainConfig, TrainMeter, _open_run, _reader, train_step, weights_digest
 
 # A schedule "sized" to this many steps never decays: after warmup the lr stays at cfg.lr.

@@ -32,7 +32,7 @@ from longseq.features.hashing import hash_ids, name_salt
 from longseq.features.time_buckets import NUM_TIME_BUCKETS, time_delta_bucket
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.schemas.spec import SIDES, DatasetSpec, Feature
-from longseq.trainer.batch import Jagged, RequestBatch
+from longseq.reader.batch import Jagged, RequestBatch
 from longseq.trainer.model_config import ModelConfig
 
 # ---------------------------------------------------------------- batch layout

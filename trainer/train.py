@@ -44,12 +44,12 @@ from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.spec import DatasetSpec
 from longseq.trainer import checkpoint
-from longseq.trainer.batch import RequestBatch, device_batches
+from longseq.reader.batch import RequestBatch, device_batches
 from longseq.trainer.distributed import Context, all_have_batch, setup, teardown
 from longseq.trainer.model import RankingModel, check_kernel, loss_fn, num_parameters
 from longseq.trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
 from longseq.trainer.optimizers import EMBEDDING_OPTIMIZERS, TrainOptimizer, clip_gradients, make_optimizer
-from longseq.trainer.reader import ReaderConfig, RequestReader, data_spec, open_reader
+from longseq.reader.readers import ReaderConfig, RequestReader, data_spec, open_reader
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -232,7 +232,7 @@ def plan_steps(cfg: TrainConfig, files: list[PublishedFile], world: int = 1) -> 
 
 def _epoch_batches(cfg: TrainConfig, files: list[PublishedFile], world: int) -> tuple[Callable[[int], int], bool]:
     """Batches per process in an epoch (a function of the epoch), and whether that is exact."""
-    from longseq.trainer.reader_steps import row_group_schedule
+    from longseq.reader.steps import row_group_schedule
 
     rows = sum(f.rows for f in files)
     if cfg.token_budget is not None or world == 1:

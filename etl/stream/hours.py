@@ -4,7 +4,7 @@ An hour of ds D closes once the watermark passes its end plus the lateness bound
 request served in it is decided, so no record of it can come. Closing gathers its micro-batch
 files into one sorted file (stream/hours/ds=D/hour=HH/part-00000.parquet), writes the hour
 record last, then removes the batch files. With publishing on, each closed hour then passes
-the request suite of the Great Expectations gate (etl/validation.py) and gets its manifest,
+the request suite of the Great Expectations gate (etl/gates/validation.py) and gets its manifest,
 DATA/published/ds=D/hour=HH/manifest.json, written last, by which the hour becomes readable
 (dataset/published.py). Hours are published in order; a failed hour blocks every later one
 (stream/status.json says which and why) until an operator publishes it with a reason:
@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 from longseq.dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
 from longseq.dataset.spec_record import spec_summary
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.polars_build import PART_FILE, write_part
-from longseq.etl.stream_process import StreamSettings
+from longseq.etl.batch.polars_engine import PART_FILE, write_part
+from longseq.etl.stream.settings import StreamSettings
 from longseq.schemas.contracts import DAY_MS, contracts_of, day_start_ms
 from longseq.schemas.forms import to_arrow
 
@@ -156,7 +156,7 @@ class HourPublisher:
         return True
 
     def validate(self, day: dt.date, hour: int, path: str, max_len: int) -> dict:
-        from longseq.etl.validation import ValidationConfig, request_checks, request_frames, run_checks
+        from longseq.etl.gates.validation import ValidationConfig, request_checks, request_frames, run_checks
 
         spec = self.settings.spec
         cfg = dataclasses.replace(ValidationConfig(), max_len=max_len)

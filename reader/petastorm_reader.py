@@ -38,9 +38,9 @@ from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_unischema
 from longseq.schemas.spec import DatasetSpec
-from longseq.trainer.batch import RequestBatch
-from longseq.trainer.chunks import CorruptRecordsError, RequestChunk, offsets_of, record_columns
-from longseq.trainer.reader_steps import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
+from longseq.reader.batch import RequestBatch
+from longseq.reader.chunks import CorruptRecordsError, RequestChunk, offsets_of, record_columns
+from longseq.reader.steps import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
 
 PAYLOAD = "payload"  # the one output column: each "row" is one int64 of a packed row group
 
@@ -239,7 +239,7 @@ def _escaped_local_filesystem():
 class PetastormRequestReader:
     """With several workers, row groups finish in an order that depends on timing; each
     packed row group carries its identity, so results are put back into the order
-    Petastorm handed them out (trainer.reader.row_group_schedule): the same batches for
+    Petastorm handed them out (reader.steps.row_group_schedule): the same batches for
     any number of workers."""
 
     def __init__(self, urls: Sequence[str], config: ReaderConfig | None = None, spec: DatasetSpec = DEFAULT_SPEC):

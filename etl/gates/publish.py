@@ -70,7 +70,7 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
                 spec: DatasetSpec | str | None = None) -> dict:
     """Check that ds=day may be published, then write its manifest; return the manifest.
     `spec` (an object or its file), when given, must be DATA's."""
-    from longseq.etl.validation import check_built_spec, require_publishable
+    from longseq.etl.gates.validation import check_built_spec, require_publishable
     from longseq.schemas.check import check_arrow_schema
 
     out = absolute(out).rstrip("/")

@@ -6,11 +6,11 @@ that can still arrive (valid events of day D are logged at or after their reques
 after midnight). So a user's events are `settled ++ recent`, where only `recent` (the
 state's pending tail plus the day's events, small) needs sorting:
 
-    raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py, then
+    raw ds=D --reason--> quarantine (rows breaking a rule in etl/batch/row_rules.py, then
         |                   requests whose valid rows disagree on user or time)
         \\--valid--> dedupe by event_id (min by dedup_order), minus event_ids the state
               |          kept within the lateness bound = the day's kept rows, with their
-              |          action flags and feature values (etl/feature_values.py)
+              |          action flags and feature values (etl/batch/feature_values.py)
               |-- recent events per user: the state's pending tail + the day's events,
               |   sorted by (event_ts, event_id)
               |-- per user: events = settled ++ recent  ->  the state after D: the last
@@ -44,9 +44,9 @@ from pyspark.sql import functions as F
 from longseq.dataset.layout import ROW_GROUP_BYTES
 from longseq.dataset.parquet_files import read_spark
 from longseq.dataset.storage import RoutingStorage, Storage
-from longseq.etl.build import DayCounts, length_summary
-from longseq.etl.feature_values import feature_columns, spark_value_ops
-from longseq.etl.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, reason_expr, reasons_for, spark_ops
+from longseq.etl.batch.build import DayCounts, length_summary
+from longseq.etl.batch.feature_values import feature_columns, spark_value_ops
+from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, reason_expr, reasons_for, spark_ops
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
     DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, Contracts, contracts_of, day_start_ms,

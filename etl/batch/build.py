@@ -1,7 +1,7 @@
 """`longseq build`: raw logs -> request records, one day at a time, from the history state.
 
 The build of day D reads D's raw partition and the user state after D-1, and writes D's
-request records, quarantine and the state after D (dataset/layout.py has the layout, etl/commit.py
+request records, quarantine and the state after D (dataset/layout.py has the layout, etl/batch/commit.py
 the commit protocol). A range is built day by day, so its cost per day does not grow with
 the number of days built. The engines (Spark, polars) implement `Engine.build_day`; this
 module checks prerequisites, commits atomically and writes the report.
@@ -27,7 +27,7 @@ from longseq.dataset.parquet_files import check_parquet_files
 from longseq.dataset.raw import check_raw_partitions
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec, spec_summary
 from longseq.dataset.storage import Storage, absolute
-from longseq.etl.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
+from longseq.etl.batch.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
 from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, contracts_of
 from longseq.schemas.durations import format_duration
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError

@@ -110,7 +110,7 @@ def float_feature_inputs(spec: DatasetSpec) -> tuple[str, ...]:
 
 REQUEST_KEYS: tuple[str, ...] = ("user_id", "request_ts")
 INCONSISTENT_REQUEST = "inconsistent_request"
-# The stream only (etl/stream_process.py): a valid row that arrived after the event-time
+# The stream only (etl/stream/process.py): a valid row that arrived after the event-time
 # watermark passed its event_ts, when the requests it could change may be decided already.
 LATE_ARRIVAL = "late_arrival"
 
@@ -158,7 +158,7 @@ def reason_expr(ops: Ops, spec: DatasetSpec = DEFAULT_SPEC) -> Any:
 
 def spark_ops(day: dt.date | Any, lateness_ms: int = DEFAULT_LATENESS_MS) -> Ops:
     """Spark's adapter for one day, or for a Column of each row's day start in ms (a stream
-    reads many days at once: etl/stream.py)."""
+    reads many days at once: etl/stream/job.py)."""
     from pyspark.sql import functions as F
 
     def first_match(cases: list[tuple[Any, str]]) -> Any:

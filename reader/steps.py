@@ -1,6 +1,6 @@
 """What every request reader does to row groups, whichever library reads them: the
 schedule of row groups (Petastorm's rule), the per-row-group shuffle and truncation
-(worker side), the shuffle buffer and batching (main thread). trainer/reader.py opens the
+(worker side), the shuffle buffer and batching (main thread). reader/readers.py opens the
 readers; they share these steps so that they give the same batches.
 """
 
@@ -16,8 +16,8 @@ from longseq.features.hashing import mix64
 from longseq.features.lengths import LengthSampler
 from longseq.schemas.contracts import TASKS
 from longseq.schemas.errors import LongseqError
-from longseq.trainer.batch import RequestBatch, batch_from_chunk
-from longseq.trainer.chunks import RequestChunk, concat, content_key, select, select_many, slice_chunk
+from longseq.reader.batch import RequestBatch, batch_from_chunk
+from longseq.reader.chunks import RequestChunk, concat, content_key, select, select_many, slice_chunk
 
 
 @dataclass

@@ -35,9 +35,9 @@ from longseq.dataset.storage import absolute, local_path, storage_for
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.spec import DatasetSpec
-from longseq.trainer.batch import RequestBatch
-from longseq.trainer.chunks import CorruptRecordsError, RequestChunk, chunk_from_arrow, record_columns
-from longseq.trainer.reader_steps import ReaderConfig, RequestReader, batches_from_chunks, prepare_chunk, row_group_schedule
+from longseq.reader.batch import RequestBatch
+from longseq.reader.chunks import CorruptRecordsError, RequestChunk, chunk_from_arrow, record_columns
+from longseq.reader.steps import ReaderConfig, RequestReader, batches_from_chunks, prepare_chunk, row_group_schedule
 
 __all__ = ["ArrowRequestReader", "ReaderConfig", "RequestReader", "data_spec", "open_published", "open_reader"]
 
@@ -95,7 +95,7 @@ def open_reader(files: Sequence[str], config: ReaderConfig | None = None, engine
 
         engine = "petastorm" if importlib.util.find_spec("petastorm") is not None else "arrow"
     if engine == "petastorm":
-        from longseq.trainer.petastorm_reader import PetastormRequestReader
+        from longseq.reader.petastorm_reader import PetastormRequestReader
 
         return PetastormRequestReader(files, config, spec)
     if engine == "arrow":

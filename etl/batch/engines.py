@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from longseq.schemas.errors import LongseqError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from longseq.etl.build import Engine
+    from longseq.etl.batch.build import Engine
     from longseq.etl.spark_session import SparkConfig
 
 ENGINES = ("spark", "polars")
@@ -15,12 +15,12 @@ ENGINES = ("spark", "polars")
 
 def make_engine(name: str, spark_config: "SparkConfig | None" = None) -> "Engine":
     if name == "spark":
-        from longseq.etl.spark_build import SparkEngine
+        from longseq.etl.batch.spark_engine import SparkEngine
         from longseq.etl.spark_session import spark_session
 
         return SparkEngine(spark_session(spark_config))
     if name == "polars":
-        from longseq.etl.polars_build import PolarsEngine
+        from longseq.etl.batch.polars_engine import PolarsEngine
 
         return PolarsEngine()
     raise LongseqError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

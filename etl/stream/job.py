@@ -4,14 +4,14 @@ on: docs/plans/STREAMING_DESIGN.md).
 
     RAW/ds=D/*.parquet (files landing)   CKPT/control/ (the flush marker of --once)
         \\__________________ union ___________________/
-                              |  row rules of each row's ds (etl/row_rules.py), values
-                              |  (etl/feature_values.py), event-time watermark
+                              |  row rules of each row's ds (etl/batch/row_rules.py), values
+                              |  (etl/batch/feature_values.py), event-time watermark
                               v
-        groupBy(user).applyInPandasWithState(etl/stream_process.py), event-time timeouts,
+        groupBy(user).applyInPandasWithState(etl/stream/process.py), event-time timeouts,
         state = one Arrow blob per user in the RocksDB state store
                               |
                               v
-        foreachBatch: etl/stream_sink.py (exactly once; days close as daily builds)
+        foreachBatch: etl/stream/sink.py (exactly once; days close as daily builds)
 
 Rows that break a rule go through the same operator under a few negative keys, since Spark
 3.5 allows one stateful operator per query. The watermark is computed on the valid rows'
@@ -38,13 +38,13 @@ from longseq.dataset.layout import BuildLayout
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec
-from longseq.etl.build import BuildConfig, check_state_fits
+from longseq.etl.batch.build import check_state_fits
 from longseq.dataset.storage import LocalStorage, absolute
-from longseq.etl.feature_values import spark_value_ops
-from longseq.etl.row_rules import reason_expr, spark_ops
-from longseq.etl.stream_config import MODES, StreamConfig
-from longseq.etl.stream_process import FAR_MS, StreamSettings, process, value_columns
-from longseq.etl.stream_state import (
+from longseq.etl.batch.feature_values import spark_value_ops
+from longseq.etl.batch.row_rules import reason_expr, spark_ops
+from longseq.etl.stream.settings import MODES, StreamConfig, StreamSettings
+from longseq.etl.stream.process import FAR_MS, process, value_columns
+from longseq.etl.stream.state import (
     EPOCH, VALUE_PREFIX, StreamState, from_user_state, ipc_bytes, pending_schema, read_ipc, value_names,
 )
 from longseq.schemas.contracts import contracts_of
@@ -198,7 +198,7 @@ def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -
     the operator's key and the watermark column, as the state function takes them."""
     from pyspark.sql import functions as F
 
-    spec = config.spec
+    spec = config.settings.spec
     c = contracts_of(spec)
     schema = _raw_schema(spec)
 
@@ -216,7 +216,7 @@ def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -
     control = source(control_dir, _raw_schema(spec, control=True)).withColumn("_flush", F.col(INIT).isNull())
     rows = raw.unionByName(control)
     day_start = F.unix_millis(F.to_timestamp(F.col("ds"), "yyyy-MM-dd"))
-    rows = rows.withColumn("reason", reason_expr(spark_ops(day_start, config.lateness_ms), spec))
+    rows = rows.withColumn("reason", reason_expr(spark_ops(day_start, config.settings.lateness_ms), spec))
     init = F.col(INIT).isNotNull()
     valid = F.col("reason").isNull() & ~F.col("_flush") & ~init
     values = value_columns(spec, spark_value_ops())
@@ -263,7 +263,7 @@ PINNED = ("spec", "max_len", "lateness_ms", "watermark_delay_ms", "state_partiti
 
 
 def _pinned(config: StreamConfig) -> dict:
-    return {"spec": config.spec.fingerprint, "max_len": config.max_len, "lateness_ms": config.lateness_ms,
+    return {"spec": config.settings.spec.fingerprint, "max_len": config.settings.max_len, "lateness_ms": config.settings.lateness_ms,
             "watermark_delay_ms": config.watermark_delay_ms, "state_partitions": config.state_partitions,
             "start": None if config.start is None else config.start.isoformat(), "raw": config.raw, "out": config.out}
 
@@ -317,8 +317,7 @@ def _check_data(config: StreamConfig) -> None:
                            f"state, or build the days in between first")
     if before:
         check_state_fits(storage, layout, first - dt.timedelta(days=1),
-                         BuildConfig(config.raw, config.out, first, max_len=config.max_len,
-                                     lateness_ms=config.lateness_ms, spec=config.spec))
+                         config.settings.build_config(config.raw, config.out, first))
 
 
 def _write_start_states(config: StreamConfig, day: dt.date, control: Path) -> int:
@@ -327,7 +326,7 @@ def _write_start_states(config: StreamConfig, day: dt.date, control: Path) -> in
     applyInPandasWithState). Returns the users."""
     import pyarrow.parquet as pq
 
-    spec = config.spec
+    spec = config.settings.spec
     c = contracts_of(spec)
     states = read_arrow(BuildLayout(config.out).dir("state", day), c.user_state)
     raw = to_arrow(c.raw_log)
@@ -353,7 +352,7 @@ def _write_flush_marker(config: StreamConfig, control: Path) -> None:
     request still waiting is decided and every day closes."""
     from longseq.schemas.forms import to_arrow as arrow_of
 
-    spec = config.spec
+    spec = config.settings.spec
     schema = arrow_of(contracts_of(spec).raw_log)
     row = {name: None for name in schema.names} | {"event_ts": FAR_MS}
     table = pa.Table.from_pylist([row], schema=schema)
@@ -369,7 +368,7 @@ def _write_flush_marker(config: StreamConfig, control: Path) -> None:
 def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str], None] = print) -> dict:
     """Run the stream until it ends (--once, --available-now) or is stopped (SIGTERM,
     SIGINT); return a summary. Holds the output's lock throughout."""
-    from longseq.etl.stream_sink import StreamSink
+    from longseq.etl.stream.sink import StreamSink
 
     if config.mode not in MODES:
         raise LongseqError(f"unknown stream mode {config.mode!r}: one of {', '.join(MODES)}")
@@ -379,9 +378,10 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
         raise MissingPrerequisiteError(f"raw directory {config.raw} does not exist: create it (the shipper lands "
                                        f"files in ds=YYYY-MM-DD/ under it), then start the stream")
     with output_lock(config.out, "stream", log=log):
-        if config.spec is None:
-            config = dataclasses.replace(config, spec=recorded_spec(LocalStorage(), config.out))
-        check_output_spec(LocalStorage(), config.out, config.spec)
+        if config.settings.spec is None:
+            settings = dataclasses.replace(config.settings, spec=recorded_spec(LocalStorage(), config.out))
+            config = dataclasses.replace(config, settings=settings)
+        check_output_spec(LocalStorage(), config.out, config.settings.spec)
         meta = Path(config.checkpoint, "_longseq")
         fresh = not (meta / "stream.json").exists()
         start_state = _start_state(config) if fresh else None
@@ -392,7 +392,7 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
             config = dataclasses.replace(config, start=start_state + dt.timedelta(days=1))
         _check_checkpoint(config, meta)
         _check_data(config)
-        record_spec(LocalStorage(), config.out, config.spec)
+        record_spec(LocalStorage(), config.out, config.settings.spec)
         control = Path(config.checkpoint, "control")
         if start_state is not None and not (meta / "init.json").exists():
             users = _write_start_states(config, start_state, control)

@@ -7,7 +7,7 @@ A feature reads its source s (f.source, or its own name):
 
 Records and the user state store these plain values; the model hashes, buckets or
 normalises them (schemas/spec.py), so one build serves other transforms. As in
-etl/row_rules.py, Spark Columns and polars Exprs share the operators (| <= /), and
+etl/batch/row_rules.py, Spark Columns and polars Exprs share the operators (| <= /), and
 `ValueOps` supplies the few calls that differ. tests/reference_build.py re-implements the
 values by hand, as the independent check of both engines.
 """

@@ -3,7 +3,7 @@
 The rows of the user that arrived in a micro-batch, the batch's event-time watermark `wm`
 and the user's state go in; the request records now due, the rows quarantined, the user's
 daily state rows (snapshots), counters, the new state and its timeout come out. Pure: no
-Spark, no I/O, so the Spark job (etl/stream.py) and the simulator (etl/stream_sim.py) run
+Spark, no I/O, so the Spark job (etl/stream/job.py) and the simulator (tests/stream_sim.py) run
 the same code.
 
 A row is *on time* when it arrives while wm <= its event_ts. A request is decided at its
@@ -42,14 +42,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from longseq.etl.feature_values import ValueOps, feature_value
-from longseq.etl.row_rules import INCONSISTENT_REQUEST, LATE_ARRIVAL, dedup_order
-from longseq.etl.stream_state import (
+from longseq.etl.batch.feature_values import ValueOps, feature_value
+from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, LATE_ARRIVAL, dedup_order
+from longseq.etl.stream.settings import StreamSettings
+from longseq.etl.stream.state import (
     EMITTED_SCHEMA, EPOCH, VALUE_PREFIX, WINDOW_SCHEMA, StreamState, pending_schema, to_user_state,
 )
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
-    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, contracts_of,
+    DAY_MS, HIST_PREFIX, TGT_PREFIX, contracts_of,
 )
 from longseq.schemas.spec import DatasetSpec
 
@@ -58,16 +59,9 @@ FAR_MS = 253_402_300_799_000  # 9999-12-31: the flush marker's event time, past 
 COUNTERS = ("duplicates", "duplicates_across_days", "divergent_requests")
 
 
-@dataclass(frozen=True)
-class StreamSettings:
-    spec: DatasetSpec = DEFAULT_SPEC
-    max_len: int = DEFAULT_MAX_LEN
-    lateness_ms: int = DEFAULT_LATENESS_MS
-
-
 def value_columns(spec: DatasetSpec, ops: ValueOps) -> dict[str, Any]:
     """VALUE_PREFIX name -> expression of each value a record takes from a raw row: the action
-    flags and every feature (etl/feature_values.py), for either engine."""
+    flags and every feature (etl/batch/feature_values.py), for either engine."""
     labels = {t: ops.cast(ops.col(t), "int32") for t in spec.tasks}
     return {
         VALUE_PREFIX + "action": ops.cast(encode_actions(labels, spec.tasks), "int32"),

@@ -1,10 +1,10 @@
-"""The stream without Spark: drives etl/stream_process.py the way Spark's
+"""The stream without Spark: drives etl/stream/process.py the way Spark's
 applyInPandasWithState does (docs/plans/STREAMING_DESIGN.md 1.1-1.8), on raw files that
 arrive in micro-batches. It is the fast test bed of the stream's semantics, and a local
 run of them.
 
 Per micro-batch b, with watermark wm_b (0 before any data):
-- every row gets its reason from the row rules of its ds (etl/row_rules.py) and its values
+- every row gets its reason from the row rules of its ds (etl/batch/row_rules.py) and its values
   (action flags, features); a row that breaks a rule is quarantined at once;
 - the users with valid rows are called, then every other user whose timeout is below wm_b
   (Spark's order: groups with data, then timed-out keys);
@@ -31,10 +31,11 @@ from typing import Iterable
 import polars as pl
 import pyarrow as pa
 
-from longseq.etl.feature_values import polars_value_ops
-from longseq.etl.row_rules import polars_ops, reason_expr
-from longseq.etl.stream_process import COUNTERS, FAR_MS, CallResult, StreamSettings, process, value_columns
-from longseq.etl.stream_state import EPOCH, VALUE_PREFIX, StreamState, day_number, from_user_state, pending_schema
+from longseq.etl.batch.feature_values import polars_value_ops
+from longseq.etl.batch.row_rules import polars_ops, reason_expr
+from longseq.etl.stream.process import COUNTERS, FAR_MS, CallResult, process, value_columns
+from longseq.etl.stream.settings import StreamSettings
+from longseq.etl.stream.state import EPOCH, VALUE_PREFIX, StreamState, day_number, from_user_state, pending_schema
 from longseq.schemas.contracts import DAY_MS, contracts_of
 
 

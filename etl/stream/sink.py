@@ -7,7 +7,7 @@ same input and state, so the same output. The sink makes that exactly once:
    one evaluation: Spark commits the state of B with that job), then split into files with
    fixed names (a rerun overwrites them), then the commit record is written, last;
 2. days whose end plus the lateness bound the watermark has passed are closed in order:
-   `build` (etl/build.py) runs for the day with StreamDayEngine, which gathers the day's
+   `build` (etl/batch/build.py) runs for the day with StreamDayEngine, which gathers the day's
    committed files, so a closed day is a built day like any other (report, checksums,
    commit, stale days), ready for validate and publish, and a daily build can go on from
    its state. A day closed before is never closed again.
@@ -32,12 +32,12 @@ import pyarrow.parquet as pq
 from longseq.dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.build import BuildConfig, DayCounts, build, length_summary
-from longseq.etl.polars_build import sorted_quarantine, write_part
-from longseq.etl.row_rules import LATE_ARRIVAL, reasons_for
-from longseq.etl.stream_hours import HourPublisher, close_hour, due_hours
-from longseq.etl.stream_process import StreamSettings
-from longseq.etl.stream_state import EPOCH, read_ipc
+from longseq.etl.batch.build import DayCounts, build, length_summary
+from longseq.etl.batch.polars_engine import sorted_quarantine, write_part
+from longseq.etl.batch.row_rules import LATE_ARRIVAL, reasons_for
+from longseq.etl.stream.hours import HourPublisher, close_hour, due_hours
+from longseq.etl.stream.settings import StreamSettings
+from longseq.etl.stream.state import EPOCH, read_ipc
 from longseq.schemas.contracts import DAY_MS, DEFAULT_SPEC, contracts_of, day_start_ms
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
@@ -158,7 +158,7 @@ class StreamSink:
         return sorted({dt.date.fromisoformat(d) for r in commits for d, v in r["counts"].items() if v.get("rows_read")})
 
     def close_due_hours(self, batch: int = -1) -> list[tuple[dt.date, int]]:
-        """Close every hour now due (etl/stream_hours.py); return all closed hours, in order."""
+        """Close every hour now due (etl/stream/hours.py); return all closed hours, in order."""
         commits = self.commits()
         seen = self._seen_days(commits)
         if not seen:
@@ -201,8 +201,7 @@ class StreamSink:
                  "divergent_requests": engine.count_divergent(day)}
         _write_atomically(self._day_file(day, "stream.json"),
                           lambda p: Path(p).write_text(json.dumps(extra, indent=1, sort_keys=True)))
-        config = BuildConfig(self.raw, self.out, day, day, s.max_len, lateness_ms=s.lateness_ms, spec=s.spec)
-        build(engine, config, log=self.log)
+        build(engine, s.build_config(self.raw, self.out, day, day), log=self.log)
 
     def _day_file(self, day: dt.date, name: str) -> str:
         return str(Path(BuildLayout(self.out).report(day)).with_name(name))

@@ -2,13 +2,13 @@
 
 It runs on one machine without a JVM (local samples, tests) and is the independent
 reference the Spark engine is compared against record by record, so it takes the plainest
-route to the semantics of docs/CONTRACTS.md rather than mirroring etl/spark_build.py:
+route to the semantics of docs/CONTRACTS.md rather than mirroring etl/batch/spark_engine.py:
 
-    raw ds=D --reason--> quarantine (rows breaking a rule in etl/row_rules.py, then
+    raw ds=D --reason--> quarantine (rows breaking a rule in etl/batch/row_rules.py, then
         |                   requests whose valid rows disagree on user or time)
         \\--valid--> dedupe by event_id (min by dedup_order), minus event_ids the state
               |          kept within the lateness bound = the day's kept rows, with their
-              |          action flags and feature values (etl/feature_values.py)
+              |          action flags and feature values (etl/batch/feature_values.py)
               |-- events: the previous state exploded + the kept rows, in one table sorted
               |   by (user_id, event_ts, event_id) and ranked 0, 1, ... within each user
               |-- the state after D: per user, the last max_len events logged before the
@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 from longseq.dataset.layout import ROW_GROUP_BYTES
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.storage import LocalStorage
-from longseq.etl.build import DayCounts, length_summary
-from longseq.etl.feature_values import feature_columns, polars_value_ops
-from longseq.etl.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, polars_ops, reason_expr, reasons_for
+from longseq.etl.batch.build import DayCounts, length_summary
+from longseq.etl.batch.feature_values import feature_columns, polars_value_ops
+from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, polars_ops, reason_expr, reasons_for
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
     DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, SUCCESS_MARKER, TGT_PREFIX, Contracts, contracts_of, day_start_ms,
