@@ -42,7 +42,7 @@ def history_work(data: Path, span, cfg) -> dict[str, int]:
     and padded keys (each batch's requests times its longest history: what attention padded to
     the batch computes). Counts, unlike seconds on a shared machine, are the same on every run."""
     from longseq.reader.readers import open_published
-    from longseq.trainer.train import reader_config
+    from longseq.trainer.train_config import reader_config
 
     events = padded = 0
     for batch in open_published(str(data), *span, reader_config(cfg)).batches(0):

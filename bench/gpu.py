@@ -79,16 +79,10 @@ def _run(cfg, device):
     """A fresh training run's state on `device`, as `longseq train` opens it, in a scratch
     directory (trainer.train's own step is what gets timed)."""
     from longseq.trainer.distributed import Context
-    from longseq.trainer.train import _open_run
+    from longseq.trainer.run import open_run
 
-    return _open_run(Path(tempfile.mkdtemp(prefix="bench-gpu-")), cfg, Context(0, 1, device), 10**6,
+    return open_run(Path(tempfile.mkdtemp(prefix="bench-gpu-")), cfg, Context(0, 1, device), 10**6,
                      log=lambda m: None)
-
-
-def _autocast(device):
-    import torch
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
 def _sync(device) -> None:
@@ -101,10 +95,11 @@ def _sync(device) -> None:
 def step_seconds(cfg, batches: list, device, steps: int) -> float:
     """Median seconds of trainer.train.train_step over `batches` (cycled), after WARMUP steps."""
     from longseq.reader.batch import device_batches
-    from longseq.trainer.train import train_step
+    from longseq.trainer.distributed import autocast_for
+    from longseq.trainer.run import train_step
 
     run = _run(cfg, device)
-    autocast = _autocast(device)
+    autocast = autocast_for(device)
     pairs = device_batches(iter(batches * ((steps + WARMUP) // len(batches) + 1)), device)
     times = []
     for i, (_, batch) in zip(range(steps + WARMUP), pairs):
@@ -134,7 +129,7 @@ def measure_training(device, preset: str, requests: int, steps: int, compile_too
     import torch
 
     from longseq.trainer.model_config import EMBEDDING_MATCH, EXTENSIONS, PRESETS
-    from longseq.trainer.train import TrainConfig
+    from longseq.trainer.train_config import TrainConfig
 
     batches = [_ushaped_batch(s, requests) for s in range(2)]
     flops = statistics.mean(useful_flops(PRESETS[preset], b.history.lengths().tolist(), b.targets.lengths().tolist())
@@ -176,7 +171,7 @@ def measure_reader(data: str, start, end, device, steps: int, lines: list[str]) 
     """Requests/s the reader supplies (a full pass, on the host) and a training step
     consumes at preset small (the same batches, already read)."""
     from longseq.reader.readers import open_published
-    from longseq.trainer.train import TrainConfig, reader_config
+    from longseq.trainer.train_config import reader_config, TrainConfig
 
     cfg = TrainConfig(preset="small", batch_size=128, lr=1e-3)
     t = time.perf_counter()
@@ -194,6 +189,7 @@ def measure_scoring(device, preset: str, lines: list[str]) -> None:
     import torch
 
     from longseq.reader.testing import random_batch
+    from longseq.trainer.distributed import autocast_for
     from longseq.trainer.model import RankingModel
     from longseq.trainer.model_config import PRESETS
 
@@ -201,7 +197,7 @@ def measure_scoring(device, preset: str, lines: list[str]) -> None:
         model = RankingModel(PRESETS[preset]).eval()
     batch = random_batch([10_000], [16]).to(device)
     times = []
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast_for(device):
         for i in range(20 + WARMUP):
             t = time.perf_counter()
             model(batch)

@@ -92,7 +92,7 @@ def flex_matches_padded() -> str:
 
 
 def _config(**kw):
-    from longseq.trainer.train import TrainConfig
+    from longseq.trainer.train_config import TrainConfig
 
     base = dict(preset="small", epochs=1, batch_size=32, max_steps=40, warmup_steps=5, lr=3e-3, log_every=5,
                 checkpoint_every=10**9, length={"min_len": 64, "max_len": 2_000}, device="cuda")

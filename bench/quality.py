@@ -128,7 +128,7 @@ def _mean_auc(entry: dict) -> float:
 
 
 def _config(plan: Plan, seed: int, **kw):
-    from longseq.trainer.train import TrainConfig
+    from longseq.trainer.train_config import TrainConfig
 
     base = dict(preset=plan.preset, epochs=1, batch_size=plan.batch, max_steps=plan.steps, seed=seed, warmup_steps=10,
                 checkpoint_every=10**9, log_every=10**9, lr=LR, device=plan.device)
@@ -162,7 +162,7 @@ def _learning_rate_runs(results: Results, plan: Plan, data: Path, windows: Windo
     the best is at an end (quality_plan.next_lr); returns the lr with the best validation mean
     AUC, which then trains every seed of that arch's rows. A run that diverges is kept in the
     results as such and never chosen."""
-    from longseq.trainer.train import TrainingDiverged
+    from longseq.trainer.run import TrainingDiverged
 
     tried = list(plan.lrs)
     todo = list(plan.lrs)

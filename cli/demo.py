@@ -65,7 +65,8 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
     print(summarize_reader(sample.data, sample.start, sample.end))
 
     from longseq.trainer.evaluate import evaluate
-    from longseq.trainer.train import TrainConfig, train
+    from longseq.trainer.train_config import TrainConfig
+    from longseq.trainer.train import train
 
     run = Path(out) / "run"
     train_end = sample.end - dt.timedelta(days=1)

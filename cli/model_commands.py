@@ -49,7 +49,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
 
 def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
     """The settings file (if any), then the flags given on top of it."""
-    from longseq.trainer.train import TrainConfig
+    from longseq.trainer.train_config import TrainConfig
 
     flags = {k: v for k, v in {"preset": args.preset, "epochs": args.epochs, "seed": args.seed,
                                "max_steps": args.max_steps, "device": args.device}.items() if v is not None}

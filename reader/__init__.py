@@ -12,7 +12,8 @@ package; the trainer, evaluation and benchmarks read data only through it. Insid
 (made-up batches for tests and benchmarks).
 """
 
-from longseq.reader.batch import Jagged, RequestBatch
+from longseq.reader.batch import Jagged, RequestBatch, device_batches
 from longseq.reader.readers import ReaderConfig, RequestReader, data_spec, open_published, open_reader
 
-__all__ = ["Jagged", "ReaderConfig", "RequestBatch", "RequestReader", "data_spec", "open_published", "open_reader"]
+__all__ = ["Jagged", "ReaderConfig", "RequestBatch", "RequestReader", "data_spec", "device_batches", "open_published",
+           "open_reader"]

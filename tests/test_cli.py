@@ -117,7 +117,7 @@ def test_device_defaults_to_auto_everywhere():
 
     from longseq.trainer.distributed import resolve_device
     from longseq.trainer.evaluate import evaluate, score
-    from longseq.trainer.train import TrainConfig
+    from longseq.trainer.train_config import TrainConfig
 
     assert TrainConfig().device == "auto"
     assert inspect.signature(evaluate).parameters["device"].default == "auto"

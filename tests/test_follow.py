@@ -24,7 +24,7 @@ from longseq.schemas.contracts import day_start_ms
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from longseq.trainer.follow import follow
-from longseq.trainer.train import TrainConfig
+from longseq.trainer.train_config import TrainConfig
 
 DAY = SAMPLE_START
 CFG = dict(preset="tiny", batch_size=16, device="cpu", warmup_steps=2, checkpoint_every=10_000, log_every=1000)

@@ -20,7 +20,8 @@ from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from tests.reference_build import build_reference
 from longseq.trainer.evaluate import evaluate
-from longseq.trainer.train import TrainConfig, train
+from longseq.trainer.train_config import TrainConfig
+from longseq.trainer.train import train
 
 ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
 MOVIELENS = load_spec(SPECS_DIR / "movielens.yaml")

@@ -102,7 +102,7 @@ def test_hours_are_validated_and_published_in_order_and_a_failed_hour_blocks_the
 
     # stream -> hours published -> online training, each hour scored before it is trained on
     from longseq.trainer.follow import follow
-    from longseq.trainer.train import TrainConfig
+    from longseq.trainer.train_config import TrainConfig
 
     run = tmp_path / "run"
     summary = follow(str(data), run, TrainConfig(preset="tiny", batch_size=8, device="cpu", warmup_steps=2),

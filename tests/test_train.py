@@ -23,7 +23,9 @@ from longseq.sources.generate import PROFILES
 from longseq.trainer import checkpoint
 from longseq.trainer.evaluate import evaluate, score
 from longseq.trainer.metrics import auc, gauc, logloss
-from longseq.trainer.train import TrainConfig, TrainingDiverged, train
+from longseq.trainer.train_config import TrainConfig
+from longseq.trainer.run import TrainingDiverged
+from longseq.trainer.train import train
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -71,7 +73,7 @@ def test_a_run_dir_with_other_settings_is_not_resumed(data, tmp_path):
 
 
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    import longseq.trainer.train as module
+    import longseq.trainer.run as module  # where train_step looks loss_fn up
 
     real, calls = module.loss_fn, {"n": 0}
 
@@ -289,10 +291,11 @@ def test_a_training_step_never_waits_for_the_device(embedding_optimizer, arch, o
     there keeps a GPU busy without stalls."""
     from longseq.reader.testing import random_batch
     from longseq.trainer.distributed import Context
-    from longseq.trainer.train import TrainMeter, _open_run, train_step
+    from longseq.trainer.train_log import TrainMeter
+    from longseq.trainer.run import open_run, train_step
 
     cfg = TrainConfig(preset="tiny", model={"arch": arch, **options}, embedding_optimizer=embedding_optimizer)
-    run = _open_run(tmp_path, cfg, Context(0, 1, torch.device("meta")), 10, log=lambda m: None)
+    run = open_run(tmp_path, cfg, Context(0, 1, torch.device("meta")), 10, log=lambda m: None)
     assert run.model.embed.item.weight.device.type == "meta"
     meter = TrainMeter()
     for seed in range(2):

@@ -23,7 +23,8 @@ from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES
 from longseq.trainer import checkpoint
 from longseq.trainer.evaluate import evaluate
-from longseq.trainer.train import TrainConfig, learning_rate, train
+from longseq.trainer.train_config import learning_rate, TrainConfig
+from longseq.trainer.train import train
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -225,7 +226,8 @@ def test_the_plan_counts_each_ranks_batches_with_several_processes(data):
     """Two shards read different row groups each epoch; training stops when one runs out:
     the plan's count against the batches two real readers give."""
     from longseq.reader.readers import ArrowRequestReader
-    from longseq.trainer.train import plan_steps, reader_config
+    from longseq.trainer.step_plan import plan_steps
+    from longseq.trainer.train_config import reader_config
 
     files = published_files(str(data), START, END)
     cfg = config(epochs=3)

@@ -30,7 +30,10 @@ from longseq.trainer.model_config import ARCHS, PRESETS
 from longseq.reader.readers import ReaderConfig, data_spec, open_reader
 from longseq.sources import SAMPLE_START
 from longseq.trainer.evaluate import evaluate, score
-from longseq.trainer.train import OtherDataError, TrainConfig, _open_run, check_model_spec, train
+from longseq.trainer.provenance import check_model_spec, OtherDataError
+from longseq.trainer.train_config import TrainConfig
+from longseq.trainer.run import open_run
+from longseq.trainer.train import train
 
 ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
 ENGINES = ["arrow", "petastorm"]
@@ -255,9 +258,9 @@ def test_the_model_learns_from_the_features_and_not_without_them():
 
 def test_a_training_step_with_features_never_waits_for_the_device(tmp_path):
     """On the meta device any read back to the host fails (see test_train)."""
-    from longseq.trainer.train import train_step
+    from longseq.trainer.run import train_step
 
-    run = _open_run(tmp_path, TrainConfig(preset="tiny"), Context(0, 1, torch.device("meta")), 10,
+    run = open_run(tmp_path, TrainConfig(preset="tiny"), Context(0, 1, torch.device("meta")), 10,
                     log=lambda m: None, spec=ECOMMERCE)
     assert run.model.features.tables["category"].weight.device.type == "meta"
     _, loss, _ = train_step(run, random_batch([5, 0, 12], [2, 3, 1], 0, spec=ECOMMERCE),
@@ -280,13 +283,13 @@ def test_metrics_are_keyed_by_the_specs_tasks():
 def test_a_checkpoint_records_its_spec_and_a_resume_on_another_spec_is_refused(tmp_path):
     cpu = Context(0, 1, torch.device("cpu"))
     cfg = TrainConfig(preset="tiny", checkpoint_every=1)
-    run = _open_run(tmp_path, cfg, cpu, 10, log=lambda m: None, spec=ECOMMERCE)
+    run = open_run(tmp_path, cfg, cpu, 10, log=lambda m: None, spec=ECOMMERCE)
     run.save()
     path, state = checkpoint.newest(tmp_path, print)
     assert checkpoint.spec_of(state, path).fingerprint == ECOMMERCE.fingerprint
     with pytest.raises(OtherDataError, match="holds a model of dataset spec 'ecommerce'.*data of spec 'default'"):
-        _open_run(tmp_path, cfg, cpu, 10, log=lambda m: None)  # the default spec's data
-    resumed = _open_run(tmp_path, cfg, cpu, 10, log=lambda m: None, spec=ECOMMERCE)
+        open_run(tmp_path, cfg, cpu, 10, log=lambda m: None)  # the default spec's data
+    resumed = open_run(tmp_path, cfg, cpu, 10, log=lambda m: None, spec=ECOMMERCE)
     for (name, a), (_, b) in zip(run.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     from longseq.trainer.evaluate import load_model
@@ -296,7 +299,7 @@ def test_a_checkpoint_records_its_spec_and_a_resume_on_another_spec_is_refused(t
 
 
 def test_a_default_spec_checkpoint_records_none_and_reads_as_the_default(tmp_path):
-    run = _open_run(tmp_path, TrainConfig(preset="tiny"), Context(0, 1, torch.device("cpu")), 10, log=lambda m: None)
+    run = open_run(tmp_path, TrainConfig(preset="tiny"), Context(0, 1, torch.device("cpu")), 10, log=lambda m: None)
     run.save()
     path, state = checkpoint.newest(tmp_path, print)
     assert "spec" not in state and checkpoint.spec_of(state, path) == DEFAULT_SPEC

@@ -51,6 +51,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def autocast_for(device: torch.device) -> torch.autocast:
+    """bf16 autocast on a GPU; on the CPU a disabled context, so that CPU runs stay in float32."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 def setup(device: str = "auto") -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -24,12 +24,13 @@ from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec
 from longseq.trainer import checkpoint
 from longseq.reader.batch import RequestBatch
-from longseq.trainer.distributed import resolve_device
+from longseq.trainer.distributed import autocast_for, resolve_device
 from longseq.trainer.metrics import bootstrap_auc, task_metrics
 from longseq.trainer.model import RankingModel
 from longseq.dataset.published import published_hour_files
 from longseq.reader.readers import ReaderConfig, data_spec, open_published, open_reader
-from longseq.trainer.train import TrainConfig, check_model_spec
+from longseq.trainer.train_config import TrainConfig
+from longseq.trainer.provenance import check_model_spec
 
 
 def _warn(message: str) -> None:
@@ -74,8 +75,7 @@ def scored_batches(model: RankingModel, data: str, start, end, max_len: int | No
         if not files:
             raise MissingPrerequisiteError(f"ds={start} hour={hour:02d} was published without requests")
         reader = open_reader([f.url for f in files], config, spec=model.spec)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast_for(device):
         for batch in reader.batches():
             logits = model(batch.to(device, non_blocking=True)).float().cpu().numpy()
             yield Scored(batch, logits)

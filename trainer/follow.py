@@ -27,10 +27,12 @@ import torch
 
 from longseq.dataset.published import published_hour_files, published_hours
 from longseq.schemas.errors import LongseqError
-from longseq.trainer.distributed import setup, teardown
+from longseq.trainer.distributed import autocast_for, setup, teardown
 from longseq.trainer.metrics import task_metrics
 from longseq.reader.readers import ReaderConfig, data_spec, open_reader
-from longseq.trainer.train import TrainConfig, TrainMeter, _open_run, _reader, train_step, weights_digest
+from longseq.trainer.train_config import TrainConfig
+from longseq.trainer.train_log import TrainMeter
+from longseq.trainer.run import open_run, train_reader, train_step, weights_digest
 
 # A schedule "sized" to this many steps never decays: after warmup the lr stays at cfg.lr.
 FOLLOW_SCHEDULE_STEPS = 10**15
@@ -62,12 +64,11 @@ def follow(data: str, run_dir: Path | str, cfg: TrainConfig | None = None, log: 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         record = _follow_record(run_dir, data, first_hour)
-        run = _open_run(run_dir, cfg, ctx, FOLLOW_SCHEDULE_STEPS, log, spec=spec)
+        run = open_run(run_dir, cfg, ctx, FOLLOW_SCHEDULE_STEPS, log, spec=spec)
         first = (dt.date.fromisoformat(record["first_hour"][:10]), int(record["first_hour"][11:])) \
             if record["first_hour"] else None
         meter, steps_now, idle_since = TrainMeter(), 0, time.monotonic()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" \
-            else torch.autocast("cpu", enabled=False)
+        autocast = autocast_for(ctx.device)
         while not stop.is_set():
             hours = [h for h in published_hours(data) if first is None or h >= first]
             if hours and first is None:
@@ -88,7 +89,7 @@ def follow(data: str, run_dir: Path | str, cfg: TrainConfig | None = None, log: 
             if progressive and urls and run.position.batch_in_epoch == 0:
                 _progressive(run, urls, spec, run_dir, day, hour, log)
             if urls:
-                batches = _reader(urls, cfg, ctx, spec).batches(run.position.epoch)
+                batches = train_reader(urls, cfg, ctx, spec).batches(run.position.epoch)
                 for _ in range(run.position.batch_in_epoch):  # resuming mid-hour: those batches again, skipped
                     next(batches, None)
                 for batch in batches:
