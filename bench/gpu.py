@@ -61,10 +61,10 @@ def useful_flops(model_cfg, hist_lengths: list[int], tgt_lengths: list[int]) -> 
     from torch.utils.flop_counter import FlopCounterMode
 
     from longseq.reader.testing import random_batch
-    from longseq.trainer.model import RankingModel, loss_fn
+    from longseq.trainer.model import loss_fn, make_model, RankingModel
 
     with torch.device("meta"):
-        model = RankingModel(dataclasses.replace(model_cfg, item_buckets=64, author_buckets=64))
+        model = make_model(dataclasses.replace(model_cfg, item_buckets=64, author_buckets=64))
     memo: dict[tuple[int, int], float] = {}
     for n, m in zip(hist_lengths, tgt_lengths):
         if (n, m) not in memo:
@@ -190,11 +190,11 @@ def measure_scoring(device, preset: str, lines: list[str]) -> None:
 
     from longseq.reader.testing import random_batch
     from longseq.trainer.distributed import autocast_for
-    from longseq.trainer.model import RankingModel
+    from longseq.trainer.model import make_model
     from longseq.trainer.model_config import PRESETS
 
     with device:
-        model = RankingModel(PRESETS[preset]).eval()
+        model = make_model(PRESETS[preset]).eval()
     batch = random_batch([10_000], [16]).to(device)
     times = []
     with torch.no_grad(), autocast_for(device):

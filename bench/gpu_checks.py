@@ -22,14 +22,14 @@ def forward_matches_cpu() -> str:
     """The CUDA forward pass equals the CPU one: within fp32 tolerance in fp32, and within
     bf16's (8 bits of mantissa) under bf16 autocast."""
     from longseq.reader.testing import random_batch
-    from longseq.trainer.model import RankingModel
+    from longseq.trainer.model import make_model
     from longseq.trainer.model_config import PRESETS
 
     batch = random_batch([50, 0, 300, 7], [3, 2, 4, 1], seed=0)
     worst = {"fp32": 0.0, "bf16": 0.0}
     for arch, options in ARCHS_CHECKED:
         torch.manual_seed(0)
-        model = RankingModel(dataclasses.replace(PRESETS["small"], arch=arch, **options)).eval()
+        model = make_model(dataclasses.replace(PRESETS["small"], arch=arch, **options)).eval()
         with torch.no_grad():
             reference = model(batch)
             gpu, on_gpu = model.to("cuda"), batch.to("cuda")
@@ -47,12 +47,12 @@ def forward_matches_cpu() -> str:
 def compiled_matches_eager() -> str:
     """torch.compile (dynamic shapes) gives the eager logits on batches of different shapes."""
     from longseq.reader.testing import random_batch
-    from longseq.trainer.model import RankingModel
+    from longseq.trainer.model import make_model
     from longseq.trainer.model_config import PRESETS
 
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = RankingModel(PRESETS["small"]).eval()
+        model = make_model(PRESETS["small"]).eval()
     compiled = torch.compile(model, dynamic=True)
     worst = 0.0
     with torch.no_grad():
@@ -68,7 +68,7 @@ def flex_matches_padded() -> str:
     """The flex kernel's logits and gradients equal the padded kernel's on CUDA (fp32), with
     and without the id-match prior (its score_mod)."""
     from longseq.reader.testing import random_batch
-    from longseq.trainer.model import RankingModel, loss_fn
+    from longseq.trainer.model import loss_fn, make_model, RankingModel
     from longseq.trainer.model_config import PRESETS
 
     batch = random_batch([0, 30, 700, 5, 260], [2, 1, 4, 3, 5], seed=1).to("cuda")
@@ -76,8 +76,8 @@ def flex_matches_padded() -> str:
     for options in ({}, {"match_prior": 1.0}, {"null_slot": False, "length_scaled": True}):
         torch.manual_seed(0)
         with torch.device("cuda"):
-            padded = RankingModel(dataclasses.replace(PRESETS["small"], **options))
-            flex = RankingModel(padded.cfg).use_kernel("flex")
+            padded = make_model(dataclasses.replace(PRESETS["small"], **options))
+            flex = make_model(padded.cfg, kernel="flex")
         flex.load_state_dict(padded.state_dict())
         results = []
         for model in (padded, flex):

@@ -27,17 +27,17 @@ def _model(preset: str, arch: str, device: str, **overrides):
 
     import torch
 
-    from longseq.trainer.model import RankingModel
+    from longseq.trainer.model import make_model
     from longseq.trainer.model_config import PRESETS
 
     torch.manual_seed(0)
-    return RankingModel(dataclasses.replace(PRESETS[preset], arch=arch, **overrides)).to(device)
+    return make_model(dataclasses.replace(PRESETS[preset], arch=arch, **overrides)).to(device)
 
 
 def _step_seconds(model, batch, repeat: int, train: bool, device: str) -> float:
     import torch
 
-    from longseq.trainer.model import loss_fn
+    from longseq.trainer.model import loss_fn, make_model
 
     batch = batch.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None

@@ -165,12 +165,12 @@ PLANS = {
 @functools.lru_cache(maxsize=None)  # the report and the plan ask for the same counts many times
 def dense_parameters(preset: str, arch: str, ffn_mult: int | None = None) -> int:
     """Parameters outside the embedding tables (which every arch shares) of a preset's model."""
-    from longseq.trainer.model import RankingModel, num_parameters
+    from longseq.trainer.model import make_model, num_parameters
     from longseq.trainer.model_config import PRESETS
 
     base = PRESETS[preset]
     cfg = dataclasses.replace(base, arch=arch, ffn_mult=ffn_mult or base.ffn_mult)
-    model = RankingModel(cfg)
+    model = make_model(cfg)
     return num_parameters(model) - num_parameters(model.embed)
 
 

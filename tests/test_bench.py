@@ -176,12 +176,12 @@ def test_model_flops_count_each_request_alone_without_padding():
 
     from longseq.bench.gpu import useful_flops
     from longseq.reader.testing import random_batch
-    from longseq.trainer.model import RankingModel, loss_fn
+    from longseq.trainer.model import loss_fn, make_model
     from longseq.trainer.model_config import PRESETS
 
     def counted(hist: list[int], tgt: list[int]) -> int:
         with torch.device("meta"):
-            model = RankingModel(PRESETS["tiny"])
+            model = make_model(PRESETS["tiny"])
         batch = random_batch(hist, tgt).to("meta")
         with FlopCounterMode(display=False) as counter:
             loss_fn(model(batch), batch).backward()

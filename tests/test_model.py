@@ -9,7 +9,7 @@ import torch
 
 from longseq.reader.batch import Jagged, RequestBatch
 from longseq.reader.testing import pointwise, random_batch
-from longseq.trainer.model import RankingModel, loss_fn, num_parameters
+from longseq.trainer.model import loss_fn, make_model, num_parameters, RankingModel
 from longseq.trainer.model_config import ARCHS, EXTENSIONS, PRESETS, ModelConfig
 
 def make_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0) -> RequestBatch:
@@ -18,7 +18,7 @@ def make_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0) -
 
 def model(arch: str, seed: int = 0, **options) -> RankingModel:
     torch.manual_seed(seed)
-    return RankingModel(ModelConfig(**{**PRESETS["tiny"].__dict__, "arch": arch, **options})).double()
+    return make_model(ModelConfig(**{**PRESETS["tiny"].__dict__, "arch": arch, **options})).double()
 
 
 # the ablation switches (ModelConfig), each away from the default
@@ -79,7 +79,7 @@ def test_scores_a_10k_history_trained_or_not(arch):
 
 
 def test_no_position_table_ties_the_model_to_a_length():
-    m = RankingModel(PRESETS["tiny"])
+    m = make_model(PRESETS["tiny"])
     sizes = {s for p in m.parameters() for s in p.shape}
     assert not sizes & {512, 1_000, 2_000, 10_000}, "no parameter is sized by a history length"
 
@@ -112,7 +112,7 @@ def test_each_ablation_switch_removes_what_it_names():
 def test_presets_have_the_paper_size():
     paper = PRESETS["paper"]
     assert (paper.layers, paper.heads, paper.head_dim, paper.dim) == (4, 16, 64, 1024)
-    assert num_parameters(RankingModel(PRESETS["tiny"])) < num_parameters(RankingModel(PRESETS["small"]))
+    assert num_parameters(make_model(PRESETS["tiny"])) < num_parameters(make_model(PRESETS["small"]))
     with pytest.raises(ValueError, match="unknown arch"):
         ModelConfig(arch="hstu")
 
@@ -120,7 +120,7 @@ def test_presets_have_the_paper_size():
 def train_finish_probe(make, cfg: dict, steps: int = 150) -> RankingModel:
     """Train the tiny preset (changed by cfg) on the finish label of batches make(step)."""
     torch.manual_seed(0)
-    m = RankingModel(ModelConfig(**{**PRESETS["tiny"].__dict__, **cfg}))
+    m = make_model(ModelConfig(**{**PRESETS["tiny"].__dict__, **cfg}))
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     for step in range(steps):
         b = make(step)
@@ -197,7 +197,7 @@ def test_the_default_model_is_the_papers():
     cfg = ModelConfig()
     assert cfg.length_scaled is False and cfg.match_prior is None
     assert all(getattr(p, k) == getattr(cfg, k) for p in PRESETS.values() for k in EXTENSIONS)
-    names = {n for n, _ in RankingModel(PRESETS["tiny"]).named_parameters()}
+    names = {n for n, _ in make_model(PRESETS["tiny"]).named_parameters()}
     assert not any("length_scale" in n or "match_weight" in n for n in names)
 
 
@@ -208,7 +208,9 @@ def test_target_attention_equals_a_per_target_loop(options):
     at a time."""
     import math
 
-    from longseq.trainer.model import Layout, TargetAttention, match_log_n
+    import dataclasses
+
+    from longseq.trainer.model import Layout, PaddedTargetAttention, match_log_n
 
     batch = make_batch([9, 0, 40], [2, 3, 4], seed=5)
     h, t = batch.history.values, batch.targets.values
@@ -216,7 +218,7 @@ def test_target_attention_equals_a_per_target_loop(options):
     h["author_id"][[4, 5, 20]] = t["author_id"][[1, 1, 6]]  # and by author, twice for one target
     cfg = ModelConfig(**{**PRESETS["tiny"].__dict__, **options})
     torch.manual_seed(0)
-    attn = TargetAttention(cfg).double()
+    attn = PaddedTargetAttention(cfg).double()
     with torch.no_grad():
         attn.null_kv.normal_()
         if cfg.length_scaled:
@@ -226,7 +228,7 @@ def test_target_attention_equals_a_per_target_loop(options):
     D, H, K = cfg.dim, cfg.heads, cfg.head_dim
     q, x = torch.randn(batch.num_targets, D, dtype=torch.float64), torch.randn(batch.num_history_tokens, D, dtype=torch.float64)
     layout = Layout.of(batch)
-    layout.match_log_n = match_log_n(batch, layout)
+    layout = dataclasses.replace(layout, match_log_n=match_log_n(batch, layout))
     got = attn(q, x, layout)
 
     hist_off, tgt_off = batch.history.offsets.tolist(), batch.targets.offsets.tolist()
@@ -306,13 +308,12 @@ def test_the_flex_kernel_equals_the_padded_one(arch, options):
     import warnings
 
     torch.manual_seed(0)
-    reference = RankingModel(ModelConfig(**{**PRESETS["tiny"].__dict__, "arch": arch, **options})).double().eval()
+    reference = make_model(ModelConfig(**{**PRESETS["tiny"].__dict__, "arch": arch, **options})).double().eval()
     with torch.no_grad():  # weights far from their small init, so that attention weights show in the logits
         for p in reference.parameters():
             p.normal_(0.0, 0.5)
-    flex = RankingModel(reference.cfg).double().eval()
+    flex = make_model(reference.cfg, kernel="flex").double().eval()
     flex.load_state_dict(reference.state_dict())
-    flex.use_kernel("flex")
     batch = make_batch([0, 3, 200, 17, 130], [2, 1, 4, 3, 5], seed=1)
     batch.history.values["item_id"][:40] = batch.targets["item_id"][5]  # some events match a target
     with torch.no_grad(), warnings.catch_warnings():
@@ -322,4 +323,4 @@ def test_the_flex_kernel_equals_the_padded_one(arch, options):
 
 def test_the_flex_kernel_refuses_the_embedding_match_prior():
     with pytest.raises(ValueError, match="padded kernel"):
-        model("stca", match_prior=1.0, match_by="embedding").use_kernel("flex")
+        make_model(ModelConfig(**{**PRESETS["tiny"].__dict__, "match_prior": 1.0, "match_by": "embedding"}), kernel="flex")

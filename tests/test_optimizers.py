@@ -9,7 +9,7 @@ import torch
 
 from longseq.schemas.errors import LongseqError
 from longseq.reader.testing import random_batch
-from longseq.trainer.model import RankingModel, loss_fn
+from longseq.trainer.model import loss_fn, make_model
 from longseq.trainer.model_config import PRESETS
 from longseq.trainer.optimizers import RowWiseAdagrad, TrainOptimizer, clip_gradients, make_optimizer
 
@@ -56,7 +56,7 @@ def test_clipping_sparse_gradients_equals_clipping_their_dense_form():
 
 def test_rowwise_adagrad_trains_the_model_and_only_its_id_tables_go_sparse():
     torch.manual_seed(0)
-    model = RankingModel(PRESETS["tiny"])
+    model = make_model(PRESETS["tiny"])
     opt = make_optimizer(model, lr=1e-2, weight_decay=0.01, embedding_optimizer="rowwise_adagrad", embedding_lr=5e-2)
     assert isinstance(opt, TrainOptimizer)
     assert model.embed.item.sparse and model.embed.author.sparse and not model.embed.action.sparse
@@ -86,7 +86,7 @@ def test_a_rowwise_adagrad_state_round_trips(tmp_path):
 def test_loss_fn_reaches_both_optimizers():
     """One step moves the dense layers and the looked-up table rows, nothing else of the tables."""
     torch.manual_seed(0)
-    model = RankingModel(PRESETS["tiny"])
+    model = make_model(PRESETS["tiny"])
     opt = make_optimizer(model, lr=1e-2, weight_decay=0.0, embedding_optimizer="rowwise_adagrad")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     batch = random_batch([5, 0, 12], [2, 3, 1], 0)

@@ -25,7 +25,7 @@ from longseq.reader.batch import RequestBatch
 from longseq.reader.testing import pointwise, random_batch
 from longseq.trainer.distributed import Context
 from longseq.trainer.metrics import task_metrics
-from longseq.trainer.model import Layout, RankingModel, feature_salt, loss_fn
+from longseq.trainer.model import feature_salt, Layout, loss_fn, make_model, RankingModel
 from longseq.trainer.model_config import ARCHS, PRESETS
 from longseq.reader.readers import ReaderConfig, data_spec, open_reader
 from longseq.sources import SAMPLE_START
@@ -42,7 +42,7 @@ DAY = SAMPLE_START
 
 def tiny(arch: str = "stca", spec=ECOMMERCE, seed: int = 0) -> RankingModel:
     torch.manual_seed(seed)
-    return RankingModel(dataclasses.replace(PRESETS["tiny"], arch=arch), spec).double()
+    return make_model(dataclasses.replace(PRESETS["tiny"], arch=arch), spec).double()
 
 
 # ---------------------------------------------------------------- the readers
@@ -394,5 +394,5 @@ def test_the_default_specs_model_is_the_one_from_before_specs(arch):
         out = model(random_batch([7, 0, 3], [2, 1, 3], seed=5))
     np.testing.assert_allclose(out.numpy(), logits, atol=2e-6)
     torch.manual_seed(0)
-    implicit = RankingModel(dataclasses.replace(PRESETS["tiny"], arch=arch)).double()  # no spec given
+    implicit = make_model(dataclasses.replace(PRESETS["tiny"], arch=arch)).double()  # no spec given
     assert state_digest(implicit) == digest

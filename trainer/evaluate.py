@@ -26,7 +26,7 @@ from longseq.trainer import checkpoint
 from longseq.reader.batch import RequestBatch
 from longseq.trainer.distributed import autocast_for, resolve_device
 from longseq.trainer.metrics import bootstrap_auc, task_metrics
-from longseq.trainer.model import RankingModel
+from longseq.trainer.model import make_model, RankingModel
 from longseq.dataset.published import published_hour_files
 from longseq.reader.readers import ReaderConfig, data_spec, open_published, open_reader
 from longseq.trainer.train_config import TrainConfig
@@ -48,12 +48,11 @@ def load_model(run_dir: Path | str, device: str | torch.device = "cpu", attentio
         raise MissingPrerequisiteError(f"no checkpoint in {run_dir}: train first (`longseq train --run-dir {run_dir}`)")
     path, state = found
     cfg = TrainConfig(**json.loads(state["config"]))
-    model = RankingModel(cfg.model_config(), checkpoint.spec_of(state, path))
-    checkpoint.load_weights(model, state, path)
     try:
-        model.use_kernel(attention)
+        model = make_model(cfg.model_config(), checkpoint.spec_of(state, path), attention)
     except ValueError as e:
         raise LongseqError(str(e)) from None
+    checkpoint.load_weights(model, state, path)
     return model.to(device).eval(), cfg, int(state["step"])
 
 

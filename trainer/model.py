@@ -19,9 +19,11 @@ the one from before specs, parameter for parameter and draw for draw.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +40,11 @@ from longseq.trainer.model_config import ModelConfig
 # ---------------------------------------------------------------- batch layout
 
 
-@dataclass
+@dataclass(frozen=True)
 class Layout:
-    """Where each flat token and target sits in the padded [B, L] / [B, M] views."""
+    """Where each flat token and target sits in the padded [B, L] / [B, M] views, and what
+    the model's attention needs of the batch beyond that (the id-match prior, the flex
+    kernel's block mask): built once per batch, before the layers, and never changed."""
 
     hist_seg: torch.Tensor  # [N] request of each history token
     hist_pos: torch.Tensor  # [N] its position within the request
@@ -56,7 +60,7 @@ class Layout:
     match_log_n: torch.Tensor | None = None
     # the flex kernel's id-match prior: raw (item, author) ids of the T targets and N events
     match_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    _block_masks: dict = field(default_factory=dict)  # null_open rule -> BlockMask
+    block_mask: Any = None  # the flex kernel's BlockMask (flex_block_mask), shared by every layer
 
     @staticmethod
     def of(batch: RequestBatch) -> "Layout":
@@ -73,24 +77,21 @@ class Layout:
         mask = torch.arange(L, device=hist_seg.device)[None, :] < lengths[:, None]
         return Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M, torch.log1p(lengths.float()))
 
-    def block_mask(self, null_always_open: bool):
+    def flex_block_mask(self, null_always_open: bool):
         """FlexAttention's mask over [T targets] x [B null slots, then the N events]: a target
         sees its own request's events and null slot (the null slot always, or only when the
-        history is empty). Built once per batch and rule, shared by every layer."""
-        if null_always_open not in self._block_masks:
-            from torch.nn.attention.flex_attention import create_block_mask
+        history is empty)."""
+        from torch.nn.attention.flex_attention import create_block_mask
 
-            B, tgt_seg = self.B, self.tgt_seg
-            kv_seg = torch.cat([torch.arange(B, device=tgt_seg.device), self.hist_seg])  # [B + N]
-            null_open = torch.ones(B, dtype=torch.bool, device=tgt_seg.device) if null_always_open \
-                else ~self.hist_mask.any(1)
+        B, tgt_seg = self.B, self.tgt_seg
+        kv_seg = torch.cat([torch.arange(B, device=tgt_seg.device), self.hist_seg])  # [B + N]
+        null_open = torch.ones(B, dtype=torch.bool, device=tgt_seg.device) if null_always_open \
+            else ~self.hist_mask.any(1)
 
-            def mask_mod(b, h, q, kv):
-                return (tgt_seg[q] == kv_seg[kv]) & ((kv >= B) | null_open[tgt_seg[q]])
+        def mask_mod(b, h, q, kv):
+            return (tgt_seg[q] == kv_seg[kv]) & ((kv >= B) | null_open[tgt_seg[q]])
 
-            self._block_masks[null_always_open] = create_block_mask(
-                mask_mod, None, None, len(tgt_seg), len(kv_seg), device=tgt_seg.device)
-        return self._block_masks[null_always_open]
+        return create_block_mask(mask_mod, None, None, len(tgt_seg), len(kv_seg), device=tgt_seg.device)
 
     def pad_history(self, x: torch.Tensor) -> torch.Tensor:  # [N, ...] -> [B, L, ...]
         out = x.new_zeros(self.B, self.L, *x.shape[1:])
@@ -231,7 +232,12 @@ class FeatureEmbedding(nn.Module):
 
 class TargetAttention(nn.Module):
     """Multi-head attention from each target's query to its own request's history (plus a
-    learned null slot): softmax over L, so the cost is linear in history length."""
+    learned null slot): softmax over L, so the cost is linear in history length.
+
+    Two kernels compute it, chosen at construction (KERNELS, `target_attention`):
+    PaddedTargetAttention (SDPA over [B, H, M, 1+L]: the reference, and the CPU's) and
+    FlexTargetAttention (jagged FlexAttention: no padding; backward on CUDA only). They share
+    these weights and the query and key scalings (`scaled`)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -250,12 +256,31 @@ class TargetAttention(nn.Module):
         self.length_scale = nn.Parameter(torch.full((cfg.heads,), 1 / math.log(1024))) if cfg.length_scaled else None
         self.match_weight = nn.Parameter(torch.full((2, cfg.heads), cfg.match_prior)) if cfg.match_prior is not None else None
         self.qk_scale = nn.Parameter(torch.full((cfg.heads,), cfg.qk_norm)) if cfg.qk_norm is not None else None
-        self.kernel = "padded"  # or "flex" (RankingModel.use_kernel): the same attention, jagged
+
+    def scaled(self, Q: torch.Tensor, keys: torch.Tensor, log_n: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """Queries and keys with the optional scalings applied, and the softmax scale to use.
+        Q: [S, H, ...]: heads on dim 1, in either kernel's layout; log_n: [S], each query's
+        log(history length + 1). None: SDPA's default 1 / sqrt(K)."""
+        def per_head(w: torch.Tensor) -> torch.Tensor:  # [H] -> [1, H, 1, ...] against Q
+            return w.view(1, -1, *[1] * (Q.dim() - 2))
+
+        scale = None
+        if self.qk_scale is not None:  # g * cos(q, k): unit queries and keys, the learned g in the query
+            Q = F.normalize(Q, dim=-1) * per_head(self.qk_scale).to(Q.dtype)
+            keys, scale = F.normalize(keys, dim=-1), 1.0
+        if self.length_scale is not None:
+            Q = Q * (per_head(self.length_scale) * log_n.view(-1, *[1] * (Q.dim() - 1))).to(Q.dtype)
+        return Q, keys, scale
 
     def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
-        # q: [T, D] one query per target; hist: [N, D] the batch's history tokens
-        if self.kernel == "flex":
-            return self._flex(q, hist, layout)
+        raise NotImplementedError  # q: [T, D] one query per target; hist: [N, D] -> [T, D]
+
+
+class PaddedTargetAttention(TargetAttention):
+    """Target attention by SDPA over each request's history padded to the batch's L."""
+
+    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
         B, H, K = layout.B, self.H, self.K
         Q = layout.pad_targets(self.wq(q).view(-1, H, K)).transpose(1, 2)  # [B, H, M, K]
         keys = layout.pad_history(self.wk(hist).view(-1, H, K))  # [B, L, H, K]
@@ -268,13 +293,7 @@ class TargetAttention(nn.Module):
         else:
             null_open = ~layout.hist_mask.any(1, keepdim=True)
         mask = torch.cat([null_open, layout.hist_mask], 1)[:, None, None, :]  # [B, 1, 1, 1+L]
-        log_n = layout.log_n[:, None, None, None]  # [B, 1, 1, 1]
-        scale = None  # SDPA's default 1 / sqrt(K)
-        if self.qk_scale is not None:  # g * cos(q, k): unit queries and keys, the learned g in the query
-            Q = F.normalize(Q, dim=-1) * self.qk_scale[None, :, None, None].to(Q.dtype)
-            keys, scale = F.normalize(keys, dim=-1), 1.0
-        if self.length_scale is not None:
-            Q = Q * (self.length_scale[None, :, None, None] * log_n).to(Q.dtype)
+        Q, keys, scale = self.scaled(Q, keys, layout.log_n)
         if self.match_weight is not None and layout.match_log_n is not None:
             # two fused multiply-adds over [B, H, M, 1+L]: this bias is the prior's whole cost
             w = self.match_weight[:, None, :, None, None]  # [2, 1, H, 1, 1]
@@ -286,22 +305,20 @@ class TargetAttention(nn.Module):
         out = out.transpose(1, 2)[layout.tgt_seg, layout.tgt_pos]  # [T, H, K]
         return self.wo(out.reshape(-1, H * K))  # [T, D]
 
-    def _flex(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
-        """forward() without padding or a dense bias: FlexAttention over the T targets and
-        the B null slots + N events, with a block mask from the offsets and the id-match
-        prior as a score_mod computed on the fly."""
+
+class FlexTargetAttention(TargetAttention):
+    """Target attention without padding or a dense bias: FlexAttention over the T targets and
+    the B null slots + N events, with the layout's block mask from the offsets and the
+    id-match prior as a score_mod computed on the fly."""
+
+    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
         B, H, K = layout.B, self.H, self.K
         Q = self.wq(q).view(-1, H, K)  # [T, H, K]
         null = self.null_kv.to(Q.dtype)  # [2, H, K]
         keys = torch.cat([null[0].expand(B, H, K), self.wk(hist).view(-1, H, K)])  # [B + N, H, K]
         values = torch.cat([null[1].expand(B, H, K), self.wv(hist).view(-1, H, K)])
         log_n = layout.log_n[layout.tgt_seg]  # [T]: each target's request
-        scale = None
-        if self.qk_scale is not None:
-            Q = F.normalize(Q, dim=-1) * self.qk_scale[None, :, None].to(Q.dtype)
-            keys, scale = F.normalize(keys, dim=-1), 1.0
-        if self.length_scale is not None:
-            Q = Q * (self.length_scale[None, :, None] * log_n[:, None, None]).to(Q.dtype)
+        Q, keys, scale = self.scaled(Q, keys, log_n)
         score_mod = None
         if self.match_weight is not None and layout.match_ids is not None:
             t_item, t_author, h_item, h_author = layout.match_ids
@@ -318,14 +335,21 @@ class TargetAttention(nn.Module):
             return x.transpose(0, 1)[None]
 
         out = flex_kernel(Q.device.type)(heads_first(Q), heads_first(keys), heads_first(values), score_mod=score_mod,
-                                         block_mask=layout.block_mask(self.null_slot), scale=scale)  # [1, H, T, K]
+                                         block_mask=layout.block_mask, scale=scale)  # [1, H, T, K]
         return self.wo(out[0].transpose(0, 1).reshape(-1, H * K))  # [T, D]
+
+
+KERNELS: dict[str, type[TargetAttention]] = {"padded": PaddedTargetAttention, "flex": FlexTargetAttention}
+
+
+def target_attention(cfg: ModelConfig, kernel: str = "padded") -> TargetAttention:
+    return KERNELS[kernel](cfg)
 
 
 def check_kernel(cfg: ModelConfig, kernel: str) -> None:
     """ValueError unless `kernel` can run this model: the embedding-match prior needs a
     dense bias, so the padded kernel."""
-    if kernel not in ("padded", "flex"):
+    if kernel not in KERNELS:
         raise ValueError(f"unknown attention kernel {kernel!r}; use padded or flex")
     if kernel == "flex" and cfg.match_prior is not None and cfg.match_by != "id":
         raise ValueError("the embedding-match prior needs the padded kernel (a dense [B, H, M, 1+L] bias)")
@@ -343,11 +367,11 @@ def flex_kernel(device_type: str):
 class StcaLayer(nn.Module):
     """One layer: the history path LN(SwiGLU_i(X)), then cross attention from the query."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, kernel: str = "padded"):
         super().__init__()
         self.hist_ffn = feed_forward(cfg, cfg.dim, cfg.dim)
         self.hist_norm = nn.LayerNorm(cfg.dim)
-        self.attn = TargetAttention(cfg)
+        self.attn = target_attention(cfg, kernel)
 
     def forward(self, q: torch.Tensor, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         hist = self.hist_norm(self.hist_ffn(x))  # [N, D]: per request, not per target
@@ -378,64 +402,59 @@ class SelfAttentionBlock(nn.Module):
 
 
 class RankingModel(nn.Module):
-    """Any of ARCHS: embeddings -> a history summary per target -> one logit per task of the spec."""
+    """Embeddings -> a history summary per target -> one logit per task of the spec.
 
-    def __init__(self, cfg: ModelConfig, spec: DatasetSpec = DEFAULT_SPEC):
+    One subclass per arch (ARCH_MODELS; `make_model` picks it from cfg.arch) adds its history
+    path (`_build`, in the order its weights are drawn) and its summaries of the history for
+    each target (`summaries`); the rest is shared. The attention kernel is chosen here, at
+    construction, for every TargetAttention of the model."""
+
+    attends = True  # whether the arch has target attention (the match prior and the block mask are for it)
+
+    def __init__(self, cfg: ModelConfig, spec: DatasetSpec = DEFAULT_SPEC, kernel: str = "padded"):
         super().__init__()
-        self.cfg = cfg
-        self.spec = spec
-        self.kernel = "padded"
+        check_kernel(cfg, kernel)
+        self.cfg, self.spec, self.kernel = cfg, spec, kernel
         D = cfg.dim
         self.embed = TokenEmbedding(cfg, num_actions(spec.tasks))
-        if cfg.arch in ("stca", "transformer"):  # DIN attends from the raw target embedding
-            self.query = nn.Sequential(feed_forward(cfg, D, D), nn.LayerNorm(D))  # q(1) = LN(SwiGLU(x_t))
-        n_summaries = 0
-        if cfg.arch == "stca":
-            self.layers = nn.ModuleList(StcaLayer(cfg) for _ in range(cfg.layers))
-            # query fusion: q(i+1) = LN(SwiGLU([o(1)..o(i), x_t] W_C)); the SwiGLU's first projection is W_C
-            self.fuse = nn.ModuleList(nn.Sequential(feed_forward(cfg, (i + 2) * D, D), nn.LayerNorm(D))
-                                      for i in range(cfg.layers - 1 if cfg.query_fusion else 0))
-            n_summaries = cfg.layers
-        elif cfg.arch == "din":
-            self.attn = TargetAttention(cfg)
-            n_summaries = 1
-        elif cfg.arch == "transformer":
-            self.blocks = nn.ModuleList(SelfAttentionBlock(cfg) for _ in range(cfg.layers))
-            self.null_token = nn.Parameter(torch.zeros(D))
-            self.final_norm = nn.LayerNorm(D)
-            self.attn = TargetAttention(cfg)
-            n_summaries = 1
-        elif cfg.arch == "mean":
-            n_summaries = 1
+        n_summaries = self._build(cfg, kernel)
         self.output = feed_forward(cfg, (n_summaries + 1) * D, D)  # z = SwiGLU([o(1)..o(M), x_t] W_Z)
         self.heads = nn.Linear(D, len(spec.tasks))
         # built last, and only for a spec with features: the default spec's model (no features)
         # draws its initial weights as it did before specs existed
         self.features = FeatureEmbedding(spec, D) if spec.features else None
 
-    def use_kernel(self, kernel: str) -> "RankingModel":
-        """Target attention by "padded" SDPA (the reference, the CPU's) or "flex" (jagged
-        FlexAttention: forward anywhere, backward on CUDA only)."""
-        check_kernel(self.cfg, kernel)
-        for m in self.modules():
-            if isinstance(m, TargetAttention):
-                m.kernel = kernel
-        self.kernel = kernel
-        return self
+    def _build(self, cfg: ModelConfig, kernel: str) -> int:
+        """Add the arch's history path; returns how many summaries it gives each target."""
+        raise NotImplementedError
+
+    def summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
+        """The arch's [T, D] summaries of each target's history."""
+        raise NotImplementedError
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(spec.tasks)] logits
-        layout = Layout.of(batch)
-        if self.cfg.match_prior is not None and self.cfg.arch in ("stca", "din", "transformer"):
-            by_id = self.cfg.match_by == "id"
-            if by_id and self.kernel == "flex":  # matched on the fly in the kernel
-                layout.match_ids = (batch.targets["item_id"], batch.targets["author_id"],
-                                    batch.history["item_id"], batch.history["author_id"])
-            else:
-                layout.match_log_n = match_log_n(batch, layout) if by_id else similarity_log_n(self.embed, batch, layout)
+        layout = self.layout(batch)
         x_t = self.target_tokens(batch)  # [T, D]
-        summaries = self._summaries(batch, layout, x_t) if self.cfg.arch != "none" else []
-        z = self.output(torch.cat([*summaries, x_t], dim=-1))  # [T, D]
+        z = self.output(torch.cat([*self.summaries(batch, layout, x_t), x_t], dim=-1))  # [T, D]
         return self.heads(z)
+
+    def layout(self, batch: RequestBatch) -> Layout:
+        """The batch's Layout, with what this model's attention reads from it: the id-match
+        prior (dense, or raw ids for the flex kernel to match on the fly) and the block mask."""
+        layout, extra = Layout.of(batch), {}
+        if not self.attends:
+            return layout
+        if self.kernel == "flex":
+            extra["block_mask"] = layout.flex_block_mask(self.cfg.null_slot)
+        if self.cfg.match_prior is not None:
+            if self.cfg.match_by == "id" and self.kernel == "flex":
+                extra["match_ids"] = (batch.targets["item_id"], batch.targets["author_id"],
+                                      batch.history["item_id"], batch.history["author_id"])
+            elif self.cfg.match_by == "id":
+                extra["match_log_n"] = match_log_n(batch, layout)
+            else:
+                extra["match_log_n"] = similarity_log_n(self.embed, batch, layout)
+        return dataclasses.replace(layout, **extra) if extra else layout
 
     def history_tokens(self, batch: RequestBatch, layout: Layout) -> torch.Tensor:  # [N, D]
         x = self.embed.history(batch, layout)
@@ -447,29 +466,97 @@ class RankingModel(nn.Module):
         side = self.features("target", batch.targets.values) if self.features is not None else None
         return x if side is None else x + side
 
-    def _summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
+
+class StcaModel(RankingModel):
+    """The paper's STCA: stacked target-to-history cross attention with query fusion."""
+
+    def _build(self, cfg: ModelConfig, kernel: str) -> int:
+        D = cfg.dim
+        self.query = nn.Sequential(feed_forward(cfg, D, D), nn.LayerNorm(D))  # q(1) = LN(SwiGLU(x_t))
+        self.layers = nn.ModuleList(StcaLayer(cfg, kernel) for _ in range(cfg.layers))
+        # query fusion: q(i+1) = LN(SwiGLU([o(1)..o(i), x_t] W_C)); the SwiGLU's first projection is W_C
+        self.fuse = nn.ModuleList(nn.Sequential(feed_forward(cfg, (i + 2) * D, D), nn.LayerNorm(D))
+                                  for i in range(cfg.layers - 1 if cfg.query_fusion else 0))
+        return cfg.layers
+
+    def summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
         x = self.history_tokens(batch, layout)  # [N, D]
-        arch = self.cfg.arch
-        if arch == "stca":
-            q, outs = self.query(x_t), []
-            for i, layer in enumerate(self.layers):
-                outs.append(layer(q, x, layout))  # o(i+1): [T, D]
-                if i < len(self.fuse):  # without query fusion every layer keeps q(1)
-                    q = self.fuse[i](torch.cat([*outs, x_t], dim=-1))
-            return outs
-        if arch == "din":
-            return [self.attn(x_t, x, layout)]
-        if arch == "transformer":
-            padded = torch.cat([self.null_token.expand(layout.B, 1, -1), layout.pad_history(x)], 1)  # [B, 1+L, D]
-            mask = F.pad(layout.hist_mask, (1, 0), value=True)
-            for block in self.blocks:
-                padded = block(padded, mask)
-            tokens = self.final_norm(padded[:, 1:][layout.hist_seg, layout.hist_pos])  # [N, D]
-            return [self.attn(self.query(x_t), tokens, layout)]
-        # mean pooling: each request's mean history token (zero when empty)
+        q, outs = self.query(x_t), []
+        for i, layer in enumerate(self.layers):
+            outs.append(layer(q, x, layout))  # o(i+1): [T, D]
+            if i < len(self.fuse):  # without query fusion every layer keeps q(1)
+                q = self.fuse[i](torch.cat([*outs, x_t], dim=-1))
+        return outs
+
+
+class DinModel(RankingModel):
+    """DIN-style: one target-attention layer from the raw target embedding."""
+
+    def _build(self, cfg: ModelConfig, kernel: str) -> int:
+        self.attn = target_attention(cfg, kernel)
+        return 1
+
+    def summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
+        return [self.attn(x_t, self.history_tokens(batch, layout), layout)]
+
+
+class TransformerModel(RankingModel):
+    """Self-attention over each history (quadratic in L), then target attention: the baseline."""
+
+    def _build(self, cfg: ModelConfig, kernel: str) -> int:
+        D = cfg.dim
+        self.query = nn.Sequential(feed_forward(cfg, D, D), nn.LayerNorm(D))
+        self.blocks = nn.ModuleList(SelfAttentionBlock(cfg) for _ in range(cfg.layers))
+        self.null_token = nn.Parameter(torch.zeros(D))
+        self.final_norm = nn.LayerNorm(D)
+        self.attn = target_attention(cfg, kernel)
+        return 1
+
+    def summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
+        x = self.history_tokens(batch, layout)  # [N, D]
+        padded = torch.cat([self.null_token.expand(layout.B, 1, -1), layout.pad_history(x)], 1)  # [B, 1+L, D]
+        mask = F.pad(layout.hist_mask, (1, 0), value=True)
+        for block in self.blocks:
+            padded = block(padded, mask)
+        tokens = self.final_norm(padded[:, 1:][layout.hist_seg, layout.hist_pos])  # [N, D]
+        return [self.attn(self.query(x_t), tokens, layout)]
+
+
+class MeanPoolModel(RankingModel):
+    """Each request's mean history token (zero when empty)."""
+
+    attends = False
+
+    def _build(self, cfg: ModelConfig, kernel: str) -> int:
+        return 1
+
+    def summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
+        x = self.history_tokens(batch, layout)  # [N, D]
         sums = x.new_zeros(layout.B, x.shape[1]).index_add_(0, layout.hist_seg, x)
         counts = batch.history.lengths().clamp_min(1).to(x.dtype)[:, None]
         return [(sums / counts)[layout.tgt_seg]]
+
+
+class NoHistoryModel(RankingModel):
+    """The target alone: what the history adds is measured against this."""
+
+    attends = False
+
+    def _build(self, cfg: ModelConfig, kernel: str) -> int:
+        return 0
+
+    def summaries(self, batch: RequestBatch, layout: Layout, x_t: torch.Tensor) -> list[torch.Tensor]:
+        return []
+
+
+ARCH_MODELS: dict[str, type[RankingModel]] = {
+    "stca": StcaModel, "din": DinModel, "transformer": TransformerModel, "mean": MeanPoolModel, "none": NoHistoryModel,
+}
+
+
+def make_model(cfg: ModelConfig, spec: DatasetSpec = DEFAULT_SPEC, kernel: str = "padded") -> RankingModel:
+    """The model of cfg.arch for `spec`, with target attention by `kernel` (padded or flex)."""
+    return ARCH_MODELS[cfg.arch](cfg, spec, kernel)
 
 
 def match_log_n(batch: RequestBatch, layout: Layout) -> torch.Tensor:

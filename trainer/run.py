@@ -18,7 +18,7 @@ from longseq.schemas.errors import LongseqError
 from longseq.schemas.spec import DatasetSpec
 from longseq.trainer import checkpoint
 from longseq.trainer.distributed import Context
-from longseq.trainer.model import RankingModel, loss_fn
+from longseq.trainer.model import loss_fn, make_model, RankingModel
 from longseq.trainer.optimizers import TrainOptimizer, clip_gradients, make_optimizer
 from longseq.trainer.provenance import DataRecord, OtherDataError, check_data, check_model_spec, write_data
 from longseq.trainer.train_config import TrainConfig, learning_rate, reader_config
@@ -79,7 +79,7 @@ def open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Cal
     allow_other_data); a fresh run records it."""
     torch.manual_seed(cfg.seed)  # before building the model: its initial weights come from this seed
     with ctx.device:  # built where it trains: no host copy of tables that may not fit on the host
-        model = RankingModel(cfg.model_config(), spec).use_kernel(cfg.attention)
+        model = make_model(cfg.model_config(), spec, cfg.attention)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.embedding_optimizer, cfg.embedding_lr)
     position = checkpoint.Position()
     found = checkpoint.newest(run_dir, log)
