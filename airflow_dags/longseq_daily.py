@@ -1,6 +1,6 @@
 """longseq_daily: one ds a run. Wait for raw logs -> build -> validate -> publish [-> train].
 
-Thin on purpose: every stage is a shell command built by cli/daily.py at run time, so
+Thin on purpose: every stage is a shell command built by pipelines/daily.py at run time, so
 parsing this file imports nothing heavy (no Spark, torch, polars or Great Expectations;
 tests/test_airflow.py checks) and the stages run the same by hand. The build
 depends on the previous day's run (the history state chains the days); runs go one at a
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from longseq.cli.daily import (
+from longseq.pipelines.daily import (
     DailySettings, build_command, publish_command, raw_partition_ready, train_command, validate_command,
 )
 

@@ -53,7 +53,7 @@ class Results:
 
 
 def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
-    from longseq.cli.pipeline import prepare_generated as prepare
+    from longseq.pipelines.sample import prepare_generated as prepare
     from longseq.sources.generate import PROFILES
 
     sample = prepare(work / "gen", PROFILES["default"].with_sizes(plan.users, plan.days), seed=0, start=START, reuse=True,
@@ -62,7 +62,7 @@ def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
 
 
 def prepare_movielens(work: Path, ratings: Path, days: int = 30) -> tuple[Path, dt.date]:
-    from longseq.cli.pipeline import prepare_movielens as prepare
+    from longseq.pipelines.sample import prepare_movielens as prepare
     from longseq.sources.movielens import MovieLensMapping
 
     sample = prepare(work / "ml", ratings, MovieLensMapping(days=days, start=START), reuse=True,

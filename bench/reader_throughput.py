@@ -63,7 +63,7 @@ DESCRIPTIONS = {
 
 def prepare(work: Path, log=print) -> dict[int, Path]:
     """Generate, build and publish the benchmark data unless it is there already."""
-    from longseq.cli.pipeline import build_and_publish, is_published
+    from longseq.pipelines.sample import build_and_publish, is_published
     from longseq.sources.generate import PROFILES, generate
 
     profile = PROFILES[PROFILE]

@@ -6,17 +6,16 @@ Each stage is an arguments function and a run function; the work is in sources/ 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 
 from longseq.cli.arguments import (
     SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, dataset_spec, date, duration,
     fraction, hour_of_day, local_path, location, positive_int, progress, spark_config,
 )
 from longseq.dataset.output_lock import output_lock
-from longseq.dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
+from longseq.dataset.storage import LocalStorage, absolute
 from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN
 from longseq.schemas.durations import format_duration
-from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
+from longseq.schemas.errors import LongseqError
 from longseq.sources import SAMPLE_START
 
 # ---------------------------------------------------------------- generate
@@ -150,8 +149,8 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     from longseq.dataset.layout import day_range
+    from longseq.etl.gates.validation import ValidationConfig, validate_days
     from longseq.etl.spark_session import spark_session
-    from longseq.etl.gates.validation import ValidationConfig, ValidationFailed, summary_table, validate
 
     if args.max_len is not None:
         progress("longseq validate: warning: --max-len is deprecated: the bound is read from each day's build report")
@@ -159,35 +158,11 @@ def run_validate(args: argparse.Namespace) -> int:
     cfg = ValidationConfig.from_file(args.config, **overrides) if args.config else ValidationConfig(**overrides)
     cfg.warn_only = (*cfg.warn_only, *args.warn)
     cfg.critical_only = (*cfg.critical_only, *args.critical)
-    days = day_range(args.start, args.end)
-    data = absolute(args.data)
     spec = dataset_spec(args)  # read before Spark starts: a bad spec fails at once
-    with output_lock(data, "validate", log=progress):  # before Spark starts: a busy output fails at once
-        if args.suite == "requests" and is_local(data):  # also before Spark, when it is not needed to look
-            _refuse_stale(LocalStorage(), data, days)
-        spark = spark_session(spark_config(args))
-        if args.suite == "requests" and not is_local(data):
-            _refuse_stale(RoutingStorage(spark), data, days)
-        failed = []
-        for day in days:
-            outcome = validate(spark, args.data, day, args.suite, raw=args.raw, cfg=cfg, sample=args.sample, spec=spec)
-            print(summary_table(outcome), flush=True)
-            failed += [] if outcome["passed"] else [
-                f"ds={day} ({', '.join(r['check'] for r in outcome['checks'] if r['critical'] and not r['success'])})"]
-    if failed:
-        raise ValidationFailed(f"critical expectations failed: {'; '.join(failed)}")
+    with output_lock(absolute(args.data), "validate", log=progress):  # before Spark starts: a busy output fails at once
+        validate_days(lambda: spark_session(spark_config(args)), args.data, day_range(args.start, args.end), args.suite,
+                      raw=args.raw, cfg=cfg, sample=args.sample, spec=spec, show=lambda s: print(s, flush=True))
     return 0
-
-
-def _refuse_stale(storage: Storage, data: str, days: list[dt.date]) -> None:
-    """A stale day's records were built on an old state: validating them would pass on wrong histories."""
-    from longseq.dataset.layout import BuildLayout
-
-    layout = BuildLayout(data.rstrip("/"))
-    problems = [p for p in (layout.stale_problem(storage, day) for day in days) if p]
-    if problems:
-        more = f" (and {len(problems) - 1} more stale day(s))" if len(problems) > 1 else ""
-        raise MissingPrerequisiteError(f"refusing to validate: {problems[0]}{more}")
 
 
 # ---------------------------------------------------------------- publish
@@ -217,30 +192,20 @@ def run_publish(args: argparse.Namespace) -> int:
 
 
 def _publish_blocked_hour(args: argparse.Namespace) -> int:
-    from longseq.dataset.layout import StreamLayout
     from longseq.dataset.spec_record import spec_for
     from longseq.etl.spark_session import spark_session
-    from longseq.etl.stream.hours import HourPublisher, closed_hours
-    from longseq.etl.stream.settings import StreamSettings
+    from longseq.etl.stream.hours import publish_blocked_hour
 
     if not args.override_validation or args.end not in (None, args.start):
         raise LongseqError("--hour publishes one hour of --start, and only with --override-validation REASON: the "
                            "stream validates and publishes its hours itself (longseq stream --publish-hours)")
     data = absolute(args.data)
-    publisher = HourPublisher(None, data, StreamSettings(spec=spec_for(LocalStorage(), data, dataset_spec(args))),
-                              log=progress)
-    blocked = publisher.blocked()
-    if blocked is None or (blocked["ds"], blocked["hour"]) != (args.start.isoformat(), args.hour):
-        where = "nothing" if blocked is None else f"ds={blocked['ds']} hour={blocked['hour']:02d}"
-        raise LongseqError(f"hour publishing of {data} is blocked at {where}, not at ds={args.start} "
-                           f"hour={args.hour:02d}: only the blocking hour can be published by hand")
-    publisher.publish(args.start, args.hour, override_reason=args.override_validation)
+    spec = spec_for(LocalStorage(), data, dataset_spec(args))
+    published = publish_blocked_hour(data, args.start, args.hour, args.override_validation, spec,
+                                     lambda: spark_session(spark_config(args)), log=progress)
     print(f"published ds={args.start} hour={args.hour:02d} (validation overridden)")
-    later = [h for h in closed_hours(StreamLayout(data)) if h > (args.start, args.hour)]
-    if later:  # the hours the block held back: validated and published now, in order, up to the next failure
-        publisher.spark = spark_session(spark_config(args))
-        for day, hour in publisher.publish_closed(later):
-            print(f"published ds={day} hour={hour:02d}")
+    for day, hour in published[1:]:
+        print(f"published ds={day} hour={hour:02d}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """`longseq demo`: the whole pipeline on a generated sample, printing what each stage did.
 
 Generate raw logs (with 1% dirty rows); build request records with the Spark engine,
-validate each built day with Great Expectations and publish them (cli/pipeline.py); read
+validate each built day with Great Expectations and publish them (pipelines/sample.py); read
 them back through the trainer's Petastorm reader; train a small STCA on all days but the
 last and evaluate it on the last at full history length.
 """
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from longseq.cli.arguments import Command, local_path
 from longseq.cli.arguments import progress as cli_progress
-from longseq.cli.pipeline import Sample, build_and_publish
+from longseq.pipelines.sample import Sample, build_and_publish
 from longseq.dataset.raw import read_raw_partition
 from longseq.schemas.contracts import DEFAULT_MAX_LEN, TASKS
 from longseq.sources import SAMPLE_START

@@ -73,7 +73,7 @@ print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}}
     assert info["errors"] == {}
     heavy = [m for m in info["imported"] if m.split(".")[0] in HEAVY or m.startswith(HEAVY_OWN)]
     assert heavy == [], f"parsing the DAG file imported {heavy[:10]}"
-    assert "longseq.cli.daily" in info["imported"], "the check saw the DAG file's own imports"
+    assert "longseq.pipelines.daily" in info["imported"], "the check saw the DAG file's own imports"
     assert info["tasks"] == ["wait_for_raw", "build", "validate", "publish", "train_enabled", "train"]
     assert info["max_active_runs"] == 1 and info["build_depends_on_past"] and info["backoff"]
 

@@ -203,7 +203,7 @@ def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
     """What a GPU host has (torch, numpy, pyarrow) is enough: the script's training, reader
     and scoring parts run on the CPU with Petastorm, polars and Spark unimportable."""
     from longseq.bench.gpu import copy_days
-    from longseq.cli.pipeline import prepare_generated
+    from longseq.pipelines.sample import prepare_generated
     from longseq.etl.batch.polars_engine import PolarsEngine
     from longseq.sources.generate import PROFILES
 

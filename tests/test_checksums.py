@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from longseq.cli.main import main
-from longseq.cli.pipeline import prepare_generated
+from longseq.pipelines.sample import prepare_generated
 from longseq.dataset.layout import KINDS
 from longseq.dataset.published import PublishedDataError, published_files, verify_published
 from longseq.etl.gates.publish import publish

@@ -1,11 +1,11 @@
-"""What the daily DAG runs (cli/daily.py), without Airflow: each stage is a command line a
+"""What the daily DAG runs (pipelines/daily.py), without Airflow: each stage is a command line a
 person could type, and it is one the current `longseq` parser accepts without a warning."""
 
 from __future__ import annotations
 
 import shlex
 
-from longseq.cli.daily import DailySettings, build_command, publish_command, train_command, validate_command
+from longseq.pipelines.daily import DailySettings, build_command, publish_command, train_command, validate_command
 from longseq.cli.main import build_parser
 from longseq.schemas.contracts import DEFAULT_MAX_LEN
 

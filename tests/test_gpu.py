@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from longseq.cli.pipeline import prepare_generated
+    from longseq.pipelines.sample import prepare_generated
     from longseq.etl.batch.polars_engine import PolarsEngine
     from longseq.sources.generate import PROFILES
 

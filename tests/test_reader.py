@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from longseq.cli.pipeline import prepare_generated
+from longseq.pipelines.sample import prepare_generated
 from longseq.dataset.published import PublishedDataError, published_files
 from longseq.features.lengths import LengthSampler
 from longseq.schemas.contracts import HIST_PREFIX, REQUEST_RECORD, TGT_PREFIX

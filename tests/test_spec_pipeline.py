@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from longseq.cli.main import main
-from longseq.cli.pipeline import build_and_publish, validate_days
+from longseq.pipelines.sample import build_and_publish, validate_days
 from longseq.dataset.layout import day_range
 from longseq.etl.batch.build import BuildConfig, build
 from longseq.schemas.spec import SPECS_DIR, load_spec

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from longseq.cli.pipeline import prepare_generated
+from longseq.pipelines.sample import prepare_generated
 from longseq.schemas.errors import LongseqError
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from longseq.cli.main import main
-from longseq.cli.pipeline import build_and_publish, prepare_generated
+from longseq.pipelines.sample import build_and_publish, prepare_generated
 from longseq.dataset.published import published_files
 from longseq.schemas.errors import LongseqError
 from longseq.sources import SAMPLE_START

@@ -24,7 +24,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Any
+from typing import Any, Callable
 
 from longseq.dataset.layout import BuildLayout, ds_name, partition_path
 from longseq.dataset.parquet_files import read_spark
@@ -444,3 +444,34 @@ def require_publishable(out: str, day: dt.date, override_reason: str | None = No
         "ds": day.isoformat(), "reason": override_reason.strip(), "problem": problem,
         "by": getpass.getuser(), "at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }, indent=2))
+
+
+def refuse_stale_days(storage: Storage, data: str, days: list[dt.date]) -> None:
+    """A stale day's records were built on an old state: validating them would pass on wrong histories."""
+    layout = BuildLayout(data.rstrip("/"))
+    problems = [p for p in (layout.stale_problem(storage, day) for day in days) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more stale day(s))" if len(problems) > 1 else ""
+        raise MissingPrerequisiteError(f"refusing to validate: {problems[0]}{more}")
+
+
+def validate_days(start_spark: Callable[[], Any], data: str, days: list[dt.date], suite: str = "requests", *,
+                  raw: str | None = None, cfg: ValidationConfig | None = None, sample: float | None = None,
+                  spec: DatasetSpec | None = None, show: Callable[[str], None] = print) -> None:
+    """Validate each day with `suite`, showing each day's summary table; ValidationFailed naming
+    the days whose critical checks failed. The requests suite refuses stale days first: before
+    Spark starts (start_spark is called once) where the output is local."""
+    root = absolute(data)
+    if suite == "requests" and is_local(root):
+        refuse_stale_days(LocalStorage(), root, days)
+    spark = start_spark()
+    if suite == "requests" and not is_local(root):
+        refuse_stale_days(RoutingStorage(spark), root, days)
+    failed = []
+    for day in days:
+        outcome = validate(spark, data, day, suite, raw=raw, cfg=cfg, sample=sample, spec=spec)
+        show(summary_table(outcome))
+        failed += [] if outcome["passed"] else [
+            f"ds={day} ({', '.join(r['check'] for r in outcome['checks'] if r['critical'] and not r['success'])})"]
+    if failed:
+        raise ValidationFailed(f"critical expectations failed: {'; '.join(failed)}")

@@ -32,7 +32,9 @@ from longseq.dataset.storage import LocalStorage
 from longseq.etl.batch.polars_engine import PART_FILE, write_part
 from longseq.etl.stream.settings import StreamSettings
 from longseq.schemas.contracts import DAY_MS, contracts_of, day_start_ms
+from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
+from longseq.schemas.spec import DatasetSpec
 
 HOUR_MS = 3_600_000
 
@@ -173,3 +175,23 @@ class HourPublisher:
 
 
 __all__ = ["DAY_MS", "HourPublisher", "close_hour", "closed_hours", "due_hours", "hour_end_ms"]
+
+
+def publish_blocked_hour(data: str, day: dt.date, hour: int, reason: str, spec: DatasetSpec,
+                         start_spark: Callable[[], Any], log: Callable[[str], None] = print) -> list[tuple[dt.date, int]]:
+    """Publish the hour that blocks hour publishing, its validation overridden for `reason`,
+    then validate and publish the hours it held back, in order, up to the next failure (Spark
+    started only if there are any). Returns the hours published, the blocking one first."""
+    publisher = HourPublisher(None, data, StreamSettings(spec=spec), log=log)
+    blocked = publisher.blocked()
+    if blocked is None or (blocked["ds"], blocked["hour"]) != (day.isoformat(), hour):
+        where = "nothing" if blocked is None else f"ds={blocked['ds']} hour={blocked['hour']:02d}"
+        raise LongseqError(f"hour publishing of {data} is blocked at {where}, not at ds={day} "
+                           f"hour={hour:02d}: only the blocking hour can be published by hand")
+    publisher.publish(day, hour, override_reason=reason)
+    published = [(day, hour)]
+    later = [h for h in closed_hours(StreamLayout(data)) if h > (day, hour)]
+    if later:
+        publisher.spark = start_spark()
+        published += list(publisher.publish_closed(later))
+    return published
