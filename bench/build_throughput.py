@@ -26,6 +26,8 @@ from longseq.etl.batch.spark_engine import SparkEngine
 from longseq.etl.spark_session import SparkConfig, spark_session
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_master, add_spec, local_path, positive_int
 
 START = SAMPLE_START
 
@@ -34,19 +36,26 @@ def _bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*.parquet"))
 
 
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench build --help`)."""
+    ap.add_argument("--profile", default="bench-1m,bench-10m", metavar="NAME[,NAME...]",
+                    help="generator profiles to build (default bench-1m,bench-10m)")
+    ap.add_argument("--max-len", type=positive_int, default=10_000, metavar="EVENTS",
+                    help="history events the build keeps per request (default 10000)")
+    add_master(ap)
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the generated logs (default 0)")
+    add_spec(ap, "dataset spec of the generated logs and the build (default: the default spec)")
+    ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench build", description=__doc__.split("\n")[0])
-    ap.add_argument("--profiles", default="bench-1m,bench-10m")
-    ap.add_argument("--max-len", type=int, default=10_000)
-    ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp dir, removed)")
+    ap = bench_parser('build', __doc__, arguments)
     args = ap.parse_args(argv)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="longseq-bench-build-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="longseq-bench-build-"))
     spark = spark_session(SparkConfig(master=args.master, app_name="longseq-bench-build"))
     rows = []
     try:
-        for name in args.profiles.split(","):
+        for name in args.profile.split(","):
             profile = PROFILES[name]
             raw, out, floor = work / name / "raw", work / name / "out", work / name / "floor"
             report = generate(raw, profile, args.seed, START)
@@ -74,7 +83,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work / name, ignore_errors=True)
     finally:
         spark.stop()
-        if args.workdir is None:
+        if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"max_len {args.max_len}, master {args.master}\n")
     print("| profile | events | days | requests | mean history | floor s | build s | build / floor | floor events/s | "

@@ -24,6 +24,7 @@ from pathlib import Path
 from longseq.bench.long_history import CANDIDATES, LONG, add_arguments, names, open_sample, run_name
 from longseq.bench.quality import Results, _config, _mean_auc, run
 from longseq.features.lengths import LengthSampler
+from longseq.bench import bench_parser
 
 BASE = 2_000  # the fixed length the gain is measured from: about the default sampler's mean
 # name -> LengthSampler fields (the defaults: Beta(0.1, 0.45) on [256, 10k], mean about 2k)
@@ -99,17 +100,21 @@ def report(results: Results, candidates: list[str], samplers: list[str], seeds: 
     return lines
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench extrapolation", description=__doc__.split("\n")[0])
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench extrapolation --help`)."""
     add_arguments(ap, seeds="0", candidates="embedding-match")
     ap.add_argument("--samplers", default=",".join(SAMPLERS),
                     help=f"comma-separated, from: {', '.join(SAMPLERS)} (default: all)")
     ap.add_argument("--bucket-pool", type=int, default=0, metavar="N",
                     help="train the sampled runs on length buckets from pools of N requests (default 0: off)")
+
+
+def main(argv: list[str]) -> int:
+    ap = bench_parser('extrapolation', __doc__, arguments)
     args = ap.parse_args(argv)
     candidates = names(ap, args.candidates, CANDIDATES, "candidate")
     samplers = names(ap, args.samplers, SAMPLERS, "sampler")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seed
     plan, work, data, windows, results = open_sample(args.quick, args.work)
     print(f"extrapolation runs on {plan.users} users x {plan.days} days ({windows.describe()}), one epoch each",
           flush=True)
@@ -129,6 +134,6 @@ def main(argv: list[str]) -> int:
                     results.save()
     lines = report(results, candidates, samplers, seeds, args.bucket_pool)
     print("\n".join(lines))
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+    if args.output:
+        args.output.write_text("\n".join(lines) + "\n")
     return 0

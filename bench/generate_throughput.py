@@ -16,6 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_spec, local_path
+
 _CHILD = """
 import datetime as dt, json, resource, sys, time
 from pathlib import Path
@@ -23,15 +26,16 @@ from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 p = PROFILES[sys.argv[1]]
 t = time.perf_counter()
-r = generate(Path(sys.argv[2]), p, int(sys.argv[3]), SAMPLE_START)
+r = generate(Path(sys.argv[2]), p, int(sys.argv[3]), SAMPLE_START, spec=sys.argv[4] or None)
 secs = time.perf_counter() - t
 print(json.dumps({"profile": p.name, "users": p.users, "days": p.days, "events": r.rows,
                   "seconds": secs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run_profile(profile: str, out: Path, seed: int) -> dict:
-    res = subprocess.run([sys.executable, "-c", _CHILD, profile, str(out), str(seed)], capture_output=True, text=True)
+def run_profile(profile: str, out: Path, seed: int, spec: Path | None = None) -> dict:
+    res = subprocess.run([sys.executable, "-c", _CHILD, profile, str(out), str(seed), str(spec or "")],
+                         capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"generate {profile} failed:\n{res.stderr[-2000:]}")
     row = json.loads(res.stdout.strip().splitlines()[-1])
@@ -39,21 +43,32 @@ def run_profile(profile: str, out: Path, seed: int) -> dict:
     return row
 
 
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench generate --help`)."""
+    ap.add_argument("--profile", default="bench-1m,bench-10m", metavar="NAME[,NAME...]",
+                    help="generator profiles to time, each in its own process (default bench-1m,bench-10m)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_spec(ap, "dataset spec whose shape the logs take (default: the default spec)")
+    ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench generate", description=__doc__.split("\n")[0])
-    ap.add_argument("--profiles", default="bench-1m,bench-10m")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp dir, removed)")
+    ap = bench_parser('generate', __doc__, arguments)
     args = ap.parse_args(argv)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="longseq-bench-gen-"))
+    from longseq.sources.generate import PROFILES
+
+    unknown = [n for n in args.profile.split(",") if n not in PROFILES]
+    if unknown:
+        ap.error(f"unknown profile(s) {', '.join(unknown)}; choose from {', '.join(PROFILES)}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="longseq-bench-gen-"))
     rows = []
     try:
-        for name in args.profiles.split(","):
-            row = run_profile(name, work / name, args.seed)
+        for name in args.profile.split(","):
+            row = run_profile(name, work / name, args.seed, args.spec)
             rows.append(row)
             print(f"{name}: {row['events']:,} events in {row['seconds']:.1f} s", file=sys.stderr)
     finally:
-        if args.workdir is None:
+        if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print("| profile | users x days | events | seconds | events/s | peak RSS (MB) | Parquet MB |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -29,6 +29,9 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_data, add_device, add_output, add_work, local_path, positive_int
+from longseq.trainer.model_config import PRESETS
 
 PEAK_FLOPS = 989e12  # H200 dense bf16, the MFU denominator used in the issue
 WARMUP = 3  # untimed steps per setting
@@ -208,18 +211,24 @@ def measure_scoring(device, preset: str, lines: list[str]) -> None:
                  f"{statistics.median(times) * 1e3:.1f} ms (median of 20).")
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench gpu", description=__doc__.split("\n")[0])
-    ap.add_argument("--prepare", type=Path, metavar="DIR", help="write the data to carry to DIR, then stop")
-    ap.add_argument("--work", type=Path, default=Path("bench-work/quality"), help="where --prepare builds the sample")
-    ap.add_argument("--data", type=Path, default=Path("bench-work/gpu-data"), help="data written by --prepare")
-    ap.add_argument("--out", type=Path, help="also write the report here")
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench gpu --help`)."""
+
+    ap.add_argument("--prepare", type=local_path, metavar="DIR", help="write the data to carry to DIR, then stop")
+    add_work(ap, "bench-work/quality", "where --prepare builds the sample")
+    add_data(ap, "data written by --prepare (default bench-work/gpu-data)", required=False)
+    add_output(ap, "also write the report to this file")
     ap.add_argument("--skip", default="",
                     help="comma-separated parts to leave out: checks, training, compile, reader, scoring")
-    ap.add_argument("--device", default="cuda:0", help="cpu runs the measurements (not the checks) as a smoke test")
-    ap.add_argument("--preset", default="paper", help="the model of the training and scoring parts")
-    ap.add_argument("--requests", type=int, default=128, help="requests per training batch (default 128)")
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per training setting (default 8)")
+    add_device(ap)
+    ap.add_argument("--preset", default="paper", choices=list(PRESETS),
+                    help="the model of the training and scoring parts (default paper)")
+    ap.add_argument("--batch-size", type=positive_int, default=128, help="requests per training batch (default 128)")
+    ap.add_argument("--steps", type=positive_int, default=8, help="timed steps per training setting (default 8)")
+
+
+def main(argv: list[str]) -> int:
+    ap = bench_parser('gpu', __doc__, arguments)
     args = ap.parse_args(argv)
     if args.prepare:
         prepare(args.prepare, args.work)
@@ -229,8 +238,10 @@ def main(argv: list[str]) -> int:
 
     from longseq.dataset.published import published_days
     from longseq.schemas.errors import LongseqError
+    from longseq.trainer.distributed import resolve_device
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device or "auto")
+    args.data = args.data or "bench-work/gpu-data"
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LongseqError("bench gpu needs a CUDA device; this machine has none (--device cpu: a smoke test)")
     days = published_days(str(args.data))
@@ -255,7 +266,7 @@ def main(argv: list[str]) -> int:
                     detail = str(e).splitlines()[0][:200] if isinstance(e, AssertionError) else traceback.format_exc(limit=2)
                     lines.append(f"| {name} | FAILED: {' '.join(detail.split())[:300]} |")
                 print(lines[-1], flush=True)
-    parts = {"training": lambda: measure_training(device, args.preset, args.requests, args.steps,
+    parts = {"training": lambda: measure_training(device, args.preset, args.batch_size, args.steps,
                                                   "compile" not in skip, lines),
              "reader": lambda: measure_reader(data, start, end, device, args.steps, lines),
              "scoring": lambda: measure_scoring(device, args.preset, lines)}
@@ -270,7 +281,7 @@ def main(argv: list[str]) -> int:
         print("\n".join(lines[-3:]), flush=True)
     report = "\n".join(lines)
     print("\n" + report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report + "\n")
     return 1 if failed else 0

@@ -25,6 +25,8 @@ import pandas as pd
 from longseq.dataset.raw import read_raw_partition
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, build_catalogue, generate
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_raw, comma_separated, positive_int
 
 START = SAMPLE_START
 COLUMNS = ["user_id", "event_id", "author_id", "item_id", "request_ts", "event_ts", "finish"]
@@ -70,18 +72,24 @@ def same_author_scores(df: pd.DataFrame, lengths: list[int], prior_weight: float
     return out
 
 
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench signal --help`)."""
+
+    ap.add_argument("--profile", default="default", choices=sorted(PROFILES), help="generator profile (default default)")
+    ap.add_argument("--users", type=positive_int, help="users to generate (default: the profile's)")
+    ap.add_argument("--days", type=positive_int, help="days to generate (default: the profile's)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the generated logs (default 0)")
+    ap.add_argument("--lengths", type=comma_separated(positive_int), default="50,500,2000,10000", metavar="EVENTS,...",
+                    help="history lengths to measure at (default 50,500,2000,10000)")
+    ap.add_argument("--eval-days", type=positive_int, default=3, help="score impressions of the last N days (default 3)")
+    add_raw(ap, "use logs generated with the same profile and seed (default: generate them)", required=False)
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench signal", description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="default", choices=sorted(PROFILES))
-    ap.add_argument("--users", type=int, default=None)
-    ap.add_argument("--days", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lengths", default="50,500,2000,10000")
-    ap.add_argument("--eval-days", type=int, default=3, help="score impressions of the last N days")
-    ap.add_argument("--raw", type=Path, default=None, help="use logs generated with the same profile and seed")
+    ap = bench_parser('signal', __doc__, arguments)
     args = ap.parse_args(argv)
     profile = PROFILES[args.profile].with_sizes(args.users, args.days)
-    lengths = [int(x) for x in args.lengths.split(",")]
+    lengths = args.lengths
 
     work = None
     raw = args.raw

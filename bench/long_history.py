@@ -24,6 +24,8 @@ from longseq.bench.quality import Results, _config, _mean_auc, prepare_generated
 from longseq.bench.quality_plan import PLANS, Plan, Windows
 from longseq.schemas.contracts import TASKS
 from longseq.trainer.model_config import EMBEDDING_MATCH
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_output, add_work, comma_separated, positive_int
 
 SHORT, LONG = 1_000, 10_000
 # name -> model overrides of the paper's STCA; docs/TRAINER.md says what each is
@@ -116,11 +118,12 @@ def report(results: Results, candidates: list[str], seeds: list[int], steps: int
 def add_arguments(ap: argparse.ArgumentParser, seeds: str, candidates: str) -> None:
     """The options bench long-history and bench extrapolation share."""
     ap.add_argument("--quick", action="store_true", help="the quality benchmark's quick sample (150 users x 10 days)")
-    ap.add_argument("--seeds", default=seeds, help="comma-separated training seeds (default: %(default)s)")
+    ap.add_argument("--seed", type=comma_separated(int), default=seeds, metavar="SEED,...",
+                    help="training seeds, comma-separated (default: %(default)s)")
     ap.add_argument("--candidates", default=candidates,
                     help=f"comma-separated, from: {', '.join(CANDIDATES)} (default: %(default)s)")
-    ap.add_argument("--work", type=Path, default=Path("bench-work/quality"), help="shared with `bench quality`")
-    ap.add_argument("--out", type=Path, help="also write the markdown table here")
+    add_work(ap, "bench-work/quality", "shared with `bench quality`")
+    add_output(ap, "also write the markdown table to this file")
 
 
 def names(ap: argparse.ArgumentParser, value: str, known: dict, kind: str) -> list[str]:
@@ -145,16 +148,20 @@ def open_sample(quick: bool, work_root: Path) -> tuple[Plan, Path, Path, Windows
     return plan, work, data, plan.windows(end), Results.load(work / "results_long_history.json")
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench long-history", description=__doc__.split("\n")[0])
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench long-history --help`)."""
     add_arguments(ap, seeds="0,1,2", candidates=",".join(CANDIDATES))
     ap.add_argument("--no-split", action="store_true", help="skip the niche/main split of test AUC (it scores the "
                                                             "test window a second time)")
-    ap.add_argument("--steps", type=int, help="train this many batches (crossing epochs if need be) instead of one "
+    ap.add_argument("--steps", type=positive_int, help="train this many batches (crossing epochs if need be) instead of one "
                                               "epoch of the training window")
+
+
+def main(argv: list[str]) -> int:
+    ap = bench_parser('long-history', __doc__, arguments)
     args = ap.parse_args(argv)
     candidates = names(ap, args.candidates, CANDIDATES, "candidate")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seed
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be >= 1")
     plan, work, data, windows, results = open_sample(args.quick, args.work)
@@ -176,6 +183,6 @@ def main(argv: list[str]) -> int:
                     results.save()
     lines = report(results, candidates, seeds, args.steps)
     print("\n".join(lines))
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+    if args.output:
+        args.output.write_text("\n".join(lines) + "\n")
     return 0

@@ -20,6 +20,9 @@ import sys
 import time
 
 import numpy as np
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_device, comma_separated, positive_int
+from longseq.trainer.model_config import PRESETS
 
 
 def _model(preset: str, arch: str, device: str, **overrides):
@@ -70,11 +73,11 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     out: dict = {}
     if kind.startswith("length:"):  # length:ARCH:L  forward+backward, B requests x targets each
         _, arch, length = kind.split(":")
-        batch = random_batch([int(length)] * args.batch, [args.targets] * args.batch)
+        batch = random_batch([int(length)] * args.batch_size, [args.targets] * args.batch_size)
         out["seconds"] = _step_seconds(_model(args.preset, arch, args.device), batch, args.repeat, True, args.device)
     elif kind.startswith("rlb:"):  # rlb:MODE  training step at 2k, 8 targets per request
         mode = kind.split(":")[1]
-        batch = random_batch([2_000] * args.batch, [8] * args.batch)
+        batch = random_batch([2_000] * args.batch_size, [8] * args.batch_size)
         batch = pointwise(batch) if mode == "pointwise" else batch
         out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device), batch, args.repeat, True, args.device)
         out["targets"] = batch.num_targets
@@ -94,17 +97,27 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench model", description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--lengths", default="512,1000,2000,5000,10000")
-    ap.add_argument("--batch", type=int, default=4, help="requests per step in the length sweep and RLB runs")
-    ap.add_argument("--targets", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench model --help`)."""
+
+    ap.add_argument("--preset", default="small", choices=list(PRESETS), help="model size (default small)")
+    ap.add_argument("--lengths", type=comma_separated(positive_int), default="512,1000,2000,5000,10000", metavar="EVENTS,...",
+                    help="history lengths of the sweep (default 512,1000,2000,5000,10000)")
+    ap.add_argument("--batch-size", type=positive_int, default=4,
+                    help="requests per step in the length sweep and the request level batching runs (default 4)")
+    ap.add_argument("--targets", type=positive_int, default=8, help="targets per request (default 8)")
+    ap.add_argument("--repeat", type=positive_int, default=3, help="timed steps after a warm-up; the median is reported (default 3)")
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads on the CPU (default 2)")
+    add_device(ap)
     ap.add_argument("--one", help=argparse.SUPPRESS)
+
+
+def main(argv: list[str]) -> int:
+    ap = bench_parser('model', __doc__, arguments)
     args = ap.parse_args(argv)
+    from longseq.trainer.distributed import resolve_device
+
+    args.device = str(resolve_device(args.device or "auto"))
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return 0
@@ -118,8 +131,8 @@ def main(argv: list[str]) -> int:
 
     print(f"command: longseq bench model {' '.join(argv)}\npreset {args.preset}, {args.threads} threads on {args.device}, "
           f"median of {args.repeat} steps after a warm-up, one process per measurement\n")
-    lengths = [int(x) for x in args.lengths.split(",")]
-    print(f"Forward + backward, {args.batch} requests x {args.targets} targets:\n")
+    lengths = args.lengths
+    print(f"Forward + backward, {args.batch_size} requests x {args.targets} targets:\n")
     print("| history length | STCA s | STCA peak RSS MB | self-attention s | self-attention peak RSS MB | time ratio SA/STCA |")
     print("|---:|---:|---:|---:|---:|---:|")
     base = {}
@@ -130,7 +143,7 @@ def main(argv: list[str]) -> int:
         ratio = f"{a['seconds'] / s['seconds']:.1f}" if "seconds" in a and "seconds" in s else ""
         print(f"| {length:,} | {_s(s)} | {_rss(s)} | {_s(a)} | {_rss(a)} | {ratio} |")
     print("\nRequest level batching vs pointwise (each target with its own copy of the history), "
-          f"STCA training step, {args.batch} requests x 8 targets at 2,000 events:\n")
+          f"STCA training step, {args.batch_size} requests x 8 targets at 2,000 events:\n")
     rlb, pw = measure("rlb:rlb"), measure("rlb:pointwise")
     print("| batching | step s | targets/s | peak RSS MB |\n|---|---:|---:|---:|")
     for name, r in (("request level", rlb), ("pointwise", pw)):

@@ -32,6 +32,8 @@ from longseq.schemas.contracts import REQUEST_RECORD
 from longseq.schemas.forms import spark_type, to_unischema
 from longseq.reader.batch import batch_from_chunk
 from longseq.reader.chunks import HIST_NAMES, REQUEST_NAMES, TGT_NAMES, RequestChunk, arrow_values
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_master, local_path, positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from petastorm.unischema import Unischema
@@ -160,12 +162,17 @@ LABELS = {
 }
 
 
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench publish-layout --help`)."""
+
+    ap.add_argument("--records", type=local_path, required=True, metavar="DIR", help="one built day: DATA/requests/ds=YYYY-MM-DD")
+    ap.add_argument("--limit", type=positive_int, default=3000, help="records to publish (keeps the Spark writes short; default 3000)")
+    add_master(ap)
+    ap.add_argument("--repeat", type=positive_int, default=3, help="alternating rounds; medians are reported (default 3)")
+
+
 def _arguments(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="longseq bench publish-layout", description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=Path, required=True, help="one built day: DATA/requests/ds=YYYY-MM-DD")
-    ap.add_argument("--limit", type=int, default=3000, help="records to publish (keeps the Spark writes short)")
-    ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap = bench_parser('publish-layout', __doc__, arguments)
     return ap.parse_args(argv)
 
 

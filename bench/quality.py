@@ -37,6 +37,8 @@ from longseq.cli.arguments import add_device
 from longseq.schemas.contracts import TASKS
 from longseq.schemas.errors import LongseqError
 from longseq.trainer.model_config import PRESETS
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_work, local_path
 
 
 @dataclass
@@ -235,15 +237,23 @@ def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> 
             run(results, f"{name}-s{seed}", ml, windows, cfg, (n,), work)
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench quality", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes and one seed (about 6 minutes on 2 cores)")
-    ap.add_argument("--work", type=Path, default=Path("bench-work/quality"))
-    ap.add_argument("--report", type=Path, default=Path("docs/quality"))
-    ap.add_argument("--movielens", type=Path, default=MOVIELENS, help="a MovieLens ratings.csv (default: %(default)s)")
-    ap.add_argument("--skip-movielens", action="store_true")
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench quality --help`)."""
+
+    ap.add_argument("--quick", action="store_true",
+                    help="the small plan: one seed, smaller sizes (recorded: 1,577 s on 2 cores; docs/BENCHMARKS.md)")
+    add_work(ap, "bench-work/quality", "the samples, trained runs and results, kept between runs")
+    ap.add_argument("--report-dir", type=local_path, default=Path("docs/quality"), metavar="DIR",
+                    help="where the report is written (default docs/quality)")
+    ap.add_argument("--movielens", type=local_path, default=MOVIELENS, metavar="FILE",
+                    help="a MovieLens ratings.csv (default: %(default)s)")
+    ap.add_argument("--skip-movielens", action="store_true", help="leave the MovieLens part out")
     ap.add_argument("--preset", choices=list(PRESETS), help="model size of every run (default: the plan's, tiny)")
     add_device(ap)
+
+
+def main(argv: list[str]) -> int:
+    ap = bench_parser('quality', __doc__, arguments)
     args = ap.parse_args(argv)
     if not args.skip_movielens and not args.movielens.exists():
         raise LongseqError(f"MovieLens ratings not found at {args.movielens}: pass --movielens PATH/ratings.csv "
@@ -276,7 +286,7 @@ def main(argv: list[str]) -> int:
     from longseq.bench.quality_report import write_report
 
     ml_windows = plan.ml_windows_ending(START + dt.timedelta(days=plan.ml_days - 1)).describe()
-    write_report(results.runs, plan, mode, args.report, " ".join(["longseq bench quality", *argv]),
+    write_report(results.runs, plan, mode, args.report_dir, " ".join(["longseq bench quality", *argv]),
                  windows.describe(), ml_windows)
-    print(f"done in {time.perf_counter() - t0:.0f} s; report in {args.report}", flush=True)
+    print(f"done in {time.perf_counter() - t0:.0f} s; report in {args.report_dir}", flush=True)
     return 0

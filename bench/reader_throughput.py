@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 from longseq.sources import SAMPLE_START
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_work, positive_int
 
 PROFILE = "bench-1m"
 START = SAMPLE_START
@@ -142,14 +144,19 @@ def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
             "hashed_bytes": hashed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench reader", description=__doc__.split("\n")[0])
-    ap.add_argument("--work", type=Path, default=Path("bench-work/reader"), help="data kept here between runs")
-    ap.add_argument("--days", type=int, default=1, help="read the last N days (default 1)")
-    ap.add_argument("--repeat", type=int, default=3)
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench reader --help`)."""
+
+    add_work(ap, "bench-work/reader", "the generated and built data, kept between runs")
+    ap.add_argument("--days", type=positive_int, default=1, help="read the last N days (default 1)")
+    ap.add_argument("--repeat", type=positive_int, default=3, help="alternating rounds; medians are reported (default 3)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one setting, JSON out
-    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--child-data", dest="data", type=Path, help=argparse.SUPPRESS)  # the child's data
+
+
+def main(argv: list[str]) -> int:
+    ap = bench_parser('reader', __doc__, arguments)
     args = ap.parse_args(argv)
     from longseq.sources.generate import PROFILES
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from longseq.etl.spark_session import SparkConfig, spark_session
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_master, local_path
 
 OPTION_SETS = {
     "default (dictionary, zstd)": {},
@@ -26,10 +28,15 @@ OPTION_SETS = {
 }
 
 
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench write-options --help`)."""
+
+    ap.add_argument("--records", type=local_path, required=True, metavar="DIR", help="one built day: DATA/requests/ds=YYYY-MM-DD")
+    add_master(ap)
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench write-options", description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=Path, required=True, help="one built day: DATA/requests/ds=YYYY-MM-DD")
-    ap.add_argument("--master", default="local[2]")
+    ap = bench_parser('write-options', __doc__, arguments)
     args = ap.parse_args(argv)
     spark = spark_session(SparkConfig(master=args.master, app_name="longseq-bench-write-options"))
     work = Path(tempfile.mkdtemp(prefix="longseq-bench-wopt-"))

@@ -26,6 +26,8 @@ from longseq.schemas.contracts import REQUEST_RECORD
 from longseq.schemas.types import ListOf
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_master, comma_separated, local_path, positive_int
 
 START = SAMPLE_START
 
@@ -68,25 +70,30 @@ def arrow_bytes(spark, records, pointwise: bool) -> int:
     return int(records.select(F.sum(total)).first()[0])
 
 
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench layout --help`)."""
+    ap.add_argument("--profile", default="small", choices=sorted(PROFILES), help="generator profile (default small)")
+    ap.add_argument("--max-len", type=comma_separated(positive_int), default="512,2000", metavar="EVENTS,...",
+                    help="history caps to build with, one build each (default 512,2000)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the generated logs (default 0)")
+    add_master(ap)
+    ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench layout", description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="small", choices=sorted(PROFILES))
-    ap.add_argument("--max-lens", default="512,2000")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--workdir", type=Path, default=None)
+    ap = bench_parser('layout', __doc__, arguments)
     args = ap.parse_args(argv)
     from pyspark.sql import functions as F
 
     profile = PROFILES[args.profile]
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="longseq-bench-layout-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="longseq-bench-layout-"))
     spark = spark_session(SparkConfig(master=args.master, app_name="longseq-bench-layout"))
     rows = []
     try:
         raw = work / "raw"
         generate(raw, profile, args.seed, START)
         end = START + dt.timedelta(days=profile.days - 1)
-        for max_len in [int(x) for x in args.max_lens.split(",")]:
+        for max_len in args.max_len:
             out = work / f"out-{max_len}"
             build(SparkEngine(spark), BuildConfig(str(raw), str(out), START, end, max_len), log=lambda m: None)
             records = spark.read.parquet(str(out / "requests"))
@@ -108,7 +115,7 @@ def main(argv: list[str]) -> int:
             print(f"max_len {max_len}: done", file=sys.stderr)
     finally:
         spark.stop()
-        if args.workdir is None:
+        if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"profile {args.profile}, seed {args.seed}\n")
     print("| max_len | requests | targets | mean history | pointwise MB (disk) | request-level MB (disk) | disk saving | "

@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_master, add_work, positive_int
 from longseq.sources import SAMPLE_START
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +44,15 @@ TREES = ("baseline", "candidate")
 WORKLOADS = ("build-polars", "build-spark", "read-arrow", "read-petastorm")
 
 _READ = """
-import sys, time, datetime as dt
-from longseq.reader.readers import open_published
-from longseq.reader.steps import ReaderConfig
-from longseq.features.lengths import LengthSampler
-import longseq.reader.readers as r
+import sys, time, datetime as dt, importlib
+namespaced = sys.argv[9] == "namespaced"  # trees from before the longseq namespace import bare names
+r = importlib.import_module("longseq.reader.readers" if namespaced else "trainer.reader")
+try:
+    ReaderConfig = importlib.import_module("longseq.reader.steps" if namespaced else "trainer.reader_steps").ReaderConfig
+except ModuleNotFoundError:
+    ReaderConfig = r.ReaderConfig
+LengthSampler = importlib.import_module(("longseq." if namespaced else "") + "features.lengths").LengthSampler
+open_published = r.open_published
 assert r.__file__.startswith(sys.argv[1]), r.__file__  # this tree's code, not the installed one
 engine, data, start, end = sys.argv[2], sys.argv[3], dt.date.fromisoformat(sys.argv[4]), dt.date.fromisoformat(sys.argv[5])
 cfg = ReaderConfig(shuffle=False) if engine == "arrow" else ReaderConfig(shuffle=True, truncation=LengthSampler(max_len=int(sys.argv[6])))
@@ -59,8 +65,22 @@ print(time.perf_counter() - t)
 """
 
 
+def _namespaced(tree: Path) -> bool:
+    """Whether the tree installs under the longseq namespace (newer trees) or by bare names."""
+    return '"longseq" = "."' in (tree / "pyproject.toml").read_text()
+
+
 def _env(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree)}
+    """PYTHONPATH that makes this tree's code the one imported: the tree itself, and for a
+    namespaced tree a folder whose `longseq` links to it, ahead of the installed checkout."""
+    paths = [str(tree)]
+    if _namespaced(tree):
+        link = tree.parent / f".{tree.name}-namespace" / "longseq"
+        link.parent.mkdir(exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(tree, target_is_directory=True)
+        paths.insert(0, str(link.parent))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _run(argv: list[str], tree: Path) -> str:
@@ -76,8 +96,9 @@ def _timed(argv: list[str], tree: Path) -> float:
     return time.perf_counter() - t
 
 
-def _longseq(*args: object) -> list[str]:
-    return [sys.executable, "-m", "longseq.cli.main", *map(str, args)]
+def _longseq(tree: Path, *args: object) -> list[str]:
+    module = "longseq.cli.main" if _namespaced(tree) else "cli.main"
+    return [sys.executable, "-m", module, *map(str, args)]
 
 
 def _records_digest(data: Path) -> str:
@@ -100,17 +121,22 @@ def _worktree(work: Path, name: str, rev: str) -> Path:
     return tree
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench spec-cost", description=__doc__.split("\n")[0])
-    ap.add_argument("--baseline", default=BASELINE, help=f"the commit to compare with (default {BASELINE})")
-    ap.add_argument("--candidate", default="HEAD", help="the commit measured against it (default HEAD)")
-    ap.add_argument("--work", type=Path, default=Path("bench-work/spec-cost"))
-    ap.add_argument("--profile", default="bench-1m")
-    ap.add_argument("--days", type=int, default=4)
-    ap.add_argument("--max-len", type=int, default=2_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--read-passes", type=int, default=3, help="timed passes of each read (default 3)")
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench spec-cost --help`)."""
+    ap.add_argument("--baseline", default=BASELINE, metavar="COMMIT", help=f"the commit to compare with (default {BASELINE})")
+    ap.add_argument("--candidate", default="HEAD", metavar="COMMIT", help="the commit measured against it (default HEAD)")
+    add_work(ap, "bench-work/spec-cost", "the two trees, the generated logs and their builds, kept between runs")
+    ap.add_argument("--profile", default="bench-1m", help="generator profile of the logs (default bench-1m)")
+    ap.add_argument("--days", type=positive_int, default=4, help="days of logs (default 4)")
+    ap.add_argument("--max-len", type=positive_int, default=2_000, metavar="EVENTS",
+                    help="history events the builds keep per request (default 2000)")
+    ap.add_argument("--repeat", type=positive_int, default=3, help="alternating rounds; medians are reported (default 3)")
+    ap.add_argument("--read-passes", type=positive_int, default=3, help="timed passes of each read (default 3)")
     ap.add_argument("--only", default=",".join(WORKLOADS), help=f"workloads to time (default all: {','.join(WORKLOADS)})")
+    add_master(ap)
+
+def main(argv: list[str]) -> int:
+    ap = bench_parser('spec-cost', __doc__, arguments)
     args = ap.parse_args(argv)
     only = [w for w in WORKLOADS if w in args.only.split(",")]
 
@@ -120,7 +146,8 @@ def main(argv: list[str]) -> int:
     start, end = SAMPLE_START, SAMPLE_START + dt.timedelta(days=args.days - 1)
     raw = work / "raw"
     if not (raw / f"ds={end}" / "_SUCCESS").exists():
-        _timed(_longseq("generate", "--raw", raw, "--profile", args.profile, "--days", args.days), trees["baseline"])
+        _timed(_longseq(trees["baseline"], "generate", "--raw", raw, "--profile", args.profile, "--days", args.days),
+               trees["baseline"])
     times: dict[tuple[str, str], list[float]] = {}
     digests: dict[str, str] = {}
     for round_ in range(args.repeat):
@@ -132,19 +159,20 @@ def main(argv: list[str]) -> int:
                 if f"build-{engine}" not in only and (engine == "spark" or (out / "published").exists()):
                     continue  # not timed, and the reads have their data
                 shutil.rmtree(out, ignore_errors=True)
-                spark = ["--master", "local[2]"] if engine == "spark" else []
-                seconds = _timed(_longseq("build", "--engine", engine, "--raw", raw, "--data", out, "--start", start,
+                spark = ["--master", args.master] if engine == "spark" else []
+                seconds = _timed(_longseq(tree, "build", "--engine", engine, "--raw", raw, "--data", out, "--start", start,
                                           "--end", end, "--max-len", args.max_len, *spark), tree)
                 times.setdefault((name, f"build-{engine}"), []).append(seconds)
             data = work / f"{name}-polars"
             digests[name] = _records_digest(data)
             if not (data / "published" / f"ds={end}" / "manifest.json").exists():
-                _run(_longseq("publish", "--data", data, "--start", start, "--end", end,
+                _run(_longseq(tree, "publish", "--data", data, "--start", start, "--end", end,
                               "--override-validation", "benchmark data"), tree)
             for engine in ("arrow", "petastorm"):
                 if f"read-{engine}" in only:
                     seconds = float(_run([sys.executable, "-c", _READ, str(tree), engine, str(data), str(start),
-                                          str(end), str(args.max_len), "1", str(args.read_passes)], tree).split()[-1])
+                                          str(end), str(args.max_len), "1", str(args.read_passes),
+                                          "namespaced" if _namespaced(tree) else "bare"], tree).split()[-1])
                     times.setdefault((name, f"read-{engine}"), []).append(seconds)
             print(f"round {round_ + 1} {name}: " + ", ".join(f"{w} {times[(name, w)][-1]:.2f} s" for w in only),
                   file=sys.stderr, flush=True)

@@ -43,15 +43,12 @@ from longseq.etl.stream.state import from_user_state
 from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
+from longseq.bench import bench_parser
+from longseq.cli.arguments import add_master, duration, local_path, positive_int
+from longseq.schemas.durations import format_duration
 
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
 HOUR_MS = 3_600_000
-
-
-def _duration_ms(text: str) -> int:
-    from longseq.cli.arguments import duration
-
-    return duration(text)
 
 
 def run_measured(cmd: list[str], stop_after: float | None = None, env: dict | None = None) -> dict:
@@ -132,21 +129,32 @@ def _percentiles(xs: list[float]) -> dict:
             "max": float(a.max()), "n": int(len(a))}
 
 
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench stream --help`)."""
+
+    ap.add_argument("--profile", default="bench-1m", help="generator profile of the logs (default bench-1m)")
+    ap.add_argument("--days", type=positive_int, default=2, help="days of logs (default 2)")
+    ap.add_argument("--files", type=positive_int, default=240,
+                    help="about how many files the days land as in the cost run; a file also ends at each change of "
+                         "day in event-time order, so there are more (default 240)")
+    ap.add_argument("--lateness", type=duration, default=10 * 60_000, metavar="DURATION",
+                    help="the stream's and build's lateness bound (default 10m)")
+    ap.add_argument("--watermark-delay", type=duration, default=2 * 60_000, metavar="DURATION",
+                    help="the stream's watermark delay (default 2m)")
+    ap.add_argument("--max-len", type=positive_int, default=10_000, metavar="EVENTS",
+                    help="history events kept per request (default 10000)")
+    add_master(ap)
+    ap.add_argument("--live-for", type=duration, default=90_000, metavar="DURATION",
+                    help="how long the lander feeds the live stream of the latency run (default 90s)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the generated logs (default 0)")
+    ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="longseq bench stream", description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="bench-1m")
-    ap.add_argument("--days", type=int, default=2)
-    ap.add_argument("--files", type=int, default=240, help="files the days land as (cost run)")
-    ap.add_argument("--lateness", default="10m")
-    ap.add_argument("--delay", default="2m", help="watermark delay")
-    ap.add_argument("--max-len", type=int, default=10_000)
-    ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--latency-seconds", type=float, default=90.0, help="how long the lander feeds the live stream")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp dir, removed)")
+    ap = bench_parser('stream', __doc__, arguments)
     args = ap.parse_args(argv)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="longseq-bench-stream-"))
-    lateness, delay = _duration_ms(args.lateness), _duration_ms(args.delay)
+    work = args.work or Path(tempfile.mkdtemp(prefix="longseq-bench-stream-"))
+    lateness, delay = args.lateness, args.watermark_delay
     profile = PROFILES[args.profile].with_sizes(users=None, days=args.days)
     days = [SAMPLE_START + dt.timedelta(days=i) for i in range(args.days)]
     spark_args = ["--master", args.master, "--driver-memory", "2g"]
@@ -164,9 +172,9 @@ def main(argv: list[str]) -> int:
             _land(landing, n, day, table, mtime=1_700_000_000 + n)
         for d in ("stream-data", "stream-ckpt", "batch-data"):
             shutil.rmtree(work / d, ignore_errors=True)
-        common = ["--lateness", args.lateness, "--max-len", str(args.max_len)]
+        common = ["--lateness", format_duration(lateness), "--max-len", str(args.max_len)]
         stream = run_measured([LONGSEQ, "stream", "--once", "--raw", str(landing), "--data", str(work / "stream-data"),
-                               "--checkpoint", str(work / "stream-ckpt"), "--watermark-delay", args.delay,
+                               "--checkpoint", str(work / "stream-ckpt"), "--watermark-delay", format_duration(delay),
                                "--max-files-per-trigger", str(max(1, len(files) // 20)), "--state-partitions", "2",
                                *common, *spark_args])
         batch = run_measured([LONGSEQ, "build", "--engine", "spark", "--raw", str(raw), "--data", str(work / "batch-data"),
@@ -191,11 +199,11 @@ def main(argv: list[str]) -> int:
         # 2. latency: a live stream fed at half the sustained rate
         latency = _latency(work, raw, days, sustained / 2, lateness, delay, args, spark_args)
     finally:
-        if args.workdir is None:
+        if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
     print(f"## Stream against the daily build ({args.profile}, {args.days} days, {rows:,} events, max_len "
-          f"{args.max_len}, lateness {args.lateness}, watermark delay {args.delay}, {args.master})\n")
+          f"{args.max_len}, lateness {format_duration(lateness)}, watermark delay {format_duration(delay)}, {args.master})\n")
     print("| run | wall s | CPU s | events/s (wall) |")
     print("|---|---:|---:|---:|")
     print(f"| `longseq stream --once` ({len(files)} files, {len(commits)} micro-batches with data) | "
@@ -233,11 +241,11 @@ def _latency(work: Path, raw: Path, days: list[dt.date], rate: float, lateness: 
     t0_event = files[0][0]
     event_span_s = (files[-1][0] - t0_event) / 1000
     k = max(1.0, event_span_s * rate / events)
-    feed_s = min(args.latency_seconds, event_span_s / k)
+    feed_s = min(args.live_for / 1000, event_span_s / k)
     log = open(work / "live-stream.log", "w")
     stream = subprocess.Popen(
-        [LONGSEQ, "stream", "--raw", str(landing), "--data", str(data), "--checkpoint", str(ckpt), "--trigger", "1 second",
-         "--lateness", args.lateness, "--watermark-delay", args.delay, "--max-len", str(args.max_len),
+        [LONGSEQ, "stream", "--raw", str(landing), "--data", str(data), "--checkpoint", str(ckpt), "--trigger", "1s",
+         "--lateness", format_duration(lateness), "--watermark-delay", format_duration(delay), "--max-len", str(args.max_len),
          "--state-partitions", "2", *spark_args], stdout=log, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     landed: list[tuple[float, list[str]]] = []

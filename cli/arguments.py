@@ -1,16 +1,12 @@
-"""What every subcommand shares: the parser, argument types, and the options that mean the
-same thing everywhere.
+"""What every subcommand shares: the parser, argument types, and the one vocabulary of flags.
 
-    --raw DIR          raw impression logs (contract 1): written by generate/adapt, read by build
-    --data DIR         a build's output directory: written by build, read by every later stage
-    --run-dir DIR      a training run: written by train, read by evaluate and score
-    --start/--end D    the days a command works on (--end defaults to --start)
-    --device D         auto (a GPU if there is one), cpu, cuda, cuda:N
-    --spark-config F   Spark settings; each stage's own settings file is --<stage>-config
-    --spec FILE        the dataset spec (docs/SPEC.md): given to generate and to the first build
-                       of an output; later stages read the one the output records (DATA/spec.yaml)
+One flag, one meaning, across every command (bench and demo included): VOCABULARY says what
+each flag that more than one command takes means, and tests/test_cli_vocabulary.py walks
+every parser to check that each use agrees with it, that every flag has help, and that
+--device defaults to auto everywhere.
 
 Directories may be local paths or cluster URIs (hdfs://, s3a://); files are local paths.
+Durations are written one way everywhere: a number and a unit, 3d, 36h, 90m, 45s, 250ms.
 Results go to stdout; progress and warnings go to stderr.
 """
 
@@ -23,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 from urllib.parse import urlparse
 
 from longseq.schemas.errors import LongseqError
@@ -51,31 +47,47 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Help that lists an option by its current spelling only (old spellings still parse)."""
-
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        old = getattr(action, "deprecated", ())
-        if not old:
-            return super()._format_action_invocation(action)
-        current = argparse.Action([s for s in action.option_strings if s not in old], action.dest,
-                                  nargs=action.nargs, metavar=action.metavar)
-        return super()._format_action_invocation(current)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help as written: a description or epilog keeps its line breaks."""
 
 
-class Store(argparse.Action):
-    """Store a value; an old spelling (`deprecated`) still works and says what replaces it."""
-
-    def __init__(self, option_strings: list[str], dest: str, deprecated: Sequence[str] = (), **kw: Any):
-        super().__init__(option_strings, dest, **kw)
-        self.deprecated = tuple(deprecated)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        if option_string in self.deprecated:
-            current = next(s for s in self.option_strings if s not in self.deprecated)
-            print(f"{parser.prog}: warning: {option_string} is deprecated; use {current}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
+# flag -> its one meaning, for every flag more than one command takes
+VOCABULARY: dict[str, str] = {
+    "--raw": "a directory of raw impression logs (contract 1, ds=YYYY-MM-DD partitions)",
+    "--data": "a build's output directory: written by build and stream, read by every later stage",
+    "--run-dir": "a training run's directory: written by train, read by evaluate and score",
+    "--work": "a working directory the command keeps its own files in (samples, caches, results)",
+    "--output": "a file the command writes its result to",
+    "--start": "the first day the command works on (YYYY-MM-DD)",
+    "--end": "the last day the command works on (default: --start)",
+    "--hour": "an hour (HH) of the day --start, among the stream's published hours",
+    "--days": "how many days (of generated logs, or of data read)",
+    "--users": "how many users to generate",
+    "--seed": "the random seed, or comma-separated seeds where a benchmark repeats over several",
+    "--profile": "the generator's size preset, or comma-separated presets where a benchmark sweeps them",
+    "--spec": "a dataset spec file (docs/SPEC.md)",
+    "--max-len": "the history a build keeps per request, in events (the records' cap)",
+    "--score-len": "the history the model reads per request when scoring, in events (default: all the records hold)",
+    "--lateness": "how long after a request its outcomes may be logged (a duration)",
+    "--watermark-delay": "how far out of event-time order raw files may land (a duration)",
+    "--device": "auto (the default: a GPU if there is one), cpu, cuda or cuda:N",
+    "--preset": "the model size preset",
+    "--arch": "the model architecture",
+    "--steps": "how many training steps",
+    "--lengths": "history lengths a benchmark measures at, comma-separated",
+    "--batch-size": "requests per batch",
+    "--repeat": "timed rounds per setting; the median is reported",
+    "--quick": "the smaller plan of a benchmark",
+    "--master": "the Spark master URL",
+    "--conf": "a Spark setting KEY=VALUE; repeatable",
+    "--spark-config": "a YAML/JSON file of Spark settings",
+    "--shuffle-partitions": "spark.sql.shuffle.partitions",
+    "--driver-memory": "spark.driver.memory",
+    "--attention": "the target attention kernel: padded or flex",
+    "--override-validation": "publish although validation failed or did not run, recording this reason",
+    "--records": "one built day of request records (DATA/requests/ds=YYYY-MM-DD)",
+    "--candidates": "the model variants a benchmark compares",
+}
 
 
 # ---------------------------------------------------------------- argument types
@@ -131,6 +143,20 @@ def fraction(text: str) -> float:
     return value
 
 
+def comma_separated(parse: Callable[[str], object] = str) -> Callable[[str], list]:
+    """The type of a flag that takes one value or several, comma-separated (what a benchmark
+    sweeps): each checked by `parse`."""
+    def values(text: str) -> list:
+        items = [v.strip() for v in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"an empty item in {text!r}")
+        return [parse(v) for v in items]
+
+    values.element = parse  # type: ignore[attr-defined]
+    values.__name__ = f"comma_separated_{getattr(parse, '__name__', 'str')}"
+    return values
+
+
 def local_path(text: str) -> Path:
     """A local file or directory (settings files, the demo's directory, a scores file)."""
     if not text.strip():
@@ -158,21 +184,27 @@ def device(text: str) -> str:
 # ---------------------------------------------------------------- options shared by subcommands
 
 
-def add_raw(p: argparse.ArgumentParser, help: str, required: bool = True, deprecated: Sequence[str] = ()) -> None:
-    p.add_argument("--raw", *deprecated, action=Store, deprecated=deprecated, type=location, required=required,
-                   metavar="DIR", help=help)
+def add_raw(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
+    p.add_argument("--raw", type=location, required=required, metavar="DIR", help=help)
 
 
 def add_data(p: argparse.ArgumentParser, help: str = "the build's output directory (--data of `longseq build`)",
-             deprecated: Sequence[str] = ()) -> None:
-    p.add_argument("--data", *deprecated, action=Store, deprecated=deprecated, type=location, required=True,
-                   metavar="DIR", help=help)
+             required: bool = True) -> None:
+    p.add_argument("--data", type=location, required=required, metavar="DIR", help=help)
 
 
-def add_days(p: argparse.ArgumentParser, what: str, deprecated_start: Sequence[str] = ()) -> None:
-    p.add_argument("--start", *deprecated_start, action=Store, deprecated=deprecated_start, type=date, required=True,
-                   metavar="YYYY-MM-DD", help=f"first day to {what}")
+def add_days(p: argparse.ArgumentParser, what: str, required: bool = True) -> None:
+    p.add_argument("--start", type=date, required=required, metavar="YYYY-MM-DD", help=f"first day to {what}")
     p.add_argument("--end", type=date, metavar="YYYY-MM-DD", help=f"last day to {what} (default: --start)")
+
+
+def add_work(p: argparse.ArgumentParser, default: str, what: str) -> None:
+    p.add_argument("--work", type=local_path, default=Path(default), metavar="DIR",
+                   help=f"working directory: {what} (default {default})")
+
+
+def add_output(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    p.add_argument("--output", type=local_path, required=required, metavar="FILE", help=help)
 
 
 def add_spec(p: argparse.ArgumentParser, help: str) -> None:
@@ -192,9 +224,17 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_config(p: argparse.ArgumentParser, stage: str, help: str) -> None:
-    """--<stage>-config FILE; the old spelling --config still works."""
-    p.add_argument(f"--{stage}-config", "--config", action=Store, deprecated=("--config",), type=local_path,
-                   dest="config", metavar="FILE", help=help)
+    """--<stage>-config FILE: a settings file is named for what it sets."""
+    p.add_argument(f"--{stage}-config", type=local_path, dest="config", metavar="FILE", help=help)
+
+
+def add_master(p: argparse.ArgumentParser) -> None:
+    """--master alone, for benchmarks that start their own sessions; its default is the one
+    every command has (SparkConfig.master)."""
+    from longseq.etl.spark_session import SparkConfig  # no pyspark until a session starts
+
+    default = SparkConfig().master
+    p.add_argument("--master", default=default, metavar="URL", help=f"Spark master (default {default})")
 
 
 def add_spark(p: argparse.ArgumentParser, title: str = "Spark settings") -> None:
@@ -202,10 +242,10 @@ def add_spark(p: argparse.ArgumentParser, title: str = "Spark settings") -> None
 
     default = SparkConfig()
     spark = p.add_argument_group(title)
-    spark.add_argument("--master", help=f"Spark master (default {default.master})")
-    spark.add_argument("--shuffle-partitions", type=positive_int,
+    spark.add_argument("--master", metavar="URL", help=f"Spark master (default {default.master})")
+    spark.add_argument("--shuffle-partitions", type=positive_int, metavar="N",
                        help=f"spark.sql.shuffle.partitions (default {default.shuffle_partitions})")
-    spark.add_argument("--driver-memory", help=f"spark.driver.memory (default {default.driver_memory})")
+    spark.add_argument("--driver-memory", metavar="SIZE", help=f"spark.driver.memory (default {default.driver_memory})")
     spark.add_argument("--conf", action="append", metavar="KEY=VALUE", help="any Spark setting; repeatable")
     spark.add_argument("--spark-config", type=local_path, metavar="FILE",
                        help="YAML/JSON: master, shuffle_partitions, driver_memory, conf")

@@ -24,7 +24,7 @@ from longseq.sources import SAMPLE_START
 def generate_arguments(p: argparse.ArgumentParser) -> None:
     from longseq.sources.generate import PROFILES  # numpy and pyarrow only
 
-    add_raw(p, "raw log directory to write (ds=YYYY-MM-DD partitions)", deprecated=["--out"])
+    add_raw(p, "raw log directory to write (ds=YYYY-MM-DD partitions)")
     p.add_argument("--users", type=positive_int, help="number of users (default: the profile's)")
     p.add_argument("--days", type=positive_int, help="number of days (default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same arguments, same bytes (default 0)")
@@ -57,14 +57,15 @@ def adapt_arguments(p: argparse.ArgumentParser) -> None:
 
     default = MovieLensMapping()
     p.add_argument("dataset", choices=["movielens"], help="the dataset's format")
-    p.add_argument("--ratings", type=local_path, required=True, help="MovieLens ratings.csv (userId,movieId,rating,timestamp)")
-    p.add_argument("--movies", type=local_path, help="movies.csv for genres (default: next to --ratings)")
-    add_raw(p, "raw log directory to write (ds=YYYY-MM-DD partitions)", deprecated=["--out"])
+    p.add_argument("--ratings", type=local_path, required=True, metavar="FILE", help="MovieLens ratings.csv (userId,movieId,rating,timestamp)")
+    p.add_argument("--movies", type=local_path, metavar="FILE", help="movies.csv for genres (default: next to --ratings)")
+    add_raw(p, "raw log directory to write (ds=YYYY-MM-DD partitions)")
     p.add_argument("--days", type=positive_int, default=default.days,
                    help=f"days the whole file is mapped onto (default {default.days})")
     p.add_argument("--start", type=date, default=default.start, help=f"first day (default {default.start})")
-    p.add_argument("--session-gap-minutes", type=float, default=default.session_gap_minutes,
-                   help=f"a longer pause starts a new request (default {default.session_gap_minutes:g})")
+    p.add_argument("--session-gap", type=duration, default=round(default.session_gap_minutes * 60_000),
+                   metavar="DURATION", help=f"a longer pause between ratings starts a new request (default "
+                                            f"{format_duration(round(default.session_gap_minutes * 60_000))})")
     p.add_argument("--max-targets", type=positive_int, default=default.max_targets,
                    help=f"most ratings in one request (default {default.max_targets})")
     add_spec(p, "dataset spec to write (default: the default spec's four tasks; schemas/specs/movielens.yaml adds the "
@@ -76,7 +77,7 @@ def run_adapt(args: argparse.Namespace) -> int:
 
     from longseq.sources.movielens import MovieLensMapping, adapt_movielens, adaptation_summary
 
-    mapping = MovieLensMapping(days=args.days, start=args.start, session_gap_minutes=args.session_gap_minutes,
+    mapping = MovieLensMapping(days=args.days, start=args.start, session_gap_minutes=args.session_gap / 60_000,
                                max_targets=args.max_targets)
     from longseq.schemas.contracts import DEFAULT_SPEC
 
@@ -93,10 +94,10 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
     from longseq.etl.batch.engines import ENGINES
 
     add_raw(p, "raw log directory (ds=YYYY-MM-DD partitions with _SUCCESS)")
-    add_data(p, "output directory: requests/, quarantine/, state/, reports/", deprecated=["--out"])
+    add_data(p, "output directory: requests/, quarantine/, state/, reports/")
     add_days(p, "build")
     p.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN,
-                   help=f"history length kept per request (default {DEFAULT_MAX_LEN})")
+                   metavar="EVENTS", help=f"history events kept per request, the most recent (default {DEFAULT_MAX_LEN})")
     p.add_argument("--lateness", type=duration, default=DEFAULT_LATENESS_MS, metavar="DURATION",
                    help=f"an outcome logged later than this after its request is quarantined (late_event); an "
                         f"event_id seen this recently on an earlier day is a duplicate (default "
@@ -133,17 +134,15 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
     from longseq.etl.gates.validation import SUITES
 
     add_data(p)
-    add_days(p, "validate", deprecated_start=["--ds"])
+    add_days(p, "validate")
     p.add_argument("--suite", choices=SUITES, default=SUITES[0], help=f"what to validate (default {SUITES[0]})")
     add_raw(p, "raw log directory, for --suite raw", required=False)
-    p.add_argument("--sample", type=float, help="validate a random fraction of the rows (0 < F <= 1)")
+    p.add_argument("--sample", type=float, metavar="F", help="validate a random fraction of the rows (0 < F <= 1)")
     add_spec(p, "dataset spec of the raw logs (--suite raw, before a build recorded one); otherwise it must agree "
                 "with the one DATA records")
     add_config(p, "validation", "YAML/JSON validation settings: bands, raw_mostly, lateness_ms, warn_only")
     p.add_argument("--warn", action="append", default=[], metavar="CHECK", help="make a check (or glob) only warn; repeatable")
     p.add_argument("--critical", action="append", default=[], metavar="CHECK", help="make a warn-only check critical; repeatable")
-    # the build report records the history length; an explicit bound is an old spelling
-    p.add_argument("--max-len", type=positive_int, help=argparse.SUPPRESS)
     add_spark(p)
 
 
@@ -152,10 +151,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from longseq.etl.gates.validation import ValidationConfig, validate_days
     from longseq.etl.spark_session import spark_session
 
-    if args.max_len is not None:
-        progress("longseq validate: warning: --max-len is deprecated: the bound is read from each day's build report")
-    overrides = {"max_len": args.max_len} if args.max_len else {}
-    cfg = ValidationConfig.from_file(args.config, **overrides) if args.config else ValidationConfig(**overrides)
+    cfg = ValidationConfig.from_file(args.config) if args.config else ValidationConfig()
     cfg.warn_only = (*cfg.warn_only, *args.warn)
     cfg.critical_only = (*cfg.critical_only, *args.critical)
     spec = dataset_spec(args)  # read before Spark starts: a bad spec fails at once
@@ -229,8 +225,8 @@ def stream_arguments(p: argparse.ArgumentParser) -> None:
                            "checkpoint is finished (tests, backfills)")
     mode.add_argument("--available-now", action="store_true",
                       help="process every file present and stop, without ending the stream (resume it later)")
-    p.add_argument("--trigger", default=default.trigger, metavar="INTERVAL",
-                   help=f"micro-batch interval of a continuous stream (default {default.trigger})")
+    p.add_argument("--trigger", type=duration, default=60_000, metavar="DURATION",
+                   help="micro-batch interval of a continuous stream (default 1m)")
     p.add_argument("--lateness", type=duration, default=DEFAULT_LATENESS_MS, metavar="DURATION",
                    help=f"an outcome logged later than this after its request is quarantined (late_event); a request "
                         f"is written once the watermark passes request_ts + this (default "
@@ -261,7 +257,7 @@ def run_stream(args: argparse.Namespace) -> int:
     settings = StreamSettings(spec=dataset_spec(args), max_len=args.max_len, lateness_ms=args.lateness)
     config = StreamConfig(raw=args.raw, out=args.data, checkpoint=args.checkpoint, settings=settings, start=args.start,
                           watermark_delay_ms=args.watermark_delay,
-                          trigger=args.trigger, max_files_per_trigger=args.max_files_per_trigger, mode=mode,
+                          trigger=f"{args.trigger} milliseconds", max_files_per_trigger=args.max_files_per_trigger, mode=mode,
                           state_partitions=args.state_partitions, publish_hours=args.publish_hours)
     # taken (re-entrantly) by run_stream too; here so that a busy output fails before Spark starts
     with output_lock(absolute(args.data), "stream", log=progress):

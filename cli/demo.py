@@ -17,23 +17,24 @@ from typing import Callable
 import numpy as np
 import pyarrow.compute as pc
 
-from longseq.cli.arguments import Command, local_path
+from longseq.cli.arguments import Command, add_spec, add_work, dataset_spec
 from longseq.cli.arguments import progress as cli_progress
 from longseq.pipelines.sample import Sample, build_and_publish
 from longseq.dataset.raw import read_raw_partition
-from longseq.schemas.contracts import DEFAULT_MAX_LEN, TASKS
+from longseq.schemas.contracts import DEFAULT_MAX_LEN, DEFAULT_SPEC
+from longseq.schemas.spec import DatasetSpec
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 
 
-def summarize_raw(raw: Path, start: dt.date, days: int) -> list[str]:
+def summarize_raw(raw: Path, start: dt.date, days: int, spec: DatasetSpec = DEFAULT_SPEC) -> list[str]:
     """A few lines about raw logs, read back through the contract check."""
-    tables = [read_raw_partition(raw, start + dt.timedelta(days=d)) for d in range(days)]
+    tables = [read_raw_partition(raw, start + dt.timedelta(days=d), spec=spec) for d in range(days)]
     rows = sum(t.num_rows for t in tables)
     users = np.concatenate([t.column("user_id").drop_null().to_numpy() for t in tables])
     _, per_user = np.unique(users, return_counts=True)
     requests = sum(len(pc.unique(t.column("request_id"))) for t in tables)
-    rates = {task: sum(pc.sum(pc.equal(t.column(task), 1)).as_py() or 0 for t in tables) / max(rows, 1) for task in TASKS}
+    rates = {task: sum(pc.sum(pc.equal(t.column(task), 1)).as_py() or 0 for t in tables) / max(rows, 1) for task in spec.tasks}
     pct = np.percentile(per_user, [50, 90, 99]).astype(int) if len(per_user) else [0, 0, 0]
     return [
         f"raw logs: {rows:,} impressions, {requests:,} requests, {len(per_user):,} users over {days} days",
@@ -42,23 +43,25 @@ def summarize_raw(raw: Path, start: dt.date, days: int) -> list[str]:
     ]
 
 
-def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callable[[str], None] = print) -> int:
-    """Every stage on a generated sample under `out`; results to stdout, progress to `progress`."""
+def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callable[[str], None] = print,
+             spec: DatasetSpec | None = None) -> int:
+    """Every stage on a generated sample under `out` in the shape of `spec` (None: the default
+    spec); results to stdout, progress to `progress`."""
     from longseq.etl.batch.engines import make_engine
     from longseq.etl.spark_session import SparkConfig
 
     p = PROFILES[profile]
     sample = Sample(Path(out) / "raw", Path(out) / "data", SAMPLE_START, SAMPLE_START + dt.timedelta(days=p.days - 1))
     progress(f"[1/4] generate: profile {profile}, {p.users} users, {p.days} days, seed {seed} -> {sample.raw}")
-    report = generate(sample.raw, p, seed, sample.start, dirty=0.01, progress=progress)
-    lines = summarize_raw(sample.raw, sample.start, p.days)
+    report = generate(sample.raw, p, seed, sample.start, dirty=0.01, progress=progress, spec=spec or DEFAULT_SPEC)
+    lines = summarize_raw(sample.raw, sample.start, p.days, spec or DEFAULT_SPEC)
     lines.append("  dirty rows written: " + ", ".join(f"{k} {v}" for k, v in report.dirty.items()))
     print("\n".join(lines))
 
     progress(f"[2/4] build (Spark engine, max_len {DEFAULT_MAX_LEN}), validate each day, publish: "
              f"{sample.start}..{sample.end} -> {sample.data}")
     engine = make_engine("spark", SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="2g"))
-    build_and_publish(sample.raw, sample.data, sample.start, sample.end, engine=engine, validate=True,
+    build_and_publish(sample.raw, sample.data, sample.start, sample.end, engine=engine, validate=True, spec=spec,
                       log=progress, show=print)
 
     progress("[3/4] read the published days back as request batches")
@@ -95,13 +98,14 @@ def summarize_reader(data: Path, start: dt.date, end: dt.date) -> str:
 
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=local_path, default=Path("demo-run"), help="working directory (default ./demo-run)")
-    p.add_argument("--seed", type=int, default=0)
+    add_work(p, "demo-run", "the sample's raw logs, data and training run; replaced on each run")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample and the training run (default 0)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="small", help="sample size (default: small)")
+    add_spec(p, "dataset spec whose shape the sample takes (docs/SPEC.md; default: the default spec)")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    return run_demo(args.out, seed=args.seed, profile=args.profile, progress=cli_progress)
+    return run_demo(args.work, seed=args.seed, profile=args.profile, progress=cli_progress, spec=dataset_spec(args))
 
 
 DEMO = Command("demo", "Run the pipeline on a generated sample and print what each stage did.", demo_arguments, run_demo_command)

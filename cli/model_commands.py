@@ -6,7 +6,7 @@ import argparse
 import os
 
 from longseq.cli.arguments import (
-    Command, add_config, add_data, add_days, add_device, add_spec, dataset_spec, duration, hour_of_day, local_path,
+    Command, add_config, add_data, add_days, add_device, add_output, add_spec, dataset_spec, duration, hour_of_day, local_path,
     positive_int, progress,
 )
 from longseq.schemas.errors import LongseqError
@@ -27,7 +27,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                    help="passes over the days (default 1; with --max-steps, the first limit reached stops)")
     p.add_argument("--max-steps", type=positive_int,
                    help="train this many steps, on into further epochs as needed; the lr schedule is sized to them")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed of the weights, the batches and the length draws (default 0)")
     p.add_argument("--allow-other-data", action="store_true",
                    help="resume a run on other data or days than it was started on (recorded in RUN/data.json)")
     add_spec(p, "refuse to train unless DATA holds this dataset spec (default: the one DATA records, docs/SPEC.md)")
@@ -97,7 +97,8 @@ def _scoring_arguments(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--run-dir", type=local_path, required=True, metavar="DIR", help="a `longseq train` run directory")
     add_data(p, "the build's output directory, with published days")
     add_days(p, what)
-    p.add_argument("--max-len", type=positive_int, help="serve the most recent N events (default: the full history)")
+    p.add_argument("--score-len", type=positive_int, metavar="EVENTS",
+                   help="read the most recent N events of each history (default: all the records hold)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="requests per batch (default 64)")
     p.add_argument("--attention", choices=("padded", "flex"), default="padded",
                    help="target attention kernel: padded (default) or flex (jagged FlexAttention; the same scores)")
@@ -123,7 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise LongseqError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    evaluate(args.run_dir, args.data, args.start, args.end, max_len=args.max_len, batch_size=args.batch_size,
+    evaluate(args.run_dir, args.data, args.start, args.end, max_len=args.score_len, batch_size=args.batch_size,
              log=print, bootstrap=args.bootstrap, attention=args.attention, spec=dataset_spec(args), hour=args.hour,
              **_device(args))
     return 0
@@ -131,15 +132,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def score_arguments(p: argparse.ArgumentParser) -> None:
     _scoring_arguments(p, "score")
-    p.add_argument("--out", type=local_path, required=True, metavar="FILE", help="Parquet file to write")
+    add_output(p, "the Parquet file of scores to write", required=True)
 
 
 def run_score(args: argparse.Namespace) -> int:
     from longseq.trainer.evaluate import score
 
-    rows = score(args.run_dir, args.data, args.start, args.end, args.out, max_len=args.max_len,
+    rows = score(args.run_dir, args.data, args.start, args.end, args.output, max_len=args.score_len,
                  batch_size=args.batch_size, attention=args.attention, spec=dataset_spec(args), **_device(args))
-    print(f"wrote {rows:,} target scores to {args.out}")
+    print(f"wrote {rows:,} target scores to {args.output}")
     return 0
 
 

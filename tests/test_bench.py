@@ -217,7 +217,7 @@ def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
         "    sys.modules[m] = None\n")
     env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     r = subprocess.run([sys.executable, "-m", "longseq.cli.main", "bench", "gpu", "--device", "cpu", "--preset", "tiny",
-                        "--requests", "4", "--steps", "1", "--skip", "compile", "--data", str(tmp_path / "carried")],
+                        "--batch-size", "4", "--steps", "1", "--skip", "compile", "--data", str(tmp_path / "carried")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| the paper's STCA, row-wise Adagrad tables |" in r.stdout and "FAILED" not in r.stdout

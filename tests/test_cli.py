@@ -93,8 +93,6 @@ def test_one_flag_for_one_thing_in_every_subcommand():
     for name, sub in subs.items():
         options = _options(sub)
         help_text = sub.format_help()
-        for old in ("--ds", "--config"):
-            assert not re.search(rf"(?<![\w-]){old}\b", help_text), f"{name} shows {old}"
         if "--data" in options:
             assert options["--data"].type is location and options["--data"].required, name
         if "--raw" in options:
@@ -106,8 +104,7 @@ def test_one_flag_for_one_thing_in_every_subcommand():
             assert options["--run-dir"].type is local_path, name
         if "--device" in options:
             assert options["--device"].default is None, f"{name}: unset --device must mean the functions' auto"
-        if name != "score" and name != "demo":
-            assert "--out" not in help_text, f"{name}: --out is only a scores file or the demo's directory"
+        assert not re.search(r"(?<![\w-])--out\b", help_text), f"{name} shows --out"
     assert {n for n, sub in subs.items() if "--data" in _options(sub)} == {
         "build", "stream", "validate", "publish", "train", "evaluate", "score"}
 
@@ -151,19 +148,18 @@ def test_a_missing_gpu_is_one_line(tmp_path, capsys):
     assert "device cuda:0 is not available" in err and len(err.strip().splitlines()) == 1
 
 
-def test_old_spellings_still_work_and_say_what_replaces_them(tmp_path, capsys):
-    args = build_parser().parse_args(["generate", "--out", str(tmp_path)])
-    assert args.raw == str(tmp_path)
-    args = build_parser().parse_args(["build", "--raw", "r", "--out", "o", "--start", "2026-01-01"])
-    assert args.data == "o"
-    args = build_parser().parse_args(["validate", "--data", "o", "--ds", "2026-01-02", "--config", "v.yaml"])
-    assert args.start == dt.date(2026, 1, 2) and args.config == Path("v.yaml")
-    args = build_parser().parse_args(["train", "--data", "o", "--start", "2026-01-02", "--run-dir", "r", "--config", "t.yaml"])
-    assert args.config == Path("t.yaml")
-    err = capsys.readouterr().err
-    for old, new in (("--out", "--raw"), ("--out", "--data"), ("--ds", "--start"), ("--config", "--validation-config"),
-                     ("--config", "--train-config")):
-        assert f"{old} is deprecated; use {new}" in err
+@pytest.mark.parametrize("argv, old", [
+    (["generate", "--raw", "r", "--out", "r"], "--out"),
+    (["build", "--raw", "r", "--data", "o", "--out", "o", "--start", "2026-01-01"], "--out"),
+    (["validate", "--data", "o", "--start", "2026-01-02", "--ds", "2026-01-02"], "--ds"),
+    (["train", "--data", "o", "--start", "2026-01-02", "--run-dir", "r", "--config", "t.yaml"], "--config"),
+    (["demo", "--out", "d"], "--out"),
+])
+def test_old_spellings_are_refused_in_one_line(argv, old, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.splitlines() == [err] and old in err
 
 
 def test_results_go_to_stdout_and_progress_to_stderr(tmp_path, capsys):
@@ -194,7 +190,7 @@ def test_bad_output_path_is_one_line_not_a_traceback(tmp_path):
 @pytest.mark.spark
 @pytest.mark.subprocess
 def test_demo_runs_and_summarises(tmp_path):
-    r = run("demo", "--out", str(tmp_path / "demo"), "--profile", "tiny")
+    r = run("demo", "--work", str(tmp_path / "demo"), "--profile", "tiny")
     assert r.returncode == 0, r.stderr
     assert "raw logs:" in r.stdout and "label rates:" in r.stdout and "dirty rows" in r.stdout
     assert "request records" in r.stdout and "quarantined" in r.stdout

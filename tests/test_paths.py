@@ -57,7 +57,7 @@ def test_an_odd_directory_goes_from_raw_logs_to_scores(spark, raw, capsys):
     days = ["--data", str(out), "--start", str(START), "--end", str(END)]
     assert main(["train", *days, "--run-dir", str(run), "--preset", "tiny", "--max-steps", "3", "--device", "cpu"]) == 0
     assert main(["evaluate", *days, "--run-dir", str(run), "--bootstrap", "0", "--device", "cpu"]) == 0
-    assert main(["score", *days, "--run-dir", str(run), "--out", str(scores), "--device", "cpu"]) == 0
+    assert main(["score", *days, "--run-dir", str(run), "--output", str(scores), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "error" not in err, err
     assert pq.read_metadata(scores).num_rows > 0

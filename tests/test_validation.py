@@ -192,7 +192,7 @@ def test_cli_exit_codes(built, tmp_path):
     assert f"critical expectations failed: ds={DAY2} (no_leakage)" in r.stderr and "Traceback" not in r.stderr
     assert "Calculating Metrics" not in r.stdout + r.stderr  # GX's progress bars stay out
     shutil.rmtree(bad)
-    r = subprocess.run([longseq, "validate", "--data", str(bad), "--ds", str(DAY2)], capture_output=True, text=True,
+    r = subprocess.run([longseq, "validate", "--data", str(bad), "--start", str(DAY2)], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 1 and "no built request records" in r.stderr
     assert "--ds is deprecated; use --start" in r.stderr, "the old spelling still works, and says so"
