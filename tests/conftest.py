@@ -1,8 +1,10 @@
 """Shared fixtures: one real local Spark session per test run, and small generated data.
 
-Tiers (markers, pyproject.toml): `make test-fast` deselects spark (a JVM), airflow and
-subprocess (a child process: the console script, torchrun, spark-submit, make). A test
-that takes the `spark` fixture is marked spark here, so it cannot slip into the fast tier.
+Tiers (markers, pyproject.toml): `make test-fast`, the loop for editing, deselects spark
+(a JVM), airflow, subprocess (a child process: the console script, torchrun, spark-submit,
+make) and slow (a second or more: model training, pipelines, long simulations); `make test`
+runs everything. A test that takes the `spark` fixture is marked spark here, so it cannot
+slip into the fast tier; `slow_engines(...)` marks a test slow for those build engines only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
+        slow_engines = item.get_closest_marker("slow_engines")
+        callspec = getattr(item, "callspec", None)
+        if slow_engines and callspec and callspec.params.get("engine") in slow_engines.args:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -169,6 +169,7 @@ def test_the_learning_rate_search_goes_on_while_the_best_is_at_an_end_of_those_t
     assert next_lr(grid, {}) is None
 
 
+@pytest.mark.slow
 def test_model_flops_count_each_request_alone_without_padding():
     """bench gpu's MFU numerator: for requests of one length it is the whole batch's count;
     for mixed lengths it is less than the padded batch's (which pads to the longest)."""
@@ -192,6 +193,7 @@ def test_model_flops_count_each_request_alone_without_padding():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.subprocess
 def test_bench_gpu_without_a_gpu_is_one_line():
     r = subprocess.run([sys.executable, "-m", "longseq.cli.main", "bench", "gpu", "--data", "/nonexistent"],
                        capture_output=True, text=True)

@@ -639,6 +639,7 @@ def tiny_builds(tiny_raw, tmp_path_factory):
     return get
 
 
+@pytest.mark.slow_engines("stream")
 def test_generated_data_matches_the_reference(engine, tiny_raw, tiny_reference, tiny_builds):
     out = tiny_builds(engine)
     ref = tiny_reference
@@ -659,6 +660,7 @@ def test_generated_data_matches_the_reference(engine, tiny_raw, tiny_reference, 
         )
 
 
+@pytest.mark.slow_engines("stream")
 def test_day_by_day_equals_one_range_build(engine, tiny_raw, tiny_builds, tmp_path):
     ranged = tiny_builds(engine)
     daily = tmp_path / "daily"
@@ -683,6 +685,7 @@ def _state_rows(out: Path, day: dt.date) -> list[tuple]:
     return sorted(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(r.items())) for r in rows)
 
 
+@pytest.mark.slow_engines("stream")
 def test_rebuilding_a_day_is_idempotent(engine, tiny_raw, tiny_builds, tmp_path):
     ranged = tiny_builds(engine)
     out = tmp_path / "out"

@@ -64,6 +64,7 @@ def _copy(day_data: Path, tmp_path: Path) -> Path:
     return data
 
 
+@pytest.mark.slow
 def test_follow_trains_each_hour_as_it_comes_and_a_stopped_run_resumes_to_the_same_weights(day_data, tmp_path):
     data = _copy(day_data, tmp_path)
     _publish_hours(data, range(24))
@@ -88,6 +89,7 @@ def test_follow_trains_each_hour_as_it_comes_and_a_stopped_run_resumes_to_the_sa
     assert trained == [f"{DAY}T{h:02d}" for h in range(24)]
 
 
+@pytest.mark.slow
 def test_progressive_validation_scores_each_hour_with_the_model_before_it(day_data, tmp_path):
     from longseq.trainer.evaluate import evaluate
 

@@ -76,6 +76,7 @@ def test_partitions_are_complete_and_match_the_contract(tmp_path):
     assert json.loads((tmp_path / REPORT_FILE).read_text())["rows"] == report.rows
 
 
+@pytest.mark.slow
 def test_clean_data_obeys_the_contract(default_sample):
     _, df = default_sample
     assert df[RAW_LOG.required_names].notna().all().all()
@@ -133,6 +134,7 @@ def test_catalogue_has_topics_authors_and_zipf_popularity(default_sample):
     assert topic_of.groupby(pd.Series(cat.author_id, index=cat.item_id)).nunique().max() == 1  # an author, a topic
 
 
+@pytest.mark.slow
 def test_long_term_niche_interests_reward_long_histories(default_sample):
     """Niche topics surface rarely, and a past outcome on one predicts the next outcome on it."""
     _, df = default_sample

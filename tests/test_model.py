@@ -138,6 +138,7 @@ def finish_auc(m: RankingModel, b: RequestBatch) -> float:
         return auc(b.targets["finish"].numpy(), m(b)[:, 0].numpy())
 
 
+@pytest.mark.slow
 def test_stca_learns_a_rule_that_needs_the_history():
     """A target is finished iff its author appears among the request's finished history
     events (anywhere in 200); every author is as often positive as negative, so only the
@@ -181,6 +182,7 @@ def needle_batch(length: int, seed: int, requests: int = 16, targets: int = 8) -
     return b
 
 
+@pytest.mark.slow
 def test_one_needle_is_found_at_any_length():
     """One relevant event among 2,000, trained at 2k and scored at 10k: with the extensions
     attention does not fade with length (the log n scaled prior, docs/TRAINER.md); without

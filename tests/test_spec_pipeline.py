@@ -115,6 +115,7 @@ def _corrupt_category(data: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_movielens_spec_builds_as_the_reference_and_trains(tmp_path):
     from longseq.sources.movielens import MovieLensMapping, adapt_movielens
 
@@ -131,6 +132,7 @@ def test_movielens_spec_builds_as_the_reference_and_trains(tmp_path):
     assert list(result["tasks"]) == list(MOVIELENS.tasks)
 
 
+@pytest.mark.spark
 def test_the_command_line_reports_spec_errors_in_one_line(ecommerce_raw, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text((SPECS_DIR / "ecommerce.yaml").read_text().replace("source: category_id", "source: categry_id"))

@@ -114,6 +114,7 @@ def dirty_raw(request, tmp_path_factory) -> tuple[DatasetSpec, Path]:
 @pytest.mark.parametrize("lateness_ms,delay_ms", [(3 * 24 * HOUR_MS, HOUR_MS), (2 * HOUR_MS, 10 * 60_000),
                                                   (2 * HOUR_MS, 2 * HOUR_MS)],
                          ids=["lateness-3d", "lateness-2h", "disorder-of-the-lateness-bound"])
+@pytest.mark.slow
 def test_the_stream_equals_the_batch_build_and_the_reference(dirty_raw, tmp_path, lateness_ms, delay_ms):
     spec, raw = dirty_raw
     reports = _polars(raw, tmp_path / "batch", lateness_ms, spec)
@@ -197,6 +198,7 @@ def test_a_row_that_arrives_after_the_watermark_passed_it_is_quarantined_not_dro
     assert day.counts["rows_read"] == len(day.records[0]["tgt_item_id"]) + 1 + 1 + 1  # r1, r9, e2, the copy
 
 
+@pytest.mark.slow
 def test_arrival_order_does_not_matter_within_the_watermark_delay(dirty_raw, tmp_path):
     """Several seeds of arrival order and batch sizes give one and the same result."""
     spec, raw = dirty_raw

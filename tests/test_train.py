@@ -49,6 +49,7 @@ def config(**kw) -> TrainConfig:
 
 
 @pytest.mark.parametrize("embedding_optimizer", ["adamw", "rowwise_adagrad"])
+@pytest.mark.slow
 def test_a_resumed_run_reaches_the_same_weights(data, tmp_path, embedding_optimizer):
     cfg = config(embedding_optimizer=embedding_optimizer)
     whole = train(str(data), START, END, tmp_path / "whole", cfg, log=lambda m: None)
@@ -113,6 +114,7 @@ def test_checkpoints_refuse_pickled_objects(tmp_path):
         checkpoint.load(path)
 
 
+@pytest.mark.slow
 def test_evaluate_and_score_read_full_length(data, tmp_path):
     run = tmp_path / "run"
     train(str(data), START, END, run, config(), log=lambda m: None)
@@ -260,6 +262,7 @@ def test_a_config_saved_before_a_field_existed_reads_as_training_did_then():
     assert not cfg.same_settings(json.dumps({**old, "no_such_field": 1})) and not cfg.same_settings("{")
 
 
+@pytest.mark.slow
 def test_a_benchmark_run_killed_while_evaluating_is_not_trained_again(data, tmp_path):
     """bench quality's run(): a finished training with the same settings is evaluated, not
     retrained (its checkpoint stays as it was); other settings train afresh."""
@@ -316,6 +319,7 @@ def test_flex_attention_and_its_limits_are_one_line_errors(data, tmp_path):
         config(attention="sparse")
 
 
+@pytest.mark.slow
 def test_evaluate_and_score_with_the_flex_kernel_give_the_padded_results(data, tmp_path):
     train(str(data), START, END, tmp_path / "run", config(max_steps=4), log=lambda m: None)
     padded = evaluate(tmp_path / "run", str(data), START, END, log=lambda m: None, bootstrap=0)

@@ -99,6 +99,7 @@ def test_a_resume_on_other_days_is_refused_unless_allowed(data, tmp_path, capsys
     assert summary["data_changed_at_steps"] == [2] and summary["steps"] == 6
 
 
+@pytest.mark.slow
 def test_a_resume_on_a_rebuilt_day_is_refused_and_a_moved_copy_is_not(sample, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(sample.data, copy)
@@ -183,6 +184,7 @@ def test_validation_and_spark_config_files_are_type_checked(tmp_path):
 # ---------------------------------------------------------------- 3. steps and schedule agree
 
 
+@pytest.mark.slow
 def test_max_steps_past_one_epoch_trains_that_many_steps_and_the_schedule_ends_there(data, tmp_path):
     per_epoch = batches_per_epoch(data)
     steps = per_epoch * 2 + 3
@@ -211,6 +213,7 @@ def test_with_epochs_and_max_steps_the_first_limit_stops_and_sizes_the_schedule(
     assert not config(max_steps=5).same_settings(config(epochs=1, max_steps=5).to_json())
 
 
+@pytest.mark.slow
 def test_a_run_cut_after_an_epoch_boundary_resumes_exactly_under_max_steps(data, tmp_path):
     per_epoch = batches_per_epoch(data)
     cfg = config(max_steps=per_epoch + 4, checkpoint_every=3)
@@ -246,6 +249,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
     cfg = config(max_steps=10)
     whole = train(str(data), START, END, tmp_path / "whole", cfg, log=QUIET)

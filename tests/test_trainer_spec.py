@@ -243,6 +243,7 @@ def train_steps(model: RankingModel, steps: int) -> list[float]:
     return losses
 
 
+@pytest.mark.slow
 def test_the_model_learns_from_the_features_and_not_without_them():
     held_out = labelled_batch(10**6)
     with_features = tiny().float()

@@ -123,6 +123,7 @@ def _described(checks) -> list[tuple]:
     return [(c.name, c.frame, type(c.expectation).__name__, dict(c.expectation.configuration.kwargs)) for c in checks]
 
 
+@pytest.mark.slow
 def test_the_default_suites_are_unchanged():
     cfg = ValidationConfig(max_len=MAX_LEN)
     assert _described(request_checks(cfg)) == DEFAULT_REQUEST_SUITE
