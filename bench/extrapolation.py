@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from longseq.bench.long_history import CANDIDATES, LONG, add_arguments, names, open_sample, run_name
-from longseq.bench.quality import Results, _config, _mean_auc, run
+from longseq.bench.quality import Results, mean_auc, plan_config, run
 from longseq.features.lengths import LengthSampler
 from longseq.bench import bench_parser
 
@@ -55,9 +55,9 @@ def history_work(data: Path, span, cfg) -> dict[str, int]:
 
 def recovered(fixed_base: dict, fixed_long: dict, sampled: dict, window: str) -> tuple[float, float, float]:
     """(gain of fixed 10k over fixed 2k, gain of the sampled run served at 10k over fixed 2k, their ratio)."""
-    base = _mean_auc(fixed_base["eval"][window][str(BASE)])
-    gain_long = _mean_auc(fixed_long["eval"][window][str(LONG)]) - base
-    gain_sampled = _mean_auc(sampled["eval"][window][str(LONG)]) - base
+    base = mean_auc(fixed_base["eval"][window][str(BASE)])
+    gain_long = mean_auc(fixed_long["eval"][window][str(LONG)]) - base
+    gain_sampled = mean_auc(sampled["eval"][window][str(LONG)]) - base
     return gain_long, gain_sampled, gain_sampled / gain_long if gain_long > 0 else float("nan")
 
 
@@ -85,7 +85,7 @@ def report(results: Results, candidates: list[str], samplers: list[str], seeds: 
                 continue
             test = [recovered(*r, "test") for r in rows]
             valid = [recovered(*r, "valid") for r in rows]
-            at = [[_mean_auc(u["eval"]["test"][str(L)]) for _, _, u in rows] for L in (BASE, LONG)]
+            at = [[mean_auc(u["eval"]["test"][str(L)]) for _, _, u in rows] for L in (BASE, LONG)]
             cost = [u["train_seconds"] / b["train_seconds"] for _, b, u in rows]
             events, padded = ([u["work"][k] / b["work"][k] for _, b, u in rows if "work" in u and "work" in b]
                               for k in ("events", "padded_keys"))
@@ -121,10 +121,10 @@ def main(argv: list[str]) -> int:
     for c in candidates:
         for seed in seeds:
             runs = [(run_name(c, L, seed, None), (L,),
-                     _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=None))
+                     plan_config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], max_steps=None))
                     for L in (BASE, LONG)]
             runs += [(sampled_name(c, s, seed, args.bucket_pool), (BASE, LONG),
-                      _config(plan, seed, truncation=True, length=SAMPLERS[s], model=CANDIDATES[c], max_steps=None,
+                      plan_config(plan, seed, truncation=True, length=SAMPLERS[s], model=CANDIDATES[c], max_steps=None,
                               bucket_pool=args.bucket_pool))
                      for s in samplers]
             for name, serve, cfg in runs:

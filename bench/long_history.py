@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longseq.bench.quality import Results, _config, _mean_auc, prepare_generated, run
+from longseq.bench.quality import Results, mean_auc, plan_config, prepare_generated, run
 from longseq.bench.quality_plan import PLANS, Plan, Windows
 from longseq.schemas.contracts import TASKS
 from longseq.trainer.model_config import EMBEDDING_MATCH
@@ -94,7 +94,7 @@ def report(results: Results, candidates: list[str], seeds: list[int], steps: int
             continue
 
         def auc(r, L, window="test"):
-            return _mean_auc(r["eval"][window][str(L)])
+            return mean_auc(r["eval"][window][str(L)])
 
         short, long = [auc(a, SHORT) for a, _ in pairs], [auc(b, LONG) for _, b in pairs]
         gain = [auc(b, LONG) - auc(a, SHORT) for a, b in pairs]
@@ -176,7 +176,7 @@ def main(argv: list[str]) -> int:
                 # one epoch of the training window (max_steps None; the quick plan's 150 steps undertrain), or
                 # --steps batches, on into further epochs if the window has fewer
                 budget = {"max_steps": args.steps, "epochs": 100} if args.steps else {"max_steps": None}
-                cfg = _config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], **budget)
+                cfg = plan_config(plan, seed, truncation=False, max_len=L, model=CANDIDATES[c], **budget)
                 entry = run(results, name, data, windows, cfg, (L,), work)
                 if "split" not in entry and not args.no_split:
                     entry["split"] = split_auc(work / "runs" / name, data, windows.test, L, niche)

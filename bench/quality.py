@@ -96,7 +96,7 @@ def run(results: Results, name: str, data: Path, windows: Windows, cfg, serve: t
     results.runs[name] = {"config": cfg.to_json(), "train_seconds": seconds, "eval": evals}
     results.save()
     print(f"  {name}: trained in {seconds:.0f} s; " + "; ".join(
-        f"L={L}: mean AUC valid {_mean_auc(evals['valid'][L]):.4f} test {_mean_auc(e):.4f}"
+        f"L={L}: mean AUC valid {mean_auc(evals['valid'][L]):.4f} test {mean_auc(e):.4f}"
         for L, e in evals["test"].items()), flush=True)
     return results.runs[name]
 
@@ -125,11 +125,11 @@ def _evaluate(run_dir: Path, data: Path, span: tuple[dt.date, dt.date], serve: t
     return out
 
 
-def _mean_auc(entry: dict) -> float:
+def mean_auc(entry: dict) -> float:
     return statistics.mean(entry["tasks"][t]["auc"] for t in TASKS)
 
 
-def _config(plan: Plan, seed: int, **kw):
+def plan_config(plan: Plan, seed: int, **kw):
     from longseq.trainer.train_config import TrainConfig
 
     base = dict(preset=plan.preset, epochs=1, batch_size=plan.batch, max_steps=plan.steps, seed=seed, warmup_steps=10,
@@ -146,7 +146,7 @@ def _length_scaling_runs(results: Results, plan: Plan, data: Path, windows: Wind
         for L in plan.lengths:
             for seed in plan.seeds:
                 run(results, f"gen-{variant}-L{L}-s{seed}", data, windows,
-                    _config(plan, seed, truncation=False, max_len=L, model=VARIANTS[variant]), (L,), work)
+                    plan_config(plan, seed, truncation=False, max_len=L, model=VARIANTS[variant]), (L,), work)
 
 
 def _extrapolation_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
@@ -154,7 +154,7 @@ def _extrapolation_runs(results: Results, plan: Plan, data: Path, windows: Windo
     for variant in plan.variants:
         for seed in plan.seeds:
             run(results, f"gen-{variant}-ushaped-s{seed}", data, windows,
-                _config(plan, seed, truncation=True, model=VARIANTS[variant]), tuple(sorted({*plan.serving, 10_000})),
+                plan_config(plan, seed, truncation=True, model=VARIANTS[variant]), tuple(sorted({*plan.serving, 10_000})),
                 work)
 
 
@@ -171,7 +171,7 @@ def _learning_rate_runs(results: Results, plan: Plan, data: Path, windows: Windo
     while todo:
         for lr in todo:
             name = f"{lr_name(prefix, lr, suffix)}-s{plan.seeds[0]}"
-            cfg = _config(plan, plan.seeds[0], truncation=False, max_len=L, model=model, lr=lr, **kw)
+            cfg = plan_config(plan, plan.seeds[0], truncation=False, max_len=L, model=model, lr=lr, **kw)
             if cfg.same_settings(results.runs.get(name, {}).get("config", "")) and "diverged" in results.runs[name]:
                 continue
             try:
@@ -202,7 +202,7 @@ def _baseline_runs(results: Results, plan: Plan, data: Path, windows: Windows, w
         lr = lrs[model["arch"]]
         for seed in plan.seeds:
             run(results, f"{lr_name(prefix, lr, f'L{L}')}-s{seed}", data, windows,
-                _config(plan, seed, truncation=False, max_len=L, model=model, lr=lr, **kw), (L,), work)
+                plan_config(plan, seed, truncation=False, max_len=L, model=model, lr=lr, **kw), (L,), work)
 
 
 def _ablation_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
@@ -211,7 +211,7 @@ def _ablation_runs(results: Results, plan: Plan, data: Path, windows: Windows, w
     for slug in plan.ablations:
         for seed in plan.seeds:
             run(results, f"gen-abl-{slug}-L{L}-s{seed}", data, windows,
-                _config(plan, seed, truncation=False, max_len=L, model=ablation(slug, plan.preset)), (L,), work)
+                plan_config(plan, seed, truncation=False, max_len=L, model=ablation(slug, plan.preset)), (L,), work)
 
 
 def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> None:
@@ -233,7 +233,7 @@ def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> 
     settings += [(f"ml-stca-L{n}", {}, n, LR) for n in plan.ml_lengths]
     for name, model, n, lr in settings:
         for seed in plan.seeds:
-            cfg = _config(plan, seed, truncation=False, max_len=n, model=model, lr=lr, **epoch)
+            cfg = plan_config(plan, seed, truncation=False, max_len=n, model=model, lr=lr, **epoch)
             run(results, f"{name}-s{seed}", ml, windows, cfg, (n,), work)
 
 

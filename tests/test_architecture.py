@@ -149,6 +149,27 @@ def test_imports_run_one_way():
     assert forbidden_imports(import_graph(REPO)) == []
 
 
+def private_imports(root: Path) -> list[str]:
+    """Private names (a leading underscore) one project module imports from another."""
+    bad = []
+    for pkg in set(ALLOWED):
+        for path in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(NAMESPACE):
+                    bad += [f"{module_name(path, root)} imports {node.module}.{a.name}"
+                            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return sorted(bad)
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports(REPO) == []
+
+
+def test_the_check_catches_a_private_import(tmp_path):
+    root = _tree(tmp_path, {"trainer/follow.py": "from longseq.trainer.train import _open_run, train\n"})
+    assert private_imports(root) == ["trainer.follow imports longseq.trainer.train._open_run"]
+
+
 def test_project_modules_are_imported_through_the_namespace():
     assert bare_imports(REPO) == []
 

@@ -111,12 +111,12 @@ def test_each_arch_gets_the_learning_rate_best_on_validation_not_on_test(tmp_pat
 def test_one_setting_has_one_cache_key_however_it_is_spelt():
     """Length scaling names the paper's STCA {} and the baselines {"arch": "stca"}: the same
     run, so the same key (it used to be trained twice and flip-flop in the cache)."""
-    from longseq.bench.quality import _config
+    from longseq.bench.quality import plan_config
 
     plan = PLANS["quick"]
-    same = [_config(plan, 0, model=m).to_json() for m in ({}, {"arch": "stca"}, {"arch": "stca", "match_prior": None})]
+    same = [plan_config(plan, 0, model=m).to_json() for m in ({}, {"arch": "stca"}, {"arch": "stca", "match_prior": None})]
     assert len(set(same)) == 1
-    assert _config(plan, 0, model={"match_prior": 1.0}).to_json() != same[0]
+    assert plan_config(plan, 0, model={"match_prior": 1.0}).to_json() != same[0]
 
 
 
