@@ -27,7 +27,8 @@ from longseq.etl.spark_session import SparkConfig, spark_session
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_master, add_spec, local_path, positive_int
+from longseq.cli.arguments import add_master, add_spec, dataset_spec, local_path, positive_int
+from longseq.schemas.contracts import DEFAULT_SPEC
 
 START = SAMPLE_START
 
@@ -51,6 +52,8 @@ def arguments(ap: argparse.ArgumentParser) -> None:
 def main(argv: list[str]) -> int:
     ap = bench_parser('build', __doc__, arguments)
     args = ap.parse_args(argv)
+    spec = dataset_spec(args)  # None: the default spec
+    logs = dict((spec or DEFAULT_SPEC).columns)  # longseq's column names -> the logs'
     work = args.work or Path(tempfile.mkdtemp(prefix="longseq-bench-build-"))
     spark = spark_session(SparkConfig(master=args.master, app_name="longseq-bench-build"))
     rows = []
@@ -58,15 +61,15 @@ def main(argv: list[str]) -> int:
         for name in args.profile.split(","):
             profile = PROFILES[name]
             raw, out, floor = work / name / "raw", work / name / "out", work / name / "floor"
-            report = generate(raw, profile, args.seed, START)
+            report = generate(raw, profile, args.seed, START, spec=spec or DEFAULT_SPEC)
             # warm the JVM on this data once, so neither side pays for class loading
             spark.read.parquet(str(raw)).count()
             t = time.perf_counter()
-            spark.read.parquet(str(raw)).sort("user_id", "event_ts").write.mode("overwrite").parquet(str(floor))
+            spark.read.parquet(str(raw)).sort(*(logs.get(c, c) for c in ("user_id", "event_ts"))).write.mode("overwrite").parquet(str(floor))
             floor_s = time.perf_counter() - t
             t = time.perf_counter()
             end = START + dt.timedelta(days=profile.days - 1)
-            reports = build(SparkEngine(spark), BuildConfig(str(raw), str(out), START, end, args.max_len), log=lambda m: None)
+            reports = build(SparkEngine(spark), BuildConfig(str(raw), str(out), START, end, args.max_len, spec=spec), log=lambda m: None)
             build_s = time.perf_counter() - t
             # the output floor: read + sort + write of the built records themselves
             t = time.perf_counter()
