@@ -37,8 +37,7 @@ DEFAULT = DailySettings(raw="", data="")
     },
     params={
         "raw": Param(ENV("LONGSEQ_RAW", ""), type="string", description="raw log directory or URI"),
-        # LONGSEQ_OUT: the old name of LONGSEQ_DATA
-        "data": Param(ENV("LONGSEQ_DATA", ENV("LONGSEQ_OUT", "")), type="string",
+        "data": Param(ENV("LONGSEQ_DATA", ""), type="string",
                       description="the build's output directory or URI (longseq --data)"),
         "max_len": Param(int(ENV("LONGSEQ_MAX_LEN", DEFAULT.max_len)), type="integer", minimum=1),
         "spec": Param(ENV("LONGSEQ_SPEC", DEFAULT.spec), type="string",

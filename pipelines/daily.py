@@ -55,9 +55,9 @@ class DailySettings:
 
     @staticmethod
     def from_params(params: dict) -> "DailySettings":
-        """The DAG's params; the old name `out` of `data` still works."""
-        if params.get("out") and not params.get("data"):
-            params = {**params, "data": params["out"]}
+        """The DAG's params (the run's conf over the DAG's defaults)."""
+        if params.get("out"):  # its name before 0.1: refused, not guessed at
+            raise ValueError("the DAG param `out` is now `data`: pass the build's output directory as `data`")
         names = set(DailySettings.__dataclass_fields__)
         return DailySettings(**{k: v for k, v in params.items() if k in names and v not in (None, "")} | {
             "raw": params["raw"], "data": params["data"]})

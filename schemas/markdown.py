@@ -1,9 +1,9 @@
 """Markdown tables of the contracts, generated, never hand-edited: docs/CONTRACTS.md holds the
 default spec's contracts, docs/SPEC.md the request records of the example specs.
 
-    python -m schemas.markdown                   # print the default spec's tables
-    python -m schemas.markdown --spec FILE       # print any spec's tables (docs/SPEC.md)
-    python -m schemas.markdown --write           # refresh the generated blocks of both docs
+    python -m longseq.schemas.markdown                   # print the default spec's tables
+    python -m longseq.schemas.markdown --spec FILE       # print any spec's tables (docs/SPEC.md)
+    python -m longseq.schemas.markdown --write           # refresh the generated blocks of both docs
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from longseq.schemas.contracts import CONTRACTS, contracts_of
 from longseq.schemas.spec import SPECS_DIR, load_spec
 from longseq.schemas.types import Schema
 
-BEGIN = "<!-- BEGIN GENERATED: python -m schemas.markdown --write -->"
+BEGIN = "<!-- BEGIN GENERATED: python -m longseq.schemas.markdown --write -->"
 END = "<!-- END GENERATED -->"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 DOC = DOCS / "CONTRACTS.md"

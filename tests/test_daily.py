@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
+
 from longseq.pipelines.daily import DailySettings, build_command, publish_command, train_command, validate_command
 from longseq.cli.main import build_parser
 from longseq.schemas.contracts import DEFAULT_MAX_LEN
@@ -52,9 +54,11 @@ def test_stage_commands_are_what_a_person_would_run(tmp_path, capsys):
     assert (train.command, evaluate.command) == ("train", "evaluate") and train.run_dir == evaluate.run_dir
 
 
-def test_the_old_param_name_out_still_means_data():
-    s = DailySettings.from_params({"raw": "/r", "out": "/d", "max_len": None, "spark_master": ""})
+def test_empty_params_take_the_defaults_and_the_old_name_out_is_refused():
+    s = DailySettings.from_params({"raw": "/r", "data": "/d", "max_len": None, "spark_master": ""})
     assert s.data == "/d" and s.max_len == DEFAULT_MAX_LEN and s.spark_master == DailySettings(raw="", data="").spark_master
+    with pytest.raises(ValueError, match="`out` is now `data`"):
+        DailySettings.from_params({"raw": "/r", "out": "/d"})
 
 
 def test_the_spec_param_reaches_the_build_only(tmp_path, capsys):

@@ -169,7 +169,7 @@ def test_contract_docs_are_generated_from_the_schemas():
     from longseq.schemas.markdown import DOC, refresh
 
     text = DOC.read_text()
-    assert refresh(text) == text, "docs/CONTRACTS.md is stale: run `python -m schemas.markdown --write`"
+    assert refresh(text) == text, "docs/CONTRACTS.md is stale: run `python -m longseq.schemas.markdown --write`"
 
 
 def test_spec_docs_are_generated_from_the_example_specs():
@@ -177,4 +177,4 @@ def test_spec_docs_are_generated_from_the_example_specs():
 
     text = SPEC_DOC.read_text()
     assert "hist_category" in spec_block() and "tgt_genre" in spec_block()
-    assert refresh(text, spec_block()) == text, "docs/SPEC.md is stale: run `python -m schemas.markdown --write`"
+    assert refresh(text, spec_block()) == text, "docs/SPEC.md is stale: run `python -m longseq.schemas.markdown --write`"
