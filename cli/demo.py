@@ -44,7 +44,7 @@ def summarize_raw(raw: Path, start: dt.date, days: int, spec: DatasetSpec = DEFA
 
 
 def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callable[[str], None] = print,
-             spec: DatasetSpec | None = None) -> int:
+             spec: DatasetSpec | None = None, preset: str = "small") -> int:
     """Every stage on a generated sample under `out` in the shape of `spec` (None: the default
     spec); results to stdout, progress to `progress`."""
     from longseq.etl.batch.engines import make_engine
@@ -73,9 +73,9 @@ def run_demo(out: Path, seed: int = 0, profile: str = "small", progress: Callabl
 
     run = Path(out) / "run"
     train_end = sample.end - dt.timedelta(days=1)
-    progress(f"[4/4] train STCA (preset small) on {sample.start}..{train_end}, evaluate on {sample.end} "
+    progress(f"[4/4] train STCA (preset {preset}) on {sample.start}..{train_end}, evaluate on {sample.end} "
              f"at full length -> {run}")
-    cfg = TrainConfig(preset="small", epochs=2, batch_size=64, seed=seed, checkpoint_every=1_000)
+    cfg = TrainConfig(preset=preset, epochs=2, batch_size=64, seed=seed, checkpoint_every=1_000)
     shutil.rmtree(run, ignore_errors=True)  # the demo's own directory: a fresh run each time
     summary = train(str(sample.data), sample.start, train_end, run, cfg, log=progress)
     print(f"train: {summary['steps']} steps, {summary['parameters']:,} parameters; checkpoint {summary['checkpoint']}")
@@ -102,10 +102,13 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the sample and the training run (default 0)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="small", help="sample size (default: small)")
     add_spec(p, "dataset spec whose shape the sample takes (docs/SPEC.md; default: the default spec)")
+    from longseq.trainer.model_config import PRESETS  # no torch
+
+    p.add_argument("--preset", choices=list(PRESETS), default="small", help="size of the model trained (default small)")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    return run_demo(args.work, seed=args.seed, profile=args.profile, progress=cli_progress, spec=dataset_spec(args))
+    return run_demo(args.work, seed=args.seed, profile=args.profile, progress=cli_progress, spec=dataset_spec(args), preset=args.preset)
 
 
 DEMO = Command("demo", "Run the pipeline on a generated sample and print what each stage did.", demo_arguments, run_demo_command)

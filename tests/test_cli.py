@@ -190,7 +190,7 @@ def test_bad_output_path_is_one_line_not_a_traceback(tmp_path):
 @pytest.mark.spark
 @pytest.mark.subprocess
 def test_demo_runs_and_summarises(tmp_path):
-    r = run("demo", "--work", str(tmp_path / "demo"), "--profile", "tiny")
+    r = run("demo", "--work", str(tmp_path / "demo"), "--profile", "tiny", "--preset", "tiny")
     assert r.returncode == 0, r.stderr
     assert "raw logs:" in r.stdout and "label rates:" in r.stdout and "dirty rows" in r.stdout
     assert "request records" in r.stdout and "quarantined" in r.stdout

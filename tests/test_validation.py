@@ -195,7 +195,6 @@ def test_cli_exit_codes(built, tmp_path):
     r = subprocess.run([longseq, "validate", "--data", str(bad), "--start", str(DAY2)], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 1 and "no built request records" in r.stderr
-    assert "--ds is deprecated; use --start" in r.stderr, "the old spelling still works, and says so"
 
 
 def test_config_file(tmp_path):
