@@ -30,7 +30,9 @@ from pathlib import Path
 
 from longseq.sources import SAMPLE_START
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_work, positive_int
+from longseq.cli.arguments import add_spec, add_work, dataset_spec, positive_int
+from longseq.reader.readers import data_spec
+from longseq.schemas.contracts import DEFAULT_SPEC
 
 PROFILE = "bench-1m"
 START = SAMPLE_START
@@ -63,7 +65,7 @@ DESCRIPTIONS = {
 }
 
 
-def prepare(work: Path, log=print) -> dict[int, Path]:
+def prepare(work: Path, log=print, spec=None) -> dict[int, Path]:
     """Generate, build and publish the benchmark data unless it is there already."""
     from longseq.pipelines.sample import build_and_publish, is_published
     from longseq.sources.generate import PROFILES, generate
@@ -73,26 +75,28 @@ def prepare(work: Path, log=print) -> dict[int, Path]:
     raw = work / "raw"
     if not (raw / f"ds={end}" / "_SUCCESS").exists():
         log(f"generating {PROFILE} into {raw}")
-        generate(raw, profile, seed=0, start=START)
+        generate(raw, profile, seed=0, start=START, spec=spec or DEFAULT_SPEC)
     outs = {}
     for max_len in MAX_LENS:
         out = work / f"out{max_len}"
         if not is_published(out, end):
             log(f"building and publishing max_len {max_len} into {out}")
-            build_and_publish(raw, out, START, end, max_len=max_len, override_reason="benchmark: generated data")
+            build_and_publish(raw, out, START, end, max_len=max_len, override_reason="benchmark: generated data", spec=spec)
+        else:
+            data_spec(str(out), spec)  # the spec it was built with must be the one asked for
         outs[max_len] = out
     return outs
 
 
-def _floor(urls: list[str]) -> tuple[int, int]:
+def _floor(urls: list[str], spec) -> tuple[int, int]:
     import warnings
 
     import pyarrow.parquet as pq
     import torch
 
     from longseq.dataset.storage import local_path
-    from longseq.schemas.contracts import REQUEST_RECORD
     from longseq.reader.chunks import arrow_values
+    from longseq.schemas.contracts import contracts_of
 
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
@@ -100,7 +104,7 @@ def _floor(urls: list[str]) -> tuple[int, int]:
     for url in urls:
         f = pq.ParquetFile(local_path(url))
         for g in range(f.metadata.num_row_groups):
-            table = f.read_row_group(g, columns=REQUEST_RECORD.names)
+            table = f.read_row_group(g, columns=contracts_of(spec).request_record.names)
             for name in table.column_names:
                 col = table.column(name).combine_chunks()
                 if hasattr(col, "flatten"):  # zero-copy views: the least a reader can do
@@ -115,26 +119,27 @@ def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
     """One setting over the days, in this process."""
     from longseq.dataset.published import published_files, verify_published
     from longseq.features.lengths import LengthSampler
-    from longseq.reader.readers import ReaderConfig, open_reader
+    from longseq.reader.readers import ReaderConfig, data_spec, open_reader
 
-    urls = [f.url for f in published_files(str(data), start, end)]
+    spec = data_spec(str(data))  # the one it was built with
+    urls = [f.url for f in published_files(str(data), start, end, spec=spec)]
     engine, overrides = SETTINGS[setting]
     verify_seconds, hashed = 0.0, 0
     if setting not in ("baseline", "floor"):  # what opening a reader does first, timed apart
         t = time.perf_counter()
-        hashed = verify_published(urls)
+        hashed = verify_published(urls, spec)
         verify_seconds = time.perf_counter() - t
     t = time.perf_counter()
     if setting == "baseline":
         requests = tokens = 0
     elif setting == "floor":
-        requests, tokens = _floor(urls)
+        requests, tokens = _floor(urls, spec)
     else:
         if overrides.get("truncation") == "default":
             overrides = {**overrides, "truncation": LengthSampler()}
         config = ReaderConfig(**{k: v for k, v in overrides.items() if k != "scoring"})
         scoring = overrides.get("scoring", False)
-        reader = open_reader(urls, config.for_scoring() if scoring else config, engine)
+        reader = open_reader(urls, config.for_scoring() if scoring else config, engine, spec)
         requests = tokens = 0
         for batch in reader.batches(0):
             requests += batch.num_requests
@@ -146,11 +151,12 @@ def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
 
 def arguments(ap: argparse.ArgumentParser) -> None:
     """The benchmark's flags (`longseq bench reader --help`)."""
-
     add_work(ap, "bench-work/reader", "the generated and built data, kept between runs")
     ap.add_argument("--days", type=positive_int, default=1, help="read the last N days (default 1)")
     ap.add_argument("--repeat", type=positive_int, default=3, help="alternating rounds; medians are reported (default 3)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
+    add_spec(ap, "dataset spec of the generated logs and the build (default: the default spec); a --work built "
+                 "with another spec is refused")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one setting, JSON out
     ap.add_argument("--child-data", dest="data", type=Path, help=argparse.SUPPRESS)  # the child's data
 
@@ -167,14 +173,14 @@ def main(argv: list[str]) -> int:
         return 0
 
     settings = args.settings.split(",")
-    outs = prepare(args.work)
+    outs = prepare(args.work, spec=dataset_spec(args))
     print(f"command: longseq bench reader {' '.join(argv)}\nreading ds={start}..{end} of {PROFILE}, "
           f"median of {args.repeat} alternating rounds, one process per measurement\n")
     results: dict[tuple[int, str], list[dict]] = {}
     for _ in range(args.repeat):
         for max_len, out in outs.items():
             for setting in settings:
-                cmd = [sys.executable, "-m", "longseq.bench.reader_throughput", "--one", setting, "--data", str(out),
+                cmd = [sys.executable, "-m", "longseq.bench.reader_throughput", "--one", setting, "--child-data", str(out),
                        "--days", str(args.days)]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:

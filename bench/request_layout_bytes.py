@@ -22,12 +22,12 @@ from pathlib import Path
 from longseq.etl.batch.build import BuildConfig, build
 from longseq.etl.batch.spark_engine import SparkEngine
 from longseq.etl.spark_session import SparkConfig, spark_session
-from longseq.schemas.contracts import REQUEST_RECORD
+from longseq.schemas.contracts import DEFAULT_SPEC, REQUEST_RECORD, contracts_of
 from longseq.schemas.types import ListOf
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_master, comma_separated, local_path, positive_int
+from longseq.cli.arguments import add_master, add_spec, comma_separated, dataset_spec, local_path, positive_int
 
 START = SAMPLE_START
 
@@ -41,7 +41,7 @@ def _bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*.parquet"))
 
 
-def arrow_bytes(spark, records, pointwise: bool) -> int:
+def arrow_bytes(spark, records, pointwise: bool, record=REQUEST_RECORD) -> int:
     """In-memory Arrow bytes of the records (or of their pointwise expansion), from list lengths.
 
     A list<intN> column costs N/8 bytes per value + 4 bytes of offset per row; strings cost
@@ -52,7 +52,7 @@ def arrow_bytes(spark, records, pointwise: bool) -> int:
     terms = []
     m = F.size("tgt_item_id")
     rows = m if pointwise else F.lit(1)
-    for f in REQUEST_RECORD:
+    for f in record:
         if isinstance(f.dtype, ListOf):
             n = F.size(f.name)
             if f.name.startswith("hist_"):
@@ -77,6 +77,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
                     help="history caps to build with, one build each (default 512,2000)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the generated logs (default 0)")
     add_master(ap)
+    add_spec(ap, "dataset spec of the generated logs and the build (default: the default spec)")
     ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
 
 
@@ -86,19 +87,21 @@ def main(argv: list[str]) -> int:
     from pyspark.sql import functions as F
 
     profile = PROFILES[args.profile]
+    spec = dataset_spec(args) or DEFAULT_SPEC
+    record = contracts_of(spec).request_record
     work = args.work or Path(tempfile.mkdtemp(prefix="longseq-bench-layout-"))
     spark = spark_session(SparkConfig(master=args.master, app_name="longseq-bench-layout"))
     rows = []
     try:
         raw = work / "raw"
-        generate(raw, profile, args.seed, START)
+        generate(raw, profile, args.seed, START, spec=spec)
         end = START + dt.timedelta(days=profile.days - 1)
         for max_len in args.max_len:
             out = work / f"out-{max_len}"
-            build(SparkEngine(spark), BuildConfig(str(raw), str(out), START, end, max_len), log=lambda m: None)
+            build(SparkEngine(spark), BuildConfig(str(raw), str(out), START, end, max_len, spec=spec), log=lambda m: None)
             records = spark.read.parquet(str(out / "requests"))
-            hist = [f.name for f in REQUEST_RECORD if f.name.startswith("hist_")]
-            tgt = [f.name for f in REQUEST_RECORD if f.name.startswith("tgt_")]
+            hist = [f.name for f in record if f.name.startswith("hist_")]
+            tgt = [f.name for f in record if f.name.startswith("tgt_")]
             pointwise = records.select(
                 "request_id", "user_id", "request_ts", *hist,
                 F.explode(F.arrays_zip(*tgt)).alias("t"),
@@ -110,14 +113,14 @@ def main(argv: list[str]) -> int:
                 max_len=max_len, requests=n_req, targets=n_tgt,
                 hist_mean=records.select(F.avg(F.size("hist_item_id"))).first()[0],
                 rlb_disk=_bytes(out / "requests"), pw_disk=_bytes(pointwise_dir),
-                rlb_mem=arrow_bytes(spark, records, False), pw_mem=arrow_bytes(spark, records, True),
+                rlb_mem=arrow_bytes(spark, records, False, record), pw_mem=arrow_bytes(spark, records, True, record),
             ))
             print(f"max_len {max_len}: done", file=sys.stderr)
     finally:
         spark.stop()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"profile {args.profile}, seed {args.seed}\n")
+    print(f"profile {args.profile}, seed {args.seed}, spec {spec.name}\n")
     print("| max_len | requests | targets | mean history | pointwise MB (disk) | request-level MB (disk) | disk saving | "
           "pointwise MB (Arrow) | request-level MB (Arrow) | bandwidth saving |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -44,7 +44,8 @@ from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_master, duration, local_path, positive_int
+from longseq.cli.arguments import add_master, add_spec, dataset_spec, duration, local_path, positive_int
+from longseq.schemas.spec import DatasetSpec
 from longseq.schemas.durations import format_duration
 
 LONGSEQ = str(Path(sys.executable).with_name("longseq"))
@@ -77,12 +78,15 @@ def run_measured(cmd: list[str], stop_after: float | None = None, env: dict | No
     return {"wall_s": time.perf_counter() - t0, "cpu_s": sum(cpu.values()), "stdout": out}
 
 
-def arrival_files(raw: Path, days: list[dt.date], n_files: int, shuffle_ms: int, seed: int) -> list[tuple[int, dt.date, pa.Table]]:
+def arrival_files(raw: Path, days: list[dt.date], n_files: int, shuffle_ms: int, seed: int,
+                  spec: DatasetSpec = DEFAULT_SPEC) -> list[tuple[int, dt.date, pa.Table]]:
     """The rows of the days in event-time order, each moved by up to 0.9 shuffle_ms, cut into
-    about n_files files of one ds each: (the latest event_ts in the file, ds, rows)."""
+    about n_files files of one ds each: (the latest event_ts in the file, ds, rows), with the
+    columns named as the logs of `spec` name them."""
     rng = random.Random(seed)
-    names = contracts_of(DEFAULT_SPEC).raw_log.names
-    tables = {d: read_arrow(f"{raw}/ds={d}", contracts_of(DEFAULT_SPEC).raw_log) for d in days}
+    names = contracts_of(spec).raw_log.names
+    logs = [spec.raw_names.get(n, n) for n in names]
+    tables = {d: read_arrow(f"{raw}/ds={d}", contracts_of(spec).raw_log, names=spec.raw_names) for d in days}
     keyed = []
     for d, table in tables.items():
         ts = table.column("event_ts").to_pylist()
@@ -93,7 +97,7 @@ def arrival_files(raw: Path, days: list[dt.date], n_files: int, shuffle_ms: int,
     # consecutive runs of one ds: every file's rows come after all earlier files' in the order
     for k in keyed + [None]:
         if run and (k is None or k[1] != run[0][1] or len(run) >= per_file):
-            files.append((int(run[-1][0]), run[0][1], tables[run[0][1]].take([r[2] for r in run]).select(list(names))))
+            files.append((int(run[-1][0]), run[0][1], tables[run[0][1]].take([r[2] for r in run]).select(list(names)).rename_columns(logs)))
             run = []
         if k is not None:
             run.append(k)
@@ -147,6 +151,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--live-for", type=duration, default=90_000, metavar="DURATION",
                     help="how long the lander feeds the live stream of the latency run (default 90s)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the generated logs (default 0)")
+    add_spec(ap, "dataset spec of the generated logs, the stream and the build (default: the default spec)")
     ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
 
 
@@ -155,24 +160,26 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="longseq-bench-stream-"))
     lateness, delay = args.lateness, args.watermark_delay
+    spec = dataset_spec(args) or DEFAULT_SPEC
     profile = PROFILES[args.profile].with_sizes(users=None, days=args.days)
     days = [SAMPLE_START + dt.timedelta(days=i) for i in range(args.days)]
     spark_args = ["--master", args.master, "--driver-memory", "2g"]
     try:
         raw = work / "raw"
         if not raw.exists():
-            generate(raw, profile, args.seed, SAMPLE_START)
+            generate(raw, profile, args.seed, SAMPLE_START, spec=spec)
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in raw.rglob("*.parquet"))
 
         # 1. cost: the stream over landed files against the daily build of the same days
         landing = work / "landing"
         shutil.rmtree(landing, ignore_errors=True)
-        files = arrival_files(raw, days, args.files, delay, args.seed)
+        files = arrival_files(raw, days, args.files, delay, args.seed, spec)
         for n, (_, day, table) in enumerate(files):
             _land(landing, n, day, table, mtime=1_700_000_000 + n)
         for d in ("stream-data", "stream-ckpt", "batch-data"):
             shutil.rmtree(work / d, ignore_errors=True)
-        common = ["--lateness", format_duration(lateness), "--max-len", str(args.max_len)]
+        common = ["--lateness", format_duration(lateness), "--max-len", str(args.max_len),
+                  *(["--spec", str(args.spec)] if args.spec else [])]
         stream = run_measured([LONGSEQ, "stream", "--once", "--raw", str(landing), "--data", str(work / "stream-data"),
                                "--checkpoint", str(work / "stream-ckpt"), "--watermark-delay", format_duration(delay),
                                "--max-files-per-trigger", str(max(1, len(files) // 20)), "--state-partitions", "2",
@@ -192,8 +199,8 @@ def main(argv: list[str]) -> int:
             == _rows(work / "batch-data" / "quarantine" / f"ds={d}") for d in days)
 
         # 3. state per user, after the last day
-        states = read_arrow(f"{work}/stream-data/state/ds={days[-1]}", contracts_of(DEFAULT_SPEC).user_state).to_pylist()
-        blobs = [len(from_user_state(r, days[-1], DEFAULT_SPEC).encode()) for r in states]
+        states = read_arrow(f"{work}/stream-data/state/ds={days[-1]}", contracts_of(spec).user_state).to_pylist()
+        blobs = [len(from_user_state(r, days[-1], spec).encode()) for r in states]
         rocks = sum(f.stat().st_size for f in (work / "stream-ckpt" / "spark" / "state").rglob("*") if f.is_file())
 
         # 2. latency: a live stream fed at half the sustained rate
@@ -236,7 +243,7 @@ def _latency(work: Path, raw: Path, days: list[dt.date], rate: float, lateness: 
     for d in (landing, data, ckpt):
         shutil.rmtree(d, ignore_errors=True)
     (landing / f"ds={day}").mkdir(parents=True)
-    files = arrival_files(raw, [day], 10**9, delay, args.seed)  # one file per landing instant, grouped below
+    files = arrival_files(raw, [day], 10**9, delay, args.seed, dataset_spec(args) or DEFAULT_SPEC)  # one file per landing instant, grouped below
     events = sum(t.num_rows for _, _, t in files)
     t0_event = files[0][0]
     event_span_s = (files[-1][0] - t0_event) / 1000
@@ -246,7 +253,7 @@ def _latency(work: Path, raw: Path, days: list[dt.date], rate: float, lateness: 
     stream = subprocess.Popen(
         [LONGSEQ, "stream", "--raw", str(landing), "--data", str(data), "--checkpoint", str(ckpt), "--trigger", "1s",
          "--lateness", format_duration(lateness), "--watermark-delay", format_duration(delay), "--max-len", str(args.max_len),
-         "--state-partitions", "2", *spark_args], stdout=log, stderr=subprocess.STDOUT, text=True,
+         "--state-partitions", "2", *(["--spec", str(args.spec)] if args.spec else []), *spark_args], stdout=log, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     landed: list[tuple[float, list[str]]] = []
     try:
