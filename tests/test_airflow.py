@@ -111,7 +111,7 @@ def test_a_day_that_fails_validation_fails_the_run_and_is_not_published(airflow_
     generate(raw, PROFILES["tiny"], seed=2, start=DAY)
     strict = tmp_path / "strict.yaml"  # no real day has 100+ targets per request
     strict.write_text("targets_per_request: [100, 200]\ncritical_only: [targets_per_request_mean]\n")
-    conf = {"raw": str(raw), "out": str(out), "max_len": 64, "spark_master": "local[1]",  # `out`: the old name of data
+    conf = {"raw": str(raw), "data": str(out), "max_len": 64, "spark_master": "local[1]",
             "validation_config": str(strict)}
     done = _dag_test(airflow_env, conf)
     assert done.returncode != 0, done.stdout[-2000:]
