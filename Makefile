@@ -33,12 +33,8 @@ check-java:
 	@if [ -n "$$JAVA_HOME" ] && [ -x "$$JAVA_HOME/bin/java" ]; then exit 0; fi; \
 	 command -v java >/dev/null 2>&1 || { echo "error: Java was not found. Spark needs Java 17: install it (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME." >&2; exit 1; }
 
-# Two workers, each test file on one of them (module fixtures built once): most tests wait on
-# a JVM or a child process, so the second core is otherwise idle.
-TEST_WORKERS ?= 2
-
 test: venv check-java
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
