@@ -1,11 +1,11 @@
 """Spark build throughput against the I/O floor, side by side in one Spark session.
 
-    longseq bench build [--profiles bench-1m,bench-10m] [--max-len 10000] [--master local[2]]
-                        [--workdir DIR] [--seed 0]
+    longseq bench build [--profile bench-1m,bench-10m] [--max-len 10000] [--master local[*]]
+                        [--work DIR] [--seed 0]
 
 For each profile: generate its raw logs (not timed), then in the same JVM time
   floor: a plain Spark read + sort by (user_id, event_ts) + write of the same raw data;
-  build: the daily builds of every generated day (etl.build with the Spark engine);
+  build: the daily builds of every generated day (etl.batch.build with the Spark engine);
   rewrite: a plain read + sort + write of the built records (the I/O floor of the output:
   records carry up to max_len events each, far more values than the raw input).
 Goals (issue 3): build within 3x of the floor; 10x events cost at most ~11x time.

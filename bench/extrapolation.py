@@ -1,7 +1,7 @@
 """Does training on short random-length windows carry over to scoring at 10k events?
 
-    longseq bench extrapolation [--quick] [--seeds 0] [--candidates embedding-match]
-                                [--samplers ushaped,...] [--bucket-pool N] [--work DIR] [--out FILE]
+    longseq bench extrapolation [--quick] [--seed 0] [--candidates embedding-match]
+                                [--samplers ushaped,...] [--bucket-pool N] [--work DIR] [--output FILE]
 
 The paper trains on random-length suffixes (mostly short, a few long) and scores full
 histories: about 80% of the gain of training at full length for about a third of its cost.

@@ -1,6 +1,6 @@
 """Generator throughput (events/s) and peak memory per profile, side by side in one run.
 
-    longseq bench generate [--profiles bench-1m,bench-10m] [--seed 0] [--workdir DIR]
+    longseq bench generate [--profile bench-1m,bench-10m] [--seed 0] [--work DIR]
 
 Each profile runs in its own process, so its peak RSS is its own: bounded memory shows as
 a peak that does not grow with the number of events.

@@ -1,7 +1,7 @@
 """The GPU trainer's checks and goals, as one prepared command for a GPU host (issue 16).
 
     longseq bench gpu --prepare DIR [--work DIR]    # here: two built days to carry there
-    longseq bench gpu --data DIR [--out FILE]       # there: checks and measurements, a few minutes
+    longseq bench gpu --data DIR [--output FILE]       # there: checks and measurements, a few minutes
 
 A GPU host may have torch, numpy and pyarrow only (docs/BENCHMARKS.md), so this needs
 nothing else: the data is built here and carried (about 25 MB), read with the pyarrow
@@ -96,7 +96,7 @@ def _sync(device) -> None:
 
 
 def step_seconds(cfg, batches: list, device, steps: int) -> float:
-    """Median seconds of trainer.train.train_step over `batches` (cycled), after WARMUP steps."""
+    """Median seconds of trainer.run.train_step over `batches` (cycled), after WARMUP steps."""
     from longseq.reader.batch import device_batches
     from longseq.trainer.distributed import autocast_for
     from longseq.trainer.run import train_step

@@ -1,7 +1,7 @@
 """Does a model use long histories? Each candidate trained and scored at L = 1,000 and 10,000.
 
-    longseq bench long-history [--quick] [--seeds 0,1,2] [--candidates paper,embedding-match]
-                               [--steps N] [--no-split] [--work DIR] [--out FILE]
+    longseq bench long-history [--quick] [--seed 0,1,2] [--candidates paper,embedding-match]
+                               [--steps N] [--no-split] [--work DIR] [--output FILE]
 
 The generator plants its long-range signal in niche topics only (docs/GENERATOR.md): a
 niche topic turns up a few times in 10k events, so a model that uses a long history gains

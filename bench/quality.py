@@ -1,7 +1,7 @@
 """Quality evidence on our own pipeline: length scaling, extrapolation, STCA vs baselines,
 on generated data and on MovieLens.
 
-    longseq bench quality [--quick] [--work DIR] [--report docs/quality]
+    longseq bench quality [--quick] [--work DIR] [--report-dir docs/quality]
 
 Each setting is the whole path: data generated (or adapted) -> built (polars) ->
 published -> `train` on the training window -> `evaluate` on the validation window (where
@@ -10,7 +10,7 @@ bootstrap intervals (bench/quality_plan.py `Windows`). The paper's STCA and STCA
 longseq's extensions run side by side (`VARIANTS`). Results are cached per
 setting in WORK/results.json with the training settings they were run with, so an
 interrupted run continues where it stopped and a setting whose settings changed (a new
-default) is run again; the report (markdown tables and PNG plots) goes to --report.
+default) is run again; the report (markdown tables and PNG plots) goes to --report-dir.
 
 Baselines run at the preset's size, widened (a larger feed-forward multiplier) to about
 STCA's dense parameter count, and with more steps (DIN's about STCA's training time), so

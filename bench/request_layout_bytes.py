@@ -1,6 +1,6 @@
 """Storage and bandwidth of request-level records vs a pointwise layout, on the same data.
 
-    longseq bench layout [--profile small] [--max-lens 512,2000] [--seed 0] [--master local[2]]
+    longseq bench layout [--profile small] [--max-len 512,2000] [--seed 0] [--master local[*]]
 
 Request level (contract 2): one row per request, one history shared by its targets.
 Pointwise: one row per impression, each with its own copy of the request's history, the

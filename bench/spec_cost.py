@@ -46,14 +46,22 @@ WORKLOADS = ("build-polars", "build-spark", "read-arrow", "read-petastorm")
 _READ = """
 import sys, time, datetime as dt, importlib
 namespaced = sys.argv[9] == "namespaced"  # trees from before the longseq namespace import bare names
-r = importlib.import_module("longseq.reader.readers" if namespaced else "trainer.reader")
+import os
+def first(*names):  # the reader moved between trees: the first of its homes this tree has
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError:
+            pass
+    raise ModuleNotFoundError(names)
+r = first("longseq.reader.readers", "longseq.trainer.reader") if namespaced else importlib.import_module("trainer.reader")
 try:
     ReaderConfig = importlib.import_module("longseq.reader.steps" if namespaced else "trainer.reader_steps").ReaderConfig
 except ModuleNotFoundError:
     ReaderConfig = r.ReaderConfig
 LengthSampler = importlib.import_module(("longseq." if namespaced else "") + "features.lengths").LengthSampler
 open_published = r.open_published
-assert r.__file__.startswith(sys.argv[1]), r.__file__  # this tree's code, not the installed one
+assert os.path.realpath(r.__file__).startswith(os.path.realpath(sys.argv[1])), r.__file__  # this tree's code
 engine, data, start, end = sys.argv[2], sys.argv[3], dt.date.fromisoformat(sys.argv[4]), dt.date.fromisoformat(sys.argv[5])
 cfg = ReaderConfig(shuffle=False) if engine == "arrow" else ReaderConfig(shuffle=True, truncation=LengthSampler(max_len=int(sys.argv[6])))
 for _ in range(int(sys.argv[7])):  # a warm-up pass (page cache, checksums), then the timed ones

@@ -1,7 +1,7 @@
 """The stream (`longseq stream`) against the daily build, on this machine.
 
-    longseq bench stream [--profile bench-1m] [--days 2] [--files 240] [--lateness 10m] [--delay 2m]
-                         [--max-len 10000] [--master local[2]] [--latency-seconds 90] [--workdir DIR] [--seed 0]
+    longseq bench stream [--profile bench-1m] [--days 2] [--files 240] [--lateness 10m] [--watermark-delay 2m]
+                         [--max-len 10000] [--master local[*]] [--live-for 90s] [--work DIR] [--seed 0]
 
 1. cost: the same generated days as `longseq stream --once` over the rows cut into files,
    and as `longseq build --engine spark`, each a subprocess: wall seconds and CPU seconds of

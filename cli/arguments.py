@@ -41,7 +41,13 @@ def progress(message: str) -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (plus a hint), not the whole usage block."""
+    """argparse, but a usage error is one line (plus a hint), not the whole usage block, and
+    a flag is only its full name (no prefixes: a retired spelling such as --out must not
+    quietly mean --output)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")

@@ -179,7 +179,7 @@ def publish_arguments(p: argparse.ArgumentParser) -> None:
 def run_publish(args: argparse.Namespace) -> int:
     from longseq.etl.gates.publish import publish
 
-    with output_lock(absolute(args.data), "publish", log=progress):  # etl.validation refuses stale days
+    with output_lock(absolute(args.data), "publish", log=progress):  # etl.gates.validation refuses stale days
         if args.hour is not None:
             return _publish_blocked_hour(args)
         publish(args.data, args.start, args.end, override_reason=args.override_validation, log=print,

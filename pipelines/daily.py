@@ -58,6 +58,9 @@ class DailySettings:
         """The DAG's params (the run's conf over the DAG's defaults)."""
         if params.get("out"):  # its name before 0.1: refused, not guessed at
             raise ValueError("the DAG param `out` is now `data`: pass the build's output directory as `data`")
+        if not params.get("data"):
+            raise ValueError("the DAG param `data` is empty: set it (or LONGSEQ_DATA, once LONGSEQ_OUT) to the "
+                             "build's output directory")
         names = set(DailySettings.__dataclass_fields__)
         return DailySettings(**{k: v for k, v in params.items() if k in names and v not in (None, "")} | {
             "raw": params["raw"], "data": params["data"]})

@@ -154,6 +154,8 @@ def test_a_missing_gpu_is_one_line(tmp_path, capsys):
     (["validate", "--data", "o", "--start", "2026-01-02", "--ds", "2026-01-02"], "--ds"),
     (["train", "--data", "o", "--start", "2026-01-02", "--run-dir", "r", "--config", "t.yaml"], "--config"),
     (["demo", "--out", "d"], "--out"),
+    # a prefix of a current flag is not that flag: --out must not quietly mean --output
+    (["score", "--run-dir", "r", "--data", "d", "--start", "2026-01-02", "--output", "s.parquet", "--out", "x"], "--out"),
 ])
 def test_old_spellings_are_refused_in_one_line(argv, old, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -67,11 +67,24 @@ def shown_commands(text: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-@pytest.mark.parametrize("doc", [d for d in USER_DOCS if d.name not in HISTORY], ids=lambda d: d.name)
+MODULES = sorted([*REPO.glob("bench/*.py"), *REPO.glob("cli/*.py"), *REPO.glob("trainer/*.py")])
+
+
+def _text(doc: Path) -> str:
+    """A markdown file, or a module's docstring (its usage lines are docs too)."""
+    if doc.suffix != ".py":
+        return doc.read_text()
+    import ast
+
+    return ast.get_docstring(ast.parse(doc.read_text()), clean=False) or ""
+
+
+@pytest.mark.parametrize("doc", [d for d in USER_DOCS if d.name not in HISTORY] + MODULES,
+                         ids=lambda d: str(d.relative_to(REPO)))
 def test_commands_in_the_docs_use_flags_the_commands_have(doc):
     parsers = _parsers()
     wrong = []
-    for name, flags in shown_commands(doc.read_text()):
+    for name, flags in shown_commands(_text(doc)):
         if name not in parsers:
             if name.split()[-1] not in ("NAME", "bench") and not name.startswith("bench NAME"):
                 wrong.append(f"longseq {name}: no such command")

@@ -1,7 +1,7 @@
 """`longseq evaluate` and `longseq score`: a trained run on published days, at full length.
 
 Both read the run's newest checkpoint and the days in file order with full histories (or
-a serving cap, --max-len), each request once. evaluate writes per-task AUC, GAUC and
+a serving cap, --score-len), each request once. evaluate writes per-task AUC, GAUC and
 logloss to RUN/eval/<start>_<end>_len<L>.json and the run's TensorBoard; score writes one
 row per target to Parquet. The model is of the dataset spec its checkpoint records (the
 default spec without one), and reads only data of that spec: its tasks name the metrics

@@ -14,10 +14,10 @@ before checksums has none: the day is then published with the checksums of its b
 they are now (`"checksums_from": "publish"`), without rebuilding it.
 
 Publishing refuses a day whose validation did not pass or is older than the day's build
-(etl.validation.require_publishable; an operator may override with a recorded reason), and,
+(etl.gates.validation.require_publishable; an operator may override with a recorded reason), and,
 override or not, a day built with another dataset spec than DATA's (DATA/spec.yaml). The
 manifest records the spec's name and fingerprint; readers check it (dataset/published.py).
-Rebuilding a day deletes its manifest (etl.commit.commit_day): it must be validated and
+Rebuilding a day deletes its manifest (etl.batch.commit.commit_day): it must be validated and
 published again.
 """
 
