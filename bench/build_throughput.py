@@ -27,7 +27,7 @@ from longseq.etl.spark_session import SparkConfig, spark_session
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_master, add_spec, dataset_spec, local_path, positive_int
+from longseq.cli.arguments import add_master, add_spec, add_work, dataset_spec, positive_int
 from longseq.schemas.contracts import DEFAULT_SPEC
 
 START = SAMPLE_START
@@ -46,7 +46,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
     add_master(ap)
     ap.add_argument("--seed", type=int, default=0, help="random seed of the generated logs (default 0)")
     add_spec(ap, "dataset spec of the generated logs and the build (default: the default spec)")
-    ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
+    add_work(ap, None, "the generated data and outputs")
 
 
 def main(argv: list[str]) -> int:

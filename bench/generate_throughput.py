@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_spec, local_path
+from longseq.cli.arguments import add_spec, add_work
 
 _CHILD = """
 import datetime as dt, json, resource, sys, time
@@ -49,7 +49,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
                     help="generator profiles to time, each in its own process (default bench-1m,bench-10m)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_spec(ap, "dataset spec whose shape the logs take (default: the default spec)")
-    ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
+    add_work(ap, None, "the generated data and outputs")
 
 
 def main(argv: list[str]) -> int:

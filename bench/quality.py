@@ -33,12 +33,11 @@ from longseq.bench.quality_plan import (
     LR, ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, ablation, chosen_lr, lr_name, matched_model,
     next_lr, validation_aucs,
 )
-from longseq.cli.arguments import add_device
+from longseq.cli.arguments import add_device, add_work, local_path
 from longseq.schemas.contracts import TASKS
 from longseq.schemas.errors import LongseqError
 from longseq.trainer.model_config import PRESETS
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_work, local_path
 
 
 @dataclass

@@ -119,7 +119,7 @@ def run_one(setting: str, data: Path, start: dt.date, end: dt.date) -> dict:
     """One setting over the days, in this process."""
     from longseq.dataset.published import published_files, verify_published
     from longseq.features.lengths import LengthSampler
-    from longseq.reader.readers import ReaderConfig, data_spec, open_reader
+    from longseq.reader.readers import ReaderConfig, open_reader
 
     spec = data_spec(str(data))  # the one it was built with
     urls = [f.url for f in published_files(str(data), start, end, spec=spec)]

@@ -44,7 +44,7 @@ from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_master, add_spec, dataset_spec, duration, local_path, positive_int
+from longseq.cli.arguments import add_master, add_spec, add_work, dataset_spec, duration, positive_int
 from longseq.schemas.spec import DatasetSpec
 from longseq.schemas.durations import format_duration
 
@@ -152,7 +152,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
                     help="how long the lander feeds the live stream of the latency run (default 90s)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the generated logs (default 0)")
     add_spec(ap, "dataset spec of the generated logs, the stream and the build (default: the default spec)")
-    ap.add_argument("--work", type=local_path, metavar="DIR", help="keep the generated data and outputs here (default: a temp dir, removed)")
+    add_work(ap, None, "the generated data and outputs")
 
 
 def main(argv: list[str]) -> int:
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> int:
         rocks = sum(f.stat().st_size for f in (work / "stream-ckpt" / "spark" / "state").rglob("*") if f.is_file())
 
         # 2. latency: a live stream fed at half the sustained rate
-        latency = _latency(work, raw, days, sustained / 2, lateness, delay, args, spark_args)
+        latency = _latency(work, raw, days, sustained / 2, lateness, delay, args, spark_args, spec)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -236,14 +236,14 @@ def main(argv: list[str]) -> int:
 
 
 def _latency(work: Path, raw: Path, days: list[dt.date], rate: float, lateness: int, delay: int,
-             args: argparse.Namespace, spark_args: list[str]) -> dict | None:
+             args: argparse.Namespace, spark_args: list[str], spec: DatasetSpec = DEFAULT_SPEC) -> dict | None:
     """Feed the last day to a continuous stream at `rate` events/s (event time k x wall time)."""
     day = days[-1]
     landing, data, ckpt = work / "live-landing", work / "live-data", work / "live-ckpt"
     for d in (landing, data, ckpt):
         shutil.rmtree(d, ignore_errors=True)
     (landing / f"ds={day}").mkdir(parents=True)
-    files = arrival_files(raw, [day], 10**9, delay, args.seed, dataset_spec(args) or DEFAULT_SPEC)  # one file per landing instant, grouped below
+    files = arrival_files(raw, [day], 10**9, delay, args.seed, spec)  # one file per landing instant, grouped below
     events = sum(t.num_rows for _, _, t in files)
     t0_event = files[0][0]
     event_span_s = (files[-1][0] - t0_event) / 1000

@@ -204,9 +204,10 @@ def add_days(p: argparse.ArgumentParser, what: str, required: bool = True) -> No
     p.add_argument("--end", type=date, metavar="YYYY-MM-DD", help=f"last day to {what} (default: --start)")
 
 
-def add_work(p: argparse.ArgumentParser, default: str, what: str) -> None:
-    p.add_argument("--work", type=local_path, default=Path(default), metavar="DIR",
-                   help=f"working directory: {what} (default {default})")
+def add_work(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """--work DIR; without a default, the command works in a temp dir that it removes."""
+    p.add_argument("--work", type=local_path, default=Path(default) if default else None, metavar="DIR",
+                   help=f"working directory: {what} (default {default or 'a temp dir, removed'})")
 
 
 def add_output(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:

@@ -148,16 +148,18 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     from longseq.dataset.layout import day_range
-    from longseq.etl.gates.validation import ValidationConfig, validate_days
+    from longseq.etl.gates.validation import ValidationConfig, require_passed, validate_days
     from longseq.etl.spark_session import spark_session
 
     cfg = ValidationConfig.from_file(args.config) if args.config else ValidationConfig()
     cfg.warn_only = (*cfg.warn_only, *args.warn)
     cfg.critical_only = (*cfg.critical_only, *args.critical)
     spec = dataset_spec(args)  # read before Spark starts: a bad spec fails at once
+    days = day_range(args.start, args.end)
     with output_lock(absolute(args.data), "validate", log=progress):  # before Spark starts: a busy output fails at once
-        validate_days(lambda: spark_session(spark_config(args)), args.data, day_range(args.start, args.end), args.suite,
-                      raw=args.raw, cfg=cfg, sample=args.sample, spec=spec, show=lambda s: print(s, flush=True))
+        outcomes = validate_days(lambda: spark_session(spark_config(args)), args.data, days, args.suite, raw=args.raw,
+                                 cfg=cfg, sample=args.sample, spec=spec, show=lambda s: print(s, flush=True))
+    require_passed(days, outcomes)
     return 0
 
 

@@ -70,20 +70,21 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
 
 def validate_days(engine, data: Path, days: list[dt.date], show: Callable[[str], None]) -> None:
     """The requests suite on each day; raises ValidationFailed naming the days that failed."""
-    from longseq.etl.gates.validation import ValidationFailed, validate
+    from longseq.etl.gates.validation import ValidationFailed, validate_days as validate_each
 
     spark = getattr(engine, "spark", None)
     if spark is None:
         raise ValueError(f"validating needs a Spark session: build with the spark engine, not {engine.name}")
-    failed = []
-    for day in days:
-        outcome = validate(spark, str(data), day, "requests")
-        warnings = sum(1 for r in outcome["checks"] if not r["success"] and not r["critical"])
-        show(f"validate ds={day}: {'PASSED' if outcome['passed'] else 'FAILED'} "
-             f"({len(outcome['checks'])} expectations, {warnings} warnings); Data Docs: {outcome['docs']}")
-        failed += [] if outcome["passed"] else [str(day)]
+    outcomes = validate_each(lambda: spark, str(data), days, "requests", show=show, describe=_one_line)
+    failed = [str(day) for day, outcome in zip(days, outcomes) if not outcome["passed"]]
     if failed:
         raise ValidationFailed(f"validation failed for ds={', '.join(failed)}: nothing was published")
+
+
+def _one_line(outcome: dict) -> str:
+    warnings = sum(1 for r in outcome["checks"] if not r["success"] and not r["critical"])
+    return (f"validate ds={outcome['ds']}: {'PASSED' if outcome['passed'] else 'FAILED'} "
+            f"({len(outcome['checks'])} expectations, {warnings} warnings); Data Docs: {outcome['docs']}")
 
 
 def prepare_generated(root: Path, profile, seed: int, *, start: dt.date = SAMPLE_START, dirty: float = 0.0,

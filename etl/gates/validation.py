@@ -457,21 +457,27 @@ def refuse_stale_days(storage: Storage, data: str, days: list[dt.date]) -> None:
 
 def validate_days(start_spark: Callable[[], Any], data: str, days: list[dt.date], suite: str = "requests", *,
                   raw: str | None = None, cfg: ValidationConfig | None = None, sample: float | None = None,
-                  spec: DatasetSpec | None = None, show: Callable[[str], None] = print) -> None:
-    """Validate each day with `suite`, showing each day's summary table; ValidationFailed naming
-    the days whose critical checks failed. The requests suite refuses stale days first: before
-    Spark starts (start_spark is called once) where the output is local."""
+                  spec: DatasetSpec | None = None, show: Callable[[str], None] = print,
+                  describe: Callable[[dict], str] = summary_table) -> list[dict]:
+    """Validate each day with `suite`, showing `describe(outcome)` of each; returns the outcomes,
+    in day order. The requests suite refuses stale days first: before Spark starts
+    (start_spark is called once) where the output is local."""
     root = absolute(data)
     if suite == "requests" and is_local(root):
         refuse_stale_days(LocalStorage(), root, days)
     spark = start_spark()
     if suite == "requests" and not is_local(root):
         refuse_stale_days(RoutingStorage(spark), root, days)
-    failed = []
+    outcomes = []
     for day in days:
-        outcome = validate(spark, data, day, suite, raw=raw, cfg=cfg, sample=sample, spec=spec)
-        show(summary_table(outcome))
-        failed += [] if outcome["passed"] else [
-            f"ds={day} ({', '.join(r['check'] for r in outcome['checks'] if r['critical'] and not r['success'])})"]
+        outcomes.append(validate(spark, data, day, suite, raw=raw, cfg=cfg, sample=sample, spec=spec))
+        show(describe(outcomes[-1]))
+    return outcomes
+
+
+def require_passed(days: list[dt.date], outcomes: list[dict]) -> None:
+    """ValidationFailed naming each day whose critical checks failed, and the checks."""
+    failed = [f"ds={day} ({', '.join(r['check'] for r in o['checks'] if r['critical'] and not r['success'])})"
+              for day, o in zip(days, outcomes) if not o["passed"]]
     if failed:
         raise ValidationFailed(f"critical expectations failed: {'; '.join(failed)}")
