@@ -63,9 +63,9 @@ def adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=positive_int, default=default.days,
                    help=f"days the whole file is mapped onto (default {default.days})")
     p.add_argument("--start", type=date, default=default.start, help=f"first day (default {default.start})")
-    p.add_argument("--session-gap", type=duration, default=round(default.session_gap_minutes * 60_000),
-                   metavar="DURATION", help=f"a longer pause between ratings starts a new request (default "
-                                            f"{format_duration(round(default.session_gap_minutes * 60_000))})")
+    gap_ms = round(default.session_gap_minutes * 60_000)
+    p.add_argument("--session-gap", type=duration, default=gap_ms, metavar="DURATION",
+                   help=f"a longer pause between ratings starts a new request (default {format_duration(gap_ms)})")
     p.add_argument("--max-targets", type=positive_int, default=default.max_targets,
                    help=f"most ratings in one request (default {default.max_targets})")
     add_spec(p, "dataset spec to write (default: the default spec's four tasks; schemas/specs/movielens.yaml adds the "
