@@ -8,7 +8,7 @@ For each profile: generate its raw logs (not timed), then in the same JVM time
   build: the daily builds of every generated day (etl.batch.build with the Spark engine);
   rewrite: a plain read + sort + write of the built records (the I/O floor of the output:
   records carry up to max_len events each, far more values than the raw input).
-Goals (issue 3): build within 3x of the floor; 10x events cost at most ~11x time.
+Goals: build within 3x of the floor; 10x events cost at most ~11x time.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from longseq.bench.long_history import CANDIDATES, LONG, add_arguments, names, o
 from longseq.bench.quality import Results, mean_auc, plan_config, run
 from longseq.features.lengths import LengthSampler
 from longseq.bench import bench_parser
+from longseq.cli.arguments import dataset_spec
 
 BASE = 2_000  # the fixed length the gain is measured from: about the default sampler's mean
 # name -> LengthSampler fields (the defaults: Beta(0.1, 0.45) on [256, 10k], mean about 2k)
@@ -115,7 +116,7 @@ def main(argv: list[str]) -> int:
     candidates = names(ap, args.candidates, CANDIDATES, "candidate")
     samplers = names(ap, args.samplers, SAMPLERS, "sampler")
     seeds = args.seed
-    plan, work, data, windows, results = open_sample(args.quick, args.work)
+    plan, work, data, windows, results = open_sample(args.quick, args.work, dataset_spec(args))
     print(f"extrapolation runs on {plan.users} users x {plan.days} days ({windows.describe()}), one epoch each",
           flush=True)
     for c in candidates:

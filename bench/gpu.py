@@ -1,4 +1,4 @@
-"""The GPU trainer's checks and goals, as one prepared command for a GPU host (issue 16).
+"""The GPU trainer's checks and goals, as one prepared command for a GPU host.
 
     longseq bench gpu --prepare DIR [--work DIR]    # here: two built days to carry there
     longseq bench gpu --data DIR [--output FILE]       # there: checks and measurements, a few minutes
@@ -30,27 +30,37 @@ import time
 import traceback
 from pathlib import Path
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_data, add_device, add_output, add_work, local_path, positive_int
+from longseq.cli.arguments import (
+    add_data, add_device, add_output, add_spec, add_work, dataset_spec, local_path, positive_int,
+)
 from longseq.trainer.model_config import PRESETS
 
-PEAK_FLOPS = 989e12  # H200 dense bf16, the MFU denominator used in the issue
+PEAK_FLOPS = 989e12  # H200 dense bf16, the MFU denominator
 WARMUP = 3  # untimed steps per setting
 
 
-def prepare(out: Path, work: Path) -> None:
-    """Copy the quick quality sample's last two published days (built here) to `out`."""
+def prepare(out: Path, work: Path, spec=None) -> None:
+    """Copy the quick quality sample's last two published days (built here, in the shape of
+    `spec`) to `out`."""
     from longseq.bench.long_history import open_sample
     from longseq.dataset.layout import day_range
 
-    _, _, data, windows, _ = open_sample(True, work)
+    _, _, data, windows, _ = open_sample(True, work, spec)
     days = day_range(windows.valid[0], windows.test[1])
     size = copy_days(data, out, days)
     print(f"{out}: published days {days[0]}..{days[-1]}, {size / 2**20:.0f} MiB: carry it to the GPU host")
 
 
 def copy_days(data: Path, out: Path, days) -> int:
-    """Copy published days (their records and manifests) of a build's output to `out`; bytes copied."""
+    """Copy published days (their records and manifests) of a build's output, and the spec
+    it records, to `out`; bytes copied."""
+    from longseq.dataset.layout import BuildLayout
+
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    spec_file = Path(BuildLayout(str(data)).spec_file)
+    if spec_file.exists():  # without it the reader would take the default spec
+        shutil.copy2(spec_file, Path(BuildLayout(str(out)).spec_file))
     for d in days:
         for part in ("requests", "published"):
             shutil.copytree(Path(data) / part / f"ds={d}", out / part / f"ds={d}")
@@ -78,14 +88,16 @@ def useful_flops(model_cfg, hist_lengths: list[int], tgt_lengths: list[int]) -> 
     return float(sum(memo[(n, m)] for n, m in zip(hist_lengths, tgt_lengths)))
 
 
-def _run(cfg, device):
-    """A fresh training run's state on `device`, as `longseq train` opens it, in a scratch
-    directory (trainer.train's own step is what gets timed)."""
+def _run(cfg, device, spec=None):
+    """A fresh training run's state on `device` (the model of `spec`, the default one when
+    None), as `longseq train` opens it, in a scratch directory (trainer.train's own step is
+    what gets timed)."""
+    from longseq.schemas.spec import resolve_spec
     from longseq.trainer.distributed import Context
     from longseq.trainer.run import open_run
 
     return open_run(Path(tempfile.mkdtemp(prefix="bench-gpu-")), cfg, Context(0, 1, device), 10**6,
-                     log=lambda m: None)
+                    log=lambda m: None, spec=resolve_spec(spec))
 
 
 def _sync(device) -> None:
@@ -95,13 +107,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_seconds(cfg, batches: list, device, steps: int) -> float:
-    """Median seconds of trainer.run.train_step over `batches` (cycled), after WARMUP steps."""
+def step_seconds(cfg, batches: list, device, steps: int, spec=None) -> float:
+    """Median seconds of trainer.run.train_step over `batches` (cycled, of `spec`), after
+    WARMUP steps."""
     from longseq.reader.batch import device_batches
     from longseq.trainer.distributed import autocast_for
     from longseq.trainer.run import train_step
 
-    run = _run(cfg, device)
+    run = _run(cfg, device, spec)
     autocast = autocast_for(device)
     pairs = device_batches(iter(batches * ((steps + WARMUP) // len(batches) + 1)), device)
     times = []
@@ -173,7 +186,7 @@ def measure_training(device, preset: str, requests: int, steps: int, compile_too
 def measure_reader(data: str, start, end, device, steps: int, lines: list[str]) -> None:
     """Requests/s the reader supplies (a full pass, on the host) and a training step
     consumes at preset small (the same batches, already read)."""
-    from longseq.reader.readers import open_published
+    from longseq.reader.readers import data_spec, open_published
     from longseq.trainer.train_config import reader_config, TrainConfig
 
     cfg = TrainConfig(preset="small", batch_size=128, lr=1e-3)
@@ -181,7 +194,7 @@ def measure_reader(data: str, start, end, device, steps: int, lines: list[str]) 
     batches = list(open_published(data, start, end, reader_config(cfg, cuda=device.type == "cuda"),
                                   engine="arrow").batches(0))
     read = sum(b.num_requests for b in batches) / (time.perf_counter() - t)
-    seconds = step_seconds(cfg, batches[:steps + WARMUP], device, steps)
+    seconds = step_seconds(cfg, batches[:steps + WARMUP], device, steps, data_spec(data))
     used = statistics.mean(b.num_requests for b in batches[:steps + WARMUP]) / seconds
     lines += ["", f"Reader against GPU at preset small (batches of 128 requests, U-shaped windows, {data}): the reader "
               f"supplies {read:,.0f} requests/s from one process; a training step consumes {used:,.0f} requests/s: "
@@ -216,6 +229,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
 
     ap.add_argument("--prepare", type=local_path, metavar="DIR", help="write the data to carry to DIR, then stop")
     add_work(ap, "bench-work/quality", "where --prepare builds the sample")
+    add_spec(ap, "dataset spec of the sample --prepare builds (default: the default spec)")
     add_data(ap, "data written by --prepare (default bench-work/gpu-data)", required=False)
     add_output(ap, "also write the report to this file")
     ap.add_argument("--skip", default="",
@@ -231,7 +245,7 @@ def main(argv: list[str]) -> int:
     ap = bench_parser('gpu', __doc__, arguments)
     args = ap.parse_args(argv)
     if args.prepare:
-        prepare(args.prepare, args.work)
+        prepare(args.prepare, args.work, dataset_spec(args))
         return 0
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, for the resume check
     import torch

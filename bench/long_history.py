@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from longseq.bench.quality import Results, mean_auc, plan_config, prepare_generated, run
-from longseq.bench.quality_plan import PLANS, Plan, Windows
-from longseq.schemas.contracts import TASKS
+from longseq.bench.quality_plan import PLANS, Plan, Windows, spec_suffix
 from longseq.trainer.model_config import EMBEDDING_MATCH
 from longseq.bench import bench_parser
-from longseq.cli.arguments import add_output, add_work, comma_separated, positive_int
+from longseq.cli.arguments import add_output, add_spec, add_work, comma_separated, dataset_spec, positive_int
 
 SHORT, LONG = 1_000, 10_000
 # name -> model overrides of the paper's STCA; docs/TRAINER.md says what each is
@@ -66,7 +65,7 @@ def split_auc(run_dir: Path, data: Path, span, L: int, niche: np.ndarray) -> dic
     out = {}
     for name, keep in (("all", np.ones_like(n)), ("niche", n), ("main", ~n)):
         out[name] = statistics.mean(weighted_auc(y[keep, k], p[keep, k], np.ones(int(keep.sum())))
-                                    for k in range(len(TASKS)))
+                                    for k in range(y.shape[1]))
     out["niche_share"] = float(n.mean())
     return out
 
@@ -123,6 +122,8 @@ def add_arguments(ap: argparse.ArgumentParser, seeds: str, candidates: str) -> N
     ap.add_argument("--candidates", default=candidates,
                     help=f"comma-separated, from: {', '.join(CANDIDATES)} (default: %(default)s)")
     add_work(ap, "bench-work/quality", "shared with `bench quality`")
+    add_spec(ap, "dataset spec of the generated sample (default: the default spec); shared with `bench quality "
+                 "--spec` of the same file")
     add_output(ap, "also write the markdown table to this file")
 
 
@@ -135,16 +136,16 @@ def names(ap: argparse.ArgumentParser, value: str, known: dict, kind: str) -> li
     return chosen
 
 
-def open_sample(quick: bool, work_root: Path) -> tuple[Plan, Path, Path, Windows, Results]:
-    """The plan, its work directory, its sample (generated, built and published once), its
-    windows and the long-history results cache."""
+def open_sample(quick: bool, work_root: Path, spec=None) -> tuple[Plan, Path, Path, Windows, Results]:
+    """The plan, its work directory, its sample (generated in the shape of `spec`, built and
+    published once), its windows and the long-history results cache."""
     import torch
 
     torch.set_num_threads(2)
     mode = "quick" if quick else "full"
-    plan, work = PLANS[mode], work_root / mode
+    plan, work = PLANS[mode], work_root / (mode + spec_suffix(spec))
     work.mkdir(parents=True, exist_ok=True)
-    data, end = prepare_generated(work, plan)
+    data, end = prepare_generated(work, plan, spec)
     return plan, work, data, plan.windows(end), Results.load(work / "results_long_history.json")
 
 
@@ -164,7 +165,7 @@ def main(argv: list[str]) -> int:
     seeds = args.seed
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be >= 1")
-    plan, work, data, windows, results = open_sample(args.quick, args.work)
+    plan, work, data, windows, results = open_sample(args.quick, args.work, dataset_spec(args))
     niche = niche_items(plan)
     length = f"{args.steps} steps" if args.steps else "one epoch"
     print(f"long-history runs on {plan.users} users x {plan.days} days ({windows.describe()}), {length} each",

@@ -24,17 +24,15 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from longseq.bench.quality_plan import (
     LR, ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, ablation, chosen_lr, lr_name, matched_model,
-    next_lr, validation_aucs,
+    mean_auc, next_lr, spec_suffix, validation_aucs,
 )
-from longseq.cli.arguments import add_device, add_work, local_path
-from longseq.schemas.contracts import TASKS
+from longseq.cli.arguments import add_device, add_spec, add_work, dataset_spec, local_path
 from longseq.schemas.errors import LongseqError
 from longseq.trainer.model_config import PRESETS
 from longseq.bench import bench_parser
@@ -53,12 +51,14 @@ class Results:
         self.path.write_text(json.dumps(self.runs, indent=2))
 
 
-def prepare_generated(work: Path, plan: Plan) -> tuple[Path, dt.date]:
+def prepare_generated(work: Path, plan: Plan, spec=None) -> tuple[Path, dt.date]:
+    """The plan's generated sample (in the shape of `spec`, a DatasetSpec or None for the
+    default), built and published once under work/gen."""
     from longseq.pipelines.sample import prepare_generated as prepare
     from longseq.sources.generate import PROFILES
 
     sample = prepare(work / "gen", PROFILES["default"].with_sizes(plan.users, plan.days), seed=0, start=START, reuse=True,
-                     override_reason="quality benchmark: generated data")
+                     spec=spec, override_reason="quality benchmark: generated data")
     return sample.data, sample.end
 
 
@@ -122,10 +122,6 @@ def _evaluate(run_dir: Path, data: Path, span: tuple[dt.date, dt.date], serve: t
         e = evaluate(run_dir, str(data), *span, max_len=L, device=device, log=lambda m: None)
         out[str(L)] = {"tasks": e["tasks"], "mean_history": e["mean_history"], "auc_intervals": e["auc_intervals"]}
     return out
-
-
-def mean_auc(entry: dict) -> float:
-    return statistics.mean(entry["tasks"][t]["auc"] for t in TASKS)
 
 
 def plan_config(plan: Plan, seed: int, **kw):
@@ -248,6 +244,8 @@ def arguments(ap: argparse.ArgumentParser) -> None:
                     help="a MovieLens ratings.csv (default: %(default)s)")
     ap.add_argument("--skip-movielens", action="store_true", help="leave the MovieLens part out")
     ap.add_argument("--preset", choices=list(PRESETS), help="model size of every run (default: the plan's, tiny)")
+    add_spec(ap, "dataset spec of the generated sample (default: the default spec); another spec's sample, runs "
+                 "and report are kept apart from the default one's (MovieLens is adapted to the default spec)")
     add_device(ap)
 
 
@@ -269,13 +267,15 @@ def main(argv: list[str]) -> int:
     if args.device and args.device != "auto":
         resolve_device(args.device)  # a GPU that is not there stops the run here, in one line
         plan, mode = dataclasses.replace(plan, device=args.device), f"{mode}-{args.device.replace(':', '')}"
+    spec = dataset_spec(args)
+    mode += spec_suffix(spec)
     work = args.work / mode
     work.mkdir(parents=True, exist_ok=True)
     results = Results.load(work / "results.json")
     t0 = time.perf_counter()
     print(f"command: longseq bench quality {' '.join(argv)}\nplan: {dataclasses.asdict(plan)}", flush=True)
 
-    data, end = prepare_generated(work, plan)
+    data, end = prepare_generated(work, plan, spec)
     windows = plan.windows(end)
     print(f"generated data: {windows.describe()}", flush=True)
     for section in (_length_scaling_runs, _extrapolation_runs, _baseline_runs, _ablation_runs):

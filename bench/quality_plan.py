@@ -12,7 +12,6 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from longseq.schemas.contracts import TASKS
 from longseq.sources import SAMPLE_START
 from longseq.trainer.model_config import EMBEDDING_MATCH, EXTENSIONS
 
@@ -73,6 +72,22 @@ def lr_name(prefix: str, lr: float, suffix: str) -> str:
     return f"{prefix}-{suffix}" if lr == LR else f"{prefix}-lr{lr:g}-{suffix}"
 
 
+def mean_auc(entry: dict) -> float:
+    """Mean AUC over the tasks of one evaluation (an entry of `run`'s eval: its data's tasks,
+    whatever spec it was built with)."""
+    return statistics.mean(t["auc"] for t in entry["tasks"].values())
+
+
+def spec_suffix(spec) -> str:
+    """The work directory's suffix of a sample in another spec's shape than the default one:
+    its own samples, runs and results, keyed by the spec's fingerprint ("" for the default)."""
+    from longseq.schemas.spec import load_default_spec
+
+    if spec is None or spec.fingerprint == load_default_spec().fingerprint:
+        return ""
+    return f"-{spec.name}-{spec.fingerprint[:8]}"
+
+
 def choose_lr(valid_auc: dict[float, float]) -> float:
     """The learning rate with the best validation mean AUC (LR on a tie); LR while none has run."""
     return max(valid_auc, key=lambda lr: (valid_auc[lr], lr == LR)) if valid_auc else LR
@@ -85,7 +100,7 @@ def validation_aucs(runs: dict, plan: "Plan", prefix: str, suffix: str, L: int |
     for lr in LR_LADDER:
         entry = runs.get(f"{lr_name(prefix, lr, suffix)}-s{plan.seeds[0]}")
         if entry and "eval" in entry:  # not a diverged run
-            valid[lr] = statistics.mean(entry["eval"]["valid"][str(L)]["tasks"][t]["auc"] for t in TASKS)
+            valid[lr] = mean_auc(entry["eval"]["valid"][str(L)])
     return valid
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from longseq.bench.quality_plan import (
     ABLATIONS, LR_LADDER, ML_ARCHS, Plan, chosen_lr, dense_parameters, lr_name, matched_ffn_mult,
 )
-from longseq.schemas.contracts import TASKS
+from longseq.schemas.spec import load_default_spec
 from longseq.trainer.model_config import EXTENSIONS, PRESETS
 
 VARIANT_LABELS = {"stca": "STCA (the paper's)",
@@ -33,9 +33,20 @@ def _stat(values: list[float]) -> str:
 
 
 def _metric(entries: list[dict], L, task: str | None, name: str, window: str = "test") -> list[float]:
-    """Per run: the metric of one task (or the mean over tasks) at serving length L."""
-    tasks = [task] if task else list(TASKS)
-    return [statistics.mean(e["eval"][window][str(L)]["tasks"][t][name] for t in tasks) for e in entries]
+    """Per run: the metric of one task (or the mean over its tasks) at serving length L."""
+    def tasks(e: dict) -> dict:
+        return e["eval"][window][str(L)]["tasks"]
+
+    return [statistics.mean(tasks(e)[t][name] for t in ([task] if task else tasks(e))) for e in entries]
+
+
+def _tasks(runs: dict, prefix: str) -> list[str]:
+    """The tasks of the runs named prefix...: their data's spec's (the generated sample may take
+    another spec than MovieLens, which is adapted to the default one)."""
+    for e in _runs(runs, prefix):
+        if "eval" in e:
+            return list(next(iter(e["eval"]["test"].values()))["tasks"])
+    return list(load_default_spec().tasks)
 
 
 def _half_width(entries: list[dict], L, window: str = "test") -> str:
@@ -44,17 +55,19 @@ def _half_width(entries: list[dict], L, window: str = "test") -> str:
     return f"{statistics.mean(widths):.4f}" if widths else "n/a"
 
 
-def _row(label: str, entries: list[dict], L, extra: str = "") -> str:
-    cells = [_stat(_metric(entries, L, t, "auc")) for t in TASKS]
+def _row(label: str, entries: list[dict], L, tasks: list[str], extra: str = "") -> str:
+    cells = [_stat(_metric(entries, L, t, "auc")) for t in tasks]
     cells += [_stat(_metric(entries, L, None, "auc")), _half_width(entries, L),
               _stat(_metric(entries, L, None, "auc", "valid")), _stat(_metric(entries, L, None, "gauc"))]
     seconds = f"{statistics.mean(e['train_seconds'] for e in entries):,.0f}" if entries else "n/a"
     return f"| {label} | " + " | ".join(cells) + f" | {seconds} |{extra}"
 
 
-HEADER = ("| setting | " + " | ".join(f"AUC {t}" for t in TASKS)
-          + " | test mean AUC | ± 95% | valid mean AUC | test mean GAUC | train s |")
-RULE = "|---|" + "---:|" * (len(TASKS) + 5)
+def _header(tasks: list[str]) -> list[str]:
+    """A results table's header and rule: one AUC column per task, then the means."""
+    return ["| setting | " + " | ".join(f"AUC {t}" for t in tasks)
+            + " | test mean AUC | ± 95% | valid mean AUC | test mean GAUC | train s |",
+            "|---|" + "---:|" * (len(tasks) + 5)]
 
 
 def _plot_length_scaling(plt, path: Path, curves: dict[str, tuple[list, list, list]], mode: str) -> None:
@@ -90,9 +103,9 @@ def _plot_serving(plt, path: Path, serving, ushaped: list[dict], fixed10k: list[
     plt.close(fig)
 
 
-def _with_params(row: str, params: int) -> str:
+def _with_params(row: str, cell: str) -> str:
     """The row with a dense-parameter cell after its label."""
-    return row.replace(" |", f" | {params:,} |", 1)
+    return row.replace(" |", f" | {cell} |", 1)
 
 
 def _preamble(plan: Plan, mode: str, command: str, windows: str) -> list[str]:
@@ -105,13 +118,14 @@ def _preamble(plan: Plan, mode: str, command: str, windows: str) -> list[str]:
 
 def _length_scaling(runs: dict, plan: Plan, mode: str, plt, out: Path) -> list[str]:
     """Each STCA variant trained and evaluated at each length: the table, and the curves of mean AUC."""
-    lines = ["**Length scaling** (trained and evaluated at the same max history):", "", HEADER, RULE]
+    tasks = _tasks(runs, "gen-")
+    lines = ["**Length scaling** (trained and evaluated at the same max history):", "", *_header(tasks)]
     curves = {}
     for variant in plan.variants:
         xs, ys, errs = [], [], []
         for L in plan.lengths:
             entries = _runs(runs, f"gen-{variant}-L{L}-")
-            lines.append(_row(f"{VARIANT_LABELS[variant]}, L = {L:,}", entries, L))
+            lines.append(_row(f"{VARIANT_LABELS[variant]}, L = {L:,}", entries, L, tasks))
             if entries:  # lengths not run yet are left off the plot, not plotted as gaps
                 vals = _metric(entries, L, None, "auc")
                 xs.append(L)
@@ -124,16 +138,17 @@ def _length_scaling(runs: dict, plan: Plan, mode: str, plt, out: Path) -> list[s
 
 def _extrapolation(runs: dict, plan: Plan, mode: str, plt, out: Path) -> list[str]:
     """Each variant's U-shaped training served at several lengths, against its fixed 10k and 2k training."""
-    lines = ["**Extrapolation** (train on U-shaped lengths, mean about 2k; serve at L):", "", HEADER, RULE]
+    tasks = _tasks(runs, "gen-")
+    lines = ["**Extrapolation** (train on U-shaped lengths, mean about 2k; serve at L):", "", *_header(tasks)]
     summaries = [""]
     for variant in plan.variants:
         label = VARIANT_LABELS[variant]
         ushaped = _runs(runs, f"gen-{variant}-ushaped-")
         fixed10k, fixed2k = _runs(runs, f"gen-{variant}-L10000-"), _runs(runs, f"gen-{variant}-L2000-")
         for L in plan.serving:
-            lines.append(_row(f"{label}, U-shaped, served at {L:,}", ushaped, L))
-        lines.append(_row(f"{label}, fixed 10k, served at 10,000", fixed10k, 10_000))
-        lines.append(_row(f"{label}, fixed 2k, served at 2,000", fixed2k, 2_000))
+            lines.append(_row(f"{label}, U-shaped, served at {L:,}", ushaped, L, tasks))
+        lines.append(_row(f"{label}, fixed 10k, served at 10,000", fixed10k, 10_000, tasks))
+        lines.append(_row(f"{label}, fixed 2k, served at 2,000", fixed2k, 2_000, tasks))
         if ushaped and fixed10k and fixed2k:  # the comparison needs all three
             suffix = "" if variant == "stca" else f"_{variant.replace('+', '_')}"
             _plot_serving(plt, out / f"extrapolation_{mode}{suffix}.png", plan.serving, ushaped, fixed10k, fixed2k,
@@ -182,6 +197,8 @@ def _baselines(runs: dict, plan: Plan) -> list[str]:
     """Every arch at the baseline length and its chosen lr, with its dense parameter count: as
     preset, matched, and longer."""
     L = plan.baseline_len
+    tasks = _tasks(runs, "gen-")
+    header, rule = _header(tasks)
     table, lrs = _learning_rates(runs, plan, "gen", f"L{L}", plan.archs, L)
     lines = [f"**Learning rate of each arch** (chosen on the validation window, seed {plan.seeds[0]}; the rows below "
              f"train every seed at it):", "", *table,
@@ -189,21 +206,21 @@ def _baselines(runs: dict, plan: Plan) -> list[str]:
              f"chosen lr; dense = parameters outside the embedding tables, which every arch shares; \"matched\" = "
              f"widened to about STCA's dense count by the feed-forward multiplier, the preset's is "
              f"{PRESETS[plan.preset].ffn_mult}; other runs take {plan.steps:,} steps):", "",
-             HEADER.replace(" |", " | dense params |", 1), RULE + "---:|"]
+             _with_params(header, "dense params"), rule + "---:|"]
 
     def entries(prefix: str, arch: str) -> list[dict]:
         return _runs(runs, f"{lr_name(prefix, lrs[arch], f'L{L}')}-")
 
     for arch in plan.archs:
-        lines.append(_with_params(_row(f"{arch}, lr {lrs[arch]:g}", entries(f"gen-{arch}", arch), L),
-                                  dense_parameters(plan.preset, arch)))
+        lines.append(_with_params(_row(f"{arch}, lr {lrs[arch]:g}", entries(f"gen-{arch}", arch), L, tasks),
+                                  f"{dense_parameters(plan.preset, arch):,}"))
     for arch in plan.matched:
         m = matched_ffn_mult(plan.preset, arch)
-        lines.append(_with_params(_row(f"{arch}, matched (ffn x{m})", entries(f"gen-{arch}-matched", arch), L),
-                                  dense_parameters(plan.preset, arch, m)))
+        lines.append(_with_params(_row(f"{arch}, matched (ffn x{m})", entries(f"gen-{arch}-matched", arch), L, tasks),
+                                  f"{dense_parameters(plan.preset, arch, m):,}"))
     for arch, steps in plan.more_steps:
-        lines.append(_with_params(_row(f"{arch}, {steps:,} steps", entries(f"gen-{arch}-steps{steps}", arch), L),
-                                  dense_parameters(plan.preset, arch)))
+        lines.append(_with_params(_row(f"{arch}, {steps:,} steps", entries(f"gen-{arch}-steps{steps}", arch), L, tasks),
+                                  f"{dense_parameters(plan.preset, arch):,}"))
     return lines + [""]
 
 
@@ -243,18 +260,19 @@ def _movielens(runs: dict, plan: Plan, windows: str) -> list[str]:
     if not any(k.startswith("ml-") for k in runs):
         return []
     # full-history runs are evaluated at full length, stored under "None"
+    tasks = _tasks(runs, "ml-")
     table, lrs = _learning_rates(runs, plan, "ml", "full", ML_ARCHS, None)
     lines = [f"**MovieLens latest-small** ({plan.ml_days} days; {windows}; one epoch over the training window; "
              f"each arch at the lr it chose on the validation window, seed {plan.seeds[0]}; the STCA rows at other "
-             f"lengths at the default):", "", *table, HEADER, RULE]
+             f"lengths at the default):", "", *table, *_header(tasks)]
     for arch in ML_ARCHS:
         lines.append(_row(f"{arch}, full history, lr {lrs[arch]:g}",
-                          _runs(runs, f"{lr_name(f'ml-{arch}', lrs[arch], 'full')}-"), None))
+                          _runs(runs, f"{lr_name(f'ml-{arch}', lrs[arch], 'full')}-"), None, tasks))
     for arch in (a for a in plan.matched if a in ML_ARCHS):
         lines.append(_row(f"{arch}, matched (ffn x{matched_ffn_mult(plan.preset, arch)}), full history",
-                          _runs(runs, f"{lr_name(f'ml-{arch}-matched', lrs[arch], 'full')}-"), None))
+                          _runs(runs, f"{lr_name(f'ml-{arch}-matched', lrs[arch], 'full')}-"), None, tasks))
     for L in plan.ml_lengths:
-        lines.append(_row(f"stca, L = {L:,}", _runs(runs, f"ml-stca-L{L}-"), L))
+        lines.append(_row(f"stca, L = {L:,}", _runs(runs, f"ml-stca-L{L}-"), L, tasks))
     return lines + [""]
 
 

@@ -47,14 +47,16 @@ def test_windows_are_consecutive_and_leave_days_for_history():
         assert ml.train[0] == START and ml.test[1] == START + dt.timedelta(days=plan.ml_days - 1)
 
 
-def test_the_report_shows_the_test_window_with_intervals_and_the_validation_window(tmp_path):
-    """A synthetic result set: the report reads test and validation apart, and a setting
-    that has not run is n/a, not a crash."""
+@pytest.mark.parametrize("tasks", [("finish", "skip", "like", "comment"), ("click", "cart", "purchase")],
+                         ids=["default", "ecommerce"])
+def test_the_report_shows_the_test_window_with_intervals_and_the_validation_window(tmp_path, tasks):
+    """A synthetic result set: the report reads test and validation apart, a setting that has
+    not run is n/a, not a crash, and the columns are the tasks of the data's spec (bench
+    quality --spec)."""
     from longseq.bench.quality_plan import VARIANTS
     from longseq.bench.quality_report import write_report
-    from longseq.schemas.contracts import TASKS
 
-    plan = PLANS["quick"]
+    plan, TASKS, n = PLANS["quick"], tasks, len(tasks)
 
     def entry(valid_auc: float, test_auc: float, lengths) -> dict:
         def at(auc: float) -> dict:
@@ -70,7 +72,8 @@ def test_the_report_shows_the_test_window_with_intervals_and_the_validation_wind
     text = write_report(runs, plan, "quick", tmp_path, "longseq bench quality --quick", "w", "m")
     row = next(line for line in text.splitlines() if line.startswith("| STCA (the paper's), L = 10,000 |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[1:5] == ["0.6400"] * 4 and cells[5:9] == ["0.6400", "0.0200", "0.6300", "0.5400"]
+    assert cells[1:1 + n] == ["0.6400"] * n and cells[1 + n:5 + n] == ["0.6400", "0.0200", "0.6300", "0.5400"]
+    assert f"| setting | {' | '.join(f'AUC {t}' for t in tasks)} | test mean AUC |" in text
     mlp = next(line for line in text.splitlines() if line.startswith("| plain MLP instead of SwiGLU |"))
     assert [c.strip() for c in mlp.split("|")[2:4]] == ["0.6000", "-0.0200"], "paired with the paper's STCA at 2k"
     din = next(line for line in text.splitlines() if line.startswith("| din, lr 0.003 |"))
@@ -156,6 +159,21 @@ def test_bench_quality_device_that_is_not_there_is_one_line():
     assert "cuda:7 is not available" in r.stderr
 
 
+@pytest.mark.parametrize("spec", ["default", "ecommerce"])
+def test_bench_signal_scores_the_first_task_of_the_logs_spec(spec, capsys):
+    """`bench signal --spec`: logs generated in the spec's shape, scored on its first task
+    (finish; click), and the same-author score gains from 5 to 50 history events."""
+    from longseq.bench.history_signal import main
+    from longseq.schemas.spec import SPECS_DIR
+
+    assert main(["--profile", "tiny", "--lengths", "5,50", "--min-events", "200",
+                 "--spec", str(SPECS_DIR / f"{spec}.yaml")]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| 5") or
+            line.startswith("| 50")]
+    short, long = (float(r[2]) for r in rows)
+    assert 0.5 <= short < long < 1.0, rows
+
+
 def test_the_learning_rate_search_goes_on_while_the_best_is_at_an_end_of_those_tried():
     from longseq.bench.quality_plan import next_lr
 
@@ -201,16 +219,19 @@ def test_bench_gpu_without_a_gpu_is_one_line():
 
 
 @pytest.mark.subprocess
-def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
+@pytest.mark.parametrize("spec", ["default", "ecommerce"])
+def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path, spec):
     """What a GPU host has (torch, numpy, pyarrow) is enough: the script's training, reader
-    and scoring parts run on the CPU with Petastorm, polars and Spark unimportable."""
+    and scoring parts run on the CPU with Petastorm, polars and Spark unimportable. Data of
+    another spec (`--prepare --spec`) trains that spec's model in the reader part."""
     from longseq.bench.gpu import copy_days
     from longseq.pipelines.sample import prepare_generated
     from longseq.etl.batch.polars_engine import PolarsEngine
+    from longseq.schemas.spec import SPECS_DIR, load_spec
     from longseq.sources.generate import PROFILES
 
     sample = prepare_generated(tmp_path / "sample", PROFILES["tiny"], seed=5, max_len=300,
-                               engine=PolarsEngine(row_group_bytes=16 * 1024))
+                               engine=PolarsEngine(row_group_bytes=16 * 1024), spec=load_spec(SPECS_DIR / f"{spec}.yaml"))
     copy_days(sample.data, tmp_path / "carried", [sample.end])
     blocker = tmp_path / "site"
     blocker.mkdir()
@@ -219,11 +240,14 @@ def test_bench_gpu_runs_its_measurements_without_petastorm_or_polars(tmp_path):
         "    sys.modules[m] = None\n")
     env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     r = subprocess.run([sys.executable, "-m", "longseq.cli.main", "bench", "gpu", "--device", "cpu", "--preset", "tiny",
-                        "--batch-size", "4", "--steps", "1", "--skip", "compile", "--data", str(tmp_path / "carried")],
+                        "--batch-size", "4", "--steps", "1", "--data", str(tmp_path / "carried"), "--skip",
+                        # the data-free parts do not depend on the data's spec
+                        "compile" if spec == "default" else "compile,training,scoring"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "| the paper's STCA, row-wise Adagrad tables |" in r.stdout and "FAILED" not in r.stdout
-    assert "the reader supplies" in r.stdout and "Scoring one request" in r.stdout
+    assert "the reader supplies" in r.stdout and "FAILED" not in r.stdout
+    if spec == "default":
+        assert "| the paper's STCA, row-wise Adagrad tables |" in r.stdout and "Scoring one request" in r.stdout
 
 
 def test_the_stream_bench_lands_no_row_after_the_watermark_passed_it(tmp_path):
