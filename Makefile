@@ -33,8 +33,13 @@ check-java:
 	@if [ -n "$$JAVA_HOME" ] && [ -x "$$JAVA_HOME/bin/java" ]; then exit 0; fi; \
 	 command -v java >/dev/null 2>&1 || { echo "error: Java was not found. Spark needs Java 17: install it (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME." >&2; exit 1; }
 
+# Two workers, each test file on one of them (module fixtures are built once): with JVMs
+# starting from a class archive (tests/jvm_startup.py) the suite leaves a core idle a third
+# of the time in one process. tests/conftest.py gives each worker its share of the cores.
+TEST_WORKERS ?= 2
+
 test: venv check-java
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)

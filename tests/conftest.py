@@ -18,6 +18,8 @@ import pytest
 from longseq.sources import SAMPLE_START
 
 os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test`: each worker its share of the cores, not all
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 START = SAMPLE_START
@@ -33,13 +35,36 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="session")
-def spark():
-    from longseq.etl.spark_session import SparkConfig, spark_session
+@pytest.fixture(scope="session", autouse=True)
+def quicker_jvm_starts(request, tmp_path_factory) -> None:
+    """When the run holds a JVM test, every JVM the tests start starts from a class archive,
+    and those of child processes (one short job each) with the client JIT
+    (tests/jvm_startup.py)."""
+    if not any(item.get_closest_marker("spark") for item in request.session.items):
+        return
+    from tests.jvm_startup import JIT, archive_options
 
-    session = spark_session(
-        SparkConfig(master="local[2]", app_name="longseq-tests", shuffle_partitions=2, driver_memory="1g")
-    )
+    cache = request.config.cache.mkdir("jvm") if getattr(request.config, "cache", None) else \
+        tmp_path_factory.mktemp("jvm")
+    options = archive_options(Path(cache))
+    for name in ("SPARK_SUBMIT_OPTS", "SPARK_DAEMON_JAVA_OPTS"):
+        os.environ[name] = f"{os.environ.get(name, '')} {options} {JIT}".strip()
+
+
+@pytest.fixture(scope="session")
+def spark(quicker_jvm_starts):
+    from longseq.etl.spark_session import SparkConfig, spark_session
+    from tests.jvm_startup import JIT
+
+    children = os.environ.get("SPARK_SUBMIT_OPTS", "")
+    # this JVM runs every in-process test, hundreds of queries: the optimizing JIT repays itself
+    os.environ["SPARK_SUBMIT_OPTS"] = children.replace(JIT, "").strip()
+    try:
+        session = spark_session(
+            SparkConfig(master="local[2]", app_name="longseq-tests", shuffle_partitions=2, driver_memory="1g")
+        )
+    finally:
+        os.environ["SPARK_SUBMIT_OPTS"] = children
     yield session
     session.stop()
 
