@@ -33,6 +33,11 @@ def pytest_collection_modifyitems(config, items) -> None:
         callspec = getattr(item, "callspec", None)
         if slow_engines and callspec and callspec.params.get("engine") in slow_engines.args:
             item.add_marker(pytest.mark.slow)
+    # files with JVM or child-process tests first: `make test` hands each file to one of its
+    # workers in this order, so the files left for the end are short ones and no worker waits
+    # idle while the other runs a long file alone
+    long_files = {item.path for item in items if item.get_closest_marker("spark") or item.get_closest_marker("subprocess")}
+    items.sort(key=lambda item: item.path not in long_files)  # stable: the order within a file holds
 
 
 @pytest.fixture(scope="session", autouse=True)
