@@ -132,14 +132,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def score_arguments(p: argparse.ArgumentParser) -> None:
     _scoring_arguments(p, "score")
-    add_output(p, "the Parquet file of scores to write", required=True)
+    add_output(p, "the Parquet file of scores to write (written beside it, then renamed into place)", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (default: refuse)")
 
 
 def run_score(args: argparse.Namespace) -> int:
     from longseq.trainer.evaluate import score
 
     rows = score(args.run_dir, args.data, args.start, args.end, args.output, max_len=args.score_len,
-                 batch_size=args.batch_size, attention=args.attention, spec=dataset_spec(args), **_device(args))
+                 batch_size=args.batch_size, attention=args.attention, spec=dataset_spec(args),
+                 overwrite=args.overwrite, **_device(args))
     print(f"wrote {rows:,} target scores to {args.output}")
     return 0
 

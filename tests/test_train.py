@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 import json
 import os
 import subprocess
@@ -137,6 +138,37 @@ def test_evaluate_and_score_read_full_length(data, tmp_path):
     assert {"request_id", "user_id", "item_id", "target_index", "score_finish"} <= set(scores.column_names)
     p = scores.column("score_like").to_numpy()
     assert ((p > 0) & (p < 1)).all()
+
+
+@pytest.mark.slow
+def test_score_refuses_an_existing_file_unless_told_and_never_leaves_a_partial_one(data, tmp_path, capsys):
+    """`score --output` over the run's own checkpoint, or over earlier scores, is refused in
+    one line and leaves the file as it was; --overwrite replaces it whole; a failed scoring
+    leaves neither a partial file nor a half-replaced one."""
+    from longseq.cli.main import main
+
+    run = tmp_path / "run"
+    train(str(data), START, END, run, config(), log=lambda m: None)
+    checkpoint_file = max((run / "checkpoints").glob("*.pt"))
+    before = checkpoint_file.read_bytes()
+    days = ["--data", str(data), "--start", str(END), "--run-dir", str(run), "--device", "cpu"]
+    capsys.readouterr()
+    assert main(["score", *days, "--output", str(checkpoint_file)]) != 0
+    err = capsys.readouterr().err
+    assert "exists; pass --overwrite" in err and len(err.strip().splitlines()) == 1, err
+    assert checkpoint_file.read_bytes() == before
+
+    scores = tmp_path / "scores.parquet"
+    assert main(["score", *days, "--output", str(scores)]) == 0
+    first = scores.read_bytes()
+    assert main(["score", *days, "--output", str(scores)]) != 0 and scores.read_bytes() == first
+    assert main(["score", *days, "--output", str(scores), "--overwrite"]) == 0
+    second = scores.read_bytes()
+    assert pq.read_table(scores).equals(pq.read_table(io.BytesIO(first)))
+    # a scoring that fails (a day that is not published) keeps the old file and leaves no partial one
+    assert main(["score", *days[:3], "2026-03-01", *days[4:], "--output", str(scores), "--overwrite"]) != 0
+    assert scores.read_bytes() == second
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []
 
 
 def test_weighted_auc_and_bootstrap_intervals():

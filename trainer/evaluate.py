@@ -11,6 +11,7 @@ and the score_<task> columns.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -156,35 +157,46 @@ def metrics_table(result: dict) -> str:
 
 def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: int | None = None,
           batch_size: int = 64, device: str = "auto", attention: str = "padded",
-          spec: DatasetSpec | str | None = None) -> int:
+          spec: DatasetSpec | str | None = None, overwrite: bool = False) -> int:
     """Write one row per target (request_id, user_id, request_ts, position in the request,
     item_id, score_<task> probabilities for the model's spec's tasks) to a Parquet file;
-    return the row count. spec: as for evaluate."""
+    return the row count. spec: as for evaluate. An existing `out` is refused unless
+    overwrite; the file is written beside it and renamed into place once complete, so a
+    failed run leaves no partial file and never a half-replaced one."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    out = Path(out)
+    if out.is_dir():
+        raise LongseqError(f"score: {out} is a directory; --output names the Parquet file to write")
+    if out.exists() and not overwrite:
+        raise LongseqError(f"score: {out} exists; pass --overwrite to replace it")
     device = resolve_device(device)
     model, _, _ = load_model(run_dir, device, attention)
     _check_spec(model, run_dir, data, spec)
-    out = Path(out)
+    schema = pa.schema([("request_id", pa.string()), ("user_id", pa.int64()), ("request_ts", pa.int64()),
+                        ("target_index", pa.int32()), ("item_id", pa.int64()),
+                        *((f"score_{task}", pa.float32()) for task in model.spec.tasks)])
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer, rows = None, 0
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    rows = 0
     try:
-        for s in scored_batches(model, data, start, end, max_len, batch_size, device):
-            b, per_request = s.batch, s.batch.targets.lengths().numpy()
-            probs = 1.0 / (1.0 + np.exp(-s.logits))
-            table = pa.table({
-                "request_id": np.repeat(b.request_id, per_request),
-                "user_id": np.repeat(b.user_id.numpy(), per_request),
-                "request_ts": np.repeat(b.request_ts.numpy(), per_request),
-                "target_index": np.concatenate([np.arange(n) for n in per_request]).astype(np.int32) if len(per_request) else np.zeros(0, np.int32),
-                "item_id": b.targets["item_id"].numpy(),
-                **{f"score_{task}": probs[:, i].astype(np.float32) for i, task in enumerate(model.spec.tasks)},
-            })
-            writer = writer or pq.ParquetWriter(str(out), table.schema, compression="zstd")
-            writer.write_table(table)
-            rows += table.num_rows
+        with pq.ParquetWriter(str(partial), schema, compression="zstd") as writer:
+            for s in scored_batches(model, data, start, end, max_len, batch_size, device):
+                b, per_request = s.batch, s.batch.targets.lengths().numpy()
+                probs = 1.0 / (1.0 + np.exp(-s.logits))
+                table = pa.table({
+                    "request_id": np.repeat(b.request_id, per_request),
+                    "user_id": np.repeat(b.user_id.numpy(), per_request),
+                    "request_ts": np.repeat(b.request_ts.numpy(), per_request),
+                    "target_index": np.concatenate([np.arange(n) for n in per_request]).astype(np.int32)
+                    if len(per_request) else np.zeros(0, np.int32),
+                    "item_id": b.targets["item_id"].numpy(),
+                    **{f"score_{task}": probs[:, i].astype(np.float32) for i, task in enumerate(model.spec.tasks)},
+                }, schema=schema)
+                writer.write_table(table)
+                rows += table.num_rows
+        os.replace(partial, out)
     finally:
-        if writer:
-            writer.close()
+        partial.unlink(missing_ok=True)
     return rows
