@@ -264,6 +264,41 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(data, tm
     assert resumed["weights_sha256"] == whole["weights_sha256"], "the older checkpoint holds its own position"
 
 
+def _flip_a_weight_byte(path: Path) -> None:
+    """Flip one byte in the middle of the checkpoint's largest tensor: the file still unzips
+    and loads (torch checks no CRC), with one wrong weight."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        entry = max(z.infolist(), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(entry.header_offset + 26)  # the local header's name and extra-field lengths
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        at = entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x40]))
+
+
+def test_a_checkpoint_whose_bytes_changed_is_passed_over_for_the_previous_one(data, tmp_path, capsys):
+    """A bit flipped inside a weight: the file loads, but no longer matches the SHA-256
+    written with it, so evaluate falls back to the checkpoint before it and says why."""
+    run = tmp_path / "run"
+    train(str(data), START, END, run, config(max_steps=4), log=QUIET)  # checkpoints at 2, 4
+    newest = run / "checkpoints" / "step-000004.pt"
+    _flip_a_weight_byte(newest)
+    import torch
+
+    assert set(torch.load(newest, weights_only=True)) >= set(checkpoint.KEYS), "still loads: only its digest tells"
+    capsys.readouterr()
+    assert evaluate(run, str(data), END, log=QUIET, bootstrap=0)["step"] == 2
+    err = capsys.readouterr().err
+    assert "checkpoint step-000004.pt is unreadable (its bytes do not match step-000004.pt.sha256" in err, err
+    assert "falling back to step-000002.pt" in err
+
+
 def test_evaluate_falls_back_past_unreadable_checkpoints_and_fails_only_when_none_is_readable(data, tmp_path, capsys):
     run = tmp_path / "run"
     train(str(data), START, END, run, config(max_steps=6), log=QUIET)  # checkpoints at 2, 4, 6

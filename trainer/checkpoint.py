@@ -7,8 +7,12 @@ A checkpoint also records the dataset spec its model was built for ("spec": the 
 to_dict() as JSON), so that it is rebuilt with the right tables and heads; one without it
 (every default-spec checkpoint, as all from before specs) is the default spec's.
 
+    RUN/checkpoints/step-000120.pt.sha256   the checkpoint's SHA-256, checked when it is loaded
+
 Files are written to a temp name and renamed, so a run killed while saving leaves the
-previous checkpoint as the latest. They hold only tensors, numbers and strings, and are
+previous checkpoint as the latest. A checkpoint whose bytes no longer match its SHA-256
+(a flipped bit that still unzips and loads) counts as unreadable; one without a .sha256
+(written before checkpoints had them) loads unchecked. They hold only tensors, numbers and strings, and are
 read with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
 
 A newest checkpoint that cannot be read (truncated by a full disk, corrupted, missing)
@@ -18,6 +22,7 @@ first, and says so; each holds its own position in the data, so resuming from it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -66,6 +71,11 @@ def save(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
         state["spec"] = json.dumps(spec.to_dict())
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
+    # the digest first: a run killed between the two renames leaves a checkpoint that fails its
+    # check and is passed over, never one that is trusted unchecked
+    digest, tmp_digest = _digest_file(path), _digest_file(tmp)
+    tmp_digest.write_text(sha256_of(tmp) + "\n")
+    os.replace(tmp_digest, digest)
     os.replace(tmp, path)
     latest = directory / "latest.json"
     tmp_latest = directory / "latest.json.tmp"
@@ -73,7 +83,20 @@ def save(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     os.replace(tmp_latest, latest)
     for old in _by_step(directory)[KEEP + 1:]:
         old.unlink()
+        _digest_file(old).unlink(missing_ok=True)
     return path
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _step_of(path: Path) -> int:
@@ -130,6 +153,9 @@ def _try_load(path: Path) -> tuple[dict | None, str]:
     """The state in a checkpoint file, or None and why it cannot be read."""
     if not path.exists():
         return None, "missing"
+    digest = _digest_file(path)
+    if digest.exists() and digest.read_text().strip() != sha256_of(path):
+        return None, f"its bytes do not match {digest.name}: changed since it was written"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, or one holding objects weights_only refuses
