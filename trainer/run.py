@@ -86,8 +86,9 @@ def open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Cal
     resumed, changes = None, []
     if found is not None:
         resumed, state = found
-        if not cfg.same_settings(state["config"]):
-            raise LongseqError(f"{run_dir} holds a run with other settings (see {run_dir}/config.json); "
+        differences = cfg.differences(state["config"])
+        if differences:
+            raise LongseqError(f"{run_dir} holds a run with other settings ({'; '.join(differences)}); "
                                "use a new --run-dir, or the same settings to resume it")
         saved_spec = checkpoint.spec_of(state, resumed)
         check_model_spec(saved_spec, spec, run_dir, data.data if data else "the data")

@@ -92,10 +92,18 @@ class TrainConfig:
     def same_settings(self, other_json: str) -> bool:
         """Whether a config saved as JSON (a checkpoint's, a benchmark cache's) has these
         settings; a field it lacks, being newer than it, means what training did before it."""
+        return not self.differences(other_json)
+
+    def differences(self, other_json: str) -> list[str]:
+        """How a config saved as JSON differs from this one, a setting each ("lr 0.003, now
+        0.01"); empty when the settings are the same."""
         try:
-            return TrainConfig(**{**ADDED_FIELDS, **json.loads(other_json)})._canonical() == self._canonical()
-        except (TypeError, ValueError, LongseqError):
-            return False
+            saved = TrainConfig(**{**ADDED_FIELDS, **json.loads(other_json)})._canonical()
+        except (TypeError, ValueError, LongseqError) as e:
+            return [f"its saved settings cannot be read ({type(e).__name__}: {e})"]
+        now = self._canonical()
+        return [f"{f.name} {getattr(saved, f.name)!r}, now {getattr(now, f.name)!r}" for f in dataclasses.fields(self)
+                if getattr(saved, f.name) != getattr(now, f.name)]
 
     def _canonical(self) -> "TrainConfig":
         # epochs unset without max_steps is one epoch: a config saved with epochs 1 (as all were
