@@ -177,6 +177,26 @@ def test_raw_suite_passes_clean_logs_and_fails_dirty_ones(spark, built, tmp_path
     assert "event_not_before_request" in _failed(outcome)
 
 
+def test_a_day_without_impressions_builds_validates_and_publishes(spark, tmp_path):
+    """A complete raw partition with no rows (only _SUCCESS): the build reports 0 rows, both
+    suites pass (GX gives no counts on an empty frame; validate used to crash formatting
+    them), and the day publishes with 0 requests."""
+    from longseq.dataset.raw import RawPartitionWriter
+    from longseq.etl.batch.polars_engine import PolarsEngine
+    from longseq.etl.gates.publish import publish_day
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    generate(raw, PROFILES["tiny"].with_sizes(users=None, days=1), seed=4, start=START)
+    RawPartitionWriter(raw, DAY2).commit()  # a day without logs: its marker, no rows
+    reports = build(PolarsEngine(), BuildConfig(str(raw), str(out), START, DAY2, MAX_LEN), log=lambda m: None)
+    assert reports[-1]["rows_read"] == 0 and reports[-1]["requests"] == 0
+    for suite in ("raw", "requests"):
+        outcome = validate(spark, str(out), DAY2, suite, raw=str(raw), cfg=ValidationConfig(max_len=MAX_LEN))
+        assert outcome["passed"], summary_table(outcome)
+        assert "no rows" in summary_table(outcome)
+    assert publish_day(str(out), DAY2)["rows"] == 0
+
+
 @pytest.mark.subprocess
 def test_cli_exit_codes(built, tmp_path):
     import subprocess

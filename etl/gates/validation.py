@@ -255,7 +255,10 @@ def _observed(result: dict) -> str:
         value = r["observed_value"]
         return f"{value:.4g}" if isinstance(value, float) else str(value)
     if "unexpected_count" in r:
-        return f"{r['unexpected_count']:,} of {r.get('element_count', 0):,} unexpected"
+        unexpected, rows = r["unexpected_count"], r.get("element_count")
+        if unexpected is None or rows is None:  # GX reports no counts on a frame without rows
+            return "no rows"
+        return f"{unexpected:,} of {rows:,} unexpected"
     return ""
 
 
