@@ -67,7 +67,20 @@ def built_spec_summary(record: dict) -> dict:
 
 
 def _read_manifest(storage: Storage, layout: BuildLayout, day: dt.date) -> dict:
-    return json.loads(storage.read_text(layout.manifest(day)))
+    return read_manifest(storage, layout.manifest(day), f"publish ds={day} again (`longseq publish --data "
+                                                       f"'{layout.out}' --start {day}`)")
+
+
+def read_manifest(storage: Storage, path: str, remedy: str = "publish the day again") -> dict:
+    """A manifest's JSON, or one line naming the file if it is not one (edited by hand, a bad
+    disk: publishing writes them whole, by a rename)."""
+    try:
+        manifest = json.loads(storage.read_text(path))
+    except ValueError as e:
+        raise PublishedDataError(f"{path} is not a readable manifest ({type(e).__name__}: {e}); {remedy}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise PublishedDataError(f"{path} is not a readable manifest (no list of files); {remedy}")
+    return manifest
 
 
 def _manifest_files(manifest: dict, layout: BuildLayout, day: dt.date) -> list[dict]:
@@ -165,7 +178,7 @@ def published_hour_files(data: str, day: dt.date, hour: int, storage: Storage | 
     path = layout.hour_manifest(day, hour)
     if not storage.exists(path):
         raise MissingPrerequisiteError(f"ds={day} hour={hour:02d} is not published in {data}")
-    manifest = json.loads(storage.read_text(path))
+    manifest = read_manifest(storage, path)
     _check_manifest_spec(manifest, layout, day, recorded_spec(storage, data), None if spec is None else resolve_spec(spec))
     files = []
     for f in manifest["files"]:
@@ -233,7 +246,7 @@ def verify_published(urls: Sequence[str], spec: DatasetSpec | None = None) -> in
         key = (layout.out, manifest_path)
         if key not in manifests:
             exists = storage.exists(manifest_path)
-            manifest = json.loads(storage.read_text(manifest_path)) if exists else None
+            manifest = read_manifest(storage, manifest_path) if exists else None
             if manifest is not None:
                 _check_read_spec(manifest, layout, day, spec or DEFAULT_SPEC)
             manifests[key] = None if manifest is None else {f["name"]: f for f in _manifest_files(manifest, layout, day)}

@@ -130,6 +130,22 @@ def test_a_manifest_without_checksums_is_refused_until_published_again(copy):
     assert len(published_files(str(copy), START, END)) == 2
 
 
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"files": "all"}'])
+def test_an_unreadable_manifest_is_one_line_naming_it(copy, tmp_path, capsys, text):
+    """A manifest that is not JSON, or not a manifest: readers and evaluate stop in one line
+    naming the file and how to mend it, not with a JSONDecodeError traceback."""
+    path = copy / "published" / f"ds={END}" / "manifest.json"
+    path.write_text(text)
+    with pytest.raises(PublishedDataError, match="is not a readable manifest") as e:
+        open_published(str(copy), START, END, ReaderConfig(shuffle=False), "arrow")
+    assert str(path) in str(e.value) and "longseq publish" in str(e.value) and "\n" not in str(e.value)
+    capsys.readouterr()
+    assert main(["train", "--data", str(copy), "--start", str(START), "--end", str(END), "--run-dir",
+                 str(tmp_path / "run"), "--preset", "tiny", "--max-steps", "1", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a readable manifest" in err and "Traceback" not in err, err
+
+
 def test_each_file_is_hashed_once_per_process_until_it_changes(copy):
     urls = [f.url for f in published_files(str(copy), START, END)]
     size = sum(f.bytes for f in published_files(str(copy), START, END))

@@ -37,13 +37,14 @@ class DataRecord:
     @staticmethod
     def read(data: str, start, end, spec: DatasetSpec = DEFAULT_SPEC) -> "DataRecord":
         from longseq.dataset.layout import BuildLayout, day_range
+        from longseq.dataset.published import read_manifest
         from longseq.dataset.storage import absolute, storage_for
 
         root = absolute(data).rstrip("/")
         storage, layout = storage_for(root, arrow=True), BuildLayout(root)
         days = {}
         for day in day_range(start, end):
-            manifest = json.loads(storage.read_text(layout.manifest(day)))
+            manifest = read_manifest(storage, layout.manifest(day))
             # the files as published_files checked them against this manifest (with checksums where it has them)
             mine = sorted([f["name"], f["bytes"], f["rows"], f.get("sha256")] for f in manifest["files"])
             days[day.isoformat()] = {"build_run": manifest.get("build_run"), "build_digest": manifest.get("build_digest"),
