@@ -22,7 +22,6 @@ first, and says so; each holds its own position in the data, so resuming from it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Callable
 
 import torch
 
+from longseq.dataset.storage import LocalStorage
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.spec import DatasetSpec, SpecError, spec_from_dict
@@ -92,11 +92,7 @@ def _digest_file(path: Path) -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return LocalStorage().checksum(str(path))  # the SHA-256 the data's files are checked with
 
 
 def _step_of(path: Path) -> int:
