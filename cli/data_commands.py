@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 from longseq.cli.arguments import (
-    SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, dataset_spec, date, duration,
-    fraction, hour_of_day, local_path, location, positive_int, progress, spark_config,
+    SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, comma_separated, dataset_spec,
+    date, duration, fraction, hour_of_day, local_path, location, positive_int, progress, spark_config,
 )
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.storage import LocalStorage, absolute
@@ -108,6 +108,10 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catch-up", action="store_true",
                    help="first build, in order, the days between the last current day and --start that are missing "
                         "or stale (built on the old state of a day rebuilt since)")
+    p.add_argument("--empty-days", type=comma_separated(date), default=[], metavar="YYYY-MM-DD[,...]",
+                   help="days without logs that have no raw partition: built with no rows, recorded as declared "
+                        "empty in their reports (a missing partition is otherwise refused as not landed; one "
+                        "holding only _SUCCESS is an observed day without logs and needs no flag)")
     add_spark(p, "Spark settings (engine spark)")
 
 
@@ -118,7 +122,8 @@ def run_build(args: argparse.Namespace) -> int:
     if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
         raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
     config = BuildConfig(raw=args.raw, out=args.data, start=args.start, end=args.end, max_len=args.max_len,
-                         lateness_ms=args.lateness, catch_up=args.catch_up, spec=dataset_spec(args))
+                         lateness_ms=args.lateness, catch_up=args.catch_up, spec=dataset_spec(args),
+                         empty_days=tuple(args.empty_days))
     # also taken (re-entrantly) by build(); here so that a busy output fails before Spark starts
     with output_lock(absolute(args.data), "build", log=progress):
         engine = make_engine(args.engine, spark_config(args) if args.engine == "spark" else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,19 +14,33 @@ from longseq.dataset.layout import ds_name, partition_path
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.storage import LocalStorage, Storage
 from longseq.schemas.contracts import SUCCESS_MARKER, contracts_of
-from longseq.schemas.errors import MissingPrerequisiteError
+from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec, resolve_spec
 
 
-def check_raw_partitions(storage: Storage, root: str, days: list[dt.date]) -> None:
-    """Every ds=day partition exists and is complete (has its _SUCCESS marker)."""
+def check_raw_partitions(storage: Storage, root: str, days: list[dt.date],
+                         empty_days: Collection[dt.date] = ()) -> None:
+    """Every ds=day partition exists and is complete (has its _SUCCESS marker), except the
+    days declared empty (the build's --empty-days), which must have none.
+
+    A partition holding only _SUCCESS is a day without logs; a missing one has not landed
+    yet, and is refused naming every such day, unless it is declared empty."""
     if not storage.exists(root):
         raise MissingPrerequisiteError(f"raw log directory {root} does not exist")
+    for day in empty_days:
+        if storage.exists(path := partition_path(root, day)):
+            raise LongseqError(f"--empty-days {day}: its raw partition {path} exists, so the day is not empty; "
+                               f"drop {day} from --empty-days to build it from its logs")
+    missing = [d for d in days if d not in empty_days and not storage.exists(partition_path(root, d))]
+    if missing:
+        listed = ",".join(str(d) for d in missing)
+        which = f"ds={missing[0]} has" if len(missing) == 1 else f"{len(missing)} days ({listed}) have"
+        raise MissingPrerequisiteError(
+            f"{which} not landed: raw partition {partition_path(root, missing[0])} does not exist; wait for the logs, "
+            f"or, for a day without any, write its partition with only {SUCCESS_MARKER} or build with --empty-days {listed}")
     for day in days:
         path = partition_path(root, day)
-        if not storage.exists(path):
-            raise MissingPrerequisiteError(f"raw partition {path} does not exist")
-        if not storage.exists(f"{path}/{SUCCESS_MARKER}"):
+        if day not in empty_days and not storage.exists(f"{path}/{SUCCESS_MARKER}"):
             raise MissingPrerequisiteError(
                 f"raw partition {path} has no {SUCCESS_MARKER} marker: it is incomplete or still being written"
             )

@@ -292,3 +292,128 @@ def test_a_user_with_100k_events_builds_in_a_small_jvm(spark, tmp_path):
     assert record["hist_event_ts"] == expected.event_ts.tolist()
     state = pq.read_table(out / "state" / f"ds={DAY(1)}").to_pylist()
     assert len(state) == 1 and max_len <= len(state[0]["hist_item_id"]) <= max_len + 10_000
+
+
+# ---------------------------------------------------------------- quiet days, and the state a build reads
+
+ENGINES = [pytest.param("polars", id="polars"), pytest.param("spark", id="spark", marks=pytest.mark.spark)]
+
+
+def _engine(name: str, request):
+    if name == "polars":
+        return polars()
+    from longseq.etl.batch.spark_engine import SparkEngine
+
+    return SparkEngine(request.getfixturevalue("spark"))  # the one session of the run
+
+
+def _raw_without(raw: Path, tmp_path: Path, gone: dt.date, empty: dt.date | None = None) -> Path:
+    """A copy of the raw days without `gone`'s partition (not landed), and with `empty`'s as a
+    partition holding only _SUCCESS (a day observed without logs)."""
+    copy = tmp_path / "raw-copy"
+    for part in raw.glob("ds=*"):
+        if part.name != f"ds={gone}":
+            target = copy / part.name
+            target.mkdir(parents=True)
+            for f in part.iterdir():
+                if part.name != f"ds={empty}" or f.name == SUCCESS_MARKER:
+                    (target / f.name).write_bytes(f.read_bytes())
+    return copy
+
+
+def _report(out: Path, day: dt.date) -> dict:
+    return json.loads((out / "reports" / f"ds={day}" / "build.json").read_text())
+
+
+def test_a_missing_partition_has_not_landed_and_is_refused_naming_every_such_day(raw, tmp_path):
+    copy = _raw_without(raw, tmp_path, DAY(1))
+    (copy / f"ds={DAY(3)}" / SUCCESS_MARKER).unlink()
+    (copy / f"ds={DAY(3)}").rename(tmp_path / "elsewhere")  # two days missing
+    with pytest.raises(MissingPrerequisiteError) as e:
+        build(polars(), BuildConfig(str(copy), str(tmp_path / "out"), DAY(0), DAY(3)), log=_quiet)
+    message = str(e.value)
+    assert "\n" not in message and "2 days (2026-01-02,2026-01-04) have not landed" in message
+    assert f"{copy}/ds=2026-01-02 does not exist" in message and "--empty-days 2026-01-02,2026-01-04" in message
+    assert not (tmp_path / "out" / "reports").exists()  # refused before the first day of the range
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_day_declared_empty_builds_as_a_day_without_logs_and_says_so(raw, tmp_path, engine, request):
+    """--empty-days D for a day with no partition gives the records, state and counts of D
+    observed without logs (ds=D/ holding only _SUCCESS); its report says it was declared, and
+    the next day builds on its state."""
+    eng = _engine(engine, request)
+    declared, observed = tmp_path / "declared", tmp_path / "observed"
+    build(eng, BuildConfig(str(_raw_without(raw, tmp_path / "a", DAY(1))), str(declared), DAY(0), DAY(2),
+                           max_len=20, empty_days=(DAY(1),)), log=_quiet)
+    build(eng, BuildConfig(str(_raw_without(raw, tmp_path / "b", None, empty=DAY(1))), str(observed), DAY(0), DAY(2),
+                           max_len=20), log=_quiet)
+    for day in (DAY(1), DAY(2)):
+        for kind in ("requests", "state"):
+            assert _digest(declared / kind / f"ds={day}") == _digest(observed / kind / f"ds={day}"), (kind, day)
+    report, seen = _report(declared, DAY(1)), _report(observed, DAY(1))
+    assert report["declared_empty"] is True and report["raw_partition"] is None and report["rows_read"] == 0
+    assert seen["declared_empty"] is False and seen["raw_partition"].endswith(f"ds={DAY(1)}")
+    same = {k: v for k, v in report.items() if k not in ("declared_empty", "raw_partition", "run_id", "seconds",
+                                                         "previous_state")}
+    assert same == {k: seen[k] for k in same}
+    assert _report(declared, DAY(2))["previous_state"].endswith(f"state/ds={DAY(1)}")
+    assert _records(declared, DAY(2)) == _records(observed, DAY(2))
+
+
+def test_empty_days_are_refused_for_a_day_with_a_partition_or_outside_the_build(raw, tmp_path):
+    with pytest.raises(LongseqError, match=r"^--empty-days 2026-01-02: its raw partition .*ds=2026-01-02 exists"):
+        build(polars(), BuildConfig(str(raw), str(tmp_path), DAY(0), DAY(1), empty_days=(DAY(1),)), log=_quiet)
+    with pytest.raises(LongseqError, match=r"--empty-days 2026-01-04 is not a day this build builds \(2026-01-01"):
+        build(polars(), BuildConfig(str(raw), str(tmp_path), DAY(0), DAY(1), empty_days=(DAY(3),)), log=_quiet)
+    assert not (tmp_path / "reports").exists()
+
+
+def _half_the_users(state: Path) -> Path:
+    """The state's first part file replaced by valid Parquet of half its users."""
+    part = sorted(state.glob("*.parquet"))[0]
+    table = pq.read_table(part)
+    pq.write_table(table.slice(0, table.num_rows // 2), part)
+    return part
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_state_whose_bytes_changed_is_refused_naming_the_file(raw, tmp_path, engine, request):
+    from longseq.etl.batch.build import StateChecksumError
+
+    eng, out = _engine(engine, request), tmp_path / "out"
+    build(eng, BuildConfig(str(raw), str(out), DAY(0), max_len=20), log=_quiet)
+    part = _half_the_users(out / "state" / f"ds={DAY(0)}")
+    with pytest.raises(StateChecksumError) as e:
+        build(eng, BuildConfig(str(raw), str(out), DAY(1), DAY(2), max_len=20), log=_quiet)
+    message = str(e.value)
+    assert "\n" not in message and f"{part} does not match the build report of {DAY(0)}" in message
+    assert f"--start {DAY(0)} --end {DAY(2)}" in message
+    assert BuildLayout(str(out)).built_days(LocalStorage()) == [DAY(0)]  # nothing built on it
+    # a state file the build did not write (or one gone) is refused too
+    build(eng, BuildConfig(str(raw), str(out), DAY(0), max_len=20), log=_quiet)  # the fix the message gives
+    extra = out / "state" / f"ds={DAY(0)}" / "part-09999.parquet"
+    extra.write_bytes(part.read_bytes())
+    with pytest.raises(StateChecksumError, match=rf"the state after {DAY(0)} .* is not the one its build wrote"):
+        build(eng, BuildConfig(str(raw), str(out), DAY(1), max_len=20), log=_quiet)
+    extra.unlink()
+    build(eng, BuildConfig(str(raw), str(out), DAY(1), max_len=20), log=_quiet)
+
+
+def test_the_cli_declares_empty_days_and_refuses_in_one_line(raw, tmp_path, capsys):
+    from longseq.cli.main import main
+
+    copy, out = _raw_without(raw, tmp_path, DAY(1)), tmp_path / "out"
+    argv = ["build", "--engine", "polars", "--raw", str(copy), "--data", str(out), "--start", str(DAY(0)),
+            "--end", str(DAY(2)), "--max-len", "20"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("longseq build: error: ds=2026-01-02 has not landed") and "--empty-days 2026-01-02" in err
+    assert main([*argv, "--empty-days", str(DAY(1))]) == 0
+    captured = capsys.readouterr()
+    assert "declared empty (--empty-days, no raw partition): 2026-01-02" in captured.out
+    assert f"ds={DAY(1)}: declared empty (--empty-days): 0 rows" in captured.err
+    _half_the_users(out / "state" / f"ds={DAY(2)}")
+    assert main([*argv[:-6], "--start", str(DAY(3)), "--max-len", "20"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match the build report of 2026-01-03" in err[0], err

@@ -195,9 +195,13 @@ def test_a_corrupt_state_is_named(engine, request, table, tmp_path, capsys):
         if not f.name.startswith((".", "_")):
             f.write_bytes(f.read_bytes()[:100])
     [damaged] = [f for f in state.iterdir() if not f.name.startswith((".", "_"))]
-    got = _error(capsys, ["build", *engine, "--raw", str(raw), "--data", str(tmp_path / "data"),
-                          "--start", str(DAY + dt.timedelta(days=1))])
-    assert got.startswith(f"{damaged} is not a readable Parquet file (")
+    argv = ["build", *engine, "--raw", str(raw), "--data", str(tmp_path / "data"), "--start", str(DAY + dt.timedelta(days=1))]
+    # first its checksum, in the day's report (tests/test_build_operations.py); without one
+    # (a report from before checksums) the engines' read names it
+    assert _error(capsys, argv).startswith(f"{damaged} does not match the build report of {DAY}")
+    report = tmp_path / "data" / "reports" / PART / "build.json"
+    report.write_text(json.dumps({k: v for k, v in json.loads(report.read_text()).items() if k != "checksums"}))
+    assert _error(capsys, argv).startswith(f"{damaged} is not a readable Parquet file (")
 
 
 def test_read_raw_partition_uses_the_same_check(table, tmp_path):

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -36,6 +38,10 @@ from longseq.schemas.spec import DatasetSpec
 
 class AccountingError(LongseqError):
     """Rows read != targets + quarantined + duplicates: a bug, so nothing is committed."""
+
+
+class StateChecksumError(LongseqError):
+    """The state a build would continue from is not the one its day's build wrote."""
 
 
 @dataclass
@@ -74,11 +80,11 @@ class Engine(Protocol):
     storage: Storage
 
     def build_day(
-        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
+        self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
         lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
     ) -> DayCounts:
         """Write the day's requests, quarantine and state of the spec's contracts into
-        temps[kind] (each with _SUCCESS)."""
+        temps[kind] (each with _SUCCESS). raw_partition None: a day declared empty (no rows)."""
         ...
 
 
@@ -94,6 +100,8 @@ class BuildConfig:
     # what the raw logs hold and the records carry (schemas/spec.py); None: the one the output
     # records (DATA/spec.yaml), else the default
     spec: DatasetSpec | None = None
+    # days without logs and without a raw partition, declared so (--empty-days): built with no rows
+    empty_days: tuple[dt.date, ...] = ()
 
     def days(self) -> list[dt.date]:
         return day_range(self.start, self.end)
@@ -157,6 +165,27 @@ def check_state_fits(storage: Storage, layout: BuildLayout, prev: dt.date, confi
                            f"--lateness {format_duration(report['lateness_ms'])}")
 
 
+def check_state_checksums(storage: Storage, layout: BuildLayout, prev: dt.date, last: dt.date) -> None:
+    """The state after prev is the one its build wrote: the same part files, each with the
+    SHA-256 its report recorded (as publishing checks the records). A report from before
+    checksums has none to check against. `last`: the last day of the build, for the fix."""
+    built = json.loads(storage.read_text(layout.report(prev))).get("checksums", {}).get("state")
+    if built is None:
+        return
+    state = layout.dir("state", prev)
+    names = [n for n in storage.list_names(state) if n.endswith(".parquet")]
+    fix = f"rebuild that day from its raw logs first: longseq build --raw RAW --data {layout.out} --start {prev} --end {last}"
+    if sorted(names) != sorted(built):
+        raise StateChecksumError(f"the state after {prev} in {state} is not the one its build wrote (files "
+                                 f"{', '.join(sorted(names)) or 'none'}; built {', '.join(sorted(built))}); {fix}")
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 8))) as pool:
+        for name, actual in zip(names, pool.map(lambda n: storage.checksum(f"{state}/{n}"), names)):
+            if actual != built[name]:
+                raise StateChecksumError(f"{state}/{name} does not match the build report of {prev} (sha256 "
+                                         f"{actual[:12]}..., built {built[name][:12]}...): the state changed after "
+                                         f"it was built; {fix}")
+
+
 def _span(days: list[dt.date]) -> str:
     return f"{days[0]}" if len(days) == 1 else f"{days[0]}..{days[-1]}"
 
@@ -166,7 +195,8 @@ def _summary(day: dt.date, report: dict) -> str:
     reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(q.items()) if v) or "none"
     h = report["history_length"]
     return (
-        f"ds={day}: {report['rows_read']:,} rows -> {report['requests']:,} requests, {report['targets']:,} targets; "
+        f"ds={day}: {'declared empty (--empty-days): ' if report.get('declared_empty') else ''}"
+        f"{report['rows_read']:,} rows -> {report['requests']:,} requests, {report['targets']:,} targets; "
         f"quarantined {sum(q.values()):,} ({reasons}); duplicates {report['duplicates']:,}; "
         f"history p50 {h.get('p50', 0):,.0f} p99 {h.get('p99', 0):,.0f} max {h.get('max', 0):,.0f}; "
         f"{sum(report['bytes_written'].values()) / 2**20:,.1f} MB in {report['seconds']:.1f} s"
@@ -208,10 +238,13 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     check_output_spec(storage, config.out, config.spec)  # before the raw check: the likelier cause of a mismatch
     days = plan_days(storage, layout, config, log)
     check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
+    empty = set(config.empty_days)
+    if outside := sorted(empty - set(days)):
+        raise LongseqError(f"--empty-days {outside[0]} is not a day this build builds ({_span(days)})")
     if getattr(engine, "reads_raw", True):  # the stream's day close gathers what it already read
-        check_raw_partitions(storage, config.raw.rstrip("/"), days)  # all of them before the first day runs
+        check_raw_partitions(storage, config.raw.rstrip("/"), days, empty)  # all of them before the first day runs
         raw_log = contracts_of(config.spec).raw_log
-        for day in days:  # every file's footer too, so a bad day 17 stops a backfill before day 1
+        for day in (d for d in days if d not in empty):  # every file's footer too, so a bad day 17 stops a backfill before day 1
             check_parquet_files(storage, partition_path(config.raw, day), raw_log,
                                 spark=getattr(engine, "spark", None), names=config.spec.raw_names)
     # after the checks, so a spec fixed after a refused first build is not held against it
@@ -221,10 +254,13 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
         t0 = time.perf_counter()
         prev = day - dt.timedelta(days=1)
         prev_state = layout.dir("state", prev) if layout.is_built(storage, prev) else None
+        if prev_state is not None:
+            check_state_checksums(storage, layout, prev, days[-1])
+        raw_partition = None if day in empty else partition_path(config.raw, day)
         token = new_token()
         temps = {kind: layout.temp(kind, day, token) for kind in KINDS}
         try:
-            counts = engine.build_day(partition_path(config.raw, day), prev_state, day, config.max_len, temps,
+            counts = engine.build_day(raw_partition, prev_state, day, config.max_len, temps,
                                       lateness_ms=config.lateness_ms, spec=config.spec)
             counts.check_balance()
             report = {
@@ -234,7 +270,9 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
                 "max_len": config.max_len,
                 "lateness_ms": config.lateness_ms,
                 "spec": spec_summary(config.spec),
-                "raw_partition": partition_path(config.raw, day),
+                "raw_partition": raw_partition,
+                # no partition, declared empty by --empty-days: not an observed day without logs
+                "declared_empty": day in empty,
                 "previous_state": prev_state,
                 **dataclasses.asdict(counts),
                 "bytes_written": {kind: storage.size(temps[kind]) for kind in KINDS},
@@ -267,6 +305,7 @@ def summarize_build(reports: list[dict]) -> str:
         for k, v in r["quarantined"].items():
             quarantined[k] = quarantined.get(k, 0) + v
     last = reports[-1]["history_length"]
+    declared = [r["ds"] for r in reports if r.get("declared_empty")]
     return "\n".join([
         f"build: {rows:,} rows -> {sum(r['requests'] for r in reports):,} request records, "
         f"{sum(r['targets'] for r in reports):,} targets",
@@ -275,6 +314,7 @@ def summarize_build(reports: list[dict]) -> str:
         f"{sum(r['requests_without_valid_impressions'] for r in reports):,}",
         f"  history length on the last day: p50 {last['p50']:,.0f}  p90 {last['p90']:,.0f}  p99 {last['p99']:,.0f}  "
         f"max {last['max']:,.0f}",
+        *([f"  declared empty (--empty-days, no raw partition): {', '.join(declared)}"] if declared else []),
     ])
 
 

@@ -69,13 +69,14 @@ class PolarsEngine:
         self.row_group_bytes = row_group_bytes
 
     def build_day(
-        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
+        self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
         lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
     ) -> DayCounts:
         c = contracts_of(spec)
         day_end = day_start_ms(day) + DAY_MS
         tagged = _with_request_rule(
-            _read_parquet_dir(raw_partition, c.raw_log, spec.raw_names).with_columns(reason=reason_expr(polars_ops(day, lateness_ms), spec))
+            (_empty(c.raw_log) if raw_partition is None else _read_parquet_dir(raw_partition, c.raw_log, spec.raw_names))
+            .with_columns(reason=reason_expr(polars_ops(day, lateness_ms), spec))
         )
         quarantine = sorted_quarantine(tagged.filter(pl.col("reason").is_not_null()), c)
         valid = tagged.filter(pl.col("reason").is_null()).drop("reason")

@@ -102,7 +102,9 @@ class SparkEngine:
 
     # ------------------------------------------------------------ reading
 
-    def _read_raw(self, path: str, c: Contracts) -> DataFrame:
+    def _read_raw(self, path: str | None, c: Contracts) -> DataFrame:
+        if path is None:  # a day declared empty: no partition, no rows
+            return self.spark.createDataFrame([], to_spark(c.raw_log))
         # every file checked as the polars engine checks it, then exactly those read
         return read_spark(self.spark, self.storage, path, c.raw_log, c.spec.raw_names)
 
@@ -114,7 +116,7 @@ class SparkEngine:
     # ------------------------------------------------------------ the day
 
     def build_day(
-        self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
+        self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
         lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
     ) -> DayCounts:
         c = contracts_of(spec)
