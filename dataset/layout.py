@@ -90,7 +90,12 @@ class BuildLayout:
     def build_digest(self, storage: Storage, day: dt.date) -> str | None:
         """Identifies one build of a day (its report names a fresh run), or None if unbuilt."""
         path = self.report(day)
-        return hashlib.sha256(storage.read_text(path).encode()).hexdigest()[:16] if storage.exists(path) else None
+        return self.digest_of(storage.read_text(path)) if storage.exists(path) else None
+
+    @staticmethod
+    def digest_of(report_text: str) -> str:
+        """The build digest of a report's text."""
+        return hashlib.sha256(report_text.encode()).hexdigest()[:16]
 
     def manifest(self, day: dt.date) -> str:
         """Written by `longseq publish` (etl/gates/publish.py); its presence makes the day readable."""

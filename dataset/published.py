@@ -22,14 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-from longseq.dataset.layout import BuildLayout, day_range
+from longseq.dataset.layout import BuildLayout, StreamLayout, day_range
 from longseq.dataset.spec_record import recorded_spec, spec_summary
 from longseq.dataset.storage import Storage, absolute, file_url, is_local, local_path, storage_for
 from longseq.schemas.contracts import DEFAULT_SPEC, PARTITION_COLUMN
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec, SpecError, resolve_spec
 
-__all__ = ["PublishedDataError", "PublishedFile", "built_spec_summary", "file_url", "published_days", "published_files",
+__all__ = ["PinnedFiles", "PublishedDataError", "PublishedFile", "built_spec_summary", "file_url", "published_days", "published_files",
            "published_hour_files", "published_hours", "verify_published"]
 
 
@@ -93,6 +93,35 @@ def _manifest_files(manifest: dict, layout: BuildLayout, day: dt.date) -> list[d
     return files
 
 
+def _check_against_build(storage: Storage, layout: BuildLayout, day: dt.date, manifest: dict) -> None:
+    """The manifest lists the files the day's build wrote, each once, with the build report's
+    checksums, and its rows add up to the requests the build counted: an entry removed, added
+    or repeated by hand would drop the day or read it twice."""
+    path = layout.report(day)
+    redo = f"validate and {_republish(layout.out, day)}"
+    if not storage.exists(path):
+        raise PublishedDataError(f"ds={day} is published in {layout.out} but has no build report ({path}): rebuild the "
+                                 f"day, then {redo}")
+    text = storage.read_text(path)
+    if manifest.get("build_digest") not in (None, layout.digest_of(text)):
+        raise PublishedDataError(f"the manifest of ds={day} in {layout.out} names another build of the day than the "
+                                 f"one there: {redo}")
+    report = json.loads(text)
+    entries = manifest["files"]
+    names = [f.get("name") for f in entries]
+    built = report.get("checksums", {}).get("requests")  # None: built before checksums were recorded
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    listed = {f.get("name"): f.get("sha256") for f in entries}
+    rows = sum(int(f.get("rows", 0)) for f in entries)
+    if repeated or (built is not None and listed != built) or rows != report.get("requests", rows):
+        problem = (f"lists {', '.join(repeated)} more than once" if repeated else
+                   f"lists {rows:,} requests, its build wrote {report['requests']:,}" if built is None or listed == built
+                   else f"lists {', '.join(sorted(listed)) or 'no file'}, its build wrote "
+                        f"{', '.join(sorted(built)) or 'no file'} (or other checksums)")
+        raise PublishedDataError(f"the manifest of ds={day} in {layout.out} does not match its build report: it "
+                                 f"{problem}; {redo}")
+
+
 def _described(summary: dict) -> str:
     return f"{summary['name']!r} ({summary['fingerprint']})"
 
@@ -137,7 +166,9 @@ def published_files(data: str, start: dt.date, end: dt.date | None = None, stora
     for day in days:
         manifest = _read_manifest(storage, layout, day)
         _check_manifest_spec(manifest, layout, day, recorded, wanted)
-        for f in _manifest_files(manifest, layout, day):
+        entries = _manifest_files(manifest, layout, day)
+        _check_against_build(storage, layout, day, manifest)
+        for f in entries:
             path = f"{layout.dir('requests', day)}/{f['name']}"
             if not storage.exists(path):
                 raise PublishedDataError(f"published file {path} is missing; rebuild, validate and publish ds={day} again")
@@ -180,6 +211,7 @@ def published_hour_files(data: str, day: dt.date, hour: int, storage: Storage | 
         raise MissingPrerequisiteError(f"ds={day} hour={hour:02d} is not published in {data}")
     manifest = read_manifest(storage, path)
     _check_manifest_spec(manifest, layout, day, recorded_spec(storage, data), None if spec is None else resolve_spec(spec))
+    _check_against_hour_record(storage, data, day, hour, manifest)
     files = []
     for f in manifest["files"]:
         file_path = f"{data}/{f['name']}"
@@ -189,6 +221,25 @@ def published_hour_files(data: str, day: dt.date, hour: int, storage: Storage | 
         files.append(PublishedFile(file_url(file_path), day.isoformat(), f["bytes"], f["rows"], f["row_groups"],
                                    f["sha256"]))
     return files
+
+
+def _check_against_hour_record(storage: Storage, data: str, day: dt.date, hour: int, manifest: dict) -> None:
+    """An hour's manifest lists the one file its hour record (written when the hour closed)
+    names, with its checksum and rows, or none for an hour without requests."""
+    stream = StreamLayout(data)
+    path = stream.hour_record(day, hour)
+    where = f"ds={day} hour={hour:02d} in {data}"
+    if not storage.exists(path):
+        raise PublishedDataError(f"{where} is published but its hour record {path} is missing; the stream's output "
+                                 f"was changed by hand")
+    record = json.loads(storage.read_text(path))
+    expected = [] if not record["rows"] else [
+        (f"{stream.hour_dir(day, hour)}/{record['file']}", record["sha256"], record["rows"])]
+    listed = [(f"{data}/{f.get('name')}", f.get("sha256"), f.get("rows")) for f in manifest["files"]]
+    if listed != expected:
+        raise PublishedDataError(f"the manifest of {where} lists {len(listed)} file(s) that are not the hour's as it "
+                                 f"closed ({len(expected)} file(s), {record['rows']:,} requests, in {path}); the "
+                                 f"stream's output was changed by hand")
 
 
 # ---------------------------------------------------------------- checking bytes
@@ -256,28 +307,75 @@ def verify_published(urls: Sequence[str], spec: DatasetSpec | None = None) -> in
 
     def check(item: tuple[Storage, str, dict, dt.date]) -> int:
         storage, path, expected, day = item
-        try:
-            size, mtime = storage.stamp(path)
-        except OSError:
-            raise PublishedDataError(f"published file {path} is missing; rebuild, validate and publish ds={day} again") from None
-        if size != expected["bytes"]:
-            raise PublishedDataError(f"published file {path} has {size:,} bytes, its manifest says {expected['bytes']:,}: "
-                                     f"it changed or is truncated; rebuild, validate and publish ds={day} again")
-        with _HASHED_LOCK:
-            digest = _HASHED.get((path, size, mtime))
-        hashed = 0
-        if digest is None:
-            digest, hashed = storage.checksum(path), size
-            with _HASHED_LOCK:
-                _HASHED[(path, size, mtime)] = digest
-        if digest != expected["sha256"]:
-            raise PublishedDataError(
-                f"published file {path} does not match its manifest (sha256 {digest[:12]}..., manifest "
-                f"{expected['sha256'][:12]}...): its bytes changed after it was built; rebuild, validate and publish "
-                f"ds={day} again")
-        return hashed
+        return _check_bytes(storage, path, expected["bytes"], expected["sha256"], day)[0]
 
-    if len(todo) <= 1:
-        return sum(map(check, todo))
-    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 8)) as pool:
-        return sum(pool.map(check, todo))
+    return sum(_in_threads(check, todo))
+
+
+def _in_threads(fn, items: list) -> list:
+    """fn over items, in threads when there are several (hashlib releases the GIL)."""
+    if len(items) <= 1:
+        return list(map(fn, items))
+    with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1, 8)) as pool:
+        return list(pool.map(fn, items))
+
+
+def _check_bytes(storage: Storage, path: str, size: int, sha256: str, day: str | dt.date) -> tuple[int, tuple[int, int]]:
+    """Check that path holds `size` bytes with this SHA-256; return (bytes hashed now: 0 when
+    this process hashed it before, unchanged; its (size, mtime) stamp)."""
+    try:
+        stamp = storage.stamp(path)
+    except OSError:
+        raise PublishedDataError(f"published file {path} is missing; rebuild, validate and publish ds={day} again") from None
+    if stamp[0] != size:
+        raise PublishedDataError(f"published file {path} has {stamp[0]:,} bytes, its manifest says {size:,}: "
+                                 f"it changed or is truncated; rebuild, validate and publish ds={day} again")
+    with _HASHED_LOCK:
+        digest = _HASHED.get((path, *stamp))
+    hashed = 0
+    if digest is None:
+        digest, hashed = storage.checksum(path), stamp[0]
+        with _HASHED_LOCK:
+            _HASHED[(path, *stamp)] = digest
+    if digest != sha256:
+        raise PublishedDataError(
+            f"published file {path} does not match its manifest (sha256 {digest[:12]}..., manifest "
+            f"{sha256[:12]}...): its bytes changed after it was built; rebuild, validate and publish ds={day} again")
+    return hashed, stamp
+
+
+class PinnedFiles:
+    """The published files a run trains on, held to the bytes their manifests vouched for
+    when the run listed them.
+
+    A day can be rebuilt, unpublished or published again while a run reads it, and a reader
+    opens its files again each epoch. Pinning hashes each file against the checksum it was
+    listed with (once per process) and keeps its (size, mtime); `check`, before each
+    checkpoint and each epoch, stats them again: a file that changed or went stops the run,
+    so that no checkpoint holds weights trained on bytes no manifest vouched for."""
+
+    def __init__(self, files: Sequence[PublishedFile]):
+        self._files = [(storage_for(_storage_path(f.url), arrow=True), _storage_path(f.url), f) for f in files]
+        self._stamps = _in_threads(self._pin, self._files)
+
+    @staticmethod
+    def _pin(item: tuple[Storage, str, PublishedFile]) -> tuple[int, int]:
+        storage, path, f = item
+        return _check_bytes(storage, path, f.bytes, f.sha256, f.ds)[1]
+
+    def check(self) -> None:
+        for i, (storage, path, f) in enumerate(self._files):
+            try:
+                now = storage.stamp(path)
+            except OSError:
+                now = None
+            if now == self._stamps[i]:
+                continue
+            try:  # rewritten with the same bytes (a copy put back): still what the manifest vouched for
+                self._stamps[i] = self._pin((storage, path, f))
+            except PublishedDataError:
+                raise PublishedDataError(
+                    f"published file {path} {'was removed' if now is None else 'changed'} while this run read it "
+                    f"(ds={f.ds} was rebuilt or replaced): the run stops before it saves weights trained on bytes "
+                    f"its manifest did not vouch for; once ds={f.ds} is published again, run the same command (a "
+                    f"resume says how the data differs)") from None

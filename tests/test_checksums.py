@@ -146,6 +146,33 @@ def test_an_unreadable_manifest_is_one_line_naming_it(copy, tmp_path, capsys, te
     assert err.count("\n") == 1 and "is not a readable manifest" in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("edit", ["emptied", "repeated", "foreign", "rows"])
+def test_a_manifest_that_lists_other_files_than_its_build_wrote_is_refused(copy, edit):
+    """A manifest edited by hand: its file list emptied (the day would silently drop out), an
+    entry repeated (read twice), another day's file added, or its rows changed. Each is
+    checked against the build report's checksums and request count, and refused by name."""
+    path = copy / "published" / f"ds={END}" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if edit == "emptied":
+        manifest["files"] = []
+    elif edit == "repeated":
+        manifest["files"] = manifest["files"] * 2
+    elif edit == "foreign":
+        other = json.loads((copy / "published" / f"ds={START}" / "manifest.json").read_text())["files"][0]
+        shutil.copy(_part(copy, START), _part(copy).with_name("part-00001.parquet"))
+        manifest["files"].append({**other, "name": "part-00001.parquet"})
+    else:
+        manifest["files"][0]["rows"] += 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(PublishedDataError, match="does not match its build report") as e:
+        published_files(str(copy), START, END)
+    assert f"ds={END}" in str(e.value) and "longseq publish" in str(e.value) and "\n" not in str(e.value)
+    if edit != "foreign":  # publishing again writes the build's own list
+        publish(str(copy), END, override_reason="test", log=_quiet)
+        assert sum(f.rows for f in published_files(str(copy), START, END)) == sum(
+            json.loads((copy / "reports" / f"ds={d}" / "build.json").read_text())["requests"] for d in (START, END))
+
+
 def test_each_file_is_hashed_once_per_process_until_it_changes(copy):
     urls = [f.url for f in published_files(str(copy), START, END)]
     size = sum(f.bytes for f in published_files(str(copy), START, END))

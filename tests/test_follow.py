@@ -89,6 +89,54 @@ def test_follow_trains_each_hour_as_it_comes_and_a_stopped_run_resumes_to_the_sa
     assert trained == [f"{DAY}T{h:02d}" for h in range(24)]
 
 
+def _manifest(data: Path, hour: int) -> Path:
+    return data / "published" / f"ds={DAY}" / f"hour={hour:02d}" / "manifest.json"
+
+
+@pytest.mark.slow
+def test_follow_records_the_hours_it_trained_by_name_so_a_vanished_hour_shifts_nothing(day_data, tmp_path):
+    """A trained hour whose manifest goes away is said once and not trained again, and every
+    new hour is still trained (by position in the list of published hours, the next hour was
+    skipped, and with an end day the run died with an IndexError). A run stopped in the
+    middle of an hour that is no longer published is refused in one line."""
+    from longseq.schemas.errors import LongseqError
+
+    data = _copy(day_data, tmp_path)
+    _publish_hours(data, range(12))
+    run = tmp_path / "run"
+    follow(str(data), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0)
+    gone = next(h for h in range(12) if json.loads(_manifest(data, h).read_text())["files"])
+    _manifest(data, gone).unlink()
+    _publish_hours(data, range(12, 24))
+    notes: list[str] = []
+    summary = follow(str(data), run, TrainConfig(**CFG), log=notes.append, exit_when_idle_s=0, last_day=DAY)
+    trained = [h["hour"] for h in json.loads((run / "follow.json").read_text())["hours"]]
+    assert trained == [f"{DAY}T{h:02d}" for h in range(24)] and summary["hours_trained"] == 24
+    assert sum(f"hour {DAY}T{gone:02d} was trained but is no longer published" in n for n in notes) == 1, notes
+
+    # killed after the last hour's checkpoint, before follow.json said the hour was done
+    path = run / "follow.json"
+    whole = json.loads(path.read_text())
+    last = whole["hours"][-1]
+    record = {**whole, "hours": whole["hours"][:-1], "current": {k: last[k] for k in ("hour", "requests", "sha256")}}
+    path.write_text(json.dumps(record))
+    again = follow(str(data), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0, last_day=DAY)
+    assert (again["steps"], again["hours_trained"]) == (summary["steps"], 24)
+    assert json.loads(path.read_text()) == whole
+
+    # stopped mid-hour, and that hour unpublished before the resume
+    data = _copy(day_data, tmp_path / "mid")
+    _publish_hours(data, range(24))
+    run = tmp_path / "mid-run"
+    assert follow(str(data), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0,
+                  stop_after_steps=1)["stopped"]
+    current = json.loads((run / "follow.json").read_text())["current"]["hour"]
+    _manifest(data, int(current[11:])).unlink()
+    with pytest.raises(LongseqError, match=f"middle of hour {current}, which is no longer published") as e:
+        follow(str(data), run, TrainConfig(**CFG), log=lambda m: None, exit_when_idle_s=0)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.slow
 def test_progressive_validation_scores_each_hour_with_the_model_before_it(day_data, tmp_path):
     from longseq.trainer.evaluate import evaluate

@@ -117,3 +117,11 @@ def test_hours_are_validated_and_published_in_order_and_a_failed_hour_blocks_the
     open(path, "wb").write(bytes(blob))
     with pytest.raises(PublishedDataError, match="does not match its manifest"):
         verify_published([by_hour[HOURS[0]][0].url])
+
+    # an hour's manifest edited by hand (its file listed twice) is checked against the hour's record
+    manifest_path = data / "published" / f"ds={DAY}" / f"hour={HOURS[1]:02d}" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] *= 2
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(PublishedDataError, match="not the hour's as it closed"):
+        published_hour_files(str(data), DAY, HOURS[1])

@@ -315,3 +315,68 @@ def test_evaluate_falls_back_past_unreadable_checkpoints_and_fails_only_when_non
         _truncate(path)
     with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint in .*step-000006.pt is unreadable"):
         evaluate(run, str(data), END, log=QUIET, bootstrap=0)
+
+
+# ---------------------------------------------------------------- 6. the files a run reads are pinned
+
+
+@pytest.mark.parametrize("change", ["rebuilt", "same bytes"])
+def test_a_day_replaced_while_training_stops_the_run_before_any_checkpoint_holds_it(sample, tmp_path, change):
+    """A day rebuilt while `train` runs (its manifest removed, its file rewritten with the
+    same rows in another order) must not be trained on: the run stops in one line naming the
+    file before its next checkpoint. A file put back with the same bytes is still the one
+    the manifest vouched for, and training goes on."""
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "data"
+    shutil.copytree(sample.data, copy)
+    part = copy / "requests" / f"ds={END}" / "part-00000.parquet"
+    table = pq.read_table(part)
+
+    replaced: list[str] = []
+
+    def replace_day(message: str) -> None:
+        if replaced or not message.startswith("training "):  # the run has listed and checked its files
+            return
+        replaced.append(message)
+        if change == "rebuilt":
+            (copy / "published" / f"ds={END}" / "manifest.json").unlink()
+            pq.write_table(table.take(list(range(table.num_rows - 1, -1, -1))), part)
+        else:
+            blob = part.read_bytes()
+            part.unlink()
+            part.write_bytes(blob)
+
+    run = tmp_path / "run"
+    if change == "same bytes":
+        assert train(str(copy), START, END, run, config(max_steps=4), log=replace_day)["steps"] == 4
+        return
+    with pytest.raises(LongseqError, match="changed while this run read it") as e:
+        train(str(copy), START, END, run, config(max_steps=4), log=replace_day)
+    assert str(part) in str(e.value) and "\n" not in str(e.value)
+    assert not list((run / "checkpoints").glob("*.pt")), "no checkpoint trained on the new bytes"
+
+
+def test_scores_of_a_day_replaced_during_the_pass_are_refused(sample, tmp_path):
+    """evaluate and score read their days in one pass: a file replaced during it (the
+    first batch read, then the day rewritten) ends the pass with one line naming it."""
+    import pyarrow.parquet as pq
+
+    from longseq.trainer.evaluate import load_model, scored_batches
+
+    copy = tmp_path / "data"
+    shutil.copytree(sample.data, copy)
+    run = tmp_path / "run"
+    train(str(copy), START, END, run, config(max_steps=2), log=QUIET)
+    model = load_model(run, "cpu", warn=QUIET)[0]
+    scored = scored_batches(model, str(copy), START, END, max_len=None, batch_size=4)
+    next(scored)
+    part = copy / "requests" / f"ds={END}" / "part-00000.parquet"
+    source = pq.ParquetFile(part)
+    groups = [source.read_row_group(g) for g in range(source.num_row_groups)]
+    with pq.ParquetWriter(part, groups[0].schema) as writer:  # the same row groups, each in reverse order
+        for group in groups:
+            writer.write_table(group.take(list(range(group.num_rows - 1, -1, -1))))
+    with pytest.raises(LongseqError, match="changed while this run read it") as e:
+        list(scored)
+    assert str(part) in str(e.value)

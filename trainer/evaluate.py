@@ -28,8 +28,8 @@ from longseq.reader.batch import RequestBatch
 from longseq.trainer.distributed import autocast_for, resolve_device
 from longseq.trainer.metrics import bootstrap_auc, task_metrics
 from longseq.trainer.model import make_model, RankingModel
-from longseq.dataset.published import published_hour_files
-from longseq.reader.readers import ReaderConfig, data_spec, open_published, open_reader
+from longseq.dataset.published import PinnedFiles, published_files, published_hour_files
+from longseq.reader.readers import ReaderConfig, data_spec, open_reader
 from longseq.trainer.train_config import TrainConfig
 from longseq.trainer.provenance import check_model_spec
 
@@ -68,17 +68,20 @@ def scored_batches(model: RankingModel, data: str, start, end, max_len: int | No
     """The published days [start, end] scored, or with `hour` that hour of start (the stream's)."""
     on_gpu = device.type == "cuda"
     config = ReaderConfig(batch_size=batch_size, max_len=max_len, pin_memory=on_gpu).for_scoring()
+    spec = data_spec(data, model.spec)
     if hour is None:
-        reader = open_published(data, start, end, config, spec=model.spec)
+        files = published_files(data, start, end, spec=spec)
     else:
-        files = published_hour_files(data, start, hour, spec=data_spec(data, model.spec))
+        files = published_hour_files(data, start, hour, spec=spec)
         if not files:
             raise MissingPrerequisiteError(f"ds={start} hour={hour:02d} was published without requests")
-        reader = open_reader([f.url for f in files], config, spec=model.spec)
+    pinned = PinnedFiles(files)
+    reader = open_reader([f.url for f in files], config, spec=spec)
     with torch.no_grad(), autocast_for(device):
         for batch in reader.batches():
             logits = model(batch.to(device, non_blocking=True)).float().cpu().numpy()
             yield Scored(batch, logits)
+    pinned.check()  # no metric or score of bytes that changed during the pass
 
 
 def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | None = None, batch_size: int = 64,

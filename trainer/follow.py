@@ -7,6 +7,13 @@ of its checkpoint (`Position.epoch`): after each hour a checkpoint is saved, and
 trained on and ends with the weights of a run never stopped. The learning rate warms up, then
 stays at `lr` (the cosine schedule of `longseq train` needs an end that a stream has not).
 
+RUN/follow.json names the hours trained (with their files' SHA-256) and the hour in
+training, so which hour comes next never depends on what is published now: a trained hour
+that is unpublished is said once and not trained again, and a run stopped in an hour that
+is since unpublished or published with other files is refused. While an hour trains, its
+files are pinned (dataset.published.PinnedFiles): a change stops the run before its next
+checkpoint.
+
 With `progressive`, each hour is first scored by the model trained on the hours before it
 (progressive validation: every score is out of sample) and its metrics are written to
 RUN/progressive/ds=D/hour=HH.json before the model trains on it.
@@ -25,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from longseq.dataset.published import published_hour_files, published_hours
+from longseq.dataset.published import PinnedFiles, published_hour_files, published_hours
 from longseq.schemas.errors import LongseqError
 from longseq.trainer.distributed import autocast_for, setup, teardown
 from longseq.trainer.metrics import task_metrics
@@ -65,18 +72,22 @@ def follow(data: str, run_dir: Path | str, cfg: TrainConfig | None = None, log: 
         run_dir.mkdir(parents=True, exist_ok=True)
         record = _follow_record(run_dir, data, first_hour)
         run = open_run(run_dir, cfg, ctx, FOLLOW_SCHEDULE_STEPS, log, spec=spec)
-        first = (dt.date.fromisoformat(record["first_hour"][:10]), int(record["first_hour"][11:])) \
-            if record["first_hour"] else None
-        meter, steps_now, idle_since = TrainMeter(), 0, time.monotonic()
+        _reconcile(record, run, run_dir)
+        trained = {h["hour"] for h in record["hours"]}
+        first = _parse_key(record["first_hour"]) if record["first_hour"] else None
+        meter, steps_now, idle_since, gone = TrainMeter(), 0, time.monotonic(), set()
         autocast = autocast_for(ctx.device)
         while not stop.is_set():
             hours = [h for h in published_hours(data) if first is None or h >= first]
             if hours and first is None:
                 first = hours[0]
                 record["first_hour"] = _hour_key(*first)
-            todo = hours[run.position.epoch:]  # hour k of the run is epoch k of its checkpoint
-            if last_day is not None and (not todo or todo[0][0] > last_day) and \
-                    run.position.epoch and hours[run.position.epoch - 1] == (last_day, 23):
+            gone = _note_vanished(record, {_hour_key(*h) for h in hours}, gone, log)
+            todo = [h for h in hours if _hour_key(*h) not in trained]
+            if run.position.batch_in_epoch:  # stopped mid-hour: that hour first, whatever came since
+                todo = _resume_mid_hour(record, todo, data)
+            if last_day is not None and _hour_key(last_day, 23) in trained and \
+                    not any(day <= last_day for day, _ in todo):
                 break  # every hour of the last day is trained
             if not todo:
                 if exit_when_idle_s is not None and time.monotonic() - idle_since >= exit_when_idle_s:
@@ -85,7 +96,12 @@ def follow(data: str, run_dir: Path | str, cfg: TrainConfig | None = None, log: 
                 continue
             day, hour = todo[0]
             files = published_hour_files(data, day, hour, spec=spec)
+            run.pinned = PinnedFiles(files)  # held to these bytes until the hour's checkpoint
             urls = [f.url for f in files]
+            if run.position.batch_in_epoch == 0:
+                record["current"] = {"hour": _hour_key(day, hour), "requests": sum(f.rows for f in files),
+                                     "sha256": [f.sha256 for f in files]}
+                _write_record(run_dir, record)
             if progressive and urls and run.position.batch_in_epoch == 0:
                 _progressive(run, urls, spec, run_dir, day, hour, log)
             if urls:
@@ -113,9 +129,10 @@ def follow(data: str, run_dir: Path | str, cfg: TrainConfig | None = None, log: 
             run.position.batch_in_epoch = 0
             if urls:  # an empty hour changes no weight: redoing it after a restart costs nothing
                 run.save()
-            record["hours"].append({"hour": _hour_key(day, hour), "step": run.position.step,
-                                    "requests": sum(f.rows for f in files)})
+            run.pinned = None
+            _finish_hour(record, run.position.step)
             _write_record(run_dir, record)
+            trained.add(_hour_key(day, hour))
             idle_since = time.monotonic()
             log(f"trained on ds={day} hour={hour:02d}: {sum(f.rows for f in files):,} requests, step {run.position.step}")
         summary = {"hours_trained": run.position.epoch, "steps": run.position.step, "stopped": stop.is_set(),
@@ -127,6 +144,58 @@ def follow(data: str, run_dir: Path | str, cfg: TrainConfig | None = None, log: 
         for s, handler in previous.items():
             signal.signal(s, handler)
         teardown(ctx)
+
+
+def _parse_key(key: str) -> tuple[dt.date, int]:
+    return dt.date.fromisoformat(key[:10]), int(key[11:])
+
+
+def _finish_hour(record: dict, step: int) -> None:
+    """Move the hour in training (record["current"]) to the trained hours."""
+    record["hours"].append({**record.pop("current"), "step": step})
+
+
+def _reconcile(record: dict, run, run_dir: Path) -> None:
+    """Make follow.json and the checkpoint agree after a stop at any point. Hour k trained is
+    epoch k of the checkpoint: a checkpoint one hour ahead was saved after its hour and
+    before the record said so (the hour in training is then done); one behind stopped after
+    hours without requests, which changed no weight (it counts them, so that the reader's
+    seeds stay those of a run never stopped)."""
+    done, epoch = len(record["hours"]), run.position.epoch
+    if epoch == done + 1 and run.position.batch_in_epoch == 0 and record.get("current"):
+        _finish_hour(record, run.position.step)
+        _write_record(run_dir, record)
+    elif epoch < done and not any(h["requests"] for h in record["hours"][epoch:]):
+        run.position.epoch = done
+    elif epoch != done:
+        raise LongseqError(f"{run_dir / FOLLOW_FILE} records {done} hour(s) trained, its newest checkpoint {epoch}: "
+                           f"they were changed by hand; follow into a new --run-dir")
+
+
+def _resume_mid_hour(record: dict, todo: list[tuple[dt.date, int]], data: str) -> list[tuple[dt.date, int]]:
+    """The hour a stop interrupted comes first; it must still be published, with the same files."""
+    current = record.get("current")
+    if current is None:  # follow.json from before it named the hour in training
+        return todo
+    hour = _parse_key(current["hour"])
+    if hour not in todo:
+        raise LongseqError(f"the run stopped in the middle of hour {current['hour']}, which is no longer published "
+                           f"in {data}: its checkpoint holds part of it. Publish the hour again, or follow into a new "
+                           f"--run-dir")
+    if [f.sha256 for f in published_hour_files(data, *hour)] != current["sha256"]:
+        raise LongseqError(f"the run stopped in the middle of hour {current['hour']}, which was published again with "
+                           f"other files since: its checkpoint holds part of the old ones. Follow into a new --run-dir")
+    return [hour] + [h for h in todo if h != hour]
+
+
+def _note_vanished(record: dict, published: set[str], said: set[str], log: Callable[[str], None]) -> set[str]:
+    """Say once of each trained hour that is no longer published: it stays in the weights and
+    is not trained again (republished, it is not trained again either)."""
+    gone = {h["hour"] for h in record["hours"]} - published
+    for key in sorted(gone - said):
+        log(f"hour {key} was trained but is no longer published; its training stays in the weights, and the hour is "
+            f"not trained again if it comes back")
+    return gone
 
 
 def _follow_record(run_dir: Path, data: str, first_hour: tuple[dt.date, int] | None) -> dict:

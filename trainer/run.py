@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -22,6 +22,9 @@ from longseq.trainer.model import loss_fn, make_model, RankingModel
 from longseq.trainer.optimizers import TrainOptimizer, clip_gradients, make_optimizer
 from longseq.trainer.provenance import DataRecord, OtherDataError, check_data, check_model_spec, write_data
 from longseq.trainer.train_config import TrainConfig, learning_rate, reader_config
+
+if TYPE_CHECKING:
+    from longseq.dataset.published import PinnedFiles
 
 
 class TrainingDiverged(LongseqError):
@@ -46,6 +49,12 @@ class Run:
     bad_step: torch.Tensor | None = None
     bad_loss: torch.Tensor | None = None
     data_changes: list[dict] = field(default_factory=list)  # data.json's: resumes on other data
+    pinned: PinnedFiles | None = None  # the published files being trained on, held to their bytes
+
+    def check_pinned(self) -> None:
+        """Stop if a file being trained on changed since the run listed it."""
+        if self.pinned is not None:
+            self.pinned.check()
 
     def watch(self, loss: torch.Tensor) -> None:
         """Note the step if its loss is not finite (the first such step only), on the device."""
@@ -67,6 +76,7 @@ class Run:
 
     def save(self) -> None:
         self.require_finite(learning_rate(self.cfg, self.position.step, self.total))
+        self.check_pinned()
         self.last_good = checkpoint.save(self.dir, self.model, self.optimizer, self.position, self.cfg.to_json(),
                                          self.model.spec)
 

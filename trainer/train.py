@@ -13,7 +13,9 @@ evaluation and scoring read full length (trainer/evaluate.py). A run directory t
 checkpoints is resumed from the newest, and reaches the same weights as a run that was
 never interrupted: the reader gives the same batches for a seed and epoch, and the
 checkpoint says how many of them were consumed. A resume must read the data the run was
-started on (data.json: the same days of the same builds) unless allowed otherwise.
+started on (data.json: the same days of the same builds) unless allowed otherwise. While it
+runs, the files it listed are pinned (dataset.published.PinnedFiles): a day rebuilt or
+replaced under it stops the run before the next checkpoint or epoch.
 
 The dataset spec comes from the data (DATA/spec.yaml, dataset/spec_record.py): it sets the
 model's tasks and side features. Each checkpoint records it; a resume on data of another
@@ -49,7 +51,7 @@ from longseq.trainer.train_log import TrainLog, TrainMeter
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from longseq.dataset.published import PublishedFile
+    from longseq.dataset.published import PinnedFiles, PublishedFile
 
 
 def train(data: str, start, end, run_dir: Path | str, cfg: TrainConfig | None = None,
@@ -60,23 +62,24 @@ def train(data: str, start, end, run_dir: Path | str, cfg: TrainConfig | None = 
     allow_other_data, which data.json then records; and data of the spec its checkpoints
     record, always. The spec is the data's (cfg.spec, when set, must be it). stop_after: stop
     (with a checkpoint) after this many steps of this call, as if killed: for tests of resuming."""
-    from longseq.dataset.published import published_files
+    from longseq.dataset.published import PinnedFiles, published_files
 
     cfg = cfg or TrainConfig()
     run_dir = Path(run_dir)
     spec = data_spec(data, cfg.spec)
     files = published_files(data, start, end, spec=spec)
+    pinned = PinnedFiles(files)  # checks their bytes against the manifests just read
     record = DataRecord.read(data, start, end, spec)
     ctx = setup(cfg.device)
     try:
-        return _train(files, record, run_dir, cfg, ctx, log, stop_after, allow_other_data, spec)
+        return _train(files, record, run_dir, cfg, ctx, log, stop_after, allow_other_data, spec, pinned)
     finally:
         teardown(ctx)
 
 
 def _train(files: list[PublishedFile], record: DataRecord, run_dir: Path, cfg: TrainConfig, ctx: Context,
            log: Callable[[str], None], stop_after: int | None, allow_other_data: bool,
-           spec: DatasetSpec = DEFAULT_SPEC) -> dict:
+           spec: DatasetSpec = DEFAULT_SPEC, pinned: PinnedFiles | None = None) -> dict:
     from tqdm import tqdm
 
     if cfg.attention == "flex" and ctx.device.type != "cuda":
@@ -90,6 +93,7 @@ def _train(files: list[PublishedFile], record: DataRecord, run_dir: Path, cfg: T
     urls, rows = [f.url for f in files], sum(f.rows for f in files)
     plan = plan_steps(cfg, files, ctx.world)
     run = open_run(run_dir, cfg, ctx, plan.total, log, record, allow_other_data, spec)
+    run.pinned = pinned
     if ctx.is_main:
         log(f"training {cfg.model_config().arch} ({num_parameters(run.model):,} parameters) on {rows:,} requests, "
             f"{ctx.world} process(es) on {ctx.device} -> {run_dir}")
@@ -130,6 +134,7 @@ def _run_epochs(run: Run, reader: RequestReader, meter: TrainMeter, bar: tqdm, w
     while epochs is None or position.epoch < epochs:
         if cfg.max_steps is not None and position.step >= cfg.max_steps:  # before opening another epoch's reader
             return False
+        run.check_pinned()  # the reader opens the files again
         batches = reader.batches(position.epoch)
         for _ in range(position.batch_in_epoch):  # resuming mid-epoch: the same batches again
             next(batches, None)
