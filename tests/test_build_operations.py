@@ -338,6 +338,7 @@ def test_a_missing_partition_has_not_landed_and_is_refused_naming_every_such_day
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.slow_engines("spark")  # six Spark days, ~50 s here
 def test_a_day_declared_empty_builds_as_a_day_without_logs_and_says_so(raw, tmp_path, engine, request):
     """--empty-days D for a day with no partition gives the records, state and counts of D
     observed without logs (ds=D/ holding only _SUCCESS); its report says it was declared, and
