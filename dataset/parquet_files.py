@@ -65,9 +65,16 @@ def check_parquet_files(
     directory = directory.rstrip("/")
     files = [f"{directory}/{name}" for name in storage.list_names(directory) if not is_hidden(name)]
     for path in files:
-        # inputs are checked strictly: an extra column is often a renamed or misspelt one
-        check_arrow_schema(parquet_schema(path, spark), as_named(contract, names), source=path, allow_extra=False)
+        check_parquet_file(path, contract, spark, names)
     return files
+
+
+def check_parquet_file(path: str, contract: Schema, spark: "SparkSession | None" = None,
+                       names: Mapping[str, str] | None = None) -> None:
+    """One data file checked against `contract` as `check_parquet_files` checks each of a
+    directory's (the stream checks each raw file as it lands, etl/stream/landed.py)."""
+    # inputs are checked strictly: an extra column is often a renamed or misspelt one
+    check_arrow_schema(parquet_schema(path, spark), as_named(contract, names), source=path, allow_extra=False)
 
 
 def parquet_schema(path: str, spark: "SparkSession | None" = None) -> pa.Schema:

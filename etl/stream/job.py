@@ -25,6 +25,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pyarrow as pa
 
-from longseq.dataset.layout import BuildLayout
+from longseq.dataset.layout import BuildLayout, StreamLayout
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec
@@ -42,7 +43,9 @@ from longseq.etl.batch.build import check_state_fits
 from longseq.dataset.storage import LocalStorage, absolute
 from longseq.etl.batch.feature_values import spark_value_ops
 from longseq.etl.batch.row_rules import reason_expr, spark_ops
+from longseq.etl.stream.landed import LandedFiles
 from longseq.etl.stream.settings import MODES, StreamConfig, StreamSettings
+from longseq.etl.stream.sink import checkpoint_id
 from longseq.etl.stream.process import FAR_MS, process, value_columns
 from longseq.etl.stream.state import (
     EPOCH, VALUE_PREFIX, StreamState, from_user_state, ipc_bytes, pending_schema, read_ipc, value_names,
@@ -203,8 +206,11 @@ def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -
     schema = _raw_schema(spec)
 
     def source(path: str, schema: Any) -> "DataFrame":
+        # ignoreMissingFiles: a raw file the stream refused (etl/stream/landed.py) may be removed
+        # after Spark planned its micro-batch; the batch is run again without it, as a daily
+        # build of the partition would read it
         frame = (spark.readStream.schema(schema).option("maxFilesPerTrigger", config.max_files_per_trigger)
-                 .option("maxFileAge", "36500d").parquet(path))
+                 .option("maxFileAge", "36500d").option("ignoreMissingFiles", "true").parquet(path))
         for name, logged in spec.raw_names.items():
             frame = frame.withColumnRenamed(logged, name)
         return frame
@@ -269,7 +275,8 @@ def _pinned(config: StreamConfig) -> dict:
 
 
 def _check_checkpoint(config: StreamConfig, meta: Path) -> None:
-    """A checkpoint belongs to one stream: the settings its state was built with stay."""
+    """A checkpoint belongs to one stream: the settings its state was built with stay (a new
+    one's are written by `_pin_checkpoint`, once every check passed)."""
     if (meta / "ended.json").exists():
         raise LongseqError(f"the stream of checkpoint {config.checkpoint} has ended (--once flushed it); continue "
                            f"with daily builds (longseq build --start NEXT_DAY), or start a new checkpoint")
@@ -282,9 +289,49 @@ def _check_checkpoint(config: StreamConfig, meta: Path) -> None:
             k = changed[0]
             raise LongseqError(f"checkpoint {config.checkpoint} was started with {k}={before.get(k)!r}, not "
                                f"{now[k]!r}: keep its settings, or start a new checkpoint")
-    else:
+
+
+def _pin_checkpoint(config: StreamConfig, meta: Path) -> None:
+    pinned = meta / "stream.json"
+    if not pinned.exists():
         meta.mkdir(parents=True, exist_ok=True)
         pinned.write_text(json.dumps(_pinned(config), indent=1, sort_keys=True))
+
+
+def _check_commits(config: StreamConfig, spark_checkpoint: str, log: Callable[[str], None]) -> None:
+    """The stream's commit records in DATA belong to one checkpoint: a new checkpoint numbers
+    its micro-batches from 0 again, so another's records would pass its batches for committed.
+    Refused, saying how to go on; on a new checkpoint with none, the micro-batch files left
+    by an earlier stream for days not built (never committed by this one) are removed."""
+    stream = StreamLayout(config.out)
+    directory = Path(stream.root, "commits")
+    ours = checkpoint_id(spark_checkpoint)
+    records = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))] if directory.exists() else []
+    # a record without an id is from before ids: its checkpoint's, when that checkpoint exists
+    foreign = records if ours is None else [r for r in records if r.get("checkpoint", ours) != ours]
+    if foreign:
+        batches = sorted(r["batch"] for r in foreign)
+        where = {r.get("checkpoint_location") for r in foreign} - {None}
+        owner = f"checkpoint {Path(sorted(where)[0]).parent}" if where else "another checkpoint"
+        prev = None if config.start is None else config.start - dt.timedelta(days=1)
+        built = prev is not None and BuildLayout(config.out).is_current(LocalStorage(), prev)
+        then = f"from the state after {prev}, the last built day" if built else "from empty histories (a cold start)"
+        raise LongseqError(
+            f"{directory} holds micro-batches {batches[0]}..{batches[-1]} of {owner}, not of {config.checkpoint}: "
+            f"restart with that checkpoint; if it is lost, move {directory} aside (mv {directory} {directory}.lost) "
+            f"and start again: the stream then goes on {then}")
+    if ours is not None or records:
+        return
+    layout, storage = BuildLayout(config.out), LocalStorage()
+    leftovers = [Path(stream.root, "records"), Path(stream.root, "staging")] + [
+        d for kind in ("quarantine", "snapshots") for d in sorted(Path(stream.root, kind).glob("ds=*"))
+        if not layout.is_built(storage, dt.date.fromisoformat(d.name.split("=", 1)[1]))]
+    leftovers = [d for d in leftovers if d.exists()]
+    for d in leftovers:
+        shutil.rmtree(d)
+    if leftovers:
+        log(f"removed the uncommitted micro-batch files of an earlier stream ({len(leftovers)} directories under "
+            f"{stream.root}): a new checkpoint writes them again")
 
 
 def _start_state(config: StreamConfig) -> dt.date | None:
@@ -298,17 +345,25 @@ def _start_state(config: StreamConfig) -> dt.date | None:
     return current[-1] if current else None
 
 
-def _check_data(config: StreamConfig) -> None:
-    """The stream writes days a daily build would: none may be built by anyone else from its
-    first day on, and the day before it must be current when any earlier day is built (its
-    users' histories go on from there)."""
+def _check_data(config: StreamConfig, spark_checkpoint: str) -> None:
+    """The stream writes days a daily build would: none may be built by anyone else (a daily
+    build, a stream of another checkpoint) from its first day on, and the day before it must
+    be current when any earlier day is built (its users' histories go on from there)."""
     storage, layout = LocalStorage(), BuildLayout(config.out)
     built = layout.built_days(storage)
-    ours = {d for d in built if json.loads(storage.read_text(layout.report(d))).get("engine") == "stream"}
+    checkpoint = checkpoint_id(spark_checkpoint)
+
+    def closed_by_us(d: dt.date) -> bool:
+        if checkpoint is None or json.loads(storage.read_text(layout.report(d))).get("engine") != "stream":
+            return False
+        marker = Path(layout.report(d)).with_name("stream.json")  # etl/stream/sink.py close_day
+        return not marker.exists() or json.loads(marker.read_text()).get("checkpoint", checkpoint) == checkpoint
+
     first = config.start
-    others = [d for d in built if d not in ours and (first is None or d >= first)]
+    others = [d for d in built if (first is None or d >= first) and not closed_by_us(d)]
     if others:
-        raise LongseqError(f"{config.out} has days built by a daily build ({others[0]}..{others[-1]}) where the "
+        raise LongseqError(f"{config.out} has days built by a daily build or another stream checkpoint "
+                           f"({others[0]}..{others[-1]}) where the "
                            f"stream would write: stream into another --data directory, or --start after them")
     before = [d for d in built if first is not None and d < first]
     if before and not layout.is_current(storage, first - dt.timedelta(days=1)):
@@ -390,8 +445,13 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
             config = dataclasses.replace(config, start=pinned and dt.date.fromisoformat(pinned))
         if start_state is not None and config.start is None:
             config = dataclasses.replace(config, start=start_state + dt.timedelta(days=1))
+        spark_checkpoint = str(Path(config.checkpoint, "spark"))
+        # every check before the checkpoint is pinned: a refused new checkpoint stays new
         _check_checkpoint(config, meta)
-        _check_data(config)
+        _check_data(config, spark_checkpoint)
+        _check_commits(config, spark_checkpoint, log)
+        landed = LandedFiles(config.raw, config.settings.spec, config.start, str(meta / "checked-files.tsv"))
+        landed.check()
         record_spec(LocalStorage(), config.out, config.settings.spec)
         control = Path(config.checkpoint, "control")
         if start_state is not None and not (meta / "init.json").exists():
@@ -400,12 +460,12 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
             log(f"the stream starts from the state after {start_state} ({users:,} users)")
         elif fresh:
             log(f"the stream starts from empty histories (a cold start) at {config.start or 'the first ds it reads'}")
+        _pin_checkpoint(config, meta)
         for key, value in {**SPARK_STREAM_CONF, "spark.sql.shuffle.partitions": str(config.state_partitions)}.items():
             spark.conf.set(key, value)
         control.mkdir(parents=True, exist_ok=True)
-        spark_checkpoint = str(Path(config.checkpoint, "spark"))
         sink = StreamSink(config.raw, config.out, spark_checkpoint, config.settings, log=log,
-                          publish_hours=config.publish_hours)
+                          publish_hours=config.publish_hours, landed=landed)
         query = stream_query(spark, config, str(control))
 
         def start(available_now: bool) -> Any:
@@ -414,16 +474,21 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
             return writer.start()
 
         t0 = time.perf_counter()
-        if config.mode == "continuous":
-            _run_until_signalled(start(False), log)
-        else:
-            start(True).awaitTermination()
-            if config.mode == "once":
-                if not (meta / "flush.json").exists():
-                    _write_flush_marker(config, control)
-                    (meta / "flush.json").write_text(json.dumps({"flushed_at": time.time()}))
+        try:
+            if config.mode == "continuous":
+                _run_until_signalled(start(False), log)
+            else:
                 start(True).awaitTermination()
-                (meta / "ended.json").write_text(json.dumps({"ended_at": time.time(), "batches": sink.batches}))
+                if config.mode == "once":
+                    if not (meta / "flush.json").exists():
+                        _write_flush_marker(config, control)
+                        (meta / "flush.json").write_text(json.dumps({"flushed_at": time.time()}))
+                    start(True).awaitTermination()
+                    (meta / "ended.json").write_text(json.dumps({"ended_at": time.time(), "batches": sink.batches}))
+        except Exception:
+            if sink.failure is not None:  # the sink stopped the query and says why, in one line
+                raise sink.failure from None
+            raise
         commits = sink.commits()
         return {"batches": len(commits), "watermark": commits[-1]["watermark"] if commits else None,
                 "closed_days": [d.isoformat() for d in BuildLayout(config.out).built_days(LocalStorage())],

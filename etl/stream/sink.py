@@ -11,19 +11,26 @@ same input and state, so the same output. The sink makes that exactly once:
    committed files, so a closed day is a built day like any other (report, checksums,
    commit, stale days), ready for validate and publish, and a daily build can go on from
    its state. A day closed before is never closed again.
+
+Commit records belong to one checkpoint: each names the id of the Spark checkpoint that ran
+it (CKPT/spark/metadata), since a new checkpoint numbers its batches from 0 again; the job
+refuses to start on an output holding another checkpoint's (etl/stream/job.py).
+Before a micro-batch is evaluated, every raw file landed since is checked against the raw
+contract (etl/stream/landed.py): a bad file stops the stream in one line naming it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import polars as pl
 import pyarrow as pa
@@ -39,8 +46,12 @@ from longseq.etl.stream.hours import HourPublisher, close_hour, due_hours
 from longseq.etl.stream.settings import StreamSettings
 from longseq.etl.stream.state import EPOCH, read_ipc
 from longseq.schemas.contracts import DAY_MS, DEFAULT_SPEC, contracts_of, day_start_ms
+from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from longseq.etl.stream.landed import LandedFiles
 
 COUNTED = ("rows_read", "duplicates", "duplicates_across_days", "divergent_requests")
 
@@ -50,6 +61,13 @@ def batch_watermark(spark_checkpoint: str, batch: int) -> int:
     (format pinned by tests/test_stream_spark.py)."""
     lines = Path(spark_checkpoint, "offsets", str(batch)).read_text().splitlines()
     return int(json.loads(lines[1])["batchWatermarkMs"])
+
+
+def checkpoint_id(spark_checkpoint: str) -> str | None:
+    """The id Spark gave the checkpoint when its first query started (its `metadata` file);
+    None before that."""
+    path = Path(spark_checkpoint, "metadata")
+    return json.loads(path.read_text().splitlines()[0])["id"] if path.exists() else None
 
 
 def crash_point(name: str, batch: int) -> None:
@@ -76,8 +94,12 @@ class StreamSink:
     """foreachBatch(df, batch_id) of the stream: commit, then close the days that are due."""
 
     def __init__(self, raw: str, out: str, spark_checkpoint: str, settings: StreamSettings,
-                 log: Callable[[str], None] = print, publish_hours: bool = False):
+                 log: Callable[[str], None] = print, publish_hours: bool = False,
+                 landed: "LandedFiles | None" = None):
         self.raw, self.out, self.spark_checkpoint = raw, out, spark_checkpoint
+        self.landed = landed
+        self.failure: LongseqError | None = None  # why this sink stopped the query: the job raises it, in one line
+        self.checkpoint: str | None = None
         self.settings = settings
         self.layout = StreamLayout(out)
         self.log = log
@@ -86,7 +108,16 @@ class StreamSink:
         self._commits: list[dict] | None = None
 
     def __call__(self, df: Any, batch: int) -> None:
-        if not os.path.exists(self.layout.commit(batch)):
+        try:
+            self.checkpoint = checkpoint_id(self.spark_checkpoint)
+            if self.landed is not None:
+                self.landed.check()  # before Spark reads a file of this batch
+            committed = self.committed(batch)
+        except LongseqError as e:
+            self.failure = e
+            _quiet_spark_report(df.sparkSession)  # the job says why in one line; Spark would add a Java trace
+            raise
+        if not committed:
             staging = self.layout.staging(batch)
             shutil.rmtree(staging, ignore_errors=True)
             df.write.parquet(staging)  # the one evaluation of this micro-batch
@@ -102,6 +133,17 @@ class StreamSink:
         self.close_due_days(batch)
 
     # ------------------------------------------------------------ one micro-batch
+
+    def committed(self, batch: int) -> bool:
+        """Whether batch B has its commit record; LongseqError if another checkpoint's is there."""
+        path = self.layout.commit(batch)
+        if not os.path.exists(path):
+            return False
+        owner = json.loads(Path(path).read_text()).get("checkpoint", self.checkpoint)  # none: from before ids
+        if owner != self.checkpoint:
+            raise LongseqError(f"{path} was committed by another stream checkpoint ({owner}), not by "
+                               f"{self.spark_checkpoint} ({self.checkpoint}): restart the stream")
+        return True
 
     def commit(self, batch: int, table: pa.Table, watermark: int) -> None:
         c = contracts_of(self.settings.spec)
@@ -136,6 +178,7 @@ class StreamSink:
             crash_point("file", batch)
         record = {
             "batch": batch, "watermark": watermark, "files": files, "committed_at": time.time(),
+            "checkpoint": self.checkpoint, "checkpoint_location": self.spark_checkpoint,
             "counts": {(EPOCH + dt.timedelta(days=d)).isoformat(): dict(sorted(v.items())) for d, v in sorted(counts.items())},
             "state_bytes": {"users": len(state_bytes), "total": sum(state_bytes), "max": max(state_bytes, default=0)},
         }
@@ -196,7 +239,7 @@ class StreamSink:
         batches there are by then, and rewrites it."""
         s = self.settings
         engine = StreamDayEngine(self.layout, commits)
-        extra = {"engine": "stream", "batches": [r["batch"] for r in commits if day.isoformat() in r["counts"]],
+        extra = {"engine": "stream", "checkpoint": self.checkpoint, "batches": [r["batch"] for r in commits if day.isoformat() in r["counts"]],
                  "closed_through_batch": commits[-1]["batch"], "watermark": commits[-1]["watermark"],
                  "divergent_requests": engine.count_divergent(day)}
         _write_atomically(self._day_file(day, "stream.json"),
@@ -238,6 +281,24 @@ class StreamSink:
                               lambda p, v=record: Path(p).write_text(json.dumps(v, indent=1, sort_keys=True)))
             self.log(f"ds={day}: {record['rows_read']:,} row(s) arrived after the day closed, quarantined or "
                      f"duplicates; counted in {self._day_file(day, 'after_close.json')}")
+
+
+def _not_ours(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], LongseqError))
+
+
+def _quiet_spark_report(spark: Any) -> None:
+    """Spark logs a failed query's error with its Java stack trace, and py4j the traceback of
+    the Python call that raised it: not for a failure the stream explains itself."""
+    py4j = logging.getLogger("py4j.clientserver")
+    if _not_ours not in py4j.filters:
+        py4j.addFilter(_not_ours)
+    try:
+        jvm = spark.sparkContext._jvm
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+            "org.apache.spark.sql.execution.streaming.MicroBatchExecution", jvm.org.apache.logging.log4j.Level.OFF)
+    except Exception:  # pragma: no cover - another logging backend: the trace shows, the error is still one line
+        pass
 
 
 class StreamDayEngine:

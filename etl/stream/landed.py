@@ -1,0 +1,77 @@
+"""The raw contract check of every file the stream is to read, on the driver, before Spark
+reads it: the daily build's check of each file (dataset/parquet_files.py), so a file with a
+missing, extra or mistyped column, a file cut short or a stray non-Parquet file stops the
+stream in one line naming it, as it stops `longseq build`.
+
+Spark's file source would read a file without a column as nulls (its rows then quarantined
+as if the column were null) and fail deep in its reader on a mistyped or truncated one. The
+stream checks every file of `RAW/ds=D/` (D from its first day on) not checked before: when
+it starts and at each micro-batch, before the batch is evaluated. A file that passed is noted
+in the checkpoint (`_longseq/checked-files.tsv`: size, modification time, path), so a
+restart checks only the files new to it, and a file rewritten since is checked again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from longseq.dataset.parquet_files import check_parquet_file, is_hidden
+from longseq.schemas.contracts import contracts_of
+from longseq.schemas.errors import SchemaMismatchError
+from longseq.schemas.spec import DatasetSpec
+
+
+class LandedFiles:
+    """The raw files of a stream, each checked once against the raw contract."""
+
+    def __init__(self, raw: str, spec: DatasetSpec, start: dt.date | None, record: str):
+        self.raw, self.spec, self.start, self.record = raw, spec, start, Path(record)
+        self.passed: set[tuple[str, int, int]] = set()
+        if self.record.exists():
+            for line in self.record.read_text().splitlines():
+                size, mtime, path = (line.split("\t", 2) + ["", ""])[:3]
+                if size.isdigit() and mtime.isdigit() and path:  # a line cut short by a crash is no record
+                    self.passed.add((path, int(size), int(mtime)))
+
+    def files(self) -> list[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every entry the stream reads: not hidden, in a partition
+        of its first day or later."""
+        found = []
+        first = None if self.start is None else f"ds={self.start.isoformat()}"
+        for part in sorted(os.scandir(self.raw), key=lambda e: e.name):
+            if not part.is_dir() or is_hidden(part.name) or (first is not None and part.name < first):
+                continue
+            for entry in sorted(os.scandir(part.path), key=lambda e: e.name):
+                if is_hidden(entry.name):
+                    continue
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # removed since it was listed
+                    continue
+                found.append((entry.path, st.st_size, st.st_mtime_ns))
+        return found
+
+    def check(self) -> int:
+        """Check each file not checked before; SchemaMismatchError naming the first that
+        fails and what to do. Returns how many were checked now."""
+        contract, names = contracts_of(self.spec).raw_log, self.spec.raw_names
+        new = [f for f in self.files() if f not in self.passed]
+        done = []
+        try:
+            for path, size, mtime in new:
+                try:
+                    check_parquet_file(path, contract, names=names)
+                except SchemaMismatchError as e:
+                    raise SchemaMismatchError(
+                        f"{e}; the stream stopped before reading it: fix or remove the file, then start the stream "
+                        f"again (it goes on from its checkpoint)") from None
+                done.append((path, size, mtime))
+        finally:
+            if done:
+                self.record.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.record, "a") as f:
+                    f.writelines(f"{size}\t{mtime}\t{path}\n" for path, size, mtime in done)
+                self.passed.update(done)
+        return len(done)
