@@ -3,6 +3,9 @@
 - RAW_LOG          contract 1: one row per impression, Parquet partitioned by ds.
 - REQUEST_RECORD   contract 2: one row per feed request = one truncated history + all
                    its targets, aligned lists.
+- USER_DAY         the compact layout of contract 2: one row per user and day, the user's
+                   history events stored once and every request's history a window of
+                   them (dataset/compact.py materialises the request records).
 - USER_STATE       the per-user history carried from one daily build to the next.
 
 All of them derive from a dataset spec (schemas/spec.py): its tasks become label columns
@@ -38,6 +41,13 @@ def day_start_ms(day: dt.date) -> int:
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
 
 
+# How a build writes a day's request records (DATA/requests/ds=D/): one row per request
+# (contract request_record), or one row per user-day with each history stored once
+# (contract user_day, dataset/compact.py).
+REQUEST_LAYOUT = "request"
+COMPACT_LAYOUT = "compact"
+LAYOUTS = (REQUEST_LAYOUT, COMPACT_LAYOUT)
+
 HIST_PREFIX = "hist_"
 TGT_PREFIX = "tgt_"
 
@@ -70,6 +80,7 @@ class Contracts:
     history_event: tuple[Field, ...]  # one history event as the model sees it
     target: tuple[Field, ...]  # one target (impression of the request) as the model sees it
     request_record: Schema
+    user_day: Schema
     user_state: Schema
     quarantine: Schema
 
@@ -97,9 +108,13 @@ class Contracts:
         """The request record's tgt_* list columns (one per target field)."""
         return tuple(TGT_PREFIX + n for n in self.target_names)
 
+    def records(self, layout: str) -> Schema:
+        """The contract of DATA/requests/ files written in `layout`."""
+        return self.user_day if layout == COMPACT_LAYOUT else self.request_record
+
     @property
     def all(self) -> dict[str, Schema]:
-        return {s.name: s for s in (self.raw_log, self.request_record, self.user_state, self.quarantine)}
+        return {s.name: s for s in (self.raw_log, self.request_record, self.user_day, self.user_state, self.quarantine)}
 
 
 @lru_cache(maxsize=None)
@@ -145,6 +160,29 @@ def contracts_of(spec: DatasetSpec) -> Contracts:
             *target_columns,
         ),
     )
+    user_day = Schema(
+        name="user_day",
+        doc=(
+            "The compact layout of contract 2: one row per user and day. hist_* hold the user's "
+            "events once, in history order, from the first event of the day's first request's "
+            "history to the last event of its last request's; the request_* lists hold the day's "
+            "requests in (request_ts, request_id) order, with where each one's history ends in "
+            "those events (hist_end, exclusive) and how many it keeps (hist_len); tgt_* hold the "
+            "requests' targets one request after the other, tgt_count of them each. Request i's "
+            "record: its request_id and request_ts, hist_*[hist_end[i] - hist_len[i] : hist_end[i]] "
+            "and its tgt_count[i] targets."
+        ),
+        fields=(
+            Field("user_id", raw_log["user_id"].dtype),
+            *history_columns,
+            Field("request_id", ListOf(raw_log["request_id"].dtype), doc="the day's requests, by (request_ts, request_id)"),
+            Field("request_ts", ListOf(raw_log["request_ts"].dtype), doc="aligned with request_id"),
+            Field("hist_end", ListOf(INT32), doc="where each request's history ends in hist_* (exclusive), non-decreasing"),
+            Field("hist_len", ListOf(INT32), doc="how many events each request's history keeps (at most max_len)"),
+            Field("tgt_count", ListOf(INT32), doc="how many targets each request has in tgt_*"),
+            *target_columns,
+        ),
+    )
     user_state = Schema(
         name="user_state",
         doc=(
@@ -169,7 +207,7 @@ def contracts_of(spec: DatasetSpec) -> Contracts:
         doc="Raw rows the build rejected, as they were read, with the first rule each broke.",
         fields=(*raw_log.fields, Field("reason", STRING, doc="see etl/batch/row_rules.py")),
     )
-    return Contracts(spec, raw_log, history_event, target, request_record, user_state, quarantine)
+    return Contracts(spec, raw_log, history_event, target, request_record, user_day, user_state, quarantine)
 
 
 def _lists(prefix: str, fields: tuple[Field, ...]) -> tuple[Field, ...]:
@@ -186,6 +224,7 @@ TARGET = DEFAULT_CONTRACTS.target
 HISTORY_COLUMNS = _lists(HIST_PREFIX, HISTORY_EVENT)
 TARGET_COLUMNS = _lists(TGT_PREFIX, TARGET)
 REQUEST_RECORD = DEFAULT_CONTRACTS.request_record
+USER_DAY = DEFAULT_CONTRACTS.user_day
 USER_STATE = DEFAULT_CONTRACTS.user_state
 QUARANTINE = DEFAULT_CONTRACTS.quarantine
 CONTRACTS: dict[str, Schema] = DEFAULT_CONTRACTS.all

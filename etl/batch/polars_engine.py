@@ -40,7 +40,8 @@ from longseq.etl.batch.feature_values import feature_columns, polars_value_ops
 from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, polars_ops, reason_expr, reasons_for
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
-    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, SUCCESS_MARKER, TGT_PREFIX, Contracts, contracts_of, day_start_ms,
+    COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, REQUEST_LAYOUT, SUCCESS_MARKER, TGT_PREFIX,
+    Contracts, contracts_of, day_start_ms,
 )
 from longseq.schemas.forms import to_arrow, to_polars
 from longseq.schemas.spec import DatasetSpec
@@ -70,7 +71,7 @@ class PolarsEngine:
 
     def build_day(
         self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT,
     ) -> DayCounts:
         c = contracts_of(spec)
         day_end = day_start_ms(day) + DAY_MS
@@ -86,18 +87,20 @@ class PolarsEngine:
         kept = _dedupe(valid, spec).join(seen.select("event_id"), on="event_id", how="anti")
         events = _ranked_events(prev, kept, c)
         state = _new_state(events, day_end, max_len, _dedup_lists(seen, kept, day_end - lateness_ms), c)
-        records = _records(kept, events, max_len, c)
 
         write_part(quarantine.select(c.quarantine.names), c.quarantine, temps["quarantine"], self.row_group_bytes)
         write_part(state, c.user_state, temps["state"], self.row_group_bytes)
-        write_part(records, c.request_record, temps["requests"], self.row_group_bytes)
+        if layout == COMPACT_LAYOUT:
+            write_part(_user_days(kept, events, max_len, c), c.user_day, temps["requests"], self.row_group_bytes)
+        else:
+            write_part(_records(kept, events, max_len, c), c.request_record, temps["requests"], self.row_group_bytes)
 
         # Counted from the input (duplicates) and from what was written (the rest), so the
         # balance rows = targets + quarantined + duplicates can catch a lost or doubled row.
-        written = pl.read_parquet(f"{temps['requests']}/{PART_FILE}", columns=["request_id", "hist_item_id", "tgt_item_id"])
+        written = _written_requests(f"{temps['requests']}/{PART_FILE}", layout)
         rejected = pl.read_parquet(f"{temps['quarantine']}/{PART_FILE}", columns=["reason", "request_id"])
         by_reason = dict(rejected.group_by("reason").len().iter_rows())
-        lengths = written.group_by(pl.col("hist_item_id").list.len()).len().iter_rows()
+        lengths = written.group_by("hist_len").len().iter_rows()
         orphaned = (
             rejected.select(pl.col("request_id").drop_nulls().unique())
             .join(written.select("request_id"), on="request_id", how="anti")
@@ -110,11 +113,20 @@ class PolarsEngine:
             duplicates_across_days=across_days,
             quarantined={reason: int(by_reason.get(reason, 0)) for reason in reasons_for(spec)},
             requests=written.height,
-            targets=int(written["tgt_item_id"].list.len().sum() or 0),
+            targets=int(written["tgt_count"].sum() or 0),
             requests_without_valid_impressions=orphaned.height,
             users_in_state=state.height,
             history_length=length_summary(dict(lengths)),
         )
+
+
+def _written_requests(path: str, layout: str) -> pl.DataFrame:
+    """(request_id, hist_len, tgt_count) of each request in a written requests file."""
+    if layout == COMPACT_LAYOUT:
+        return pl.read_parquet(path, columns=["request_id", "hist_len", "tgt_count"]).explode(
+            ["request_id", "hist_len", "tgt_count"])
+    return pl.read_parquet(path, columns=["request_id", "hist_item_id", "tgt_item_id"]).select(
+        "request_id", hist_len=pl.col("hist_item_id").list.len(), tgt_count=pl.col("tgt_item_id").list.len())
 
 
 def sorted_quarantine(rows: pl.DataFrame, c: Contracts) -> pl.DataFrame:
@@ -240,8 +252,9 @@ def _dedup_lists(seen: pl.DataFrame, kept: pl.DataFrame, since: int) -> pl.DataF
     )
 
 
-def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contracts) -> pl.DataFrame:
-    """One record per request with a kept row: its targets and its user's history before it."""
+def _requests(kept: pl.DataFrame, events: pl.DataFrame, c: Contracts) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(one row per request with a kept row: its targets and K, how many of its user's events
+    were logged before it; per user, the events in rank order)."""
     hist, tgt = c.history_names, c.target_names
     requests = kept.group_by("request_id").agg(
         pl.col("user_id").min(),
@@ -258,7 +271,12 @@ def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contract
         logged_by, left_on="request_ts", right_on="event_ts", by="user_id",
         strategy="backward", allow_exact_matches=False, check_sortedness=False,
     ).select(pl.exclude("event_ts", LOGGED), pl.col(LOGGED).fill_null(0).alias(K))
-    user_events = events.group_by("user_id").agg(*hist)  # in rank order
+    return requests, events.group_by("user_id").agg(*hist)  # in rank order
+
+
+def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contracts) -> pl.DataFrame:
+    """One record per request with a kept row: its targets and its user's history before it."""
+    requests, user_events = _requests(kept, events, c)
     # A request's own rows are events of its user, so every user is there; LEFT all the
     # same, so that no request can be lost to the join (no history = empty lists, k = 0).
     records = requests.join(user_events, on="user_id", how="left")
@@ -266,6 +284,34 @@ def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contract
     length = pl.min_horizontal(pl.col(K), max_len)
     return records.select(
         "request_id", "user_id", "request_ts",
-        *[pl.col(f).list.slice(offset, length).fill_null([]).alias(HIST_PREFIX + f) for f in hist],
-        *[TGT_PREFIX + f for f in tgt],
+        *[pl.col(f).list.slice(offset, length).fill_null([]).alias(HIST_PREFIX + f) for f in c.history_names],
+        *[TGT_PREFIX + f for f in c.target_names],
     ).sort(["user_id", "request_ts", "request_id"])
+
+
+def _user_days(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contracts) -> pl.DataFrame:
+    """One row per user with a request (contract user_day): the user's events from the first
+    of its first request's history to the last of its last request's, stored once, and per
+    request where its history ends in them and how long it is."""
+    requests, user_events = _requests(kept, events, c)
+    first = (pl.col(K).min().over("user_id") - max_len).clip(lower_bound=0)  # K grows with request_ts
+    days = (
+        requests.sort(["user_id", "request_ts", "request_id"])
+        .with_columns(_first=first, _last=pl.col(K).max().over("user_id"))
+        .group_by("user_id", maintain_order=True)
+        .agg(
+            "request_id", "request_ts",
+            hist_end=(pl.col(K) - pl.col("_first")).cast(pl.Int32),
+            hist_len=pl.min_horizontal(pl.col(K), max_len).cast(pl.Int32),
+            tgt_count=pl.col(TGT_PREFIX + c.target_names[0]).list.len().cast(pl.Int32),
+            **{TGT_PREFIX + f: pl.col(TGT_PREFIX + f).explode() for f in c.target_names},
+            _first=pl.col("_first").first(), _last=pl.col("_last").first(),
+        )
+    )
+    return days.join(user_events, on="user_id", how="left").select(
+        "user_id",
+        *[pl.col(f).list.slice(pl.col("_first"), pl.col("_last") - pl.col("_first")).fill_null([])
+          .alias(HIST_PREFIX + f) for f in c.history_names],
+        "request_id", "request_ts", "hist_end", "hist_len", "tgt_count",
+        *[TGT_PREFIX + f for f in c.target_names],
+    ).sort("user_id")
