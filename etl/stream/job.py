@@ -206,11 +206,8 @@ def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -
     schema = _raw_schema(spec)
 
     def source(path: str, schema: Any) -> "DataFrame":
-        # ignoreMissingFiles: a raw file the stream refused (etl/stream/landed.py) may be removed
-        # after Spark planned its micro-batch; the batch is run again without it, as a daily
-        # build of the partition would read it
         frame = (spark.readStream.schema(schema).option("maxFilesPerTrigger", config.max_files_per_trigger)
-                 .option("maxFileAge", "36500d").option("ignoreMissingFiles", "true").parquet(path))
+                 .option("maxFileAge", "36500d").parquet(path))
         for name, logged in spec.raw_names.items():
             frame = frame.withColumnRenamed(logged, name)
         return frame

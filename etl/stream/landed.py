@@ -9,6 +9,10 @@ stream checks every file of `RAW/ds=D/` (D from its first day on) not checked be
 it starts and at each micro-batch, before the batch is evaluated. A file that passed is noted
 in the checkpoint (`_longseq/checked-files.tsv`: size, modification time, path), so a
 restart checks only the files new to it, and a file rewritten since is checked again.
+
+A refused file may be in a micro-batch Spark planned already; fixed, the batch reads it again
+when it is run again; removed, the batch runs without it (Spark lists a planned batch's files
+anew and passes over those gone: tests/test_stream_reliability.py).
 """
 
 from __future__ import annotations
