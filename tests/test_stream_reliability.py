@@ -4,6 +4,7 @@ saying how to go on, and going on gives the daily build's days (etl/stream/job.p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -179,3 +180,37 @@ def test_a_bad_raw_file_landed_mid_stream_stops_it_in_one_line_and_a_rerun_after
     assert summary["closed_days"] == [str(d) for d in DAYS[:2]]
     _daily_build_of(tmp_path / "landing", DAYS[:2], tmp_path / "daily")
     assert_same_days(tmp_path / "data", tmp_path / "daily", DAYS[:2])
+
+
+# ---------------------------------------------------------------- the same directories by other paths
+
+
+def test_a_checkpoint_restarted_with_its_raw_and_data_through_a_symlink_is_the_same_stream(tmp_path):
+    """--raw and --data given by another path to the same directories (a symlink) are the
+    checkpoint's own; another directory is refused, naming the setting."""
+    (tmp_path / "landing").mkdir()
+    (tmp_path / "data").mkdir()
+    config = _config(tmp_path, "once")
+    config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, spec=DEFAULT_SPEC))
+    meta = tmp_path / "ckpt" / "_longseq"
+    job._pin_checkpoint(config, meta)
+    (tmp_path / "landlink").symlink_to(tmp_path / "landing")
+    (tmp_path / "datalink").symlink_to(tmp_path / "data")
+    job._check_checkpoint(dataclasses.replace(config, raw=str(tmp_path / "landlink"), out=str(tmp_path / "datalink")),
+                          meta)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(LongseqError, match="was started with raw="):
+        job._check_checkpoint(dataclasses.replace(config, raw=str(tmp_path / "other")), meta)
+
+
+def test_a_stream_taking_over_from_a_daily_build_checks_the_state_it_starts_from(spark, tmp_path):
+    """The state after the last built day, replaced after its build (half its users), is
+    refused as a daily build of the next day refuses it, before the stream reads anything."""
+    _landed(tmp_path, DAYS[:2], seed=5)
+    _daily_build_of(tmp_path / "landing", DAYS[:1], tmp_path / "data")
+    state = tmp_path / "data" / "state" / f"ds={DAYS[0]}" / "part-00000.parquet"
+    table = pq.read_table(state)
+    pq.write_table(table.slice(0, table.num_rows // 2), state)
+    with pytest.raises(LongseqError, match="does not match the build report") as e:
+        run_stream(spark, dataclasses.replace(_config(tmp_path, "once"), start=DAYS[1]), log=lambda m: None)
+    assert str(state) in str(e.value) and not (tmp_path / "data" / "stream" / "commits").exists()

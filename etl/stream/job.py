@@ -39,8 +39,8 @@ from longseq.dataset.layout import BuildLayout, StreamLayout
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec
-from longseq.etl.batch.build import check_state_fits
-from longseq.dataset.storage import LocalStorage, absolute
+from longseq.etl.batch.build import check_state_checksums, check_state_fits
+from longseq.dataset.storage import LocalStorage, absolute, is_local
 from longseq.etl.batch.feature_values import spark_value_ops
 from longseq.etl.batch.row_rules import reason_expr, spark_ops
 from longseq.etl.stream.landed import LandedFiles
@@ -281,11 +281,19 @@ def _check_checkpoint(config: StreamConfig, meta: Path) -> None:
     if pinned.exists():
         before = json.loads(pinned.read_text())
         now = _pinned(config)
-        changed = [k for k in PINNED if before.get(k) != now[k]]
+        changed = [k for k in PINNED if not _same_setting(k, before.get(k), now[k])]
         if changed:
             k = changed[0]
             raise LongseqError(f"checkpoint {config.checkpoint} was started with {k}={before.get(k)!r}, not "
                                f"{now[k]!r}: keep its settings, or start a new checkpoint")
+
+
+def _same_setting(key: str, before: object, now: object) -> bool:
+    """Equal settings; a local raw or output directory is the same one by another path (a
+    symlink, `..`) when both resolve to one real directory."""
+    if key in ("raw", "out") and isinstance(before, str) and isinstance(now, str) and is_local(before) and is_local(now):
+        return os.path.realpath(before) == os.path.realpath(now)
+    return before == now
 
 
 def _pin_checkpoint(config: StreamConfig, meta: Path) -> None:
@@ -380,6 +388,7 @@ def _write_start_states(config: StreamConfig, day: dt.date, control: Path) -> in
 
     spec = config.settings.spec
     c = contracts_of(spec)
+    check_state_checksums(LocalStorage(), BuildLayout(config.out), day, day)  # as a daily build reading it does
     states = read_arrow(BuildLayout(config.out).dir("state", day), c.user_state)
     raw = to_arrow(c.raw_log)
     schema = pa.schema([pa.field(spec.raw_names.get(f.name, f.name), f.type) for f in raw]
