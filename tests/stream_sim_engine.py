@@ -19,7 +19,7 @@ from longseq.etl.batch.build import DayCounts, length_summary
 from longseq.etl.batch.row_rules import reasons_for
 from longseq.etl.stream.settings import StreamSettings
 from tests.stream_sim import ArrivedFile, simulate
-from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, SUCCESS_MARKER, contracts_of
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_SPEC, REQUEST_LAYOUT, SUCCESS_MARKER, contracts_of
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
 
@@ -55,7 +55,8 @@ class StreamSimEngine:
 
     def build_day(self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int,
                   temps: dict[str, str], lateness_ms: int = DEFAULT_LATENESS_MS,
-                  spec: DatasetSpec = DEFAULT_SPEC) -> DayCounts:
+                  spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT) -> DayCounts:
+        assert layout == REQUEST_LAYOUT, "the stream writes the request layout"
         c = contracts_of(spec)
         raw = read_arrow(raw_partition, c.raw_log, names=spec.raw_names)
         init = None

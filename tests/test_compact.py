@@ -1,26 +1,29 @@
 """The compact layout (contract user_day, dataset/compact.py): each user's history stored once
 per day; `materialize` gives back the request records.
 
-The engines write it from the same intermediate results as the request layout, and the
-materialised records must equal the request layout's byte for byte (written the same way):
-on generated dirty data under the default, e-commerce, MovieLens and a tricky spec, over
-several days from the state, with truncation (a small max_len) and without.
+Each engine writes it from the same intermediate results as its request layout, and the
+materialised records must equal that layout's records value for value (the same Arrow
+table after the same sort), with the same counts, state and quarantine: on generated dirty
+data under the default, e-commerce, MovieLens and a tricky spec, over several days built
+from the state, with truncation (a small max_len) and without.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from longseq.dataset.compact import UserDays, materialize
-from longseq.etl.batch.polars_engine import PART_FILE, PolarsEngine, write_part
+from longseq.etl.batch.build import BuildConfig, build
+from longseq.etl.batch.polars_engine import PART_FILE, PolarsEngine
 from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_CONTRACTS, DEFAULT_SPEC, REQUEST_LAYOUT, contracts_of
+from longseq.schemas.check import check_arrow_schema
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import SPECS_DIR, load_spec
 from tests.test_build_spec import DAYS, TRICKY, write_random_raw
@@ -56,49 +59,85 @@ def test_materialize_cuts_each_requests_window_and_targets_out_of_its_user_day()
     assert materialize(UserDays.of(table), select=pick).equals(records.take(pick))
 
 
-def _build_days(raw: Path, out: Path, spec, layout: str, max_len: int) -> list[Path]:
-    """Each day of DAYS built by the polars engine from the state of the day before; the
-    request files, in order."""
-    engine, state, files = PolarsEngine(row_group_bytes=4096), None, []
-    for day in DAYS:
-        temps = {kind: str(out / kind / f"ds={day}") for kind in ("requests", "quarantine", "state")}
-        engine.build_day(str(raw / f"ds={day}"), state, day, max_len, temps, spec=spec, layout=layout)
-        state = temps["state"]
-        files.append(Path(temps["requests"]) / PART_FILE)
-    return files
+def _engine(name: str, request):
+    if name == "polars":
+        return PolarsEngine(row_group_bytes=4096)
+    from longseq.etl.batch.spark_engine import SparkEngine
+
+    return SparkEngine(request.getfixturevalue("spark"))
 
 
-@pytest.mark.parametrize("max_len", [6, 10_000])
-@pytest.mark.parametrize("spec", SPECS)
-def test_the_polars_engines_compact_output_materialises_to_its_request_records_byte_for_byte(spec, max_len, tmp_path):
-    raw = tmp_path / "raw"
-    write_random_raw(raw, spec)
-    requests = _build_days(raw, tmp_path / "request", spec, REQUEST_LAYOUT, max_len)
-    compact = _build_days(raw, tmp_path / "compact", spec, COMPACT_LAYOUT, max_len)
+def _build(engine, raw: Path, out: Path, spec, layout: str, max_len: int, day_by_day: bool = False) -> None:
+    """DAYS built into out, in one range build or one build a day (each from the state before)."""
+    ranges = [(d, d) for d in DAYS] if day_by_day else [(DAYS[0], DAYS[-1])]
+    for start, end in ranges:
+        build(engine, BuildConfig(str(raw), str(out), start, end, max_len, spec=spec, layout=layout), log=lambda m: None)
+
+
+def _table(out: Path, day: dt.date, kind: str = "requests") -> pa.Table:
+    files = sorted((out / kind / f"ds={day}").glob("*.parquet"))
+    return pa.concat_tables(pq.read_table(f) for f in files)
+
+
+def _sorted(records: pa.Table, spec) -> pa.Table:
+    """The records in one order, with the contract's Arrow schema (Spark names list elements otherwise)."""
+    records = records.cast(to_arrow(contracts_of(spec).request_record))
+    return records.sort_by([("user_id", "ascending"), ("request_ts", "ascending"), ("request_id", "ascending")])
+
+
+def _check_materialises_to_requests(raw: Path, tmp_path: Path, engine, spec, max_len: int) -> None:
+    _build(engine, raw, tmp_path / "request", spec, REQUEST_LAYOUT, max_len)
+    _build(engine, raw, tmp_path / "compact", spec, COMPACT_LAYOUT, max_len)
     c = contracts_of(spec)
     stored = materialized = 0
-    for day, want, got in zip(DAYS, requests, compact):
-        user_days = pq.read_table(got)
-        assert user_days.schema == to_arrow(c.user_day)
+    for day in DAYS:
+        user_days = _table(tmp_path / "compact", day)
+        check_arrow_schema(user_days.schema, c.user_day, source=f"ds={day}", allow_extra=False)
         records = materialize(user_days, spec)
-        out = tmp_path / "materialized" / f"ds={day}"
-        write_part(pl.from_arrow(records), c.request_record, str(out), 4096)
-        assert (out / PART_FILE).read_bytes() == want.read_bytes(), f"ds={day}"
+        want = _sorted(_table(tmp_path / "request", day), spec)
+        got = _sorted(records, spec)
+        assert got.num_rows == want.num_rows, f"ds={day}"
+        for name in want.column_names:
+            assert got[name].equals(want[name]), f"ds={day}: {name}"
+        report = json.loads((tmp_path / "compact" / "reports" / f"ds={day}" / "build.json").read_text())
+        want = json.loads((tmp_path / "request" / "reports" / f"ds={day}" / "build.json").read_text())
+        assert report["layout"] == COMPACT_LAYOUT and {k: report[k] for k in COUNTS} == {k: want[k] for k in COUNTS}
+        for kind in ("state", "quarantine"):  # the layout changes DATA/requests/ only
+            assert _table(tmp_path / "compact", day, kind).equals(_table(tmp_path / "request", day, kind)), kind
         stored += sum(map(len, user_days.column("hist_event_ts").to_pylist()))
         materialized += sum(map(len, records.column("hist_event_ts").to_pylist()))
     assert materialized > stored > 0, "users with several requests a day share their history"
 
 
-def test_the_state_of_a_compact_build_is_the_request_builds(tmp_path):
-    """The layout changes DATA/requests/ only: state and quarantine are the same bytes."""
+COUNTS = ("rows_read", "duplicates", "quarantined", "requests", "targets", "requests_without_valid_impressions",
+          "users_in_state", "history_length")
+
+
+@pytest.mark.parametrize("max_len", [6, 10_000])
+@pytest.mark.parametrize("spec", SPECS)
+def test_the_polars_engines_compact_output_materialises_to_its_request_records(spec, max_len, tmp_path, request):
+    raw = tmp_path / "raw"
+    write_random_raw(raw, spec)
+    _check_materialises_to_requests(raw, tmp_path, _engine("polars", request), spec, max_len)
+
+
+@pytest.mark.spark
+def test_the_spark_engines_compact_output_materialises_to_its_request_records(tmp_path, request):
+    spec = SPECS[1].values[0]  # e-commerce: features on both sides
+    raw = tmp_path / "raw"
+    write_random_raw(raw, spec)
+    _check_materialises_to_requests(raw, tmp_path, _engine("spark", request), spec, 6)
+
+
+def test_a_compact_build_day_by_day_equals_one_range_build_byte_for_byte(tmp_path, request):
     raw = tmp_path / "raw"
     write_random_raw(raw, DEFAULT_SPEC)
-    _build_days(raw, tmp_path / "request", DEFAULT_SPEC, REQUEST_LAYOUT, 6)
-    _build_days(raw, tmp_path / "compact", DEFAULT_SPEC, COMPACT_LAYOUT, 6)
-    for kind in ("state", "quarantine"):
-        for day in DAYS:
-            a, b = (tmp_path / layout / kind / f"ds={day}" / PART_FILE for layout in ("request", "compact"))
-            assert a.read_bytes() == b.read_bytes(), (kind, day)
+    engine = _engine("polars", request)
+    _build(engine, raw, tmp_path / "ranged", DEFAULT_SPEC, COMPACT_LAYOUT, 6)
+    _build(engine, raw, tmp_path / "daily", DEFAULT_SPEC, COMPACT_LAYOUT, 6, day_by_day=True)
+    for day in DAYS:
+        a, b = (tmp_path / out / "requests" / f"ds={day}" / PART_FILE for out in ("ranged", "daily"))
+        assert a.read_bytes() == b.read_bytes(), day
 
 
 def test_a_day_with_no_requests_is_an_empty_compact_file(tmp_path):

@@ -30,7 +30,7 @@ from longseq.dataset.raw import check_raw_partitions
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec, spec_summary
 from longseq.dataset.storage import Storage, absolute
 from longseq.etl.batch.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
-from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, contracts_of
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, LAYOUTS, REQUEST_LAYOUT, contracts_of
 from longseq.schemas.durations import format_duration
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec
@@ -81,10 +81,11 @@ class Engine(Protocol):
 
     def build_day(
         self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT,
     ) -> DayCounts:
-        """Write the day's requests, quarantine and state of the spec's contracts into
-        temps[kind] (each with _SUCCESS). raw_partition None: a day declared empty (no rows)."""
+        """Write the day's requests (in `layout`: contract request_record or user_day),
+        quarantine and state of the spec's contracts into temps[kind] (each with _SUCCESS).
+        raw_partition None: a day declared empty (no rows)."""
         ...
 
 
@@ -102,6 +103,8 @@ class BuildConfig:
     spec: DatasetSpec | None = None
     # days without logs and without a raw partition, declared so (--empty-days): built with no rows
     empty_days: tuple[dt.date, ...] = ()
+    # how DATA/requests/ holds the records: one row per request, or per user-day (schemas/contracts.py)
+    layout: str = REQUEST_LAYOUT
 
     def days(self) -> list[dt.date]:
         return day_range(self.start, self.end)
@@ -238,6 +241,10 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     check_output_spec(storage, config.out, config.spec)  # before the raw check: the likelier cause of a mismatch
     days = plan_days(storage, layout, config, log)
     check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
+    if config.layout not in LAYOUTS:
+        raise LongseqError(f"unknown layout {config.layout!r}: one of {', '.join(LAYOUTS)}")
+    if config.layout != REQUEST_LAYOUT and not getattr(engine, "reads_raw", True):
+        raise LongseqError(f"the stream writes the {REQUEST_LAYOUT} layout only")
     empty = set(config.empty_days)
     if outside := sorted(empty - set(days)):
         raise LongseqError(f"--empty-days {outside[0]} is not a day this build builds ({_span(days)})")
@@ -261,7 +268,7 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
         temps = {kind: layout.temp(kind, day, token) for kind in KINDS}
         try:
             counts = engine.build_day(raw_partition, prev_state, day, config.max_len, temps,
-                                      lateness_ms=config.lateness_ms, spec=config.spec)
+                                      lateness_ms=config.lateness_ms, spec=config.spec, layout=config.layout)
             counts.check_balance()
             report = {
                 "ds": day.isoformat(),
@@ -270,6 +277,7 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
                 "max_len": config.max_len,
                 "lateness_ms": config.lateness_ms,
                 "spec": spec_summary(config.spec),
+                "layout": config.layout,
                 "raw_partition": raw_partition,
                 # no partition, declared empty by --empty-days: not an observed day without logs
                 "declared_empty": day in empty,

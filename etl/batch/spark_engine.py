@@ -49,7 +49,8 @@ from longseq.etl.batch.feature_values import feature_columns, spark_value_ops
 from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, reason_expr, reasons_for, spark_ops
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
-    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, Contracts, contracts_of, day_start_ms,
+    COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, REQUEST_LAYOUT, TGT_PREFIX, Contracts,
+    contracts_of, day_start_ms,
 )
 from longseq.schemas.forms import spark_type, to_spark
 from longseq.schemas.spec import DatasetSpec
@@ -68,6 +69,7 @@ DEDUP_COLUMNS = ("dedup_event_id", "dedup_event_ts")
 # Working columns start with "_", which no spec name can (schemas/spec.py), so a task or
 # feature named like one (recent, targets, ...) cannot clash with it.
 RECENT, TARGETS, N_SETTLED, RECENT_BEFORE_END = "_recent", "_targets", "_n_settled", "_recent_before_end"
+K, REQUESTS = "_k", "_requests"  # a request's events logged before it; a user's requests of the day
 
 
 
@@ -117,7 +119,7 @@ class SparkEngine:
 
     def build_day(
         self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT,
     ) -> DayCounts:
         c = contracts_of(spec)
         raw = self._read_raw(raw_partition, c)
@@ -136,10 +138,10 @@ class SparkEngine:
             users = self._user_events(recent, state, day, c).persist(StorageLevel.MEMORY_AND_DISK)
             dedup = _dedup_lists(seen, kept, day_start_ms(day) + DAY_MS - lateness_ms)
             self._write_state(users, dedup, max_len, temps["state"], c)
-            self._write_requests(kept, recent, users, max_len, temps["requests"], c)
+            self._write_requests(kept, recent, users, max_len, temps["requests"], c, layout)
         finally:
             self.spark.catalog.clearCache()
-        return self._counts(input_counts, temps, spec)
+        return self._counts(input_counts, temps, spec, layout)
 
     def _dedupe(self, valid: DataFrame, spec: DatasetSpec) -> DataFrame:
         """One row per event_id: the smallest by dedup_order, whatever order rows came in
@@ -220,7 +222,7 @@ class SparkEngine:
         state.sortWithinPartitions("user_id").write.options(**LIST_WRITE_OPTIONS).parquet(path)
 
     def _write_requests(self, kept: DataFrame, recent: DataFrame, users: DataFrame, max_len: int, path: str,
-                        c: Contracts) -> None:
+                        c: Contracts, layout: str = REQUEST_LAYOUT) -> None:
         requests = kept.groupBy("request_id").agg(
             F.min("user_id").alias("user_id"),
             F.min("request_ts").alias("request_ts"),
@@ -238,6 +240,11 @@ class SparkEngine:
             "request_id", "_recent_before"
         )
         k = F.coalesce(F.col(N_SETTLED), F.lit(0)) + F.col("_recent_before")
+        if layout == COMPACT_LAYOUT:
+            with_k = requests.join(counted, "request_id").join(users.select("user_id", N_SETTLED), "user_id", "left")
+            records = _user_days(with_k.withColumn(K, k), users, max_len, c)
+            records.sortWithinPartitions("user_id").write.options(**LIST_WRITE_OPTIONS).parquet(path)
+            return
         start = F.greatest(k - max_len, F.lit(0)) + 1
         length = F.least(k, F.lit(max_len))
         records = (
@@ -263,17 +270,23 @@ class SparkEngine:
 
     # ------------------------------------------------------------ counting, from what was written
 
-    def _counts(self, input_counts: dict[str, int], temps: dict[str, str], spec: DatasetSpec) -> DayCounts:
+    def _counts(self, input_counts: dict[str, int], temps: dict[str, str], spec: DatasetSpec,
+                layout: str = REQUEST_LAYOUT) -> DayCounts:
         c = contracts_of(spec)
 
         def read(path: str, contract: Schema) -> DataFrame:
             # the schema as written: Spark would otherwise run a job per read to infer it
             return self.spark.read.schema(to_spark(contract)).parquet(path)
 
-        requests = read(temps["requests"], c.request_record)
+        if layout == COMPACT_LAYOUT:  # one row per request: its id, history length and targets
+            requests = read(temps["requests"], c.user_day).select(
+                F.inline(F.arrays_zip("request_id", "hist_len", "tgt_count"))
+            ).select("request_id", F.col("hist_len").alias("n"), F.col("tgt_count").alias("t"))
+        else:
+            requests = read(temps["requests"], c.request_record).select(
+                "request_id", F.size("hist_item_id").alias("n"), F.size("tgt_item_id").alias("t"))
         lengths = (
             requests
-            .select(F.size("hist_item_id").alias("n"), F.size("tgt_item_id").alias("t"))
             .groupBy("n")
             .agg(F.count("*").alias("records"), F.sum("t").alias("targets"))
             .collect()
@@ -332,6 +345,35 @@ def _input_counts(tagged: DataFrame, valid: DataFrame, seen: DataFrame) -> dict[
     totals = valid.agg(F.count("*").alias("n"), F.countDistinct("event_id").alias("ids")).collect()[0]
     across = valid.select("event_id").distinct().join(seen.select("event_id"), "event_id", "left_semi").count()
     return {"rows": rows, "duplicates": int(totals["n"]) - int(totals["ids"]) + across, "across_days": across}
+
+
+def _user_days(requests: DataFrame, users: DataFrame, max_len: int, c: Contracts) -> DataFrame:
+    """One user_day row per user with a request (requests: one row each, with its targets and
+    K, the user's events logged before it): the user's events from the first of its first
+    request's history to the last of its last request's, and per request, in (request_ts,
+    request_id) order, where its history ends in them, how long it is, and its targets."""
+    user_day = c.user_day
+    per_user = requests.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("request_ts", "request_id", K, TARGETS))).alias(REQUESTS),
+        F.greatest(F.min(K) - max_len, F.lit(0)).alias("_first"),  # K grows with request_ts
+        F.max(K).alias("_last"),
+    )
+
+    def per_request(expr: str) -> Column:
+        return F.expr(f"transform({REQUESTS}, r -> {expr})")
+
+    columns = {
+        "request_id": per_request("r.request_id"),
+        "request_ts": per_request("r.request_ts"),
+        "hist_end": per_request(f"cast(r.{K} - _first as int)"),
+        "hist_len": per_request(f"cast(least(r.{K}, {int(max_len)}) as int)"),
+        "tgt_count": per_request(f"size(r.{TARGETS})"),
+        **{TGT_PREFIX + f: F.flatten(per_request(f"transform(r.{TARGETS}, t -> t.`{f}`)")) for f in c.target_names},
+        **{HIST_PREFIX + f: F.slice(f, F.col("_first") + 1, F.col("_last") - F.col("_first")) for f in c.history_names},
+    }
+    return per_user.join(users.select("user_id", *c.history_names), "user_id", "left").select(
+        *[_required(columns.get(f.name, F.col(f.name)), f.dtype).alias(f.name) for f in user_day]
+    )
 
 
 def _elem(field: str, c: Contracts) -> Any:

@@ -45,7 +45,7 @@ from longseq.etl.batch.row_rules import LATE_ARRIVAL, reasons_for
 from longseq.etl.stream.hours import HourPublisher, close_hour, due_hours
 from longseq.etl.stream.settings import StreamSettings
 from longseq.etl.stream.state import EPOCH, read_ipc
-from longseq.schemas.contracts import DAY_MS, DEFAULT_SPEC, contracts_of, day_start_ms
+from longseq.schemas.contracts import DAY_MS, DEFAULT_SPEC, REQUEST_LAYOUT, contracts_of, day_start_ms
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
@@ -332,7 +332,8 @@ class StreamDayEngine:
         return pa.concat_tables(pq.read_table(f, columns=columns).cast(schema) for f in files)
 
     def build_day(self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int,
-                  temps: dict[str, str], lateness_ms: int = 0, spec: DatasetSpec = DEFAULT_SPEC) -> DayCounts:
+                  temps: dict[str, str], lateness_ms: int = 0, spec: DatasetSpec = DEFAULT_SPEC,
+                  layout: str = REQUEST_LAYOUT) -> DayCounts:
         c = contracts_of(spec)
         records = pl.from_arrow(self._read("hours", day, to_arrow(c.request_record)))  # every hour of D is closed
         records = records.sort(["user_id", "request_ts", "request_id"])
