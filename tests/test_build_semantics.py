@@ -1,6 +1,7 @@
 """The build's correctness traps, each with a test that a plausible wrong engine fails.
 
-Every test runs on both engines. Hand-made partitions pin exact histories written out by
+Every test runs on each engine (and the polars engine writing the compact layout, whose
+records are materialised to be checked). Hand-made partitions pin exact histories written out by
 hand (so they also check the reference build in tests/reference_build.py); generated data
 compares every record with that reference, and the engines with each other.
 """
@@ -19,7 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from longseq.etl.batch.build import BuildConfig, build, length_summary
-from longseq.schemas.contracts import DAY_MS, DEFAULT_LATENESS_MS, QUARANTINE, RAW_LOG, REQUEST_RECORD, day_start_ms
+from longseq.dataset.compact import materialize
+from longseq.schemas.contracts import (
+    COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, QUARANTINE, RAW_LOG, REQUEST_LAYOUT, REQUEST_RECORD, day_start_ms,
+)
 from longseq.schemas.forms import to_arrow
 from longseq.sources import SAMPLE_START
 from tests.reference_build import Reference, build_reference
@@ -37,11 +41,17 @@ def t(seconds: float) -> int:
 
 # ---------------------------------------------------------------- engines
 
-ENGINES = [pytest.param("polars", id="polars"), pytest.param("spark", id="spark", marks=pytest.mark.spark),
-           pytest.param("stream", id="stream")]
+# "-compact": the engine writes the compact layout (contract user_day), which read_records
+# materialises (dataset/compact.py): every trap holds for it too
+ENGINES = [pytest.param("polars", id="polars"), pytest.param("polars-compact", id="polars-compact"),
+           pytest.param("spark", id="spark", marks=pytest.mark.spark), pytest.param("stream", id="stream")]
 
 
 def _make_engine(name: str, request):
+    if name.endswith("-compact"):
+        engine = _make_engine(name.removesuffix("-compact"), request)
+        engine.built_layout = COMPACT_LAYOUT  # read by run_build
+        return engine
     if name == "polars":
         from longseq.etl.batch.polars_engine import PolarsEngine
 
@@ -97,7 +107,8 @@ def write_raw(raw: Path, day: dt.date, rows: list[dict]) -> None:
 
 def run_build(engine, raw: Path, out: Path, start: dt.date, end: dt.date | None = None, max_len: int = 10_000,
               lateness_ms: int = DEFAULT_LATENESS_MS) -> list[dict]:
-    config = BuildConfig(raw=str(raw), out=str(out), start=start, end=end, max_len=max_len, lateness_ms=lateness_ms)
+    config = BuildConfig(raw=str(raw), out=str(out), start=start, end=end, max_len=max_len, lateness_ms=lateness_ms,
+                         layout=getattr(engine, "built_layout", REQUEST_LAYOUT))
     return build(engine, config, log=lambda m: None)
 
 
@@ -112,12 +123,14 @@ def _parquet_rows(directory: Path) -> list[dict]:
 
 
 def read_records(out: Path, day: dt.date) -> dict[str, dict]:
-    """request_id -> the record's contract columns (extra columns are allowed and ignored)."""
+    """request_id -> the record's contract columns (extra columns are allowed and ignored); a
+    day built in the compact layout is materialised."""
     directory = out / "requests" / f"ds={day.isoformat()}"
     assert (directory / "_SUCCESS").exists(), f"{directory} has no _SUCCESS"
+    compact = read_report(out, day).get("layout") == COMPACT_LAYOUT
     records: dict[str, dict] = {}
     for f in sorted(directory.glob("*.parquet")):
-        table = pq.read_table(f)
+        table = materialize(pq.read_table(f)) if compact else pq.read_table(f)
         missing = set(REQUEST_RECORD.names) - set(table.column_names)
         assert not missing, f"{f} lacks contract columns {missing}"
         for row in table.select(REQUEST_RECORD.names).to_pylist():
@@ -630,11 +643,12 @@ def tiny_builds(tiny_raw, tmp_path_factory):
     cache: dict[str, Path] = {}
 
     def get(engine) -> Path:
-        if engine.name not in cache:
-            out = tmp_path_factory.mktemp(f"tiny-{engine.name}")
+        key = f"{engine.name}-{getattr(engine, 'built_layout', REQUEST_LAYOUT)}"
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"tiny-{key}")
             run_build(engine, tiny_raw, out, D1, D2, max_len=TINY_MAX_LEN)
-            cache[engine.name] = out
-        return cache[engine.name]
+            cache[key] = out
+        return cache[key]
 
     return get
 
