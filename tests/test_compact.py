@@ -147,3 +147,67 @@ def test_a_day_with_no_requests_is_an_empty_compact_file(tmp_path):
     counts = engine.build_day(None, None, day, 16, temps, layout=COMPACT_LAYOUT)
     assert counts.requests == 0 and pq.read_table(Path(temps["requests"]) / PART_FILE).num_rows == 0
     assert materialize(pq.read_table(Path(temps["requests"]) / PART_FILE)).num_rows == 0
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def _rewrite(path: Path, column: str, edit) -> None:
+    """Rewrite one list column of a user_day file: edit(list of each row's lists) in place."""
+    table = pq.read_table(path)
+    values = table.column(column).to_pylist()
+    edit(values)
+    index = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(index, table.schema.field(index), pa.array(values, table.schema.field(index).type)),
+                   path)
+
+
+@pytest.mark.spark
+def test_the_gate_checks_a_compact_day_as_its_records_and_catches_a_bad_window_or_sequence(spark, tmp_path):
+    """A compact day gets every check of the records suite, with the same outcomes as the
+    same day in the request layout, and the layout's own. A window end moved past an event
+    at or after its request fails no_leakage; a sequence out of order fails history_sorted;
+    a window end before the one of the request before fails window_ends_ordered."""
+    import shutil
+
+    from longseq.etl.gates.validation import ValidationConfig, validate
+
+    raw = tmp_path / "raw"
+    write_random_raw(raw, DEFAULT_SPEC)
+    day = DAYS[1]
+    for layout in (REQUEST_LAYOUT, COMPACT_LAYOUT):
+        build(PolarsEngine(), BuildConfig(str(raw), str(tmp_path / layout), DAYS[0], day, 6, layout=layout),
+              log=lambda m: None)
+    cfg = ValidationConfig(max_len=6, label_rates={t: (0.0, 1.0) for t in DEFAULT_SPEC.tasks})
+    outcomes = {layout: validate(spark, str(tmp_path / layout), day, "requests", cfg=cfg)
+                for layout in (REQUEST_LAYOUT, COMPACT_LAYOUT)}
+    assert outcomes[COMPACT_LAYOUT]["passed"], outcomes[COMPACT_LAYOUT]["checks"]
+    checks = {layout: {r["check"]: (r["success"], r["observed"]) for r in o["checks"]} for layout, o in outcomes.items()}
+    assert {k: v for k, v in checks[COMPACT_LAYOUT].items() if k in checks[REQUEST_LAYOUT]} == checks[REQUEST_LAYOUT]
+    assert {"window_ends_ordered", "windows_within_sequence", "request_lists_aligned"} <= set(checks[COMPACT_LAYOUT])
+
+    part = Path("requests") / f"ds={day}" / PART_FILE
+    user_days = pq.read_table(tmp_path / COMPACT_LAYOUT / part).to_pylist()
+    # a request whose window ends before the next one's: the event after it was logged at or after it
+    row, at = next((i, j) for i, r in enumerate(user_days) for j in range(len(r["hist_end"]) - 1)
+                   if r["hist_end"][j] < r["hist_end"][j + 1])
+
+    def later_end(ends: list) -> None:
+        ends[row][at] += 1
+
+    def unordered(times: list) -> None:
+        times[row].reverse()  # the row has at least two distinct times: its windows differ
+
+    def earlier_end(ends: list) -> None:
+        r = next(i for i, e in enumerate(ends) if len(e) > 1 and e[-1] > e[0])
+        ends[r][0], ends[r][-1] = ends[r][-1], ends[r][0]
+
+    for name, column, edit, check in [("leak", "hist_end", later_end, "no_leakage"),
+                                      ("unordered", "hist_event_ts", unordered, "history_sorted"),
+                                      ("swapped", "hist_end", earlier_end, "window_ends_ordered")]:
+        bad = tmp_path / name
+        shutil.copytree(tmp_path / COMPACT_LAYOUT, bad)
+        _rewrite(bad / part, column, edit)
+        outcome = validate(spark, str(bad), day, "requests", cfg=cfg)
+        failed = {r["check"] for r in outcome["checks"] if not r["success"]}
+        assert not outcome["passed"] and check in failed, (name, failed)

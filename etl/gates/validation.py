@@ -34,8 +34,8 @@ from longseq.dataset.spec_record import spec_for, spec_path
 from longseq.dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
 from longseq.features.actions import num_actions
 from longseq.schemas.contracts import (
-    DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, HIST_PREFIX, SUCCESS_MARKER, TGT_PREFIX, contracts_of,
-    day_start_ms,
+    COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, HIST_PREFIX, REQUEST_LAYOUT, SUCCESS_MARKER,
+    TGT_PREFIX, contracts_of, day_start_ms,
 )
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec, Feature, SpecError, resolve_spec
@@ -140,9 +140,6 @@ def request_frames(records: Any, spec: DatasetSpec = DEFAULT_SPEC) -> dict[str, 
     def aligned(columns: list[str]) -> Any:
         return _all([F.size(c) == F.size(columns[0]) for c in columns[1:]])
 
-    actions = num_actions(spec.tasks)
-    extra = [F.forall("hist_action", lambda a: a.isNotNull() & (a >= 0) & (a < actions)).alias("actions_in_range")] \
-        if checks_actions(spec) else []
     frame = records.select(
         "request_id",
         F.size(hist_columns[0]).alias("hist_len"),
@@ -152,14 +149,73 @@ def request_frames(records: Any, spec: DatasetSpec = DEFAULT_SPEC) -> dict[str, 
         # no event logged at or after the request; an empty history leaks nothing
         F.coalesce(F.array_max("hist_event_ts") < F.col("request_ts"), F.lit(True)).alias("leak_free"),
         (F.col("hist_event_ts") == F.array_sort("hist_event_ts")).alias("hist_sorted"),
-        *extra,
-        *[_feature_ok(column, f).alias(feature_check_name(column, f)) for column, f in feature_list_columns(spec)],
+        *[check.alias(name) for name, check in _value_checks(spec).items()],
     )
+    return {"records": frame, "targets": _targets(records, spec)}
+
+
+def _value_checks(spec: DatasetSpec) -> dict[str, Any]:
+    """name -> whether every value of a row's lists is valid: the action flags (but for the
+    default spec: checks_actions), then each side feature's values."""
+    from pyspark.sql import functions as F
+
+    checks = {feature_check_name(column, f): _feature_ok(column, f) for column, f in feature_list_columns(spec)}
+    if checks_actions(spec):
+        actions = num_actions(spec.tasks)
+        checks = {"actions_in_range": F.forall("hist_action", lambda a: a.isNotNull() & (a >= 0) & (a < actions)),
+                  **checks}
+    return checks
+
+
+def _targets(rows: Any, spec: DatasetSpec) -> Any:
+    """One row per target of the rows' tgt_* label lists, a column per task."""
+    from pyspark.sql import functions as F
+
     labels = [F.col(f"{TGT_PREFIX}{t}") for t in spec.tasks]
-    targets = records.select(F.explode(F.arrays_zip(*labels)).alias("t")).select(
+    return rows.select(F.explode(F.arrays_zip(*labels)).alias("t")).select(
         *[F.col("t")[f"{TGT_PREFIX}{t}"].cast("int").alias(t) for t in spec.tasks]
     )
-    return {"records": frame, "targets": targets}
+
+
+def user_day_frames(user_days: Any, spec: DatasetSpec = DEFAULT_SPEC) -> dict[str, Any]:
+    """The frames of `request_frames`, derived from compact rows (contract user_day) without
+    materialising a window: per request the same columns, a window's last event standing for
+    its newest (the sequence is checked sorted), the sequence's checks standing for every
+    window's; plus one row per user-day with the checks of the layout itself."""
+    from pyspark.sql import functions as F
+
+    hist_columns, tgt_columns = list_columns(spec, HIST_PREFIX), list_columns(spec, TGT_PREFIX)
+    request_columns = ["request_id", "request_ts", "hist_end", "hist_len", "tgt_count"]
+    sizes = [F.size(c) for c in hist_columns]
+    seq_aligned = _all([n == sizes[0] for n in sizes[1:]])
+    seq_sorted = F.col("hist_event_ts") == F.array_sort("hist_event_ts")
+    days = user_days.select(
+        "*",
+        seq_aligned.alias("hist_aligned"),
+        seq_sorted.alias("hist_sorted"),
+        _all([F.size(c) == F.size("request_id") for c in request_columns[1:]]).alias("request_lists_aligned"),
+        _all([F.size(c) == F.aggregate("tgt_count", F.lit(0), lambda a, n: a + n) for c in tgt_columns])
+        .alias("tgt_aligned"),
+        # requests in (request_ts, request_id) order, windows ending no earlier than the one before
+        F.forall(F.sequence(F.lit(1), F.greatest(F.size("request_id") - 1, F.lit(1))), lambda i: (
+            F.size("request_id") < 2) | ((F.element_at("hist_end", i) <= F.element_at("hist_end", i + 1)) & (
+                F.element_at("request_ts", i) <= F.element_at("request_ts", i + 1)))).alias("window_ends_ordered"),
+        F.forall(F.arrays_zip("hist_end", "hist_len"), lambda w: (w["hist_len"] >= 0) & (w["hist_end"] - w["hist_len"] >= 0)
+                 & (w["hist_end"] <= F.size("hist_event_ts"))).alias("windows_within_sequence"),
+        # the newest event of each window (the last: the sequence is sorted) before its request
+        F.transform(F.arrays_zip("request_ts", "hist_end", "hist_len"), lambda w: (w["hist_len"] == 0) | (
+            F.element_at("hist_event_ts", F.greatest(w["hist_end"], F.lit(1))) < w["request_ts"])).alias("_leak_free"),
+    )
+    value_checks = _value_checks(spec)  # on the sequence: every window's values, and any between windows
+    records = days.select(
+        "hist_aligned", "tgt_aligned", "hist_sorted", *[check.alias(name) for name, check in value_checks.items()],
+        F.inline(F.arrays_zip("request_id", "hist_len", "tgt_count", "_leak_free")),
+    ).select(
+        "request_id", "hist_len", F.col("tgt_count").alias("n_targets"), "hist_aligned", "tgt_aligned",
+        F.col("_leak_free").alias("leak_free"), "hist_sorted", *value_checks,
+    )
+    layout = days.select("user_id", "request_lists_aligned", "window_ends_ordered", "windows_within_sequence")
+    return {"records": records, "targets": _targets(user_days, spec), "user_days": layout}
 
 
 def raw_frame(raw: Any) -> Any:
@@ -181,7 +237,10 @@ def label_bands(cfg: ValidationConfig, spec: DatasetSpec) -> dict[str, tuple[flo
     return {task: cfg.label_rates.get(task, ANY_RATE) for task in spec.tasks}
 
 
-def request_checks(cfg: ValidationConfig, spec: DatasetSpec = DEFAULT_SPEC) -> list[Check]:
+USER_DAY_CHECKS = ("request_lists_aligned", "window_ends_ordered", "windows_within_sequence")
+
+
+def request_checks(cfg: ValidationConfig, spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT) -> list[Check]:
     import great_expectations.expectations as gxe
 
     in_set = lambda column: gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True])  # noqa: E731
@@ -203,6 +262,8 @@ def request_checks(cfg: ValidationConfig, spec: DatasetSpec = DEFAULT_SPEC) -> l
     ]
     if checks_actions(spec):
         checks.append(Check("history_actions_in_range", "records", in_set("actions_in_range")))
+    if layout == COMPACT_LAYOUT:  # the layout's own: each check names a way a writer can get it wrong
+        checks += [Check(name, "user_days", in_set(name)) for name in USER_DAY_CHECKS]
     for column, feature in feature_list_columns(spec):
         name = feature_check_name(column, feature)
         checks.append(Check(name, "records", in_set(name)))
@@ -323,9 +384,11 @@ def load_request_frames(spark: Any, storage: Storage, out: str, day: dt.date, cf
     if cfg.max_len is None:
         cfg = dataclasses.replace(cfg, max_len=report.get("max_len"))
     data = spark.read.parquet(path)
-    if sample:
+    if sample:  # compact: a sample of user-days, each with all its requests
         data = data.sample(fraction=sample, seed=0)
-    return request_frames(data, spec), request_checks(cfg, spec), layout.build_digest(storage, day)
+    records = report.get("layout", REQUEST_LAYOUT)
+    frames = user_day_frames(data, spec) if records == COMPACT_LAYOUT else request_frames(data, spec)
+    return frames, request_checks(cfg, spec, records), layout.build_digest(storage, day)
 
 
 def load_raw_frames(spark: Any, storage: Storage, raw: str | None, day: dt.date, cfg: ValidationConfig,
