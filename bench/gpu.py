@@ -52,8 +52,9 @@ def prepare(out: Path, work: Path, spec=None) -> None:
 
 
 def copy_days(data: Path, out: Path, days) -> int:
-    """Copy published days (their records and manifests) of a build's output, and the spec
-    it records, to `out`; bytes copied."""
+    """Copy published days (their records, build reports and manifests: readers check each
+    manifest against its build report) of a build's output, and the spec it records, to
+    `out`; bytes copied."""
     from longseq.dataset.layout import BuildLayout
 
     shutil.rmtree(out, ignore_errors=True)
@@ -62,7 +63,7 @@ def copy_days(data: Path, out: Path, days) -> int:
     if spec_file.exists():  # without it the reader would take the default spec
         shutil.copy2(spec_file, Path(BuildLayout(str(out)).spec_file))
     for d in days:
-        for part in ("requests", "published"):
+        for part in ("requests", "reports", "published"):
             shutil.copytree(Path(data) / part / f"ds={d}", out / part / f"ds={d}")
     return sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
 
