@@ -24,11 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from longseq.schemas.contracts import DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, contracts_of
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, HIST_PREFIX, REQUEST_LAYOUT, TGT_PREFIX, contracts_of
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
 
-__all__ = ["UserDays", "materialize"]
+__all__ = ["UserDays", "file_layout", "materialize"]
+
+
+def file_layout(column_names) -> str:
+    """The layout of a records file, from its columns: user-day rows have window ends."""
+    return COMPACT_LAYOUT if "hist_end" in column_names else REQUEST_LAYOUT
 
 
 def _flat(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -33,10 +33,13 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 
+import pyarrow as pa
+
+from longseq.dataset.compact import file_layout, materialize
 from longseq.dataset.published import verify_published
-from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, REQUEST_LAYOUT, contracts_of
 from longseq.schemas.errors import LongseqError
-from longseq.schemas.forms import to_unischema
+from longseq.schemas.forms import to_arrow, to_unischema
 from longseq.schemas.spec import DatasetSpec
 from longseq.reader.batch import RequestBatch
 from longseq.reader.chunks import CorruptRecordsError, RequestChunk, offsets_of, record_columns
@@ -107,9 +110,12 @@ def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int, spec: Dat
     Petastorm passes an int64 column through untouched (no per-row stacking), and pandas
     and Arrow hand it over without copying."""
     layout = packed_layout(spec)
+    key = _row_group_key(frame)
+    if file_layout(frame.columns) == COMPACT_LAYOUT:  # the row group's requests, cut out of its user-days
+        frame = materialize(pa.Table.from_pandas(frame, schema=to_arrow(contracts_of(spec).user_day),
+                                                 preserve_index=False), spec).to_pandas()
     n = len(frame)
     user_id, request_ts = frame["user_id"].to_numpy(), frame["request_ts"].to_numpy()
-    key = [user_id.min(), user_id.max(), request_ts.min(), request_ts.max(), n] if n else [0, 0, 0, 0, 0]
     order, keep = draw_order_and_keep(cfg, epoch, user_id, request_ts)
     order = np.arange(n) if order is None else order
     hist_cells, hist_len = _cells(frame, layout.hist)
@@ -144,6 +150,17 @@ def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int, spec: Dat
     return pd.DataFrame({PAYLOAD: payload}, copy=False)  # pandas would copy it into a block
 
 
+def _row_group_key(frame: pd.DataFrame) -> list[int]:
+    """A row group's identity as its footer statistics give it (row_group_keys): min and
+    max user_id, min and max request_ts (of the lists, for user-day rows), rows."""
+    if not len(frame):
+        return [0, 0, 0, 0, 0]
+    user_id, request_ts = frame["user_id"].to_numpy(), frame["request_ts"].to_numpy()
+    if request_ts.dtype == object:
+        request_ts = np.concatenate(list(request_ts))
+    return [user_id.min(), user_id.max(), request_ts.min(), request_ts.max(), len(frame)]
+
+
 def packed_key(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC) -> tuple[int, ...]:
     """The identity of the row group a payload was packed from (see row_group_keys)."""
     layout = packed_layout(spec)
@@ -165,10 +182,12 @@ def row_group_keys(urls: Sequence[str]) -> list[tuple[int, ...]] | None:
                 meta = pq.ParquetFile(f).metadata
         except Exception as e:  # a missing or unreadable file: name it
             raise CorruptRecordsError(f"cannot read {url}: {str(e).strip()}") from None
-        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        # request_ts is a list of user-day rows: its leaf's statistics cover its values
+        columns = [next(i for i, p in enumerate(paths) if p == c or p.startswith(f"{c}.")) for c in ("user_id", "request_ts")]
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
-            stats = [group.column(names.index(c)).statistics for c in ("user_id", "request_ts")]
+            stats = [group.column(i).statistics for i in columns]
             if any(st is None or not st.has_min_max for st in stats):
                 return None
             keys.append((stats[0].min, stats[0].max, stats[1].min, stats[1].max, group.num_rows))
@@ -191,6 +210,25 @@ def unpack(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC) -> RequestChun
         views["hist_offsets"], {name: views[name] for name in layout.hist},
         views["tgt_offsets"], {name: views[name] for name in layout.tgt},
     )
+
+
+def _one_layout(urls: Sequence[str]) -> str:
+    """The layout of the files (one make_batch_reader reads one schema): days of both are refused."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    layouts = {}
+    for url in urls:
+        try:
+            fs, path = pafs.FileSystem.from_uri(url)
+            with fs.open_input_file(path) as f:
+                layouts.setdefault(file_layout(pq.ParquetFile(f).schema_arrow.names), url)
+        except Exception as e:  # a missing or unreadable file: name it
+            raise CorruptRecordsError(f"cannot read {url}: {str(e).strip()}") from None
+    if len(layouts) > 1:
+        raise LongseqError(f"the files hold both layouts ({', '.join(f'{k}: {v}' for k, v in sorted(layouts.items()))}); "
+                           "the Petastorm reader reads one: read them with engine arrow, or build the days in one layout")
+    return next(iter(layouts), REQUEST_LAYOUT)
 
 
 def _escaped_local_filesystem():
@@ -247,6 +285,7 @@ class PetastormRequestReader:
         self.spec = spec
         self.urls = list(urls)
         verify_published(self.urls, self.spec)
+        self.layout = _one_layout(self.urls)
         self._keys = row_group_keys(self.urls) if self.config.workers > 1 else None
 
     def _open(self, epoch: int):
@@ -260,7 +299,7 @@ class PetastormRequestReader:
         local = all(u.startswith("file://") for u in self.urls)
         try:
             return make_batch_reader(
-                self.urls, schema_fields=list(record_columns(self.spec).all), reader_pool_type="thread",
+                self.urls, schema_fields=list(contracts_of(self.spec).records(self.layout).names), reader_pool_type="thread",
                 workers_count=cfg.workers, results_queue_size=cfg.queue_size, seed=epoch_seed(cfg.seed, epoch),
                 shuffle_rows=False, shuffle_row_groups=cfg.shuffle, num_epochs=1, transform_spec=transform,
                 filesystem=_escaped_local_filesystem() if local else None, **shards,

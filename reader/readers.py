@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
+from longseq.dataset.compact import file_layout, materialize
 from longseq.dataset.published import published_files, verify_published
 from longseq.dataset.spec_record import spec_for
 from longseq.dataset.storage import absolute, local_path, storage_for
-from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, contracts_of
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.spec import DatasetSpec
 from longseq.reader.batch import RequestBatch
@@ -56,23 +57,28 @@ class ArrowRequestReader:
         self.urls = list(urls)
         verify_published(self.urls, self.spec)
         self._groups: list[tuple[str, int]] = []
+        self._layouts: dict[str, str] = {}
         for url in self.urls:
             try:
                 meta = pq.ParquetFile(_local_path(url)).metadata
             except Exception as e:  # a missing or unreadable file: name it
                 raise CorruptRecordsError(f"cannot read {url}: {str(e).strip()}") from None
             self._groups += [(url, g) for g in range(meta.num_row_groups)]
+            self._layouts[url] = file_layout(meta.schema.to_arrow_schema().names)
 
     def _chunks(self, epoch: int) -> Iterator[RequestChunk]:
         import pyarrow.parquet as pq
 
-        columns = list(record_columns(self.spec).all)
         for index in row_group_schedule(len(self._groups), self.config, epoch):
             url, group = self._groups[index]
+            compact = self._layouts[url] == COMPACT_LAYOUT
+            columns = contracts_of(self.spec).user_day.names if compact else list(record_columns(self.spec).all)
             try:
                 table = pq.ParquetFile(_local_path(url)).read_row_group(group, columns=columns)
             except Exception as e:
                 raise CorruptRecordsError(f"cannot read row group {group} of {url}: {str(e).strip()}") from None
+            if compact:  # the row group's requests, cut out of its user-days
+                table = materialize(table, self.spec)
             yield prepare_chunk(chunk_from_arrow(table, self.spec), self.config, epoch)
 
     def batches(self, epoch: int = 0) -> Iterator[RequestBatch]:
