@@ -13,7 +13,7 @@ from longseq.cli.arguments import (
 )
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.storage import LocalStorage, absolute
-from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, LAYOUTS, REQUEST_LAYOUT
 from longseq.schemas.durations import format_duration
 from longseq.schemas.errors import LongseqError
 from longseq.sources import SAMPLE_START
@@ -112,6 +112,10 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
                    help="days without logs that have no raw partition: built with no rows, recorded as declared "
                         "empty in their reports (a missing partition is otherwise refused as not landed; one "
                         "holding only _SUCCESS is an observed day without logs and needs no flag)")
+    p.add_argument("--layout", choices=LAYOUTS, default=REQUEST_LAYOUT,
+                   help=f"how DATA/requests/ holds the records: {REQUEST_LAYOUT}, one row per request (each with its "
+                        f"history), or {COMPACT_LAYOUT}, one row per user and day with the history stored once and the "
+                        f"requests' windows cut out by the readers (docs/CONTRACTS.md); default {REQUEST_LAYOUT}")
     add_spark(p, "Spark settings (engine spark)")
 
 
@@ -123,7 +127,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
     config = BuildConfig(raw=args.raw, out=args.data, start=args.start, end=args.end, max_len=args.max_len,
                          lateness_ms=args.lateness, catch_up=args.catch_up, spec=dataset_spec(args),
-                         empty_days=tuple(args.empty_days))
+                         empty_days=tuple(args.empty_days), layout=args.layout)
     # also taken (re-entrantly) by build(); here so that a busy output fails before Spark starts
     with output_lock(absolute(args.data), "build", log=progress):
         engine = make_engine(args.engine, spark_config(args) if args.engine == "spark" else None)

@@ -22,7 +22,7 @@ import pytest
 from longseq.dataset.compact import UserDays, materialize
 from longseq.etl.batch.build import BuildConfig, build
 from longseq.etl.batch.polars_engine import PART_FILE, PolarsEngine
-from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_CONTRACTS, DEFAULT_SPEC, REQUEST_LAYOUT, contracts_of
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_CONTRACTS, DEFAULT_SPEC, LAYOUTS, REQUEST_LAYOUT, contracts_of
 from longseq.schemas.check import check_arrow_schema
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import SPECS_DIR, load_spec
@@ -250,3 +250,44 @@ def test_the_readers_give_the_same_batches_from_both_layouts(engine, tmp_path, r
     seen = sorted(r for b in first for r in b.request_id)
     assert seen == sorted(r for b in want for r in b.request_id)
     assert max(int(n) for b in first for n in b.history.lengths()) <= 4
+
+
+# ---------------------------------------------------------------- end to end, through the command line
+
+
+def test_a_compact_build_publishes_trains_evaluates_and_scores_as_the_request_layout(tmp_path, capsys):
+    """`longseq build --layout compact`, publish, train, evaluate, score: the manifest says
+    the layout and counts requests, and one model scores both layouts of the same days the
+    same (the same metrics, the same score per target)."""
+    from longseq.cli.main import main
+
+    raw, start, end = tmp_path / "raw", str(DAYS[0]), str(DAYS[1])
+    assert main(["generate", "--raw", str(raw), "--profile", "tiny", "--users", "60", "--days", "2", "--start", start]) == 0
+    for layout in LAYOUTS:
+        data = str(tmp_path / layout)
+        assert main(["build", "--raw", str(raw), "--data", data, "--start", start, "--end", end, "--max-len", "64",
+                     "--layout", layout]) == 0
+        assert main(["publish", "--data", data, "--start", start, "--end", end,
+                     "--override-validation", "the gate runs in its own test"]) == 0
+    manifest = json.loads((tmp_path / COMPACT_LAYOUT / "published" / f"ds={end}" / "manifest.json").read_text())
+    report = json.loads((tmp_path / COMPACT_LAYOUT / "reports" / f"ds={end}" / "build.json").read_text())
+    assert (manifest["layout"], manifest["contract"], manifest["rows"]) == (COMPACT_LAYOUT, "user_day", report["requests"])
+    run = str(tmp_path / "run")
+    train = ["--start", start, "--end", start, "--preset", "tiny", "--max-steps", "3", "--device", "cpu"]
+    assert main(["train", "--data", str(tmp_path / COMPACT_LAYOUT), "--run-dir", str(tmp_path / "compact-run"),
+                 *train]) == 0
+    assert main(["train", "--data", str(tmp_path / REQUEST_LAYOUT), "--run-dir", run, *train]) == 0
+    results = {}
+    for layout in LAYOUTS:
+        data = str(tmp_path / layout)
+        assert main(["evaluate", "--data", data, "--start", end, "--run-dir", run, "--bootstrap", "0", "--device",
+                     "cpu"]) == 0
+        out = tmp_path / "run" / "eval" / f"{end}_{end}_lenfull.json"
+        assert main(["score", "--data", data, "--start", end, "--run-dir", run, "--device", "cpu", "--output",
+                     str(tmp_path / f"{layout}.parquet")]) == 0
+        results[layout] = json.loads(out.read_text())["tasks"]
+    assert results[COMPACT_LAYOUT] == results[REQUEST_LAYOUT]
+    scores = [pq.read_table(tmp_path / f"{layout}.parquet") for layout in LAYOUTS]
+    key = [(name, "ascending") for name in scores[0].column_names if name not in ("score", "logit") and
+           not name.startswith(("score_", "logit_"))]
+    assert scores[0].sort_by(key).equals(scores[1].sort_by(key))

@@ -29,22 +29,30 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from longseq.dataset.compact import file_layout
 from longseq.dataset.layout import BuildLayout, day_range
 from longseq.dataset.published import PublishedDataError
 from longseq.dataset.spec_record import spec_for, spec_summary
 from longseq.dataset.storage import Storage, absolute, open_input, storage_for
-from longseq.schemas.contracts import SUCCESS_MARKER, contracts_of
+from longseq.schemas.contracts import COMPACT_LAYOUT, REQUEST_LAYOUT, SUCCESS_MARKER, contracts_of
 from longseq.schemas.errors import MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec
 
 
 def _footer(path: str) -> tuple[int, int, object]:
-    """(rows, row groups, arrow schema) from a Parquet footer, local or remote."""
+    """(requests, row groups, arrow schema) from a Parquet footer, local or remote. A file of
+    user-day rows (the compact layout) holds as many requests as its hist_len lists hold
+    values, which the footer counts per row group."""
     import pyarrow.parquet as pq
 
     with open_input(path) as f:
         meta = pq.ParquetFile(f).metadata
-    return meta.num_rows, meta.num_row_groups, meta.schema.to_arrow_schema()
+    schema = meta.schema.to_arrow_schema()
+    if file_layout(schema.names) != COMPACT_LAYOUT:
+        return meta.num_rows, meta.num_row_groups, schema
+    leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path.startswith("hist_len."))
+    requests = sum(meta.row_group(g).column(leaf).num_values for g in range(meta.num_row_groups))
+    return requests, meta.num_row_groups, schema
 
 
 def _checked_checksums(storage: Storage, records: str, names: list[str], report: dict, day: dt.date) -> dict[str, str]:
@@ -84,7 +92,8 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
     report = json.loads(storage.read_text(layout.report(day)))
     check_built_spec(report, spec, day, out, "publish")  # before the gate: no override publishes another spec
     require_publishable(out, day, override_reason, storage=storage)
-    contract = contracts_of(spec).request_record
+    records_layout = report.get("layout", REQUEST_LAYOUT)
+    contract = contracts_of(spec).records(records_layout)
     names = [n for n in storage.list_names(records) if n.endswith(".parquet")]
     checksums = _checked_checksums(storage, records, names, report, day)
     files = []
@@ -99,6 +108,7 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
     manifest = {
         "ds": day.isoformat(),
         "contract": contract.name,
+        "layout": records_layout,
         "spec": spec_summary(spec),
         "build_run": report.get("run_id"),
         "build_digest": digest,
