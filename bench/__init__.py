@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "gpu": ("gpu", "the GPU trainer's checks and goals in one command"),
     "spec-cost": ("spec_cost", "what the dataset spec costs on the default, against an earlier commit"),
     "stream": ("stream", "the stream against the daily build: cost, latency, state"),
+    "compact": ("compact_layout", "the compact layout against the request layout: values, bytes, build, reader"),
 }
 
 
