@@ -76,6 +76,7 @@ def _read_pass(urls: list[str], cfg) -> tuple[float, int, int]:
 
 def main(argv: list[str]) -> int:
     from longseq.dataset.storage import file_url
+    from longseq.bench.build_throughput import raw_floor_seconds
     from longseq.etl.batch.build import BuildConfig, build
     from longseq.etl.batch.spark_engine import SparkEngine
     from longseq.etl.spark_session import SparkConfig, spark_session
@@ -92,10 +93,8 @@ def main(argv: list[str]) -> int:
             profile = PROFILES[name]
             raw = work / name / "raw"
             report = generate(raw, profile, args.seed, START)
-            spark.read.parquet(str(raw)).count()  # the JVM warmed on this data: neither side pays for class loading
-            t = time.perf_counter()
-            spark.read.parquet(str(raw)).sort("user_id", "event_ts").write.mode("overwrite").parquet(str(work / name / "floor"))
-            row = {"profile": name, "events": report.rows, "days": profile.days, "floor_s": time.perf_counter() - t}
+            row = {"profile": name, "events": report.rows, "days": profile.days,
+                   "floor_s": raw_floor_seconds(spark, raw, work / name / "floor")}
             end = START + dt.timedelta(days=profile.days - 1)
             for layout in LAYOUTS:
                 out = work / name / layout
