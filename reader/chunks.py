@@ -162,13 +162,21 @@ def select(chunk: RequestChunk, index: np.ndarray, keep: np.ndarray | None = Non
     if keep is not None:
         h_len = np.minimum(h_len, np.asarray(keep, dtype=np.int64))
     t_start = chunk.tgt_offsets[index]
-    t_len = chunk.tgt_offsets[index + 1] - t_start
-    hist_offsets, tgt_offsets = offsets_of(h_len), offsets_of(t_len)
+    return windows({k: v[index] for k, v in chunk.request.items()}, chunk.hist, h_end - h_len, h_len,
+                   chunk.tgt, t_start, chunk.tgt_offsets[index + 1] - t_start)
+
+
+def windows(request: dict[str, np.ndarray], hist: dict[str, np.ndarray], hist_start: np.ndarray,
+            hist_len: np.ndarray, tgt: dict[str, np.ndarray], tgt_start: np.ndarray, tgt_len: np.ndarray) -> RequestChunk:
+    """The chunk of requests whose histories are runs hist[name][hist_start[i]:][:hist_len[i]]
+    of shared values (runs may overlap: the windows of one user-day) and whose targets are
+    runs of tgt likewise, copied one after the other."""
+    hist_offsets, tgt_offsets = offsets_of(hist_len), offsets_of(tgt_len)
     h_total, t_total = int(hist_offsets[-1]), int(tgt_offsets[-1])
     return RequestChunk(
-        {k: v[index] for k, v in chunk.request.items()},
-        hist_offsets, {k: _runs(v, h_end - h_len, h_len, h_total) for k, v in chunk.hist.items()},
-        tgt_offsets, {k: _runs(v, t_start, t_len, t_total) for k, v in chunk.tgt.items()},
+        request,
+        hist_offsets, {k: _runs(v, hist_start, hist_len, h_total) for k, v in hist.items()},
+        tgt_offsets, {k: _runs(v, tgt_start, tgt_len, t_total) for k, v in tgt.items()},
     )
 
 

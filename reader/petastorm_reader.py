@@ -35,7 +35,7 @@ import pandas as pd
 
 import pyarrow as pa
 
-from longseq.dataset.compact import file_layout, materialize
+from longseq.dataset.compact import file_layout
 from longseq.dataset.published import verify_published
 from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, REQUEST_LAYOUT, contracts_of
 from longseq.schemas.errors import LongseqError
@@ -44,6 +44,7 @@ from longseq.schemas.spec import DatasetSpec
 from longseq.reader.batch import RequestBatch
 from longseq.reader.chunks import CorruptRecordsError, RequestChunk, offsets_of, record_columns
 from longseq.reader.steps import ReaderConfig, batches_from_chunks, draw_order_and_keep, epoch_seed, row_group_schedule
+from longseq.reader.windows import Windows, windows_of_user_days
 
 PAYLOAD = "payload"  # the one output column: each "row" is one int64 of a packed row group
 
@@ -70,14 +71,20 @@ class PackedLayout:
         return self.key_at + 5
 
 
+# the index sections of a packed row group: offsets of its copied runs (request rows), or
+# where each request's window and targets lie in the row group's flat values (user-day rows)
+INDEX_SECTIONS = {REQUEST_LAYOUT: ("hist_offsets", "tgt_offsets"),
+                  COMPACT_LAYOUT: ("hist_start", "hist_len", "tgt_start", "tgt_len")}
+
+
 @lru_cache(maxsize=None)
-def packed_layout(spec: DatasetSpec = DEFAULT_SPEC) -> PackedLayout:
+def packed_layout(spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT) -> PackedLayout:
     columns = record_columns(spec)
     numeric = tuple(n for n in columns.request if n != "request_id")
-    sections = ("request_id", *numeric, "hist_offsets", "tgt_offsets", *columns.hist, *columns.tgt)
+    sections = ("request_id", *numeric, *INDEX_SECTIONS[layout], *columns.hist, *columns.tgt)
     record = contracts_of(spec).request_record
     dtypes = {f.name: np.dtype(f.numpy_dtype) for f in to_unischema(record).fields.values() if f.name in sections}
-    dtypes.update(hist_offsets=np.dtype(np.int64), tgt_offsets=np.dtype(np.int64))
+    dtypes.update({name: np.dtype(np.int64) for name in INDEX_SECTIONS[layout]})
     return PackedLayout(columns.hist, columns.tgt, numeric, sections, dtypes)
 
 
@@ -109,11 +116,10 @@ def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int, spec: Dat
 
     Petastorm passes an int64 column through untouched (no per-row stacking), and pandas
     and Arrow hand it over without copying."""
-    layout = packed_layout(spec)
     key = _row_group_key(frame)
-    if file_layout(frame.columns) == COMPACT_LAYOUT:  # the row group's requests, cut out of its user-days
-        frame = materialize(pa.Table.from_pandas(frame, schema=to_arrow(contracts_of(spec).user_day),
-                                                 preserve_index=False), spec).to_pandas()
+    if file_layout(frame.columns) == COMPACT_LAYOUT:
+        return _pack_user_days(frame, cfg, epoch, spec, key)
+    layout = packed_layout(spec)
     n = len(frame)
     user_id, request_ts = frame["user_id"].to_numpy(), frame["request_ts"].to_numpy()
     order, keep = draw_order_and_keep(cfg, epoch, user_id, request_ts)
@@ -150,6 +156,28 @@ def pack_row_group(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int, spec: Dat
     return pd.DataFrame({PAYLOAD: payload}, copy=False)  # pandas would copy it into a block
 
 
+def _pack_user_days(frame: pd.DataFrame, cfg: ReaderConfig, epoch: int, spec: DatasetSpec, key: list[int]) -> pd.DataFrame:
+    """A row group of user-day rows packed as its requests' windows (reader/windows.py): the
+    sequences are sent once, and the main thread materialises the windows a piece at a time."""
+    layout = packed_layout(spec, COMPACT_LAYOUT)
+    table = pa.Table.from_pandas(frame, schema=to_arrow(contracts_of(spec).user_day), preserve_index=False)
+    w = windows_of_user_days(table, cfg, epoch, spec)
+    ids = np.char.encode(w.request["request_id"].astype(np.str_), "utf-8")
+    sections = {"request_id": ids, **{n: w.request[n] for n in layout.numeric}, "hist_start": w.hist_start,
+                "hist_len": w.hist_len, "tgt_start": w.tgt_start, "tgt_len": w.tgt_len, **w.hist, **w.tgt}
+    width = ids.dtype.itemsize
+    sizes = [_aligned(len(sections[s]) * (width if s == "request_id" else layout.dtypes[s].itemsize))
+             for s in layout.sections]
+    payload = np.zeros(layout.header + sum(sizes) // 8, np.int64)
+    payload[:layout.header] = [*(len(sections[s]) for s in layout.sections), width, *key]
+    raw, at = payload.view(np.uint8), layout.header * 8
+    for name, size in zip(layout.sections, sizes):
+        dtype = ids.dtype if name == "request_id" else layout.dtypes[name]
+        raw[at:at + len(sections[name]) * dtype.itemsize].view(dtype)[:] = sections[name]
+        at += size
+    return pd.DataFrame({PAYLOAD: payload}, copy=False)
+
+
 def _row_group_key(frame: pd.DataFrame) -> list[int]:
     """A row group's identity as its footer statistics give it (row_group_keys): min and
     max user_id, min and max request_ts (of the lists, for user-day rows), rows."""
@@ -161,9 +189,9 @@ def _row_group_key(frame: pd.DataFrame) -> list[int]:
     return [user_id.min(), user_id.max(), request_ts.min(), request_ts.max(), len(frame)]
 
 
-def packed_key(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC) -> tuple[int, ...]:
+def packed_key(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC, records: str = REQUEST_LAYOUT) -> tuple[int, ...]:
     """The identity of the row group a payload was packed from (see row_group_keys)."""
-    layout = packed_layout(spec)
+    layout = packed_layout(spec, records)
     return tuple(payload[layout.key_at:layout.header].tolist())
 
 
@@ -194,9 +222,22 @@ def row_group_keys(urls: Sequence[str]) -> list[tuple[int, ...]] | None:
     return keys if len(set(keys)) == len(keys) else None
 
 
-def unpack(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC) -> RequestChunk:
-    """A packed row group -> RequestChunk of views into it (no copy, but the ids' decoding)."""
-    layout = packed_layout(spec)
+def unpack(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC, records: str = REQUEST_LAYOUT) -> Iterator[RequestChunk]:
+    """A packed row group -> RequestChunks of views into it (no copy, but the ids' decoding);
+    one of user-day rows -> its windows materialised a piece at a time."""
+    layout = packed_layout(spec, records)
+    views = _sections(payload, layout)
+    request = {"request_id": np.char.decode(views["request_id"], "utf-8"), **{name: views[name] for name in layout.numeric}}
+    if records == COMPACT_LAYOUT:
+        yield from Windows(request, {n: views[n] for n in layout.hist}, views["hist_start"], views["hist_len"],
+                           {n: views[n] for n in layout.tgt}, views["tgt_start"], views["tgt_len"]).pieces()
+        return
+    yield RequestChunk(request, views["hist_offsets"], {name: views[name] for name in layout.hist},
+                       views["tgt_offsets"], {name: views[name] for name in layout.tgt})
+
+
+def _sections(payload: np.ndarray, layout: PackedLayout) -> dict[str, np.ndarray]:
+    """Each section of a payload as a view of its bytes."""
     counts = dict(zip(layout.sections, payload[:len(layout.sections)].tolist()))
     width = int(payload[len(layout.sections)])
     raw, at, views = payload.view(np.uint8), layout.header * 8, {}
@@ -205,11 +246,7 @@ def unpack(payload: np.ndarray, spec: DatasetSpec = DEFAULT_SPEC) -> RequestChun
         nbytes = counts[name] * dtype.itemsize
         views[name] = raw[at:at + nbytes].view(dtype)
         at += _aligned(nbytes)
-    return RequestChunk(
-        {"request_id": np.char.decode(views["request_id"], "utf-8"), **{name: views[name] for name in layout.numeric}},
-        views["hist_offsets"], {name: views[name] for name in layout.hist},
-        views["tgt_offsets"], {name: views[name] for name in layout.tgt},
-    )
+    return views
 
 
 def _one_layout(urls: Sequence[str]) -> str:
@@ -312,15 +349,16 @@ class PetastormRequestReader:
 
     def _chunks(self, epoch: int) -> Iterator[RequestChunk]:
         if self._keys is None:
-            yield from (unpack(p, self.spec) for p in self._payloads(epoch))
+            for payload in self._payloads(epoch):
+                yield from unpack(payload, self.spec, self.layout)
             return
         expected = iter([self._keys[i] for i in row_group_schedule(len(self._keys), self.config, epoch)])
         waiting: dict[tuple[int, ...], np.ndarray] = {}
         want = next(expected, None)
         for payload in self._payloads(epoch):
-            waiting[packed_key(payload, self.spec)] = payload
+            waiting[packed_key(payload, self.spec, self.layout)] = payload
             while want in waiting:
-                yield unpack(waiting.pop(want), self.spec)
+                yield from unpack(waiting.pop(want), self.spec, self.layout)
                 want = next(expected, None)
         if waiting:
             raise CorruptRecordsError(f"{len(waiting)} row group(s) did not match the files' footers; were the files "

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from longseq.dataset.compact import file_layout, materialize
+from longseq.dataset.compact import file_layout
 from longseq.dataset.published import published_files, verify_published
 from longseq.dataset.spec_record import spec_for
 from longseq.dataset.storage import absolute, local_path, storage_for
@@ -39,6 +39,7 @@ from longseq.schemas.spec import DatasetSpec
 from longseq.reader.batch import RequestBatch
 from longseq.reader.chunks import CorruptRecordsError, RequestChunk, chunk_from_arrow, record_columns
 from longseq.reader.steps import ReaderConfig, RequestReader, batches_from_chunks, prepare_chunk, row_group_schedule
+from longseq.reader.windows import windows_of_user_days
 
 __all__ = ["ArrowRequestReader", "ReaderConfig", "RequestReader", "data_spec", "open_published", "open_reader"]
 
@@ -77,9 +78,10 @@ class ArrowRequestReader:
                 table = pq.ParquetFile(_local_path(url)).read_row_group(group, columns=columns)
             except Exception as e:
                 raise CorruptRecordsError(f"cannot read row group {group} of {url}: {str(e).strip()}") from None
-            if compact:  # the row group's requests, cut out of its user-days
-                table = materialize(table, self.spec)
-            yield prepare_chunk(chunk_from_arrow(table, self.spec), self.config, epoch)
+            if compact:  # the row group's requests, windows of its user-days, materialised a piece at a time
+                yield from windows_of_user_days(table, self.config, epoch, self.spec).pieces()
+            else:
+                yield prepare_chunk(chunk_from_arrow(table, self.spec), self.config, epoch)
 
     def batches(self, epoch: int = 0) -> Iterator[RequestBatch]:
         return batches_from_chunks(self._chunks(epoch), self.config, epoch, self.spec.tasks)

@@ -213,6 +213,53 @@ def test_the_gate_checks_a_compact_day_as_its_records_and_catches_a_bad_window_o
 # ---------------------------------------------------------------- the readers
 
 
+def test_a_user_with_a_thousand_requests_in_a_day_is_read_a_piece_at_a_time():
+    """One user-day: 11,000 events and 1,000 requests of 10,000-event windows, 10M history
+    events once materialised. The reader holds them a piece of at most PIECE_TOKENS events
+    (about 30 MB) at a time, never the user-day's 10M."""
+    from longseq.reader.steps import ReaderConfig
+    from longseq.reader.windows import PIECE_TOKENS, windows_of_user_days
+
+    n = 1_000
+    requests = [(f"r{i:04d}", 1_000 + i, 10_000 + i, 10_000, [i % 2]) for i in range(n)]
+    table = pa.Table.from_pylist([_user_day(1, list(range(11_000)), requests)],
+                                 schema=to_arrow(DEFAULT_CONTRACTS.user_day))
+    w = windows_of_user_days(table, ReaderConfig(shuffle=False), 0)
+    sizes = [p.num_history_tokens for p in w.pieces()]
+    assert sum(sizes) == n * 10_000 and max(sizes) <= PIECE_TOKENS and len(sizes) == -(-n * 10_000 // PIECE_TOKENS)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_windows_materialised_a_piece_at_a_time_are_the_materialised_records_prepared(shuffled, tmp_path, request):
+    """A row group of user-days as windows, cut into pieces of a few history events, gives
+    the requests that materialising the rows and preparing them as request records gives: the
+    same order, truncation and values, whatever the piece size."""
+    from longseq.features.lengths import LengthSampler
+    from longseq.reader.chunks import chunk_from_arrow, concat
+    from longseq.reader.steps import ReaderConfig, prepare_chunk
+    from longseq.reader.windows import windows_of_user_days
+
+    raw = tmp_path / "raw"
+    write_random_raw(raw, load_spec(SPECS_DIR / "ecommerce.yaml"))
+    spec = load_spec(SPECS_DIR / "ecommerce.yaml")
+    _build(_engine("polars", request), raw, tmp_path / "c", spec, COMPACT_LAYOUT, 6)
+    table = _table(tmp_path / "c", DAYS[-1])
+    cfg = ReaderConfig(shuffle=shuffled, seed=5, truncation=LengthSampler(min_len=1, max_len=6, multiple=1) if shuffled
+                       else None)
+    want = prepare_chunk(chunk_from_arrow(materialize(table, spec), spec), cfg, epoch=2)
+    w = windows_of_user_days(table, cfg, 2, spec)
+    for tokens in (1, 7, 10**9):
+        pieces = list(w.pieces(tokens))
+        if tokens == 7:
+            assert len(pieces) > 1
+        got = concat(pieces)
+        assert list(got.request["request_id"]) == list(want.request["request_id"]), tokens
+        assert np.array_equal(got.hist_offsets, want.hist_offsets) and np.array_equal(got.tgt_offsets, want.tgt_offsets)
+        for side in ("hist", "tgt", "request"):
+            for name, values in getattr(want, side).items():
+                assert np.array_equal(getattr(got, side)[name], values), (tokens, side, name)
+
+
 @pytest.mark.parametrize("engine", ["arrow", "petastorm"])
 def test_the_readers_give_the_same_batches_from_both_layouts(engine, tmp_path, request):
     """Read in file order, a compact day gives the request layout's batches exactly: its
