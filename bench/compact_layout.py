@@ -12,6 +12,7 @@ layout's are the requests' histories, the compact layout's the user-days' sequen
 bytes of the records and of the state. Then the pyarrow reader reads the last --read-days
 days of each layout, alternately, twice each: at full length in file order (scoring) and
 shuffled at the trainer's U-shaped lengths (training); the best of the two passes counts.
+Each pass runs in a fresh process, whose peak RSS (imports included) is reported.
 """
 
 from __future__ import annotations
@@ -62,8 +63,18 @@ def history_values(requests: Path) -> int:
     return total
 
 
-def _read_pass(urls: list[str], cfg) -> tuple[float, int, int]:
-    """(seconds, requests, history tokens) of one pass of the pyarrow reader."""
+def _read_pass(urls: list[str], cfg) -> tuple[float, int, int, float]:
+    """(seconds, requests, history tokens, peak RSS in MB) of one pass of the pyarrow reader,
+    run in a fresh process (spawned, so that its peak is the reader's and its imports')."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_one_pass, (urls, cfg))
+
+
+def _one_pass(urls: list[str], cfg) -> tuple[float, int, int, float]:
+    import resource
+
     from longseq.reader.readers import open_reader
 
     t = time.perf_counter()
@@ -71,7 +82,7 @@ def _read_pass(urls: list[str], cfg) -> tuple[float, int, int]:
     for batch in open_reader(urls, cfg, "arrow").batches(0):
         requests += batch.num_requests
         tokens += batch.num_history_tokens
-    return time.perf_counter() - t, requests, tokens
+    return time.perf_counter() - t, requests, tokens, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str]) -> int:
@@ -112,7 +123,7 @@ def main(argv: list[str]) -> int:
             lengths = LengthSampler(min_len=min(LengthSampler.min_len, args.max_len), max_len=args.max_len)
             training = ReaderConfig(batch_size=256, truncation=lengths)  # the trainer's U-shaped lengths
             for what, cfg in (("scoring", scoring), ("training", training)):
-                best: dict[str, tuple[float, int, int]] = {}
+                best: dict[str, tuple[float, int, int, float]] = {}
                 for _ in range(2):
                     for layout in LAYOUTS:
                         urls = [file_url(str(f)) for d in days
@@ -121,8 +132,9 @@ def main(argv: list[str]) -> int:
                         if layout not in best or result[0] < best[layout][0]:
                             best[layout] = result
                 for layout in LAYOUTS:
-                    seconds, requests, tokens = best[layout]
+                    seconds, requests, tokens, rss = best[layout]
                     row[f"{layout}_{what}_rps"] = requests / seconds
+                    row[f"{layout}_{what}_rss"] = rss
                     row[f"{what}_tokens"] = tokens / max(requests, 1)
             rows.append(row)
     finally:
@@ -132,8 +144,10 @@ def main(argv: list[str]) -> int:
     print(f"max_len {args.max_len}, master {args.master}, reader: pyarrow, the last {args.read_days} day(s)\n")
     print("| profile | events | requests | history values request | compact | compact / request | records MB request "
           "| compact | compact / request | state MB | build s floor | request | compact | compact / request | "
-          "compact / floor | reader req/s scoring request | compact | ratio | training request | compact | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "compact / floor | reader req/s scoring request | compact | ratio | training request | compact | ratio | "
+          "peak RSS MB scoring request | compact | training request | compact |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+          "---:|---:|---:|---:|")
     for r in rows:
         rq, cp = REQUEST_LAYOUT, COMPACT_LAYOUT
         print(f"| {r['profile']} | {r['events']:,} | {r['requests']:,} | {r[f'{rq}_values']:,} | {r[f'{cp}_values']:,} | "
@@ -142,5 +156,7 @@ def main(argv: list[str]) -> int:
               f"{r[f'{cp}_s']:.1f} | {r[f'{cp}_s'] / r[f'{rq}_s']:.2f} | {r[f'{cp}_s'] / r['floor_s']:.1f}x | "
               f"{r[f'{rq}_scoring_rps']:,.0f} | {r[f'{cp}_scoring_rps']:,.0f} | "
               f"{r[f'{cp}_scoring_rps'] / r[f'{rq}_scoring_rps']:.2f} | {r[f'{rq}_training_rps']:,.0f} | "
-              f"{r[f'{cp}_training_rps']:,.0f} | {r[f'{cp}_training_rps'] / r[f'{rq}_training_rps']:.2f} |")
+              f"{r[f'{cp}_training_rps']:,.0f} | {r[f'{cp}_training_rps'] / r[f'{rq}_training_rps']:.2f} | "
+              f"{r[f'{rq}_scoring_rss']:,.0f} | {r[f'{cp}_scoring_rss']:,.0f} | {r[f'{rq}_training_rss']:,.0f} | "
+              f"{r[f'{cp}_training_rss']:,.0f} |")
     return 0
