@@ -297,6 +297,12 @@ def test_the_readers_give_the_same_batches_from_both_layouts(engine, tmp_path, r
     seen = sorted(r for b in first for r in b.request_id)
     assert seen == sorted(r for b in want for r in b.request_id)
     assert max(int(n) for b in first for n in b.history.lengths()) <= 4
+    # shuffled, a batch mixes user-days: more users a batch than read in file order, where
+    # a user's requests of a day come one after the other
+    def users_per_batch(batches: list) -> float:
+        return float(np.mean([len(set(b.user_id.tolist())) for b in batches]))
+
+    assert users_per_batch(first) > users_per_batch(got)
 
 
 # ---------------------------------------------------------------- end to end, through the command line
