@@ -197,6 +197,22 @@ def test_a_day_without_impressions_builds_validates_and_publishes(spark, tmp_pat
     assert publish_day(str(out), DAY2)["rows"] == 0
 
 
+def test_the_raw_suite_of_a_day_declared_empty_says_so(spark, tmp_path):
+    """A day built with --empty-days has no raw partition: the raw suite says the day was
+    declared empty and has no logs to validate (not that its logs have not landed), and the
+    requests suite validates it."""
+    from longseq.etl.batch.polars_engine import PolarsEngine
+    from longseq.schemas.errors import MissingPrerequisiteError
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    generate(raw, PROFILES["tiny"].with_sizes(users=None, days=1), seed=4, start=START)
+    build(PolarsEngine(), BuildConfig(str(raw), str(out), START, DAY2, MAX_LEN, empty_days=(DAY2,)), log=lambda m: None)
+    with pytest.raises(MissingPrerequisiteError, match="declared the day empty") as e:
+        validate(spark, str(out), DAY2, "raw", raw=str(raw))
+    assert "not landed" not in str(e.value)
+    assert validate(spark, str(out), DAY2, "requests", cfg=ValidationConfig(max_len=MAX_LEN))["passed"]
+
+
 @pytest.mark.subprocess
 def test_cli_exit_codes(built, tmp_path):
     import subprocess

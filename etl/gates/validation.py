@@ -445,6 +445,10 @@ def validate(
     if sample is not None and not 0 < sample <= 1:
         raise LongseqError(f"--sample must be a fraction in (0, 1], got {sample}")
     spec = suite_spec(storage, out, suite, spec)
+    if suite == "raw" and raw and _declared_empty(storage, out, raw, day):
+        raise MissingPrerequisiteError(
+            f"ds={day} has no raw partition in {raw}: its build declared the day empty (--empty-days), so there are no "
+            f"raw logs to validate; its requests suite validates the day")
     if suite == "requests":
         frames, checks, build_digest = load_request_frames(spark, storage, out, day, cfg, sample, spec)
     else:
@@ -462,6 +466,14 @@ def validate(
     outcome.update(ds=day.isoformat(), sample=sample, docs=f"{docs}/index.html", build_digest=build_digest)
     storage.write_text(f"{target}/{suite}.json", json.dumps(outcome, indent=2, sort_keys=True, default=str))
     return outcome
+
+
+def _declared_empty(storage: Storage, out: str, raw: str, day: dt.date) -> bool:
+    """Whether the day has no raw partition because its build was told so (--empty-days)."""
+    report = BuildLayout(out.rstrip("/")).report(day)
+    if storage.exists(partition_path(raw, day)) or not storage.exists(report):
+        return False
+    return bool(json.loads(storage.read_text(report)).get("declared_empty"))
 
 
 def summary_table(outcome: dict) -> str:
