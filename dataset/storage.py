@@ -226,6 +226,14 @@ class ArrowStorage:
         return int(info.size or 0), int(info.mtime_ns or 0)
 
 
+def checksums(storage: Storage, directory: str, names: list[str]) -> dict[str, str]:
+    """name -> SHA-256 of each file of a directory, hashed in threads (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 8))) as pool:
+        return dict(zip(names, pool.map(lambda n: storage.checksum(f"{directory}/{n}"), names)))
+
+
 def is_local(path: str) -> bool:
     return urlparse(str(path)).scheme == ""
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -28,7 +26,7 @@ from longseq.dataset.output_lock import output_lock
 from longseq.dataset.parquet_files import check_parquet_files
 from longseq.dataset.raw import check_raw_partitions
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec, spec_summary
-from longseq.dataset.storage import Storage, absolute
+from longseq.dataset.storage import Storage, absolute, checksums
 from longseq.etl.batch.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
 from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, LAYOUTS, REQUEST_LAYOUT, contracts_of
 from longseq.schemas.durations import format_duration
@@ -181,12 +179,11 @@ def check_state_checksums(storage: Storage, layout: BuildLayout, prev: dt.date, 
     if sorted(names) != sorted(built):
         raise StateChecksumError(f"the state after {prev} in {state} is not the one its build wrote (files "
                                  f"{', '.join(sorted(names)) or 'none'}; built {', '.join(sorted(built))}); {fix}")
-    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 8))) as pool:
-        for name, actual in zip(names, pool.map(lambda n: storage.checksum(f"{state}/{n}"), names)):
-            if actual != built[name]:
-                raise StateChecksumError(f"{state}/{name} does not match the build report of {prev} (sha256 "
-                                         f"{actual[:12]}..., built {built[name][:12]}...): the state changed after "
-                                         f"it was built; {fix}")
+    for name, actual in checksums(storage, state, names).items():
+        if actual != built[name]:
+            raise StateChecksumError(f"{state}/{name} does not match the build report of {prev} (sha256 "
+                                     f"{actual[:12]}..., built {built[name][:12]}...): the state changed after "
+                                     f"it was built; {fix}")
 
 
 def _span(days: list[dt.date]) -> str:

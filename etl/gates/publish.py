@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from longseq.dataset.compact import file_layout
 from longseq.dataset.layout import BuildLayout, day_range
 from longseq.dataset.published import PublishedDataError
 from longseq.dataset.spec_record import spec_for, spec_summary
-from longseq.dataset.storage import Storage, absolute, open_input, storage_for
+from longseq.dataset.storage import Storage, absolute, checksums, open_input, storage_for
 from longseq.schemas.contracts import COMPACT_LAYOUT, REQUEST_LAYOUT, SUCCESS_MARKER, contracts_of
 from longseq.schemas.errors import MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec
@@ -57,8 +55,7 @@ def _footer(path: str) -> tuple[int, int, object]:
 
 def _checked_checksums(storage: Storage, records: str, names: list[str], report: dict, day: dt.date) -> dict[str, str]:
     """The SHA-256 of each file, checked against the build report's (when it has them)."""
-    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 8))) as pool:
-        actual = dict(zip(names, pool.map(lambda n: storage.checksum(f"{records}/{n}"), names)))
+    actual = checksums(storage, records, names)
     built = report.get("checksums", {}).get("requests")
     if built is None:  # built before checksums were recorded
         return actual
