@@ -142,8 +142,13 @@ def _runs(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, total: in
     through one fancy index, which has less overhead per run."""
     if len(lengths) and total >= 64 * len(lengths):
         return np.concatenate([values[s:s + n] for s, n in zip(starts.tolist(), lengths.tolist())]) if total else values[:0]
+    return values[run_positions(starts, lengths)]
+
+
+def run_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """starts[i], starts[i] + 1, ..., starts[i] + lengths[i] - 1 for each i, concatenated."""
     offsets = offsets_of(lengths)
-    return values[np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)]
+    return np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
 
 
 def offsets_of(lengths: np.ndarray) -> np.ndarray:

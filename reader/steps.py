@@ -14,10 +14,12 @@ import numpy as np
 
 from longseq.features.hashing import mix64
 from longseq.features.lengths import LengthSampler
-from longseq.schemas.contracts import TASKS
+from longseq.schemas.contracts import DAY_MS, TASKS
 from longseq.schemas.errors import LongseqError
 from longseq.reader.batch import RequestBatch, batch_from_chunk
-from longseq.reader.chunks import RequestChunk, concat, content_key, select, select_many, slice_chunk
+from longseq.reader.chunks import (
+    RequestChunk, concat, content_key, run_positions, select, select_many, slice_chunk,
+)
 
 
 @dataclass
@@ -43,6 +45,9 @@ class ReaderConfig:
     # batch neighbours, so that a batch pads to about its own lengths, not to the longest of a
     # random few (0: off). When shuffling, a pool's batches come in random order.
     bucket_pool: int = 0
+    # keep each user-day's requests together, in request_ts order, in consecutive batches
+    # (the order of user-days is still shuffled); off: requests are shuffled across user-days
+    group_user_days: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -55,6 +60,9 @@ class ReaderConfig:
             raise LongseqError(f"max_len must be >= 0, got {self.max_len}")
         if self.workers < 1 or self.queue_size < 1 or self.shuffle_buffer < 0 or self.bucket_pool < 0:
             raise LongseqError("workers and queue_size must be >= 1, shuffle_buffer and bucket_pool >= 0")
+        if self.group_user_days and self.bucket_pool:
+            raise LongseqError("group_user_days and bucket_pool do not go together: length buckets sort a user-day's "
+                               "requests apart")
 
     def for_scoring(self) -> "ReaderConfig":
         """Full-length (or max_len) histories in file order, every request once; batches
@@ -87,7 +95,29 @@ def draw_order_and_keep(cfg: ReaderConfig, epoch: int, user_id: np.ndarray,
     keep = cfg.truncation.sample(rng, n) if cfg.truncation is not None else None
     if cfg.max_len is not None:
         keep = np.minimum(keep, cfg.max_len) if keep is not None else np.full(n, cfg.max_len, np.int64)
+    if cfg.group_user_days and order is not None:
+        # every request keeps the length drawn for it ungrouped: only the order changes
+        grouped = user_day_order(user_id, request_ts, rng)
+        if keep is not None:
+            kept = np.empty_like(keep)
+            kept[order] = keep
+            keep = kept[grouped]
+        order = grouped
     return order, keep
+
+
+def user_day_order(user_id: np.ndarray, request_ts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Requests grouped by user-day (user_id, UTC day of request_ts): the user-days in a
+    random order, each one's requests by request_ts (equal times as given)."""
+    n = len(user_id)
+    day = request_ts // DAY_MS
+    by_key = np.lexsort((day, user_id))
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = (user_id[by_key][1:] != user_id[by_key][:-1]) | (day[by_key][1:] != day[by_key][:-1])
+    group = np.empty(n, dtype=np.int64)
+    group[by_key] = np.cumsum(starts) - 1
+    rank = rng.permutation(int(starts.sum()))
+    return np.lexsort((np.arange(n), request_ts, rank[group]))
 
 
 def prepare_chunk(chunk: RequestChunk, cfg: ReaderConfig, epoch: int) -> RequestChunk:
@@ -113,6 +143,67 @@ def shuffle_buffer(chunks: Iterable[RequestChunk], capacity: int, rng: np.random
             pending, held = [slice_chunk(merged, emit, held)], held - emit
     if held:
         yield select_many(pending, rng.permutation(held))
+
+
+def user_day_runs(chunks: list[RequestChunk]) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the runs of one user-day (user_id, UTC day of request_ts) in
+    these chunks' requests, numbered across the chunks in order."""
+    user_id = np.concatenate([c.request["user_id"] for c in chunks])
+    day = np.concatenate([c.request["request_ts"] for c in chunks]) // DAY_MS
+    starts = np.flatnonzero(np.r_[True, (user_id[1:] != user_id[:-1]) | (day[1:] != day[:-1])]) if len(day) else day
+    return starts.astype(np.int64), np.diff(np.r_[starts, len(day)]).astype(np.int64)
+
+
+def _leading_run(chunk: RequestChunk, user_day: tuple[int, int]) -> int:
+    """How many of a chunk's first requests are of this user-day."""
+    same = (chunk.request["user_id"] == user_day[0]) & (chunk.request["request_ts"] // DAY_MS == user_day[1])
+    return len(chunk) if same.all() else int(np.argmin(same))
+
+
+def shuffle_user_days(chunks: Iterable[RequestChunk], capacity: int, rng: np.random.Generator) -> Iterator[RequestChunk]:
+    """The shuffle buffer when user-days are grouped: as shuffle_buffer, but it mixes whole
+    runs of one user-day, each kept in its order. The last run held may go on in the next
+    chunk, so it waits at the end of the buffer; one that reaches `capacity` requests by
+    itself is let through as it comes. So the buffer holds about `capacity` requests and a
+    chunk, whatever a user-day's size."""
+    pending: list[RequestChunk] = []
+    held = 0
+    passing: tuple[int, int] | None = None  # the user-day being let through
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        if passing is not None:
+            head = _leading_run(chunk, passing)
+            if head:
+                yield slice_chunk(chunk, 0, head)
+            if head == len(chunk):
+                continue
+            chunk, passing = slice_chunk(chunk, head, len(chunk)), None
+        pending.append(chunk)
+        held += len(chunk)
+        if held < capacity:
+            continue
+        starts, lengths = user_day_runs(pending)
+        last = len(lengths) - 1  # open: the next chunk may go on with it
+        closed = rng.permutation(last)
+        emit = closed[:int(np.searchsorted(np.cumsum(lengths[closed]), held - capacity // 2)) + 1]
+        stay = np.setdiff1d(closed, emit)  # in stream order
+        if lengths[last] >= capacity:
+            emit = np.append(emit, last)
+            request = pending[-1].request
+            passing = (int(request["user_id"][-1]), int(request["request_ts"][-1] // DAY_MS))
+        else:
+            stay = np.append(stay, last)
+        runs = np.concatenate([emit, stay]).astype(np.int64)
+        merged = select_many(pending, run_positions(starts[runs], lengths[runs]))
+        out = int(lengths[emit].sum())
+        if out:
+            yield slice_chunk(merged, 0, out)
+        pending, held = ([slice_chunk(merged, out, held)] if out < held else []), held - out
+    if held:
+        starts, lengths = user_day_runs(pending)
+        runs = rng.permutation(len(lengths))
+        yield select_many(pending, run_positions(starts[runs], lengths[runs]))
 
 
 def batch_ends(hist_lengths: np.ndarray, batch_size: int, token_budget: int | None) -> tuple[list[int], int]:
@@ -194,7 +285,8 @@ def batches_from_chunks(prepared: Iterable[RequestChunk], cfg: ReaderConfig, epo
     buckets or in order), torch (batches labelled with the spec's `tasks`)."""
     stream = prepared
     if cfg.shuffle and cfg.shuffle_buffer:
-        stream = shuffle_buffer(stream, cfg.shuffle_buffer, np.random.default_rng([cfg.seed & (2**63 - 1), epoch, 1]))
+        mix = shuffle_user_days if cfg.group_user_days else shuffle_buffer
+        stream = mix(stream, cfg.shuffle_buffer, np.random.default_rng([cfg.seed & (2**63 - 1), epoch, 1]))
     if cfg.bucket_pool:
         order = np.random.default_rng([cfg.seed & (2**63 - 1), epoch, 2]) if cfg.shuffle else None
         batched = bucketed_batches(stream, cfg, order)

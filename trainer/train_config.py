@@ -20,7 +20,7 @@ from longseq.trainer.optimizers import EMBEDDING_OPTIMIZERS
 # TrainConfig fields added after configs were first saved, at the value that does what
 # training did before them: a saved config without one is read so, whatever the default is now
 ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr": None, "compile": False,
-                "attention": "padded", "spec": None}
+                "attention": "padded", "spec": None, "group_user_days": False}
 
 
 @dataclass
@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     shuffle_buffer: int = 512
     bucket_pool: int = 0  # >0: batch requests of similar sampled length from pools of this many (less padding)
+    group_user_days: bool = False  # a user-day's requests in consecutive batches, in request_ts order (user-days shuffled)
     embedding_optimizer: str = "adamw"  # or rowwise_adagrad: sparse gradients for the id tables (trainer/optimizers.py)
     embedding_lr: float | None = None  # rowwise_adagrad's peak lr (None: lr); follows the same schedule
     compile: bool = False  # torch.compile the model (dynamic shapes): for GPUs, where it can pay off
@@ -135,4 +136,4 @@ def reader_config(cfg: TrainConfig, rank: int = 0, world: int = 1, cuda: bool = 
     return ReaderConfig(
         batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed, shard=rank, shard_count=world, truncation=cfg.sampler(), max_len=cfg.max_len, pin_memory=cuda,
-        bucket_pool=cfg.bucket_pool)
+        bucket_pool=cfg.bucket_pool, group_user_days=cfg.group_user_days)
