@@ -1,14 +1,23 @@
 """The compact layout (contract `user_day`) and the request records it stands for.
 
 A user's requests of one day see windows of one sequence: the user's events in history
-order. The compact layout stores that sequence once per user-day, and per request where its
-window ends and how long it is; its targets follow one request after the other:
+order. The compact layout stores the events of those windows once per user-day, and per
+request where its window ends and how long it is; its targets follow one request after the
+other (max_len 3; K: the user's events before the request):
 
-    hist_*     e0 e1 e2 e3 e4 e5 e6 e7 e8 e9        (the user's events, stored once)
-    request 0              [e3 e4 e5]               hist_end 6, hist_len 3 (max_len 3)
-    request 1                       [e6 e7 e8]      hist_end 9, hist_len 3
-    request 2                          [e7 e8 e9]   hist_end 10, hist_len 3
-    tgt_*      t0 t1 | t2 | t3 t4 t5                tgt_count 2, 1, 3
+    the user's events  e0 e1 e2 e3 e4 e5 e6 e7 e8 e9 e10 e11
+    request 0 (K 5)          [e2 e3 e4]
+    request 1 (K 6)             [e3 e4 e5]
+    request 2 (K 11)                        [e8 e9 e10]
+
+    hist_*     e2 e3 e4 e5 e8 e9 e10     (stored once)
+    request 0  [e2 e3 e4]                hist_end 3, hist_len 3
+    request 1     [e3 e4 e5]             hist_end 4, hist_len 3
+    request 2              [e8 e9 e10]   hist_end 7, hist_len 3
+    tgt_*      t0 t1 | t2 | t3 t4 t5     tgt_count 2, 1, 3
+
+Request i stores its window's events from K[i-1] on: windows only move forward, so each is
+a run of the stored events.
 
 `materialize` cuts request records (contract 2) out of user-day rows: all of them, or the
 requests a reader picks (any order, across rows), so that a reader holds windows for one
@@ -28,7 +37,7 @@ from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, HIST_PREFIX,
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
 
-__all__ = ["UserDays", "file_layout", "materialize"]
+__all__ = ["UserDays", "file_layout", "materialize", "user_days_of"]
 
 
 def file_layout(column_names) -> str:
@@ -109,3 +118,89 @@ def materialize(user_days: pa.Table | UserDays, spec: DatasetSpec = DEFAULT_SPEC
     columns |= {HIST_PREFIX + n: lists(HIST_PREFIX + n, hist_offsets, hist_idx) for n in c.history_names}
     columns |= {TGT_PREFIX + n: lists(TGT_PREFIX + n, tgt_offsets, tgt_idx) for n in c.target_names}
     return pa.table([columns[f.name] for f in schema], schema=schema)
+
+
+def _first_at_or_after(ts: np.ndarray, start: np.ndarray, length: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Per window ts[start:start + length] (sorted), how many of its values are below `bound`:
+    one binary search per window, all windows at once."""
+    lo, hi = start.copy(), start + length
+    if not len(ts):
+        return np.zeros_like(start)
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo - start
+        mid = (lo + hi) // 2
+        below = open_ & (ts[np.minimum(mid, len(ts) - 1)] < bound)
+        lo = np.where(below, mid + 1, lo)
+        hi = np.where(open_ & ~below, mid, hi)
+
+
+def user_days_of(table: pa.Table, spec: DatasetSpec = DEFAULT_SPEC) -> pa.Table:
+    """The compact rows (contract user_day) of request records, or of user-day rows that
+    split a user's requests over several rows (a stream's micro-batches and hours): one row
+    per user, sorted by user_id, as a build writes them.
+
+    A request's history is the last max_len events before its request_ts, so the part of its
+    window that the previous request of its user also holds is its events before that
+    request's request_ts: the rest is stored. Nothing else is needed to rebuild the sequence,
+    and `materialize` gives the records back exactly."""
+    c = contracts_of(spec)
+    if file_layout(table.column_names) == COMPACT_LAYOUT:
+        days = UserDays.of(table)
+        user = table["user_id"].combine_chunks().take(pa.array(days.row))
+        ids, ts = pc.list_flatten(table["request_id"]), pc.list_flatten(table["request_ts"])
+        hist_start, hist_len, tgt_start, tgt_count = days.hist_start, days.hist_len, days.tgt_start, days.tgt_count
+    else:
+        user, ids, ts = table["user_id"], table["request_id"], table["request_ts"]
+        hist_len = pc.list_value_length(table["hist_event_ts"]).to_numpy(zero_copy_only=False).astype(np.int64)
+        tgt_count = pc.list_value_length(table[TGT_PREFIX + c.target_names[0]]).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+        hist_start, tgt_start = _starts(hist_len)[:-1], _starts(tgt_count)[:-1]
+    keys = pa.table({"user_id": user, "request_ts": ts, "request_id": ids})
+    order = pc.sort_indices(keys, sort_keys=[("user_id", "ascending"), ("request_ts", "ascending"),
+                                             ("request_id", "ascending")]).to_numpy().astype(np.int64)
+    keys = keys.take(pa.array(order))
+    hist_start, hist_len, tgt_start, tgt_count = hist_start[order], hist_len[order], tgt_start[order], tgt_count[order]
+    users = keys["user_id"].to_numpy()
+    request_ts = keys["request_ts"].to_numpy()
+    n = len(order)
+    first = np.ones(n, dtype=bool)
+    first[1:] = users[1:] != users[:-1]
+    # the events a request shares with the one before it: its events before that one's request_ts
+    flat_ts = _flat(table["hist_event_ts"]).astype(np.int64)
+    bound = np.where(first, np.iinfo(np.int64).min, np.concatenate([[0], request_ts[:-1]]))
+    shared = _first_at_or_after(flat_ts, hist_start, hist_len, bound)
+    piece_start, piece_len = hist_start + shared, hist_len - shared
+    ends = np.cumsum(piece_len)
+    row_of = np.cumsum(first) - 1  # the output row of each request
+    row_starts = np.flatnonzero(first)
+    events_before_row = (ends - piece_len)[row_starts]
+    hist_end = ends - events_before_row[row_of]
+    hist_idx, _ = _gather(piece_start, piece_len)
+    tgt_idx, _ = _gather(tgt_start, tgt_count)
+    request_offsets = np.append(row_starts, n)
+    hist_offsets = np.append(events_before_row, ends[-1] if n else 0)
+    tgt_ends = np.cumsum(tgt_count)
+    tgt_offsets = np.append((tgt_ends - tgt_count)[row_starts], tgt_ends[-1] if n else 0)
+    schema = to_arrow(c.user_day)
+
+    def lists(values: pa.Array, offsets: np.ndarray, name: str) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values).cast(schema.field(name).type)
+
+    def flat_of(name: str) -> pa.ChunkedArray:
+        return pc.list_flatten(table[name])
+
+    columns = {
+        "user_id": keys["user_id"].take(pa.array(row_starts)).combine_chunks(),
+        "request_id": lists(keys["request_id"].combine_chunks(), request_offsets, "request_id"),
+        "request_ts": lists(keys["request_ts"].combine_chunks(), request_offsets, "request_ts"),
+        "hist_end": lists(pa.array(hist_end, pa.int32()), request_offsets, "hist_end"),
+        "hist_len": lists(pa.array(hist_len, pa.int32()), request_offsets, "hist_len"),
+        "tgt_count": lists(pa.array(tgt_count, pa.int32()), request_offsets, "tgt_count"),
+        **{HIST_PREFIX + f: lists(flat_of(HIST_PREFIX + f).take(pa.array(hist_idx)).combine_chunks(), hist_offsets,
+                                  HIST_PREFIX + f) for f in c.history_names},
+        **{TGT_PREFIX + f: lists(flat_of(TGT_PREFIX + f).take(pa.array(tgt_idx)).combine_chunks(), tgt_offsets,
+                                 TGT_PREFIX + f) for f in c.target_names},
+    }
+    return pa.table([columns[f.name].cast(f.type) for f in schema], schema=schema)

@@ -164,8 +164,7 @@ def contracts_of(spec: DatasetSpec) -> Contracts:
         name="user_day",
         doc=(
             "The compact layout of contract 2: one row per user and day. hist_* hold the user's "
-            "events once, in history order, from the first event of the day's first request's "
-            "history to the last event of its last request's; the request_* lists hold the day's "
+            "events that some request's history holds, once, in history order; the request_* lists hold the day's "
             "requests in (request_ts, request_id) order, with where each one's history ends in "
             "those events (hist_end, exclusive) and how many it keeps (hist_len); tgt_* hold the "
             "requests' targets one request after the other, tgt_count of them each. Request i's "

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longseq.dataset.compact import UserDays, materialize
+from longseq.dataset.compact import UserDays, materialize, user_days_of
 from longseq.etl.batch.build import BuildConfig, build
 from longseq.etl.batch.polars_engine import PART_FILE, PolarsEngine
 from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_CONTRACTS, DEFAULT_SPEC, LAYOUTS, REQUEST_LAYOUT, contracts_of
@@ -106,9 +106,21 @@ def _check_materialises_to_requests(raw: Path, tmp_path: Path, engine, spec, max
         assert report["layout"] == COMPACT_LAYOUT and {k: report[k] for k in COUNTS} == {k: want[k] for k in COUNTS}
         for kind in ("state", "quarantine"):  # the layout changes DATA/requests/ only
             assert _table(tmp_path / "compact", day, kind).equals(_table(tmp_path / "request", day, kind)), kind
+        # an independent route to the same rows: the request records, compacted
+        want_days = user_days.cast(to_arrow(c.user_day))
+        assert user_days_of(_table(tmp_path / "request", day), spec).equals(want_days), f"ds={day}"
+        assert user_days_of(_split_rows(want_days, spec), spec).equals(want_days), f"ds={day}: rows merged"
         stored += sum(map(len, user_days.column("hist_event_ts").to_pylist()))
         materialized += sum(map(len, records.column("hist_event_ts").to_pylist()))
     assert materialized > stored > 0, "users with several requests a day share their history"
+
+
+def _split_rows(user_days: pa.Table, spec) -> pa.Table:
+    """The same requests, each user's day split over two rows (as a stream's micro-batches
+    split it): every other request in one, the rest in the other, that one first."""
+    records = materialize(user_days, spec)
+    halves = [list(range(0, records.num_rows, 2)), list(range(1, records.num_rows, 2))]  # windows interleave in time
+    return pa.concat_tables([user_days_of(records.take(pa.array(h)), spec) for h in reversed(halves)])
 
 
 COUNTS = ("rows_read", "duplicates", "quarantined", "requests", "targets", "requests_without_valid_impressions",

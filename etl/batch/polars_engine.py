@@ -290,28 +290,31 @@ def _records(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contract
 
 
 def _user_days(kept: pl.DataFrame, events: pl.DataFrame, max_len: int, c: Contracts) -> pl.DataFrame:
-    """One row per user with a request (contract user_day): the user's events from the first
-    of its first request's history to the last of its last request's, stored once, and per
-    request where its history ends in them and how long it is."""
+    """One row per user with a request (contract user_day): the user's events that some
+    request's history holds, stored once in history order, and per request where its
+    history ends in them and how long it is. Request i stores the part of its window after
+    the one before it (its events from K[i-1] on): windows only move forward (K grows with
+    request_ts), so each window is a run of the stored events."""
     requests, user_events = _requests(kept, events, c)
-    first = (pl.col(K).min().over("user_id") - max_len).clip(lower_bound=0)  # K grows with request_ts
+    window_start = (pl.col(K) - max_len).clip(lower_bound=0)
+    piece_start = pl.max_horizontal(window_start, pl.col(K).shift(1).over("user_id").fill_null(0))
     days = (
         requests.sort(["user_id", "request_ts", "request_id"])
-        .with_columns(_first=first, _last=pl.col(K).max().over("user_id"))
+        .with_columns(_piece=piece_start)
+        .with_columns(_piece_len=pl.col(K) - pl.col("_piece"))
         .group_by("user_id", maintain_order=True)
         .agg(
             "request_id", "request_ts",
-            hist_end=(pl.col(K) - pl.col("_first")).cast(pl.Int32),
+            hist_end=pl.col("_piece_len").cum_sum().cast(pl.Int32),
             hist_len=pl.min_horizontal(pl.col(K), max_len).cast(pl.Int32),
             tgt_count=pl.col(TGT_PREFIX + c.target_names[0]).list.len().cast(pl.Int32),
             **{TGT_PREFIX + f: pl.col(TGT_PREFIX + f).explode() for f in c.target_names},
-            _first=pl.col("_first").first(), _last=pl.col("_last").first(),
+            _stored=pl.int_ranges(pl.col("_piece"), pl.col(K)).explode().drop_nulls(),
         )
     )
     return days.join(user_events, on="user_id", how="left").select(
         "user_id",
-        *[pl.col(f).list.slice(pl.col("_first"), pl.col("_last") - pl.col("_first")).fill_null([])
-          .alias(HIST_PREFIX + f) for f in c.history_names],
+        *[pl.col(f).list.gather(pl.col("_stored")).fill_null([]).alias(HIST_PREFIX + f) for f in c.history_names],
         "request_id", "request_ts", "hist_end", "hist_len", "tgt_count",
         *[TGT_PREFIX + f for f in c.target_names],
     ).sort("user_id")

@@ -349,14 +349,19 @@ def _input_counts(tagged: DataFrame, valid: DataFrame, seen: DataFrame) -> dict[
 
 def _user_days(requests: DataFrame, users: DataFrame, max_len: int, c: Contracts) -> DataFrame:
     """One user_day row per user with a request (requests: one row each, with its targets and
-    K, the user's events logged before it): the user's events from the first of its first
-    request's history to the last of its last request's, and per request, in (request_ts,
-    request_id) order, where its history ends in them, how long it is, and its targets."""
+    K, the user's events logged before it): the user's events that some request's history
+    holds, stored once, and per request, in (request_ts, request_id) order, where its history
+    ends in them, how long it is, and its targets. Request i stores the part of its window
+    after the one before it (its events from K[i-1] on): windows only move forward (K grows
+    with request_ts), so each window is a run of the stored events."""
     user_day = c.user_day
-    per_user = requests.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct("request_ts", "request_id", K, TARGETS))).alias(REQUESTS),
-        F.greatest(F.min(K) - max_len, F.lit(0)).alias("_first"),  # K grows with request_ts
-        F.max(K).alias("_last"),
+    in_order = Window.partitionBy("user_id").orderBy("request_ts", "request_id")
+    piece = F.greatest(F.col(K) - max_len, F.lag(K, 1, 0).over(in_order), F.lit(0))
+    pieces = requests.withColumn("_piece", piece).withColumn("_piece_len", F.col(K) - F.col("_piece")).withColumn(
+        "_hist_end", F.sum("_piece_len").over(in_order.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+    per_user = pieces.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("request_ts", "request_id", K, "_piece", "_piece_len", "_hist_end",
+                                             TARGETS))).alias(REQUESTS),
     )
 
     def per_request(expr: str) -> Column:
@@ -365,11 +370,12 @@ def _user_days(requests: DataFrame, users: DataFrame, max_len: int, c: Contracts
     columns = {
         "request_id": per_request("r.request_id"),
         "request_ts": per_request("r.request_ts"),
-        "hist_end": per_request(f"cast(r.{K} - _first as int)"),
+        "hist_end": per_request("cast(r._hist_end as int)"),
         "hist_len": per_request(f"cast(least(r.{K}, {int(max_len)}) as int)"),
         "tgt_count": per_request(f"size(r.{TARGETS})"),
         **{TGT_PREFIX + f: F.flatten(per_request(f"transform(r.{TARGETS}, t -> t.`{f}`)")) for f in c.target_names},
-        **{HIST_PREFIX + f: F.slice(f, F.col("_first") + 1, F.col("_last") - F.col("_first")) for f in c.history_names},
+        **{HIST_PREFIX + f: F.flatten(per_request(f"slice(`{f}`, cast(r._piece + 1 as int), cast(r._piece_len as int))"))
+           for f in c.history_names},
     }
     return per_user.join(users.select("user_id", *c.history_names), "user_id", "left").select(
         *[_required(columns.get(f.name, F.col(f.name)), f.dtype).alias(f.name) for f in user_day]

@@ -206,7 +206,7 @@ def user_day_frames(user_days: Any, spec: DatasetSpec = DEFAULT_SPEC) -> dict[st
         F.transform(F.arrays_zip("request_ts", "hist_end", "hist_len"), lambda w: (w["hist_len"] == 0) | (
             F.element_at("hist_event_ts", F.greatest(w["hist_end"], F.lit(1))) < w["request_ts"])).alias("_leak_free"),
     )
-    value_checks = _value_checks(spec)  # on the sequence: every window's values, and any between windows
+    value_checks = _value_checks(spec)  # on the sequence: every window's values
     records = days.select(
         "hist_aligned", "tgt_aligned", "hist_sorted", *[check.alias(name) for name, check in value_checks.items()],
         F.inline(F.arrays_zip("request_id", "hist_len", "tgt_count", "_leak_free")),
