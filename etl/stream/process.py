@@ -33,6 +33,7 @@ Per call:
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ from longseq.etl.batch.feature_values import ValueOps, feature_value
 from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, LATE_ARRIVAL, dedup_order
 from longseq.etl.stream.settings import StreamSettings
 from longseq.etl.stream.state import (
-    EMITTED_SCHEMA, EPOCH, VALUE_PREFIX, WINDOW_SCHEMA, StreamState, pending_schema, to_user_state,
+    EMITTED_SCHEMA, EPOCH, VALUE_PREFIX, WINDOW_SCHEMA, StreamState, pending_schema, pylist, table_rows,
+    to_user_state,
 )
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
@@ -142,20 +144,30 @@ class _Work:
 
     @staticmethod
     def of(s: StreamState, spec: DatasetSpec) -> "_Work":
-        return _Work(s.hist, s.window.to_pylist(), s.pending.to_pylist(),
-                     {(e["ds"], e["request_id"]): e for e in s.emitted.to_pylist()},
+        return _Work(s.hist, table_rows(s.window), table_rows(s.pending),
+                     {(e["ds"], e["request_id"]): e for e in table_rows(s.emitted)},
                      s.truncated_at, s.last_snapshot, s.active, set(s.dirty))
 
     def merge_new_events(self) -> None:
         """Merge the events kept this call into the history, in (event_ts, event_id) order.
-        They are all logged at or after the truncation point, where every event has its id."""
+        They are all logged at or after the truncation point, where every event has its id.
+        The history is in that order already (a null id as ""), so each new event goes after
+        the events not above it: what a stable sort of both gives, without reading every id
+        (a merge comes before each record, so it must not cost a sort of the history)."""
         if not self.new_events:
             return
-        added = pa.Table.from_pylist(self.new_events, schema=self.hist.schema)
-        merged = pa.concat_tables([self.hist, added])
-        ts = merged.column("event_ts").to_numpy()
-        ids = np.array([i or "" for i in merged.column("event_id").to_pylist()], dtype=str)
-        self.hist = merged.take(np.lexsort((ids, ts)))
+        added = sorted(self.new_events, key=lambda e: (e["event_ts"], e["event_id"] or ""))
+        ts = self.hist.column("event_ts").to_numpy()
+        new_ts = np.array([e["event_ts"] for e in added], dtype=np.int64)
+        at, end = np.searchsorted(ts, new_ts, side="left"), np.searchsorted(ts, new_ts, side="right")
+        ids = self.hist.column("event_id")
+        for j in np.flatnonzero(end > at):  # the same event_ts: the ids decide
+            tied = [i or "" for i in ids.slice(at[j], end[j] - at[j]).to_pylist()]
+            at[j] += bisect.bisect_right(tied, added[j]["event_id"] or "")
+        n = self.hist.num_rows
+        order = np.insert(np.arange(n), at, np.arange(n, n + len(added)))
+        merged = pa.concat_tables([self.hist, pa.Table.from_pylist(added, schema=self.hist.schema)])
+        self.hist = merged.take(order)
         self.new_events = []
 
     def history_before(self, request_ts: int, max_len: int) -> pa.Table:
@@ -190,7 +202,8 @@ class _Work:
         self.merge_new_events()
         window = sorted(self.window, key=lambda w: (w["event_ts"], w["event_id"], w["ds"], w["counted_across"]))
         emitted = sorted(self.emitted.values(), key=lambda e: (e["ds"], e["request_id"]))
-        pending = sorted(self.pending, key=lambda r: _dedup_key(r, spec) + (r["event_id"], r["ds"]))
+        order = dedup_order(spec)
+        pending = sorted(self.pending, key=lambda r: _dedup_key(r, order) + (r["event_id"], r["ds"]))
         return StreamState(self.hist, pa.Table.from_pylist(window, schema=WINDOW_SCHEMA),
                            pa.Table.from_pylist(pending, schema=pending_schema(spec)),
                            pa.Table.from_pylist(emitted, schema=EMITTED_SCHEMA), self.truncated_at,
@@ -263,29 +276,74 @@ def _arrive(row: dict, work: _Work, out: CallResult) -> None:
 # ---------------------------------------------------------------- 2. due requests
 
 
-def _dedup_key(row: dict, spec: DatasetSpec) -> tuple:
-    return tuple((0,) if row[c] is None else (1, row[c]) for c in dedup_order(spec))
+def _dedup_key(row: dict, order: tuple[str, ...]) -> tuple:
+    """The row's place in the dedup order (`dedup_order`), a null before any value."""
+    return tuple((0,) if row[c] is None else (1, row[c]) for c in order)
+
+
+@dataclass
+class _Pending:
+    """The pending rows of one call, indexed once: by request, and by event_id and ds, so
+    that deciding a request reads its own rows and the copies of their events (few) rather
+    than every pending row."""
+
+    rows: list[dict]
+    order: tuple[str, ...]  # dedup_order
+    request_of: list[tuple[int, str]] = field(default_factory=list)  # row -> (ds, request_id)
+    requests: dict[tuple[int, str], list[int]] = field(default_factory=lambda: defaultdict(list))  # in pending order
+    copies: dict[tuple[str, int], list[int]] = field(default_factory=lambda: defaultdict(list))  # (event_id, ds) -> rows
+    decided: set[tuple[int, str]] = field(default_factory=set)  # requests decided so far in the call
+    keys: dict[int, tuple] = field(default_factory=dict)  # row -> _dedup_key, once read
+
+    def __post_init__(self) -> None:
+        for i, row in enumerate(self.rows):
+            request = (row["ds"], row["request_id"])
+            self.request_of.append(request)
+            self.requests[request].append(i)
+            self.copies[(row["event_id"], row["ds"])].append(i)
+
+    def key(self, i: int) -> tuple:
+        if i not in self.keys:
+            self.keys[i] = _dedup_key(self.rows[i], self.order)
+        return self.keys[i]
+
+    def smaller_copy(self, i: int) -> bool:
+        """Whether a copy of row i's event in its ds that is still pending (a request decided
+        earlier in the call has left the pending rows) is smaller by the dedup order; equal
+        keys only within one request (the key holds request_id): the first copy stays."""
+        request, mine = self.request_of[i], self.key(i)
+        for j in self.copies[(self.rows[i]["event_id"], self.rows[i]["ds"])]:
+            if j == i or (self.request_of[j] != request and self.request_of[j] in self.decided):
+                continue
+            theirs = self.key(j)
+            if theirs < mine or (theirs == mine and self.request_of[j] == request and j < i):
+                return True
+        return False
+
+    def remaining(self) -> list[dict]:
+        return [r for r, request in zip(self.rows, self.request_of) if request not in self.decided]
 
 
 def _decide_due(user_id: int, wm: int, work: _Work, out: CallResult, settings: StreamSettings) -> None:
     spec, lateness = settings.spec, settings.lateness_ms
-    requests: dict[tuple[int, str], list[dict]] = defaultdict(list)
-    for row in work.pending:
-        requests[(row["ds"], row["request_id"])].append(row)
-    due = sorted(((min(r["request_ts"] for r in rows), key) for key, rows in requests.items()
-                  if min(r["request_ts"] for r in rows) + lateness < wm))
+    pending = _Pending(work.pending, dedup_order(spec))
+    due = []
+    for key, at in pending.requests.items():
+        min_ts = min(pending.rows[i]["request_ts"] for i in at)
+        if min_ts + lateness < wm:
+            due.append((min_ts, key))
     if not due:
         return
-    for min_ts, key in due:
-        rows = requests.pop(key)
-        work.pending = [r for r in work.pending if (r["ds"], r["request_id"]) != key]
+    for min_ts, key in sorted(due):
+        rows = [pending.rows[i] for i in pending.requests[key]]
+        pending.decided.add(key)
         if len({r["request_ts"] for r in rows}) > 1:
             for r in rows:
                 _quarantine(r, INCONSISTENT_REQUEST, out)
             work.emitted[key] = {"ds": key[0], "request_id": key[1], "min_request_ts": min_ts, "record": False,
                                  "divergent": False}
             continue
-        kept = _dedupe(rows, work, out, spec, lateness)
+        kept = _dedupe(pending.requests[key], pending, work, out, lateness)
         if kept:
             work.merge_new_events()
             out.records.append(_record(user_id, key, min_ts, kept, work, settings))
@@ -296,22 +354,18 @@ def _decide_due(user_id: int, wm: int, work: _Work, out: CallResult, settings: S
                 work.dirty.add(r["ds"])
         work.emitted[key] = {"ds": key[0], "request_id": key[1], "min_request_ts": min_ts, "record": bool(kept),
                              "divergent": False}
+    work.pending = pending.remaining()
 
 
-def _dedupe(rows: list[dict], work: _Work, out: CallResult, spec: DatasetSpec, lateness: int) -> list[dict]:
-    """The request's rows that stay: no copy kept before (in the ds, or on an earlier day
-    within the bound), and the smallest by dedup_order among the pending copies in the ds."""
+def _dedupe(at: list[int], pending: _Pending, work: _Work, out: CallResult, lateness: int) -> list[dict]:
+    """The request's rows (positions `at` in the pending rows) that stay: no copy kept before
+    (in the ds, or on an earlier day within the bound), and the smallest by dedup_order among
+    the pending copies in the ds."""
     kept: list[dict] = []
-    for i, row in enumerate(rows):
+    for i in at:
+        row = pending.rows[i]
         duplicate, across = _kept_copy(row, work, lateness)
-        if not duplicate:
-            mine = _dedup_key(row, spec)
-            others = [r for r in work.pending if r["event_id"] == row["event_id"] and r["ds"] == row["ds"]]
-            same = [r for j, r in enumerate(rows) if j != i and r["event_id"] == row["event_id"]]
-            # equal keys only within one request (the key holds request_id): the first copy stays
-            duplicate = (any(_dedup_key(r, spec) < mine for r in others + same)
-                         or any(_dedup_key(r, spec) == mine for r in rows[:i] if r["event_id"] == row["event_id"]))
-        if duplicate:
+        if duplicate or pending.smaller_copy(i):
             _count_duplicate(row, across, work, out)
         else:
             kept.append(row)
@@ -337,7 +391,7 @@ def _record(user_id: int, key: tuple[int, str], request_ts: int, kept: list[dict
 
     return {
         "request_id": key[1], "user_id": user_id, "request_ts": request_ts,
-        **{HIST_PREFIX + n: history.column(n).to_pylist() for n in c.history_names},
+        **{HIST_PREFIX + n: pylist(history.column(n)) for n in c.history_names},
         **{TGT_PREFIX + n: [target_value(r, n) for r in targets] for n in c.target_names},
         "ds": key[0],
     }

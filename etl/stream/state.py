@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from longseq.schemas.contracts import DAY_MS, HIST_PREFIX, contracts_of, day_start_ms
@@ -131,6 +132,21 @@ def read_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
+def pylist(column: pa.ChunkedArray) -> list:
+    """A column's Python values, as `to_pylist` gives them: through numpy for numbers without
+    nulls, many times quicker (the state function converts every history it writes)."""
+    t = column.type
+    if column.null_count == 0 and (pa.types.is_integer(t) or t in (pa.float32(), pa.float64())):
+        return column.to_numpy().tolist()
+    return column.to_pylist()
+
+
+def table_rows(table: pa.Table) -> list[dict]:
+    """`table.to_pylist()`, a column at a time through `pylist`."""
+    names = table.column_names
+    return [dict(zip(names, values)) for values in zip(*(pylist(table.column(n)) for n in names))]
+
+
 def _as_list(table: pa.Table) -> pa.Array:
     structs = pa.StructArray.from_arrays([table.column(n).combine_chunks() for n in table.column_names],
                                          fields=list(table.schema))
@@ -173,17 +189,18 @@ def to_user_state(state: StreamState, user_id: int, day: dt.date, max_len: int, 
     of the day's end, ordered by (event_ts, event_id)."""
     d, end = day_number(day), day_start_ms(day) + DAY_MS
     names = contracts_of(spec).history_names
-    hist = state.hist.to_pylist()
-    before = [e for e in hist if e["event_ts"] < end]
-    after = [e for e in hist if e["event_ts"] >= end and e["ds"] is not None and e["ds"] <= d]
-    kept = before[max(len(before) - max_len, 0):] + after
+    hist = state.hist  # in event_ts order: the events before the end are its first k
+    k = int(np.searchsorted(hist.column("event_ts").to_numpy(), end, side="left"))
+    ds = hist.column("ds").slice(k).to_numpy(zero_copy_only=False)  # null: NaN, never <= d
+    after = k + np.flatnonzero(ds <= d)
+    kept = hist.take(np.concatenate([np.arange(max(k - max_len, 0), k), after]))
     window = sorted((w for w in state.window.to_pylist()
                      if not w["counted_across"] and w["ds"] <= d and w["event_ts"] >= end - lateness_ms),
                     key=lambda w: (w["event_ts"], w["event_id"]))
     return {
         "user_id": user_id,
-        **{HIST_PREFIX + f: [e[f] for e in kept] for f in names},
-        "pending_event_id": [e["event_id"] for e in after],
+        **{HIST_PREFIX + f: pylist(kept.column(f)) for f in names},
+        "pending_event_id": pylist(hist.column("event_id").take(after)),
         "dedup_event_id": [w["event_id"] for w in window],
         "dedup_event_ts": [w["event_ts"] for w in window],
     }
