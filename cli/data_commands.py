@@ -112,11 +112,15 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
                    help="days without logs that have no raw partition: built with no rows, recorded as declared "
                         "empty in their reports (a missing partition is otherwise refused as not landed; one "
                         "holding only _SUCCESS is an observed day without logs and needs no flag)")
+    add_layout(p)
+    add_spark(p, "Spark settings (engine spark)")
+
+
+def add_layout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default=REQUEST_LAYOUT,
-                   help=f"how DATA/requests/ holds the records: {REQUEST_LAYOUT}, one row per request (each with its "
+                   help=f"how DATA holds the records: {REQUEST_LAYOUT}, one row per request (each with its "
                         f"history), or {COMPACT_LAYOUT}, one row per user and day with the history stored once and the "
                         f"requests' windows cut out by the readers (docs/CONTRACTS.md); default {REQUEST_LAYOUT}")
-    add_spark(p, "Spark settings (engine spark)")
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -246,6 +250,7 @@ def stream_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"how far out of event-time order files may land; a row later than that is quarantined as "
                         f"late_arrival (default {format_duration(default.watermark_delay_ms)})")
     p.add_argument("--start", type=date, metavar="YYYY-MM-DD", help="first ds to read (default: every partition)")
+    add_layout(p)
     p.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN,
                    help=f"history length kept per request (default {DEFAULT_MAX_LEN})")
     p.add_argument("--max-files-per-trigger", type=positive_int, default=default.max_files_per_trigger,
@@ -265,7 +270,8 @@ def run_stream(args: argparse.Namespace) -> int:
     from longseq.etl.stream.settings import StreamConfig, StreamSettings
 
     mode = "once" if args.once else "available-now" if args.available_now else "continuous"
-    settings = StreamSettings(spec=dataset_spec(args), max_len=args.max_len, lateness_ms=args.lateness)
+    settings = StreamSettings(spec=dataset_spec(args), max_len=args.max_len, lateness_ms=args.lateness,
+                              layout=args.layout)
     config = StreamConfig(raw=args.raw, out=args.data, checkpoint=args.checkpoint, settings=settings, start=args.start,
                           watermark_delay_ms=args.watermark_delay,
                           trigger=f"{args.trigger} milliseconds", max_files_per_trigger=args.max_files_per_trigger, mode=mode,

@@ -37,7 +37,7 @@ from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, HIST_PREFIX,
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
 
-__all__ = ["UserDays", "file_layout", "materialize", "user_days_of"]
+__all__ = ["UserDays", "file_layout", "materialize", "request_count", "requests_of", "sorted_records", "user_days_of"]
 
 
 def file_layout(column_names) -> str:
@@ -204,3 +204,28 @@ def user_days_of(table: pa.Table, spec: DatasetSpec = DEFAULT_SPEC) -> pa.Table:
                                  TGT_PREFIX + f) for f in c.target_names},
     }
     return pa.table([columns[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def sorted_records(table: pa.Table, spec: DatasetSpec, layout: str) -> pa.Table:
+    """Records (of either layout) in `layout`, in the order a build writes them: request rows
+    by (user_id, request_ts, request_id), or one user-day row per user (`user_days_of`)."""
+    if layout == COMPACT_LAYOUT:
+        return user_days_of(table, spec)
+    if file_layout(table.column_names) == COMPACT_LAYOUT:
+        table = materialize(table, spec)
+    return table.sort_by([("user_id", "ascending"), ("request_ts", "ascending"), ("request_id", "ascending")])
+
+
+def request_count(table: pa.Table) -> int:
+    """How many requests records of either layout hold."""
+    if file_layout(table.column_names) == COMPACT_LAYOUT:
+        return int(pc.sum(pc.list_value_length(table["request_id"])).as_py() or 0)
+    return table.num_rows
+
+
+def requests_of(table: pa.Table) -> pa.Table:
+    """(request_id, hist_len, tgt_count) of each request in records of either layout."""
+    if file_layout(table.column_names) == COMPACT_LAYOUT:
+        return pa.table({n: pc.list_flatten(table[n]) for n in ("request_id", "hist_len", "tgt_count")})
+    return pa.table({"request_id": table["request_id"], "hist_len": pc.list_value_length(table["hist_event_ts"]),
+                     "tgt_count": pc.list_value_length(table["tgt_item_id"])})

@@ -45,6 +45,9 @@ ID_TIME_COLUMNS: dict[str, str] = {
 }
 # Names the derived contracts use themselves: no task, input or feature may take them.
 RESERVED = frozenset({*ID_TIME_COLUMNS, "action", "reason", "ds", "seq"})
+# Labels and features become tgt_/hist_ columns, beside the compact layout's own hist_end,
+# hist_len and tgt_count (schemas/contracts.py user_day).
+LAYOUT_NAMES = frozenset({"end", "len", "count"})
 SIDES = ("history", "target")
 KINDS = ("categorical", "numeric")
 TRANSFORMS = ("normalize", "log", "bucketize")
@@ -303,7 +306,7 @@ def _check(spec: DatasetSpec) -> None:
         where = f"{section}.{name}" if section != "tasks" else f"tasks[{spec.tasks.index(name)}]"
         if not _NAME.fullmatch(name):
             fail(where, f"{name!r} is not a column name (lower case letters, digits and _)")
-        if name in RESERVED:
+        if name in RESERVED or (section == "tasks" and name in LAYOUT_NAMES):
             fail(where, f"{name!r} is reserved (an id or time column, or one the records use)")
         if name in seen:
             fail(where, f"{name!r} is a duplicated name (also in {seen[name]})")
@@ -331,8 +334,10 @@ def _check(spec: DatasetSpec) -> None:
         where = f"features.{f.name}"
         if not _NAME.fullmatch(f.name):
             fail(where, f"{f.name!r} is not a column name (lower case letters, digits and _)")
-        if f.name in RESERVED or f.name in spec.tasks:
-            fail(where, f"{f.name!r} is a duplicated name (a label or a column the records use)")
+        if f.name in RESERVED or f.name in LAYOUT_NAMES:
+            fail(where, f"{f.name!r} is reserved (an id or time column, or one the records use)")
+        if f.name in spec.tasks:
+            fail(where, f"{f.name!r} is a duplicated name (a label)")
         if f.name in feature_names:
             fail(where, f"{f.name!r} is a duplicated name")
         feature_names.add(f.name)

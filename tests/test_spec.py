@@ -73,6 +73,9 @@ def _base() -> dict:
     (lambda d: d["inputs"]["dwell_ms"].update(required="yes"), "inputs.dwell_ms.required: expected true or false"),
     (lambda d: d["derived"]["dwell_ratio"].update(ratio=["dwell_ms", "nope"]), "derived.dwell_ratio.ratio: unknown column 'nope'"),
     (lambda d: d["inputs"].update(user_id={"type": "int64"}), "inputs.user_id: 'user_id' is reserved"),
+    # hist_len, tgt_count: columns of the compact layout
+    (lambda d: d["features"].update(len={"kind": "numeric", "source": "dwell_ms"}), "features.len: 'len' is reserved"),
+    (lambda d: d.update(tasks=["count"]), "tasks[0]: 'count' is reserved"),
     (lambda d: d.update(taks=["a"]), "unknown keys ['taks']"),
     (lambda d: d["features"]["category"].update(bucket=3), "features.category: unknown keys ['bucket']"),
     (lambda d: d.update(tasks=["click", "click"]), "tasks[0]: 'click' is a duplicated name"),

@@ -13,7 +13,8 @@ import pytest
 from longseq.dataset.published import PublishedDataError, published_hour_files, published_hours, verify_published
 from longseq.etl.stream.job import run_stream
 from longseq.etl.stream.settings import StreamConfig, StreamSettings
-from longseq.schemas.contracts import DEFAULT_SPEC, day_start_ms
+from longseq.dataset.compact import file_layout, materialize
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, LAYOUTS, REQUEST_LAYOUT, day_start_ms
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from tests.test_stream_sim import HOUR_MS, arrivals
@@ -51,13 +52,22 @@ def _landed(tmp_path, share_request_in_hour: int | None = None):
     land(kept, tmp_path / "landing")
 
 
-def _config(tmp_path, mode="once") -> StreamConfig:
+def _config(tmp_path, mode="once", layout: str = REQUEST_LAYOUT) -> StreamConfig:
     return StreamConfig(raw=str(tmp_path / "landing"), out=str(tmp_path / "data"), checkpoint=str(tmp_path / "ckpt"),
-                        settings=StreamSettings(max_len=MAX_LEN, lateness_ms=HOUR_MS, spec=None), watermark_delay_ms=10 * 60_000, mode=mode,
+                        settings=StreamSettings(max_len=MAX_LEN, lateness_ms=HOUR_MS, spec=None, layout=layout),
+                        watermark_delay_ms=10 * 60_000, mode=mode,
                         max_files_per_trigger=4, state_partitions=2, publish_hours=True)
 
 
-def test_hours_are_validated_and_published_in_order_and_a_failed_hour_blocks_the_later_ones(spark, tmp_path, capsys):
+def _records(path) -> list[dict]:
+    """The request records of a file of either layout."""
+    table = pq.read_table(path)
+    return (materialize(table) if file_layout(table.column_names) == COMPACT_LAYOUT else table).to_pylist()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hours_are_validated_and_published_in_order_and_a_failed_hour_blocks_the_later_ones(spark, tmp_path, capsys,
+                                                                                            layout):
     """One stream over HOURS, with one request of the last hour also logged under another user:
     the hours before it pass the gate and are published, readable and verified; it fails
     (request_id_unique) and blocks the hours after it until an operator publishes it with a
@@ -66,7 +76,7 @@ def test_hours_are_validated_and_published_in_order_and_a_failed_hour_blocks_the
 
     _landed(tmp_path, share_request_in_hour=HOURS[-1])
     logged: list[str] = []
-    run_stream(spark, _config(tmp_path), log=logged.append)
+    run_stream(spark, _config(tmp_path, layout=layout), log=logged.append)
     data = tmp_path / "data"
     blocked = HOURS[-1]
     assert published_hours(str(data)) == [(DAY, h) for h in range(blocked)]
@@ -90,12 +100,13 @@ def test_hours_are_validated_and_published_in_order_and_a_failed_hour_blocks_the
     by_hour = {h: published_hour_files(str(data), DAY, h) for h in range(24)}
     assert {h for h, files in by_hour.items() if files} == set(HOURS)
     # the hours hold the day's records, each in the hour it was served
-    hourly = [r for h in HOURS for f in by_hour[h] for r in pq.read_table(f.url.removeprefix("file://")).to_pylist()]
-    day = pq.read_table(data / "requests" / f"ds={DAY}" / "part-00000.parquet").to_pylist()
+    hourly = [r for h in HOURS for f in by_hour[h] for r in _records(f.url.removeprefix("file://"))]
+    day = _records(data / "requests" / f"ds={DAY}" / "part-00000.parquet")
+    assert manifest["layout"] == layout
     key = lambda r: (r["user_id"], r["request_ts"], r["request_id"])  # noqa: E731
     assert sorted(hourly, key=key) == sorted(day, key=key) and day
     for h in HOURS:
-        rows = pq.read_table(by_hour[h][0].url.removeprefix("file://")).column("request_ts").to_pylist()
+        rows = [r["request_ts"] for r in _records(by_hour[h][0].url.removeprefix("file://"))]
         assert {(ts - day_start_ms(DAY)) // HOUR_MS for ts in rows} == {h}
     urls = [f.url for h in HOURS for f in by_hour[h]]
     assert verify_published(urls) > 0

@@ -16,7 +16,8 @@ from longseq.etl.batch.build import BuildConfig, build
 from longseq.etl.batch.polars_engine import PolarsEngine
 from longseq.etl.stream.job import run_stream
 from longseq.etl.stream.settings import StreamConfig, StreamSettings
-from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.dataset.compact import materialize
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, LAYOUTS
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from tests.reference_build import build_reference
@@ -55,7 +56,8 @@ def assert_same_days(data: Path, batch: Path, days: list[dt.date]) -> None:
             assert _files(data / kind / ds) == _files(batch / kind / ds), f"{ds}: {kind}"
 
 
-def test_stream_once_equals_the_daily_build(spark, tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_stream_once_equals_the_daily_build(spark, tmp_path, layout):
     raw = tmp_path / "raw"
     profile = PROFILES["tiny"].with_sizes(users=None, days=len(DAYS))
     generate(raw, profile, seed=11, start=SAMPLE_START, dirty=0.04)
@@ -65,15 +67,15 @@ def test_stream_once_equals_the_daily_build(spark, tmp_path):
     assert files > 20
 
     config = StreamConfig(raw=str(tmp_path / "landing"), out=str(tmp_path / "data"), checkpoint=str(tmp_path / "ckpt"),
-                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=lateness, spec=None), watermark_delay_ms=delay, mode="once",
-                          max_files_per_trigger=8, state_partitions=2)
+                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=lateness, spec=None, layout=layout),
+                          watermark_delay_ms=delay, mode="once", max_files_per_trigger=8, state_partitions=2)
     summary = run_stream(spark, config, log=lambda m: None)
     assert summary["batches"] > 3
     assert summary["closed_days"] == [d.isoformat() for d in DAYS]
 
     batch = tmp_path / "batch"
-    reports = build(PolarsEngine(), BuildConfig(str(raw), str(batch), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=lateness),
-                    log=lambda m: None)
+    reports = build(PolarsEngine(), BuildConfig(str(raw), str(batch), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=lateness,
+                                                layout=layout), log=lambda m: None)
     for report, day in zip(reports, DAYS):
         ds = f"ds={day.isoformat()}"
         got = json.loads((tmp_path / "data" / "reports" / ds / "build.json").read_text())
@@ -87,11 +89,14 @@ def test_stream_once_equals_the_daily_build(spark, tmp_path):
     ref = build_reference(raw, DAYS, MAX_LEN, lateness)
     for day in DAYS:
         got = {r["request_id"]: r for f in (tmp_path / "data" / "requests" / f"ds={day}").glob("*.parquet")
-               for r in pq.read_table(f).to_pylist()}
+               for r in materialize(pq.read_table(f)).to_pylist()} if layout == COMPACT_LAYOUT else {
+            r["request_id"]: r for f in (tmp_path / "data" / "requests" / f"ds={day}").glob("*.parquet")
+            for r in pq.read_table(f).to_pylist()}
         assert got == ref.records_of(day)
 
 
-def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, tmp_path, layout):
     """The handoff both ways: the stream starts from the state a daily build left after D1,
     streams D2, and the daily build of D3 goes on from the state the stream left."""
     raw = tmp_path / "raw"
@@ -100,7 +105,7 @@ def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, t
     data = tmp_path / "data"
 
     def daily(day: dt.date, out: Path) -> None:
-        build(PolarsEngine(), BuildConfig(str(raw), str(out), day, max_len=MAX_LEN, lateness_ms=lateness),
+        build(PolarsEngine(), BuildConfig(str(raw), str(out), day, max_len=MAX_LEN, lateness_ms=lateness, layout=layout),
               log=lambda m: None)
 
     daily(DAYS[0], data)
@@ -108,8 +113,8 @@ def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, t
          tmp_path / "landing")
     logged: list[str] = []
     config = StreamConfig(raw=str(tmp_path / "landing"), out=str(data), checkpoint=str(tmp_path / "ckpt"),
-                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=lateness, spec=None), watermark_delay_ms=delay, mode="once",
-                          max_files_per_trigger=8, state_partitions=2)
+                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=lateness, spec=None, layout=layout),
+                          watermark_delay_ms=delay, mode="once", max_files_per_trigger=8, state_partitions=2)
     summary = run_stream(spark, config, log=logged.append)
     assert any(f"starts from the state after {DAYS[0]}" in m for m in logged)
     assert summary["closed_days"] == [d.isoformat() for d in DAYS[:2]]
@@ -117,8 +122,8 @@ def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, t
     daily(DAYS[2], data)
 
     ranged = tmp_path / "ranged"
-    build(PolarsEngine(), BuildConfig(str(raw), str(ranged), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=lateness),
-          log=lambda m: None)
+    build(PolarsEngine(), BuildConfig(str(raw), str(ranged), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=lateness,
+                                      layout=layout), log=lambda m: None)
     assert_same_days(data, ranged, DAYS)
 
 

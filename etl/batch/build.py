@@ -240,8 +240,6 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
     if config.layout not in LAYOUTS:
         raise LongseqError(f"unknown layout {config.layout!r}: one of {', '.join(LAYOUTS)}")
-    if config.layout != REQUEST_LAYOUT and not getattr(engine, "reads_raw", True):
-        raise LongseqError(f"the stream writes the {REQUEST_LAYOUT} layout only")
     empty = set(config.empty_days)
     if outside := sorted(empty - set(days)):
         raise LongseqError(f"--empty-days {outside[0]} is not a day this build builds ({_span(days)})")

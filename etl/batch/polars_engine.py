@@ -32,6 +32,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from longseq.dataset.compact import requests_of
 from longseq.dataset.layout import ROW_GROUP_BYTES
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.storage import LocalStorage
@@ -122,11 +123,9 @@ class PolarsEngine:
 
 def _written_requests(path: str, layout: str) -> pl.DataFrame:
     """(request_id, hist_len, tgt_count) of each request in a written requests file."""
-    if layout == COMPACT_LAYOUT:
-        return pl.read_parquet(path, columns=["request_id", "hist_len", "tgt_count"]).explode(
-            ["request_id", "hist_len", "tgt_count"])
-    return pl.read_parquet(path, columns=["request_id", "hist_item_id", "tgt_item_id"]).select(
-        "request_id", hist_len=pl.col("hist_item_id").list.len(), tgt_count=pl.col("tgt_item_id").list.len())
+    columns = ["request_id", "hist_end", "hist_len", "tgt_count"] if layout == COMPACT_LAYOUT else [
+        "request_id", "hist_event_ts", "tgt_item_id"]
+    return pl.from_arrow(requests_of(pq.read_table(path, columns=columns)))
 
 
 def sorted_quarantine(rows: pl.DataFrame, c: Contracts) -> pl.DataFrame:

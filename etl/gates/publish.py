@@ -37,7 +37,7 @@ from longseq.schemas.errors import MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec
 
 
-def _footer(path: str) -> tuple[int, int, object]:
+def records_footer(path: str) -> tuple[int, int, object]:
     """(requests, row groups, arrow schema) from a Parquet footer, local or remote. A file of
     user-day rows (the compact layout) holds as many requests as its hist_len lists hold
     values, which the footer counts per row group."""
@@ -96,7 +96,7 @@ def publish_day(out: str, day: dt.date, override_reason: str | None = None, stor
     files = []
     for name in names:
         path = f"{records}/{name}"
-        rows, groups, schema = _footer(path)
+        rows, groups, schema = records_footer(path)
         check_arrow_schema(schema, contract, source=path)
         files.append({"name": name, "bytes": storage.size(path), "sha256": checksums[name], "rows": rows,
                       "row_groups": groups})

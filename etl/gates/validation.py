@@ -218,6 +218,11 @@ def user_day_frames(user_days: Any, spec: DatasetSpec = DEFAULT_SPEC) -> dict[st
     return {"records": records, "targets": _targets(user_days, spec), "user_days": layout}
 
 
+def records_frames(data: Any, spec: DatasetSpec, layout: str) -> dict[str, Any]:
+    """The frames the request suite checks, of records in either layout."""
+    return user_day_frames(data, spec) if layout == COMPACT_LAYOUT else request_frames(data, spec)
+
+
 def raw_frame(raw: Any) -> Any:
     from pyspark.sql import functions as F
 
@@ -387,8 +392,7 @@ def load_request_frames(spark: Any, storage: Storage, out: str, day: dt.date, cf
     if sample:  # compact: a sample of user-days, each with all its requests
         data = data.sample(fraction=sample, seed=0)
     records = report.get("layout", REQUEST_LAYOUT)
-    frames = user_day_frames(data, spec) if records == COMPACT_LAYOUT else request_frames(data, spec)
-    return frames, request_checks(cfg, spec, records), layout.build_digest(storage, day)
+    return records_frames(data, spec, records), request_checks(cfg, spec, records), layout.build_digest(storage, day)
 
 
 def load_raw_frames(spark: Any, storage: Storage, raw: str | None, day: dt.date, cfg: ValidationConfig,

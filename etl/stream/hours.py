@@ -26,12 +26,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from longseq.dataset.compact import request_count, sorted_records
 from longseq.dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
 from longseq.dataset.spec_record import spec_summary
 from longseq.dataset.storage import LocalStorage
 from longseq.etl.batch.polars_engine import PART_FILE, write_part
+from longseq.etl.gates.publish import records_footer
 from longseq.etl.stream.settings import StreamSettings
-from longseq.schemas.contracts import DAY_MS, contracts_of, day_start_ms
+from longseq.schemas.contracts import DAY_MS, REQUEST_LAYOUT, contracts_of, day_start_ms
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
@@ -67,19 +69,19 @@ def close_hour(layout: StreamLayout, day: dt.date, hour: int, settings: StreamSe
     if os.path.exists(record_path):  # closed before; a crash may have left the batch files
         shutil.rmtree(batches, ignore_errors=True)
         return json.loads(Path(record_path).read_text())
-    c = contracts_of(settings.spec)
-    schema = to_arrow(c.request_record)
+    contract = contracts_of(settings.spec).records(settings.layout)
+    schema = to_arrow(contract)
     files = sorted(p for p in batches.glob("*.parquet")) if batches.exists() else []
     table = pa.concat_tables([pq.read_table(f).cast(schema) for f in files]) if files else schema.empty_table()
-    records = pl.from_arrow(table).sort(["user_id", "request_ts", "request_id"])
+    records = pl.from_arrow(sorted_records(table, settings.spec, settings.layout))
     final = Path(layout.hour_dir(day, hour))
     temp = final.with_name("." + final.name + ".tmp")
     shutil.rmtree(temp, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
-    write_part(records, c.request_record, str(temp), ROW_GROUP_BYTES)
+    write_part(records, contract, str(temp), ROW_GROUP_BYTES)
     os.replace(temp, final)
     path = final / PART_FILE
-    record = {"ds": day.isoformat(), "hour": hour, "rows": records.height, "file": PART_FILE,
+    record = {"ds": day.isoformat(), "hour": hour, "rows": request_count(table), "file": PART_FILE, "layout": settings.layout,
               "bytes": path.stat().st_size, "sha256": LocalStorage().checksum(str(path)),
               "max_len": settings.max_len, "batch_files": [f.name for f in files]}
     _write_json(record_path, record)
@@ -124,9 +126,10 @@ class HourPublisher:
     def publish(self, day: dt.date, hour: int, override_reason: str | None = None) -> bool:
         record = json.loads(Path(self.stream.hour_record(day, hour)).read_text())
         path = f"{self.stream.hour_dir(day, hour)}/{record['file']}"
+        layout = record.get("layout", REQUEST_LAYOUT)  # as the hour closed, whoever publishes it
         outcome = None
         if record["rows"] and not override_reason:  # its validation failed: that is why it is overridden
-            outcome = self.validate(day, hour, path, record["max_len"])
+            outcome = self.validate(day, hour, path, record["max_len"], layout)
             if not outcome["passed"] and not override_reason:
                 failed = [r["check"] for r in outcome["checks"] if r["critical"] and not r["success"]]
                 problem = f"ds={day} hour={hour:02d} failed validation ({', '.join(failed)})"
@@ -137,12 +140,13 @@ class HourPublisher:
                 return False
         if LocalStorage().checksum(path) != record["sha256"]:
             raise RuntimeError(f"{path} changed after its hour closed")
-        rows, groups = (pq.ParquetFile(path).metadata.num_rows, pq.ParquetFile(path).metadata.num_row_groups)
+        rows, groups, _ = records_footer(path)
         files = [] if not record["rows"] else [{
             "name": os.path.relpath(path, self.out), "bytes": record["bytes"], "sha256": record["sha256"],
             "rows": rows, "row_groups": groups}]
         manifest = {
-            "ds": day.isoformat(), "hour": hour, "contract": "request_record", "stream": True,
+            "ds": day.isoformat(), "hour": hour, "stream": True, "layout": layout,
+            "contract": contracts_of(self.settings.spec).records(layout).name,
             "spec": spec_summary(self.settings.spec), "max_len": record["max_len"],
             "validation": "override" if override_reason else ("passed" if outcome else "empty"),
             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -157,15 +161,16 @@ class HourPublisher:
             _write_json(self.stream.status, {})  # unblocked: the stream goes on with the next hour
         return True
 
-    def validate(self, day: dt.date, hour: int, path: str, max_len: int) -> dict:
-        from longseq.etl.gates.validation import ValidationConfig, request_checks, request_frames, run_checks
+    def validate(self, day: dt.date, hour: int, path: str, max_len: int, layout: str) -> dict:
+        from longseq.etl.gates.validation import ValidationConfig, records_frames, request_checks, run_checks
 
         spec = self.settings.spec
         cfg = dataclasses.replace(ValidationConfig(), max_len=max_len)
         target = self.layout.hour_validation(day, hour)
-        frames = {name: frame.cache() for name, frame in request_frames(self.spark.read.parquet(path), spec).items()}
+        frames = {name: frame.cache() for name, frame in records_frames(self.spark.read.parquet(path), spec, layout).items()}
         try:
-            outcome = run_checks(frames, request_checks(cfg, spec), cfg, "requests", str(Path(target).parent / "docs"))
+            outcome = run_checks(frames, request_checks(cfg, spec, layout), cfg, "requests",
+                                 str(Path(target).parent / "docs"))
         finally:
             for frame in frames.values():
                 frame.unpersist()

@@ -50,7 +50,7 @@ from longseq.etl.stream.process import FAR_MS, process, value_columns
 from longseq.etl.stream.state import (
     EPOCH, VALUE_PREFIX, StreamState, from_user_state, ipc_bytes, pending_schema, read_ipc, value_names,
 )
-from longseq.schemas.contracts import contracts_of
+from longseq.schemas.contracts import REQUEST_LAYOUT, contracts_of
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.forms import spark_type, to_arrow
 from longseq.schemas.spec import DatasetSpec
@@ -262,11 +262,12 @@ SPARK_STREAM_CONF = {
     # of 10k-event histories are ~280 KB each
     "spark.sql.execution.arrow.maxRecordsPerBatch": "128",
 }
-PINNED = ("spec", "max_len", "lateness_ms", "watermark_delay_ms", "state_partitions", "start", "raw", "out")
+PINNED = ("spec", "max_len", "lateness_ms", "layout", "watermark_delay_ms", "state_partitions", "start", "raw", "out")
 
 
 def _pinned(config: StreamConfig) -> dict:
     return {"spec": config.settings.spec.fingerprint, "max_len": config.settings.max_len, "lateness_ms": config.settings.lateness_ms,
+            "layout": config.settings.layout,
             "watermark_delay_ms": config.watermark_delay_ms, "state_partitions": config.state_partitions,
             "start": None if config.start is None else config.start.isoformat(), "raw": config.raw, "out": config.out}
 
@@ -279,7 +280,7 @@ def _check_checkpoint(config: StreamConfig, meta: Path) -> None:
                            f"with daily builds (longseq build --start NEXT_DAY), or start a new checkpoint")
     pinned = meta / "stream.json"
     if pinned.exists():
-        before = json.loads(pinned.read_text())
+        before = {"layout": REQUEST_LAYOUT, **json.loads(pinned.read_text())}  # pinned before there were layouts
         now = _pinned(config)
         changed = [k for k in PINNED if not _same_setting(k, before.get(k), now[k])]
         if changed:

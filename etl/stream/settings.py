@@ -2,7 +2,7 @@
 their defaults without importing Spark.
 
 `StreamSettings` is what decides the records (the spec, the history cap, the lateness
-bound), the same three things that decide a daily build's; the build config the stream
+bound, the layout), the same things that decide a daily build's; the build config the stream
 closes its days with is derived from it, in `build_config`, and nowhere else. `StreamConfig`
 is where the stream reads and writes, and how it runs.
 """
@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from longseq.etl.batch.build import BuildConfig
-from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, REQUEST_LAYOUT
 from longseq.schemas.spec import DatasetSpec
 
 MODES = ("continuous", "once", "available-now")
@@ -25,10 +25,12 @@ class StreamSettings:
     spec: DatasetSpec | None = DEFAULT_SPEC
     max_len: int = DEFAULT_MAX_LEN  # history events kept per request
     lateness_ms: int = DEFAULT_LATENESS_MS  # a request is decided this long after request_ts
+    layout: str = REQUEST_LAYOUT  # how hours and days hold the records (schemas/contracts.py LAYOUTS)
 
     def build_config(self, raw: str, out: str, start: dt.date, end: dt.date | None = None) -> BuildConfig:
         """The daily build's config for the days the stream closes (or checks its state against)."""
-        return BuildConfig(raw, out, start, end, self.max_len, lateness_ms=self.lateness_ms, spec=self.spec)
+        return BuildConfig(raw, out, start, end, self.max_len, lateness_ms=self.lateness_ms, spec=self.spec,
+                           layout=self.layout)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from longseq.dataset.compact import requests_of, sorted_records
 from longseq.dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.storage import LocalStorage
@@ -45,7 +46,7 @@ from longseq.etl.batch.row_rules import LATE_ARRIVAL, reasons_for
 from longseq.etl.stream.hours import HourPublisher, close_hour, due_hours
 from longseq.etl.stream.settings import StreamSettings
 from longseq.etl.stream.state import EPOCH, read_ipc
-from longseq.schemas.contracts import DAY_MS, DEFAULT_SPEC, REQUEST_LAYOUT, contracts_of, day_start_ms
+from longseq.schemas.contracts import COMPACT_LAYOUT, DAY_MS, DEFAULT_SPEC, REQUEST_LAYOUT, contracts_of, day_start_ms
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
@@ -165,9 +166,9 @@ class StreamSink:
             day = EPOCH + dt.timedelta(days=d)
             part = _decode(payloads)
             if kind == "record":
-                part = part.sort_by([("user_id", "ascending"), ("request_ts", "ascending"), ("request_id", "ascending")])
+                part = sorted_records(part, self.settings.spec, self.settings.layout)
                 path = self.layout.part("records", day, batch, hour)
-                schema = to_arrow(c.request_record)
+                schema = to_arrow(c.records(self.settings.layout))
             elif kind == "quarantine":
                 path, schema = self.layout.part("quarantine", day, batch), to_arrow(c.quarantine)
             else:
@@ -238,7 +239,7 @@ class StreamSink:
         first, naming the last of them: a crash before the report recloses the day, with the
         batches there are by then, and rewrites it."""
         s = self.settings
-        engine = StreamDayEngine(self.layout, commits)
+        engine = StreamDayEngine(self.layout, commits, s)
         extra = {"engine": "stream", "checkpoint": self.checkpoint, "batches": [r["batch"] for r in commits if day.isoformat() in r["counts"]],
                  "closed_through_batch": commits[-1]["batch"], "watermark": commits[-1]["watermark"],
                  "divergent_requests": engine.count_divergent(day)}
@@ -311,22 +312,28 @@ class StreamDayEngine:
     storage = LocalStorage()
     reads_raw = False  # the stream read the raw files as they landed; a day's partition may never be marked complete
 
-    def __init__(self, layout: StreamLayout, commits: list[dict]):
-        self.layout, self.commits = layout, commits
+    def __init__(self, stream: StreamLayout, commits: list[dict], settings: StreamSettings):
+        self.stream, self.commits = stream, commits
+        self.spec, self.layout = settings.spec, settings.layout
 
     def count_divergent(self, day: dt.date) -> int:
         """Requests where the stream and a daily build differ (docs/STREAMING.md): those its
         state function counted, and request_ids with records of several users."""
         counted = sum(r["counts"].get(day.isoformat(), {}).get("divergent_requests", 0) for r in self.commits)
-        ids = self._read("hours", day, pa.schema([("request_id", pa.string()), ("user_id", pa.int64())]),
-                         columns=["request_id", "user_id"])
-        shared = pl.from_arrow(ids).group_by("request_id").agg(pl.col("user_id").n_unique().alias("n"))
+        records = self._read("hours", day, to_arrow(contracts_of(self.spec).records(self.layout)),
+                             columns=["request_id", "user_id"])
+        ids = pl.from_arrow(records)
+        if self.layout == COMPACT_LAYOUT:
+            ids = ids.explode("request_id")
+        shared = ids.group_by("request_id").agg(pl.col("user_id").n_unique().alias("n"))
         return int(counted) + shared.filter(pl.col("n") > 1).height
 
     def _read(self, kind: str, day: dt.date, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-        root = Path(self.layout.day_dir(kind, day))
+        root = Path(self.stream.day_dir(kind, day))
         files = [f for f in sorted(root.rglob("*.parquet"))
                  if not any(part.startswith((".", "_")) for part in f.relative_to(root).parts)]
+        if columns is not None:
+            schema = pa.schema([schema.field(n) for n in columns])
         if not files:
             return schema.empty_table()
         return pa.concat_tables(pq.read_table(f, columns=columns).cast(schema) for f in files)
@@ -335,8 +342,11 @@ class StreamDayEngine:
                   temps: dict[str, str], lateness_ms: int = 0, spec: DatasetSpec = DEFAULT_SPEC,
                   layout: str = REQUEST_LAYOUT) -> DayCounts:
         c = contracts_of(spec)
-        records = pl.from_arrow(self._read("hours", day, to_arrow(c.request_record)))  # every hour of D is closed
-        records = records.sort(["user_id", "request_ts", "request_id"])
+        contract = c.records(layout)
+        # every hour of D is closed; a user's hours of D become one row
+        hours = self._read("hours", day, to_arrow(contract))
+        records = pl.from_arrow(sorted_records(hours, spec, layout))
+        written = pl.from_arrow(requests_of(hours)).sort("request_id")
         quarantine = sorted_quarantine(pl.from_arrow(self._read("quarantine", day, to_arrow(c.quarantine))), c)
         snapshots = pl.from_arrow(self._read("snapshots", day, to_arrow(c.user_state)))
         before = read_arrow(prev_state, c.user_state) if prev_state else to_arrow(c.user_state).empty_table()
@@ -344,21 +354,21 @@ class StreamDayEngine:
                            snapshots]).sort("user_id")
         write_part(quarantine.select(c.quarantine.names), c.quarantine, temps["quarantine"], ROW_GROUP_BYTES)
         write_part(state, c.user_state, temps["state"], ROW_GROUP_BYTES)
-        write_part(records, c.request_record, temps["requests"], ROW_GROUP_BYTES)
+        write_part(records, contract, temps["requests"], ROW_GROUP_BYTES)
 
         counted = Counter()
         for r in self.commits:
             counted.update(r["counts"].get(day.isoformat(), {}))
         by_reason = dict(Counter(quarantine["reason"].to_list()))
-        lengths = records.group_by(pl.col("hist_item_id").list.len()).len().iter_rows()
-        orphaned = set(quarantine["request_id"].drop_nulls().to_list()) - set(records["request_id"].to_list())
+        lengths = written.group_by("hist_len").len().iter_rows()
+        orphaned = set(quarantine["request_id"].drop_nulls().to_list()) - set(written["request_id"].to_list())
         return DayCounts(
             rows_read=int(counted["rows_read"]),
             duplicates=int(counted["duplicates"]),
             duplicates_across_days=int(counted["duplicates_across_days"]),
             quarantined={r: int(by_reason.get(r, 0)) for r in (*reasons_for(spec), LATE_ARRIVAL)},
-            requests=records.height,
-            targets=int(records["tgt_item_id"].list.len().sum() or 0),
+            requests=written.height,
+            targets=int(written["tgt_count"].sum() or 0),
             requests_without_valid_impressions=len(orphaned),
             users_in_state=state.height,
             history_length=length_summary(dict(lengths)),
