@@ -21,6 +21,7 @@ reader. It runs:
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
 import shutil
@@ -97,8 +98,9 @@ def _run(cfg, device, spec=None):
     from longseq.trainer.distributed import Context
     from longseq.trainer.run import open_run
 
-    return open_run(Path(tempfile.mkdtemp(prefix="bench-gpu-")), cfg, Context(0, 1, device), 10**6,
-                    log=lambda m: None, spec=resolve_spec(spec))
+    scratch = tempfile.mkdtemp(prefix="bench-gpu-")
+    atexit.register(shutil.rmtree, scratch, True)  # the run's files are not the benchmark's output
+    return open_run(Path(scratch), cfg, Context(0, 1, device), 10**6, log=lambda m: None, spec=resolve_spec(spec))
 
 
 def _sync(device) -> None:
