@@ -47,8 +47,8 @@ from longseq.etl.batch.feature_values import ValueOps, feature_value
 from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, LATE_ARRIVAL, dedup_order
 from longseq.etl.stream.settings import StreamSettings
 from longseq.etl.stream.state import (
-    EMITTED_SCHEMA, EPOCH, VALUE_PREFIX, WINDOW_SCHEMA, StreamState, pending_schema, pylist, table_rows,
-    to_user_state,
+    EMITTED_SCHEMA, EPOCH, VALUE_PREFIX, WINDOW_SCHEMA, StreamState, pending_schema, pylist, table_of,
+    table_rows, to_user_state,
 )
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
@@ -128,19 +128,20 @@ class _Work:
     active: bool
     dirty: set[int]
     new_events: list[dict] = field(default_factory=list)  # kept this call, not yet merged into hist
-    by_id: dict[str, list[dict]] = field(default_factory=dict)  # window entries by event_id (built in of())
+    _by_id: dict[str, list[dict]] | None = None  # window entries by event_id, built when first read
 
-    def __post_init__(self) -> None:
-        self.index_window()
-
-    def index_window(self) -> None:
-        self.by_id = {}
-        for w in self.window:
-            self.by_id.setdefault(w["event_id"], []).append(w)
+    @property
+    def by_id(self) -> dict[str, list[dict]]:
+        if self._by_id is None:  # a call without rows to dedupe never reads it
+            self._by_id = {}
+            for w in self.window:
+                self._by_id.setdefault(w["event_id"], []).append(w)
+        return self._by_id
 
     def add_to_window(self, entry: dict) -> None:
         self.window.append(entry)
-        self.by_id.setdefault(entry["event_id"], []).append(entry)
+        if self._by_id is not None:
+            self._by_id.setdefault(entry["event_id"], []).append(entry)
 
     @staticmethod
     def of(s: StreamState, spec: DatasetSpec) -> "_Work":
@@ -170,11 +171,6 @@ class _Work:
         self.hist = merged.take(order)
         self.new_events = []
 
-    def history_before(self, request_ts: int, max_len: int) -> pa.Table:
-        ts = self.hist.column("event_ts").to_numpy()
-        k = int(np.searchsorted(ts, request_ts, side="left"))
-        return self.hist.slice(max(k - max_len, 0), min(k, max_len))
-
     def truncate(self, t: int, max_len: int, lateness: int) -> None:
         self.merge_new_events()
         self.truncated_at = t
@@ -195,7 +191,7 @@ class _Work:
         # notes of days no row can come from any more go
         self.window = [w for w in self.window
                        if (w["event_ts"] >= since if not w["counted_across"] else w["ds"] >= first_day)]
-        self.index_window()
+        self._by_id = None
         self.emitted = {k: e for k, e in self.emitted.items() if e["ds"] >= first_day}
 
     def to_state(self, spec: DatasetSpec) -> StreamState:
@@ -204,9 +200,8 @@ class _Work:
         emitted = sorted(self.emitted.values(), key=lambda e: (e["ds"], e["request_id"]))
         order = dedup_order(spec)
         pending = sorted(self.pending, key=lambda r: _dedup_key(r, order) + (r["event_id"], r["ds"]))
-        return StreamState(self.hist, pa.Table.from_pylist(window, schema=WINDOW_SCHEMA),
-                           pa.Table.from_pylist(pending, schema=pending_schema(spec)),
-                           pa.Table.from_pylist(emitted, schema=EMITTED_SCHEMA), self.truncated_at,
+        return StreamState(self.hist, table_of(window, WINDOW_SCHEMA), table_of(pending, pending_schema(spec)),
+                           table_of(emitted, EMITTED_SCHEMA), self.truncated_at,
                            self.last_snapshot, self.active, tuple(sorted(self.dirty)))
 
     def is_empty(self) -> bool:
@@ -311,8 +306,11 @@ class _Pending:
         """Whether a copy of row i's event in its ds that is still pending (a request decided
         earlier in the call has left the pending rows) is smaller by the dedup order; equal
         keys only within one request (the key holds request_id): the first copy stays."""
+        copies = self.copies[(self.rows[i]["event_id"], self.rows[i]["ds"])]
+        if len(copies) == 1:  # the usual case: no copy, no key to compute
+            return False
         request, mine = self.request_of[i], self.key(i)
-        for j in self.copies[(self.rows[i]["event_id"], self.rows[i]["ds"])]:
+        for j in copies:
             if j == i or (self.request_of[j] != request and self.request_of[j] in self.decided):
                 continue
             theirs = self.key(j)
@@ -334,6 +332,8 @@ def _decide_due(user_id: int, wm: int, work: _Work, out: CallResult, settings: S
             due.append((min_ts, key))
     if not due:
         return
+    history = _history_fields(spec)
+    written: list[tuple[tuple[int, str], int, list[dict]]] = []  # (request, request_ts, kept rows)
     for min_ts, key in sorted(due):
         rows = [pending.rows[i] for i in pending.requests[key]]
         pending.decided.add(key)
@@ -345,16 +345,16 @@ def _decide_due(user_id: int, wm: int, work: _Work, out: CallResult, settings: S
             continue
         kept = _dedupe(pending.requests[key], pending, work, out, lateness)
         if kept:
-            work.merge_new_events()
-            out.records.append(_record(user_id, key, min_ts, kept, work, settings))
+            written.append((key, min_ts, kept))
             for r in kept:
-                work.new_events.append(_event(r, spec))
+                work.new_events.append(_event(r, history))
                 work.add_to_window({"event_id": r["event_id"], "event_ts": r["event_ts"], "ds": r["ds"],
                                     "counted_across": False})
                 work.dirty.add(r["ds"])
         work.emitted[key] = {"ds": key[0], "request_id": key[1], "min_request_ts": min_ts, "record": bool(kept),
                              "divergent": False}
     work.pending = pending.remaining()
+    out.records += _records(user_id, written, work, settings)
 
 
 def _dedupe(at: list[int], pending: _Pending, work: _Work, out: CallResult, lateness: int) -> list[dict]:
@@ -372,29 +372,48 @@ def _dedupe(at: list[int], pending: _Pending, work: _Work, out: CallResult, late
     return kept
 
 
-def _event(row: dict, spec: DatasetSpec) -> dict:
+def _history_fields(spec: DatasetSpec) -> tuple[str, ...]:
+    """The history fields whose values a kept row carries (VALUE_PREFIX)."""
+    return ("action", *(f.name for f in spec.features_on("history")))
+
+
+def _event(row: dict, values: tuple[str, ...]) -> dict:
     """A kept row as a history event (hist_schema's columns)."""
-    values = {n: row[VALUE_PREFIX + n] for n in ("action", *(f.name for f in spec.features_on("history")))}
-    return {"item_id": row["item_id"], "author_id": row["author_id"], "event_ts": row["event_ts"], **values,
-            "event_id": row["event_id"], "ds": row["ds"]}
+    return {"item_id": row["item_id"], "author_id": row["author_id"], "event_ts": row["event_ts"],
+            **{n: row[VALUE_PREFIX + n] for n in values}, "event_id": row["event_id"], "ds": row["ds"]}
 
 
-def _record(user_id: int, key: tuple[int, str], request_ts: int, kept: list[dict], work: _Work,
-            settings: StreamSettings) -> dict:
-    c = contracts_of(settings.spec)
-    history = work.history_before(request_ts, settings.max_len)
-    targets = sorted(kept, key=lambda r: (r["position"], r["event_id"]))
+def _records(user_id: int, written: list[tuple[tuple[int, str], int, list[dict]]], work: _Work,
+             settings: StreamSettings) -> list[dict]:
+    """The records of the requests a call wrote, in the order decided. A record's history is
+    the last max_len events before its request_ts, and no event kept in this call by it or a
+    later request is among them (each is logged at or after its own request_ts, and requests
+    are decided in request_ts order): so one merge of the call's events and one conversion of
+    the part of the history the records read serve them all."""
+    if not written:
+        return []
+    c, max_len = contracts_of(settings.spec), settings.max_len
+    work.merge_new_events()
+    ends = np.searchsorted(work.hist.column("event_ts").to_numpy(), [ts for _, ts, _ in written], side="left")
+    first = max(int(ends.min()) - max_len, 0)
+    part = work.hist.slice(first, int(ends.max()) - first)
+    columns = {n: pylist(part.column(n)) for n in c.history_names}
     target_values = {f.name for f in settings.spec.features_on("target")}
 
     def target_value(r: dict, name: str) -> Any:
         return r[VALUE_PREFIX + name] if name in target_values else r[name]
 
-    return {
-        "request_id": key[1], "user_id": user_id, "request_ts": request_ts,
-        **{HIST_PREFIX + n: pylist(history.column(n)) for n in c.history_names},
-        **{TGT_PREFIX + n: [target_value(r, n) for r in targets] for n in c.target_names},
-        "ds": key[0],
-    }
+    records = []
+    for ((ds, request_id), request_ts, kept), end in zip(written, ends):
+        start, end = max(int(end) - max_len, 0) - first, int(end) - first
+        targets = sorted(kept, key=lambda r: (r["position"], r["event_id"]))
+        records.append({
+            "request_id": request_id, "user_id": user_id, "request_ts": request_ts,
+            **{HIST_PREFIX + n: values[start:end] for n, values in columns.items()},
+            **{TGT_PREFIX + n: [target_value(r, n) for r in targets] for n in c.target_names},
+            "ds": ds,
+        })
+    return records
 
 
 # ---------------------------------------------------------------- 3. snapshots, timeouts

@@ -147,6 +147,12 @@ def table_rows(table: pa.Table) -> list[dict]:
     return [dict(zip(names, values)) for values in zip(*(pylist(table.column(n)) for n in names))]
 
 
+def table_of(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """`pa.Table.from_pylist(rows, schema)` for rows that hold every column: a column at a
+    time, about three times quicker."""
+    return pa.Table.from_arrays([pa.array([r[f.name] for r in rows], f.type) for f in schema], schema=schema)
+
+
 def _as_list(table: pa.Table) -> pa.Array:
     structs = pa.StructArray.from_arrays([table.column(n).combine_chunks() for n in table.column_names],
                                          fields=list(table.schema))
