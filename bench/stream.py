@@ -53,21 +53,29 @@ HOUR_MS = 3_600_000
 
 
 def run_measured(cmd: list[str], stop_after: float | None = None, env: dict | None = None) -> dict:
-    """Run a command; wall seconds and CPU seconds of its whole process tree (sampled)."""
+    """Run a command; wall seconds and CPU seconds of its whole process tree (sampled), in all
+    and by kind of process (`by_kind`: the command's own process, the JVM, Python workers)."""
     import psutil
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     cpu: dict[int, float] = {}
+    kinds: dict[int, str] = {}
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
-            for p in [root, *root.children(recursive=True)]:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        for p in tree:
+            try:  # one process gone since the listing leaves the others' samples standing
                 times = p.cpu_times()
                 cpu[p.pid] = times.user + times.system + times.children_user + times.children_system
-        except psutil.Error:
-            pass
+                # named at each sample: the JVM starts as spark-submit's shell and execs java
+                kinds[p.pid] = "driver" if p.pid == root.pid else _kind(p.name())
+            except psutil.Error:
+                pass
         if stop_after is not None and time.perf_counter() - t0 > stop_after:
             os.killpg(proc.pid, signal.SIGTERM)
             stop_after = None
@@ -75,7 +83,14 @@ def run_measured(cmd: list[str], stop_after: float | None = None, env: dict | No
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}): {err[-2000:]}")
-    return {"wall_s": time.perf_counter() - t0, "cpu_s": sum(cpu.values()), "stdout": out}
+    by_kind: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        by_kind[kinds.get(pid, "other")] = by_kind.get(kinds.get(pid, "other"), 0.0) + seconds
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": sum(cpu.values()), "by_kind": by_kind, "stdout": out}
+
+
+def _kind(name: str) -> str:
+    return "JVM" if name == "java" else "Python workers" if name.startswith("python") else "other"
 
 
 def arrival_files(raw: Path, days: list[dt.date], n_files: int, shuffle_ms: int, seed: int,
@@ -220,6 +235,10 @@ def main(argv: list[str]) -> int:
     print(f"\nstream / build: wall {stream['wall_s'] / batch['wall_s']:.2f}x, CPU {stream['cpu_s'] / batch['cpu_s']:.2f}x; "
           f"sustained {sustained:,.0f} events/s between the first and last micro-batch commits; the same records, "
           f"quarantine and state: {same}\n")
+    for name, run in (("stream", stream), ("build", batch)):
+        split = ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in sorted(run["by_kind"].items()) if seconds >= 0.05)
+        print(f"- CPU s of the {name} by process: {split}")
+    print()
     b = _percentiles(blobs)
     print(f"State per user after the last day ({len(blobs):,} users): p50 {b['p50']:,.0f} B, p99 {b['p99']:,.0f} B, "
           f"mean {b['mean']:,.0f} B, max {b['max']:,.0f} B; RocksDB checkpoint {rocks / 2**20:.1f} MiB "
