@@ -75,6 +75,7 @@ VOCABULARY: dict[str, str] = {
     "--max-len": "the history a build keeps per request, in events (the records' cap)",
     "--score-len": "the history the model reads per request when scoring, in events (default: all the records hold)",
     "--lateness": "how long after a request its outcomes may be logged (a duration)",
+    "--layout": "how a build or stream writes the records: one row per request, or compact (docs/CONTRACTS.md)",
     "--watermark-delay": "how far out of event-time order raw files may land (a duration)",
     "--device": "auto (the default: a GPU if there is one), cpu, cuda or cuda:N",
     "--preset": "the model size preset",
