@@ -110,6 +110,9 @@ def _check_materialises_to_requests(raw: Path, tmp_path: Path, engine, spec, max
         want_days = user_days.cast(to_arrow(c.user_day))
         assert user_days_of(_table(tmp_path / "request", day), spec).equals(want_days), f"ds={day}"
         assert user_days_of(_split_rows(want_days, spec), spec).equals(want_days), f"ds={day}: rows merged"
+        for row in user_days.select(["hist_event_ts", "hist_end", "hist_len"]).to_pylist():  # only windows are stored
+            covered = {i for end, n in zip(row["hist_end"], row["hist_len"]) for i in range(end - n, end)}
+            assert covered == set(range(len(row["hist_event_ts"]))), f"ds={day}: events no window holds"
         stored += sum(map(len, user_days.column("hist_event_ts").to_pylist()))
         materialized += sum(map(len, records.column("hist_event_ts").to_pylist()))
     assert materialized > stored > 0, "users with several requests a day share their history"
@@ -141,6 +144,23 @@ def test_the_spark_engines_compact_output_materialises_to_its_request_records(tm
     raw = tmp_path / "raw"
     write_random_raw(raw, spec)
     _check_materialises_to_requests(raw, tmp_path, _engine("spark", request), spec, 6, days=DAYS[:2])  # the 2nd from the state
+
+
+@pytest.mark.parametrize("engine_name", ["polars", pytest.param("spark", marks=pytest.mark.spark)])
+def test_events_that_no_request_sees_are_not_stored(engine_name, tmp_path, request):
+    """max_len 3: r0 sees nothing, r1 the event of r0, r2 the last 3 of r1's 8 events; r1's
+    first 5 events and r2's own are in no window, so the user-day stores 4 events."""
+    from tests.test_build_semantics import D1, imp, t, write_raw
+
+    rows = [imp("e0", "r0", 1, t(0), t(1), 10)]
+    rows += [imp(f"e{i}", "r1", 1, t(100), t(100 + i), 10 + i, position=i) for i in range(1, 9)]
+    rows += [imp("e9", "r2", 1, t(200), t(201), 19)]
+    write_raw(tmp_path / "raw", D1, rows)
+    build(_engine(engine_name, request), BuildConfig(str(tmp_path / "raw"), str(tmp_path / "out"), D1, D1, 3,
+                                                     layout=COMPACT_LAYOUT), log=lambda m: None)
+    [day] = _table(tmp_path / "out", D1).to_pylist()
+    assert day["hist_event_ts"] == [t(1), t(106), t(107), t(108)]
+    assert (day["request_id"], day["hist_end"], day["hist_len"]) == (["r0", "r1", "r2"], [0, 1, 4], [0, 1, 3])
 
 
 def test_a_compact_build_day_by_day_equals_one_range_build_byte_for_byte(tmp_path, request):
