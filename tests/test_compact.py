@@ -158,9 +158,11 @@ def test_events_that_no_request_sees_are_not_stored(engine_name, tmp_path, reque
     write_raw(tmp_path / "raw", D1, rows)
     build(_engine(engine_name, request), BuildConfig(str(tmp_path / "raw"), str(tmp_path / "out"), D1, D1, 3,
                                                      layout=COMPACT_LAYOUT), log=lambda m: None)
-    [day] = _table(tmp_path / "out", D1).to_pylist()
+    table = _table(tmp_path / "out", D1).cast(to_arrow(DEFAULT_CONTRACTS.user_day))
+    [day] = table.to_pylist()
     assert day["hist_event_ts"] == [t(1), t(106), t(107), t(108)]
     assert (day["request_id"], day["hist_end"], day["hist_len"]) == (["r0", "r1", "r2"], [0, 1, 4], [0, 1, 3])
+    assert user_days_of(materialize(table)).equals(table)  # the stream's route: records, compacted
 
 
 def test_a_compact_build_day_by_day_equals_one_range_build_byte_for_byte(tmp_path, request):
