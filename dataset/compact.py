@@ -37,7 +37,8 @@ from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, HIST_PREFIX,
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
 
-__all__ = ["UserDays", "file_layout", "materialize", "request_count", "requests_of", "sorted_records", "user_days_of"]
+__all__ = ["UserDays", "file_layout", "materialize", "offsets_of", "request_count", "requests_of", "run_positions",
+           "sorted_records", "user_days_of"]
 
 
 def file_layout(column_names) -> str:
@@ -49,18 +50,17 @@ def _flat(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.list_flatten(column).to_numpy(zero_copy_only=False)
 
 
-def _starts(lengths: np.ndarray) -> np.ndarray:
-    """Where each of consecutive runs of these lengths starts: [0, l0, l0 + l1, ...] (n + 1 values)."""
-    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    return starts
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """[0, l0, l0 + l1, ...]: the offsets of consecutive runs of these lengths (n + 1 values)."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
 
 
-def _gather(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, offsets) that take runs [starts[i], starts[i] + lengths[i]) one after the other."""
-    offsets = _starts(lengths)
-    indices = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
-    return indices, offsets
+def run_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """starts[i], starts[i] + 1, ..., starts[i] + lengths[i] - 1 for each i, concatenated."""
+    offsets = offsets_of(lengths)
+    return np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class UserDays:
         hist_end = _flat(table["hist_end"]).astype(np.int64)
         hist_len = _flat(table["hist_len"]).astype(np.int64)
         tgt_count = _flat(table["tgt_count"]).astype(np.int64)
-        hist_start = _starts(events)[:-1][row] + hist_end - hist_len
-        return cls(table, hist_start, hist_len, _starts(tgt_count)[:-1], tgt_count, row)
+        hist_start = offsets_of(events)[:-1][row] + hist_end - hist_len
+        return cls(table, hist_start, hist_len, offsets_of(tgt_count)[:-1], tgt_count, row)
 
     @property
     def requests(self) -> int:
@@ -101,8 +101,10 @@ def materialize(user_days: pa.Table | UserDays, spec: DatasetSpec = DEFAULT_SPEC
     c = contracts_of(spec)
     table = days.table
     pick = np.arange(days.requests, dtype=np.int64) if select is None else np.asarray(select, dtype=np.int64)
-    hist_idx, hist_offsets = _gather(days.hist_start[pick], days.hist_len[pick])
-    tgt_idx, tgt_offsets = _gather(days.tgt_start[pick], days.tgt_count[pick])
+    hist_start, hist_len = days.hist_start[pick], days.hist_len[pick]
+    tgt_start, tgt_count = days.tgt_start[pick], days.tgt_count[pick]
+    hist_idx, hist_offsets = run_positions(hist_start, hist_len), offsets_of(hist_len)
+    tgt_idx, tgt_offsets = run_positions(tgt_start, tgt_count), offsets_of(tgt_count)
     schema = to_arrow(c.request_record)
 
     def scalars(name: str, index: np.ndarray, flat: bool) -> pa.Array:
@@ -120,7 +122,7 @@ def materialize(user_days: pa.Table | UserDays, spec: DatasetSpec = DEFAULT_SPEC
     return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
-def _first_at_or_after(ts: np.ndarray, start: np.ndarray, length: np.ndarray, bound: np.ndarray) -> np.ndarray:
+def _count_below(ts: np.ndarray, start: np.ndarray, length: np.ndarray, bound: np.ndarray) -> np.ndarray:
     """Per window ts[start:start + length] (sorted), how many of its values are below `bound`:
     one binary search per window, all windows at once."""
     lo, hi = start.copy(), start + length
@@ -156,7 +158,7 @@ def user_days_of(table: pa.Table, spec: DatasetSpec = DEFAULT_SPEC) -> pa.Table:
         hist_len = pc.list_value_length(table["hist_event_ts"]).to_numpy(zero_copy_only=False).astype(np.int64)
         tgt_count = pc.list_value_length(table[TGT_PREFIX + c.target_names[0]]).to_numpy(
             zero_copy_only=False).astype(np.int64)
-        hist_start, tgt_start = _starts(hist_len)[:-1], _starts(tgt_count)[:-1]
+        hist_start, tgt_start = offsets_of(hist_len)[:-1], offsets_of(tgt_count)[:-1]
     keys = pa.table({"user_id": user, "request_ts": ts, "request_id": ids})
     order = pc.sort_indices(keys, sort_keys=[("user_id", "ascending"), ("request_ts", "ascending"),
                                              ("request_id", "ascending")]).to_numpy().astype(np.int64)
@@ -170,15 +172,14 @@ def user_days_of(table: pa.Table, spec: DatasetSpec = DEFAULT_SPEC) -> pa.Table:
     # the events a request shares with the one before it: its events before that one's request_ts
     flat_ts = _flat(table["hist_event_ts"]).astype(np.int64)
     bound = np.where(first, np.iinfo(np.int64).min, np.concatenate([[0], request_ts[:-1]]))
-    shared = _first_at_or_after(flat_ts, hist_start, hist_len, bound)
+    shared = _count_below(flat_ts, hist_start, hist_len, bound)
     piece_start, piece_len = hist_start + shared, hist_len - shared
     ends = np.cumsum(piece_len)
     row_of = np.cumsum(first) - 1  # the output row of each request
     row_starts = np.flatnonzero(first)
     events_before_row = (ends - piece_len)[row_starts]
     hist_end = ends - events_before_row[row_of]
-    hist_idx, _ = _gather(piece_start, piece_len)
-    tgt_idx, _ = _gather(tgt_start, tgt_count)
+    hist_idx, tgt_idx = run_positions(piece_start, piece_len), run_positions(tgt_start, tgt_count)
     request_offsets = np.append(row_starts, n)
     hist_offsets = np.append(events_before_row, ends[-1] if n else 0)
     tgt_ends = np.cumsum(tgt_count)
@@ -223,9 +224,11 @@ def request_count(table: pa.Table) -> int:
     return table.num_rows
 
 
-def requests_of(table: pa.Table) -> pa.Table:
-    """(request_id, hist_len, tgt_count) of each request in records of either layout."""
-    if file_layout(table.column_names) == COMPACT_LAYOUT:
+def requests_of(table: pa.Table, layout: str) -> pa.Table:
+    """(request_id, hist_len, tgt_count) of each request in records of `layout` (the compact
+    one's columns request_id, hist_len, tgt_count; the request one's request_id,
+    hist_event_ts, tgt_item_id are enough)."""
+    if layout == COMPACT_LAYOUT:
         return pa.table({n: pc.list_flatten(table[n]) for n in ("request_id", "hist_len", "tgt_count")})
     return pa.table({"request_id": table["request_id"], "hist_len": pc.list_value_length(table["hist_event_ts"]),
                      "tgt_count": pc.list_value_length(table["tgt_item_id"])})

@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
+from longseq.dataset.compact import offsets_of, run_positions
 from longseq.features.hashing import mix64
 from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
 from longseq.schemas.errors import LongseqError
@@ -143,19 +144,6 @@ def _runs(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, total: in
     if len(lengths) and total >= 64 * len(lengths):
         return np.concatenate([values[s:s + n] for s, n in zip(starts.tolist(), lengths.tolist())]) if total else values[:0]
     return values[run_positions(starts, lengths)]
-
-
-def run_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """starts[i], starts[i] + 1, ..., starts[i] + lengths[i] - 1 for each i, concatenated."""
-    offsets = offsets_of(lengths)
-    return np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
-
-
-def offsets_of(lengths: np.ndarray) -> np.ndarray:
-    """[0, l0, l0 + l1, ...]: the offsets of runs of these lengths."""
-    out = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
 
 
 def select(chunk: RequestChunk, index: np.ndarray, keep: np.ndarray | None = None) -> RequestChunk:

@@ -123,9 +123,9 @@ class PolarsEngine:
 
 def _written_requests(path: str, layout: str) -> pl.DataFrame:
     """(request_id, hist_len, tgt_count) of each request in a written requests file."""
-    columns = ["request_id", "hist_end", "hist_len", "tgt_count"] if layout == COMPACT_LAYOUT else [
+    columns = ["request_id", "hist_len", "tgt_count"] if layout == COMPACT_LAYOUT else [
         "request_id", "hist_event_ts", "tgt_item_id"]
-    return pl.from_arrow(requests_of(pq.read_table(path, columns=columns)))
+    return pl.from_arrow(requests_of(pq.read_table(path, columns=columns), layout))
 
 
 def sorted_quarantine(rows: pl.DataFrame, c: Contracts) -> pl.DataFrame:

@@ -346,7 +346,7 @@ class StreamDayEngine:
         # every hour of D is closed; a user's hours of D become one row
         hours = self._read("hours", day, to_arrow(contract))
         records = pl.from_arrow(sorted_records(hours, spec, layout))
-        written = pl.from_arrow(requests_of(hours)).sort("request_id")
+        written = pl.from_arrow(requests_of(hours, layout))
         quarantine = sorted_quarantine(pl.from_arrow(self._read("quarantine", day, to_arrow(c.quarantine))), c)
         snapshots = pl.from_arrow(self._read("snapshots", day, to_arrow(c.user_state)))
         before = read_arrow(prev_state, c.user_state) if prev_state else to_arrow(c.user_state).empty_table()
