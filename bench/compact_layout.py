@@ -7,6 +7,9 @@ For each profile: generate its raw logs (not timed), then in one Spark session t
   floor:   a plain read + sort by (user_id, event_ts) + write of the raw logs;
   request: the daily builds of every day with --layout request;
   compact: the same with --layout compact;
+  shared:  the same days built with the Spark engine's steps that both layouts run
+           (quarantine, deduplication, the state, the counts) and no records written,
+           which bounds how far below the request layout the compact build can go;
 and count, per layout, the history values written (and so decoded by a reader: the request
 layout's are the requests' histories, the compact layout's the user-days' sequences), the
 bytes of the records and of the state. Then the pyarrow reader reads the last --read-days
@@ -190,7 +193,31 @@ def _built(spark, work: Path, name: str, args) -> dict:
         row[f"{layout}_s"] = time.perf_counter() - t
         row["requests"] = sum(r["requests"] for r in reports)
         print(f"{name} {layout}: build {row[f'{layout}_s']:.1f} s", file=sys.stderr)
+    row["shared_s"] = _shared_seconds(spark, work, profile.days, args.max_len)
+    print(f"{name} shared steps: {row['shared_s']:.1f} s", file=sys.stderr)
     return row | _stored(work)
+
+
+def _shared_seconds(spark, work: Path, days: int, max_len: int) -> float:
+    """Seconds of every day's Spark build without its records: the steps both layouts run."""
+    from longseq.dataset.layout import KINDS, partition_path
+    from longseq.etl.batch.spark_engine import SparkEngine
+    from longseq.schemas.forms import to_spark
+
+    class SharedSteps(SparkEngine):
+        def _write_requests(self, kept, recent, users, max_len, path, c, layout=REQUEST_LAYOUT) -> None:
+            self.spark.createDataFrame([], to_spark(c.request_record)).write.parquet(path)
+
+    engine, out, seconds = SharedSteps(spark), work / "shared", 0.0
+    prev_state = None
+    for i in range(days):
+        day = START + dt.timedelta(days=i)
+        temps = {kind: partition_path(str(out / kind), day) for kind in KINDS}
+        t = time.perf_counter()
+        engine.build_day(partition_path(str(work / "raw"), day), prev_state, day, max_len, temps, layout=REQUEST_LAYOUT)
+        seconds += time.perf_counter() - t
+        prev_state = temps["state"]
+    return seconds
 
 
 def _reused(work: Path, name: str) -> dict:
@@ -223,7 +250,10 @@ def _passes(max_len: int) -> dict:
     from longseq.features.lengths import LengthSampler
     from longseq.reader.steps import ReaderConfig
 
-    lengths = LengthSampler(min_len=min(LengthSampler.min_len, max_len), max_len=max_len)
+    multiple = LengthSampler.multiple  # training lengths are multiples of it
+    if max_len < multiple:
+        raise LongseqError(f"--max-len must be at least {multiple} (the trainer's lengths are multiples of it)")
+    lengths = LengthSampler(min_len=min(LengthSampler.min_len, max_len - max_len % multiple), max_len=max_len)
     training = ReaderConfig(batch_size=256, truncation=lengths)  # the trainer's U-shaped lengths
     return {"scoring": ReaderConfig(batch_size=64).for_scoring(), "training": training,
             "training, user-days grouped": dataclasses.replace(training, group_user_days=True)}
@@ -328,6 +358,8 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("build s floor", lambda r: f"{r['floor_s']:.1f}"), ("request", lambda r: f"{r[f'{RQ}_s']:.1f}"),
     ("compact", lambda r: f"{r[f'{CP}_s']:.1f}"), ("compact / request", lambda r: f"{r[f'{CP}_s'] / r[f'{RQ}_s']:.2f}"),
     ("compact / floor", lambda r: f"{r[f'{CP}_s'] / r['floor_s']:.1f}x"),
+    ("shared steps s", lambda r: f"{r['shared_s']:.1f}"),
+    ("own work compact / request", lambda r: f"{(r[f'{CP}_s'] - r['shared_s']) / (r[f'{RQ}_s'] - r['shared_s']):.2f}"),
     *[(header, cell) for what, title in (("scoring", "reader req/s scoring request"), ("training", "training request"))
       for header, cell in ((title, lambda r, w=what: f"{r[f'{RQ}_{w}_rps']:,.0f}"),
                            ("compact", lambda r, w=what: f"{r[f'{CP}_{w}_rps']:,.0f}"),

@@ -13,7 +13,7 @@ from longseq.cli.arguments import (
 )
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.storage import LocalStorage, absolute
-from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, LAYOUTS, REQUEST_LAYOUT
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_LATENESS_MS, DEFAULT_LAYOUT, DEFAULT_MAX_LEN, LAYOUTS, REQUEST_LAYOUT
 from longseq.schemas.durations import format_duration
 from longseq.schemas.errors import LongseqError
 from longseq.sources import SAMPLE_START
@@ -117,10 +117,11 @@ def build_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_layout(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layout", choices=LAYOUTS, default=REQUEST_LAYOUT,
-                   help=f"how DATA holds the records: {REQUEST_LAYOUT}, one row per request (each with its "
-                        f"history), or {COMPACT_LAYOUT}, one row per user and day with the history stored once and the "
-                        f"requests' windows cut out by the readers (docs/CONTRACTS.md); default {REQUEST_LAYOUT}")
+    p.add_argument("--layout", choices=LAYOUTS, default=None,
+                   help=f"how DATA holds the records: {COMPACT_LAYOUT}, one row per user and day with the history "
+                        f"stored once and the requests' windows cut out by the readers, or {REQUEST_LAYOUT}, one row "
+                        f"per request with its whole history, for plain rows (docs/CONTRACTS.md); default: the "
+                        f"layout of the days built before (or the stream's checkpoint), else {DEFAULT_LAYOUT}")
 
 
 def run_build(args: argparse.Namespace) -> int:

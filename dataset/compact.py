@@ -32,12 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_SPEC, HIST_PREFIX, REQUEST_LAYOUT, TGT_PREFIX, contracts_of
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
 
-__all__ = ["UserDays", "file_layout", "materialize", "offsets_of", "request_count", "requests_of", "run_positions",
+__all__ = ["UserDays", "file_layout", "materialize", "offsets_of", "request_count", "request_records", "requests_of", "row_group_requests", "run_positions",
            "sorted_records", "user_days_of"]
 
 
@@ -215,6 +216,21 @@ def sorted_records(table: pa.Table, spec: DatasetSpec, layout: str) -> pa.Table:
     if file_layout(table.column_names) == COMPACT_LAYOUT:
         table = materialize(table, spec)
     return table.sort_by([("user_id", "ascending"), ("request_ts", "ascending"), ("request_id", "ascending")])
+
+
+def request_records(table: pa.Table, spec: DatasetSpec = DEFAULT_SPEC) -> pa.Table:
+    """Records of either layout as request records (contract 2 of `spec`), in table order."""
+    return materialize(table, spec) if file_layout(table.column_names) == COMPACT_LAYOUT else table
+
+
+def row_group_requests(meta: pq.FileMetaData) -> list[int]:
+    """Requests in each row group of a records file of either layout, from its footer: a
+    row group of user-day rows holds as many as its hist_len lists hold values (a user-day
+    has at least one request, so no list is empty)."""
+    if file_layout(meta.schema.to_arrow_schema().names) != COMPACT_LAYOUT:
+        return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path.startswith("hist_len."))
+    return [meta.row_group(g).column(leaf).num_values for g in range(meta.num_row_groups)]
 
 
 def request_count(table: pa.Table) -> int:

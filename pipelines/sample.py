@@ -45,12 +45,12 @@ def is_published(data: Path, day: dt.date) -> bool:
 
 
 def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, engine=None,
-                      max_len: int = DEFAULT_MAX_LEN, validate: bool = False, spec=None,
+                      max_len: int = DEFAULT_MAX_LEN, validate: bool = False, spec=None, layout: str | None = None,
                       override_reason: str = "generated sample: not validated",
                       log: Callable[[str], None] = quiet, show: Callable[[str], None] = quiet) -> list[dict]:
     """Build [start, end] from raw into data, gate each day, publish them; return the build
     reports. log gets progress, show the results of each stage; spec: the logs' dataset spec
-    (a DatasetSpec, or None for the default)."""
+    (a DatasetSpec, or None for the default); layout: the records' (None: the build's default)."""
     from longseq.dataset.output_lock import output_lock
     from longseq.etl.batch.build import BuildConfig, build, summarize_build
     from longseq.etl.gates.publish import publish
@@ -60,7 +60,7 @@ def build_and_publish(raw: Path, data: Path, start: dt.date, end: dt.date, *, en
 
         engine = PolarsEngine()
     with output_lock(str(data), "pipeline", log=log):  # one holder from build to publish
-        reports = build(engine, BuildConfig(str(raw), str(data), start, end, max_len, spec=spec), log=log)
+        reports = build(engine, BuildConfig(str(raw), str(data), start, end, max_len, spec=spec, layout=layout), log=log)
         show(summarize_build(reports))
         if validate:
             validate_days(engine, data, day_range(start, end), show)

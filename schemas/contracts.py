@@ -47,6 +47,9 @@ def day_start_ms(day: dt.date) -> int:
 REQUEST_LAYOUT = "request"
 COMPACT_LAYOUT = "compact"
 LAYOUTS = (REQUEST_LAYOUT, COMPACT_LAYOUT)
+# a new output's layout: the compact one stores 1/72 of the history values and reads 4-9x
+# faster (docs/BENCHMARKS.md); a chain of built days keeps the layout it has
+DEFAULT_LAYOUT = COMPACT_LAYOUT
 
 HIST_PREFIX = "hist_"
 TGT_PREFIX = "tgt_"

@@ -29,13 +29,13 @@ def _engine_losing_a_row(name: str, request, monkeypatch, double: bool):
 
         import longseq.etl.batch.polars_engine as pb
 
-        real = pb._records
+        real = pb._requests  # both layouts' records are made of its requests
 
-        def faulty(kept, events, max_len, *rest):
-            records = real(kept, events, max_len, *rest)
-            return pl.concat([records, records.head(1)]) if double else records.slice(1)
+        def faulty(kept, events, c):
+            requests, user_events = real(kept, events, c)
+            return (pl.concat([requests, requests.head(1)]) if double else requests.slice(1)), user_events
 
-        monkeypatch.setattr(pb, "_records", faulty)
+        monkeypatch.setattr(pb, "_requests", faulty)
         return pb.PolarsEngine()
     from longseq.etl.batch.spark_engine import SparkEngine
 

@@ -19,11 +19,12 @@ import pytest
 from longseq.dataset.layout import BuildLayout
 from longseq.dataset.storage import LocalStorage
 from longseq.etl.batch.build import BuildConfig, build
-from longseq.schemas.contracts import RAW_LOG, SUCCESS_MARKER
+from longseq.schemas.contracts import COMPACT_LAYOUT, DEFAULT_LAYOUT, RAW_LOG, REQUEST_LAYOUT, SUCCESS_MARKER
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError, SchemaMismatchError
 from longseq.schemas.forms import to_arrow
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
+from tests.records import record_rows
 
 START = SAMPLE_START
 BIN = Path(sys.executable).parent
@@ -49,8 +50,33 @@ def _quiet(_: str) -> None:
 
 
 def _records(out: Path, day: dt.date) -> list[dict]:
-    table = pq.read_table(out / "requests" / f"ds={day}")
-    return sorted(table.to_pylist(), key=lambda r: r["request_id"])
+    return sorted(record_rows(Path(str(out).removeprefix("file://")) / "requests" / f"ds={day}"),
+                  key=lambda r: r["request_id"])
+
+
+def _layouts(out: Path) -> list[str]:
+    return [json.loads(f.read_text()).get("layout") for f in sorted((out / "reports").glob("ds=*/build.json"))]
+
+
+def test_a_build_told_no_layout_goes_on_in_the_layout_its_days_have(raw, tmp_path):
+    """A new output gets the default layout; a chain keeps the one it was built in, so a
+    daily build run without --layout never switches a request-layout output to compact."""
+    assert DEFAULT_LAYOUT == COMPACT_LAYOUT
+    fresh, plain = tmp_path / "fresh", tmp_path / "plain"
+    build(polars(), BuildConfig(str(raw), str(fresh), DAY(0), DAY(1)), log=_quiet)
+    build(polars(), BuildConfig(str(raw), str(plain), DAY(0), layout=REQUEST_LAYOUT), log=_quiet)
+    build(polars(), BuildConfig(str(raw), str(plain), DAY(1), DAY(2)), log=_quiet)
+    assert _layouts(fresh) == [COMPACT_LAYOUT] * 2
+    assert _layouts(plain) == [REQUEST_LAYOUT] * 3
+    assert pq.read_schema(next((plain / "requests" / f"ds={DAY(2)}").glob("*.parquet"))).names[0] == "request_id"
+    # a days-old report without "layout" was written before there were layouts: request rows
+    report = plain / "reports" / f"ds={DAY(2)}" / "build.json"
+    report.write_text(json.dumps({k: v for k, v in json.loads(report.read_text()).items() if k != "layout"}))
+    build(polars(), BuildConfig(str(raw), str(plain), DAY(3)), log=_quiet)
+    assert _layouts(plain)[-1] == REQUEST_LAYOUT
+    build(polars(), BuildConfig(str(raw), str(plain), DAY(3), layout=COMPACT_LAYOUT), log=_quiet)  # told: it switches
+    assert _layouts(plain)[-1] == COMPACT_LAYOUT
+    assert record_rows(plain / "requests" / f"ds={DAY(1)}") == record_rows(fresh / "requests" / f"ds={DAY(1)}")
 
 
 def _digest(path: Path) -> dict[str, str]:

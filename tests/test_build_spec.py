@@ -28,6 +28,7 @@ from longseq.schemas.errors import LongseqError, SchemaMismatchError
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import SPECS_DIR, DatasetSpec, load_spec, spec_from_dict
 from longseq.sources import SAMPLE_START
+from tests.records import record_rows
 from tests.reference_build import build_reference
 
 ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
@@ -143,7 +144,7 @@ def _rows(directory: Path) -> list[dict]:
 
 
 def _records(out: Path, day: dt.date) -> dict[str, dict]:
-    return {r["request_id"]: r for r in _rows(out / "requests" / f"ds={day}")}
+    return {r["request_id"]: r for r in record_rows(out / "requests" / f"ds={day}")}
 
 
 def _quarantine(out: Path, day: dt.date) -> Counter:

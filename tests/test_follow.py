@@ -20,7 +20,7 @@ from longseq.etl.batch.build import BuildConfig, build
 from longseq.etl.batch.polars_engine import PolarsEngine
 from longseq.etl.stream.hours import HOUR_MS, HourPublisher, close_hour
 from longseq.etl.stream.settings import StreamSettings
-from longseq.schemas.contracts import day_start_ms
+from longseq.schemas.contracts import REQUEST_LAYOUT, day_start_ms
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from longseq.trainer.follow import follow
@@ -33,7 +33,7 @@ CFG = dict(preset="tiny", batch_size=16, device="cpu", warmup_steps=2, checkpoin
 def _publish_hours(data: Path, hours: range) -> None:
     """Hours cut from a daily build, closed and published as the stream does (validation
     overridden: these tests are about the trainer)."""
-    settings = StreamSettings(max_len=64)
+    settings = StreamSettings(max_len=64, layout=REQUEST_LAYOUT)
     layout = StreamLayout(str(data))
     publisher = HourPublisher(None, str(data), settings, log=lambda m: None)
     table = pq.read_table(data / "requests" / f"ds={DAY}" / "part-00000.parquet")
@@ -52,7 +52,8 @@ def _publish_hours(data: Path, hours: range) -> None:
 def day_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("follow")
     generate(root / "raw", PROFILES["tiny"].with_sizes(users=80, days=1), seed=3, start=DAY)
-    build(PolarsEngine(), BuildConfig(str(root / "raw"), str(root / "data"), DAY, max_len=64), log=lambda m: None)
+    build(PolarsEngine(), BuildConfig(str(root / "raw"), str(root / "data"), DAY, max_len=64, layout=REQUEST_LAYOUT),
+          log=lambda m: None)
     return root / "data"
 
 

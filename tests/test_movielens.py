@@ -22,6 +22,7 @@ from longseq.schemas.contracts import DAY_MS, RAW_LOG, contracts_of
 from longseq.schemas.spec import SPECS_DIR, SpecError, load_spec
 from longseq.sources import SAMPLE_START
 from longseq.sources.movielens import GENRES, MOVIELENS_SPEC_FILE, MovieLensMapping, adapt_movielens, genre_id
+from tests.records import read_records
 from tests.test_generate import values_digest
 
 RATINGS = Path(__file__).resolve().parent / "data" / "movielens-sample" / "ratings.csv"
@@ -74,7 +75,7 @@ def test_built_histories_are_the_earlier_sessions(adapted, tmp_path):
     raw, rows, ratings = adapted
     end = START + dt.timedelta(days=DAYS - 1)
     build(PolarsEngine(), BuildConfig(str(raw), str(tmp_path / "out"), START, end, 10_000), log=lambda m: None)
-    records = pq.read_table(tmp_path / "out" / "requests" / f"ds={end}").to_pandas()
+    records = read_records(tmp_path / "out" / "requests" / f"ds={end}").to_pandas()
     ordered = rows.merge(ratings, left_on=["user_id", "item_id"], right_on=["userId", "movieId"]).sort_values(
         ["userId", "timestamp", "movieId"])
     assert len(records) > 20
@@ -181,7 +182,7 @@ def test_built_records_carry_the_genre_on_history_and_target(adapted_spec, tmp_p
     end = START + dt.timedelta(days=DAYS - 1)
     build(PolarsEngine(), BuildConfig(str(raw), str(tmp_path / "out"), START, end, 10_000, spec=MOVIELENS),
           log=lambda m: None)
-    records = pq.read_table(tmp_path / "out" / "requests" / f"ds={end}").to_pandas()
+    records = read_records(tmp_path / "out" / "requests" / f"ds={end}").to_pandas()
     genre_of = rows.drop_duplicates("item_id").set_index("item_id").genre_id
     assert len(records) > 20 and {"hist_genre", "tgt_genre", "tgt_liked"} <= set(records.columns)
     for _, rec in records.iterrows():

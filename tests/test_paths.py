@@ -20,6 +20,7 @@ from longseq.etl.gates.validation import ValidationConfig, validate
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
 from longseq.reader.readers import ReaderConfig, open_published
+from tests.records import read_records
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -71,7 +72,7 @@ def test_the_spark_engine_builds_into_an_odd_directory_and_names_what_it_cannot_
     assert [r["ds"] for r in reports] == [str(START), str(END)]
     assert validate(spark, str(out), END, cfg=ValidationConfig(max_len=MAX_LEN))["passed"]
     records = sorted((out / "requests" / f"ds={END}").glob("*.parquet"))
-    assert sum(pq.read_metadata(f).num_rows for f in records) == reports[-1]["requests"] > 0
+    assert sum(read_records(f).num_rows for f in records) == reports[-1]["requests"] > 0
 
     for bad in ("out [1]", "out {a}"):  # Hadoop globs: these never match themselves
         with pytest.raises(PathError, match=r"Spark reads paths as glob patterns.*'[\[{]'"):

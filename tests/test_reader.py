@@ -18,7 +18,7 @@ import torch
 from longseq.pipelines.sample import prepare_generated
 from longseq.dataset.published import PublishedDataError, published_files
 from longseq.features.lengths import LengthSampler
-from longseq.schemas.contracts import HIST_PREFIX, REQUEST_RECORD, TGT_PREFIX
+from longseq.schemas.contracts import HIST_PREFIX, REQUEST_LAYOUT, REQUEST_RECORD, TGT_PREFIX
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
 from longseq.sources import SAMPLE_START
@@ -39,7 +39,7 @@ def data(tmp_path_factory) -> Path:
     from longseq.etl.batch.polars_engine import PolarsEngine
 
     sample = prepare_generated(tmp_path_factory.mktemp("reader"), PROFILES["tiny"], seed=11, max_len=MAX_LEN,
-                               engine=PolarsEngine(row_group_bytes=16 * 1024))
+                               engine=PolarsEngine(row_group_bytes=16 * 1024), layout=REQUEST_LAYOUT)
     assert (sample.start, sample.end) == (START, END)
     return sample.data
 

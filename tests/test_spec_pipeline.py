@@ -22,6 +22,7 @@ from tests.reference_build import build_reference
 from longseq.trainer.evaluate import evaluate
 from longseq.trainer.train_config import TrainConfig
 from longseq.trainer.train import train
+from tests.records import record_rows
 
 ECOMMERCE = load_spec(SPECS_DIR / "ecommerce.yaml")
 MOVIELENS = load_spec(SPECS_DIR / "movielens.yaml")
@@ -38,7 +39,7 @@ def _rows(directory: Path) -> list[dict]:
 
 
 def _records(data: Path, day: dt.date) -> dict[str, dict]:
-    return {r["request_id"]: r for r in _rows(data / "requests" / f"ds={day}")}
+    return {r["request_id"]: r for r in record_rows(data / "requests" / f"ds={day}")}
 
 
 def _reasons(data: Path, day: dt.date) -> Counter:

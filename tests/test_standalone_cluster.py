@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from tests.records import record_rows
 from tests.standalone_cluster import cluster_env, standalone_cluster
 
 pytestmark = [pytest.mark.spark, pytest.mark.subprocess, pytest.mark.slow]
@@ -29,7 +29,7 @@ spark.stop()
 
 
 def _records(data: Path) -> dict[str, dict]:
-    return {r["request_id"]: r for f in sorted(data.glob("requests/ds=*/*.parquet")) for r in pq.read_table(f).to_pylist()}
+    return {r["request_id"]: r for d in sorted(data.glob("requests/ds=*")) for r in record_rows(d)}
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from longseq.schemas.contracts import DEFAULT_SPEC, contracts_of
 from longseq.schemas.spec import SPECS_DIR, DatasetSpec, load_spec
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
+from tests.records import record_rows
 from tests.reference_build import build_reference, read_partition
 
 HOUR_MS = 3_600_000
@@ -84,7 +85,7 @@ def assert_stream_equals_batch(result, out: Path, spec: DatasetSpec, reports: li
     assert sorted(result.days) == DAYS
     for day in DAYS:
         got = result.days[day]
-        want_records = _rows(out / "requests" / f"ds={day}")
+        want_records = record_rows(out / "requests" / f"ds={day}")
         order = lambda r: (r["user_id"], r["request_ts"], r["request_id"])  # noqa: E731
         assert sorted(got.records, key=order) == sorted(want_records, key=order), f"ds={day}: records differ"
         names = c.quarantine.names

@@ -104,22 +104,24 @@ def test_daily_build_then_stream_then_daily_build_equal_one_range_build(spark, t
     lateness, delay = 2 * HOUR_MS, 30 * 60_000
     data = tmp_path / "data"
 
-    def daily(day: dt.date, out: Path) -> None:
-        build(PolarsEngine(), BuildConfig(str(raw), str(out), day, max_len=MAX_LEN, lateness_ms=lateness, layout=layout),
+    def daily(day: dt.date, out: Path, told: str | None) -> None:
+        build(PolarsEngine(), BuildConfig(str(raw), str(out), day, max_len=MAX_LEN, lateness_ms=lateness, layout=told),
               log=lambda m: None)
 
-    daily(DAYS[0], data)
+    # only the first build is told the layout: the stream and the build after it go on in it
+    daily(DAYS[0], data, layout)
     land(arrivals(raw, [DAYS[1]], DEFAULT_SPEC, delay, seed=4, rows_per_file=(20, 80), files_per_batch=(1, 1)),
          tmp_path / "landing")
     logged: list[str] = []
     config = StreamConfig(raw=str(tmp_path / "landing"), out=str(data), checkpoint=str(tmp_path / "ckpt"),
-                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=lateness, spec=None, layout=layout),
+                          settings=StreamSettings(max_len=MAX_LEN, lateness_ms=lateness, spec=None, layout=None),
                           watermark_delay_ms=delay, mode="once", max_files_per_trigger=8, state_partitions=2)
     summary = run_stream(spark, config, log=logged.append)
     assert any(f"starts from the state after {DAYS[0]}" in m for m in logged)
     assert summary["closed_days"] == [d.isoformat() for d in DAYS[:2]]
     assert json.loads((data / "reports" / f"ds={DAYS[1]}" / "build.json").read_text())["engine"] == "stream"
-    daily(DAYS[2], data)
+    daily(DAYS[2], data, None)
+    assert {json.loads(f.read_text())["layout"] for f in (data / "reports").glob("ds=*/build.json")} == {layout}
 
     ranged = tmp_path / "ranged"
     build(PolarsEngine(), BuildConfig(str(raw), str(ranged), DAYS[0], DAYS[-1], MAX_LEN, lateness_ms=lateness,

@@ -27,6 +27,7 @@ from longseq.trainer.metrics import auc, gauc, logloss
 from longseq.trainer.train_config import TrainConfig
 from longseq.trainer.run import TrainingDiverged
 from longseq.trainer.train import train
+from tests.records import read_records, record_rows
 
 START = SAMPLE_START
 END = START + dt.timedelta(days=1)
@@ -122,7 +123,7 @@ def test_evaluate_and_score_read_full_length(data, tmp_path):
     run = tmp_path / "run"
     train(str(data), START, END, run, config(), log=lambda m: None)
     result = evaluate(run, str(data), END, log=lambda m: None)
-    records = pq.read_table(data / "requests" / f"ds={END}").to_pylist()
+    records = record_rows(data / "requests" / f"ds={END}")
     assert result["requests"] == len(records)
     assert result["history_tokens"] == sum(len(r["hist_item_id"]) for r in records), "no truncation when evaluating"
     for task, m in result["tasks"].items():
@@ -225,7 +226,7 @@ def test_two_processes_train_in_step(data, tmp_path):
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["steps"] == rank1["steps"] > 0
     assert rank0["weights_sha256"] == rank1["weights_sha256"]
-    total = sum(len(pq.read_table(f).column("request_id")) for f in (data / "requests").rglob("*.parquet"))
+    total = sum(read_records(f).num_rows for f in (data / "requests").rglob("*.parquet"))
     assert rank0["requests_seen"] + rank1["requests_seen"] <= total
     assert rank0["requests_seen"] > 0 and rank1["requests_seen"] > 0
 
@@ -268,7 +269,7 @@ def test_bench_extrapolation_counts_the_history_that_training_reads(data):
     from longseq.bench.extrapolation import history_work
     from longseq.dataset.published import published_files
 
-    lengths = np.concatenate([pq.read_table(f.url.removeprefix("file://"), columns=["hist_item_id"])
+    lengths = np.concatenate([read_records(f.url.removeprefix("file://"))
                               .column("hist_item_id").combine_chunks().value_lengths().to_numpy()
                               for f in published_files(str(data), START, END)])
     fixed = history_work(data, (START, END), config(truncation=False, max_len=32))

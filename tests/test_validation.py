@@ -14,7 +14,7 @@ import pytest
 
 from longseq.etl.batch.build import BuildConfig, build
 from longseq.etl.gates.validation import ValidationConfig, ValidationFailed, require_publishable, summary_table, validate
-from longseq.schemas.contracts import REQUEST_RECORD, SUCCESS_MARKER
+from longseq.schemas.contracts import REQUEST_LAYOUT, REQUEST_RECORD, SUCCESS_MARKER
 from longseq.schemas.forms import to_arrow
 from longseq.sources import SAMPLE_START
 from longseq.sources.generate import PROFILES, generate
@@ -33,7 +33,7 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("validation")
     raw, out = root / "raw", root / "out"
     generate(raw, PROFILES["tiny"], seed=4, start=START)
-    build(PolarsEngine(), BuildConfig(str(raw), str(out), START, DAY2, MAX_LEN), log=lambda m: None)
+    build(PolarsEngine(), BuildConfig(str(raw), str(out), START, DAY2, MAX_LEN, layout=REQUEST_LAYOUT), log=lambda m: None)
     return raw, out
 
 
@@ -188,7 +188,8 @@ def test_a_day_without_impressions_builds_validates_and_publishes(spark, tmp_pat
     raw, out = tmp_path / "raw", tmp_path / "out"
     generate(raw, PROFILES["tiny"].with_sizes(users=None, days=1), seed=4, start=START)
     RawPartitionWriter(raw, DAY2).commit()  # a day without logs: its marker, no rows
-    reports = build(PolarsEngine(), BuildConfig(str(raw), str(out), START, DAY2, MAX_LEN), log=lambda m: None)
+    reports = build(PolarsEngine(), BuildConfig(str(raw), str(out), START, DAY2, MAX_LEN, layout=REQUEST_LAYOUT),
+                    log=lambda m: None)
     assert reports[-1]["rows_read"] == 0 and reports[-1]["requests"] == 0
     for suite in ("raw", "requests"):
         outcome = validate(spark, str(out), DAY2, suite, raw=str(raw), cfg=ValidationConfig(max_len=MAX_LEN))

@@ -86,14 +86,15 @@ def _epoch_batches(cfg: TrainConfig, files: list[PublishedFile], world: int) -> 
 
 
 def _row_group_rows(urls: list[str]) -> list[int]:
-    """Rows of each row group, numbered across the files in order (as shards number them)."""
+    """Requests of each row group, numbered across the files in order (as shards number them)."""
     import pyarrow.parquet as pq
 
+    from longseq.dataset.compact import row_group_requests
     from longseq.dataset.storage import open_input  # escaped file:// URLs and cluster URIs alike
 
     rows = []
     for url in urls:
         with open_input(url) as f:
             meta = pq.ParquetFile(f).metadata
-        rows += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        rows += row_group_requests(meta)
     return rows

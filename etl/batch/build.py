@@ -28,7 +28,9 @@ from longseq.dataset.raw import check_raw_partitions
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec, spec_summary
 from longseq.dataset.storage import Storage, absolute, checksums
 from longseq.etl.batch.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
-from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, LAYOUTS, REQUEST_LAYOUT, contracts_of
+from longseq.schemas.contracts import (
+    DEFAULT_LATENESS_MS, DEFAULT_LAYOUT, DEFAULT_MAX_LEN, DEFAULT_SPEC, LAYOUTS, REQUEST_LAYOUT, contracts_of,
+)
 from longseq.schemas.durations import format_duration
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec
@@ -79,7 +81,7 @@ class Engine(Protocol):
 
     def build_day(
         self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = DEFAULT_LAYOUT,
     ) -> DayCounts:
         """Write the day's requests (in `layout`: contract request_record or user_day),
         quarantine and state of the spec's contracts into temps[kind] (each with _SUCCESS).
@@ -101,8 +103,9 @@ class BuildConfig:
     spec: DatasetSpec | None = None
     # days without logs and without a raw partition, declared so (--empty-days): built with no rows
     empty_days: tuple[dt.date, ...] = ()
-    # how DATA/requests/ holds the records: one row per request, or per user-day (schemas/contracts.py)
-    layout: str = REQUEST_LAYOUT
+    # how DATA/requests/ holds the records: one row per request, or per user-day (schemas/contracts.py);
+    # None: the layout of the last day built before `start` (a chain keeps its layout), else the default
+    layout: str | None = None
 
     def days(self) -> list[dt.date]:
         return day_range(self.start, self.end)
@@ -145,6 +148,15 @@ def plan_days(storage: Storage, layout: BuildLayout, config: BuildConfig, log: C
         f"the history state after {prev} is missing (the last day built before {days[0]} is {last}): "
         f"build {last + dt.timedelta(days=1)}..{prev} first, or pass --catch-up"
     )
+
+
+def chain_layout(storage: Storage, layout: BuildLayout, before: dt.date) -> str:
+    """The layout of the last day built before `before` (days built before there were
+    layouts hold request records), else the default: a chain goes on as it was built."""
+    earlier = [d for d in layout.built_days(storage) if d < before]
+    if not earlier:
+        return DEFAULT_LAYOUT
+    return json.loads(storage.read_text(layout.report(earlier[-1]))).get("layout", REQUEST_LAYOUT)
 
 
 def check_state_fits(storage: Storage, layout: BuildLayout, prev: dt.date, config: BuildConfig) -> None:
@@ -238,6 +250,8 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     check_output_spec(storage, config.out, config.spec)  # before the raw check: the likelier cause of a mismatch
     days = plan_days(storage, layout, config, log)
     check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
+    if config.layout is None:
+        config = dataclasses.replace(config, layout=chain_layout(storage, layout, days[0]))
     if config.layout not in LAYOUTS:
         raise LongseqError(f"unknown layout {config.layout!r}: one of {', '.join(LAYOUTS)}")
     empty = set(config.empty_days)

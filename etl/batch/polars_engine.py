@@ -41,7 +41,7 @@ from longseq.etl.batch.feature_values import feature_columns, polars_value_ops
 from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, polars_ops, reason_expr, reasons_for
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
-    COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, REQUEST_LAYOUT, SUCCESS_MARKER, TGT_PREFIX,
+    COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_LAYOUT, DEFAULT_SPEC, HIST_PREFIX, SUCCESS_MARKER, TGT_PREFIX,
     Contracts, contracts_of, day_start_ms,
 )
 from longseq.schemas.forms import to_arrow, to_polars
@@ -72,7 +72,7 @@ class PolarsEngine:
 
     def build_day(
         self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = DEFAULT_LAYOUT,
     ) -> DayCounts:
         c = contracts_of(spec)
         day_end = day_start_ms(day) + DAY_MS

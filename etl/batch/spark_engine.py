@@ -49,7 +49,7 @@ from longseq.etl.batch.feature_values import feature_columns, spark_value_ops
 from longseq.etl.batch.row_rules import INCONSISTENT_REQUEST, REQUEST_KEYS, dedup_order, reason_expr, reasons_for, spark_ops
 from longseq.features.actions import encode_actions
 from longseq.schemas.contracts import (
-    COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_SPEC, HIST_PREFIX, REQUEST_LAYOUT, TGT_PREFIX, Contracts,
+    COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_LAYOUT, DEFAULT_SPEC, HIST_PREFIX, TGT_PREFIX, Contracts,
     contracts_of, day_start_ms,
 )
 from longseq.schemas.forms import spark_type, to_spark
@@ -119,7 +119,7 @@ class SparkEngine:
 
     def build_day(
         self, raw_partition: str | None, prev_state: str | None, day: dt.date, max_len: int, temps: dict[str, str],
-        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = REQUEST_LAYOUT,
+        lateness_ms: int = DEFAULT_LATENESS_MS, spec: DatasetSpec = DEFAULT_SPEC, layout: str = DEFAULT_LAYOUT,
     ) -> DayCounts:
         c = contracts_of(spec)
         raw = self._read_raw(raw_partition, c)
@@ -222,7 +222,7 @@ class SparkEngine:
         state.sortWithinPartitions("user_id").write.options(**LIST_WRITE_OPTIONS).parquet(path)
 
     def _write_requests(self, kept: DataFrame, recent: DataFrame, users: DataFrame, max_len: int, path: str,
-                        c: Contracts, layout: str = REQUEST_LAYOUT) -> None:
+                        c: Contracts, layout: str = DEFAULT_LAYOUT) -> None:
         requests = kept.groupBy("request_id").agg(
             F.min("user_id").alias("user_id"),
             F.min("request_ts").alias("request_ts"),
@@ -271,7 +271,7 @@ class SparkEngine:
     # ------------------------------------------------------------ counting, from what was written
 
     def _counts(self, input_counts: dict[str, int], temps: dict[str, str], spec: DatasetSpec,
-                layout: str = REQUEST_LAYOUT) -> DayCounts:
+                layout: str = DEFAULT_LAYOUT) -> DayCounts:
         c = contracts_of(spec)
 
         def read(path: str, contract: Schema) -> DataFrame:

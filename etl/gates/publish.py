@@ -27,12 +27,12 @@ import datetime as dt
 import json
 from typing import Callable
 
-from longseq.dataset.compact import file_layout
+from longseq.dataset.compact import row_group_requests
 from longseq.dataset.layout import BuildLayout, day_range
 from longseq.dataset.published import PublishedDataError
 from longseq.dataset.spec_record import spec_for, spec_summary
 from longseq.dataset.storage import Storage, absolute, checksums, open_input, storage_for
-from longseq.schemas.contracts import COMPACT_LAYOUT, REQUEST_LAYOUT, SUCCESS_MARKER, contracts_of
+from longseq.schemas.contracts import REQUEST_LAYOUT, SUCCESS_MARKER, contracts_of
 from longseq.schemas.errors import MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec
 
@@ -45,12 +45,7 @@ def records_footer(path: str) -> tuple[int, int, object]:
 
     with open_input(path) as f:
         meta = pq.ParquetFile(f).metadata
-    schema = meta.schema.to_arrow_schema()
-    if file_layout(schema.names) != COMPACT_LAYOUT:
-        return meta.num_rows, meta.num_row_groups, schema
-    leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path.startswith("hist_len."))
-    requests = sum(meta.row_group(g).column(leaf).num_values for g in range(meta.num_row_groups))
-    return requests, meta.num_row_groups, schema
+    return sum(row_group_requests(meta)), meta.num_row_groups, meta.schema.to_arrow_schema()
 
 
 def _checked_checksums(storage: Storage, records: str, names: list[str], report: dict, day: dt.date) -> dict[str, str]:

@@ -39,7 +39,7 @@ from longseq.dataset.layout import BuildLayout, StreamLayout
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec
-from longseq.etl.batch.build import check_state_checksums, check_state_fits
+from longseq.etl.batch.build import chain_layout, check_state_checksums, check_state_fits
 from longseq.dataset.storage import LocalStorage, absolute, is_local
 from longseq.etl.batch.feature_values import spark_value_ops
 from longseq.etl.batch.row_rules import reason_expr, spark_ops
@@ -50,7 +50,7 @@ from longseq.etl.stream.process import FAR_MS, process, value_columns
 from longseq.etl.stream.state import (
     EPOCH, VALUE_PREFIX, StreamState, from_user_state, ipc_bytes, pending_schema, read_ipc, value_names,
 )
-from longseq.schemas.contracts import REQUEST_LAYOUT, contracts_of
+from longseq.schemas.contracts import DEFAULT_LAYOUT, REQUEST_LAYOUT, contracts_of
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.forms import spark_type, to_arrow
 from longseq.schemas.spec import DatasetSpec
@@ -289,6 +289,16 @@ def _check_checkpoint(config: StreamConfig, meta: Path) -> None:
                                f"{now[k]!r}: keep its settings, or start a new checkpoint")
 
 
+def _resolved_layout(config: StreamConfig, meta: Path, fresh: bool, start_state: dt.date | None) -> str:
+    """The layout a stream told none writes: the checkpoint's, else that of the day it starts
+    after (daily -> stream goes on as built), else the default."""
+    if not fresh:
+        return json.loads((meta / "stream.json").read_text()).get("layout", REQUEST_LAYOUT)
+    if start_state is not None:
+        return chain_layout(LocalStorage(), BuildLayout(config.out), start_state + dt.timedelta(days=1))
+    return DEFAULT_LAYOUT
+
+
 def _same_setting(key: str, before: object, now: object) -> bool:
     """Equal settings; a local raw or output directory is the same one by another path (a
     symlink, `..`) when both resolve to one real directory."""
@@ -452,6 +462,9 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
             config = dataclasses.replace(config, start=pinned and dt.date.fromisoformat(pinned))
         if start_state is not None and config.start is None:
             config = dataclasses.replace(config, start=start_state + dt.timedelta(days=1))
+        if config.settings.layout is None:
+            config = dataclasses.replace(config, settings=dataclasses.replace(
+                config.settings, layout=_resolved_layout(config, meta, fresh, start_state)))
         spark_checkpoint = str(Path(config.checkpoint, "spark"))
         # every check before the checkpoint is pinned: a refused new checkpoint stays new
         _check_checkpoint(config, meta)

@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from longseq.etl.batch.build import BuildConfig
-from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, REQUEST_LAYOUT
+from longseq.schemas.contracts import DEFAULT_LATENESS_MS, DEFAULT_LAYOUT, DEFAULT_MAX_LEN, DEFAULT_SPEC
 from longseq.schemas.spec import DatasetSpec
 
 MODES = ("continuous", "once", "available-now")
@@ -25,7 +25,9 @@ class StreamSettings:
     spec: DatasetSpec | None = DEFAULT_SPEC
     max_len: int = DEFAULT_MAX_LEN  # history events kept per request
     lateness_ms: int = DEFAULT_LATENESS_MS  # a request is decided this long after request_ts
-    layout: str = REQUEST_LAYOUT  # how hours and days hold the records (schemas/contracts.py LAYOUTS)
+    # how hours and days hold the records (schemas/contracts.py LAYOUTS); None: the checkpoint's,
+    # else that of the day the stream starts after, else the default (the job resolves it)
+    layout: str | None = DEFAULT_LAYOUT
 
     def build_config(self, raw: str, out: str, start: dt.date, end: dt.date | None = None) -> BuildConfig:
         """The daily build's config for the days the stream closes (or checks its state against)."""
@@ -38,7 +40,7 @@ class StreamConfig:
     raw: str
     out: str
     checkpoint: str
-    settings: StreamSettings = field(default_factory=lambda: StreamSettings(spec=None))
+    settings: StreamSettings = field(default_factory=lambda: StreamSettings(spec=None, layout=None))
     start: dt.date | None = None  # the first ds read; None: every partition
     watermark_delay_ms: int = 10 * 60_000  # how far out of event-time order files may land
     trigger: str = "1 minute"

@@ -46,7 +46,7 @@ from longseq.etl.batch.row_rules import LATE_ARRIVAL, reasons_for
 from longseq.etl.stream.hours import HourPublisher, close_hour, due_hours
 from longseq.etl.stream.settings import StreamSettings
 from longseq.etl.stream.state import EPOCH, read_ipc
-from longseq.schemas.contracts import COMPACT_LAYOUT, DAY_MS, DEFAULT_SPEC, REQUEST_LAYOUT, contracts_of, day_start_ms
+from longseq.schemas.contracts import COMPACT_LAYOUT, DAY_MS, DEFAULT_LAYOUT, DEFAULT_SPEC, contracts_of, day_start_ms
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
 from longseq.schemas.spec import DatasetSpec
@@ -340,7 +340,7 @@ class StreamDayEngine:
 
     def build_day(self, raw_partition: str, prev_state: str | None, day: dt.date, max_len: int,
                   temps: dict[str, str], lateness_ms: int = 0, spec: DatasetSpec = DEFAULT_SPEC,
-                  layout: str = REQUEST_LAYOUT) -> DayCounts:
+                  layout: str = DEFAULT_LAYOUT) -> DayCounts:
         c = contracts_of(spec)
         contract = c.records(layout)
         # every hour of D is closed; a user's hours of D become one row
