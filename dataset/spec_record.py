@@ -13,6 +13,7 @@ import yaml
 from longseq.dataset.layout import BuildLayout
 from longseq.dataset.storage import Storage
 from longseq.schemas.contracts import DEFAULT_SPEC
+from longseq.schemas.settings_file import yaml_error_text
 from longseq.schemas.spec import DatasetSpec, SpecError, resolve_spec, spec_from_dict
 
 def spec_path(data: str) -> str:
@@ -27,7 +28,7 @@ def recorded_spec(storage: Storage, data: str) -> DatasetSpec:
     try:
         content = yaml.safe_load(storage.read_text(path))
     except yaml.YAMLError as e:
-        raise SpecError(f"cannot read dataset spec {path}: {' '.join(str(e).split())}") from None
+        raise SpecError(f"cannot read dataset spec {path}: {yaml_error_text(e, path)}") from None
     return spec_from_dict(content, path)
 
 

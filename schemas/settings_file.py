@@ -35,6 +35,11 @@ class SettingsError(LongseqError):
     """A settings file that is unreadable, or holds an unknown key or a value of the wrong type."""
 
 
+def yaml_error_text(error: Exception, path: Path | str) -> str:
+    """A YAML error in one line, naming the file where PyYAML says "<unicode string>"."""
+    return " ".join(str(error).replace('"<unicode string>"', f'"{path}"').split())
+
+
 def load_mapping(path: Path | str, allowed: set[str], what: str) -> dict:
     """A YAML/JSON file holding a mapping with only `allowed` keys, or a one-line error."""
     import yaml
@@ -42,7 +47,7 @@ def load_mapping(path: Path | str, allowed: set[str], what: str) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise SettingsError(f"cannot read {what} {path}: {' '.join(str(e).split())}") from None
+        raise SettingsError(f"cannot read {what} {path}: {yaml_error_text(e, path)}") from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: a {what} file must hold a mapping of settings")
     unknown = set(data) - allowed

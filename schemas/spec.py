@@ -196,10 +196,12 @@ def load_spec(path: Path | str) -> DatasetSpec:
     """The spec in a YAML (or JSON) file; SpecError naming the file and the field otherwise."""
     import yaml
 
+    from longseq.schemas.settings_file import yaml_error_text
+
     try:
         data = yaml.load(Path(path).read_text(), Loader=_unique_keys_loader())
     except (OSError, yaml.YAMLError) as e:
-        raise SpecError(f"cannot read dataset spec {path}: {' '.join(str(e).split())}") from None
+        raise SpecError(f"cannot read dataset spec {path}: {yaml_error_text(e, path)}") from None
     return spec_from_dict(data, str(path))
 
 

@@ -79,6 +79,21 @@ def test_a_build_told_no_layout_goes_on_in_the_layout_its_days_have(raw, tmp_pat
     assert record_rows(plain / "requests" / f"ds={DAY(1)}") == record_rows(fresh / "requests" / f"ds={DAY(1)}")
 
 
+def test_the_build_summary_lists_quarantine_reasons_only_when_there_are_some(raw, tmp_path):
+    from longseq.etl.batch.build import summarize_build
+
+    clean = tmp_path / "clean"
+    generate(clean, PROFILES["tiny"].with_sizes(users=5, days=1), seed=1, start=START, dirty=0.0)
+    logged: list[str] = []
+    reports = build(polars(), BuildConfig(str(clean), str(tmp_path / "a"), DAY(0)), log=logged.append)
+    assert sum(reports[0]["quarantined"].values()) == 0
+    assert "  quarantined 0\n" in summarize_build(reports) + "\n" and "quarantined 0;" in logged[-1]
+    dirty = build(polars(), BuildConfig(str(raw), str(tmp_path / "b"), DAY(0)), log=logged.append)
+    total = sum(dirty[0]["quarantined"].values())
+    reason, n = next((k, v) for k, v in sorted(dirty[0]["quarantined"].items()) if v)
+    assert f"quarantined {total:,} ({reason} {n:,}" in summarize_build(dirty) and f"quarantined {total:,} (" in logged[-1]
+
+
 def _digest(path: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.glob("*.parquet"))}
 

@@ -106,8 +106,24 @@ def test_unreadable_spec(tmp_path: Path) -> None:
         load_spec(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
-    with pytest.raises(SpecError, match="cannot read dataset spec"):
+    with pytest.raises(SpecError, match="cannot read dataset spec") as e:
         load_spec(bad)
+    # where the error is, by the file's name (PyYAML says "<unicode string>" of text it was handed)
+    assert f'in "{bad}", line 1' in str(e.value) and "<unicode string>" not in str(e.value)
+
+
+def test_an_unreadable_recorded_spec_and_settings_file_name_the_file(tmp_path: Path) -> None:
+    from longseq.dataset.spec_record import recorded_spec
+    from longseq.dataset.storage import LocalStorage
+    from longseq.schemas.settings_file import SettingsError, load_mapping
+
+    (tmp_path / "spec.yaml").write_text("name: [unclosed")
+    with pytest.raises(SpecError) as e:
+        recorded_spec(LocalStorage(), str(tmp_path))
+    assert f'in "{tmp_path / "spec.yaml"}"' in str(e.value) and "<unicode string>" not in str(e.value)
+    with pytest.raises(SettingsError) as e:
+        load_mapping(tmp_path / "spec.yaml", {"name"}, "Spark config")
+    assert f'in "{tmp_path / "spec.yaml"}"' in str(e.value)
 
 
 def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:

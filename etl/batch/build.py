@@ -202,14 +202,18 @@ def _span(days: list[dt.date]) -> str:
     return f"{days[0]}" if len(days) == 1 else f"{days[0]}..{days[-1]}"
 
 
+def _quarantined(counts: dict[str, int]) -> str:
+    """"quarantined N (reason n, ...)", or "quarantined 0" with no list after it."""
+    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if v)
+    return f"quarantined {sum(counts.values()):,}" + (f" ({reasons})" if reasons else "")
+
+
 def _summary(day: dt.date, report: dict) -> str:
-    q = report["quarantined"]
-    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(q.items()) if v) or "none"
     h = report["history_length"]
     return (
         f"ds={day}: {'declared empty (--empty-days): ' if report.get('declared_empty') else ''}"
         f"{report['rows_read']:,} rows -> {report['requests']:,} requests, {report['targets']:,} targets; "
-        f"quarantined {sum(q.values()):,} ({reasons}); duplicates {report['duplicates']:,}; "
+        f"{_quarantined(report['quarantined'])}; duplicates {report['duplicates']:,}; "
         f"history p50 {h.get('p50', 0):,.0f} p99 {h.get('p99', 0):,.0f} max {h.get('max', 0):,.0f}; "
         f"{sum(report['bytes_written'].values()) / 2**20:,.1f} MB in {report['seconds']:.1f} s"
     )
@@ -326,7 +330,7 @@ def summarize_build(reports: list[dict]) -> str:
     return "\n".join([
         f"build: {rows:,} rows -> {sum(r['requests'] for r in reports):,} request records, "
         f"{sum(r['targets'] for r in reports):,} targets",
-        f"  quarantined {sum(quarantined.values()):,}: " + ", ".join(f"{k} {v}" for k, v in sorted(quarantined.items()) if v),
+        f"  {_quarantined(quarantined)}",
         f"  duplicates removed {sum(r['duplicates'] for r in reports):,}; requests with no valid impression "
         f"{sum(r['requests_without_valid_impressions'] for r in reports):,}",
         f"  history length on the last day: p50 {last['p50']:,.0f}  p90 {last['p90']:,.0f}  p99 {last['p99']:,.0f}  "
