@@ -63,13 +63,15 @@ def load_settings(cls: type, path: Path | str, what: str) -> dict:
     return typed_settings(cls, data, str(path))
 
 
-def typed_settings(cls: type, mapping: Mapping[str, Any], source: str, prefix: str = "") -> dict:
+def typed_settings(cls: type, mapping: Mapping[str, Any], source: str, prefix: str = "",
+                   given: frozenset[str] = frozenset()) -> dict:
     """`mapping`'s values converted to the types of cls's fields of the same names.
 
     source names the file in errors (`train.yaml: lr: expected a float, got 'abc'`);
-    prefix is the path of a nested mapping (`model.`)."""
+    prefix is the path of a nested mapping (`model.`); given: fields the caller sets
+    itself, which the mapping may not hold (nor an error list as allowed)."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in given}
     unknown = set(mapping) - set(fields)
     if unknown:
         where = f"{source}: {prefix.rstrip('.')}: " if prefix else f"{source}: "

@@ -249,7 +249,8 @@ def spec_from_dict(data: Any, source: str = "spec") -> DatasetSpec:
             if "name" in settings:
                 raise SpecError(f"{source}: {key}.{name}: the name is the key; remove 'name'")
             try:
-                out.append(cls(name=str(name), **typed_settings(cls, settings, source, f"{key}.{name}.")))
+                out.append(cls(name=str(name), **typed_settings(cls, settings, source, f"{key}.{name}.",
+                                                                given=frozenset({"name"}))))
             except SettingsError as e:
                 raise SpecError(str(e)) from None
         return tuple(out)

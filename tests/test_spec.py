@@ -101,6 +101,17 @@ def test_spec_errors_are_one_line_and_name_the_field(tmp_path: Path, change, mes
     assert "\n" not in str(e.value)
 
 
+def test_the_allowed_keys_of_a_feature_leave_out_the_name_its_key_gives(tmp_path: Path) -> None:
+    data = _base()
+    data["features"]["category"].update(bucket=3)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    allowed = str(e.value).split("allowed: ", 1)[1].split(", ")
+    assert "buckets" in allowed and "name" not in allowed, str(e.value)
+
+
 def test_unreadable_spec(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="cannot read dataset spec"):
         load_spec(tmp_path / "missing.yaml")
