@@ -213,9 +213,8 @@ def sorted_records(table: pa.Table, spec: DatasetSpec, layout: str) -> pa.Table:
     by (user_id, request_ts, request_id), or one user-day row per user (`user_days_of`)."""
     if layout == COMPACT_LAYOUT:
         return user_days_of(table, spec)
-    if file_layout(table.column_names) == COMPACT_LAYOUT:
-        table = materialize(table, spec)
-    return table.sort_by([("user_id", "ascending"), ("request_ts", "ascending"), ("request_id", "ascending")])
+    return request_records(table, spec).sort_by(
+        [("user_id", "ascending"), ("request_ts", "ascending"), ("request_id", "ascending")])
 
 
 def request_records(table: pa.Table, spec: DatasetSpec = DEFAULT_SPEC) -> pa.Table:
