@@ -33,7 +33,8 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                         "order of user-days is still shuffled; default: requests shuffled across user-days)")
     p.add_argument("--allow-other-data", action="store_true",
                    help="resume a run on other data or days than it was started on (recorded in RUN/data.json)")
-    add_spec(p, "refuse to train unless DATA holds this dataset spec (default: the one DATA records, docs/SPEC.md)")
+    add_spec(p, "dataset spec to train with: it must build the records DATA holds, and its model-side settings "
+                "(buckets, transform, mean, std, boundaries) are the model's (default: the one DATA records, docs/SPEC.md)")
     add_device(p)
     online = p.add_argument_group("online training on the stream's published hours (docs/STREAMING.md)")
     online.add_argument("--follow", action="store_true",

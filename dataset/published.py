@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from longseq.dataset.layout import BuildLayout, StreamLayout, day_range
-from longseq.dataset.spec_record import recorded_spec, spec_summary
+from longseq.dataset.spec_record import differences_clause, recorded_spec, spec_summary
 from longseq.dataset.storage import Storage, absolute, file_url, is_local, local_path, storage_for
 from longseq.schemas.contracts import DEFAULT_SPEC, PARTITION_COLUMN
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
@@ -126,24 +126,30 @@ def _described(summary: dict) -> str:
     return f"{summary['name']!r} ({summary['fingerprint']})"
 
 
-def _check_manifest_spec(manifest: dict, layout: BuildLayout, day: dt.date, recorded: DatasetSpec,
+def _check_manifest_spec(storage: Storage, manifest: dict, layout: BuildLayout, day: dt.date, recorded: DatasetSpec,
                          wanted: DatasetSpec | None) -> None:
     """The day's records are of DATA's spec, and of the one the reader expects."""
     published = built_spec_summary(manifest)
     if published["fingerprint"] != recorded.fingerprint:
         raise PublishedDataError(
             f"ds={day} in {layout.out} was published with dataset spec {_described(published)}, but {layout.out} "
-            f"holds spec {_described(spec_summary(recorded))}: rebuild, validate and publish ds={day} again")
+            f"holds spec {_described(spec_summary(recorded))}{differences_clause(published, recorded)}: rebuild, "
+            f"validate and publish ds={day} again")
     if wanted is not None:
-        _check_read_spec(manifest, layout, day, wanted)
+        _check_read_spec(storage, manifest, layout, day, wanted)
 
 
-def _check_read_spec(manifest: dict, layout: BuildLayout, day: dt.date, wanted: DatasetSpec) -> None:
+def _check_read_spec(storage: Storage, manifest: dict, layout: BuildLayout, day: dt.date, wanted: DatasetSpec) -> None:
     published = built_spec_summary(manifest)
     if wanted.fingerprint != published["fingerprint"]:
+        try:  # the manifest has the fingerprint alone, DATA/spec.yaml the whole spec: the fields it differs in
+            known: tuple[DatasetSpec, ...] = (recorded_spec(storage, layout.out),)
+        except SpecError:  # unreadable: the fingerprints still tell the two apart
+            known = ()
         raise SpecError(
             f"ds={day} in {layout.out} holds records of dataset spec {_described(published)}, not of the expected "
-            f"{_described(spec_summary(wanted))}: read it with the spec it was built with")
+            f"{_described(spec_summary(wanted))}{differences_clause(published, wanted, *known)}: read it with the "
+            f"spec it was built with")
 
 
 def published_files(data: str, start: dt.date, end: dt.date | None = None, storage: Storage | None = None,
@@ -165,7 +171,7 @@ def published_files(data: str, start: dt.date, end: dt.date | None = None, stora
     files = []
     for day in days:
         manifest = _read_manifest(storage, layout, day)
-        _check_manifest_spec(manifest, layout, day, recorded, wanted)
+        _check_manifest_spec(storage, manifest, layout, day, recorded, wanted)
         entries = _manifest_files(manifest, layout, day)
         _check_against_build(storage, layout, day, manifest)
         for f in entries:
@@ -210,7 +216,8 @@ def published_hour_files(data: str, day: dt.date, hour: int, storage: Storage | 
     if not storage.exists(path):
         raise MissingPrerequisiteError(f"ds={day} hour={hour:02d} is not published in {data}")
     manifest = read_manifest(storage, path)
-    _check_manifest_spec(manifest, layout, day, recorded_spec(storage, data), None if spec is None else resolve_spec(spec))
+    _check_manifest_spec(storage, manifest, layout, day, recorded_spec(storage, data),
+                         None if spec is None else resolve_spec(spec))
     _check_against_hour_record(storage, data, day, hour, manifest)
     files = []
     for f in manifest["files"]:
@@ -299,7 +306,7 @@ def verify_published(urls: Sequence[str], spec: DatasetSpec | None = None) -> in
             exists = storage.exists(manifest_path)
             manifest = read_manifest(storage, manifest_path) if exists else None
             if manifest is not None:
-                _check_read_spec(manifest, layout, day, spec or DEFAULT_SPEC)
+                _check_read_spec(storage, manifest, layout, day, spec or DEFAULT_SPEC)
             manifests[key] = None if manifest is None else {f["name"]: f for f in _manifest_files(manifest, layout, day)}
         expected = (manifests[key] or {}).get(name)
         if expected is not None:

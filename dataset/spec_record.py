@@ -1,12 +1,15 @@
 """Which dataset spec a build output holds: DATA/spec.yaml, written by its first build.
 
 Every later command on DATA (build, validate, publish, train, evaluate) reads its spec from
-there, and one given explicitly (--spec) must agree with it: records of one spec read with
-another would put a price where a category belongs. An output without the file was built
-before specs existed, with the default spec.
+there, and one given explicitly (--spec) must build the same records: records of one spec
+read with another would put a price where a category belongs. A refusal names the fields
+that differ; a build given other model-side settings only warns, naming them. An output
+without the file was built before specs existed, with the default spec.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import yaml
 
@@ -14,7 +17,11 @@ from longseq.dataset.layout import BuildLayout
 from longseq.dataset.storage import Storage
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.schemas.settings_file import yaml_error_text
-from longseq.schemas.spec import DatasetSpec, SpecError, resolve_spec, spec_from_dict
+from longseq.schemas.spec import DatasetSpec, SpecError, resolve_spec, spec_differences, spec_from_dict
+
+# differences a message names at most: the first ones tell what happened
+SHOWN_DIFFERENCES = 6
+
 
 def spec_path(data: str) -> str:
     return BuildLayout(data.rstrip("/")).spec_file
@@ -37,13 +44,45 @@ def spec_summary(spec: DatasetSpec) -> dict:
     return {"name": spec.name, "fingerprint": spec.fingerprint}
 
 
+def differences_clause(old: DatasetSpec | dict, new: DatasetSpec, *known: DatasetSpec,
+                       side: Literal["data", "model"] = "data") -> str:
+    """What a message adds after naming two specs by name and fingerprint, `old` first:
+    ", which differs in tasks [click] -> [click, cart]; features.brand added" (the fields of
+    schemas.spec.spec_differences). `old` may be a report's or a manifest's summary
+    (spec_summary): the spec among `known` and the default spec with its fingerprint stands
+    for it; "" where none has it, and the two fingerprints have to do."""
+    full = old if isinstance(old, DatasetSpec) else next(
+        (s for s in (*known, DEFAULT_SPEC) if s.fingerprint == old.get("fingerprint")), None)
+    diffs = [] if full is None else spec_differences(full, new, side)
+    return f", which differs in {_listed(diffs)}" if diffs else ""
+
+
+def _listed(diffs: list[str]) -> str:
+    more = len(diffs) - SHOWN_DIFFERENCES
+    return "; ".join(diffs[:SHOWN_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
+
+
 def check_same_spec(recorded: DatasetSpec, wanted: DatasetSpec, where: str) -> None:
     """SpecError unless `wanted` builds the records `recorded` does (DatasetSpec.fingerprint)."""
     if recorded.fingerprint != wanted.fingerprint:
         raise SpecError(
             f"{where} holds data of dataset spec {recorded.name!r} ({recorded.fingerprint}), not of "
-            f"{wanted.name!r} ({wanted.fingerprint}): use the spec it was built with, or another output directory"
+            f"{wanted.name!r} ({wanted.fingerprint}){differences_clause(recorded, wanted)}: use the spec it was "
+            f"built with, or another output directory"
         )
+
+
+def unused_settings_warning(recorded: DatasetSpec | None, given: DatasetSpec, data: str) -> str | None:
+    """The warning for a build given `given` into an output that records `recorded` (None: a
+    new output, which takes `given`): the model-side settings they set otherwise, which the
+    build neither uses nor records. None when there are none."""
+    diffs = [] if recorded is None else spec_differences(recorded, given, "model")
+    if not diffs:
+        return None
+    path = spec_path(data)
+    return (f"warning: {given.source or 'the given spec'} differs from {path} in settings only the model reads "
+            f"({_listed(diffs)}), which a build ignores: {path} keeps its own; to train with them, use "
+            f"`longseq train --spec {given.source or 'FILE'}`")
 
 
 def spec_for(storage: Storage, data: str, wanted: DatasetSpec | str | None = None) -> DatasetSpec:
@@ -58,10 +97,14 @@ def spec_for(storage: Storage, data: str, wanted: DatasetSpec | str | None = Non
     return spec
 
 
-def check_output_spec(storage: Storage, data: str, spec: DatasetSpec) -> None:
-    """SpecError when DATA already holds data (or a spec record) of another spec; a new output takes any."""
-    if storage.exists(spec_path(data)) or storage.exists(f"{data.rstrip('/')}/requests"):
-        check_same_spec(recorded_spec(storage, data), spec, data)
+def check_output_spec(storage: Storage, data: str, spec: DatasetSpec) -> DatasetSpec | None:
+    """SpecError when DATA already holds data (or a spec record) of another spec; a new output
+    takes any. Returns the spec DATA records (None for a new output)."""
+    if not (storage.exists(spec_path(data)) or storage.exists(f"{data.rstrip('/')}/requests")):
+        return None
+    recorded = recorded_spec(storage, data)
+    check_same_spec(recorded, spec, data)
+    return recorded
 
 
 def record_spec(storage: Storage, data: str, spec: DatasetSpec) -> None:

@@ -31,7 +31,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from longseq.schemas.errors import LongseqError
 
@@ -290,6 +290,8 @@ _SETTINGS_FOR = {
     "std": lambda f: f.kind == "numeric" and f.transform == "normalize",
     "boundaries": lambda f: f.kind == "numeric" and f.transform == "bucketize",
 }
+# the settings only the model reads: records hold the plain value whatever they are
+MODEL_SETTINGS = tuple(_SETTINGS_FOR)
 
 
 def _check(spec: DatasetSpec) -> None:
@@ -372,6 +374,58 @@ def _check(spec: DatasetSpec) -> None:
                 fail(f"{where}.std", f"must be positive, got {f.std}")
             if f.transform == "bucketize" and (not f.boundaries or list(f.boundaries) != sorted(set(f.boundaries))):
                 fail(f"{where}.boundaries", f"need a strictly increasing list, got {list(f.boundaries)}")
+
+
+# ---------------------------------------------------------------- differences
+
+
+def spec_differences(a: DatasetSpec, b: DatasetSpec, side: Literal["data", "model"] = "data") -> list[str]:
+    """What `b` sets otherwise than `a`, one short `path old -> new` a field, for messages.
+
+    side "data": what the records hold, so [] exactly when the fingerprints agree
+    (`tasks [click, cart] -> [click, cart, purchase]`, `inputs.price_cents.type int64 -> int32`,
+    `features.brand added`). side "model": the model-side settings of the features both
+    have (`features.price_bucket.boundaries [500, 1000] -> [500, 2000]`). Names, docs and
+    `columns` (how the logs are read, not what the records hold) are neither side."""
+    if side == "model":
+        theirs = {f.name: f for f in b.features}
+        return [_changed(f"features.{f.name}.{k}", getattr(f, k), getattr(theirs[f.name], k))
+                for f in a.features if f.name in theirs for k in MODEL_SETTINGS
+                if getattr(f, k) != getattr(theirs[f.name], k)]
+    if side != "data":
+        raise ValueError(f"side is 'data' or 'model', not {side!r}")
+    return ([] if a.tasks == b.tasks else [_changed("tasks", a.tasks, b.tasks)]) \
+        + _section_differences("inputs", a.inputs, b.inputs, ("type", "required")) \
+        + _section_differences("derived", a.derived, b.derived, ("ratio",)) \
+        + _section_differences("features", a.features, b.features, ("kind", "source", "sides"))
+
+
+def _section_differences(section: str, old: tuple, new: tuple, fields: tuple[str, ...]) -> list[str]:
+    olds, news = {e.name: e for e in old}, {e.name: e for e in new}
+    out = [f"{section}.{n} removed" for n in olds if n not in news] + [f"{section}.{n} added" for n in news if n not in olds]
+    out += [_changed(f"{section}.{n}.{k}", getattr(olds[n], k), getattr(news[n], k))
+            for n in olds if n in news for k in fields if getattr(olds[n], k) != getattr(news[n], k)]
+    kept_old, kept_new = [n for n in olds if n in news], [n for n in news if n in olds]
+    if kept_old != kept_new:  # the fingerprint follows the order: the records' columns do
+        out.append(_changed(f"{section} order", kept_old, kept_new))
+    return out
+
+
+def _changed(path: str, old: Any, new: Any) -> str:
+    return f"{path} {_shown(old)} -> {_shown(new)}"
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as the YAML file spells it (500, not 500.0), cut short where long."""
+    if isinstance(value, (list, tuple)):
+        text = f"[{', '.join(_shown(v, 0) for v in value)}]"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        text = str(int(value))
+    else:
+        text = str(value)
+    return text if not limit or len(text) <= limit else text[:limit - 3] + "..."
 
 
 @functools.cache

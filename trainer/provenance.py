@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from longseq.dataset.spec_record import spec_summary
+from longseq.dataset.spec_record import differences_clause, spec_summary
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.spec import DatasetSpec
@@ -101,7 +101,8 @@ def check_model_spec(model_spec: DatasetSpec, data_spec: DatasetSpec, run_dir: P
     if model_spec.fingerprint != data_spec.fingerprint:
         raise OtherDataError(
             f"{run_dir} holds a model of dataset spec {model_spec.name!r} ({model_spec.fingerprint}), but {data} holds "
-            f"data of spec {data_spec.name!r} ({data_spec.fingerprint}): a model reads only records of its own spec; "
+            f"data of spec {data_spec.name!r} ({data_spec.fingerprint}){differences_clause(model_spec, data_spec)}: "
+            f"a model reads only records of its own spec; "
             f"use data of spec {model_spec.name!r}, or train a new --run-dir on this data")
 
 

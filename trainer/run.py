@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from longseq.dataset.spec_record import differences_clause
 from longseq.reader import RequestBatch, RequestReader, open_reader
 from longseq.schemas.contracts import DEFAULT_SPEC
 from longseq.schemas.errors import LongseqError
@@ -104,9 +105,10 @@ def open_run(run_dir: Path, cfg: TrainConfig, ctx: Context, total: int, log: Cal
         check_model_spec(saved_spec, spec, run_dir, data.data if data else "the data")
         if saved_spec.model_fingerprint != spec.model_fingerprint:  # same records, other tables or transforms
             raise OtherDataError(
-                f"{run_dir} holds a model of dataset spec {saved_spec.name!r} whose features are set up otherwise "
-                f"than in spec {spec.name!r} ({spec.model_fingerprint}, the checkpoint {saved_spec.model_fingerprint}): "
-                f"resume with the spec the run was started with (--spec), or train a new --run-dir")
+                f"{run_dir} holds a model of dataset spec {saved_spec.name!r} ({saved_spec.model_fingerprint}) whose "
+                f"features are set up otherwise than in spec {spec.name!r} ({spec.model_fingerprint})"
+                f"{differences_clause(saved_spec, spec, side='model')}: resume with the spec the run was started "
+                f"with (--spec), or train a new --run-dir")
         if data is not None:
             changes = check_data(run_dir, data, int(state["step"]), allow_other_data, ctx.is_main, log)
         position = checkpoint.restore(state, resumed, model, optimizer)
