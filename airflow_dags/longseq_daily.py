@@ -45,6 +45,8 @@ DEFAULT = DailySettings(raw="", data="")
         "spark_master": Param(ENV("LONGSEQ_SPARK_MASTER", DEFAULT.spark_master), type="string"),
         "spark_conf": Param({}, type="object", description="extra Spark settings, KEY: VALUE"),
         "validation_config": Param(ENV("LONGSEQ_VALIDATION_CONFIG", ""), type="string"),
+        "validation_engine": Param(ENV("LONGSEQ_VALIDATION_ENGINE", DEFAULT.validation_engine), type="string",
+                                   enum=["spark", "pandas"], description="GX's engine: pandas runs without Spark"),
         "train": Param(DEFAULT.train, type="boolean", description="train and evaluate after publishing"),
         "run_dir": Param(ENV("LONGSEQ_RUN_DIR", ""), type="string"),
         "train_days": Param(DEFAULT.train_days, type="integer", minimum=1),

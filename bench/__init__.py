@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "spec-cost": ("spec_cost", "what the dataset spec costs on the default, against an earlier commit"),
     "stream": ("stream", "the stream against the daily build: cost, latency, state"),
     "compact": ("compact_layout", "the compact layout against the request layout: values, bytes, build, reader"),
+    "validate": ("validation_speed", "validation on GX's pandas engine against its Spark engine, on small real days"),
 }
 
 

@@ -75,6 +75,8 @@ VOCABULARY: dict[str, str] = {
     "--max-len": "the history a build keeps per request, in events (the records' cap)",
     "--score-len": "the history the model reads per request when scoring, in events (default: all the records hold)",
     "--lateness": "how long after a request its outcomes may be logged (a duration)",
+    "--engine": "what runs the work: spark, or a local engine without a JVM (polars for a build, pandas for validation)",
+    "--ratings": "a MovieLens ratings.csv (userId,movieId,rating,timestamp)",
     "--layout": "how a build or stream writes the records: one row per request, or compact (docs/CONTRACTS.md)",
     "--watermark-delay": "how far out of event-time order raw files may land (a duration)",
     "--device": "auto (the default: a GPU if there is one), cpu, cuda or cuda:N",
@@ -261,6 +263,12 @@ def add_spark(p: argparse.ArgumentParser, title: str = "Spark settings") -> None
 
 
 SPARK_OPTIONS = ("master", "conf", "spark_config", "from_spark_submit", "shuffle_partitions", "driver_memory")
+
+
+def refuse_spark_options(args: argparse.Namespace) -> None:
+    """Spark settings given to a command told to run without Spark (--engine polars or pandas)."""
+    if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
+        raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
 
 
 def spark_config(args: argparse.Namespace):  # -> etl.spark_session.SparkConfig

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 from longseq.cli.arguments import (
-    SPARK_OPTIONS, Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, comma_separated, dataset_spec,
-    date, duration, fraction, hour_of_day, local_path, location, positive_int, progress, spark_config,
+    Command, add_config, add_data, add_days, add_raw, add_spark, add_spec, comma_separated, dataset_spec, date, duration,
+    fraction, hour_of_day, local_path, location, positive_int, progress, refuse_spark_options, spark_config,
 )
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.storage import LocalStorage, absolute
@@ -128,8 +128,7 @@ def run_build(args: argparse.Namespace) -> int:
     from longseq.etl.batch.build import BuildConfig, build, summarize_build
     from longseq.etl.batch.engines import make_engine
 
-    if args.engine != "spark" and any(getattr(args, o) for o in SPARK_OPTIONS):
-        raise LongseqError("Spark settings (--master, --conf, --spark-config, ...) apply to --engine spark only")
+    refuse_spark_options(args)
     config = BuildConfig(raw=args.raw, out=args.data, start=args.start, end=args.end, max_len=args.max_len,
                          lateness_ms=args.lateness, catch_up=args.catch_up, spec=dataset_spec(args),
                          empty_days=tuple(args.empty_days), layout=args.layout)
@@ -145,7 +144,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def validate_arguments(p: argparse.ArgumentParser) -> None:
-    from longseq.etl.gates.validation import SUITES
+    from longseq.etl.gates.validation import ENGINES, SUITES
 
     add_data(p)
     add_days(p, "validate")
@@ -157,7 +156,10 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p, "validation", "YAML/JSON validation settings: bands, raw_mostly, lateness_ms, warn_only")
     p.add_argument("--warn", action="append", default=[], metavar="CHECK", help="make a check (or glob) only warn; repeatable")
     p.add_argument("--critical", action="append", default=[], metavar="CHECK", help="make a warn-only check critical; repeatable")
-    add_spark(p)
+    p.add_argument("--engine", choices=ENGINES, default=ENGINES[0],
+                   help=f"GX's execution engine: spark, for days of any size and cluster paths, or pandas, for local "
+                        f"days that fit in memory, without a JVM (the same suites and results); default {ENGINES[0]}")
+    add_spark(p, "Spark settings (engine spark)")
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -165,6 +167,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from longseq.etl.gates.validation import ValidationConfig, require_passed, validate_days
     from longseq.etl.spark_session import spark_session
 
+    refuse_spark_options(args)
     cfg = ValidationConfig.from_file(args.config) if args.config else ValidationConfig()
     cfg.warn_only = (*cfg.warn_only, *args.warn)
     cfg.critical_only = (*cfg.critical_only, *args.critical)
@@ -172,7 +175,8 @@ def run_validate(args: argparse.Namespace) -> int:
     days = day_range(args.start, args.end)
     with output_lock(absolute(args.data), "validate", log=progress):  # before Spark starts: a busy output fails at once
         outcomes = validate_days(lambda: spark_session(spark_config(args)), args.data, days, args.suite, raw=args.raw,
-                                 cfg=cfg, sample=args.sample, spec=spec, show=lambda s: print(s, flush=True))
+                                 cfg=cfg, sample=args.sample, spec=spec, show=lambda s: print(s, flush=True),
+                                 engine=args.engine)
     require_passed(days, outcomes)
     return 0
 

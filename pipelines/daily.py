@@ -46,6 +46,7 @@ class DailySettings:
     spark_master: str = field(default_factory=lambda: SparkConfig().master)
     spark_conf: dict[str, str] = field(default_factory=dict)
     validation_config: str = ""  # a YAML/JSON ValidationConfig file, or "" for the defaults
+    validation_engine: str = "spark"  # GX's engine: spark (spark_master), or pandas for days that fit one worker
     train: bool = False
     run_dir: str = ""  # where `longseq train` keeps the model (train only)
     train_days: int = 7  # train on up to this many published days before D, evaluate on D
@@ -87,7 +88,8 @@ def build_command(s: DailySettings, ds: str) -> str:
 
 def validate_command(s: DailySettings, ds: str) -> str:
     config = ["--validation-config", s.validation_config] if s.validation_config else []
-    return _q(s.longseq, "validate", "--data", s.data, "--start", ds, "--master", s.spark_master, *config)
+    engine = ["--master", s.spark_master] if s.validation_engine == "spark" else ["--engine", s.validation_engine]
+    return _q(s.longseq, "validate", "--data", s.data, "--start", ds, *engine, *config)
 
 
 def publish_command(s: DailySettings, ds: str) -> str:

@@ -39,6 +39,11 @@ def test_stage_commands_are_what_a_person_would_run(tmp_path, capsys):
     (validate,) = _longseq_argv(validate_command(s, "2026-01-05"), capsys)
     assert validate.command == "validate" and str(validate.start) == "2026-01-05" and str(validate.config) == "/etc/v.yaml"
     assert "--max-len" not in validate_command(s, "2026-01-05"), "validation reads the bound from the build report"
+    assert validate.engine == "spark" and validate.master == "yarn"
+    s.validation_engine = "pandas"
+    (local,) = _longseq_argv(validate_command(s, "2026-01-05"), capsys)
+    assert local.engine == "pandas" and local.master is None, "no Spark setting for the pandas engine"
+    s.validation_engine = "spark"
     (publish,) = _longseq_argv(publish_command(s, "2026-01-05"), capsys)
     assert publish.command == "publish" and publish.data == str(tmp_path)
 

@@ -264,7 +264,9 @@ def test_publishing_refuses_a_day_built_with_another_spec_even_with_an_override(
         publish(str(out), DAY, override_reason="anything", log=lambda m: None)
     assert str(e.value) == (
         f"refusing to publish ds={DAY}: it was built with dataset spec 'default' ({DEFAULT_SPEC.fingerprint}), but "
-        f"{out} holds spec 'ecommerce' ({ECOM.fingerprint}); rebuild the day with that spec")
+        f"{out} holds spec 'ecommerce' ({ECOM.fingerprint}), which differs in tasks [finish, skip, like, comment] -> "
+        f"[click, cart, purchase]; inputs.play_ms removed; inputs.duration_ms removed; inputs.category_id added; "
+        f"inputs.price_cents added; inputs.dwell_ms added; and 5 more: rebuild the day with that spec")
     assert not (out / "published").exists() and not (out / "validation").exists()
     mine = _write_day(tmp_path / "mine", _records())
     with pytest.raises(SpecError, match="holds data of dataset spec 'ecommerce'"):

@@ -1,5 +1,6 @@
 """The Great Expectations gate: clean days pass, each corruption of real built records fails
-the right expectation and blocks publishing, overrides need and record a reason."""
+the right expectation and blocks publishing, overrides need and record a reason. The suites
+run on both of GX's engines, Spark and pandas, with the same outcome."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from longseq.etl.batch.build import BuildConfig, build
-from longseq.etl.gates.validation import ValidationConfig, ValidationFailed, require_publishable, summary_table, validate
+from longseq.etl.gates.validation import (
+    ENGINES, ValidationConfig, ValidationFailed, outcome_rows, require_publishable, summary_table, validate,
+)
 from longseq.schemas.contracts import REQUEST_LAYOUT, REQUEST_RECORD, SUCCESS_MARKER
 from longseq.schemas.forms import to_arrow
 from longseq.sources import SAMPLE_START
@@ -59,9 +62,18 @@ def _failed(outcome: dict) -> set[str]:
     return {r["check"] for r in outcome["checks"] if r["critical"] and not r["success"]}
 
 
+def validate_on_both(spark, out, day: dt.date, suite: str = "requests", **kwargs) -> dict:
+    """Validate with Spark, then with pandas (no Spark session); the outcomes must agree
+    check by check. Returns the second, whose files the day keeps."""
+    outcomes = [validate(spark if engine == "spark" else None, str(out), day, suite, engine=engine, **kwargs)
+                for engine in ENGINES]
+    assert outcome_rows(outcomes[0]) == outcome_rows(outcomes[1]), (summary_table(outcomes[0]), summary_table(outcomes[1]))
+    return outcomes[1]
+
+
 def test_a_clean_built_day_passes_and_is_publishable(spark, built):
     _, out = built
-    outcome = validate(spark, str(out), DAY2, "requests", cfg=ValidationConfig(max_len=MAX_LEN))
+    outcome = validate_on_both(spark, out, DAY2, "requests", cfg=ValidationConfig(max_len=MAX_LEN))
     assert outcome["passed"], summary_table(outcome)
     assert all(r["success"] for r in outcome["checks"])
     written = json.loads((out / "validation" / f"ds={DAY2}" / "requests.json").read_text())
@@ -122,7 +134,7 @@ def test_each_corruption_fails_its_expectation_and_blocks_publishing(spark, buil
     """No config: the history bound comes from the build report (overlong fails at MAX_LEN)."""
     _, out = built
     bad = _with_records(tmp_path, _corrupt(kind, _rows(out)))
-    outcome = validate(spark, str(bad), DAY2, "requests")
+    outcome = validate_on_both(spark, bad, DAY2, "requests")
     assert not outcome["passed"]
     assert _failed(outcome) == {check}, summary_table(outcome)
     with pytest.raises(ValidationFailed, match=f"refusing to publish: ds={DAY2} failed validation \\({check}\\)"):
@@ -169,12 +181,19 @@ def test_severity_is_configurable(spark, built, tmp_path):
 
 def test_raw_suite_passes_clean_logs_and_fails_dirty_ones(spark, built, tmp_path):
     raw, out = built
-    assert validate(spark, str(out), DAY2, "raw", raw=str(raw))["passed"]
+    assert validate_on_both(spark, out, DAY2, "raw", raw=str(raw))["passed"]
     dirty = tmp_path / "dirty"
     generate(dirty, PROFILES["tiny"], seed=4, start=START, dirty=0.2)
-    outcome = validate(spark, str(tmp_path / "o"), DAY2, "raw", raw=str(dirty))
+    outcome = validate_on_both(spark, tmp_path / "o", DAY2, "raw", raw=str(dirty))
     assert not outcome["passed"]
     assert "event_not_before_request" in _failed(outcome)
+    # the raw suite does not make a day publishable; publish says what it found
+    with pytest.raises(ValidationFailed, match=f"ds={DAY2}'s raw logs failed the raw suite \\(.*event_not_before_request"
+                                               f".*\\) and its records have not been validated"):
+        require_publishable(str(tmp_path / "o"), DAY2)
+    validate(None, str(tmp_path / "clean"), DAY2, "raw", raw=str(raw), engine="pandas")
+    with pytest.raises(ValidationFailed, match=f"ds={DAY2}'s records have not been validated \\(its raw logs passed"):
+        require_publishable(str(tmp_path / "clean"), DAY2)
 
 
 def test_a_day_without_impressions_builds_validates_and_publishes(spark, tmp_path):
@@ -192,7 +211,7 @@ def test_a_day_without_impressions_builds_validates_and_publishes(spark, tmp_pat
                     log=lambda m: None)
     assert reports[-1]["rows_read"] == 0 and reports[-1]["requests"] == 0
     for suite in ("raw", "requests"):
-        outcome = validate(spark, str(out), DAY2, suite, raw=str(raw), cfg=ValidationConfig(max_len=MAX_LEN))
+        outcome = validate_on_both(spark, out, DAY2, suite, raw=str(raw), cfg=ValidationConfig(max_len=MAX_LEN))
         assert outcome["passed"], summary_table(outcome)
         assert "no rows" in summary_table(outcome)
     assert publish_day(str(out), DAY2)["rows"] == 0

@@ -8,6 +8,7 @@ derived in Spark (list sizes, alignment and sortedness flags, the newest history
 and, for label rates, on one row per target.
 
     validate(spark, out, day, "requests")  ->  DATA/validation/ds=D/requests.json (+ Data Docs HTML)
+    validate(None, out, day, "requests", engine="pandas")   the same suites without a JVM
 
 A ds is publishable only when its requests validation passed (`require_publishable`);
 an operator can override a failure with a reason, which is recorded.
@@ -27,11 +28,12 @@ from functools import reduce
 from typing import Any, Callable
 
 from longseq.dataset.layout import BuildLayout, ds_name, partition_path
-from longseq.dataset.parquet_files import read_spark
+from longseq.dataset.parquet_files import read_arrow, read_spark
 from longseq.dataset.published import built_spec_summary
 from longseq.dataset.raw import check_raw_partitions
-from longseq.dataset.spec_record import spec_for, spec_path
+from longseq.dataset.spec_record import differences_clause, spec_for, spec_path
 from longseq.dataset.storage import LocalStorage, RoutingStorage, Storage, absolute, is_local
+from longseq.etl.gates.check_columns import checks_actions, feature_check_name, feature_list_columns, list_columns
 from longseq.features.actions import num_actions
 from longseq.schemas.contracts import (
     COMPACT_LAYOUT, DAY_MS, DEFAULT_LATENESS_MS, DEFAULT_MAX_LEN, DEFAULT_SPEC, HIST_PREFIX, REQUEST_LAYOUT, SUCCESS_MARKER,
@@ -41,6 +43,9 @@ from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
 from longseq.schemas.spec import DatasetSpec, Feature, SpecError, resolve_spec
 
 SUITES = ("requests", "raw")
+# GX's execution engines: Spark for cluster-sized days, pandas (frames derived with polars,
+# etl/gates/local_frames.py) for days that fit a local run, without a JVM.
+ENGINES = ("spark", "pandas")
 # A task without a configured label-rate band: its rate is reported, never out of band.
 ANY_RATE = (0.0, 1.0)
 
@@ -99,23 +104,6 @@ def _all(conditions: list[Any]) -> Any:
     return reduce(lambda a, b: a & b, conditions)
 
 
-def list_columns(spec: DatasetSpec, prefix: str) -> list[str]:
-    """The request record's hist_* or tgt_* list columns of a spec, features included."""
-    c = contracts_of(spec)
-    return list(c.history_columns if prefix == HIST_PREFIX else c.target_columns)
-
-
-def feature_list_columns(spec: DatasetSpec) -> list[tuple[str, Feature]]:
-    """(record column, feature) of every side feature, history first."""
-    return [(f"{prefix}{f.name}", f) for side, prefix in (("history", HIST_PREFIX), ("target", TGT_PREFIX))
-            for f in spec.features_on(side)]
-
-
-def feature_check_name(column: str, feature: Feature) -> str:
-    """categorical ids are never negative (the model hashes them); numbers are finite."""
-    return f"{'nonnegative' if feature.kind == 'categorical' else 'finite'}_{column}"
-
-
 def _feature_ok(column: str, feature: Feature) -> Any:
     """True when every value of the list is valid (a null element is not)."""
     from pyspark.sql import functions as F
@@ -123,12 +111,6 @@ def _feature_ok(column: str, feature: Feature) -> Any:
     if feature.kind == "categorical":
         return F.forall(column, lambda x: x.isNotNull() & (x >= 0))
     return F.forall(column, lambda x: x.isNotNull() & ~F.isnan(x) & (F.abs(x) < float("inf")))
-
-
-def checks_actions(spec: DatasetSpec) -> bool:
-    """Whether the records suite checks the range of the action flags: for every spec but
-    the default, whose suites stay as they were before specs (the same outcomes)."""
-    return spec.fingerprint != DEFAULT_SPEC.fingerprint
 
 
 def request_frames(records: Any, spec: DatasetSpec = DEFAULT_SPEC) -> dict[str, Any]:
@@ -322,18 +304,18 @@ def _observed(result: dict) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
     if "unexpected_count" in r:
         unexpected, rows = r["unexpected_count"], r.get("element_count")
-        if unexpected is None or rows is None:  # GX reports no counts on a frame without rows
+        if unexpected is None or not rows:  # GX on Spark reports no counts on a frame without rows, on pandas 0 of 0
             return "no rows"
         return f"{unexpected:,} of {rows:,} unexpected"
     return ""
 
 
-def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfig, suite: str, docs_dir: str) -> dict:
-    """Run the checks with GX (one checkpoint per frame), write Data Docs; return the outcome."""
+def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfig, suite: str, docs_dir: str,
+               engine: str = "spark") -> dict:
+    """Run the checks with GX (one checkpoint per frame, on Spark or pandas DataFrames as
+    `engine` says), write Data Docs; return the outcome."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
@@ -343,7 +325,7 @@ def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfi
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
-    source = ctx.data_sources.add_spark(name="longseq")
+    source = (ctx.data_sources.add_pandas if engine == "pandas" else ctx.data_sources.add_spark)(name="longseq")
     rows, raw_results = [], []
     for frame_name, frame in frames.items():
         mine = [c for c in checks if c.frame == frame_name]
@@ -357,9 +339,7 @@ def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfi
         definition = ctx.validation_definitions.add(
             gx.ValidationDefinition(data=batch, suite=gx_suite, name=f"{suite}_{frame_name}"))
         checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-            name=f"{suite}_{frame_name}", validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="docs", site_names=["longseq"])], result_format="SUMMARY",
-        ))
+            name=f"{suite}_{frame_name}", validation_definitions=[definition], result_format="SUMMARY"))
         result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()))
         by_name = {r.expectation_config.meta["check"]: r for r in result.results}  # GX reorders results
         for check in mine:
@@ -370,12 +350,14 @@ def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfi
                 "success": bool(r.success), "observed": _observed(rd),
             })
             raw_results.append({"check": check.name, **rd})
+    # once for all frames: a docs action on each checkpoint renders the site again each time
+    ctx.build_data_docs(site_names=["longseq"])
     passed = all(row["success"] for row in rows if row["critical"])
     return {"suite": suite, "passed": passed, "checks": rows, "gx_results": raw_results}
 
 
 def load_request_frames(spark: Any, storage: Storage, out: str, day: dt.date, cfg: ValidationConfig,
-                        sample: float | None, spec: DatasetSpec = DEFAULT_SPEC,
+                        sample: float | None, spec: DatasetSpec = DEFAULT_SPEC, engine: str = "spark",
                         ) -> tuple[dict[str, Any], list[Check], str | None]:
     """The derived frames and checks of a built day's request records (of DATA's spec), and
     the build they came from. The history bound is the one the day was built with, unless
@@ -388,24 +370,42 @@ def load_request_frames(spark: Any, storage: Storage, out: str, day: dt.date, cf
     check_built_spec(report, spec, day, out, "validate")
     if cfg.max_len is None:
         cfg = dataclasses.replace(cfg, max_len=report.get("max_len"))
-    data = spark.read.parquet(path)
-    if sample:  # compact: a sample of user-days, each with all its requests
-        data = data.sample(fraction=sample, seed=0)
     records = report.get("layout", REQUEST_LAYOUT)
-    return records_frames(data, spec, records), request_checks(cfg, spec, records), layout.build_digest(storage, day)
+    if engine == "pandas":
+        import pyarrow.dataset as pads
+
+        from longseq.etl.gates import local_frames
+
+        table = pads.dataset(path, format="parquet").to_table()  # skips _SUCCESS and other hidden files
+        if sample:  # compact: a sample of user-days, each with all its requests
+            table = local_frames.sample(table, sample)
+        frames = local_frames.records_frames(table, spec, records)
+    else:
+        data = spark.read.parquet(path)
+        if sample:
+            data = data.sample(fraction=sample, seed=0)
+        frames = records_frames(data, spec, records)
+    return frames, request_checks(cfg, spec, records), layout.build_digest(storage, day)
 
 
 def load_raw_frames(spark: Any, storage: Storage, raw: str | None, day: dt.date, cfg: ValidationConfig,
-                    sample: float | None, spec: DatasetSpec = DEFAULT_SPEC) -> tuple[dict[str, Any], list[Check], None]:
+                    sample: float | None, spec: DatasetSpec = DEFAULT_SPEC,
+                    engine: str = "spark") -> tuple[dict[str, Any], list[Check], None]:
     """The derived frame and checks of a raw partition of the spec's raw-log contract."""
     if raw is None:
         raise LongseqError("--suite raw needs --raw DIR")
     check_raw_partitions(storage, raw.rstrip("/"), [day])
     contract = contracts_of(spec).raw_log
-    data = read_spark(spark, storage, partition_path(raw, day), contract, spec.raw_names)  # checked as the build checks it
-    if sample:
-        data = data.sample(fraction=sample, seed=0)
-    return {"raw": raw_frame(data)}, raw_checks(cfg, day, spec), None
+    # read as the build reads it: the same checks of the files, the same error
+    if engine == "pandas":
+        from longseq.etl.gates import local_frames
+
+        table = read_arrow(partition_path(raw, day), contract, names=spec.raw_names)
+        frame = local_frames.raw_frame(local_frames.sample(table, sample) if sample else table)
+    else:
+        data = read_spark(spark, storage, partition_path(raw, day), contract, spec.raw_names)
+        frame = raw_frame(data.sample(fraction=sample, seed=0) if sample else data)
+    return {"raw": frame}, raw_checks(cfg, day, spec), None
 
 
 def suite_spec(storage: Storage, out: str, suite: str, spec: DatasetSpec | str | None = None) -> DatasetSpec:
@@ -423,7 +423,8 @@ def check_built_spec(report: dict, spec: DatasetSpec, day: dt.date, out: str, ac
     if built["fingerprint"] != spec.fingerprint:
         raise SpecError(
             f"refusing to {action} ds={day}: it was built with dataset spec {built['name']!r} "
-            f"({built['fingerprint']}), but {out} holds spec {spec.name!r} ({spec.fingerprint}); rebuild the day with that spec")
+            f"({built['fingerprint']}), but {out} holds spec {spec.name!r} ({spec.fingerprint})"
+            f"{differences_clause(built, spec)}: rebuild the day with that spec")
 
 
 def validate(
@@ -436,14 +437,17 @@ def validate(
     sample: float | None = None,
     storage: Storage | None = None,
     spec: DatasetSpec | str | None = None,
+    engine: str = "spark",
 ) -> dict:
     """Validate one ds, write DATA/validation/ds=D/<suite>.json and Data Docs; return the outcome.
 
     The suites follow DATA's dataset spec; `spec` (an object or its file), when given, must
-    agree with it, or names the spec of raw logs validated before DATA records one."""
+    agree with it, or names the spec of raw logs validated before DATA records one. With
+    engine "pandas", `spark` is not used (None will do) and the data must be local."""
     cfg = cfg or ValidationConfig()
-    storage = storage or RoutingStorage(spark)
     out, raw = absolute(out), absolute(raw) if raw else None
+    check_engine(engine, [out, *([raw] if raw else [])])
+    storage = storage or (LocalStorage() if engine == "pandas" else RoutingStorage(spark))
     if suite not in SUITES:
         raise LongseqError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if sample is not None and not 0 < sample <= 1:
@@ -454,22 +458,33 @@ def validate(
             f"ds={day} has no raw partition in {raw}: its build declared the day empty (--empty-days), so there are no "
             f"raw logs to validate; its requests suite validates the day")
     if suite == "requests":
-        frames, checks, build_digest = load_request_frames(spark, storage, out, day, cfg, sample, spec)
+        frames, checks, build_digest = load_request_frames(spark, storage, out, day, cfg, sample, spec, engine)
     else:
-        frames, checks, build_digest = load_raw_frames(spark, storage, raw, day, cfg, sample, spec)
-    frames = {name: frame.cache() for name, frame in frames.items()}
+        frames, checks, build_digest = load_raw_frames(spark, storage, raw, day, cfg, sample, spec, engine)
+    if engine == "spark":
+        frames = {name: frame.cache() for name, frame in frames.items()}
     target = validation_dir(out, day)
     # GX writes Data Docs with local file I/O and wants an absolute path; for a cluster
     # path (hdfs://, s3a://) they go to a local temp dir, named in the outcome
     docs = os.path.abspath(f"{target}/docs") if is_local(target) else tempfile.mkdtemp(prefix=f"longseq-docs-{day}-")
     try:
-        outcome = run_checks(frames, checks, cfg, suite, docs)
+        outcome = run_checks(frames, checks, cfg, suite, docs, engine)
     finally:
-        for frame in frames.values():
-            frame.unpersist()
+        if engine == "spark":
+            for frame in frames.values():
+                frame.unpersist()
     outcome.update(ds=day.isoformat(), sample=sample, docs=f"{docs}/index.html", build_digest=build_digest)
     storage.write_text(f"{target}/{suite}.json", json.dumps(outcome, indent=2, sort_keys=True, default=str))
     return outcome
+
+
+def check_engine(engine: str, paths: list[str]) -> None:
+    """LongseqError unless `engine` is one of ENGINES and, for pandas, every path is local."""
+    if engine not in ENGINES:
+        raise LongseqError(f"unknown validation engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    remote = [p for p in paths if not is_local(p)]
+    if engine == "pandas" and remote:
+        raise LongseqError(f"the pandas engine validates local data only, not {remote[0]}: use --engine spark")
 
 
 def _declared_empty(storage: Storage, out: str, raw: str, day: dt.date) -> bool:
@@ -478,6 +493,11 @@ def _declared_empty(storage: Storage, out: str, raw: str, day: dt.date) -> bool:
     if storage.exists(partition_path(raw, day)) or not storage.exists(report):
         return False
     return bool(json.loads(storage.read_text(report)).get("declared_empty"))
+
+
+def outcome_rows(outcome: dict) -> list[tuple]:
+    """What an outcome says, check by check: what the two engines agree on."""
+    return [(r["check"], r["frame"], r["critical"], r["success"], r["observed"]) for r in outcome["checks"]]
 
 
 def summary_table(outcome: dict) -> str:
@@ -510,7 +530,7 @@ def require_publishable(out: str, day: dt.date, override_reason: str | None = No
     path = f"{validation_dir(out, day)}/requests.json"
     problem = None
     if not storage.exists(path):
-        problem = f"ds={day} has not been validated: run `longseq validate --data {out} --start {day}` first"
+        problem = _unvalidated(storage, out, day)
     else:
         outcome = json.loads(storage.read_text(path))
         if not outcome["passed"]:
@@ -528,6 +548,21 @@ def require_publishable(out: str, day: dt.date, override_reason: str | None = No
     }, indent=2))
 
 
+def _unvalidated(storage: Storage, out: str, day: dt.date) -> str:
+    """Why a day without a requests validation is not publishable, saying what its raw
+    validation (`--suite raw`, which does not make a day publishable) found, if it ran."""
+    run = f"run `longseq validate --data {out} --start {day}` (the requests suite)"
+    raw = f"{validation_dir(out, day)}/raw.json"
+    if not storage.exists(raw):
+        return f"ds={day} has not been validated: {run} first"
+    outcome = json.loads(storage.read_text(raw))
+    if outcome["passed"]:
+        return f"ds={day}'s records have not been validated (its raw logs passed the raw suite): {run} first"
+    failed = [r["check"] for r in outcome["checks"] if r["critical"] and not r["success"]]
+    return (f"ds={day}'s raw logs failed the raw suite ({', '.join(failed)}; see {outcome['docs']}) and its records "
+            f"have not been validated: fix the logs and rebuild the day, or {run}")
+
+
 def refuse_stale_days(storage: Storage, data: str, days: list[dt.date]) -> None:
     """A stale day's records were built on an old state: validating them would pass on wrong histories."""
     layout = BuildLayout(data.rstrip("/"))
@@ -537,22 +572,23 @@ def refuse_stale_days(storage: Storage, data: str, days: list[dt.date]) -> None:
         raise MissingPrerequisiteError(f"refusing to validate: {problems[0]}{more}")
 
 
-def validate_days(start_spark: Callable[[], Any], data: str, days: list[dt.date], suite: str = "requests", *,
+def validate_days(start_spark: Callable[[], Any] | None, data: str, days: list[dt.date], suite: str = "requests", *,
                   raw: str | None = None, cfg: ValidationConfig | None = None, sample: float | None = None,
                   spec: DatasetSpec | None = None, show: Callable[[str], None] = print,
-                  describe: Callable[[dict], str] = summary_table) -> list[dict]:
+                  describe: Callable[[dict], str] = summary_table, engine: str = "spark") -> list[dict]:
     """Validate each day with `suite`, showing `describe(outcome)` of each; returns the outcomes,
     in day order. The requests suite refuses stale days first: before Spark starts
-    (start_spark is called once) where the output is local."""
+    (start_spark is called once, by the spark engine only) where the output is local."""
     root = absolute(data)
+    check_engine(engine, [root, *([absolute(raw)] if raw else [])])
     if suite == "requests" and is_local(root):
         refuse_stale_days(LocalStorage(), root, days)
-    spark = start_spark()
+    spark = start_spark() if engine == "spark" else None
     if suite == "requests" and not is_local(root):
         refuse_stale_days(RoutingStorage(spark), root, days)
     outcomes = []
     for day in days:
-        outcomes.append(validate(spark, data, day, suite, raw=raw, cfg=cfg, sample=sample, spec=spec))
+        outcomes.append(validate(spark, data, day, suite, raw=raw, cfg=cfg, sample=sample, spec=spec, engine=engine))
         show(describe(outcomes[-1]))
     return outcomes
 
