@@ -26,18 +26,23 @@ specs"): the same users, catalogue, requests, times, late uploads and dirt, but 
 tasks are a funnel driven by the same latent logit (task k can only be 1 where task k-1
 is), and its inputs are filled by role, read from the input's type and name (input_role):
 item attributes tied to the item's topic, log-normal amounts, time on screen, time spent
-after engaging. A spec whose raw log is the default one's gets the short-video logs above,
-byte for byte.
+after engaging. The features then shape them: a value a bucketize or normalize feature
+reads (directly, or as a ratio's numerator) keeps its role's order but takes the feature's
+distribution (every bucket, the mean and std), and each target feature's value moves the
+latent logit a little, so a model with the feature can beat one without it. A spec whose
+raw log is the default one's gets the short-video logs above, byte for byte.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Callable
 
 import numpy as np
@@ -52,7 +57,7 @@ from longseq.schemas.contracts import (
 )
 from longseq.schemas.errors import LongseqError
 from longseq.schemas.forms import to_arrow
-from longseq.schemas.spec import DatasetSpec, Input, resolve_spec
+from longseq.schemas.spec import DatasetSpec, Feature, Input, resolve_spec
 from longseq.schemas.types import Schema
 
 REPORT_FILE = "_generator_report.json"
@@ -219,7 +224,7 @@ def build_catalogue(p: GeneratorProfile, seed: int) -> Catalogue:
     main_pop = popularity[: topic_offsets[p.main_topics]]
     popular_keys = np.cumsum(main_pop) / main_pop.sum()
     popular_keys[-1] = 1.0
-    duration = np.clip(rng.lognormal(np.log(20_000), 0.7, n_items), 3_000, 300_000)
+    duration = _durations(rng, n_items)
     return Catalogue(
         item_id=_positive_ids(n_items, seed * 7919 + 1),
         author_id=author_ids[author_index],
@@ -230,6 +235,11 @@ def build_catalogue(p: GeneratorProfile, seed: int) -> Catalogue:
         topic_keys=_segment_keys(popularity, topic_offsets),
         popular_keys=popular_keys,
     )
+
+
+def _durations(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n item lengths in ms: log-normal, median 20 s, within 3 s and 5 min."""
+    return np.clip(rng.lognormal(np.log(20_000), 0.7, n), 3_000, 300_000)
 
 
 @dataclass
@@ -299,9 +309,15 @@ class FunnelModel:
     engaged_median_ms: float = 30_000.0  # time spent after engaging (a product page), per step reached
     optional_null: float = 0.02  # share of an optional input left null (not logged)
     optional_zero: float = 0.01  # and share set to 0 (logged as zero)
+    # what a target feature's value adds to the latent logit: its sd over the items (small
+    # beside the niche love and the topic affinity, but more than an item id can learn alone)
+    feature_effect_sd: float = 0.5
+    log_median: float = 100.0  # an attribute a log feature reads: log-normal, this median, sd 1 in log
 
 
 FUNNEL = FunnelModel()
+ITEM_ROLES = ("amount", "length_ms", "attribute")  # one value per item; the other roles, one per impression
+SHAPING = ("bucketize", "normalize")  # transforms whose distribution a value read by them takes
 
 
 def input_role(i: Input) -> str:
@@ -321,6 +337,27 @@ def input_role(i: Input) -> str:
     return "attribute"
 
 
+def value_feature(spec: DatasetSpec, name: str, attribute: bool = False) -> Feature | None:
+    """The feature whose distribution an input or derived value takes: the first bucketize
+    feature reading it, else the first normalize one; for an attribute (ids, no scale of its
+    own), else the first log one. None: the value keeps its role's distribution."""
+    numeric = [f for f in spec.features if f.source == name and f.kind == "numeric"]
+    for transform in SHAPING + (("log",) if attribute else ()):
+        f = next((f for f in numeric if f.transform == transform), None)
+        if f is not None:
+            return f
+    return None
+
+
+def input_role_in(spec: DatasetSpec, i: Input) -> str:
+    """input_role, but an input that a categorical feature reads (and no bucketize or
+    normalize one) is an attribute whatever its name: a categorical feature reads ids."""
+    categorical = any(f.source == i.name and f.kind == "categorical" for f in spec.features)
+    if categorical and value_feature(spec, i.name) is None:
+        return "attribute"
+    return input_role(i)
+
+
 def _raw_shape(raw_log: Schema) -> tuple:
     return tuple((f.name, f.dtype, f.required) for f in raw_log)
 
@@ -335,9 +372,148 @@ class SpecWorld:
     """What spec-shaped logs add to the catalogue and the users."""
 
     spec: DatasetSpec
-    item_values: dict[str, np.ndarray]  # per catalogue item: the attribute and amount inputs
+    roles: dict[str, str]  # input -> input_role_in
+    item_values: dict[str, np.ndarray]  # per catalogue item: the inputs of ITEM_ROLES, as floats or ids
     amount_z: np.ndarray  # per item: z-score of the log of the first amount input (0 without one)
     task_bias: np.ndarray  # (users, tasks) float64
+    item_effect: np.ndarray  # per item: what its target features' values add to the latent logit
+    row_shaped: dict[str, Feature]  # per-impression inputs -> the feature whose distribution they take
+    row_ratios: list[tuple[str, str, Feature]]  # (numerator, denominator, feature) shaped per impression
+
+
+@functools.cache
+def _normal_table() -> tuple[np.ndarray, np.ndarray]:
+    z = np.linspace(-6.0, 6.0, 12_001)
+    return np.array([NormalDist().cdf(x) for x in z]), z
+
+
+def _normal_quantile(u: np.ndarray) -> np.ndarray:
+    """The standard normal's quantile function, interpolated (numpy has none; to 1e-6 here)."""
+    cdf, z = _normal_table()
+    return np.interp(u, cdf, z)
+
+
+def _bucket_values(boundaries: tuple[float, ...], u: np.ndarray, integer: bool) -> np.ndarray:
+    """Values spread evenly over the len(boundaries) + 1 buckets (bucket i holds [b(i-1), b(i)))
+    and within each, increasing with u in (0, 1). The outer buckets reach one typical bucket
+    beyond the first and last boundary; with positive boundaries everything is geometric
+    (prices, times), so the values stay positive."""
+    b = np.asarray(boundaries, dtype=np.float64)
+    k = len(b)
+    geometric = b[0] > 0
+    if geometric:
+        step = (b[-1] / b[0]) ** (1 / (k - 1)) if k > 1 else 2.0
+        edges = np.concatenate([[b[0] / step], b, [b[-1] * step]])
+    else:
+        width = (b[-1] - b[0]) / (k - 1) if k > 1 else max(abs(b[0]), 1.0)
+        edges = np.concatenate([[b[0] - width], b, [b[-1] + width]])
+    pos = u * (k + 1)
+    j = np.minimum(pos.astype(np.int64), k)
+    lo, hi, frac = edges[j], edges[j + 1], pos - j
+    x = lo * (hi / lo) ** frac if geometric else lo + frac * (hi - lo)
+    # an integer input takes the integers of the bucket: floor, never below its lower edge
+    return np.maximum(np.ceil(lo), np.floor(x)) if integer else np.maximum(lo, x)
+
+
+def feature_distribution(f: Feature, u: np.ndarray, integer: bool = False) -> np.ndarray:
+    """Values with the distribution feature f expects, increasing with the quantiles u in
+    (0, 1): bucketize, an equal share in each bucket; normalize, N(mean, std); log, log-normal."""
+    if f.transform == "bucketize":
+        return _bucket_values(f.boundaries, u, integer)
+    z = _normal_quantile(u)
+    x = f.mean + f.std * z if f.transform == "normalize" else FUNNEL.log_median * np.exp(z)
+    return np.rint(x) if integer else x
+
+
+def _impression_share(cat: Catalogue, p: GeneratorProfile) -> np.ndarray:
+    """Per item, its expected share of the impressions: its topic's (the main topics alike,
+    on average over users) times its popularity within the topic, plus its global draws."""
+    cum = cat.topic_keys - cat.topic  # within-topic cumulative popularity, in (0, 1]
+    before = np.concatenate([[0.0], cum[:-1]])
+    before[cat.topic_offsets[:-1]] = 0.0
+    topic_share = np.where(np.arange(p.topics) < p.main_topics, (p.p_session + p.p_main) / p.main_topics,
+                           p.p_niche / p.niche_topics)
+    share = topic_share[cat.topic] * (cum - before)
+    n_main = int(cat.topic_offsets[p.main_topics])
+    share[:n_main] += (1.0 - p.p_session - p.p_main - p.p_niche) * np.diff(cat.popular_keys, prepend=0.0)
+    return share
+
+
+def _share_quantiles(key: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Per item, the quantile in (0, 1) of its key among impressions, not items: popular items
+    weigh more, so a value made from it has the wanted distribution over the logged rows."""
+    order = np.argsort(key, kind="stable")
+    cum = np.cumsum(share[order])
+    u = np.empty(len(key))
+    u[order] = (cum - share[order] / 2) / cum[-1]
+    return u
+
+
+def _row_quantiles(rng: np.random.Generator, key: np.ndarray) -> np.ndarray:
+    """Per row, the quantile in (0, 1) of its key among the rows, ties in random order (so
+    the zeros of a time spent after engaging do not sort by user)."""
+    n = len(key)
+    u = np.empty(n)
+    u[np.lexsort((rng.random(n), key))] = (np.arange(n) + 0.5) / max(n, 1)
+    return u
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is not positive (as a Derived value)."""
+    positive = denominator > 0
+    return np.where(positive, numerator / np.where(positive, denominator, 1), 0.0)
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """values as an input's type: an integer rounded and kept within the type's range."""
+    if dtype.kind == "i":
+        info = np.iinfo(dtype)
+        if values.dtype.kind == "f":
+            values = np.rint(np.clip(values, info.min, np.nextafter(float(info.max), 0)))
+        else:
+            values = np.clip(values, info.min, info.max)
+    return values.astype(dtype)
+
+
+def _shaped_ratios(spec: DatasetSpec) -> list[tuple[str, str, Feature]]:
+    """(numerator, denominator, feature) of each ratio that a bucketize or normalize feature
+    reads: its numerator becomes the feature's value times the denominator. A numerator a
+    feature reads itself, or an earlier such ratio took, keeps its values; a ratio comes after
+    the one that remakes its denominator."""
+    taken = {f.source for f in spec.features}
+    pending = []
+    for d in spec.derived:
+        f, (a, b) = value_feature(spec, d.name), d.ratio
+        if f is not None and a != b and a not in taken:
+            taken.add(a)
+            pending.append((a, b, f))
+    ordered = []
+    while pending:
+        numerators = {r[0] for r in pending}
+        r = next((r for r in pending if r[1] not in numerators), pending[0])  # pending[0]: a cycle
+        pending.remove(r)
+        ordered.append(r)
+    return ordered
+
+
+def _feature_effect(rng: np.random.Generator, f: Feature, value: np.ndarray) -> np.ndarray:
+    """Per item, what a target feature's value adds to the latent logit, sd about
+    feature_effect_sd: each id or bucket its own effect, evenly spread over +-sqrt(3) sd in a
+    seeded order (no level is left near 0 by chance); a number, its standardised value times
+    the sd, of a seeded sign."""
+    sd = FUNNEL.feature_effect_sd
+    if f.embedded:
+        level = value if f.kind == "categorical" else np.searchsorted(f.boundaries, value, side="right")
+        levels, index = np.unique(level, return_inverse=True)
+        if len(levels) < 2:
+            return np.zeros(len(value))
+        return sd * np.sqrt(3.0) * rng.permutation(np.linspace(-1.0, 1.0, len(levels)))[index]
+    if f.transform == "normalize":
+        z = (value - f.mean) / f.std
+    else:
+        x = np.log1p(np.maximum(value, 0.0))
+        z = (x - x.mean()) / max(x.std(), 1e-9)
+    return sd * rng.choice([-1.0, 1.0]) * np.clip(z, -3.0, 3.0)
 
 
 def _attribute_values(cat: Catalogue, rng: np.random.Generator, i: Input, seed: int) -> np.ndarray:
@@ -348,32 +524,74 @@ def _attribute_values(cat: Catalogue, rng: np.random.Generator, i: Input, seed: 
     return (mix64(key, seed * 7919 + name_salt(i.name)) % top + np.uint64(1)).astype(i.type)
 
 
-def _amount_log_values(cat: Catalogue, p: GeneratorProfile, rng: np.random.Generator, i: Input) -> np.ndarray:
-    """Per item: log of a log-normal amount whose median depends on the item's topic."""
-    median = FUNNEL.amount_median * (100 if i.name.endswith("_cents") else 1)
+def _topic_latent(cat: Catalogue, p: GeneratorProfile, rng: np.random.Generator) -> np.ndarray:
+    """Per item: a normal of its topic (sd amount_topic_sd) plus one of its own (amount_item_sd)."""
     by_topic = rng.normal(0.0, FUNNEL.amount_topic_sd, p.topics)
-    return np.log(median) + by_topic[cat.topic] + rng.normal(0.0, FUNNEL.amount_item_sd, len(cat.topic))
+    return by_topic[cat.topic] + rng.normal(0.0, FUNNEL.amount_item_sd, len(cat.topic))
+
+
+def _item_values(
+    cat: Catalogue, p: GeneratorProfile, rng: np.random.Generator, i: Input, role: str, first_length: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values, the key that orders them) per item: an amount (log-normal by topic and item;
+    the key its log), a length (the catalogue's duration for the first length input, one of
+    its own for any other), or for an attribute a feature reads as a number, a normal of
+    its topic and of the item (the value a feature's distribution replaces)."""
+    if role == "amount":
+        median = FUNNEL.amount_median * (100 if i.name.endswith("_cents") else 1)
+        log_value = np.log(median) + _topic_latent(cat, p, rng)
+        value = np.exp(log_value)
+        return (np.maximum(np.round(value), 1) if np.dtype(i.type).kind == "i" else value), log_value
+    if role == "length_ms":
+        value = cat.duration_ms if first_length else _durations(rng, len(cat.topic)).astype(np.int32)
+        return value, value
+    latent = _topic_latent(cat, p, rng)
+    return latent, latent
 
 
 def build_spec_world(spec: DatasetSpec, cat: Catalogue, p: GeneratorProfile, seed: int) -> SpecWorld:
+    """The per-item values and effects of a spec's logs (docs/GENERATOR.md, "Other specs")."""
     rng = np.random.default_rng([seed, 0x5BEC])  # its own stream: the catalogue and users stay as they are
     task_bias = rng.normal(0.0, FUNNEL.task_bias_sd, (p.users, len(spec.tasks)))
+    share = _impression_share(cat, p)
+    roles = {i.name: input_role_in(spec, i) for i in spec.inputs}
     item_values: dict[str, np.ndarray] = {}
+    row_shaped: dict[str, Feature] = {}
     amount_z = None
     for i in spec.inputs:
-        role = input_role(i)
-        if role == "attribute":
+        role = roles[i.name]
+        f = value_feature(spec, i.name, attribute=role == "attribute")
+        if role not in ITEM_ROLES:
+            if f is not None:
+                row_shaped[i.name] = f
+            continue
+        if role == "attribute" and f is None:
             item_values[i.name] = _attribute_values(cat, rng, i, seed)
-        elif role == "length_ms":
-            item_values[i.name] = cat.duration_ms
-        elif role == "amount":
-            log_value = _amount_log_values(cat, p, rng, i)
-            if amount_z is None:
-                amount_z = (log_value - log_value.mean()) / max(log_value.std(), 1e-9)
-            value = np.exp(log_value)
-            item_values[i.name] = np.maximum(np.round(value), 1) if np.dtype(i.type).kind == "i" else value
+            continue
+        first_length = not any(roles[j.name] == "length_ms" for j in spec.inputs[:spec.inputs.index(i)])
+        value, key = _item_values(cat, p, rng, i, role, first_length)
+        if role == "amount" and amount_z is None:
+            amount_z = (key - key.mean()) / max(key.std(), 1e-9)
+        integer = np.dtype(i.type).kind == "i"
+        item_values[i.name] = value if f is None else feature_distribution(f, _share_quantiles(key, share), integer)
+    row_ratios = []
+    for a, b, f in _shaped_ratios(spec):
+        if roles[a] in ITEM_ROLES and roles[b] in ITEM_ROLES:  # both per item: so is the ratio
+            r = feature_distribution(f, _share_quantiles(_ratio(item_values[a], item_values[b]), share))
+            item_values[a] = r * item_values[b]
+        else:
+            row_ratios.append((a, b, f))
+    ratios = {d.name: d.ratio for d in spec.derived}
+    effect = np.zeros(len(cat.topic))
+    for f in spec.features_on("target"):  # a value known before the impression: an item's
+        parts = ratios.get(f.source, (f.source,))
+        if all(part in item_values for part in parts):
+            values = [item_values[part].astype(np.float64) if f.kind == "numeric" else item_values[part]
+                      for part in parts]
+            effect += _feature_effect(rng, f, values[0] if len(values) == 1 else _ratio(*values))
     no_amount = np.zeros(len(cat.topic))
-    return SpecWorld(spec, item_values, no_amount if amount_z is None else amount_z, task_bias)
+    return SpecWorld(spec, roles, item_values, no_amount if amount_z is None else amount_z, task_bias, effect,
+                     row_shaped, row_ratios)
 
 
 def _draw_funnel(
@@ -381,6 +599,7 @@ def _draw_funnel(
 ) -> list[np.ndarray]:
     """The spec's tasks, each (N,) bool, in order: a funnel, task k only where task k-1."""
     n, offsets = len(logit), FUNNEL.offsets
+    logit = logit + world.item_effect[item]
     reached = np.ones(n, dtype=bool)
     labels = []
     for k in range(len(world.spec.tasks)):
@@ -399,25 +618,45 @@ def _draw_engaged(rng: np.random.Generator, labels: list[np.ndarray]) -> np.ndar
 
 
 def _spec_inputs(
-    rng: np.random.Generator, world: SpecWorld, item: np.ndarray, view: np.ndarray, engaged: np.ndarray
+    rng: np.random.Generator,
+    world: SpecWorld,
+    item: np.ndarray,
+    view: np.ndarray,
+    engaged: np.ndarray,
+    duration: np.ndarray,
+    labels: list[np.ndarray],
 ) -> dict[str, np.ndarray]:
     """The spec's input columns for impressions of `item`; an optional input gets some nulls
-    (masked) and some zeros, a required one neither."""
+    (masked) and some zeros, a required one neither. view and engaged are the times the
+    event times follow: the first input of each role logs them, any other draws its own (two
+    time inputs are never one draw, so a ratio of them varies)."""
     n = len(item)
-    per_impression = {"engaged_ms": engaged, "view_ms": view}
+    first = {"engaged_ms": engaged, "view_ms": view}
+    raw: dict[str, np.ndarray] = {}
+    for i in world.spec.inputs:
+        role = world.roles[i.name]
+        if i.name in world.item_values:
+            raw[i.name] = world.item_values[i.name][item]
+        elif role in first:
+            raw[i.name] = first.pop(role)
+        elif role == "view_ms":
+            raw[i.name] = (duration * rng.uniform(0.1, 1.0, n)).astype(np.int64)
+        else:
+            raw[i.name] = _draw_engaged(rng, labels)
+    values = dict(raw)
+    for name, f in world.row_shaped.items():  # the role's order, the feature's distribution
+        integer = np.dtype(world.spec.input(name).type).kind == "i"
+        values[name] = feature_distribution(f, _row_quantiles(rng, raw[name]), integer)
+    for a, b, f in world.row_ratios:
+        values[a] = feature_distribution(f, _row_quantiles(rng, _ratio(raw[a], raw[b]))) * values[b]
     cols: dict[str, np.ndarray] = {}
     for i in world.spec.inputs:
-        role = input_role(i)
-        values = world.item_values[i.name][item] if i.name in world.item_values else per_impression[role]
-        dtype = np.dtype(i.type)
-        if dtype.kind == "i":
-            values = np.minimum(values, np.iinfo(dtype).max)
-        values = values.astype(dtype)
+        column = _cast(values[i.name], np.dtype(i.type))
         u = rng.random(n)  # drawn for required inputs too: adding `required` changes no other column
         if not i.required:
-            values[(u >= FUNNEL.optional_null) & (u < FUNNEL.optional_null + FUNNEL.optional_zero)] = 0
-            values = np.ma.masked_array(values, mask=u < FUNNEL.optional_null)
-        cols[i.name] = values
+            column[(u >= FUNNEL.optional_null) & (u < FUNNEL.optional_null + FUNNEL.optional_zero)] = 0
+            column = np.ma.masked_array(column, mask=u < FUNNEL.optional_null)
+        cols[i.name] = column
     return cols
 
 
@@ -684,7 +923,7 @@ def generate_chunk(
         cols["duration_ms"] = duration.astype(np.int32)
         cols.update({t: v.astype(np.int8) for t, v in zip(TASKS, labels)})
     else:
-        cols.update(_spec_inputs(rng, world, imp.item, play, engaged))
+        cols.update(_spec_inputs(rng, world, imp.item, play, engaged, duration, labels))
         cols.update({t: v.astype(np.int8) for t, v in zip(world.spec.tasks, labels)})
     order = np.argsort(event_ts[keep], kind="stable")  # logs arrive in event_ts order
     return {k: v[keep][order] for k, v in cols.items()}

@@ -312,14 +312,15 @@ def test_integer_inputs_are_item_attributes_of_the_topic_and_carry_signal(ecomme
     assert lift(df.category_id.to_numpy()) > lift(shuffled.loc[df.item_id].to_numpy()) + 0.02
 
 
-def test_price_like_inputs_are_log_normal_per_item_and_matter(ecommerce_sample):
+def test_price_like_inputs_are_per_item_fill_their_features_buckets_and_matter(ecommerce_sample):
     _, df = ecommerce_sample
     assert input_role(ECOMMERCE.input("price_cents")) == "amount"
     assert (df.groupby("item_id").price_cents.nunique() == 1).all()
-    prices = df.drop_duplicates("item_id").price_cents
-    log_price = np.log(prices)
-    assert 1500 < prices.median() < 4000 and 0.6 < log_price.std() < 1.3
-    assert abs(log_price.mean() - np.log(prices.median())) < 0.2  # log-normal: mean of the log = log of the median
+    # price_bucket reads it: every bucket of its boundaries, the two outer ones too, gets its share of rows
+    boundaries = next(f.boundaries for f in ECOMMERCE.features if f.source == "price_cents")
+    shares = np.bincount(np.searchsorted(boundaries, df.price_cents, side="right")) / len(df)
+    assert len(shares) == len(boundaries) + 1 and shares.min() > 0.5 / len(shares), shares.round(3)
+    assert (df.price_cents > 0).all()
     carted = df[df.cart == 1]
     cheap = carted.price_cents <= carted.price_cents.median()
     assert carted.purchase[cheap].mean() - carted.purchase[~cheap].mean() > 0.05  # pricier: bought less
@@ -387,6 +388,10 @@ def test_every_input_type_and_role_is_filled_within_its_type(tmp_path):
     assert df.shelf.between(1, 127).all() and df.zone.dropna().between(0, 2**31 - 1).all()
     assert df[["shelf", "score", "watch_ms"]].notna().all().all()  # required: never null in clean data
     assert (df.score > 0).all() and df.score.nunique() > 50
+    # no feature reads it: an amount keeps its log-normal per item, median 25
+    paid = df.dropna(subset=["amount_paid"]).drop_duplicates("item_id").amount_paid
+    paid = paid[paid > 0]
+    assert 12 < paid.median() < 50 and 0.5 < np.log(paid).std() < 1.3, (paid.median(), np.log(paid).std())
     assert (df.save <= df.view).all()
     assert (df.dwell_time.dropna()[df.view == 0] == 0).all()
     cat = build_catalogue(p, seed=2)
