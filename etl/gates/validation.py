@@ -312,35 +312,19 @@ def _observed(result: dict) -> str:
 
 def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfig, suite: str, docs_dir: str,
                engine: str = "spark") -> dict:
-    """Run the checks with GX (one checkpoint per frame, on Spark or pandas DataFrames as
-    `engine` says), write Data Docs; return the outcome."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    """Run the checks with GX (one suite per frame, on Spark or pandas DataFrames as `engine`
+    says), write Data Docs; return the outcome."""
+    from longseq.etl.gates.gx_runner import gx_runner
 
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    ctx.add_data_docs_site(site_name="longseq", site_config={
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
-    source = (ctx.data_sources.add_pandas if engine == "pandas" else ctx.data_sources.add_spark)(name="longseq")
+    runner = gx_runner(engine, suite)
     rows, raw_results = [], []
     for frame_name, frame in frames.items():
         mine = [c for c in checks if c.frame == frame_name]
         if not mine:
             continue
-        batch = source.add_dataframe_asset(name=f"{suite}_{frame_name}").add_batch_definition_whole_dataframe("all")
-        gx_suite = ctx.suites.add(gx.ExpectationSuite(name=f"{suite}_{frame_name}"))
         for check in mine:
             check.expectation.meta = {**(check.expectation.meta or {}), "check": check.name}
-            gx_suite.add_expectation(check.expectation)
-        definition = ctx.validation_definitions.add(
-            gx.ValidationDefinition(data=batch, suite=gx_suite, name=f"{suite}_{frame_name}"))
-        checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-            name=f"{suite}_{frame_name}", validation_definitions=[definition], result_format="SUMMARY"))
-        result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()))
+        result = runner.validate(frame_name, mine, frame)
         by_name = {r.expectation_config.meta["check"]: r for r in result.results}  # GX reorders results
         for check in mine:
             r = by_name[check.name]
@@ -350,8 +334,7 @@ def run_checks(frames: dict[str, Any], checks: list[Check], cfg: ValidationConfi
                 "success": bool(r.success), "observed": _observed(rd),
             })
             raw_results.append({"check": check.name, **rd})
-    # once for all frames: a docs action on each checkpoint renders the site again each time
-    ctx.build_data_docs(site_names=["longseq"])
+    runner.write_docs(docs_dir)  # once for all frames
     passed = all(row["success"] for row in rows if row["critical"])
     return {"suite": suite, "passed": passed, "checks": rows, "gx_results": raw_results}
 
