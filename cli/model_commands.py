@@ -139,6 +139,9 @@ def score_arguments(p: argparse.ArgumentParser) -> None:
     _scoring_arguments(p, "score")
     add_output(p, "the Parquet file of scores to write (written beside it, then renamed into place)", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (default: refuse)")
+    p.add_argument("--log-names", action="store_true",
+                   help="name the id and time columns as the raw logs do (the dataset spec's `columns`), to join "
+                        "the scores to the logs (default: longseq's names)")
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -146,7 +149,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     rows = score(args.run_dir, args.data, args.start, args.end, args.output, max_len=args.score_len,
                  batch_size=args.batch_size, attention=args.attention, spec=dataset_spec(args),
-                 overwrite=args.overwrite, **_device(args))
+                 overwrite=args.overwrite, log_names=args.log_names, **_device(args))
     print(f"wrote {rows:,} target scores to {args.output}")
     return 0
 

@@ -10,7 +10,10 @@ same input gets the same error, whichever of them reads it:
   `000000_0`): a stray `notes.txt`, a file cut short or a directory is refused by name;
 - its footer must hold the contract's columns with the contract's types and no others.
   Nullability may differ (Spark reads every column as nullable); nulls in required
-  columns are the build's row rules' business.
+  columns are the build's row rules' business. A raw log's column may also hold a type
+  that reads as the contract's without loss (schemas/conversions.py: a timestamp for
+  request_ts, a bool label, an int32 for an int64): each file is read with its own types,
+  then converted, by both engines alike.
 
 Readers then read the checked list itself, never the directory, so nothing unchecked
 slips in, and never with Spark's mergeSchema, which turns a missing column into nulls.
@@ -18,7 +21,7 @@ slips in, and never with Spark's mergeSchema, which turns a missing column into 
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import io
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -28,27 +31,20 @@ import pyarrow.parquet as pq
 
 from longseq.dataset.storage import LocalStorage, Storage, is_local
 from longseq.schemas.check import check_arrow_schema
+from longseq.schemas.conversions import also_read, arrow_read, read_as, spark_file_type, spark_read
 from longseq.schemas.errors import SchemaMismatchError
-from longseq.schemas.forms import to_arrow, to_spark
+from longseq.schemas.forms import arrow_type, to_arrow, to_spark
 from longseq.schemas.types import Schema
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 HIDDEN_PREFIXES = (".", "_")
 
 
 def is_hidden(name: str) -> bool:
     return name.startswith(HIDDEN_PREFIXES)
-
-
-def as_named(contract: Schema, names: Mapping[str, str] | None) -> Schema:
-    """`contract` with its columns under the names the files give them (names: the
-    contract's name -> the files'; a dataset spec's `columns`, for raw logs)."""
-    if not names:
-        return contract
-    return Schema(contract.name, tuple(dataclasses.replace(f, name=names.get(f.name, f.name)) for f in contract),
-                  contract.doc)
 
 
 def check_parquet_files(
@@ -62,19 +58,39 @@ def check_parquet_files(
     is given, so the check sees what the Spark read will see, with its credentials;
     otherwise through pyarrow.fs.
     """
+    return [path for path, _ in _checked_files(storage, directory, contract, spark, names)]
+
+
+FileTypes = dict[str, pa.DataType]  # a contract column's name -> its type in a file
+
+
+def _checked_files(storage: Storage, directory: str, contract: Schema, spark: "SparkSession | None",
+                   names: Mapping[str, str] | None) -> list[tuple[str, FileTypes]]:
     directory = directory.rstrip("/")
     files = [f"{directory}/{name}" for name in storage.list_names(directory) if not is_hidden(name)]
-    for path in files:
-        check_parquet_file(path, contract, spark, names)
-    return files
+    return [(path, check_parquet_file(path, contract, spark, names)) for path in files]
 
 
 def check_parquet_file(path: str, contract: Schema, spark: "SparkSession | None" = None,
-                       names: Mapping[str, str] | None = None) -> None:
+                       names: Mapping[str, str] | None = None) -> FileTypes:
     """One data file checked against `contract` as `check_parquet_files` checks each of a
-    directory's (the stream checks each raw file as it lands, etl/stream/landed.py)."""
+    directory's (the stream checks each raw file as it lands, etl/stream/landed.py); its
+    columns' types, by the contract's names."""
+    names = names or {}
+    found = parquet_schema(path, spark)
+    column_of = {names.get(c, c): c for c in contract.names}  # the file's name -> the contract's
+    types, readable = {}, []
+    for f in found:
+        column = column_of.get(f.name)
+        if column is not None:
+            types[column] = f.type
+            if read_as(column, contract[column].dtype, f.type) is not None:  # passes as the contract's type
+                f = pa.field(f.name, arrow_type(contract[column].dtype))
+        readable.append(f)
+    notes = {names.get(f.name, f.name): note for f in contract if (note := also_read(f.name, f.dtype))}
     # inputs are checked strictly: an extra column is often a renamed or misspelt one
-    check_arrow_schema(parquet_schema(path, spark), as_named(contract, names), source=path, allow_extra=False)
+    check_arrow_schema(pa.schema(readable), contract.renamed(names), source=path, allow_extra=False, notes=notes)
+    return types
 
 
 def parquet_schema(path: str, spark: "SparkSession | None" = None) -> pa.Schema:
@@ -94,29 +110,64 @@ def read_arrow(directory: str, contract: Schema, columns: list[str] | None = Non
                names: Mapping[str, str] | None = None) -> pa.Table:
     """The contract's columns (or `columns`) of a local directory's checked files, typed as
     the contract says and named as it names them (files may name them otherwise: `names`)."""
-    files = check_parquet_files(LocalStorage(), directory, contract, names=names)
+    checked = _checked_files(LocalStorage(), directory, contract, None, names)
     wanted = columns or contract.names
     schema = pa.schema([to_arrow(contract).field(n) for n in wanted])
-    if not files:  # a complete partition of a day without impressions
+    if not checked:  # a complete partition of a day without impressions
         return schema.empty_table()
     in_file = [(names or {}).get(n, n) for n in wanted]
-    # the cast unifies what the check allows to differ: nullability, large_string
-    return pa.concat_tables(pq.read_table(f, columns=in_file).select(in_file).rename_columns(wanted).cast(schema)
-                            for f in files)
+
+    def read(path: str, types: FileTypes) -> pa.Table:
+        table = pq.read_table(path, columns=in_file)
+        values = [arrow_read(table.column(logged), _how(contract, n, types), contract[n].dtype)
+                  for n, logged in zip(wanted, in_file)]
+        # the cast unifies what the check allows to differ: nullability, large_string
+        return pa.table(values, names=wanted).cast(schema)
+
+    return pa.concat_tables(read(path, types) for path, types in checked)
 
 
 def read_spark(spark: "SparkSession", storage: Storage, directory: str, contract: Schema,
                names: Mapping[str, str] | None = None) -> "DataFrame":
     """The contract's columns of a directory's checked files, as a Spark DataFrame named as
     the contract names them (files may name them otherwise: `names`)."""
+    checked = _checked_files(storage, directory, contract, spark, names)
+    if not checked:  # a complete partition of a day without impressions
+        return spark.createDataFrame([], to_spark(contract))
+    # one read per set of column types, each with its files' own types: a Spark read takes one
+    # schema, and a Parquet column is read only as its own type
+    groups: dict[tuple[pa.DataType, ...], list[str]] = {}
+    for path, types in checked:
+        groups.setdefault(tuple(types[n] for n in contract.names), []).append(path)
+    frames = []
+    for key, paths in groups.items():
+        types = dict(zip(contract.names, key))
+        frame = spark.read.schema(spark_file_schema(contract, names, types)).parquet(*paths)
+        frames.append(frame.select(*spark_columns(contract, names, types)))
+    return functools.reduce(lambda a, b: a.unionByName(b), frames)
+
+
+def spark_file_schema(contract: Schema, names: Mapping[str, str] | None, types: FileTypes) -> "StructType":
+    """The Spark schema to read files of these column `types` with: the files' names and types."""
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField((names or {}).get(f.name, f.name), spark_file_type(types[f.name]))
+                         for f in contract])
+
+
+def spark_columns(contract: Schema, names: Mapping[str, str] | None, types: FileTypes) -> list["Column"]:
+    """The contract's columns of files read with spark_file_schema: renamed, and converted
+    to the contract's types."""
     from pyspark.sql import functions as F
 
-    files = check_parquet_files(storage, directory, contract, spark, names)
-    if not files:  # a complete partition of a day without impressions
-        return spark.createDataFrame([], to_spark(contract))
-    # the contract's schema, not one inferred from a file or merged over all of them
-    frame = spark.read.schema(to_spark(as_named(contract, names))).parquet(*files)
-    return frame.select(*[F.col(f"`{(names or {}).get(n, n)}`").alias(n) for n in contract.names])
+    return [spark_read(F.col(f"`{(names or {}).get(f.name, f.name)}`"), _how(contract, f.name, types), f.dtype)
+            .alias(f.name) for f in contract]
+
+
+def _how(contract: Schema, column: str, types: FileTypes) -> str:
+    how = read_as(column, contract[column].dtype, types[column])
+    assert how is not None, "check_parquet_file passed a column that cannot be read"
+    return how
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 
@@ -22,6 +22,7 @@ def _mismatches(
     expected: Schema,
     convert: Callable[[Any], DType | None],
     allow_extra: bool = True,
+    notes: Mapping[str, str] | None = None,
 ) -> list[str]:
     found = dict(actual)
     problems = []
@@ -32,7 +33,8 @@ def _mismatches(
         got = convert(found[f.name])
         if got is None or _shape(got) != _shape(f.dtype):
             shown = _shape(got) if got is not None else found[f.name]
-            problems.append(f"column {f.name!r}: expected {_shape(f.dtype)}, got {shown}")
+            note = (notes or {}).get(f.name)
+            problems.append(f"column {f.name!r}: expected {_shape(f.dtype)}, got {shown}" + (f" ({note})" if note else ""))
     for name in found if not allow_extra else ():
         if name not in expected.names:
             extra = convert(found[name])
@@ -45,11 +47,13 @@ def _raise(problems: list[str], expected: Schema, source: str) -> None:
         raise SchemaMismatchError(f"{source} does not match the {expected.name} contract: " + "; ".join(problems))
 
 
-def check_arrow_schema(actual: pa.Schema, expected: Schema, source: str = "data", allow_extra: bool = True) -> None:
-    """Raise SchemaMismatchError naming each missing or mistyped column, and each extra
-    one unless `allow_extra` (outputs may carry more columns; inputs are checked strictly)."""
+def check_arrow_schema(actual: pa.Schema, expected: Schema, source: str = "data", allow_extra: bool = True,
+                       notes: Mapping[str, str] | None = None) -> None:
+    """Raise SchemaMismatchError naming each missing or mistyped column (with its `notes`,
+    where given), and each extra one unless `allow_extra` (outputs may carry more columns;
+    inputs are checked strictly)."""
     found = ((f.name, f.type) for f in actual)
-    _raise(_mismatches(found, expected, dtype_from_arrow, allow_extra), expected, source)
+    _raise(_mismatches(found, expected, dtype_from_arrow, allow_extra, notes), expected, source)
 
 
 def check_spark_schema(actual: Any, expected: Schema, source: str = "data", allow_extra: bool = True) -> None:

@@ -111,6 +111,13 @@ class Contracts:
         """The request record's tgt_* list columns (one per target field)."""
         return tuple(TGT_PREFIX + n for n in self.target_names)
 
+    @property
+    def quarantine_file(self) -> Schema:
+        """The quarantine as written (DATA/quarantine/, the stream's parts): its raw columns
+        under the logs' own names (the spec's `columns`), so that its rows read and join as
+        the logs' do; the engines quarantine rows under the spec's names (`quarantine`)."""
+        return self.quarantine.renamed(self.spec.raw_names)
+
     def records(self, layout: str) -> Schema:
         """The contract of DATA/requests/ files written in `layout`."""
         return self.user_day if layout == COMPACT_LAYOUT else self.request_record

@@ -4,7 +4,7 @@ Every contract (schemas/contracts.py), both build engines, the quarantine rules,
 validation suites, the reader and the model derive from it (docs/SPEC.md):
 
     name: ecommerce
-    columns: {item_id: product_id, author_id: seller_id}   # the logs' names of the id and time columns
+    columns: {item_id: product_id, click: isClick}   # the logs' own names of any raw column
     tasks: [click, cart, purchase]        # binary label columns: action bits, heads, metrics
     inputs:                               # raw columns besides the ids, the times and the labels
       category_id: {type: int64, required: true}
@@ -31,7 +31,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from longseq.schemas.errors import LongseqError
 
@@ -56,8 +56,15 @@ INTEGER_TYPES = ("int8", "int32", "int64")
 # A history event's labels are packed into one int32 of action bits, and the model embeds
 # each distinct combination: 2**16 rows is the largest table that stays cheap.
 MAX_TASKS = 16
+# A spec's own names become record columns (hist_<name>, tgt_<name>) and Python, Spark and
+# SQL identifiers unquoted: lower case snake_case keeps them valid everywhere.
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _RAW_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")  # a raw log's own column names: camelCase too
+# The logs' names no column may take: ds is the partition column (RAW/ds=YYYY-MM-DD) that
+# Spark adds to what it reads of a partitioned directory; quarantine files, which keep the
+# logs' names, add reason.
+RESERVED_RAW = {"ds": "the partition column of the raw logs (RAW/ds=YYYY-MM-DD)",
+                "reason": "the quarantine's column of the rule a row broke"}
 
 
 class SpecError(LongseqError):
@@ -129,8 +136,8 @@ class DatasetSpec:
     inputs: tuple[Input, ...] = ()
     derived: tuple[Derived, ...] = ()
     features: tuple[Feature, ...] = ()
-    # (id or time column, the raw logs' name for it) where the logs name it otherwise: they
-    # are renamed as they are read, and everything after the read uses longseq's names
+    # (raw column: an id or time column, a task or an input; the logs' name for it) where the
+    # logs name it otherwise: renamed as read, and everything after the read uses the spec's names
     columns: tuple[tuple[str, str], ...] = ()
     source: str = field(default="", compare=False)  # the file it came from, for errors
 
@@ -144,8 +151,13 @@ class DatasetSpec:
         return next(i for i in self.inputs if i.name == name)
 
     @property
+    def raw_columns(self) -> tuple[str, ...]:
+        """The columns a raw log holds, by the spec's names: the ids and times, the inputs, the labels."""
+        return (*ID_TIME_COLUMNS, *(i.name for i in self.inputs), *self.tasks)
+
+    @property
     def raw_names(self) -> dict[str, str]:
-        """longseq's name -> the raw logs' name, for the id and time columns named otherwise."""
+        """The spec's name -> the raw logs' name, for the raw columns the logs name otherwise."""
         return dict(self.columns)
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,7 +274,7 @@ def spec_from_dict(data: Any, source: str = "spec") -> DatasetSpec:
         raise SpecError(f"{source}: name: expected a string, got {data['name']!r}")
     columns = data.get("columns") or {}
     if not isinstance(columns, Mapping) or not all(isinstance(v, str) for v in columns.values()):
-        raise SpecError(f"{source}: columns: expected a mapping of id or time column -> the logs' name for it, "
+        raise SpecError(f"{source}: columns: expected a mapping of raw column -> the logs' name for it, "
                         f"got {columns!r}")
     return DatasetSpec(
         name=data["name"], tasks=tuple(tasks), inputs=section("inputs", Input), derived=section("derived", Derived),
@@ -294,6 +306,32 @@ _SETTINGS_FOR = {
 MODEL_SETTINGS = tuple(_SETTINGS_FOR)
 
 
+def _check_columns(spec: DatasetSpec, fail: Callable[[str, str], None]) -> None:
+    """`columns` renames raw columns only, each to a name no other column of the logs has."""
+    raw_columns = spec.raw_columns
+    # the logs' names given so far: the columns not renamed, then each renamed one in turn, so
+    # that a name given twice is reported where it is given the second time
+    logged = {c: c for c in raw_columns if c not in spec.raw_names}
+    for column, raw in spec.columns:
+        where = f"columns.{column}"
+        if column not in raw_columns:
+            fail(where, f"{column!r} is not a raw column of the spec; those that can be renamed are "
+                        f"{', '.join(raw_columns)}")
+        if not _RAW_NAME.fullmatch(raw):
+            fail(where, f"{raw!r} is not a column name (letters, digits, _ and ., not starting with a digit)")
+        if raw.lower() in RESERVED_RAW:
+            fail(where, f"{raw!r} is reserved: it is {RESERVED_RAW[raw.lower()]}")
+        # Spark matches column names regardless of case, so 'userId' and 'userid' are one column to it
+        other = next((c for c, name in logged.items() if name.lower() == raw.lower()), None)
+        if other is not None:
+            if logged[other] != raw:
+                fail(where, f"{raw!r} and {logged[other]!r}, the logs' name of {other!r}, differ only in case, "
+                            "which Spark does not tell apart")
+            fail(where, f"{raw!r} is the logs' name of {other!r} too" if other in spec.raw_names else
+                 f"{raw!r} is the logs' name of the raw column {other!r} already (columns does not rename it)")
+        logged[column] = raw
+
+
 def _check(spec: DatasetSpec) -> None:
     src = spec.source or f"spec {spec.name!r}"
 
@@ -316,15 +354,7 @@ def _check(spec: DatasetSpec) -> None:
         if name in seen:
             fail(where, f"{name!r} is a duplicated name (also in {seen[name]})")
         seen[name] = section
-    raw_names = [spec.raw_names.get(c, c) for c in ID_TIME_COLUMNS]
-    for column, raw in spec.columns:
-        where = f"columns.{column}"
-        if column not in ID_TIME_COLUMNS:
-            fail(where, f"{column!r} is not an id or time column; those are {', '.join(ID_TIME_COLUMNS)}")
-        if not _RAW_NAME.fullmatch(raw):
-            fail(where, f"{raw!r} is not a column name")
-        if raw_names.count(raw) > 1 or raw in seen:
-            fail(where, f"{raw!r} is a duplicated name (another column of the logs has it)")
+    _check_columns(spec, fail)
     for i in spec.inputs:
         if i.type not in INPUT_TYPES:
             fail(f"inputs.{i.name}.type", f"{i.type!r} is not one of {', '.join(INPUT_TYPES)}")

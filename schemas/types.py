@@ -7,8 +7,8 @@ nothing else in the code base spells a column type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Union
+from dataclasses import dataclass, replace
+from typing import Iterator, Mapping, Union
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,13 @@ class Schema:
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"schema {self.name}: duplicate columns {sorted(dupes)}")
+
+    def renamed(self, names: Mapping[str, str] | None) -> "Schema":
+        """This contract with its columns under other names (`names`: its name -> the other;
+        a dataset spec's `columns`, for the raw logs' own names)."""
+        if not names:
+            return self
+        return Schema(self.name, tuple(replace(f, name=names.get(f.name, f.name)) for f in self.fields), self.doc)
 
     @property
     def names(self) -> list[str]:

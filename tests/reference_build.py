@@ -106,7 +106,7 @@ def reason_of(row: dict, day: dt.date, lateness_ms: int = DEFAULT_LATENESS_MS,
 
 def read_partition(raw: str | Path, day: dt.date, spec: DatasetSpec = DEFAULT_SPEC) -> list[dict]:
     """All rows of RAW/ds=day as dicts of the spec's raw-log columns, under longseq's names
-    (the logs may name the id and time columns otherwise: spec.columns), files in name order."""
+    (the logs may name any raw column otherwise: spec.columns), files in name order."""
     path = Path(raw) / f"ds={day.isoformat()}"
     files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith(("_", ".")))
     names = contracts_of(spec).raw_log.names

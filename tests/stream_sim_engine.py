@@ -72,7 +72,9 @@ class StreamSimEngine:
             state = {r["user_id"]: r for r in init[1]} if init else {}
         records.sort(key=lambda r: (r["user_id"], r["request_ts"], r["request_id"]))
         _write(records, c.request_record, temps["requests"])
-        _write(quarantine, c.quarantine, temps["quarantine"])
+        # quarantine files keep the logs' names, as the engines write them
+        _write([{spec.raw_names.get(k, k): v for k, v in r.items()} for r in quarantine], c.quarantine_file,
+               temps["quarantine"])
         _write([state[u] for u in sorted(state)], c.user_state, temps["state"])
 
         quarantined = {r: 0 for r in reasons_for(spec)}

@@ -85,10 +85,21 @@ def _base() -> dict:
     (lambda d: d["features"]["category"].update(boundaries=[1, 2]), "features.category.boundaries: does not apply to a categorical feature"),
     (lambda d: d["features"]["dwell_ratio"].update(mean=3), "features.dwell_ratio.mean: does not apply to a numeric feature with transform log"),
     (lambda d: d["features"]["price_bucket"].update(buckets=8), "features.price_bucket.buckets: does not apply to a numeric feature"),
-    (lambda d: d["columns"].update(category_id="cat"), "columns.category_id: 'category_id' is not an id or time column"),
-    (lambda d: d["columns"].update(user_id="seller_id"), "'seller_id' is a duplicated name (another column of the logs has it)"),
-    (lambda d: d["columns"].update(user_id="price_cents"), "columns.user_id: 'price_cents' is a duplicated name"),
+    # columns renames any raw column (ids, times, labels, inputs), each to a name of its own in the logs
+    (lambda d: d["columns"].update(dwell_ratio="dr"), "columns.dwell_ratio: 'dwell_ratio' is not a raw column of the "
+                                                      "spec; those that can be renamed are event_id, request_id, user_id"),
+    (lambda d: d["columns"].update(category="cat"), "purchase"),  # the list ends with the labels
+    (lambda d: d["columns"].update(user_id="seller_id"), "columns.user_id: 'seller_id' is the logs' name of 'author_id' too"),
+    (lambda d: d["columns"].update(click="isClick", cart="isClick"), "columns.cart: 'isClick' is the logs' name of 'click' too"),
+    (lambda d: d["columns"].update(user_id="price_cents"), "columns.user_id: 'price_cents' is the logs' name of the raw "
+                                                           "column 'price_cents' already (columns does not rename it)"),
+    (lambda d: d["columns"].update(item_id="user_id"), "columns.item_id: 'user_id' is the logs' name of the raw column"),
+    (lambda d: d["columns"].update(click="Cart"), "columns.click: 'Cart' and 'cart', the logs' name of 'cart', differ "
+                                                  "only in case"),
+    # a reserved name is said to be reserved, not duplicated
+    (lambda d: d["columns"].update(click="ds"), "columns.click: 'ds' is reserved: it is the partition column"),
     (lambda d: d["columns"].update(user_id="user id"), "columns.user_id: 'user id' is not a column name"),
+    (lambda d: d["columns"].update(click="1click"), "columns.click: '1click' is not a column name"),
 ])
 def test_spec_errors_are_one_line_and_name_the_field(tmp_path: Path, change, message: str) -> None:
     data = _base()

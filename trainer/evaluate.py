@@ -127,9 +127,12 @@ def evaluate(run_dir: Path | str, data: str, start, end=None, max_len: int | Non
     return result
 
 
-def _check_spec(model: RankingModel, run_dir: Path | str, data: str, wanted: DatasetSpec | str | None) -> None:
-    """SpecError if `wanted` is not the data's spec; OtherDataError if that is not the model's."""
-    check_model_spec(model.spec, data_spec(data, wanted), run_dir, data)
+def _check_spec(model: RankingModel, run_dir: Path | str, data: str, wanted: DatasetSpec | str | None) -> DatasetSpec:
+    """The spec to read the data with (`wanted` or the data's): SpecError if `wanted` is not
+    the data's spec; OtherDataError if that is not the model's."""
+    spec = data_spec(data, wanted)
+    check_model_spec(model.spec, spec, run_dir, data)
+    return spec
 
 
 def _to_tensorboard(run_dir: Path, result: dict) -> None:
@@ -160,12 +163,14 @@ def metrics_table(result: dict) -> str:
 
 def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: int | None = None,
           batch_size: int = 64, device: str = "auto", attention: str = "padded",
-          spec: DatasetSpec | str | None = None, overwrite: bool = False) -> int:
+          spec: DatasetSpec | str | None = None, overwrite: bool = False, log_names: bool = False) -> int:
     """Write one row per target (request_id, user_id, request_ts, position in the request,
     item_id, score_<task> probabilities for the model's spec's tasks) to a Parquet file;
-    return the row count. spec: as for evaluate. An existing `out` is refused unless
-    overwrite; the file is written beside it and renamed into place once complete, so a
-    failed run leaves no partial file and never a half-replaced one."""
+    return the row count. spec: as for evaluate. log_names: the id and time columns under
+    the logs' own names (the data's spec's `columns`, or `spec`'s), to join the scores to
+    the logs as they are. An existing `out` is refused unless overwrite; the file is written
+    beside it and renamed into place once complete, so a failed run leaves no partial file
+    and never a half-replaced one."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -176,15 +181,18 @@ def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: 
         raise LongseqError(f"score: {out} exists; pass --overwrite to replace it")
     device = resolve_device(device)
     model, _, _ = load_model(run_dir, device, attention)
-    _check_spec(model, run_dir, data, spec)
+    read_spec = _check_spec(model, run_dir, data, spec)
     schema = pa.schema([("request_id", pa.string()), ("user_id", pa.int64()), ("request_ts", pa.int64()),
                         ("target_index", pa.int32()), ("item_id", pa.int64()),
                         *((f"score_{task}", pa.float32()) for task in model.spec.tasks)])
+    # target_index and score_<task> are the scores' own columns, in no log: they keep their names
+    names = read_spec.raw_names if log_names else {}
+    written = pa.schema([f.with_name(names.get(f.name, f.name)) for f in schema])
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     rows = 0
     try:
-        with pq.ParquetWriter(str(partial), schema, compression="zstd") as writer:
+        with pq.ParquetWriter(str(partial), written, compression="zstd") as writer:
             for s in scored_batches(model, data, start, end, max_len, batch_size, device):
                 b, per_request = s.batch, s.batch.targets.lengths().numpy()
                 probs = 1.0 / (1.0 + np.exp(-s.logits))
@@ -197,7 +205,7 @@ def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: 
                     "item_id": b.targets["item_id"].numpy(),
                     **{f"score_{task}": probs[:, i].astype(np.float32) for i, task in enumerate(model.spec.tasks)},
                 }, schema=schema)
-                writer.write_table(table)
+                writer.write_table(table.rename_columns(written.names))
                 rows += table.num_rows
         os.replace(partial, out)
     finally:

@@ -89,7 +89,7 @@ class PolarsEngine:
         events = _ranked_events(prev, kept, c)
         state = _new_state(events, day_end, max_len, _dedup_lists(seen, kept, day_end - lateness_ms), c)
 
-        write_part(quarantine.select(c.quarantine.names), c.quarantine, temps["quarantine"], self.row_group_bytes)
+        write_quarantine(quarantine, c, temps["quarantine"], self.row_group_bytes)
         write_part(state, c.user_state, temps["state"], self.row_group_bytes)
         if layout == COMPACT_LAYOUT:
             write_part(_user_days(kept, events, max_len, c), c.user_day, temps["requests"], self.row_group_bytes)
@@ -99,7 +99,9 @@ class PolarsEngine:
         # Counted from the input (duplicates) and from what was written (the rest), so the
         # balance rows = targets + quarantined + duplicates can catch a lost or doubled row.
         written = _written_requests(f"{temps['requests']}/{PART_FILE}", layout)
-        rejected = pl.read_parquet(f"{temps['quarantine']}/{PART_FILE}", columns=["reason", "request_id"])
+        request_id = spec.raw_names.get("request_id", "request_id")  # the file has the logs' names
+        rejected = pl.read_parquet(f"{temps['quarantine']}/{PART_FILE}", columns=["reason", request_id]).rename(
+            {request_id: "request_id"})
         by_reason = dict(rejected.group_by("reason").len().iter_rows())
         lengths = written.group_by("hist_len").len().iter_rows()
         orphaned = (
@@ -126,6 +128,11 @@ def _written_requests(path: str, layout: str) -> pl.DataFrame:
     columns = ["request_id", "hist_len", "tgt_count"] if layout == COMPACT_LAYOUT else [
         "request_id", "hist_event_ts", "tgt_item_id"]
     return pl.from_arrow(requests_of(pq.read_table(path, columns=columns), layout))
+
+
+def write_quarantine(rows: pl.DataFrame, c: Contracts, directory: str, row_group_bytes: int) -> None:
+    """Quarantined rows (the spec's names) written under the logs' names (c.quarantine_file)."""
+    write_part(rows.rename(c.spec.raw_names), c.quarantine_file, directory, row_group_bytes)
 
 
 def sorted_quarantine(rows: pl.DataFrame, c: Contracts) -> pl.DataFrame:

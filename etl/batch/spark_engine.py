@@ -265,8 +265,11 @@ class SparkEngine:
         records.sortWithinPartitions("user_id", "request_ts", "request_id").write.options(**LIST_WRITE_OPTIONS).parquet(path)
 
     def _write_quarantine(self, tagged: DataFrame, path: str, c: Contracts) -> None:
-        rows = tagged.where("reason is not null").select(*c.quarantine.names)
-        rows.coalesce(1).sortWithinPartitions("reason", "event_id", "request_id", "event_ts").write.parquet(path)
+        rows = tagged.where("reason is not null").select(*c.quarantine.names).coalesce(1)
+        rows = rows.sortWithinPartitions("reason", "event_id", "request_id", "event_ts")
+        # under the logs' names (c.quarantine_file), renamed after the sort, which keeps its order
+        rows.select(*[F.col(n).alias(logged) for n, logged in zip(c.quarantine.names, c.quarantine_file.names)]) \
+            .write.parquet(path)
 
     # ------------------------------------------------------------ counting, from what was written
 
@@ -291,7 +294,7 @@ class SparkEngine:
             .agg(F.count("*").alias("records"), F.sum("t").alias("targets"))
             .collect()
         )
-        written = read(temps["quarantine"], c.quarantine)
+        written = read(temps["quarantine"], c.quarantine_file).toDF(*c.quarantine.names)
         by_reason = {r["reason"]: int(r["count"]) for r in written.groupBy("reason").count().collect()}
         quarantine = written.where("request_id is not null").select("request_id").distinct()
         orphaned = quarantine.join(requests.select("request_id"), "request_id", "left_anti").count()

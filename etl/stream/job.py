@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from longseq.dataset.layout import BuildLayout, StreamLayout
 from longseq.dataset.output_lock import output_lock
-from longseq.dataset.parquet_files import read_arrow
+from longseq.dataset.parquet_files import FileTypes, read_arrow, spark_columns, spark_file_schema
 from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec, unused_settings_warning
 from longseq.etl.batch.build import chain_layout, check_state_checksums, check_state_fits
 from longseq.dataset.storage import LocalStorage, absolute, is_local
@@ -52,7 +52,7 @@ from longseq.etl.stream.state import (
 )
 from longseq.schemas.contracts import DEFAULT_LAYOUT, REQUEST_LAYOUT, contracts_of
 from longseq.schemas.errors import LongseqError, MissingPrerequisiteError
-from longseq.schemas.forms import spark_type, to_arrow
+from longseq.schemas.forms import arrow_type, to_arrow
 from longseq.schemas.spec import DatasetSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,37 +186,35 @@ def _probe() -> None:
 # ---------------------------------------------------------------- the query (driver)
 
 
-def _raw_schema(spec: DatasetSpec, control: bool = False) -> Any:
-    """The raw files' columns under the logs' names (control files add INIT), then ds: the
-    file source puts the partition column last, and so must the schema it is given."""
-    from pyspark.sql.types import BinaryType, StringType, StructField, StructType
-
-    raw = contracts_of(spec).raw_log
-    return StructType([StructField(spec.raw_names.get(f.name, f.name), spark_type(f.dtype)) for f in raw]
-                      + ([StructField(INIT, BinaryType())] if control else []) + [StructField("ds", StringType())])
-
-
-def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -> "DataFrame":
+def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str,
+                file_types: FileTypes | None = None) -> "DataFrame":
     """The union of the raw files and the control files, each row with its reason, values,
-    the operator's key and the watermark column, as the state function takes them."""
+    the operator's key and the watermark column, as the state function takes them. The raw
+    files are read with their columns' `file_types` (LandedFiles.file_types; the contract's
+    if None), then renamed and converted to the contract's."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
     spec = config.settings.spec
     c = contracts_of(spec)
-    schema = _raw_schema(spec)
+    contract_types = {f.name: arrow_type(f.dtype) for f in c.raw_log}
 
-    def source(path: str, schema: Any) -> "DataFrame":
+    def source(path: str, types: FileTypes, extra: list[StructField]) -> "DataFrame":
+        # the file source puts the partition column ds last, and so must the schema it is given
+        schema = StructType([*spark_file_schema(c.raw_log, spec.raw_names, types).fields, *extra,
+                             StructField("ds", StringType())])
         frame = (spark.readStream.schema(schema).option("maxFilesPerTrigger", config.max_files_per_trigger)
                  .option("maxFileAge", "36500d").parquet(path))
-        for name, logged in spec.raw_names.items():
-            frame = frame.withColumnRenamed(logged, name)
-        return frame
+        return frame.select(*spark_columns(c.raw_log, spec.raw_names, types), *[f.name for f in extra], "ds")
 
-    raw = source(config.raw, schema).withColumns({INIT: F.lit(None).cast("binary"), "_flush": F.lit(False)})
+    raw = source(config.raw, file_types or contract_types, []).withColumns(
+        {INIT: F.lit(None).cast("binary"), "_flush": F.lit(False)})
     if config.start is not None:
         raw = raw.where(F.col("ds") >= F.lit(config.start.isoformat()))
     # control rows: a daily build's USER_STATE row per user to start from (INIT), or the flush marker
-    control = source(control_dir, _raw_schema(spec, control=True)).withColumn("_flush", F.col(INIT).isNull())
+    # control files are written with the contract's types, under the logs' names
+    control = source(control_dir, contract_types, [StructField(INIT, BinaryType())]).withColumn(
+        "_flush", F.col(INIT).isNull())
     rows = raw.unionByName(control)
     day_start = F.unix_millis(F.to_timestamp(F.col("ds"), "yyyy-MM-dd"))
     rows = rows.withColumn("reason", reason_expr(spark_ops(day_start, config.settings.lateness_ms), spec))
@@ -243,10 +241,11 @@ def stream_rows(spark: "SparkSession", config: StreamConfig, control_dir: str) -
                        F.timestamp_millis(F.lit(FAR_MS)).alias("_wm", metadata={"spark.watermarkDelayMs": delay}))
 
 
-def stream_query(spark: "SparkSession", config: StreamConfig, control_dir: str) -> "DataFrame":
+def stream_query(spark: "SparkSession", config: StreamConfig, control_dir: str,
+                 file_types: FileTypes | None = None) -> "DataFrame":
     from pyspark.sql.streaming.state import GroupStateTimeout
 
-    rows = stream_rows(spark, config, control_dir)
+    rows = stream_rows(spark, config, control_dir, file_types)
     return rows.groupBy("_key").applyInPandasWithState(state_function(config.settings), OUT_SCHEMA, STATE_SCHEMA,
                                                        "append", GroupStateTimeout.EventTimeTimeout)
 
@@ -488,7 +487,7 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
         control.mkdir(parents=True, exist_ok=True)
         sink = StreamSink(config.raw, config.out, spark_checkpoint, config.settings, log=log,
                           publish_hours=config.publish_hours, landed=landed)
-        query = stream_query(spark, config, str(control))
+        query = stream_query(spark, config, str(control), landed.file_types())
 
         def start(available_now: bool) -> Any:
             writer = query.writeStream.foreachBatch(sink).option("checkpointLocation", spark_checkpoint)

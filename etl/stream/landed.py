@@ -10,6 +10,12 @@ it starts and at each micro-batch, before the batch is evaluated. A file that pa
 in the checkpoint (`_longseq/checked-files.tsv`: size, modification time, path), so a
 restart checks only the files new to it, and a file rewritten since is checked again.
 
+A stream reads every file with one schema, made when it starts, so its files must agree on
+the types of their columns, where a raw column may hold a type that reads as the contract's
+without loss (schemas/conversions.py): the types of the first file the stream checked are
+its types (noted in `_longseq/raw-types.arrow`; the contract's if it starts before any file
+lands), and a file of other types is refused like a mistyped one.
+
 A refused file may be in a micro-batch Spark planned already; fixed, the batch reads it again
 when it is run again; removed, the batch runs without it (Spark lists a planned batch's files
 anew and passes over those gone: tests/test_stream_reliability.py).
@@ -21,8 +27,11 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from longseq.dataset.parquet_files import check_parquet_file, is_hidden
+import pyarrow as pa
+
+from longseq.dataset.parquet_files import FileTypes, check_parquet_file, is_hidden
 from longseq.schemas.contracts import contracts_of
+from longseq.schemas.forms import arrow_type
 from longseq.schemas.errors import SchemaMismatchError
 from longseq.schemas.spec import DatasetSpec
 
@@ -33,6 +42,11 @@ class LandedFiles:
     def __init__(self, raw: str, spec: DatasetSpec, start: dt.date | None, record: str):
         self.raw, self.spec, self.start, self.record = raw, spec, start, Path(record)
         self.passed: set[tuple[str, int, int]] = set()
+        self.types_record = self.record.with_name("raw-types.arrow")
+        self.types: FileTypes | None = None  # the raw columns' types in the stream's files
+        if self.types_record.exists():
+            schema = pa.ipc.read_schema(pa.py_buffer(self.types_record.read_bytes()))
+            self.types = {f.name: f.type for f in schema}
         if self.record.exists():
             for line in self.record.read_text().splitlines():
                 size, mtime, path = (line.split("\t", 2) + ["", ""])[:3]
@@ -66,7 +80,14 @@ class LandedFiles:
         try:
             for path, size, mtime in new:
                 try:
-                    check_parquet_file(path, contract, names=names)
+                    types = check_parquet_file(path, contract, names=names)
+                    if self.types is None:
+                        self._keep_types(types)
+                    elif (column := _read_otherwise(types, self.types)) is not None:
+                        raise SchemaMismatchError(
+                            f"{path}: column {names.get(column, column)!r} is {types[column]} here, but "
+                            f"{self.types[column]} in the files the stream read before, and a stream reads all its "
+                            "files with one schema")
                 except SchemaMismatchError as e:
                     raise SchemaMismatchError(
                         f"{e}; the stream stopped before reading it: fix or remove the file, then start the stream "
@@ -79,3 +100,26 @@ class LandedFiles:
                     f.writelines(f"{size}\t{mtime}\t{path}\n" for path, size, mtime in done)
                 self.passed.update(done)
         return len(done)
+
+    def file_types(self) -> FileTypes:
+        """The raw columns' types the stream reads its files with: those of the first file it
+        checked, or the contract's if none has landed yet (then every file must hold those)."""
+        if self.types is None:
+            self._keep_types({f.name: arrow_type(f.dtype) for f in contracts_of(self.spec).raw_log})
+        assert self.types is not None
+        return self.types
+
+    def _keep_types(self, types: FileTypes) -> None:
+        self.types_record.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.types_record.with_name(f".{self.types_record.name}.partial")
+        partial.write_bytes(pa.schema(list(types.items())).serialize().to_pybytes())
+        os.replace(partial, self.types_record)
+        self.types = types
+
+
+def _read_otherwise(types: FileTypes, kept: FileTypes) -> str | None:
+    """The first column that Spark reads with another type in a file of `types` than in one of
+    `kept` (timestamps of any unit or zone are all read as one type); None if there is none."""
+    from longseq.schemas.conversions import spark_file_type
+
+    return next((c for c in kept if spark_file_type(types[c]) != spark_file_type(kept[c])), None)

@@ -41,7 +41,7 @@ from longseq.dataset.layout import ROW_GROUP_BYTES, BuildLayout, StreamLayout
 from longseq.dataset.parquet_files import read_arrow
 from longseq.dataset.storage import LocalStorage
 from longseq.etl.batch.build import DayCounts, build, length_summary
-from longseq.etl.batch.polars_engine import sorted_quarantine, write_part
+from longseq.etl.batch.polars_engine import sorted_quarantine, write_part, write_quarantine
 from longseq.etl.batch.row_rules import LATE_ARRIVAL, reasons_for
 from longseq.etl.stream.hours import HourPublisher, close_hour, due_hours
 from longseq.etl.stream.settings import StreamSettings
@@ -169,8 +169,9 @@ class StreamSink:
                 part = sorted_records(part, self.settings.spec, self.settings.layout)
                 path = self.layout.part("records", day, batch, hour)
                 schema = to_arrow(c.records(self.settings.layout))
-            elif kind == "quarantine":
-                path, schema = self.layout.part("quarantine", day, batch), to_arrow(c.quarantine)
+            elif kind == "quarantine":  # under the logs' names, as every quarantine file
+                part = part.rename_columns(c.quarantine_file.names)
+                path, schema = self.layout.part("quarantine", day, batch), to_arrow(c.quarantine_file)
             else:
                 part = part.sort_by("user_id")
                 path, schema = self.layout.part("snapshots", day, batch), to_arrow(c.user_state)
@@ -347,12 +348,13 @@ class StreamDayEngine:
         hours = self._read("hours", day, to_arrow(contract))
         records = pl.from_arrow(sorted_records(hours, spec, layout))
         written = pl.from_arrow(requests_of(hours, layout))
-        quarantine = sorted_quarantine(pl.from_arrow(self._read("quarantine", day, to_arrow(c.quarantine))), c)
+        parts = self._read("quarantine", day, to_arrow(c.quarantine_file)).rename_columns(c.quarantine.names)
+        quarantine = sorted_quarantine(pl.from_arrow(parts), c)
         snapshots = pl.from_arrow(self._read("snapshots", day, to_arrow(c.user_state)))
         before = read_arrow(prev_state, c.user_state) if prev_state else to_arrow(c.user_state).empty_table()
         state = pl.concat([pl.from_arrow(before).join(snapshots.select("user_id"), on="user_id", how="anti"),
                            snapshots]).sort("user_id")
-        write_part(quarantine.select(c.quarantine.names), c.quarantine, temps["quarantine"], ROW_GROUP_BYTES)
+        write_quarantine(quarantine, c, temps["quarantine"], ROW_GROUP_BYTES)
         write_part(state, c.user_state, temps["state"], ROW_GROUP_BYTES)
         write_part(records, contract, temps["requests"], ROW_GROUP_BYTES)
 
