@@ -213,7 +213,8 @@ def contracts_of(spec: DatasetSpec) -> Contracts:
     )
     quarantine = Schema(
         name="quarantine",
-        doc="Raw rows the build rejected, as they were read, with the first rule each broke.",
+        doc=("Raw rows the build rejected, as they were read, with the first rule each broke. Written under "
+             "the logs' own names (quarantine_file: the spec's `columns`; the default spec has none)."),
         fields=(*raw_log.fields, Field("reason", STRING, doc="see etl/batch/row_rules.py")),
     )
     return Contracts(spec, raw_log, history_event, target, request_record, user_day, user_state, quarantine)

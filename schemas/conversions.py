@@ -3,18 +3,13 @@
 Real logs often hold a narrower type than the contract's (an int32 where it says int64, a
 bool label where it says int8) or a timestamp where it counts milliseconds. Each engine
 reads such a column with the file's own type and converts it right after the read, so
-everything downstream sees the contract's types (docs/SPEC.md, "The logs' names and types"):
+everything downstream sees the contract's types (the table: docs/SPEC.md, "Names: the
+spec's and the logs'"): a timestamp[s|ms|us] of any zone for request_ts and event_ts, as
+ms since epoch; the narrower types of _WIDER, by a cast.
 
-| the contract says              | a file may also hold                                  |
-|--------------------------------|-------------------------------------------------------|
-| int64 request_ts, event_ts     | timestamp[s], [ms] or [us], any zone: ms since epoch  |
-| int64                          | int8, int16, int32                                    |
-| int32                          | int8, int16                                           |
-| int8 (labels)                  | bool: true 1, false 0                                 |
-| float64                        | float32                                               |
-
-A microsecond timestamp is floored to its millisecond (the contract's resolution), as both
-engines floor: Spark's unix_millis and `epoch_ms` below. Nanoseconds are refused: Spark
+A microsecond timestamp is floored to its millisecond (the contract's resolution; refusing
+them would refuse most real logs, and flooring only ties times within one millisecond), as
+both engines floor: Spark's unix_millis and `epoch_ms` below. Nanoseconds are refused: Spark
 3.5 cannot read them. Everything else (a string for a number, int64 where int32 fits,
 a float for an integer) is refused by the raw check, naming the file and the column.
 
