@@ -58,7 +58,8 @@ def _mistyped(part: Path, table: pa.Table) -> str:
     i = table.schema.get_field_index("user_id")
     bad = table.set_column(i, "user_id", pc.cast(table["user_id"], pa.string()))
     pq.write_table(bad, part / "part-00000.parquet")
-    return "part-00000.parquet does not match the raw_log contract: column 'user_id': expected int64, got string"
+    return ("part-00000.parquet does not match the raw_log contract: column 'user_id': expected int64, got string "
+            "(also read as int64: int8, int16, int32)")
 
 
 def _truncated(part: Path, table: pa.Table) -> str:
