@@ -135,6 +135,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         a, b = per_day(pandas, suite, len(spark_days)), per_day(on_spark, suite)
         print(f"| {suite} suite, s a day (median, first {len(spark_days)} days) | {a:.2f} | {b:.2f} | {a / b:.2f} |")
     print(f"| Spark session start, s | | {spark_start:.1f} | |")
+    for suite in SUITES:
+        print(f"| {suite} suite, all {len(days)} days, s | {sum(s for s, _ in pandas[suite]):.1f} | | |")
     print(f"| both suites, all {len(days)} days, s | {both_pandas:.1f} | {spark_start + len(days) * both_spark_day:.0f} "
           f"(estimated: start + days x a day) | {both_pandas / (spark_start + len(days) * both_spark_day):.3f} |")
     print(f"| both suites, s a day (median over all days) | {per_day(pandas, 'requests') + per_day(pandas, 'raw'):.2f} "

@@ -42,8 +42,10 @@ class GxRunner:
         """GX's ExpectationSuiteValidationResult of `checks` (each expectation's meta names its
         check) on `frame`, a Spark or pandas DataFrame."""
         definition = self._definition(frame_name, checks)
-        # no checkpoint: it would have no actions to take; the result is stored all the same
-        return definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+        # no checkpoint: it would have no actions to take; the result is stored all the same.
+        # BASIC: the counts, observed values and up to 20 unexpected values (the Data Docs show
+        # them); SUMMARY's counts per unexpected value cost a quarter of a small day's time
+        return definition.run(batch_parameters={"dataframe": frame}, result_format="BASIC")
 
     def _definition(self, frame_name: str, checks: list[Any]) -> Any:
         gx, name, key = self._gx, f"{self.suite}_{frame_name}", _checks_key(checks)
