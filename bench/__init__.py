@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "reader": ("reader_throughput", "reader throughput against a pyarrow floor"),
     "publish-layout": ("publish_layout", "plain Parquet against Petastorm's materialize_dataset"),
     "model": ("model_throughput", "STCA against self-attention, request level batching, scoring at 10k"),
+    "train-floor": ("train_floor", "the CPU training step against its matmul floor (model FLOPs / GEMM rate)"),
     "quality": ("quality", "length scaling, baselines, ablations and MovieLens under a validation/test protocol"),
     "long-history": ("long_history", "whether a model uses 10k-event histories, and what makes it"),
     "extrapolation": ("extrapolation", "short random-length training windows scored at 10k"),

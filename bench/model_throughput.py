@@ -37,13 +37,26 @@ def _model(preset: str, arch: str, device: str, **overrides):
     return make_model(dataclasses.replace(PRESETS[preset], arch=arch, **overrides)).to(device)
 
 
+def training_batch(requests: int, targets: int, sampler=None):
+    """A random batch of `requests` at the reader's training lengths (`sampler`, default the
+    U-shaped LengthSampler), `targets` each."""
+    from longseq.features.lengths import LengthSampler
+    from longseq.reader.testing import random_batch
+
+    lengths = (sampler or LengthSampler()).sample(np.random.default_rng(0), requests).tolist()
+    return random_batch(lengths, [targets] * requests)
+
+
 def _step_seconds(model, batch, repeat: int, train: bool, device: str) -> float:
+    """Median seconds of a step after a warm-up; a training step is the trainer's: forward,
+    backward, gradient clipping and its optimizer."""
     import torch
 
-    from longseq.trainer.model import loss_fn, make_model
+    from longseq.trainer.model import loss_fn
+    from longseq.trainer.optimizers import clip_gradients, make_optimizer
 
     batch = batch.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
+    optimizer = make_optimizer(model, lr=1e-4, weight_decay=0.0) if train else None
     times = []
     for i in range(repeat + 1):
         t = time.perf_counter()
@@ -51,6 +64,7 @@ def _step_seconds(model, batch, repeat: int, train: bool, device: str) -> float:
             loss = loss_fn(model(batch), batch)
             optimizer.zero_grad()
             loss.backward()
+            clip_gradients(model.parameters(), 1.0)
             optimizer.step()
         else:
             with torch.no_grad():
@@ -66,7 +80,6 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     """One measurement in this process."""
     import torch
 
-    from longseq.features.lengths import LengthSampler
     from longseq.reader.testing import pointwise, random_batch
 
     torch.set_num_threads(args.threads)
@@ -85,8 +98,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
         batch = random_batch([10_000], [16])
         out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device).eval(), batch, args.repeat, False, args.device)
     elif kind.startswith("train"):  # training steps at U-shaped lengths, 128 requests x 10 targets
-        lengths = LengthSampler().sample(np.random.default_rng(0), 128).tolist()
-        batch = random_batch(lengths, [10] * 128)
+        batch = training_batch(128, 10)
         overrides = {"match_prior": 1.0} if kind == "train:prior" else {}
         model = _model(args.preset, "stca", args.device, **overrides)
         out["seconds"] = _step_seconds(model, batch, args.repeat, True, args.device)

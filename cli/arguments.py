@@ -96,6 +96,9 @@ VOCABULARY: dict[str, str] = {
     "--override-validation": "publish although validation failed or did not run, recording this reason",
     "--records": "one built day of request records (DATA/requests/ds=YYYY-MM-DD)",
     "--candidates": "the model variants a benchmark compares",
+    "--samplers": "training-length samplers (history windows) a benchmark measures at, comma-separated",
+    "--targets": "targets per request in a benchmark's synthetic batches",
+    "--threads": "torch threads on the CPU; comma-separated where a benchmark compares several",
 }
 
 

@@ -51,6 +51,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def cpu_threads() -> int:
+    """Intra-op threads for one CPU process: OMP_NUM_THREADS where set (torchrun sets 1), else
+    the cores it may run on shared by the ranks on this machine (more threads than cores only
+    wait on each other)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
+
+
+def use_cpu_threads() -> None:
+    """Set this process's torch threads for CPU work: cpu_threads() intra-op, one inter-op
+    thread (the CPU autograd engine runs on the caller's thread; the inter-op pool only idles).
+    The inter-op pool can be sized only before its first use, so a later call leaves it."""
+    torch.set_num_threads(cpu_threads())
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+
 def autocast_for(device: torch.device) -> torch.autocast:
     """bf16 autocast on a GPU; on the CPU a disabled context, so that CPU runs stay in float32."""
     if device.type == "cuda":
@@ -64,6 +85,8 @@ def setup(device: str = "auto") -> Context:
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    else:
+        use_cpu_threads()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Context(rank, world, dev)

@@ -1,0 +1,143 @@
+"""The CPU training step against its floor, side by side in one process: the model FLOPs of
+a step, this machine's matmul rate, the floor (FLOPs / rate), the measured step and
+floor/step (1.0: a step that runs every FLOP at the GEMM rate and does nothing else).
+
+    longseq bench train-floor [--preset tiny,small] [--samplers ushaped,fixed-10k]
+                              [--candidates paper,embedding-match] [--batch-size 32] [--targets 10]
+                              [--repeat 3] [--threads N]
+
+- FLOPs: the matmuls of forward + backward (torch's FlopCounterMode, attention through its
+  math kernel so that it is counted), counted request by request, each request a batch of
+  its own: no padding counts, whatever the batched kernel pads.
+- Rate: a 2048 x 2048 fp32 GEMM, the best of several, at the step's threads and at all the
+  cores this process may use; the higher is the machine's rate.
+- Step: forward + backward + gradient clipping + the trainer's optimizer (AdamW) on one
+  synthetic batch (bench/model_throughput.py `training_batch`), the median of --repeat after
+  a warm-up step.
+
+Settings: presets (trainer/model_config.py), window samplers (bench/extrapolation.py
+SAMPLERS, and fixed-10k: every request at 10,000 events) and model candidates
+(bench/long_history.py CANDIDATES: paper is the paper's STCA, embedding-match its
+embedding-match prior).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from longseq.bench import bench_parser
+from longseq.bench.extrapolation import SAMPLERS as TRAINING_SAMPLERS
+from longseq.bench.long_history import CANDIDATES, names
+from longseq.cli.arguments import comma_separated, positive_int
+from longseq.trainer.model_config import PRESETS
+
+SAMPLERS: dict[str, dict] = {**TRAINING_SAMPLERS, "fixed-10k": {"min_len": 10_000, "max_len": 10_000}}
+GEMM = 2048  # the side of the square matmul that sets the rate
+
+
+def matmul_rate(threads: int, size: int = GEMM, repeat: int = 5) -> float:
+    """FLOP/s of a size x size fp32 matmul at this many threads: the best of `repeat`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    torch.set_num_threads(before)
+    return 2 * size**3 / best
+
+
+def step_flops(model, hist_lengths: list[int], tgt_lengths: list[int]) -> int:
+    """Matmul FLOPs of forward + backward, summed over the requests, each run as a batch of
+    one (so nothing is padded); requests of the same shape are counted once."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from longseq.reader.testing import random_batch
+    from longseq.trainer.model import loss_fn
+
+    per_shape: dict[tuple[int, int], int] = {}
+    for shape in set(zip(hist_lengths, tgt_lengths)):
+        batch = random_batch([shape[0]], [shape[1]])
+        counter = FlopCounterMode(display=False)
+        with counter, sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernels are not counted
+            loss_fn(model(batch), batch).backward()
+        model.zero_grad(set_to_none=True)
+        per_shape[shape] = counter.get_total_flops()
+    return sum(per_shape[s] for s in zip(hist_lengths, tgt_lengths))
+
+
+def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace, threads: int) -> dict:
+    """One setting: FLOPs, the step's median seconds and the batch's size."""
+    import torch
+
+    from longseq.bench.model_throughput import _model, _step_seconds, training_batch
+    from longseq.features.lengths import LengthSampler
+
+    torch.set_num_threads(threads)
+    batch = training_batch(args.batch_size, args.targets, LengthSampler(**SAMPLERS[sampler]))
+    model = _model(preset, "stca", "cpu", **CANDIDATES[candidate])
+    flops = step_flops(model, batch.history.lengths().tolist(), batch.targets.lengths().tolist())
+    seconds = _step_seconds(model, batch, args.repeat, True, "cpu")
+    return {"flops": flops, "seconds": seconds, "tokens": batch.num_history_tokens,
+            "padded_keys": batch.num_requests * batch.history.max_length}
+
+
+def arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (`longseq bench train-floor --help`)."""
+    from longseq.trainer.distributed import cpu_threads
+
+    ap.add_argument("--preset", type=comma_separated(str), default="tiny,small", metavar="PRESET,...",
+                    help=f"model size presets, comma-separated, from: {', '.join(PRESETS)} (default tiny,small)")
+    ap.add_argument("--samplers", default="ushaped,fixed-10k",
+                    help=f"history window samplers, comma-separated, from: {', '.join(SAMPLERS)} "
+                         "(default ushaped,fixed-10k)")
+    ap.add_argument("--candidates", default="paper,embedding-match",
+                    help=f"comma-separated, from: {', '.join(CANDIDATES)} (default: %(default)s)")
+    ap.add_argument("--batch-size", type=positive_int, default=32, help="requests per step (default 32)")
+    ap.add_argument("--targets", type=positive_int, default=10, help="targets per request (default 10)")
+    ap.add_argument("--repeat", type=positive_int, default=3,
+                    help="timed steps after a warm-up; the median is reported (default 3)")
+    ap.add_argument("--threads", type=comma_separated(positive_int), default=str(cpu_threads()), metavar="N,...",
+                    help=f"torch threads of the step, comma-separated to compare (default {cpu_threads()}: "
+                         "the trainer's, this process's cores)")
+
+
+def main(argv: list[str]) -> int:
+    ap = bench_parser("train-floor", __doc__, arguments)
+    args = ap.parse_args(argv)
+    presets = names(ap, ",".join(args.preset), PRESETS, "preset")
+    samplers = names(ap, args.samplers, SAMPLERS, "sampler")
+    candidates = names(ap, args.candidates, CANDIDATES, "candidate")
+    cores = len(os.sched_getaffinity(0))
+    rates = {t: matmul_rate(t) for t in sorted({*args.threads, cores})}
+    print(f"command: longseq bench train-floor {' '.join(argv)}\n{args.batch_size} requests x {args.targets} "
+          f"targets, CPU, median of {args.repeat} steps after a warm-up, one process\n")
+    print(f"{GEMM}^2 fp32 GEMM: " + ", ".join(f"{r / 1e9:.0f} GFLOP/s at {t} thread{'s' * (t > 1)}"
+                                               for t, r in rates.items()))
+    rate = max(rates.values())
+    print(f"floor = FLOPs / {rate / 1e9:.0f} GFLOP/s\n")
+    print("| preset | windows | model | threads | history tokens | padded keys / tokens | GFLOP | floor s | step s "
+          "| floor/step |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for preset in presets:
+        for sampler in samplers:
+            for candidate in candidates:
+                for threads in args.threads:
+                    r = measure(preset, sampler, candidate, args, threads)
+                    floor = r["flops"] / rate
+                    print(f"| {preset} | {sampler} | {candidate} | {threads} | {r['tokens']:,} | "
+                          f"{r['padded_keys'] / r['tokens']:.2f} | {r['flops'] / 1e9:.2f} | {floor:.3f} | "
+                          f"{r['seconds']:.3f} | {floor / r['seconds']:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
