@@ -8,8 +8,9 @@ MovieLens ratings are adapted into --days daily partitions with the MovieLens sp
 side feature), built with the polars engine (not timed), then validated:
   pandas  both suites (requests, then raw) on every day, in this process: each day's time;
   spark   the Spark session's start, then both suites on the first --spark-days days;
-  cli     `longseq validate --engine pandas` of one day, a fresh process: its wall time,
-          imports included (what a user waits for at the prompt).
+  cli     `longseq validate --engine pandas` of one day, then of every day with each suite
+          (its default processes), each a fresh process: its wall time, imports included
+          (what a user waits for at the prompt).
 Both engines' outcomes on the Spark days must agree check by check (the benchmark stops
 otherwise). It prints a markdown table for docs/BENCHMARKS.md.
 """
@@ -86,6 +87,21 @@ def _rows(data: Path, days: list[dt.date]) -> list[int]:
     return [json.loads(Path(layout.report(day)).read_text())["rows_read"] for day in days]
 
 
+def _cli_seconds(data: Path, raw: Path, suite: str, start: dt.date, end: dt.date) -> float:
+    """Wall time of `longseq validate --engine pandas` in a fresh process, its default jobs."""
+    t = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).with_name("longseq")), "validate", "--engine", "pandas", "--suite", suite,
+                    "--data", str(data), "--raw", str(raw), "--start", str(start), "--end", str(end)],
+                   check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def _default_jobs(days: int) -> int:
+    from longseq.cli.data_commands import default_validation_jobs
+
+    return default_validation_jobs("pandas", days)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = bench_parser("validate", __doc__, arguments).parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="longseq-bench-validate-"))
@@ -117,10 +133,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             if outcome_rows(a) != outcome_rows(b):
                 raise SystemExit(f"the engines disagree on {suite} ds={a['ds']}: {outcome_rows(a)} != {outcome_rows(b)}")
     one = days[min(range(len(days)), key=lambda i: abs(rows[i] - statistics.median(rows)))]
-    t = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).with_name("longseq")), "validate", "--engine", "pandas", "--data",
-                    str(data), "--start", str(one)], check=True, capture_output=True)
-    cli = time.perf_counter() - t
+    cli = _cli_seconds(data, raw, "requests", one, one)
+    cli_all = {suite: _cli_seconds(data, raw, suite, days[0], days[-1]) for suite in SUITES}
 
     def per_day(results: dict, suite: str, first: int | None = None) -> float:
         return statistics.median(s for s, _ in results[suite][:first])
@@ -142,4 +156,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     print(f"| both suites, s a day (median over all days) | {per_day(pandas, 'requests') + per_day(pandas, 'raw'):.2f} "
           f"| {both_spark_day:.2f} | |")
     print(f"| `longseq validate --engine pandas` of one {rows[days.index(one)]}-row day, process wall s | {cli:.1f} | | |")
+    for suite in SUITES:
+        print(f"| `longseq validate --engine pandas --suite {suite}` of all {len(days)} days ({_default_jobs(len(days))} "
+              f"processes, the default here), process wall s | {cli_all[suite]:.1f} | | |")
     return 0

@@ -7,6 +7,7 @@ tests/test_validation.py and tests/test_compact.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,30 @@ def test_outcome_rows_tell_a_failed_check_from_a_passed_one():
     row = {"check": "no_leakage", "frame": "records", "critical": True, "success": True, "observed": "0 of 5 unexpected"}
     assert outcome_rows({"checks": [row]}) != outcome_rows({"checks": [{**row, "success": False}]})
     assert outcome_rows({"checks": [row]}) != outcome_rows({"checks": [{**row, "observed": "1 of 5 unexpected"}]})
+
+
+@pytest.mark.subprocess
+def test_the_pandas_engine_validates_days_in_processes_with_the_same_outcomes_in_day_order(tmp_path):
+    from longseq.etl.batch.build import BuildConfig, build
+    from longseq.etl.batch.polars_engine import PolarsEngine
+    from longseq.etl.gates.validation import validate_days
+    from longseq.sources import SAMPLE_START
+    from longseq.sources.generate import PROFILES, generate
+
+    days = [SAMPLE_START + dt.timedelta(days=i) for i in range(3)]
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    generate(raw, PROFILES["tiny"].with_sizes(users=None, days=3), seed=2, start=SAMPLE_START)
+    build(PolarsEngine(), BuildConfig(str(raw), str(out), days[0], days[-1], 20), log=lambda m: None)
+    shown: dict[int, list[str]] = {1: [], 2: []}
+    outcomes = {jobs: validate_days(None, str(out), days, engine="pandas", jobs=jobs, show=shown[jobs].append)
+                for jobs in (1, 2)}
+    assert [o["ds"] for o in outcomes[2]] == [str(d) for d in days]
+    assert [outcome_rows(o) for o in outcomes[2]] == [outcome_rows(o) for o in outcomes[1]]
+    assert [line.split("Data Docs")[0] for line in shown[2]] == [line.split("Data Docs")[0] for line in shown[1]]
+
+
+def test_jobs_are_for_the_pandas_engine_only(tmp_path):
+    from longseq.etl.gates.validation import validate_days
+
+    with pytest.raises(LongseqError, match="--jobs applies to --engine pandas only"):
+        validate_days(lambda: pytest.fail("Spark must not start"), str(tmp_path), [DAY], jobs=2)

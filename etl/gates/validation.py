@@ -24,8 +24,8 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from functools import reduce
-from typing import Any, Callable
+from functools import partial, reduce
+from typing import Any, Callable, Iterator
 
 from longseq.dataset.layout import BuildLayout, ds_name, partition_path
 from longseq.dataset.parquet_files import read_arrow, read_spark
@@ -558,22 +558,39 @@ def refuse_stale_days(storage: Storage, data: str, days: list[dt.date]) -> None:
 def validate_days(start_spark: Callable[[], Any] | None, data: str, days: list[dt.date], suite: str = "requests", *,
                   raw: str | None = None, cfg: ValidationConfig | None = None, sample: float | None = None,
                   spec: DatasetSpec | None = None, show: Callable[[str], None] = print,
-                  describe: Callable[[dict], str] = summary_table, engine: str = "spark") -> list[dict]:
+                  describe: Callable[[dict], str] = summary_table, engine: str = "spark", jobs: int = 1) -> list[dict]:
     """Validate each day with `suite`, showing `describe(outcome)` of each; returns the outcomes,
     in day order. The requests suite refuses stale days first: before Spark starts
-    (start_spark is called once, by the spark engine only) where the output is local."""
+    (start_spark is called once, by the spark engine only) where the output is local. The
+    pandas engine validates the days in `jobs` processes (Spark spreads each day itself)."""
     root = absolute(data)
     check_engine(engine, [root, *([absolute(raw)] if raw else [])])
+    if jobs > 1 and engine != "pandas":
+        raise LongseqError("--jobs applies to --engine pandas only: Spark spreads each day over its executors")
     if suite == "requests" and is_local(root):
         refuse_stale_days(LocalStorage(), root, days)
     spark = start_spark() if engine == "spark" else None
     if suite == "requests" and not is_local(root):
         refuse_stale_days(RoutingStorage(spark), root, days)
+    one_day = partial(validate, spark, data, suite=suite, raw=raw, cfg=cfg, sample=sample, spec=spec, engine=engine)
     outcomes = []
-    for day in days:
-        outcomes.append(validate(spark, data, day, suite, raw=raw, cfg=cfg, sample=sample, spec=spec, engine=engine))
-        show(describe(outcomes[-1]))
+    for outcome in _each_day(one_day, days, min(jobs, len(days))):
+        outcomes.append(outcome)
+        show(describe(outcome))
     return outcomes
+
+
+def _each_day(one_day: Callable[[dt.date], dict], days: list[dt.date], jobs: int) -> Iterator[dict]:
+    """one_day of each day, in day order: here, or in `jobs` fresh processes (spawned: a fork
+    would copy the thread pools polars and GX have started)."""
+    if jobs <= 1:
+        yield from map(one_day, days)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(one_day, days)
 
 
 def require_passed(days: list[dt.date], outcomes: list[dict]) -> None:
