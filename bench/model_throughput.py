@@ -25,7 +25,7 @@ from longseq.cli.arguments import add_device, comma_separated, positive_int
 from longseq.trainer.model_config import PRESETS
 
 
-def _model(preset: str, arch: str, device: str, **overrides):
+def bench_model(preset: str, arch: str, device: str, **overrides):
     import dataclasses
 
     import torch
@@ -47,7 +47,7 @@ def training_batch(requests: int, targets: int, sampler=None):
     return random_batch(lengths, [targets] * requests)
 
 
-def _step_seconds(model, batch, repeat: int, train: bool, device: str) -> float:
+def step_seconds(model, batch, repeat: int, train: bool, device: str) -> float:
     """Median seconds of a step after a warm-up; a training step is the trainer's: forward,
     backward, gradient clipping and its optimizer."""
     import torch
@@ -87,21 +87,21 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     if kind.startswith("length:"):  # length:ARCH:L  forward+backward, B requests x targets each
         _, arch, length = kind.split(":")
         batch = random_batch([int(length)] * args.batch_size, [args.targets] * args.batch_size)
-        out["seconds"] = _step_seconds(_model(args.preset, arch, args.device), batch, args.repeat, True, args.device)
+        out["seconds"] = step_seconds(bench_model(args.preset, arch, args.device), batch, args.repeat, True, args.device)
     elif kind.startswith("rlb:"):  # rlb:MODE  training step at 2k, 8 targets per request
         mode = kind.split(":")[1]
         batch = random_batch([2_000] * args.batch_size, [8] * args.batch_size)
         batch = pointwise(batch) if mode == "pointwise" else batch
-        out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device), batch, args.repeat, True, args.device)
+        out["seconds"] = step_seconds(bench_model(args.preset, "stca", args.device), batch, args.repeat, True, args.device)
         out["targets"] = batch.num_targets
     elif kind == "score":  # one request, 10k history, 16 targets, no grad
         batch = random_batch([10_000], [16])
-        out["seconds"] = _step_seconds(_model(args.preset, "stca", args.device).eval(), batch, args.repeat, False, args.device)
+        out["seconds"] = step_seconds(bench_model(args.preset, "stca", args.device).eval(), batch, args.repeat, False, args.device)
     elif kind.startswith("train"):  # training steps at U-shaped lengths, 128 requests x 10 targets
         batch = training_batch(128, 10)
         overrides = {"match_prior": 1.0} if kind == "train:prior" else {}
-        model = _model(args.preset, "stca", args.device, **overrides)
-        out["seconds"] = _step_seconds(model, batch, args.repeat, True, args.device)
+        model = bench_model(args.preset, "stca", args.device, **overrides)
+        out["seconds"] = step_seconds(model, batch, args.repeat, True, args.device)
         out["requests"], out["tokens"] = batch.num_requests, batch.num_history_tokens
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device.startswith("cuda"):

@@ -79,14 +79,14 @@ def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace,
     """One setting: FLOPs, the step's median seconds and the batch's size."""
     import torch
 
-    from longseq.bench.model_throughput import _model, _step_seconds, training_batch
+    from longseq.bench.model_throughput import bench_model, step_seconds, training_batch
     from longseq.features.lengths import LengthSampler
 
     torch.set_num_threads(threads)
     batch = training_batch(args.batch_size, args.targets, LengthSampler(**SAMPLERS[sampler]))
-    model = _model(preset, "stca", "cpu", **CANDIDATES[candidate])
+    model = bench_model(preset, "stca", "cpu", **CANDIDATES[candidate])
     flops = step_flops(model, batch.history.lengths().tolist(), batch.targets.lengths().tolist())
-    seconds = _step_seconds(model, batch, args.repeat, True, "cpu")
+    seconds = step_seconds(model, batch, args.repeat, True, "cpu")
     return {"flops": flops, "seconds": seconds, "tokens": batch.num_history_tokens,
             "padded_keys": batch.num_requests * batch.history.max_length}
 
