@@ -72,17 +72,26 @@ def check_same_spec(recorded: DatasetSpec, wanted: DatasetSpec, where: str) -> N
         )
 
 
-def unused_settings_warning(recorded: DatasetSpec | None, given: DatasetSpec, data: str) -> str | None:
-    """The warning for a build given `given` into an output that records `recorded` (None: a
-    new output, which takes `given`): the model-side settings they set otherwise, which the
-    build neither uses nor records. None when there are none."""
-    diffs = [] if recorded is None else spec_differences(recorded, given, "model")
-    if not diffs:
-        return None
-    path = spec_path(data)
-    return (f"warning: {given.source or 'the given spec'} differs from {path} in settings only the model reads "
-            f"({_listed(diffs)}), which a build ignores: {path} keeps its own; to train with them, use "
-            f"`longseq train --spec {given.source or 'FILE'}`")
+def spec_warnings(recorded: DatasetSpec | None, given: DatasetSpec, data: str) -> list[str]:
+    """The warnings, a line each, for a build given `given` into an output that records
+    `recorded` (None: a new output, which takes `given`): the model-side settings they set
+    otherwise, which the build neither uses nor records; and other logs' names (`columns`),
+    which this build reads and names its quarantine with, but which DATA does not record."""
+    if recorded is None:
+        return []
+    path, source = spec_path(data), given.source or "the given spec"
+    warnings = []
+    if diffs := spec_differences(recorded, given, "model"):
+        warnings.append(f"warning: {source} differs from {path} in settings only the model reads ({_listed(diffs)}), "
+                        f"which a build ignores: {path} keeps its own; to train with them, use "
+                        f"`longseq train --spec {given.source or 'FILE'}`")
+    old, new = recorded.raw_names, given.raw_names
+    if renamed := [f"columns.{c}: {old.get(c, c)} -> {new.get(c, c)}" for c in sorted({*old, *new})
+                   if old.get(c, c) != new.get(c, c)]:
+        warnings.append(f"warning: {source} names the logs' columns otherwise than {path} ({_listed(renamed)}): this "
+                        f"build reads the logs and writes their quarantine under its names, but {path} keeps its own, "
+                        f"which `validate --suite raw` reads unless given --spec")
+    return warnings
 
 
 def spec_for(storage: Storage, data: str, wanted: DatasetSpec | str | None = None) -> DatasetSpec:

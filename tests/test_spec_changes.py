@@ -203,3 +203,17 @@ def test_the_stream_warns_once_as_it_starts_not_at_each_days_close(spark, tmp_pa
         f"0 -> 5000; features.play.std 1 -> 2000), which a build ignores: {data}/spec.yaml keeps its own; to train "
         f"with them, use `longseq train --spec given.yaml`"]
     assert (data / "spec.yaml").read_bytes() == recorded
+
+
+def test_other_logs_names_than_the_recorded_ones_are_said_in_one_line():
+    """columns is not in the fingerprint (the records are the same): a build reads the logs with
+    the names it is given, but DATA/spec.yaml keeps its own, and the raw suite reads those."""
+    from longseq.dataset.spec_record import spec_warnings
+
+    renamed = _changed(lambda d: d["columns"].update(click="isClick", item_id="sku"))
+    assert renamed.fingerprint == ECOMMERCE.fingerprint
+    assert spec_warnings(ECOMMERCE, renamed, "/d") == [
+        "warning: changed.yaml names the logs' columns otherwise than /d/spec.yaml (columns.click: click -> isClick; "
+        "columns.item_id: product_id -> sku): this build reads the logs and writes their quarantine under its names, "
+        "but /d/spec.yaml keeps its own, which `validate --suite raw` reads unless given --spec"]
+    assert spec_warnings(ECOMMERCE, ECOMMERCE, "/d") == [] and spec_warnings(None, renamed, "/d") == []

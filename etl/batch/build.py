@@ -26,7 +26,7 @@ from longseq.dataset.output_lock import output_lock
 from longseq.dataset.parquet_files import check_parquet_files
 from longseq.dataset.raw import check_raw_partitions
 from longseq.dataset.spec_record import (
-    check_output_spec, record_spec, recorded_spec, spec_summary, unused_settings_warning,
+    check_output_spec, record_spec, recorded_spec, spec_summary, spec_warnings,
 )
 from longseq.dataset.storage import Storage, absolute, checksums
 from longseq.etl.batch.commit import commit_day, mark_later_days_stale, new_token, part_checksums, remove_leftover_temps, unpublish_stale_days
@@ -254,9 +254,9 @@ def _build_locked(engine: Engine, config: BuildConfig, log: Callable[[str], None
     if config.spec is None:  # read through the engine's storage: an hdfs:// or s3a:// output too
         config = dataclasses.replace(config, spec=recorded_spec(storage, config.out))
     recorded = check_output_spec(storage, config.out, config.spec)  # before the raw check: the likelier cause of a mismatch
-    warning = unused_settings_warning(recorded, config.spec, config.out)
-    if warning and getattr(engine, "reads_raw", True):  # the stream said it once, as it started, not at each day's close
-        log(warning)
+    if getattr(engine, "reads_raw", True):  # the stream said it once, as it started, not at each day's close
+        for warning in spec_warnings(recorded, config.spec, config.out):
+            log(warning)
     days = plan_days(storage, layout, config, log)
     check_state_fits(storage, layout, days[0] - dt.timedelta(days=1), config)
     if config.layout is None:

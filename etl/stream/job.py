@@ -38,7 +38,7 @@ import pyarrow as pa
 from longseq.dataset.layout import BuildLayout, StreamLayout
 from longseq.dataset.output_lock import output_lock
 from longseq.dataset.parquet_files import FileTypes, read_arrow, spark_columns, spark_file_schema
-from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec, unused_settings_warning
+from longseq.dataset.spec_record import check_output_spec, record_spec, recorded_spec, spec_warnings
 from longseq.etl.batch.build import chain_layout, check_state_checksums, check_state_fits
 from longseq.dataset.storage import LocalStorage, absolute, is_local
 from longseq.etl.batch.feature_values import spark_value_ops
@@ -453,7 +453,7 @@ def run_stream(spark: "SparkSession", config: StreamConfig, log: Callable[[str],
             settings = dataclasses.replace(config.settings, spec=recorded_spec(LocalStorage(), config.out))
             config = dataclasses.replace(config, settings=settings)
         recorded = check_output_spec(LocalStorage(), config.out, config.settings.spec)
-        if warning := unused_settings_warning(recorded, config.settings.spec, config.out):
+        for warning in spec_warnings(recorded, config.settings.spec, config.out):
             log(warning)
         meta = Path(config.checkpoint, "_longseq")
         fresh = not (meta / "stream.json").exists()
