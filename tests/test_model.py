@@ -266,8 +266,8 @@ def test_embedding_match_prior_is_the_cosine_of_id_embeddings():
     h, t = batch.history.values, batch.targets.values
     h["item_id"][2], h["author_id"][8] = t["item_id"][0], t["author_id"][4]
     m = model("stca", match_prior=1.0, match_by="embedding", hashes=2)
-    layout = Layout.of(batch)
-    got = similarity_log_n(m.embed, batch, layout)  # [B, 2, M, 1+L]
+    layout = Layout.of(batch, bucketed=False)  # one bucket: the whole batch padded
+    (got,) = similarity_log_n(m.embed, batch, layout)  # [B, 2, M, 1+L]
     assert got.shape == (3, 2, 3, 12)
     hist_off, tgt_off = batch.history.offsets.tolist(), batch.targets.offsets.tolist()
     want = torch.zeros_like(got)

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,12 +40,67 @@ from longseq.trainer.model_config import ModelConfig
 
 # ---------------------------------------------------------------- batch layout
 
+# A length bucket's fixed cost (its own kernel calls, forward and backward) in padded keys:
+# requests are split into more buckets only while that saves more padding than this.
+BUCKET_KEYS = 1024
+
+
+def length_buckets(lengths: np.ndarray, fixed: int | None = None) -> list[np.ndarray]:
+    """Requests grouped so that padding each group to its own longest history costs least:
+    sorted by length, then cut where sum(group size x (1 + its longest)) + fixed per group is
+    smallest (dynamic programming over the sorted lengths; the 1 is the null slot). `fixed`:
+    BUCKET_KEYS unless given."""
+    fixed = BUCKET_KEYS if fixed is None else fixed
+    order = np.argsort(lengths, kind="stable")
+    keys = lengths[order] + 1
+    best, cut = np.zeros(len(keys) + 1), np.zeros(len(keys) + 1, dtype=np.int64)
+    for j in range(1, len(keys) + 1):  # best[j]: the first j sorted requests; the last group is [i, j)
+        cost = best[:j] + (j - np.arange(j)) * keys[j - 1] + fixed
+        cut[j] = int(np.argmin(cost))
+        best[j] = cost[cut[j]]
+    groups, j = [], len(keys)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = int(cut[j])
+    return groups[::-1]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Requests that attention pads together: to the bucket's longest history L and most
+    targets M. On the CPU, requests of similar length (length_buckets), so that little is
+    padded; on other devices the whole batch, padded by device-side indices (no host sync)."""
+
+    requests: tuple[int, ...] | None  # the batch's requests in this bucket, in order; None: all
+    B: int
+    L: int
+    M: int
+    hist_mask: torch.Tensor  # [B, L] True where a real event is
+    log_n: torch.Tensor  # [B] log(history length + 1): the null slot counts
+
+    def attention_mask(self, null_slot: bool) -> torch.Tensor:  # [B, 1, 1, 1+L]
+        """Slot 0 is the null slot: always open when learned; else open only for empty histories."""
+        if null_slot:
+            null_open = torch.ones(self.B, 1, dtype=torch.bool, device=self.hist_mask.device)
+        else:
+            null_open = ~self.hist_mask.any(1, keepdim=True)
+        return torch.cat([null_open, self.hist_mask], 1)[:, None, None, :]
+
+
+@dataclass(frozen=True)
+class BatchIds:
+    """The (item, author) id vectors of a batch's history events ([N, D] each) and targets ([T, D])."""
+
+    history: tuple[torch.Tensor, torch.Tensor]
+    target: tuple[torch.Tensor, torch.Tensor]
+
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each flat token and target sits in the padded [B, L] / [B, M] views, and what
-    the model's attention needs of the batch beyond that (the id-match prior, the flex
-    kernel's block mask): built once per batch, before the layers, and never changed."""
+    """Where each flat token and target sits in the padded [B, L] / [B, M] views and in the
+    attention's length buckets, and what the model's attention needs of the batch beyond that
+    (the id-match prior, the flex kernel's block mask): built once per batch, before the
+    layers, and never changed."""
 
     hist_seg: torch.Tensor  # [N] request of each history token
     hist_pos: torch.Tensor  # [N] its position within the request
@@ -55,16 +111,23 @@ class Layout:
     L: int
     M: int
     log_n: torch.Tensor  # [B] log(history length + 1): the null slot counts
-    # [B, 2, M, 1+L] log(n) where target m and history event l share the item (0) / the author
-    # (1), else 0; slot 0 is the null slot. Built once per batch, weighted per head by each layer.
-    match_log_n: torch.Tensor | None = None
+    buckets: tuple[Bucket, ...]  # what attention pads together
+    # each request's history and target counts, on the host: how a CPU batch's flat tensors
+    # split into requests for its buckets (None: one bucket of the whole batch)
+    lengths: tuple[list[int], list[int]] | None = None
+    # per bucket, [Bb, 2, Mb, 1+Lb] log(n) where target m and history event l share the item (0) /
+    # the author (1), else 0; slot 0 is the null slot. Built once per batch, weighted per head by each layer.
+    match_log_n: list[torch.Tensor] | None = None
     # the flex kernel's id-match prior: raw (item, author) ids of the T targets and N events
     match_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     block_mask: Any = None  # the flex kernel's BlockMask (flex_block_mask), shared by every layer
+    ids: BatchIds | None = None  # the batch's id vectors, looked up once for every use (TokenEmbedding.batch_ids)
 
     @staticmethod
-    def of(batch: RequestBatch) -> "Layout":
-        # shapes come from the batch's host-side sizes: nothing is read back from the device
+    def of(batch: RequestBatch, bucketed: bool = True) -> "Layout":
+        """The batch's layout. A CPU batch (its offsets on the host) is cut into length buckets
+        unless `bucketed` is False; any other is one bucket, its shapes from the batch's host-side
+        sizes: nothing is read back from the device."""
         def place(side: Jagged) -> tuple[torch.Tensor, torch.Tensor, int]:
             seg = side.segment_ids()
             pos = torch.arange(side.total, device=seg.device) - side.offsets[seg]
@@ -75,7 +138,17 @@ class Layout:
         B = batch.num_requests
         lengths = batch.history.lengths()
         mask = torch.arange(L, device=hist_seg.device)[None, :] < lengths[:, None]
-        return Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M, torch.log1p(lengths.float()))
+        log_n = torch.log1p(lengths.float())
+        whole = Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M, log_n, (Bucket(None, B, L, M, mask, log_n),))
+        if not bucketed or lengths.device.type != "cpu" or B < 2:
+            return whole
+        hist_len, tgt_len = lengths.numpy(), batch.targets.lengths().numpy()
+        buckets = []
+        for group in length_buckets(hist_len):
+            Lb, rows = int(hist_len[group].max()), torch.from_numpy(group)
+            buckets.append(Bucket(tuple(group.tolist()), len(group), Lb, int(tgt_len[group].max()),
+                                  torch.arange(Lb)[None, :] < lengths[rows, None], log_n[rows]))
+        return dataclasses.replace(whole, buckets=tuple(buckets), lengths=(hist_len.tolist(), tgt_len.tolist()))
 
     def flex_block_mask(self, null_always_open: bool):
         """FlexAttention's mask over [T targets] x [B null slots, then the N events]: a target
@@ -102,6 +175,43 @@ class Layout:
         out = x.new_zeros(self.B, self.M, *x.shape[1:])
         out[self.tgt_seg, self.tgt_pos] = x
         return out
+
+    def bucket_history(self, x: torch.Tensor, null: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """[N, ...] -> per bucket [Bb, Lb, ...], zero where padded; with `null` ([...]) each row
+        starts with it: [Bb, 1+Lb, ...]. A bucket is one cat of its requests' rows (views of x)
+        and their padding: no [B, L] buffer is zeroed, and the backward is one split of x."""
+        if self.lengths is None:
+            out = self.pad_history(x)
+            return [out if null is None else torch.cat([null.to(x.dtype).expand(self.B, 1, *null.shape), out], 1)]
+        lengths = self.lengths[0]
+        rows, zero = x.split(lengths), x.new_zeros(1, *x.shape[1:])
+        head = [] if null is None else [null.to(x.dtype)[None]]
+        return [self._cat(rows, lengths, b, b.L, zero, head) for b in self.buckets]
+
+    def bucket_targets(self, x: torch.Tensor) -> list[torch.Tensor]:  # [T, ...] -> per bucket [Bb, Mb, ...]
+        if self.lengths is None:
+            return [self.pad_targets(x)]
+        lengths = self.lengths[1]
+        rows, zero = x.split(lengths), x.new_zeros(1, *x.shape[1:])
+        return [self._cat(rows, lengths, b, b.M, zero, []) for b in self.buckets]
+
+    @staticmethod
+    def _cat(rows: tuple[torch.Tensor, ...], lengths: list[int], bucket: Bucket, width: int, zero: torch.Tensor,
+             head: list[torch.Tensor]) -> torch.Tensor:  # -> [Bb, len(head) + width, ...]
+        parts = []
+        for r in bucket.requests:
+            parts += [*head, rows[r]] + ([zero.expand(width - lengths[r], *zero.shape[1:])] if width > lengths[r] else [])
+        return torch.cat(parts).view(bucket.B, len(head) + width, *zero.shape[1:])
+
+    def unbucket_targets(self, outs: list[torch.Tensor]) -> torch.Tensor:  # per bucket [Bb, Mb, ...] -> [T, ...]
+        if self.lengths is None:
+            return outs[0][self.tgt_seg, self.tgt_pos]
+        lengths, rows = self.lengths[1], {}
+        for b, out in zip(self.buckets, outs):
+            sizes = [s for r in b.requests for s in (lengths[r], b.M - lengths[r])]
+            pieces = out.reshape(b.B * b.M, *out.shape[2:]).split(sizes)
+            rows.update(zip(b.requests, pieces[::2]))  # each request's real targets
+        return torch.cat([rows[r] for r in range(self.B)])
 
 
 # ---------------------------------------------------------------- blocks
@@ -161,14 +271,29 @@ class TokenEmbedding(nn.Module):
         item_vec, author_vec = self.id_vectors(item, author)
         return item_vec + author_vec
 
+    def batch_ids(self, batch: RequestBatch) -> BatchIds:
+        """The id vectors of the history events and the targets, from one lookup per table:
+        each table then gets one dense gradient a step, not one per side summed."""
+        h, t = batch.history, batch.targets
+        if self.item.sparse:  # row-sparse gradients (rowwise_adagrad) cost by the rows looked up: nothing to save
+            return BatchIds(self.id_vectors(h["item_id"], h["author_id"]), self.id_vectors(t["item_id"], t["author_id"]))
+        item, author = self.id_vectors(torch.cat([h["item_id"], t["item_id"]]), torch.cat([h["author_id"], t["author_id"]]))
+        sizes = [h.total, t.total]
+        (h_item, t_item), (h_author, t_author) = item.split(sizes), author.split(sizes)  # split: no zeroed gradients
+        return BatchIds((h_item, h_author), (t_item, t_author))
+
     def history(self, batch: RequestBatch, layout: Layout) -> torch.Tensor:  # [N, D]
         h = batch.history
-        x = self.ids(h["item_id"], h["author_id"]) + self.action(h["action"].long())
+        item, author = layout.ids.history if layout.ids is not None else self.id_vectors(h["item_id"], h["author_id"])
+        x = item + author + self.action(h["action"].long())
         if self.delta is None:
             return x
         return x + self.delta(time_delta_bucket(batch.request_ts[layout.hist_seg] - h["event_ts"]))
 
-    def target(self, batch: RequestBatch) -> torch.Tensor:  # [T, D]
+    def target(self, batch: RequestBatch, layout: Layout | None = None) -> torch.Tensor:  # [T, D]
+        if layout is not None and layout.ids is not None:
+            item, author = layout.ids.target
+            return item + author
         return self.ids(batch.targets["item_id"], batch.targets["author_id"])
 
 
@@ -278,32 +403,38 @@ class TargetAttention(nn.Module):
 
 
 class PaddedTargetAttention(TargetAttention):
-    """Target attention by SDPA over each request's history padded to the batch's L."""
+    """Target attention by SDPA over each request's history padded to its bucket's L (the
+    layout's length buckets on the CPU; the batch's L elsewhere)."""
 
     def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
-        B, H, K = layout.B, self.H, self.K
-        Q = layout.pad_targets(self.wq(q).view(-1, H, K)).transpose(1, 2)  # [B, H, M, K]
-        keys = layout.pad_history(self.wk(hist).view(-1, H, K))  # [B, L, H, K]
-        values = layout.pad_history(self.wv(hist).view(-1, H, K))
-        keys = torch.cat([self.null_kv[0].expand(B, 1, H, K).to(keys.dtype), keys], 1).transpose(1, 2)  # [B, H, 1+L, K]
-        values = torch.cat([self.null_kv[1].expand(B, 1, H, K).to(values.dtype), values], 1).transpose(1, 2)
-        # slot 0 is the null slot: always open when learned; else open only for empty histories
-        if self.null_slot:
-            null_open = torch.ones(B, 1, dtype=torch.bool, device=keys.device)
-        else:
-            null_open = ~layout.hist_mask.any(1, keepdim=True)
-        mask = torch.cat([null_open, layout.hist_mask], 1)[:, None, None, :]  # [B, 1, 1, 1+L]
-        Q, keys, scale = self.scaled(Q, keys, layout.log_n)
-        if self.match_weight is not None and layout.match_log_n is not None:
-            # two fused multiply-adds over [B, H, M, 1+L]: this bias is the prior's whole cost
+        H, K = self.H, self.K
+        Q = self.wq(q).view(-1, H, K)  # [T, H, K]
+        # keys and values in one pass over the N tokens: [N, 2, H, K]
+        kv = F.linear(hist, torch.cat([self.wk.weight, self.wv.weight])).view(-1, 2, H, K)
+        priors = layout.match_log_n if self.match_weight is not None and layout.match_log_n is not None \
+            else [None] * len(layout.buckets)
+        outs = []
+        for bucket, Qb, kvb, prior in zip(layout.buckets, layout.bucket_targets(Q), layout.bucket_history(kv, self.null_kv),
+                                          priors):
+            Qb = Qb.transpose(1, 2)  # [Bb, H, Mb, K]
+            keys, values = (t.transpose(1, 2) for t in kvb.unbind(2))  # [Bb, H, 1+Lb, K], slot 0 the null slot
+            outs.append(self.attend(Qb, keys, values, bucket, prior).transpose(1, 2))  # [Bb, Mb, H, K]
+        return self.wo(layout.unbucket_targets(outs).reshape(-1, H * K))  # [T, D]
+
+    def attend(self, Q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bucket: Bucket,
+               prior: torch.Tensor | None) -> torch.Tensor:  # -> [Bb, H, Mb, K]
+        if bucket.M == 0:  # no query: nothing to attend (SDPA takes no empty batch of queries)
+            return Q.new_zeros(Q.shape)
+        mask = bucket.attention_mask(self.null_slot)  # [Bb, 1, 1, 1+Lb]
+        Q, keys, scale = self.scaled(Q, keys, bucket.log_n)
+        if prior is not None:
+            # two fused multiply-adds over [Bb, H, Mb, 1+Lb]: this bias is the prior's whole cost
             w = self.match_weight[:, None, :, None, None]  # [2, 1, H, 1, 1]
-            prior = layout.match_log_n.to(w.dtype)  # [B, 2, M, 1+L]
+            prior = prior.to(w.dtype)  # [Bb, 2, Mb, 1+Lb]
             padding = torch.zeros(mask.shape, dtype=w.dtype, device=w.device).masked_fill_(~mask, float("-inf"))
             bias = torch.addcmul(padding, prior[:, :1], w[0])
-            mask = torch.addcmul(bias, prior[:, 1:], w[1]).to(Q.dtype)  # [B, H, M, 1+L]
-        out = F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask, scale=scale)  # [B, H, M, K]
-        out = out.transpose(1, 2)[layout.tgt_seg, layout.tgt_pos]  # [T, H, K]
-        return self.wo(out.reshape(-1, H * K))  # [T, D]
+            mask = torch.addcmul(bias, prior[:, 1:], w[1]).to(Q.dtype)  # [Bb, H, Mb, 1+Lb]
+        return F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask, scale=scale)
 
 
 class FlexTargetAttention(TargetAttention):
@@ -410,11 +541,15 @@ class RankingModel(nn.Module):
     construction, for every TargetAttention of the model."""
 
     attends = True  # whether the arch has target attention (the match prior and the block mask are for it)
+    reads_history = True  # whether the arch embeds the history (else only the targets' ids are looked up)
 
     def __init__(self, cfg: ModelConfig, spec: DatasetSpec = DEFAULT_SPEC, kernel: str = "padded"):
         super().__init__()
         check_kernel(cfg, kernel)
         self.cfg, self.spec, self.kernel = cfg, spec, kernel
+        # CPU batches: attention pads each length bucket to its own longest history (False: the
+        # whole batch to its longest, as on other devices; the same numbers either way)
+        self.length_buckets = True
         D = cfg.dim
         self.embed = TokenEmbedding(cfg, num_actions(spec.tasks))
         n_summaries = self._build(cfg, kernel)
@@ -434,16 +569,17 @@ class RankingModel(nn.Module):
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:  # [T, len(spec.tasks)] logits
         layout = self.layout(batch)
-        x_t = self.target_tokens(batch)  # [T, D]
+        x_t = self.target_tokens(batch, layout)  # [T, D]
         z = self.output(torch.cat([*self.summaries(batch, layout, x_t), x_t], dim=-1))  # [T, D]
         return self.heads(z)
 
     def layout(self, batch: RequestBatch) -> Layout:
         """The batch's Layout, with what this model's attention reads from it: the id-match
         prior (dense, or raw ids for the flex kernel to match on the fly) and the block mask."""
-        layout, extra = Layout.of(batch), {}
+        layout = Layout.of(batch, self.length_buckets)
+        extra = {"ids": self.embed.batch_ids(batch)} if self.reads_history else {}
         if not self.attends:
-            return layout
+            return dataclasses.replace(layout, **extra)
         if self.kernel == "flex":
             extra["block_mask"] = layout.flex_block_mask(self.cfg.null_slot)
         if self.cfg.match_prior is not None:
@@ -453,7 +589,7 @@ class RankingModel(nn.Module):
             elif self.cfg.match_by == "id":
                 extra["match_log_n"] = match_log_n(batch, layout)
             else:
-                extra["match_log_n"] = similarity_log_n(self.embed, batch, layout)
+                extra["match_log_n"] = similarity_log_n(self.embed, batch, layout, extra.get("ids"))
         return dataclasses.replace(layout, **extra) if extra else layout
 
     def history_tokens(self, batch: RequestBatch, layout: Layout) -> torch.Tensor:  # [N, D]
@@ -461,8 +597,8 @@ class RankingModel(nn.Module):
         side = self.features("history", batch.history.values) if self.features is not None else None
         return x if side is None else x + side
 
-    def target_tokens(self, batch: RequestBatch) -> torch.Tensor:  # [T, D]
-        x = self.embed.target(batch)
+    def target_tokens(self, batch: RequestBatch, layout: Layout | None = None) -> torch.Tensor:  # [T, D]
+        x = self.embed.target(batch, layout)
         side = self.features("target", batch.targets.values) if self.features is not None else None
         return x if side is None else x + side
 
@@ -541,6 +677,7 @@ class NoHistoryModel(RankingModel):
     """The target alone: what the history adds is measured against this."""
 
     attends = False
+    reads_history = False
 
     def _build(self, cfg: ModelConfig, kernel: str) -> int:
         return 0
@@ -559,29 +696,33 @@ def make_model(cfg: ModelConfig, spec: DatasetSpec = DEFAULT_SPEC, kernel: str =
     return ARCH_MODELS[cfg.arch](cfg, spec, kernel)
 
 
-def match_log_n(batch: RequestBatch, layout: Layout) -> torch.Tensor:
-    """[B, 2, M, 1+L]: log(n) where history event l of request b shares the item (0) / the
-    author (1) of target m, else 0. Padded history slots and the null slot (0) never match;
-    padded target rows are dropped later."""
-    sides = []
-    for key in ("item_id", "author_id"):
-        t, h = layout.pad_targets(batch.targets[key]), layout.pad_history(batch.history[key])  # [B, M], [B, L]
-        sides.append((t[:, :, None] == h[:, None, :]) & layout.hist_mask[:, None, :])
-    matches = F.pad(torch.stack(sides, 1), (1, 0))  # [B, 2, M, 1+L] bool
-    return matches * layout.log_n[:, None, None, None]
+def match_log_n(batch: RequestBatch, layout: Layout) -> list[torch.Tensor]:
+    """Per bucket, [Bb, 2, Mb, 1+Lb]: log(n) where history event l of request b shares the item
+    (0) / the author (1) of target m, else 0. Padded history slots and the null slot (0) never
+    match; padded target rows are dropped later."""
+    sides = [zip(layout.bucket_targets(batch.targets[key]), layout.bucket_history(batch.history[key]))
+             for key in ("item_id", "author_id")]  # per side, per bucket: [Bb, Mb], [Bb, Lb]
+    out = []
+    for bucket, *pairs in zip(layout.buckets, *sides):
+        matches = torch.stack([(t[:, :, None] == h[:, None, :]) & bucket.hist_mask[:, None, :] for t, h in pairs], 1)
+        out.append(F.pad(matches, (1, 0)) * bucket.log_n[:, None, None, None])  # [Bb, 2, Mb, 1+Lb]
+    return out
 
 
-def similarity_log_n(embed: TokenEmbedding, batch: RequestBatch, layout: Layout) -> torch.Tensor:
-    """[B, 2, M, 1+L]: log(n) * cos(target m, history event l) of their item (0) / author (1)
-    embeddings: match_log_n with learned similarity for id equality. Padded slots and the null
-    slot (0) get 0; gradients reach the embeddings."""
-    t, h = batch.targets, batch.history
-    sides = []
-    for t_vec, h_vec in zip(embed.id_vectors(t["item_id"], t["author_id"]), embed.id_vectors(h["item_id"], h["author_id"])):
-        tq = layout.pad_targets(F.normalize(t_vec, dim=-1))  # [B, M, D]
-        hk = layout.pad_history(F.normalize(h_vec, dim=-1))  # [B, L, D], zero where padded
-        sides.append(tq @ hk.transpose(1, 2))  # [B, M, L]
-    return F.pad(torch.stack(sides, 1), (1, 0)) * layout.log_n[:, None, None, None]
+def similarity_log_n(embed: TokenEmbedding, batch: RequestBatch, layout: Layout,
+                     ids: BatchIds | None = None) -> list[torch.Tensor]:
+    """Per bucket, [Bb, 2, Mb, 1+Lb]: log(n) * cos(target m, history event l) of their item (0) /
+    author (1) embeddings: match_log_n with learned similarity for id equality. Padded slots and
+    the null slot (0) get 0; gradients reach the embeddings. `ids`: the batch's id vectors, if
+    already looked up."""
+    ids = ids or embed.batch_ids(batch)
+    sides = [zip(layout.bucket_targets(F.normalize(t_vec, dim=-1)), layout.bucket_history(F.normalize(h_vec, dim=-1)))
+             for t_vec, h_vec in zip(ids.target, ids.history)]  # per side, per bucket: [Bb, Mb, D], [Bb, Lb, D]
+    out = []
+    for bucket, *pairs in zip(layout.buckets, *sides):
+        cos = torch.stack([tq @ hk.transpose(1, 2) for tq, hk in pairs], 1)  # [Bb, 2, Mb, Lb]; padded keys are zero
+        out.append(F.pad(cos, (1, 0)) * bucket.log_n[:, None, None, None])
+    return out
 
 
 def loss_fn(logits: torch.Tensor, batch: RequestBatch) -> torch.Tensor:

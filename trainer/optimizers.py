@@ -91,8 +91,11 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, embed
     decay = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     decayed = {id(p) for p in decay}
     rest = [p for p in model.parameters() if id(p) not in decayed and id(p) not in separate]
+    # on the CPU the fused kernel: one pass over each parameter and its moments, not one per
+    # arithmetic op (the same update); elsewhere torch's default
+    fused = all(p.device.type == "cpu" for p in model.parameters()) or None
     dense = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                               {"params": rest, "weight_decay": 0.0}], lr=lr)
+                               {"params": rest, "weight_decay": 0.0}], lr=lr, fused=fused)
     if not tables:
         return dense
     for table in tables:
