@@ -13,7 +13,8 @@ floor/step (1.0: a step that runs every FLOP at the GEMM rate and does nothing e
   cores this process may use; the higher is the machine's rate.
 - Step: forward + backward + gradient clipping + the trainer's optimizer (AdamW) on one
   synthetic batch (bench/model_throughput.py `training_batch`), the median of --repeat after
-  a warm-up step.
+  a warm-up step, in a process set up as CPU training sets its own (trainer/distributed.py
+  `tune_cpu_process`), at --threads.
 
 Settings: presets (trainer/model_config.py), window samplers (bench/extrapolation.py
 SAMPLERS, and fixed-10k: every request at 10,000 events) and model candidates
@@ -112,11 +113,14 @@ def arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from longseq.trainer.distributed import tune_cpu_process
+
     ap = bench_parser("train-floor", __doc__, arguments)
     args = ap.parse_args(argv)
     presets = names(ap, ",".join(args.preset), PRESETS, "preset")
     samplers = names(ap, args.samplers, SAMPLERS, "sampler")
     candidates = names(ap, args.candidates, CANDIDATES, "candidate")
+    tune_cpu_process()  # as CPU training sets its process up (threads, then per setting --threads)
     cores = len(os.sched_getaffinity(0))
     rates = {t: matmul_rate(t) for t in sorted({*args.threads, cores})}
     print(f"command: longseq bench train-floor {' '.join(argv)}\n{args.batch_size} requests x {args.targets} "
