@@ -53,6 +53,7 @@ def test_length_buckets_give_the_padded_kernels_logits_and_gradients(arch, optio
             p.normal_(0.0, 0.3)
     layout = Layout.of(batch)
     assert len(layout.buckets) > 2, "the batch splits into several buckets"
+    assert {b.full for b in layout.buckets} == {True, False}, "buckets with padding, and without (no mask)"
     padded_keys = sum(b.B * b.L for b in layout.buckets)
     assert padded_keys < batch.num_requests * batch.history.max_length
     bucketed, bucketed_grads = logits_and_grads(m, batch)

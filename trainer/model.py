@@ -77,9 +77,13 @@ class Bucket:
     M: int
     hist_mask: torch.Tensor  # [B, L] True where a real event is
     log_n: torch.Tensor  # [B] log(history length + 1): the null slot counts
+    full: bool = False  # every request has L events (known on the host): nothing is padded
 
-    def attention_mask(self, null_slot: bool) -> torch.Tensor:  # [B, 1, 1, 1+L]
-        """Slot 0 is the null slot: always open when learned; else open only for empty histories."""
+    def attention_mask(self, null_slot: bool) -> torch.Tensor | None:  # [B, 1, 1, 1+L]
+        """Slot 0 is the null slot: always open when learned; else open only for empty histories.
+        None where every slot is open (SDPA is faster without a mask)."""
+        if null_slot and self.full:
+            return None
         if null_slot:
             null_open = torch.ones(self.B, 1, dtype=torch.bool, device=self.hist_mask.device)
         else:
@@ -147,7 +151,8 @@ class Layout:
         for group in length_buckets(hist_len):
             Lb, rows = int(hist_len[group].max()), torch.from_numpy(group)
             buckets.append(Bucket(tuple(group.tolist()), len(group), Lb, int(tgt_len[group].max()),
-                                  torch.arange(Lb)[None, :] < lengths[rows, None], log_n[rows]))
+                                  torch.arange(Lb)[None, :] < lengths[rows, None], log_n[rows],
+                                  full=bool((hist_len[group] == Lb).all())))
         return dataclasses.replace(whole, buckets=tuple(buckets), lengths=(hist_len.tolist(), tgt_len.tolist()))
 
     def flex_block_mask(self, null_always_open: bool):
@@ -454,7 +459,9 @@ class PaddedTargetAttention(TargetAttention):
             # two fused multiply-adds over [Bb, H, Mb, 1+Lb]: this bias is the prior's whole cost
             w = self.match_weight[:, None, :, None, None]  # [2, 1, H, 1, 1]
             prior = prior.to(w.dtype)  # [Bb, 2, Mb, 1+Lb]
-            padding = torch.zeros(mask.shape, dtype=w.dtype, device=w.device).masked_fill_(~mask, float("-inf"))
+            padding = torch.zeros(Q.shape[0], 1, 1, keys.shape[2], dtype=w.dtype, device=w.device)
+            if mask is not None:
+                padding.masked_fill_(~mask, float("-inf"))
             bias = torch.addcmul(padding, prior[:, :1], w[0])
             mask = torch.addcmul(bias, prior[:, 1:], w[1]).to(Q.dtype)  # [Bb, H, Mb, 1+Lb]
         return F.scaled_dot_product_attention(Q, keys, values, attn_mask=mask, scale=scale)
