@@ -110,7 +110,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
                     help="timed steps after a warm-up; the median is reported (default 3)")
     ap.add_argument("--threads", type=comma_separated(positive_int), default=str(cpu_threads()), metavar="N,...",
                     help=f"torch threads of the step, comma-separated to compare (default {cpu_threads()}: "
-                         "the trainer's, this process's cores)")
+                         "the trainer's, trainer/distributed.py cpu_threads)")
 
 
 def main(argv: list[str]) -> int:

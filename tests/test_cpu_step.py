@@ -46,11 +46,15 @@ def test_lookup_gradients_are_the_embeddings():
     assert ours[3].abs().sum() > 0 and ours[1].abs().sum() == 0
 
 
-def test_threads_are_the_cores_shared_by_the_ranks(monkeypatch):
+def test_threads_are_a_ranks_share_of_the_cores_less_one_for_its_reader(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert cpu_threads() == 4
+    assert cpu_threads() == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert cpu_threads() == 7
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert cpu_threads() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert cpu_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

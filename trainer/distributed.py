@@ -53,12 +53,15 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def cpu_threads() -> int:
     """Intra-op threads for one CPU process: OMP_NUM_THREADS where set (torchrun sets 1), else
-    the cores it may run on shared by the ranks on this machine (more threads than cores only
-    wait on each other)."""
+    its share of the cores it may run on (shared by the ranks on this machine) less one, left
+    to its reader's worker threads. An op waits for its slowest thread, so a thread that shares
+    a core with a reader worker (or another job) stalls every op: on the shared 2-core machine
+    a step on 2 threads took 3.4x as long as on 1 while other jobs ran, and 0.6x on a quiet
+    one (docs/BENCHMARKS.md, Training step against its floor)."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"])
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks - 1)
 
 
 def tune_cpu_process() -> None:
