@@ -144,7 +144,8 @@ class Layout:
         mask = torch.arange(L, device=hist_seg.device)[None, :] < lengths[:, None]
         log_n = torch.log1p(lengths.float())
         whole = Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M, log_n, (Bucket(None, B, L, M, mask, log_n),))
-        if not bucketed or lengths.device.type != "cpu" or B < 2:
+        # under torch.compile too: buckets are host-side Python, shaped anew by every batch
+        if not bucketed or lengths.device.type != "cpu" or B < 2 or torch.compiler.is_compiling():
             return whole
         hist_len, tgt_len = lengths.numpy(), batch.targets.lengths().numpy()
         buckets = []
