@@ -107,8 +107,7 @@ class Layout:
     layers, and never changed."""
 
     hist_seg: torch.Tensor  # [N] request of each history token
-    hist_pos: torch.Tensor  # [N] its position within the request
-    hist_mask: torch.Tensor  # [B, L] True where a real token is
+    hist_offsets: torch.Tensor  # [B + 1]
     tgt_seg: torch.Tensor  # [T]
     tgt_pos: torch.Tensor  # [T]
     B: int
@@ -132,21 +131,15 @@ class Layout:
         """The batch's layout. A CPU batch (its offsets on the host) is cut into length buckets
         unless `bucketed` is False; any other is one bucket, its shapes from the batch's host-side
         sizes: nothing is read back from the device."""
-        def place(side: Jagged) -> tuple[torch.Tensor, torch.Tensor, int]:
-            seg = side.segment_ids()
-            pos = torch.arange(side.total, device=seg.device) - side.offsets[seg]
-            return seg, pos, side.max_length
-
-        hist_seg, hist_pos, L = place(batch.history)
-        tgt_seg, tgt_pos, M = place(batch.targets)
-        B = batch.num_requests
+        hist_seg, tgt_seg = batch.history.segment_ids(), batch.targets.segment_ids()
+        tgt_pos = torch.arange(batch.targets.total, device=tgt_seg.device) - batch.targets.offsets[tgt_seg]
+        B, L, M = batch.num_requests, batch.history.max_length, batch.targets.max_length
         lengths = batch.history.lengths()
-        mask = torch.arange(L, device=hist_seg.device)[None, :] < lengths[:, None]
         log_n = torch.log1p(lengths.float())
-        whole = Layout(hist_seg, hist_pos, mask, tgt_seg, tgt_pos, B, L, M, log_n, (Bucket(None, B, L, M, mask, log_n),))
+        layout = Layout(hist_seg, batch.history.offsets, tgt_seg, tgt_pos, B, L, M, log_n, ())
         # under torch.compile too: buckets are host-side Python, shaped anew by every batch
         if not bucketed or lengths.device.type != "cpu" or B < 2 or torch.compiler.is_compiling():
-            return whole
+            return dataclasses.replace(layout, buckets=(Bucket(None, B, L, M, layout.hist_mask, log_n),))
         hist_len, tgt_len = lengths.numpy(), batch.targets.lengths().numpy()
         buckets = []
         for group in length_buckets(hist_len):
@@ -154,7 +147,19 @@ class Layout:
             buckets.append(Bucket(tuple(group.tolist()), len(group), Lb, int(tgt_len[group].max()),
                                   torch.arange(Lb)[None, :] < lengths[rows, None], log_n[rows],
                                   full=bool((hist_len[group] == Lb).all())))
-        return dataclasses.replace(whole, buckets=tuple(buckets), lengths=(hist_len.tolist(), tgt_len.tolist()))
+        return dataclasses.replace(layout, buckets=tuple(buckets), lengths=(hist_len.tolist(), tgt_len.tolist()))
+
+    # The whole batch padded to its longest history: what the GPU's attention, the flex kernel's
+    # mask and the Transformer baseline read. Computed when first read (a CPU STCA step reads
+    # neither, and at 256 requests of 10k events they cost more than its buckets).
+    @functools.cached_property
+    def hist_pos(self) -> torch.Tensor:  # [N] each history token's position within its request
+        return torch.arange(len(self.hist_seg), device=self.hist_seg.device) - self.hist_offsets[self.hist_seg]
+
+    @functools.cached_property
+    def hist_mask(self) -> torch.Tensor:  # [B, L] True where a real token is
+        lengths = self.hist_offsets[1:] - self.hist_offsets[:-1]
+        return torch.arange(self.L, device=lengths.device)[None, :] < lengths[:, None]
 
     def flex_block_mask(self, null_always_open: bool):
         """FlexAttention's mask over [T targets] x [B null slots, then the N events]: a target
