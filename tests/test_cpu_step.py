@@ -46,15 +46,15 @@ def test_lookup_gradients_are_the_embeddings():
     assert ours[3].abs().sum() > 0 and ours[1].abs().sum() == 0
 
 
-def test_threads_are_a_ranks_share_of_the_cores_less_one_for_its_reader(monkeypatch):
+def test_threads_are_a_ranks_share_of_the_cores_or_omp_num_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert cpu_threads() == 3
+    assert cpu_threads() == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert cpu_threads() == 7
+    assert cpu_threads() == 8
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
-    assert cpu_threads() == 1
+    assert cpu_threads() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert cpu_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

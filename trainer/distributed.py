@@ -53,15 +53,15 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def cpu_threads() -> int:
     """Intra-op threads for one CPU process: OMP_NUM_THREADS where set (torchrun sets 1), else
-    its share of the cores it may run on (shared by the ranks on this machine) less one, left
-    to its reader's worker threads. An op waits for its slowest thread, so a thread that shares
-    a core with a reader worker (or another job) stalls every op: on the shared 2-core machine
-    a step on 2 threads took 3.4x as long as on 1 while other jobs ran, and 0.6x on a quiet
-    one (docs/BENCHMARKS.md, Training step against its floor)."""
+    its share of the cores it may run on (shared by the ranks on this machine). Measured with
+    its reader running, on a quiet 2-core machine: 40 steps of preset small in 27-29 s on 2
+    threads against 44 s on 1. An op waits for its slowest thread, so where another job holds
+    a core, OMP_NUM_THREADS=1 is the better choice: a bench step on 2 threads took 3.4x as long
+    as on 1 while other jobs ran (docs/BENCHMARKS.md, Training step against its floor)."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"])
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, len(os.sched_getaffinity(0)) // local_ranks - 1)
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 
 
 def tune_cpu_process() -> None:
