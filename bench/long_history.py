@@ -139,9 +139,9 @@ def names(ap: argparse.ArgumentParser, value: str, known: dict, kind: str) -> li
 def open_sample(quick: bool, work_root: Path, spec=None) -> tuple[Plan, Path, Path, Windows, Results]:
     """The plan, its work directory, its sample (generated in the shape of `spec`, built and
     published once), its windows and the long-history results cache."""
-    import torch
+    from longseq.trainer.distributed import tune_cpu_process
 
-    torch.set_num_threads(2)
+    tune_cpu_process()  # as training sets its process up: the cores this process may use
     mode = "quick" if quick else "full"
     plan, work = PLANS[mode], work_root / (mode + spec_suffix(spec))
     work.mkdir(parents=True, exist_ok=True)

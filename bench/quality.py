@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longseq.bench.quality_plan import (
-    LR, ML_ARCHS, MOVIELENS, PLANS, START, VARIANTS, Plan, Windows, ablation, chosen_lr, lr_name, matched_model,
-    mean_auc, next_lr, spec_suffix, validation_aucs,
+    ABLATIONS, LR, MOVIELENS, PLANS, SECTIONS, START, VARIANTS, Plan, Windows, ablation, chosen_lr, lr_name, matched_model,
+    mean_auc, narrowed, next_lr, spec_suffix, validation_aucs,
 )
-from longseq.cli.arguments import add_device, add_spec, add_work, dataset_spec, local_path
+from longseq.cli.arguments import add_device, add_spec, add_work, comma_separated, dataset_spec, local_path
 from longseq.schemas.errors import LongseqError
-from longseq.trainer.model_config import PRESETS
+from longseq.trainer.model_config import ARCHS, PRESETS
 from longseq.bench import bench_parser
 
 
@@ -217,11 +217,11 @@ def _movielens_runs(results: Results, plan: Plan, ratings: Path, work: Path) -> 
     # a whole epoch of the training window, not plan.steps: enough training requests
     epoch = {"max_steps": None}
     lrs = {arch: _learning_rate_runs(results, plan, ml, windows, work, f"ml-{arch}", "full", {"arch": arch}, None,
-                                     **epoch) for arch in ML_ARCHS}
+                                     **epoch) for arch in plan.ml_archs}
     print("   chosen: " + ", ".join(f"{arch} {lr:g}" for arch, lr in lrs.items()), flush=True)
-    settings = [(lr_name(f"ml-{arch}", lrs[arch], "full"), {"arch": arch}, None, lrs[arch]) for arch in ML_ARCHS]
+    settings = [(lr_name(f"ml-{arch}", lrs[arch], "full"), {"arch": arch}, None, lrs[arch]) for arch in plan.ml_archs]
     settings += [(lr_name(f"ml-{arch}-matched", lrs[arch], "full"), matched_model(plan.preset, arch), None, lrs[arch])
-                 for arch in plan.matched if arch in ML_ARCHS]
+                 for arch in plan.matched if arch in plan.ml_archs]
     # the paper's STCA at the default lr is the reference of the ablations and of the history lengths
     settings += [("ml-stca-full", {}, None, LR)]
     settings += [(f"ml-abl-{slug}-full", ablation(slug, plan.preset), None, LR) for slug in plan.ablations]
@@ -243,6 +243,16 @@ def arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--movielens", type=local_path, default=MOVIELENS, metavar="FILE",
                     help="a MovieLens ratings.csv (default: %(default)s)")
     ap.add_argument("--skip-movielens", action="store_true", help="leave the MovieLens part out")
+    ap.add_argument("--sections", type=comma_separated(str), metavar="NAME,...",
+                    help=f"run only these parts of the plan, from: {', '.join(SECTIONS)} (default: all); runs keep "
+                         "their names, so parts run apart share the cache and the report")
+    ap.add_argument("--archs", type=comma_separated(str), metavar="ARCH,...",
+                    help=f"the baselines' archs, from: {', '.join(ARCHS)} (default: the plan's); their matched and "
+                         "longer rows follow, and STCA always runs")
+    ap.add_argument("--ablations", type=comma_separated(str), metavar="NAME,...",
+                    help=f"the ablations, from: {', '.join(ABLATIONS)} (default: all)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the report from the runs done so far, running nothing")
     ap.add_argument("--preset", choices=list(PRESETS), help="model size of every run (default: the plan's, tiny)")
     add_spec(ap, "dataset spec of the generated sample (default: the default spec); another spec's sample, runs "
                  "and report are kept apart from the default one's (MovieLens is adapted to the default spec)")
@@ -252,16 +262,23 @@ def arguments(ap: argparse.ArgumentParser) -> None:
 def main(argv: list[str]) -> int:
     ap = bench_parser('quality', __doc__, arguments)
     args = ap.parse_args(argv)
-    if not args.skip_movielens and not args.movielens.exists():
+    if not args.skip_movielens and not args.report_only and not args.movielens.exists():
         raise LongseqError(f"MovieLens ratings not found at {args.movielens}: pass --movielens PATH/ratings.csv "
                            "(MovieLens latest-small, https://grouplens.org/datasets/movielens/) or --skip-movielens")
-    import torch
+    from longseq.trainer.distributed import resolve_device, tune_cpu_process
 
-    from longseq.trainer.distributed import resolve_device
-
-    torch.set_num_threads(2)
+    tune_cpu_process()  # as training sets its process up: the cores this process may use
     plan = PLANS["quick" if args.quick else "full"]
     mode = "quick" if args.quick else "full"
+    for flag, values, known in (("--sections", args.sections, SECTIONS), ("--archs", args.archs, ARCHS),
+                                ("--ablations", args.ablations, ABLATIONS)):
+        unknown = [v for v in values or () if v not in known]
+        if unknown:
+            ap.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    if args.skip_movielens:
+        args.sections = [s for s in (args.sections or SECTIONS) if s != "movielens"]
+    plan = narrowed(plan, args.sections and tuple(args.sections), args.archs and tuple(args.archs),
+                    args.ablations and tuple(args.ablations))
     if args.preset and args.preset != plan.preset:
         plan, mode = dataclasses.replace(plan, preset=args.preset), f"{mode}-{args.preset}"
     if args.device and args.device != "auto":
@@ -275,13 +292,17 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     print(f"command: longseq bench quality {' '.join(argv)}\nplan: {dataclasses.asdict(plan)}", flush=True)
 
-    data, end = prepare_generated(work, plan, spec)
-    windows = plan.windows(end)
-    print(f"generated data: {windows.describe()}", flush=True)
-    for section in (_length_scaling_runs, _extrapolation_runs, _baseline_runs, _ablation_runs):
-        section(results, plan, data, windows, work)
-    if not args.skip_movielens:
-        _movielens_runs(results, plan, args.movielens, work)
+    if args.report_only:
+        windows = plan.windows(START + dt.timedelta(days=plan.days - 1))
+    else:
+        data, end = prepare_generated(work, plan, spec)
+        windows = plan.windows(end)
+        print(f"generated data: {windows.describe()}", flush=True)
+        for name, section in zip(SECTIONS, (_length_scaling_runs, _extrapolation_runs, _baseline_runs, _ablation_runs)):
+            if name in plan.sections:
+                section(results, plan, data, windows, work)
+        if "movielens" in plan.sections:
+            _movielens_runs(results, plan, args.movielens, work)
     from longseq.bench.quality_report import write_report
 
     ml_windows = plan.ml_windows_ending(START + dt.timedelta(days=plan.ml_days - 1)).describe()

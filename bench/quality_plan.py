@@ -120,6 +120,10 @@ def chosen_lr(runs: dict, plan: "Plan", prefix: str, suffix: str, L: int | None)
     return choose_lr(validation_aucs(runs, plan, prefix, suffix, L))
 
 
+# the plan's parts, in the order they run; `bench quality --sections` runs some of them
+SECTIONS = ("length-scaling", "extrapolation", "baselines", "ablations", "movielens")
+
+
 def ablation(slug: str, preset: str) -> dict:
     """The model overrides of ABLATIONS[slug] for a preset."""
     from longseq.trainer.model_config import PRESETS
@@ -160,6 +164,12 @@ class Plan:
     # learning rates each arch of the baseline comparison tries on the training seed (the first);
     # the one with the best validation mean AUC trains every seed of that arch's rows
     lrs: tuple[float, ...] = (1e-3, LR, 1e-2, 3e-2)
+    sections: tuple[str, ...] = SECTIONS  # the parts that run and are reported
+
+    @property
+    def ml_archs(self) -> tuple[str, ...]:
+        """The archs that run on MovieLens: the plan's, without the quadratic Transformer."""
+        return tuple(a for a in ML_ARCHS if a in self.archs)
 
     def windows(self, end: dt.date) -> Windows:
         return Windows.ending(end, self.train_days, self.valid_days, self.test_days)
@@ -175,6 +185,23 @@ PLANS = {
     "full": Plan(users=400, days=14, train_days=4, seeds=(0, 1, 2), lengths=(500, 1_000, 2_000, 5_000, 10_000),
                  steps=400),
 }
+
+
+def narrowed(plan: Plan, sections: tuple[str, ...] | None = None, archs: tuple[str, ...] | None = None,
+             ablations: tuple[str, ...] | None = None) -> Plan:
+    """The part of `plan` that runs (None: all of it): some sections, some baseline archs (their
+    matched and longer rows too; STCA is the reference of every comparison and stays), some
+    ablations. Run names stay those of the whole plan, so the parts share one cache."""
+    if sections is not None:
+        plan = dataclasses.replace(plan, sections=tuple(s for s in SECTIONS if s in sections))
+    if archs is not None:
+        keep = set(archs) | {"stca"}
+        plan = dataclasses.replace(plan, archs=tuple(a for a in plan.archs if a in keep),
+                                   matched=tuple(a for a in plan.matched if a in keep),
+                                   more_steps=tuple((a, n) for a, n in plan.more_steps if a in keep))
+    if ablations is not None:
+        plan = dataclasses.replace(plan, ablations=tuple(a for a in plan.ablations if a in ablations))
+    return plan
 
 
 @functools.lru_cache(maxsize=None)  # the report and the plan ask for the same counts many times

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from longseq.bench.quality_plan import (
-    ABLATIONS, LR_LADDER, ML_ARCHS, Plan, chosen_lr, dense_parameters, lr_name, matched_ffn_mult,
+    ABLATIONS, LR_LADDER, PLANS, Plan, chosen_lr, dense_parameters, lr_name, matched_ffn_mult,
 )
 from longseq.schemas.spec import load_default_spec
 from longseq.trainer.model_config import EXTENSIONS, PRESETS
@@ -113,7 +113,17 @@ def _preamble(plan: Plan, mode: str, command: str, windows: str) -> list[str]:
             f"preset {plan.preset}, {plan.steps} steps of {plan.batch} requests; windows: {windows}; "
             f"seeds {list(plan.seeds)}; mean ± stdev over seeds. \"± 95%\" is the mean half-width of each run's 95% "
             f"bootstrap interval of test mean AUC (users resampled). Choices are made on the validation window; the "
-            f"test window is only reported.)", ""]
+            f"test window is only reported.)" + _parts(plan, mode), ""]
+
+
+def _parts(plan: Plan, mode: str) -> str:
+    """What of the plan this report covers, where it is not all of it (bench quality --sections,
+    --archs, --ablations)."""
+    whole = PLANS.get(mode.split("-")[0])  # the mode is the plan's name, then any preset, device or spec
+    if whole is None or (plan.sections, plan.archs, plan.ablations) == (whole.sections, whole.archs, whole.ablations):
+        return ""
+    return (f" Part of the plan: sections {', '.join(plan.sections)}; baseline archs {', '.join(plan.archs)}; "
+            f"ablations {', '.join(plan.ablations) or 'none'}.")
 
 
 def _length_scaling(runs: dict, plan: Plan, mode: str, plt, out: Path) -> list[str]:
@@ -261,14 +271,14 @@ def _movielens(runs: dict, plan: Plan, windows: str) -> list[str]:
         return []
     # full-history runs are evaluated at full length, stored under "None"
     tasks = _tasks(runs, "ml-")
-    table, lrs = _learning_rates(runs, plan, "ml", "full", ML_ARCHS, None)
+    table, lrs = _learning_rates(runs, plan, "ml", "full", plan.ml_archs, None)
     lines = [f"**MovieLens latest-small** ({plan.ml_days} days; {windows}; one epoch over the training window; "
              f"each arch at the lr it chose on the validation window, seed {plan.seeds[0]}; the STCA rows at other "
              f"lengths at the default):", "", *table, *_header(tasks)]
-    for arch in ML_ARCHS:
+    for arch in plan.ml_archs:
         lines.append(_row(f"{arch}, full history, lr {lrs[arch]:g}",
                           _runs(runs, f"{lr_name(f'ml-{arch}', lrs[arch], 'full')}-"), None, tasks))
-    for arch in (a for a in plan.matched if a in ML_ARCHS):
+    for arch in (a for a in plan.matched if a in plan.ml_archs):
         lines.append(_row(f"{arch}, matched (ffn x{matched_ffn_mult(plan.preset, arch)}), full history",
                           _runs(runs, f"{lr_name(f'ml-{arch}-matched', lrs[arch], 'full')}-"), None, tasks))
     for L in plan.ml_lengths:
@@ -286,11 +296,12 @@ def write_report(runs: dict, plan: Plan, mode: str, out: Path, command: str, win
 
     out.mkdir(parents=True, exist_ok=True)
     lines = _preamble(plan, mode, command, windows)
-    lines += _length_scaling(runs, plan, mode, plt, out)
-    lines += _extrapolation(runs, plan, mode, plt, out)
-    lines += _baselines(runs, plan)
-    lines += _ablations(runs, plan)
-    lines += _movielens(runs, plan, ml_windows)
+    sections = {"length-scaling": lambda: _length_scaling(runs, plan, mode, plt, out),
+                "extrapolation": lambda: _extrapolation(runs, plan, mode, plt, out),
+                "baselines": lambda: _baselines(runs, plan), "ablations": lambda: _ablations(runs, plan),
+                "movielens": lambda: _movielens(runs, plan, ml_windows)}
+    for name in plan.sections:
+        lines += sections[name]()
     text = "\n".join(lines)
     (out / f"report_{mode}.md").write_text(text + "\n")
     print(text)

@@ -271,3 +271,34 @@ def test_the_stream_bench_lands_no_row_after_the_watermark_passed_it(tmp_path):
         ts = table.column("event_ts").to_pylist()
         assert min(ts) >= watermark
         watermark = max(watermark, max(ts) - delay)
+
+
+def test_a_part_of_the_plan_runs_the_same_runs_as_the_whole_plan(tmp_path):
+    """bench quality --sections/--archs/--ablations: the narrowed plan keeps STCA (every
+    comparison's reference) and the matched and longer rows of the archs it keeps, trains
+    those runs with the whole plan's settings (one cache), and its report has only its sections."""
+    from longseq.bench.quality import plan_config
+    from longseq.bench.quality_plan import SECTIONS, narrowed
+    from longseq.bench.quality_report import write_report
+
+    whole = PLANS["full"]
+    part = narrowed(whole, ("ablations", "baselines"), ("din", "none"), ("embmatch",))
+    assert part.sections == ("baselines", "ablations"), "in the plan's order"
+    assert part.archs == ("none", "din", "stca") and part.matched == ("none", "din")
+    assert part.more_steps == (("din", 1_000), ("stca", 1_000)) and part.ablations == ("embmatch",)
+    assert part.ml_archs == ("none", "din", "stca")
+    assert narrowed(whole) == whole and narrowed(whole, SECTIONS) == whole
+    assert plan_config(part, 1, model={"arch": "din"}).to_json() == plan_config(whole, 1, model={"arch": "din"}).to_json()
+    text = write_report({}, part, "full", tmp_path, "longseq bench quality --sections baselines,ablations", "w", "m")
+    assert "**STCA against the baselines**" in text and "**Ablations**" in text
+    assert "**Length scaling**" not in text and "**Extrapolation**" not in text and "MovieLens latest-small" not in text
+    assert "Part of the plan: sections baselines, ablations" in text
+    assert "Part of the plan" not in write_report({}, whole, "full-small", tmp_path, "c", "w", "m")
+
+
+def test_bench_quality_refuses_a_part_it_does_not_have(capsys):
+    from longseq.bench.quality import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--sections", "baselines,lengths", "--report-only"])
+    assert e.value.code == 2 and "--sections: unknown lengths" in capsys.readouterr().err
