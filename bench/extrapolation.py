@@ -34,6 +34,9 @@ SAMPLERS: dict[str, dict] = {
     "ushaped-short": {"alpha": 0.05},  # fewer long windows: mean about 1.2k
     "ushaped-long": {"alpha": 0.2},  # more long windows: mean about 3.4k
     "short-only": {"alpha": 1.0, "beta": 1.0, "max_len": 2_000},  # uniform on [256, 2k]: never sees a long one
+    # short-only, and one window in ten the whole record (up to 10k): the long-range matches and the softmax
+    # over thousands of keys are seen in training, at a nominal mean of about 2k, the default sampler's
+    "short+long": {"alpha": 1.0, "beta": 1.0, "max_len": 2_000, "long_share": 0.1},
     "fixed-256": {"min_len": 256, "max_len": 256},  # the sampler's shortest window, always
 }
 

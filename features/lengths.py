@@ -3,6 +3,9 @@
 L = min_len + s * (max_len - min_len), s ~ Beta(alpha, beta) with alpha, beta < 1, rounded
 to a multiple of `multiple`. Mostly short windows (cheap) with a fat tail of long ones,
 so the model learns to use long histories and extrapolates to full length at scoring.
+
+With `long_share` > 0 a request's window is instead `long_len` with that probability: a
+two-part mixture of short windows and full-length ones (bench extrapolation's short+long).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class LengthSampler:
     alpha: float = 0.1
     beta: float = 0.45  # mean = min + alpha/(alpha+beta) * (max-min), about 2k with these defaults
     multiple: int = 8
+    long_share: float = 0.0  # the share of windows of long_len instead of the Beta's draw
+    long_len: int = DEFAULT_MAX_LEN
 
     def __post_init__(self) -> None:
         if self.multiple < 1:
@@ -31,6 +36,10 @@ class LengthSampler:
             raise ValueError(f"no multiple of {self.multiple} in [{self.min_len}, {self.max_len}]")
         if not (self.alpha > 0 and self.beta > 0):
             raise ValueError(f"alpha and beta must be positive, got {self.alpha}, {self.beta}")
+        if not 0 <= self.long_share <= 1:
+            raise ValueError(f"long_share must be within [0, 1], got {self.long_share}")
+        if self.long_len < 1:
+            raise ValueError(f"long_len must be >= 1, got {self.long_len}")
 
     @property
     def _lo(self) -> int:  # smallest multiple of `multiple` >= min_len
@@ -43,11 +52,14 @@ class LengthSampler:
     @property
     def mean(self) -> float:
         """Expected length before rounding."""
-        return self.min_len + self.alpha / (self.alpha + self.beta) * (self.max_len - self.min_len)
+        beta_mean = self.min_len + self.alpha / (self.alpha + self.beta) * (self.max_len - self.min_len)
+        return (1 - self.long_share) * beta_mean + self.long_share * self.long_len
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """n lengths (int64), each a multiple of `multiple` within [min_len, max_len]."""
         s = rng.beta(self.alpha, self.beta, size=n)
         raw = self.min_len + s * (self.max_len - self.min_len)
-        rounded = np.rint(raw / self.multiple).astype(np.int64) * self.multiple
-        return np.clip(rounded, self._lo, self._hi)
+        rounded = np.clip(np.rint(raw / self.multiple).astype(np.int64) * self.multiple, self._lo, self._hi)
+        if self.long_share > 0:  # drawn after the Beta, so that samplers without it draw as before
+            rounded[rng.random(n) < self.long_share] = self.long_len
+        return rounded

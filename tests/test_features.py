@@ -128,8 +128,22 @@ def test_lengths_are_u_shaped_with_the_expected_mean():
     assert hist[0] > 10 * middle and hist[-1] > 2 * middle  # mass piles up at both ends
 
 
+def test_a_share_of_long_windows_mixes_with_the_short_ones_and_leaves_other_draws_alone():
+    short = LengthSampler(alpha=1.0, beta=1.0, max_len=2_000)
+    mixed = LengthSampler(alpha=1.0, beta=1.0, max_len=2_000, long_share=0.1, long_len=10_000)
+    x = mixed.sample(np.random.default_rng(0), 200_000)
+    assert abs((x == 10_000).mean() - 0.1) < 0.005
+    assert x[x != 10_000].max() <= 2_000 and abs(x.mean() - mixed.mean) < 0.01 * mixed.mean
+    base = short.sample(np.random.default_rng(0), 1_000)
+    np.testing.assert_array_equal(base, LengthSampler(alpha=1.0, beta=1.0, max_len=2_000, long_share=0.0)
+                                  .sample(np.random.default_rng(0), 1_000))
+    y = mixed.sample(np.random.default_rng(0), 1_000)
+    np.testing.assert_array_equal(y[y != 10_000], base[y != 10_000]), "the short windows are the Beta's own draws"
+
+
 @pytest.mark.parametrize(
-    "kwargs", [dict(min_len=0), dict(min_len=500, max_len=100), dict(alpha=0), dict(multiple=0), dict(min_len=1, max_len=7)]
+    "kwargs", [dict(min_len=0), dict(min_len=500, max_len=100), dict(alpha=0), dict(multiple=0), dict(min_len=1, max_len=7),
+               dict(long_share=1.5), dict(long_share=-0.1), dict(long_share=0.1, long_len=0)]
 )
 def test_length_sampler_rejects_bad_config(kwargs):
     with pytest.raises(ValueError):
