@@ -203,6 +203,9 @@ def _baseline_runs(results: Results, plan: Plan, data: Path, windows: Windows, w
 def _ablation_runs(results: Results, plan: Plan, data: Path, windows: Windows, work: Path) -> None:
     L = plan.baseline_len
     print(f"4. ablations of the paper's STCA at max history {L}, one change each", flush=True)
+    for seed in plan.seeds:  # the reference each change is paired with (length scaling's run at L, when it ran)
+        run(results, f"gen-stca-L{L}-s{seed}", data, windows,
+            plan_config(plan, seed, truncation=False, max_len=L, model=VARIANTS["stca"]), (L,), work)
     for slug in plan.ablations:
         for seed in plan.seeds:
             run(results, f"gen-abl-{slug}-L{L}-s{seed}", data, windows,
