@@ -78,6 +78,16 @@ def test_scores_a_10k_history_trained_or_not(arch):
     assert logits.shape == (17, 4) and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_scoring_without_gradients_gives_the_training_forwards_numbers(arch):
+    """Without autograd the feed-forward blocks work in place (SwiGLU.forward): bit for bit the
+    same logits as the forward that trains."""
+    batch, m = make_batch([40, 0, 7], [3, 1, 2]), model(arch).float()
+    with torch.no_grad():
+        scored = m(batch)
+    assert torch.equal(scored, m(batch).detach())
+
+
 def test_no_position_table_ties_the_model_to_a_length():
     m = make_model(PRESETS["tiny"])
     sizes = {s for p in m.parameters() for s in p.shape}

@@ -238,6 +238,8 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(d_hidden, d_out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():  # scoring: in place, the same numbers, two [n, hidden] passes fewer
+            return self.w2(F.silu(self.w1(x), inplace=True).mul_(self.w3(x)))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
