@@ -239,7 +239,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
     """The benchmark's flags (`longseq bench quality --help`)."""
 
     ap.add_argument("--quick", action="store_true",
-                    help="the small plan: one seed, smaller sizes (recorded: 1,577 s on 2 cores; docs/BENCHMARKS.md)")
+                    help="the small plan: one seed, smaller sizes (its recorded durations: docs/BENCHMARKS.md, Quality)")
     add_work(ap, "bench-work/quality", "the samples, trained runs and results, kept between runs")
     ap.add_argument("--report-dir", type=local_path, default=Path("docs/quality"), metavar="DIR",
                     help="where the report is written (default docs/quality)")
