@@ -65,6 +65,11 @@ def length_buckets(lengths: np.ndarray, fixed: int | None = None) -> list[np.nda
     return groups[::-1]
 
 
+def positions(seg: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:  # [n] -> [n]
+    """Each jagged value's position within its request, from its request (seg) and the offsets."""
+    return torch.arange(len(seg), device=seg.device) - offsets[seg]
+
+
 @dataclass(frozen=True)
 class Bucket:
     """Requests that attention pads together: to the bucket's longest history L and most
@@ -132,7 +137,7 @@ class Layout:
         unless `bucketed` is False; any other is one bucket, its shapes from the batch's host-side
         sizes: nothing is read back from the device."""
         hist_seg, tgt_seg = batch.history.segment_ids(), batch.targets.segment_ids()
-        tgt_pos = torch.arange(batch.targets.total, device=tgt_seg.device) - batch.targets.offsets[tgt_seg]
+        tgt_pos = positions(tgt_seg, batch.targets.offsets)
         B, L, M = batch.num_requests, batch.history.max_length, batch.targets.max_length
         lengths = batch.history.lengths()
         log_n = torch.log1p(lengths.float())
@@ -154,7 +159,7 @@ class Layout:
     # neither, and at 256 requests of 10k events they cost more than its buckets).
     @functools.cached_property
     def hist_pos(self) -> torch.Tensor:  # [N] each history token's position within its request
-        return torch.arange(len(self.hist_seg), device=self.hist_seg.device) - self.hist_offsets[self.hist_seg]
+        return positions(self.hist_seg, self.hist_offsets)
 
     @functools.cached_property
     def hist_mask(self) -> torch.Tensor:  # [B, L] True where a real token is
