@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 # name -> (module, what it measures, in one line)
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -45,6 +45,17 @@ def bench_parser(name: str, doc: str | None, arguments: Callable[[argparse.Argum
     parser = Parser(prog=f"longseq bench {name}", description=(doc or "").split("\n")[0], formatter_class=HelpFormatter)
     arguments(parser)
     return parser
+
+
+def names(ap: argparse.ArgumentParser, flag: str, values: str | Iterable[str] | None, known: Iterable[str]) -> list[str]:
+    """The names given to a comma-separated flag (a string, or the list its parser made); an
+    unknown one stops the bench with a one-line usage error naming the flag and the choices."""
+    chosen = values.split(",") if isinstance(values, str) else list(values or ())
+    known = list(known)
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        ap.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return chosen
 
 
 def run_benchmark(name: str, argv: Sequence[str]) -> int:

@@ -21,10 +21,10 @@ import argparse
 import statistics
 from pathlib import Path
 
-from longseq.bench.long_history import CANDIDATES, LONG, add_arguments, names, open_sample, run_name
+from longseq.bench.long_history import CANDIDATES, LONG, add_arguments, open_sample, run_name
 from longseq.bench.quality import Results, mean_auc, plan_config, run
 from longseq.features.lengths import LengthSampler
-from longseq.bench import bench_parser
+from longseq.bench import bench_parser, names
 from longseq.cli.arguments import dataset_spec
 
 BASE = 2_000  # the fixed length the gain is measured from: about the default sampler's mean
@@ -116,8 +116,8 @@ def arguments(ap: argparse.ArgumentParser) -> None:
 def main(argv: list[str]) -> int:
     ap = bench_parser('extrapolation', __doc__, arguments)
     args = ap.parse_args(argv)
-    candidates = names(ap, args.candidates, CANDIDATES, "candidate")
-    samplers = names(ap, args.samplers, SAMPLERS, "sampler")
+    candidates = names(ap, "--candidates", args.candidates, CANDIDATES)
+    samplers = names(ap, "--samplers", args.samplers, SAMPLERS)
     seeds = args.seed
     plan, work, data, windows, results = open_sample(args.quick, args.work, dataset_spec(args))
     print(f"extrapolation runs on {plan.users} users x {plan.days} days ({windows.describe()}), one epoch each",

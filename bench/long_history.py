@@ -23,7 +23,7 @@ import numpy as np
 from longseq.bench.quality import Results, mean_auc, plan_config, prepare_generated, run
 from longseq.bench.quality_plan import PLANS, Plan, Windows, spec_suffix
 from longseq.trainer.model_config import EMBEDDING_MATCH
-from longseq.bench import bench_parser
+from longseq.bench import bench_parser, names
 from longseq.cli.arguments import add_output, add_spec, add_work, comma_separated, dataset_spec, positive_int
 
 SHORT, LONG = 1_000, 10_000
@@ -127,15 +127,6 @@ def add_arguments(ap: argparse.ArgumentParser, seeds: str, candidates: str) -> N
     add_output(ap, "also write the markdown table to this file")
 
 
-def names(ap: argparse.ArgumentParser, value: str, known: dict, kind: str) -> list[str]:
-    """A comma-separated option's names; an unknown one stops the bench with a usage error."""
-    chosen = value.split(",")
-    unknown = [n for n in chosen if n not in known]
-    if unknown:
-        ap.error(f"unknown {kind}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    return chosen
-
-
 def open_sample(quick: bool, work_root: Path, spec=None) -> tuple[Plan, Path, Path, Windows, Results]:
     """The plan, its work directory, its sample (generated in the shape of `spec`, built and
     published once), its windows and the long-history results cache."""
@@ -161,7 +152,7 @@ def arguments(ap: argparse.ArgumentParser) -> None:
 def main(argv: list[str]) -> int:
     ap = bench_parser('long-history', __doc__, arguments)
     args = ap.parse_args(argv)
-    candidates = names(ap, args.candidates, CANDIDATES, "candidate")
+    candidates = names(ap, "--candidates", args.candidates, CANDIDATES)
     seeds = args.seed
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be >= 1")

@@ -35,7 +35,7 @@ from longseq.bench.quality_plan import (
 from longseq.cli.arguments import add_device, add_spec, add_work, comma_separated, dataset_spec, local_path
 from longseq.schemas.errors import LongseqError
 from longseq.trainer.model_config import ARCHS, PRESETS
-from longseq.bench import bench_parser
+from longseq.bench import bench_parser, names
 
 
 @dataclass
@@ -275,9 +275,7 @@ def main(argv: list[str]) -> int:
     mode = "quick" if args.quick else "full"
     for flag, values, known in (("--sections", args.sections, SECTIONS), ("--archs", args.archs, ARCHS),
                                 ("--ablations", args.ablations, ABLATIONS)):
-        unknown = [v for v in values or () if v not in known]
-        if unknown:
-            ap.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+        names(ap, flag, values, known)
     if args.skip_movielens:
         args.sections = [s for s in (args.sections or SECTIONS) if s != "movielens"]
     plan = narrowed(plan, args.sections and tuple(args.sections), args.archs and tuple(args.archs),

@@ -4,7 +4,7 @@ floor/step (1.0: a step that runs every FLOP at the GEMM rate and does nothing e
 
     longseq bench train-floor [--preset tiny,small] [--samplers ushaped,fixed-10k]
                               [--candidates paper,embedding-match] [--batch-size 32] [--targets 10]
-                              [--repeat 3] [--threads N]
+                              [--repeat 3] [--threads N] [--chunk-mib 0,4]
 
 - FLOPs: the matmuls of forward + backward (torch's FlopCounterMode, attention through its
   math kernel so that it is counted), counted request by request, each request a batch of
@@ -14,7 +14,9 @@ floor/step (1.0: a step that runs every FLOP at the GEMM rate and does nothing e
 - Step: forward + backward + gradient clipping + the trainer's optimizer (AdamW) on one
   synthetic batch (bench/model_throughput.py `training_batch`), the median of --repeat after
   a warm-up step, in a process set up as CPU training sets its own (trainer/distributed.py
-  `tune_cpu_process`), at --threads.
+  `tune_cpu_process`), at --threads. With several --chunk-mib (the history path's chunk
+  size, trainer/model.py HIST_CHUNK_BYTES), their steps run in turns on the same model and
+  batch, one step each per turn.
 
 Settings: presets (trainer/model_config.py), window samplers (bench/extrapolation.py
 SAMPLERS, and fixed-10k: every request at 10,000 events) and model candidates
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
-from longseq.bench import bench_parser
+from longseq.bench import bench_parser, names
 from longseq.bench.extrapolation import SAMPLERS as TRAINING_SAMPLERS
-from longseq.bench.long_history import CANDIDATES, names
+from longseq.bench.long_history import CANDIDATES
 from longseq.cli.arguments import comma_separated, positive_int
 from longseq.trainer.model_config import PRESETS
 
@@ -77,7 +80,7 @@ def step_flops(model, hist_lengths: list[int], tgt_lengths: list[int]) -> int:
 
 
 def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace, threads: int) -> dict:
-    """One setting: FLOPs, the step's median seconds and the batch's size."""
+    """One setting: FLOPs, the step's median seconds at each chunk size and the batch's size."""
     import torch
 
     from longseq.bench.model_throughput import bench_model, step_seconds, training_batch
@@ -87,7 +90,17 @@ def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace,
     batch = training_batch(args.batch_size, args.targets, LengthSampler(**SAMPLERS[sampler]))
     model = bench_model(preset, "stca", "cpu", **CANDIDATES[candidate])
     flops = step_flops(model, batch.history.lengths().tolist(), batch.targets.lengths().tolist())
-    seconds = step_seconds(model, batch, args.repeat, True, "cpu")
+    chunks = [model.chunk_bytes] if args.chunk_mib is None else [int(m * 2**20) for m in args.chunk_mib]
+    if len(chunks) == 1:
+        model.chunk_bytes = chunks[0]
+        seconds = {chunks[0]: step_seconds(model, batch, args.repeat, True, "cpu")}
+    else:  # in turns, the order reversed every turn: the machine's drift spreads over all of them
+        times: dict[int, list[float]] = {c: [] for c in chunks}
+        for turn in range(args.repeat):
+            for c in chunks[::-1] if turn % 2 else chunks:
+                model.chunk_bytes = c
+                times[c].append(step_seconds(model, batch, 1, True, "cpu"))
+        seconds = {c: statistics.median(t) for c, t in times.items()}
     return {"flops": flops, "seconds": seconds, "tokens": batch.num_history_tokens,
             "padded_keys": batch.num_requests * batch.history.max_length,
             "bucket_keys": sum(b.B * b.L for b in model.layout(batch).buckets)}
@@ -111,6 +124,9 @@ def arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=comma_separated(positive_int), default=str(cpu_threads()), metavar="N,...",
                     help=f"torch threads of the step, comma-separated to compare (default {cpu_threads()}: "
                          "the trainer's, trainer/distributed.py cpu_threads)")
+    ap.add_argument("--chunk-mib", type=comma_separated(float), default=None, metavar="MIB,...",
+                    help="chunk sizes of the history path to compare, in MiB of FFN activation, comma-separated; "
+                         "0: the whole batch at once (default: the model's, trainer/model.py HIST_CHUNK_BYTES)")
 
 
 def main(argv: list[str]) -> int:
@@ -118,9 +134,9 @@ def main(argv: list[str]) -> int:
 
     ap = bench_parser("train-floor", __doc__, arguments)
     args = ap.parse_args(argv)
-    presets = names(ap, ",".join(args.preset), PRESETS, "preset")
-    samplers = names(ap, args.samplers, SAMPLERS, "sampler")
-    candidates = names(ap, args.candidates, CANDIDATES, "candidate")
+    presets = names(ap, "--preset", args.preset, PRESETS)
+    samplers = names(ap, "--samplers", args.samplers, SAMPLERS)
+    candidates = names(ap, "--candidates", args.candidates, CANDIDATES)
     tune_cpu_process()  # as CPU training sets its process up (threads, then per setting --threads)
     cores = len(os.sched_getaffinity(0))
     rates = {t: matmul_rate(t) for t in sorted({*args.threads, cores})}
@@ -132,18 +148,19 @@ def main(argv: list[str]) -> int:
     print(f"floor = FLOPs / {rate / 1e9:.0f} GFLOP/s\n")
     print("keys / tokens: the history slots attention pads to, over the events: the batch padded to its longest "
           "window, and its length buckets (what the CPU attends)\n")
-    print("| preset | windows | model | threads | history tokens | keys / tokens: batch | buckets | GFLOP | floor s "
-          "| step s | floor/step |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| preset | windows | model | threads | chunk MiB | history tokens | keys / tokens: batch | buckets | GFLOP "
+          "| floor s | step s | floor/step |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for preset in presets:
         for sampler in samplers:
             for candidate in candidates:
                 for threads in args.threads:
                     r = measure(preset, sampler, candidate, args, threads)
                     floor = r["flops"] / rate
-                    print(f"| {preset} | {sampler} | {candidate} | {threads} | {r['tokens']:,} | "
-                          f"{r['padded_keys'] / r['tokens']:.2f} | {r['bucket_keys'] / r['tokens']:.2f} | "
-                          f"{r['flops'] / 1e9:.2f} | {floor:.3f} | "
-                          f"{r['seconds']:.3f} | {floor / r['seconds']:.2f} |", flush=True)
+                    for chunk, seconds in r["seconds"].items():
+                        print(f"| {preset} | {sampler} | {candidate} | {threads} | {chunk / 2**20:.3g} | {r['tokens']:,} | "
+                              f"{r['padded_keys'] / r['tokens']:.2f} | {r['bucket_keys'] / r['tokens']:.2f} | "
+                              f"{r['flops'] / 1e9:.2f} | {floor:.3f} | "
+                              f"{seconds:.3f} | {floor / seconds:.2f} |", flush=True)
     return 0
 
 

@@ -302,3 +302,28 @@ def test_bench_quality_refuses_a_part_it_does_not_have(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--quick", "--sections", "baselines,lengths", "--report-only"])
     assert e.value.code == 2 and "--sections: unknown lengths" in capsys.readouterr().err
+
+
+def test_bench_train_floor_compares_chunk_sizes_on_one_batch(capsys):
+    """One row per chunk size of the history path, each of the same batch and FLOPs, with a
+    floor below the step (the floor is the matmuls alone at the GEMM rate)."""
+    from longseq.bench.train_floor import main
+
+    argv = ["--preset", "tiny", "--samplers", "ushaped", "--candidates", "paper", "--batch-size", "3",
+            "--targets", "2", "--repeat", "2", "--threads", "1", "--chunk-mib", "0,0.01"]
+    assert main(argv) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert [r[4].strip() for r in rows] == ["0", "0.01"]
+    tokens, flops, floor = ({r[i] for r in rows} for i in (5, 8, 9))
+    assert len(tokens) == len(flops) == len(floor) == 1
+    for r in rows:
+        assert 0 < float(r[-1]) < 1.5 and float(r[-2]) > 0  # floor/step, step s
+
+
+def test_bench_names_refuse_an_unknown_choice_with_the_flag_and_the_choices(capsys):
+    from longseq.bench.extrapolation import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--samplers", "short-only,longest"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--samplers: unknown longest; choose from ushaped," in err

@@ -9,7 +9,7 @@ import torch
 
 from longseq.reader.batch import Jagged, RequestBatch
 from longseq.reader.testing import pointwise, random_batch
-from longseq.trainer.model import loss_fn, make_model, num_parameters, RankingModel
+from longseq.trainer.model import history_chunks, loss_fn, make_model, num_parameters, RankingModel
 from longseq.trainer.model_config import ARCHS, EXTENSIONS, PRESETS, ModelConfig
 
 def make_batch(hist_lengths: list[int], tgt_lengths: list[int], seed: int = 0) -> RequestBatch:
@@ -44,6 +44,32 @@ def test_request_level_batching_equals_pointwise_forward_and_gradients(arch, opt
     for name, p in m.named_parameters():
         if name in rlb_grads:
             torch.testing.assert_close(p.grad, rlb_grads[name], msg=name)
+
+
+def test_history_chunks_end_at_requests():
+    assert history_chunks([37, 0, 5, 120, 64, 1], tokens=40) == ([3, 1, 1, 1], [42, 120, 64, 1])
+    assert history_chunks([0, 0], tokens=40) == ([2], [0]) and history_chunks([], tokens=40) == ([], [])
+
+
+@pytest.mark.parametrize("options", [{}, {"match_prior": 1.0, "match_by": "embedding"}], ids=["paper", "embedding-match"])
+def test_the_history_path_in_chunks_equals_it_whole(options):
+    """On the CPU each layer's history path and K/V projection run chunk by chunk
+    (chunk_bytes); chunks ending at request boundaries give the whole batch's logits and
+    gradients."""
+    batch = make_batch([37, 0, 5, 120, 64, 1], [3, 2, 1, 8, 2, 1])
+    results = []
+    for events, chunks in ((0, 1), (40, 4)):  # 0: the whole batch
+        m = model("stca", **options)
+        m.chunk_bytes = events * 4 * m.cfg.ffn_mult * m.cfg.dim  # chunks of at least 40 events
+        assert len(m.layout(batch).chunks[0]) == chunks
+        logits = m(batch)
+        loss_fn(logits, batch).backward()
+        results.append((logits, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    (whole, whole_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, whole)
+    assert chunked_grads.keys() == whole_grads.keys()
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, msg=name)
 
 
 def stack(batches: list[RequestBatch]) -> RequestBatch:

@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,11 @@ from longseq.trainer.model_config import ModelConfig
 # A length bucket's fixed cost (its own kernel calls, forward and backward) in padded keys:
 # requests are split into more buckets only while that saves more padding than this.
 BUCKET_KEYS = 1024
+# The history path (FFN, LayerNorm, K/V projection) of a CPU batch runs in chunks of requests
+# whose FFN activation ([n, ffn_mult * D] float32) is about this many bytes: a chunk's
+# activations then stay in the last-level cache from one pass to the next, instead of each
+# elementwise pass going through memory (`longseq bench train-floor --chunk-mib` compares sizes).
+HIST_CHUNK_BYTES = 2 << 20
 
 
 def length_buckets(lengths: np.ndarray, fixed: int | None = None) -> list[np.ndarray]:
@@ -63,6 +68,19 @@ def length_buckets(lengths: np.ndarray, fixed: int | None = None) -> list[np.nda
         groups.append(order[cut[j]:j])
         j = int(cut[j])
     return groups[::-1]
+
+
+def history_chunks(lengths: list[int], tokens: int) -> tuple[list[int], list[int]]:
+    """Consecutive requests cut into chunks of the history path, each of at least `tokens`
+    events but the last: how many requests, and how many events, each chunk holds."""
+    requests, events, n, size = [], [], 0, 0
+    for length in lengths:
+        n, size = n + 1, size + length
+        if size >= tokens:
+            requests.append(n)
+            events.append(size)
+            n = size = 0
+    return (requests + [n], events + [size]) if n else (requests, events)
 
 
 def positions(seg: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:  # [n] -> [n]
@@ -123,6 +141,9 @@ class Layout:
     # each request's history and target counts, on the host: how a CPU batch's flat tensors
     # split into requests for its buckets (None: one bucket of the whole batch)
     lengths: tuple[list[int], list[int]] | None = None
+    # with lengths: how many requests, and how many history events, each chunk of the history
+    # path takes (history_chunks)
+    chunks: tuple[list[int], list[int]] | None = None
     # per bucket, [Bb, 2, Mb, 1+Lb] log(n) where target m and history event l share the item (0) /
     # the author (1), else 0; slot 0 is the null slot. Built once per batch, weighted per head by each layer.
     match_log_n: list[torch.Tensor] | None = None
@@ -132,10 +153,11 @@ class Layout:
     ids: BatchIds | None = None  # the batch's id vectors, looked up once for every use (TokenEmbedding.batch_ids)
 
     @staticmethod
-    def of(batch: RequestBatch, bucketed: bool = True) -> "Layout":
+    def of(batch: RequestBatch, bucketed: bool = True, chunk_tokens: int | None = None) -> "Layout":
         """The batch's layout. A CPU batch (its offsets on the host) is cut into length buckets
-        unless `bucketed` is False; any other is one bucket, its shapes from the batch's host-side
-        sizes: nothing is read back from the device."""
+        unless `bucketed` is False, and into chunks of requests of at least `chunk_tokens` history
+        events for the history path (None: one chunk); any other batch is one bucket, its shapes
+        from the batch's host-side sizes: nothing is read back from the device."""
         hist_seg, tgt_seg = batch.history.segment_ids(), batch.targets.segment_ids()
         tgt_pos = positions(tgt_seg, batch.targets.offsets)
         B, L, M = batch.num_requests, batch.history.max_length, batch.targets.max_length
@@ -152,7 +174,9 @@ class Layout:
             buckets.append(Bucket(tuple(group.tolist()), len(group), Lb, int(tgt_len[group].max()),
                                   torch.arange(Lb)[None, :] < lengths[rows, None], log_n[rows],
                                   full=bool((hist_len[group] == Lb).all())))
-        return dataclasses.replace(layout, buckets=tuple(buckets), lengths=(hist_len.tolist(), tgt_len.tolist()))
+        hist_lengths = hist_len.tolist()
+        return dataclasses.replace(layout, buckets=tuple(buckets), lengths=(hist_lengths, tgt_len.tolist()),
+                                   chunks=history_chunks(hist_lengths, chunk_tokens or max(sum(hist_lengths), 1)))
 
     # The whole batch padded to its longest history: what the GPU's attention, the flex kernel's
     # mask and the Transformer baseline read. Computed when first read (a CPU STCA step reads
@@ -199,10 +223,23 @@ class Layout:
         if self.lengths is None:
             out = self.pad_history(x)
             return [out if null is None else torch.cat([null.to(x.dtype).expand(self.B, 1, *null.shape), out], 1)]
-        lengths = self.lengths[0]
-        rows, zero = x.split(lengths), x.new_zeros(1, *x.shape[1:])
+        return self.bucket_rows(x.split(self.lengths[0]), null)
+
+    def bucket_rows(self, rows: Sequence[torch.Tensor], null: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """bucket_history of a CPU batch from each request's rows ([n_r, ...] each, in order)."""
+        x, lengths = rows[0], self.lengths[0]
+        zero = x.new_zeros(1, *x.shape[1:])
         head = [] if null is None else [null.to(x.dtype)[None]]
         return [self._cat(rows, lengths, b, b.L, zero, head) for b in self.buckets]
+
+    def history_chunks(self, x: torch.Tensor, path: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """path over [N, ...] chunk by chunk (the chunks), as each request's rows of its output."""
+        (requests, events), lengths = self.chunks, self.lengths[0]
+        rows, r = [], 0
+        for n, xc in zip(requests, x.split(events)):
+            rows += path(xc).split(lengths[r:r + n])
+            r += n
+        return rows
 
     def bucket_targets(self, x: torch.Tensor) -> list[torch.Tensor]:  # [T, ...] -> per bucket [Bb, Mb, ...]
         if self.lengths is None:
@@ -439,24 +476,34 @@ class TargetAttention(nn.Module):
             Q = Q * (per_head(self.length_scale) * log_n.view(-1, *[1] * (Q.dim() - 1))).to(Q.dtype)
         return Q, keys, scale
 
-    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
-        raise NotImplementedError  # q: [T, D] one query per target; hist: [N, D] -> [T, D]
+    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout,
+                path: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """q: [T, D] one query per target; hist: [N, D] -> [T, D]. With `path`, the keys and
+        values are read from path(hist): the layer's history path, which a kernel may run in chunks."""
+        raise NotImplementedError
 
 
 class PaddedTargetAttention(TargetAttention):
     """Target attention by SDPA over each request's history padded to its bucket's L (the
     layout's length buckets on the CPU; the batch's L elsewhere)."""
 
-    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout,
+                path: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         H, K = self.H, self.K
         Q = self.wq(q).view(-1, H, K)  # [T, H, K]
-        # keys and values in one pass over the N tokens: [N, 2, H, K]
-        kv = F.linear(hist, torch.cat([self.wk.weight, self.wv.weight])).view(-1, 2, H, K)
+        w_kv = torch.cat([self.wk.weight, self.wv.weight])
+
+        def keys_values(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [n, 2, H, K]: keys and values in one pass
+            return F.linear(x if path is None else path(x), w_kv).view(-1, 2, H, K)
+
+        if layout.chunks is not None and path is not None:  # the history path and K/V chunk by chunk
+            kv_buckets = layout.bucket_rows(layout.history_chunks(hist, keys_values), self.null_kv)
+        else:
+            kv_buckets = layout.bucket_history(keys_values(hist), self.null_kv)
         priors = layout.match_log_n if self.match_weight is not None and layout.match_log_n is not None \
             else [None] * len(layout.buckets)
         outs = []
-        for bucket, Qb, kvb, prior in zip(layout.buckets, layout.bucket_targets(Q), layout.bucket_history(kv, self.null_kv),
-                                          priors):
+        for bucket, Qb, kvb, prior in zip(layout.buckets, layout.bucket_targets(Q), kv_buckets, priors):
             Qb = Qb.transpose(1, 2)  # [Bb, H, Mb, K]
             keys, values = (t.transpose(1, 2) for t in kvb.unbind(2))  # [Bb, H, 1+Lb, K], slot 0 the null slot
             outs.append(self.attend(Qb, keys, values, bucket, prior).transpose(1, 2))  # [Bb, Mb, H, K]
@@ -485,8 +532,10 @@ class FlexTargetAttention(TargetAttention):
     the B null slots + N events, with the layout's block mask from the offsets and the
     id-match prior as a score_mod computed on the fly."""
 
-    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, hist: torch.Tensor, layout: Layout,
+                path: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         B, H, K = layout.B, self.H, self.K
+        hist = hist if path is None else path(hist)
         Q = self.wq(q).view(-1, H, K)  # [T, H, K]
         null = self.null_kv.to(Q.dtype)  # [2, H, K]
         keys = torch.cat([null[0].expand(B, H, K), self.wk(hist).view(-1, H, K)])  # [B + N, H, K]
@@ -548,8 +597,11 @@ class StcaLayer(nn.Module):
         self.attn = target_attention(cfg, kernel)
 
     def forward(self, q: torch.Tensor, x: torch.Tensor, layout: Layout) -> torch.Tensor:
-        hist = self.hist_norm(self.hist_ffn(x))  # [N, D]: per request, not per target
-        return self.attn(q, hist, layout)  # [T, D]
+        # the history path LN(SwiGLU(x)): per request, not per target; the kernel runs it
+        return self.attn(q, x, layout, path=self.history_path)  # [T, D]
+
+    def history_path(self, x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [n, D]
+        return self.hist_norm(self.hist_ffn(x))
 
 
 class SelfAttentionBlock(nn.Module):
@@ -593,6 +645,9 @@ class RankingModel(nn.Module):
         # CPU batches: attention pads each length bucket to its own longest history (False: the
         # whole batch to its longest, as on other devices; the same numbers either way)
         self.length_buckets = True
+        # CPU batches: the history path runs in chunks of this many bytes of FFN activation
+        # (HIST_CHUNK_BYTES; 0: the whole batch at once; the same numbers either way)
+        self.chunk_bytes = HIST_CHUNK_BYTES
         D = cfg.dim
         self.embed = TokenEmbedding(cfg, num_actions(spec.tasks))
         n_summaries = self._build(cfg, kernel)
@@ -619,7 +674,8 @@ class RankingModel(nn.Module):
     def layout(self, batch: RequestBatch) -> Layout:
         """The batch's Layout, with what this model's attention reads from it: the id-match
         prior (dense, or raw ids for the flex kernel to match on the fly) and the block mask."""
-        layout = Layout.of(batch, self.length_buckets)
+        chunk_tokens = self.chunk_bytes // (4 * self.cfg.ffn_mult * self.cfg.dim) if self.chunk_bytes else None
+        layout = Layout.of(batch, self.length_buckets, chunk_tokens)
         extra = {"ids": self.embed.batch_ids(batch)} if self.reads_history else {}
         if not self.attends:
             return dataclasses.replace(layout, **extra)
