@@ -232,7 +232,7 @@ class Layout:
         head = [] if null is None else [null.to(x.dtype)[None]]
         return [self._cat(rows, lengths, b, b.L, zero, head) for b in self.buckets]
 
-    def history_chunks(self, x: torch.Tensor, path: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    def rows_in_chunks(self, x: torch.Tensor, path: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
         """path over [N, ...] chunk by chunk (the chunks), as each request's rows of its output."""
         (requests, events), lengths = self.chunks, self.lengths[0]
         rows, r = [], 0
@@ -497,7 +497,7 @@ class PaddedTargetAttention(TargetAttention):
             return F.linear(x if path is None else path(x), w_kv).view(-1, 2, H, K)
 
         if layout.chunks is not None and path is not None:  # the history path and K/V chunk by chunk
-            kv_buckets = layout.bucket_rows(layout.history_chunks(hist, keys_values), self.null_kv)
+            kv_buckets = layout.bucket_rows(layout.rows_in_chunks(hist, keys_values), self.null_kv)
         else:
             kv_buckets = layout.bucket_history(keys_values(hist), self.null_kv)
         priors = layout.match_log_n if self.match_weight is not None and layout.match_log_n is not None \
