@@ -110,7 +110,8 @@ def arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--samplers", default=",".join(SAMPLERS),
                     help=f"comma-separated, from: {', '.join(SAMPLERS)} (default: all)")
     ap.add_argument("--bucket-pool", type=int, default=0, metavar="N",
-                    help="train the sampled runs on length buckets from pools of N requests (default 0: off)")
+                    help="train the sampled runs on length buckets from pools of N requests (default 0: off, "
+                         "unlike `longseq train`, so that each sampler is also measured on random batches)")
 
 
 def main(argv: list[str]) -> int:

@@ -99,6 +99,7 @@ VOCABULARY: dict[str, str] = {
     "--samplers": "training-length samplers (history windows) a benchmark measures at, comma-separated",
     "--targets": "targets per request in a benchmark's synthetic batches",
     "--threads": "torch threads on the CPU; comma-separated where a benchmark compares several",
+    "--bucket-pool": "training batches of similar history length from pools of N requests (0: off)",
 }
 
 

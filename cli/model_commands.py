@@ -28,6 +28,9 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=positive_int,
                    help="train this many steps, on into further epochs as needed; the lr schedule is sized to them")
     p.add_argument("--seed", type=int, help="random seed of the weights, the batches and the length draws (default 0)")
+    p.add_argument("--bucket-pool", type=int, metavar="N",
+                   help="batch requests of similar sampled history length from pools of N (0: off; default: 512 "
+                        "when training on sampled windows, else off; docs/READER.md)")
     p.add_argument("--group-user-days", action="store_true", default=None,
                    help="keep each user-day's requests together, in request_ts order, in consecutive batches (the "
                         "order of user-days is still shuffled; default: requests shuffled across user-days)")
@@ -57,7 +60,8 @@ def train_config(args: argparse.Namespace):  # -> trainer.train.TrainConfig
 
     flags = {k: v for k, v in {"preset": args.preset, "epochs": args.epochs, "seed": args.seed,
                                "max_steps": args.max_steps, "device": args.device,
-                               "group_user_days": args.group_user_days}.items() if v is not None}
+                               "group_user_days": args.group_user_days, "bucket_pool": args.bucket_pool}.items()
+             if v is not None}
     cfg = TrainConfig.from_file(args.config, **flags) if args.config else TrainConfig(**flags)
     if args.arch:
         cfg.model = {**cfg.model, "arch": args.arch}

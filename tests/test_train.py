@@ -50,6 +50,38 @@ def config(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def test_length_buckets_are_on_by_default_for_sampled_windows_only():
+    """bucket_pool None (the default) batches sampled windows from pools of BUCKET_POOL, and
+    reads fixed-length histories and grouped user-days as they come; a value given is kept.
+    A config that spells the default out has the same settings, so caches and resumes hold."""
+    from longseq.trainer.train_config import BUCKET_POOL, reader_config
+
+    assert reader_config(TrainConfig(preset="tiny")).bucket_pool == BUCKET_POOL > 0
+    assert reader_config(TrainConfig(preset="tiny", truncation=False, max_len=100)).bucket_pool == 0
+    assert reader_config(TrainConfig(preset="tiny", group_user_days=True)).bucket_pool == 0
+    assert reader_config(TrainConfig(preset="tiny", bucket_pool=0)).bucket_pool == 0
+    assert reader_config(TrainConfig(preset="tiny", truncation=False, bucket_pool=64)).bucket_pool == 64
+    default = TrainConfig(preset="tiny")
+    assert json.loads(default.to_json())["bucket_pool"] is None
+    assert default.same_settings(TrainConfig(preset="tiny", bucket_pool=BUCKET_POOL).to_json())
+    assert default.differences(TrainConfig(preset="tiny", bucket_pool=0).to_json()) == [
+        f"bucket_pool 0, now {BUCKET_POOL}"]
+    fixed = TrainConfig(preset="tiny", truncation=False, max_len=100)
+    assert fixed.same_settings(TrainConfig(preset="tiny", truncation=False, max_len=100, bucket_pool=0).to_json())
+    with pytest.raises(LongseqError, match="bucket_pool must be >= 0"):
+        TrainConfig(bucket_pool=-1)
+
+
+def test_train_bucket_pool_flag_reaches_the_reader(tmp_path):
+    from longseq.cli.main import build_parser
+    from longseq.cli.model_commands import train_config
+    from longseq.trainer.train_config import BUCKET_POOL, reader_config
+
+    base = ["train", "--data", str(tmp_path), "--start", str(START), "--run-dir", str(tmp_path / "run")]
+    for flags, pool in (([], BUCKET_POOL), (["--bucket-pool", "0"], 0), (["--bucket-pool", "64"], 64)):
+        assert reader_config(train_config(build_parser().parse_args([*base, *flags]))).bucket_pool == pool
+
+
 @pytest.mark.parametrize("embedding_optimizer", ["adamw", "rowwise_adagrad"])
 @pytest.mark.slow
 def test_a_resumed_run_reaches_the_same_weights(data, tmp_path, embedding_optimizer):
@@ -281,18 +313,20 @@ def test_bench_extrapolation_counts_the_history_that_training_reads(data):
     # length buckets: the same windows, drawn as before, in batches that pad less
     wide = config(length={"min_len": 8, "max_len": 64})
     bucketed = history_work(data, (START, END), dataclasses.replace(wide, bucket_pool=128))
-    plain = history_work(data, (START, END), wide)
+    plain = history_work(data, (START, END), dataclasses.replace(wide, bucket_pool=0))
     assert bucketed["events"] == plain["events"] and bucketed["padded_keys"] < plain["padded_keys"]
 
 
 def test_a_config_saved_before_a_field_existed_reads_as_training_did_then():
     """Checkpoints and benchmark caches hold configs as JSON; one written before bucket_pool
     existed means bucket_pool 0, whatever the default, and nothing else matches loosely."""
-    cfg = TrainConfig(preset="tiny")
+    cfg = TrainConfig(preset="tiny", bucket_pool=0)
     old = json.loads(cfg.to_json())
     del old["bucket_pool"]
     assert cfg.same_settings(json.dumps(old))
     assert not TrainConfig(preset="tiny", bucket_pool=64).same_settings(json.dumps(old))
+    # today's default buckets sampled windows: not what a run saved without the field did
+    assert not TrainConfig(preset="tiny").same_settings(json.dumps(old))
     assert not cfg.same_settings(json.dumps({**old, "lr": 1.0}))
     assert not cfg.same_settings(json.dumps({**old, "no_such_field": 1})) and not cfg.same_settings("{")
 

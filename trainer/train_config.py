@@ -17,6 +17,11 @@ from longseq.trainer.model_config import DEFAULT_PRESET, PRESETS, ModelConfig
 from longseq.trainer.optimizers import EMBEDDING_OPTIMIZERS
 
 
+# the default length-bucket pool of training on sampled windows: at the U-shaped lengths its
+# batches pad to about a fifth of the keys of random batches, and validation AUC did not drop
+# (docs/BENCHMARKS.md, Extrapolation)
+BUCKET_POOL = 512
+
 # TrainConfig fields added after configs were first saved, at the value that does what
 # training did before them: a saved config without one is read so, whatever the default is now
 ADDED_FIELDS = {"bucket_pool": 0, "embedding_optimizer": "adamw", "embedding_lr": None, "compile": False,
@@ -43,7 +48,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     shuffle_buffer: int = 512
-    bucket_pool: int = 0  # >0: batch requests of similar sampled length from pools of this many (less padding)
+    # length buckets: batch requests of similar (sampled) history length from pools of this many,
+    # so that a batch pads to about its own lengths (0: off). None: BUCKET_POOL when training on
+    # sampled windows (truncation) and not grouping user-days, else off (`pool`)
+    bucket_pool: int | None = None
     group_user_days: bool = False  # a user-day's requests in consecutive batches, in request_ts order (user-days shuffled)
     embedding_optimizer: str = "adamw"  # or rowwise_adagrad: sparse gradients for the id tables (trainer/optimizers.py)
     embedding_lr: float | None = None  # rowwise_adagrad's peak lr (None: lr); follows the same schedule
@@ -68,6 +76,8 @@ class TrainConfig:
         if (self.epochs or 1) < 1 or (self.max_steps or 1) < 1 or self.batch_size < 1 or self.lr <= 0 \
                 or (self.embedding_lr or 1) <= 0:
             raise LongseqError("epochs, max_steps and batch_size must be >= 1, lr and embedding_lr > 0")
+        if (self.bucket_pool or 0) < 0:
+            raise LongseqError(f"bucket_pool must be >= 0 (0: off), got {self.bucket_pool}")
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
             raise LongseqError(f"unknown embedding_optimizer {self.embedding_optimizer!r}; "
                                f"choose {' or '.join(EMBEDDING_OPTIMIZERS)}")
@@ -80,6 +90,12 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return dataclasses.replace(PRESETS[self.preset], **self.model)
+
+    def pool(self) -> int:
+        """The length-bucket pool training reads with: bucket_pool, or for None its default."""
+        if self.bucket_pool is not None:
+            return self.bucket_pool
+        return BUCKET_POOL if self.truncation and not self.group_user_days else 0
 
     def sampler(self) -> LengthSampler | None:
         return LengthSampler(**self.length) if self.truncation else None
@@ -111,7 +127,8 @@ class TrainConfig:
         # before epochs could be unset) has the same settings. The spec file only says where the
         # spec was read from: the spec itself is checked against the checkpoint's (check_model_spec)
         epochs = self.epoch_limit() if self.max_steps is None else self.epochs
-        return dataclasses.replace(self, epochs=epochs, spec=None)
+        # bucket_pool None is its default's value: a config that spells that value out is the same
+        return dataclasses.replace(self, epochs=epochs, spec=None, bucket_pool=self.pool())
 
     @staticmethod
     def from_file(path: Path | str, **overrides) -> "TrainConfig":
@@ -136,4 +153,4 @@ def reader_config(cfg: TrainConfig, rank: int = 0, world: int = 1, cuda: bool = 
     return ReaderConfig(
         batch_size=cfg.batch_size, token_budget=cfg.token_budget, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed, shard=rank, shard_count=world, truncation=cfg.sampler(), max_len=cfg.max_len, pin_memory=cuda,
-        bucket_pool=cfg.bucket_pool, group_user_days=cfg.group_user_days)
+        bucket_pool=cfg.pool(), group_user_days=cfg.group_user_days)
