@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "quality": ("quality", "length scaling, baselines, ablations and MovieLens under a validation/test protocol"),
     "long-history": ("long_history", "whether a model uses 10k-event histories, and what makes it"),
     "extrapolation": ("extrapolation", "short random-length training windows scored at 10k"),
+    "buckets": ("length_buckets", "whether length buckets in the reader cost quality (paired by seed)"),
     "gpu": ("gpu", "the GPU trainer's checks and goals in one command"),
     "spec-cost": ("spec_cost", "what the dataset spec costs on the default, against an earlier commit"),
     "stream": ("stream", "the stream against the daily build: cost, latency, state"),

@@ -127,9 +127,10 @@ def add_arguments(ap: argparse.ArgumentParser, seeds: str, candidates: str) -> N
     add_output(ap, "also write the markdown table to this file")
 
 
-def open_sample(quick: bool, work_root: Path, spec=None) -> tuple[Plan, Path, Path, Windows, Results]:
+def open_sample(quick: bool, work_root: Path, spec=None, cache: str = "results_long_history.json"
+                ) -> tuple[Plan, Path, Path, Windows, Results]:
     """The plan, its work directory, its sample (generated in the shape of `spec`, built and
-    published once), its windows and the long-history results cache."""
+    published once), its windows and a results cache (the work directory's file `cache`)."""
     from longseq.trainer.distributed import tune_cpu_process
 
     tune_cpu_process()  # as training sets its process up: the cores this process may use
@@ -137,7 +138,7 @@ def open_sample(quick: bool, work_root: Path, spec=None) -> tuple[Plan, Path, Pa
     plan, work = PLANS[mode], work_root / (mode + spec_suffix(spec))
     work.mkdir(parents=True, exist_ok=True)
     data, end = prepare_generated(work, plan, spec)
-    return plan, work, data, plan.windows(end), Results.load(work / "results_long_history.json")
+    return plan, work, data, plan.windows(end), Results.load(work / cache)
 
 
 def arguments(ap: argparse.ArgumentParser) -> None:

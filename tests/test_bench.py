@@ -327,3 +327,22 @@ def test_bench_names_refuse_an_unknown_choice_with_the_flag_and_the_choices(caps
         main(["--samplers", "short-only,longest"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--samplers: unknown longest; choose from ushaped," in err
+
+
+def test_bench_buckets_pairs_each_seed_with_and_without_buckets(tmp_path):
+    from longseq.bench.length_buckets import report, run_name
+    from longseq.bench.quality import Results
+    from longseq.trainer.train_config import BUCKET_POOL
+
+    def entry(auc: float, seconds: float) -> dict:
+        served = {str(L): {"tasks": {"finish": {"auc": auc}, "skip": {"auc": auc + 0.02}}} for L in (2_000, 10_000)}
+        return {"eval": {"valid": served, "test": served}, "train_seconds": seconds}
+
+    runs = {}
+    for seed, (without, with_) in enumerate([(0.60, 0.62), (0.70, 0.66)]):
+        runs[run_name("stca", 0, seed)] = entry(without, 10.0)
+        runs[run_name("stca", BUCKET_POOL, seed)] = entry(with_, 5.0)
+    lines = report(Results(tmp_path / "results.json", runs), [0, 1])
+    assert len(lines) == 3  # header, rule, stca: stca+ext has not run
+    assert "0.6100 -> 0.6300" in lines[2] and "0.7100 -> 0.6700" in lines[2]  # mean AUC over the tasks
+    assert "| -0.0100 ± 0.0424 |" in lines[2] and lines[2].endswith("| 0.50 |")  # +0.02 and -0.04; half the time
