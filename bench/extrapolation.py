@@ -65,7 +65,8 @@ def recovered(fixed_base: dict, fixed_long: dict, sampled: dict, window: str) ->
     return gain_long, gain_sampled, gain_sampled / gain_long if gain_long > 0 else float("nan")
 
 
-def _stat(values: list[float], fmt: str) -> str:
+def mean_sd(values: list[float], fmt: str) -> str:
+    """'mean ± sd' of values in fmt (a sign only on the mean); one value alone."""
     if len(values) == 1:
         return format(values[0], fmt)
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt.lstrip('+'))}"
@@ -94,13 +95,13 @@ def report(results: Results, candidates: list[str], samplers: list[str], seeds: 
             events, padded = ([u["work"][k] / b["work"][k] for _, b, u in rows if "work" in u and "work" in b]
                               for k in ("events", "padded_keys"))
             mean_len = LengthSampler(**SAMPLERS[s]).mean
-            gains = _stat([g for g, _, _ in test], "+.4f")
+            gains = mean_sd([g for g, _, _ in test], "+.4f")
             training = f"{s}, length buckets of {bucket_pool}" if bucket_pool else s
             lines.append(f"| {c} ({len(rows)} seed{'s' * (len(rows) > 1)}; fixed-10k gain {gains}) | {training} | "
-                         f"{mean_len:,.0f} | {_stat(at[0], '.4f')} | {_stat(at[1], '.4f')} | "
-                         f"{_stat([r for _, _, r in test], '.0%')} | {_stat([r for _, _, r in valid], '.0%')} | "
-                         f"{_stat(events, '.2f') if events else 'n/a'} | {_stat(padded, '.2f') if padded else 'n/a'} | "
-                         f"{_stat(cost, '.2f')} |")
+                         f"{mean_len:,.0f} | {mean_sd(at[0], '.4f')} | {mean_sd(at[1], '.4f')} | "
+                         f"{mean_sd([r for _, _, r in test], '.0%')} | {mean_sd([r for _, _, r in valid], '.0%')} | "
+                         f"{mean_sd(events, '.2f') if events else 'n/a'} | {mean_sd(padded, '.2f') if padded else 'n/a'} | "
+                         f"{mean_sd(cost, '.2f')} |")
     return lines
 
 

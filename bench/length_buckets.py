@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 from longseq.bench import bench_parser
+from longseq.bench.extrapolation import mean_sd
 from longseq.bench.long_history import open_sample
 from longseq.bench.quality import Results, mean_auc, plan_config, run
 from longseq.bench.quality_plan import VARIANTS
@@ -37,10 +38,6 @@ def difference(results: Results, variant: str, seed: int, window: str, L: int = 
                  for pool in (0, BUCKET_POOL))
 
 
-def _mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):+.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
-
-
 def report(results: Results, seeds: list[int]) -> list[str]:
     """One row per variant: each seed's validation (test) mean AUC at 10k without -> with
     buckets, then the mean ± sd over seeds of with minus without."""
@@ -54,8 +51,8 @@ def report(results: Results, seeds: list[int]) -> list[str]:
         cells = [f"{v0:.4f} -> {v1:.4f} ({t0:.4f} -> {t1:.4f})" for (v0, v1), (t0, t1) in zip(pairs["valid"], pairs["test"])]
         times = [results.runs[run_name(variant, BUCKET_POOL, s)]["train_seconds"]
                  / results.runs[run_name(variant, 0, s)]["train_seconds"] for s in seeds]
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {_mean_sd([b - a for a, b in pairs['valid']])} | "
-                     f"{_mean_sd([b - a for a, b in pairs['test']])} | {statistics.mean(times):.2f} |")
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean_sd([b - a for a, b in pairs['valid']], '+.4f')} | "
+                     f"{mean_sd([b - a for a, b in pairs['test']], '+.4f')} | {statistics.mean(times):.2f} |")
     return lines
 
 
