@@ -228,6 +228,25 @@ def test_weighted_auc_and_bootstrap_intervals():
         assert wide[key][1] - wide[key][0] > narrow[key][1] - narrow[key][0]
 
 
+def test_task_metrics_of_extreme_logits_warn_nothing():
+    """A diverged run's logits of +-1000 give the probabilities 0 and 1 without numpy's overflow
+    warning, and the same numbers as the plain sigmoid where it does not overflow."""
+    import warnings
+
+    from longseq.trainer.metrics import task_metrics
+
+    labels = np.array([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]])
+    logits = np.array([[-1000.0, 1000.0, 3.0, -2.0], [800.0, -800.0, 0.5, 0.0], [2.0, -1.0, 1.5, -0.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = task_metrics(labels, logits, np.zeros(3, dtype=np.int64))
+    mild = task_metrics(labels[:, 2:], logits[:, 2:], np.zeros(3, dtype=np.int64), ("like", "comment"))
+    probs = 1 / (1 + np.exp(-logits[:, 2:]))
+    assert mild["like"]["logloss"] == pytest.approx(logloss(labels[:, 2], probs[:, 0]), rel=1e-12)
+    assert metrics["like"]["logloss"] == pytest.approx(mild["like"]["logloss"], rel=1e-12)
+    assert np.isfinite(metrics["finish"]["logloss"]) and metrics["finish"]["logloss"] > 5  # confidently wrong, clipped
+
+
 def test_metrics_against_brute_force():
     g = np.random.default_rng(0)
     y = g.integers(0, 2, 300)

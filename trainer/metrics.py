@@ -69,7 +69,8 @@ def task_metrics(labels: np.ndarray, logits: np.ndarray, users: np.ndarray,
     """labels, logits: [T, len(tasks)], in the spec's task order; users: [T] -> {task: {auc,
     gauc, logloss, positive_rate}}."""
     _check_columns(labels, logits, tasks)
-    probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    # sigmoid as exp(-log(1 + e^-x)): no overflow warning for a diverged run's logits of -1000
+    probs = np.exp(-np.logaddexp(0.0, -np.asarray(logits, dtype=np.float64)))
     out = {}
     for i, task in enumerate(tasks):
         y = labels[:, i]
