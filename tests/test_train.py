@@ -245,6 +245,13 @@ def test_task_metrics_of_extreme_logits_warn_nothing():
     assert mild["like"]["logloss"] == pytest.approx(logloss(labels[:, 2], probs[:, 0]), rel=1e-12)
     assert metrics["like"]["logloss"] == pytest.approx(mild["like"]["logloss"], rel=1e-12)
     assert np.isfinite(metrics["finish"]["logloss"]) and metrics["finish"]["logloss"] > 5  # confidently wrong, clipped
+    from longseq.trainer.metrics import sigmoid
+
+    with warnings.catch_warnings():  # the scorer's float32 logits overflow e^-x from -89 on
+        warnings.simplefilter("error")
+        p32 = sigmoid(np.array([-1000.0, -100.0, 0.0, 2.0, 100.0], dtype=np.float32))
+    assert p32.dtype == np.float32 and p32[0] == 0 and p32[-1] == 1
+    np.testing.assert_allclose(p32[2:4], 1 / (1 + np.exp(-np.array([0.0, 2.0]))), rtol=1e-6)
 
 
 def test_metrics_against_brute_force():

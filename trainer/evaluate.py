@@ -26,7 +26,7 @@ from longseq.schemas.spec import DatasetSpec
 from longseq.trainer import checkpoint
 from longseq.reader.batch import RequestBatch
 from longseq.trainer.distributed import autocast_for, resolve_device
-from longseq.trainer.metrics import bootstrap_auc, task_metrics
+from longseq.trainer.metrics import bootstrap_auc, sigmoid, task_metrics
 from longseq.trainer.model import make_model, RankingModel
 from longseq.dataset.published import PinnedFiles, published_files, published_hour_files
 from longseq.reader.readers import ReaderConfig, data_spec, open_reader
@@ -195,7 +195,7 @@ def score(run_dir: Path | str, data: str, start, end, out: Path | str, max_len: 
         with pq.ParquetWriter(str(partial), written, compression="zstd") as writer:
             for s in scored_batches(model, data, start, end, max_len, batch_size, device):
                 b, per_request = s.batch, s.batch.targets.lengths().numpy()
-                probs = 1.0 / (1.0 + np.exp(-s.logits))
+                probs = sigmoid(s.logits)
                 table = pa.table({
                     "request_id": np.repeat(b.request_id, per_request),
                     "user_id": np.repeat(b.user_id.numpy(), per_request),

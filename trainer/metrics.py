@@ -64,13 +64,18 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) in the logits' dtype, as exp(-log(1 + e^-x)): a diverged model's logits of
+    -1000 (or -100 in float32) give 0 without numpy's overflow warning."""
+    return np.exp(-np.logaddexp(0.0, -logits))
+
+
 def task_metrics(labels: np.ndarray, logits: np.ndarray, users: np.ndarray,
                  tasks: tuple[str, ...] = TASKS) -> dict[str, dict[str, float]]:
     """labels, logits: [T, len(tasks)], in the spec's task order; users: [T] -> {task: {auc,
     gauc, logloss, positive_rate}}."""
     _check_columns(labels, logits, tasks)
-    # sigmoid as exp(-log(1 + e^-x)): no overflow warning for a diverged run's logits of -1000
-    probs = np.exp(-np.logaddexp(0.0, -np.asarray(logits, dtype=np.float64)))
+    probs = sigmoid(np.asarray(logits, dtype=np.float64))
     out = {}
     for i, task in enumerate(tasks):
         y = labels[:, i]

@@ -341,12 +341,12 @@ class TokenEmbedding(nn.Module):
 
     def id_vectors(self, item: torch.Tensor, author: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [n, D]
         # hash k (k > 0: cfg.hashes) uses salts 1 + 2k (items) and 2 + 2k (authors)
-        # reduce, not sum(): sum's start 0 + the first lookup would copy an [n, D] tensor for nothing
-        k = range(self.cfg.hashes)
-        return (functools.reduce(torch.add, (lookup(self.item, hash_ids(item, self.cfg.item_buckets, salt=1 + 2 * i))
-                                             for i in k)),
-                functools.reduce(torch.add, (lookup(self.author, hash_ids(author, self.cfg.author_buckets, salt=2 + 2 * i))
-                                             for i in k)))
+        def hashed(table: nn.Embedding, ids: torch.Tensor, salt: int) -> torch.Tensor:
+            # reduce, not sum(): sum's start 0 + the first lookup would copy an [n, D] tensor for nothing
+            return functools.reduce(torch.add, (lookup(table, hash_ids(ids, table.num_embeddings, salt=salt + 2 * i))
+                                                for i in range(self.cfg.hashes)))
+
+        return hashed(self.item, item, 1), hashed(self.author, author, 2)
 
     def ids(self, item: torch.Tensor, author: torch.Tensor) -> torch.Tensor:  # [n, D]
         item_vec, author_vec = self.id_vectors(item, author)
