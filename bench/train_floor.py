@@ -11,6 +11,10 @@ floor/step (1.0: a step that runs every FLOP at the GEMM rate and does nothing e
   its own: no padding counts, whatever the batched kernel pads.
 - Rate: a 2048 x 2048 fp32 GEMM, the best of several, at the step's threads and at all the
   cores this process may use; the higher is the machine's rate.
+- Matmuls alone: the mm / addmm / bmm calls of the step itself (its padding and chunks as
+  they run, forward and backward), each shape timed on its own on warm operands of the same
+  layout, times its calls. The step can come no closer to the floor than these allow;
+  alone/step is the share of the step they take, and what is left is everything else.
 - Step: forward + backward + gradient clipping + the trainer's optimizer (AdamW) on one
   synthetic batch (bench/model_throughput.py `training_batch`), the median of --repeat after
   a warm-up step, in a process set up as CPU training sets its own (trainer/distributed.py
@@ -31,6 +35,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 
 from longseq.bench import bench_parser, names
 from longseq.bench.extrapolation import SAMPLERS as TRAINING_SAMPLERS
@@ -79,6 +84,58 @@ def step_flops(model, hist_lengths: list[int], tgt_lengths: list[int]) -> int:
     return sum(per_shape[s] for s in zip(hist_lengths, tgt_lengths))
 
 
+MATMULS = ("mm", "addmm", "bmm", "baddbmm")  # the aten ops timed as "matmuls alone"
+
+
+def step_matmuls(model, batch) -> Counter:
+    """The matmuls of one forward + backward of the batched model as it runs them:
+    {(op, ((shape, transposed), ...)): calls}, one key per op and operand layout."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from longseq.trainer.model import loss_fn
+
+    ops = {getattr(torch.ops.aten, name).default: name for name in MATMULS}
+    calls: Counter = Counter()
+
+    def layout(t: torch.Tensor) -> tuple[tuple[int, ...], bool]:  # transposed: the last two dims swapped in memory
+        return tuple(t.shape), t.dim() >= 2 and t.stride(-2) == 1 and t.stride(-1) != 1
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in ops:
+                calls[(ops[func], tuple(layout(a) for a in args if isinstance(a, torch.Tensor)))] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        loss_fn(model(batch), batch).backward()
+    model.zero_grad(set_to_none=True)
+    return calls
+
+
+def matmuls_alone(calls: Counter, repeat: int = 3) -> float:
+    """Seconds of `calls` (step_matmuls) run one shape at a time: each the best of `repeat` on
+    warm random operands of its layout, times its calls."""
+    import torch
+
+    def operand(shape: tuple[int, ...], transposed: bool) -> torch.Tensor:
+        if not transposed:
+            return torch.randn(shape)
+        return torch.randn(*shape[:-2], shape[-1], shape[-2]).transpose(-1, -2)
+
+    total = 0.0
+    for (name, layouts), n in calls.items():
+        func, args = getattr(torch.ops.aten, name).default, [operand(*op) for op in layouts]
+        func(*args)  # warm-up: operands in cache, as in a loop over the same shape
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            func(*args)
+            best = min(best, time.perf_counter() - t)
+        total += best * n
+    return total
+
+
 def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace, threads: int) -> dict:
     """One setting: FLOPs, the step's median seconds at each chunk size and the batch's size."""
     import torch
@@ -91,6 +148,10 @@ def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace,
     model = bench_model(preset, "stca", "cpu", **CANDIDATES[candidate])
     flops = step_flops(model, batch.history.lengths().tolist(), batch.targets.lengths().tolist())
     chunks = [model.chunk_bytes] if args.chunk_mib is None else [int(m * 2**20) for m in args.chunk_mib]
+    alone = {}
+    for c in chunks:
+        model.chunk_bytes = c
+        alone[c] = matmuls_alone(step_matmuls(model, batch))
     if len(chunks) == 1:
         model.chunk_bytes = chunks[0]
         seconds = {chunks[0]: step_seconds(model, batch, args.repeat, True, "cpu")}
@@ -101,7 +162,7 @@ def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace,
                 model.chunk_bytes = c
                 times[c].append(step_seconds(model, batch, 1, True, "cpu"))
         seconds = {c: statistics.median(t) for c, t in times.items()}
-    return {"flops": flops, "seconds": seconds, "tokens": batch.num_history_tokens,
+    return {"flops": flops, "seconds": seconds, "alone": alone, "tokens": batch.num_history_tokens,
             "padded_keys": batch.num_requests * batch.history.max_length,
             "bucket_keys": sum(b.B * b.L for b in model.layout(batch).buckets)}
 
@@ -149,7 +210,8 @@ def main(argv: list[str]) -> int:
     print("keys / tokens: the history slots attention pads to, over the events: the batch padded to its longest "
           "window, and its length buckets (what the CPU attends)\n")
     print("| preset | windows | model | threads | chunk MiB | history tokens | keys / tokens: batch | buckets | GFLOP "
-          "| floor s | step s | floor/step |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| floor s | matmuls alone s | step s | alone/step | floor/step |\n"
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for preset in presets:
         for sampler in samplers:
             for candidate in candidates:
@@ -159,8 +221,9 @@ def main(argv: list[str]) -> int:
                     for chunk, seconds in r["seconds"].items():
                         print(f"| {preset} | {sampler} | {candidate} | {threads} | {chunk / 2**20:.3g} | {r['tokens']:,} | "
                               f"{r['padded_keys'] / r['tokens']:.2f} | {r['bucket_keys'] / r['tokens']:.2f} | "
-                              f"{r['flops'] / 1e9:.2f} | {floor:.3f} | "
-                              f"{seconds:.3f} | {floor / seconds:.2f} |", flush=True)
+                              f"{r['flops'] / 1e9:.2f} | {floor:.3f} | {r['alone'][chunk]:.3f} | "
+                              f"{seconds:.3f} | {r['alone'][chunk] / seconds:.2f} | {floor / seconds:.2f} |",
+                              flush=True)
     return 0
 
 

@@ -317,7 +317,35 @@ def test_bench_train_floor_compares_chunk_sizes_on_one_batch(capsys):
     tokens, flops, floor = ({r[i] for r in rows} for i in (5, 8, 9))
     assert len(tokens) == len(flops) == len(floor) == 1
     for r in rows:
-        assert 0 < float(r[-1]) < 1.5 and float(r[-2]) > 0  # floor/step, step s
+        assert 0 < float(r[-1]) < 1.5 and float(r[-3]) > 0  # floor/step, step s
+        assert 0 < float(r[10]) and 0 < float(r[-2]) < 1.5  # matmuls alone s, alone/step
+
+
+def test_step_matmuls_are_what_torchs_flop_counter_counts():
+    """The matmuls recorded for 'matmuls alone' are the step's: their FLOPs equal torch's
+    FlopCounterMode's over the same batched forward + backward, transposed operands replayed."""
+    import math
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from longseq.bench.model_throughput import bench_model
+    from longseq.bench.train_floor import matmuls_alone, step_matmuls
+    from longseq.reader.testing import random_batch
+    from longseq.trainer.model import loss_fn
+
+    model, batch = bench_model("tiny", "stca", "cpu"), random_batch([40, 7, 300], [2, 1, 3])
+    calls = step_matmuls(model, batch)
+
+    def flops(name: str, layouts) -> int:
+        (a, _), (b, _) = layouts[-2:]  # addmm / baddbmm: the bias or input first
+        return 2 * math.prod(a) * b[-1]
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(model(batch), batch).backward()
+    assert sum(flops(*key) * n for key, n in calls.items()) == counter.get_total_flops() > 0
+    assert any(t for (_, layouts) in calls for _, t in layouts)  # the backward's transposed operands
+    assert matmuls_alone(calls, repeat=1) > 0
 
 
 def test_bench_names_refuse_an_unknown_choice_with_the_flag_and_the_choices(capsys):
