@@ -137,7 +137,8 @@ def matmuls_alone(calls: Counter, repeat: int = 3) -> float:
 
 
 def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace, threads: int) -> dict:
-    """One setting: FLOPs, the step's median seconds at each chunk size and the batch's size."""
+    """One setting: FLOPs, the step's median seconds and its matmuls alone at each chunk size, and the
+    batch's size."""
     import torch
 
     from longseq.bench.model_throughput import bench_model, step_seconds, training_batch
