@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from typing import Callable
 
 from longseq.bench import bench_parser, names
 from longseq.bench.extrapolation import SAMPLERS as TRAINING_SAMPLERS
@@ -47,6 +48,17 @@ SAMPLERS: dict[str, dict] = {**TRAINING_SAMPLERS, "fixed-10k": {"min_len": 10_00
 GEMM = 2048  # the side of the square matmul that sets the rate
 
 
+def best_seconds(run: Callable[[], object], repeat: int) -> float:
+    """The fastest of `repeat` timed calls of run, after one untimed (operands warm in cache)."""
+    run()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_rate(threads: int, size: int = GEMM, repeat: int = 5) -> float:
     """FLOP/s of a size x size fp32 matmul at this many threads: the best of `repeat`."""
     import torch
@@ -54,12 +66,7 @@ def matmul_rate(threads: int, size: int = GEMM, repeat: int = 5) -> float:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
+    best = best_seconds(lambda: a @ b, repeat)
     torch.set_num_threads(before)
     return 2 * size**3 / best
 
@@ -126,13 +133,7 @@ def matmuls_alone(calls: Counter, repeat: int = 3) -> float:
     total = 0.0
     for (name, layouts), n in calls.items():
         func, args = getattr(torch.ops.aten, name).default, [operand(*op) for op in layouts]
-        func(*args)  # warm-up: operands in cache, as in a loop over the same shape
-        best = float("inf")
-        for _ in range(repeat):
-            t = time.perf_counter()
-            func(*args)
-            best = min(best, time.perf_counter() - t)
-        total += best * n
+        total += best_seconds(lambda: func(*args), repeat) * n
     return total
 
 
@@ -153,8 +154,7 @@ def measure(preset: str, sampler: str, candidate: str, args: argparse.Namespace,
     for c in chunks:
         model.chunk_bytes = c
         alone[c] = matmuls_alone(step_matmuls(model, batch))
-    if len(chunks) == 1:
-        model.chunk_bytes = chunks[0]
+    if len(chunks) == 1:  # the loop above left the model at it
         seconds = {chunks[0]: step_seconds(model, batch, args.repeat, True, "cpu")}
     else:  # in turns, the order reversed every turn: the machine's drift spreads over all of them
         times: dict[int, list[float]] = {c: [] for c in chunks}
